@@ -1,0 +1,85 @@
+"""Where MIDI, audio, pictures and checkpoints are kept: a local folder, or any fsspec URL.
+
+`s3://bucket/prefix` (with the `s3` extra installed) lets the bot and workers on different
+machines share files without sharing a disk. Keys are relative paths like `requests/12/audio.ogg`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import fsspec
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactStore:
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self.is_local = "://" not in root or root.startswith("file://")
+        if self.is_local:
+            self._base = Path(root.removeprefix("file://")).expanduser().resolve()
+            self._base.mkdir(parents=True, exist_ok=True)
+            self._fs = None
+        else:
+            self._fs, _ = fsspec.core.url_to_fs(root)
+
+    def _check(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in Path(key).parts:
+            raise ValueError(f"bad artifact key: {key!r}")
+        return key
+
+    def _url(self, key: str) -> str:
+        return f"{self.root}/{self._check(key)}"
+
+    def local_path(self, key: str) -> Path | None:
+        return self._base / self._check(key) if self.is_local else None
+
+    def put(self, key: str, data: bytes) -> int:
+        """Write atomically: a reader never sees half a file, a rerun overwrites the same key."""
+        if self.is_local:
+            path = self._base / self._check(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        else:
+            assert self._fs is not None
+            with self._fs.open(self._url(key), "wb") as fh:
+                fh.write(data)
+        return len(data)
+
+    def get(self, key: str) -> bytes:
+        if self.is_local:
+            return (self._base / self._check(key)).read_bytes()
+        assert self._fs is not None
+        with self._fs.open(self._url(key), "rb") as fh:
+            return fh.read()
+
+    def exists(self, key: str) -> bool:
+        if self.is_local:
+            return (self._base / self._check(key)).exists()
+        assert self._fs is not None
+        return bool(self._fs.exists(self._url(key)))
+
+    def delete(self, key: str) -> None:
+        if self.is_local:
+            (self._base / self._check(key)).unlink(missing_ok=True)
+        else:
+            assert self._fs is not None
+            if self._fs.exists(self._url(key)):
+                self._fs.rm(self._url(key))
+
+
+@lru_cache(maxsize=8)
+def store_for(root: str) -> ArtifactStore:
+    return ArtifactStore(root)

@@ -1,0 +1,77 @@
+"""The Celery app: queues `gpu` (generation), `cpu` (rendering), `train` (retraining).
+
+Configured from Motif's settings. Embedded default: `filesystem://` broker folders under the data
+dir and a SQLite result backend. No torch here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+from kombu import Queue
+
+from engine.settings import Settings, get_settings
+
+GPU_QUEUE, CPU_QUEUE, TRAIN_QUEUE = "gpu", "cpu", "train"
+TASK_GENERATE, TASK_RENDER, TASK_RETRAIN = "motif.generate", "motif.render", "motif.retrain"
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    config: dict[str, object] = {
+        "broker_url": settings.celery_broker_url,
+        "result_backend": settings.celery_result_backend,
+        "task_queues": [Queue(GPU_QUEUE), Queue(CPU_QUEUE), Queue(TRAIN_QUEUE)],
+        "task_default_queue": CPU_QUEUE,
+        "task_routes": {
+            TASK_GENERATE: {"queue": GPU_QUEUE},
+            TASK_RENDER: {"queue": CPU_QUEUE},
+            TASK_RETRAIN: {"queue": TRAIN_QUEUE},
+        },
+        # A job is acknowledged only when it finished; a dead worker's job goes back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "result_extended": False,
+    }
+    url = settings.celery_broker_url
+    if url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("out", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": settings.broker_polling_interval_s,
+        }
+    elif url.startswith(("redis://", "rediss://")):
+        # Long enough for a training run's message; the reaper handles lost generation jobs.
+        config["broker_transport_options"] = {"visibility_timeout": 3600}
+    if settings.celery_result_backend.startswith("db+sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("motif", include=["engine.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_app() -> Celery:
+    return make_app()
+
+
+# `celery -A engine.celery_app worker` and `motif worker` both find the app here.
+app = get_app()

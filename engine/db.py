@@ -1,0 +1,142 @@
+"""Database engine, sessions and the schema check (`motif db upgrade` runs Alembic)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.errors import SchemaOutOfDate, ServiceUnavailable
+from engine.settings import PACKAGE_DIR
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            # WAL lets the bot read while a worker writes; foreign keys are off by default.
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    return make_engine(url)
+
+
+@lru_cache(maxsize=8)
+def session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session that commits on success and rolls back (writing nothing) on any error."""
+    factory = session_factory(url)
+    try:
+        session = factory()
+    except OperationalError as exc:  # pragma: no cover - connection at checkout
+        raise ServiceUnavailable("The database is unreachable; try again shortly.") from exc
+    try:
+        yield session
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        raise ServiceUnavailable(
+            "The database is unreachable; nothing was saved. Try again shortly.",
+            detail=str(exc),
+        ) from exc
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision(url: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    try:
+        with engine_for(url).connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        raise ServiceUnavailable(
+            f"The database at {safe_url(url)} is unreachable.", detail=str(exc)
+        ) from exc
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def is_empty(url: str) -> bool:
+    with engine_for(url).connect() as conn:
+        return not inspect(conn).get_table_names()
+
+
+def ensure_schema(url: str, *, auto_create: bool = False) -> None:
+    """Refuse to run on an out-of-date schema; optionally create a brand-new database.
+
+    `auto_create` is for the embedded single-machine default: a database with no tables at all is
+    migrated on first use. An existing schema at an older revision is never touched implicitly.
+    """
+    current = current_revision(url)
+    head = head_revision(url)
+    if current == head:
+        return
+    if current is None and auto_create and is_empty(url):
+        log.info("creating a new database at %s", safe_url(url))
+        upgrade(url)
+        return
+    raise SchemaOutOfDate(
+        f"The database schema is at revision {current or 'none'} but this code needs {head}. "
+        "Run `motif db upgrade` first."
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as a placeholder
+        return "<database url>"

@@ -1,0 +1,56 @@
+"""Domain errors: each carries a message a user can act on. Anything else is a bug."""
+
+from __future__ import annotations
+
+
+class MotifError(Exception):
+    """Base of every error whose message is meant for the person who caused it."""
+
+    def __init__(self, user_message: str, *, detail: str | None = None) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+        self.detail = detail or user_message
+
+
+class BadMidi(MotifError):
+    """The MIDI bytes are unusable as a seed (corrupt, empty, drums only, too big, ...)."""
+
+
+class BadParams(MotifError):
+    """A request option is out of range or unknown."""
+
+
+class NotFound(MotifError):
+    """A request, tune or model that was asked for does not exist."""
+
+
+class NotAllowed(MotifError):
+    """The caller may not do this (not an admin, not the owner)."""
+
+
+class RateLimited(MotifError):
+    """Too many requests; `retry_after_s` says when to try again."""
+
+    def __init__(self, user_message: str, *, retry_after_s: float) -> None:
+        super().__init__(user_message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(RateLimited):
+    """The global queue cap is reached."""
+
+
+class ServiceUnavailable(MotifError):
+    """The database or the broker cannot be reached."""
+
+
+class SchemaOutOfDate(MotifError):
+    """The database schema is older than the code; the message names the command to run."""
+
+
+class BadSoundfont(MotifError):
+    """The configured soundfont is missing or unreadable; the message names the setting."""
+
+
+class Busy(MotifError):
+    """Something that runs one at a time (a training run) is already running."""

@@ -1,0 +1,613 @@
+"""Submitting and following jobs: the plain functions behind `/compose`, buttons and the CLI.
+
+No torch and no Discord here. Every check that can refuse a request runs before anything is
+written; the request row and its queue message are written together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from engine import catalog
+from engine.artifacts import ArtifactStore, store_for
+from engine.db import session_scope
+from engine.errors import BadParams, NotAllowed, NotFound, QueueFull, RateLimited
+from engine.music import Piece
+from engine.records import (
+    OPEN_STATES,
+    Artifact,
+    ArtifactKind,
+    Feedback,
+    ModelVersion,
+    Request,
+    RequestKind,
+    RequestStatus,
+    Tune,
+    TuneSource,
+    User,
+    Worker,
+    utcnow,
+)
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    bars: int = 8
+    style: str | None = None
+    temperature: float = 1.0
+    top_p: float = 0.95
+    instrument: int = 0  # General MIDI program
+    tempo: float | None = None  # BPM override; None keeps the seed's
+    rng_seed: int | None = None
+
+    def to_params(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ComposeOptions:
+        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
+        return cls(**known)
+
+
+def validate_options(
+    *,
+    bars: int | None = None,
+    style: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    instrument: str | int | None = None,
+    tempo: float | None = None,
+    rng_seed: int | None = None,
+    settings: Settings | None = None,
+) -> ComposeOptions:
+    """Check every option server-side (Discord does not enforce ranges) and normalise it."""
+    s = settings or get_settings()
+    bars = s.default_bars if bars is None else bars
+    if not isinstance(bars, int) or isinstance(bars, bool) or not 1 <= bars <= s.max_bars:
+        raise BadParams(f"bars must be a whole number from 1 to {s.max_bars}.")
+    if style is not None and style not in ("", "none"):
+        if style not in catalog.STYLES:
+            raise BadParams(f"unknown style {style!r}; choose one of: {', '.join(catalog.STYLES)}.")
+    else:
+        style = None
+    temperature = 1.0 if temperature is None else float(temperature)
+    if not math.isfinite(temperature) or not (
+        catalog.MIN_TEMPERATURE <= temperature <= catalog.MAX_TEMPERATURE
+    ):
+        raise BadParams(
+            f"temperature must be between {catalog.MIN_TEMPERATURE} and {catalog.MAX_TEMPERATURE}."
+        )
+    top_p = 0.95 if top_p is None else float(top_p)
+    if not math.isfinite(top_p) or not catalog.MIN_TOP_P <= top_p <= catalog.MAX_TOP_P:
+        raise BadParams(f"top_p must be between {catalog.MIN_TOP_P} and {catalog.MAX_TOP_P}.")
+    if instrument is None or instrument == "":
+        program = 0
+    elif isinstance(instrument, int) and not isinstance(instrument, bool):
+        if instrument not in catalog.PROGRAM_NAMES:
+            raise BadParams("unknown instrument; pick one from the list.")
+        program = instrument
+    elif isinstance(instrument, str) and instrument.strip().lower() in catalog.INSTRUMENTS:
+        program = catalog.INSTRUMENTS[instrument.strip().lower()]
+    else:
+        raise BadParams(
+            f"unknown instrument {instrument!r}; choose one of: {', '.join(catalog.INSTRUMENTS)}."
+        )
+    if tempo is not None:
+        tempo = float(tempo)
+        if not math.isfinite(tempo) or not catalog.MIN_TEMPO <= tempo <= catalog.MAX_TEMPO:
+            raise BadParams(
+                f"tempo must be between {catalog.MIN_TEMPO:g} and {catalog.MAX_TEMPO:g} BPM."
+            )
+    if rng_seed is not None and (
+        not isinstance(rng_seed, int)
+        or isinstance(rng_seed, bool)
+        or not 0 <= rng_seed <= catalog.MAX_RNG_SEED
+    ):
+        raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
+    return ComposeOptions(
+        bars=bars,
+        style=style,
+        temperature=temperature,
+        top_p=top_p,
+        instrument=program,
+        tempo=tempo,
+        rng_seed=rng_seed,
+    )
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked and where: enough to answer later, in the channel, after a restart."""
+
+    discord_id: int | None = None
+    name: str = ""
+    guild_id: int | None = None
+    channel_id: int | None = None
+    interaction_id: int | None = None
+    origin: str = "cli"
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    kind: str
+    key: str
+    size: int
+    content_type: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    request_id: int
+    status: RequestStatus
+    kind: RequestKind
+    queue_position: int | None
+    params: dict[str, Any]
+    model_version: str | None
+    device: str | None
+    worker: str | None
+    timings: dict[str, float]
+    notes: dict[str, Any]
+    error_user: str | None
+    seed_name: str | None
+    channel_id: int | None
+    user_discord_id: int | None
+    artifacts: list[ArtifactInfo] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    queued: int
+    running: int
+    workers: list[str]
+    active_model: str | None
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _default_dispatch(settings: Settings) -> Dispatch:
+    from engine.queueing import dispatch_request  # celery only, no torch
+
+    return lambda request_id: dispatch_request(request_id, settings)
+
+
+class JobService:
+    """The engine's front door for the bot and the CLI, bound to one set of settings."""
+
+    def __init__(self, settings: Settings | None = None, *, dispatch: Dispatch | None = None):
+        self.settings = settings or get_settings()
+        self.url = self.settings.sqlalchemy_url
+        self._dispatch = dispatch
+
+    @property
+    def dispatch(self) -> Dispatch:
+        if self._dispatch is None:
+            self._dispatch = _default_dispatch(self.settings)
+        return self._dispatch
+
+    @property
+    def store(self) -> ArtifactStore:
+        return store_for(self.settings.artifact_root)
+
+    # --- users and tunes ----------------------------------------------------------------------
+    @staticmethod
+    def _user(session: Session, who: Requester) -> User | None:
+        if who.discord_id is None:
+            return None
+        user = session.scalar(select(User).where(User.discord_id == who.discord_id))
+        if user is None:
+            user = User(discord_id=who.discord_id, name=who.name[:100])
+            session.add(user)
+            session.flush()
+        return user
+
+    def store_tune(
+        self,
+        session: Session,
+        midi: bytes,
+        piece: Piece,
+        *,
+        source: TuneSource,
+        owner: User | None,
+        name: str = "",
+        consent: bool = False,
+    ) -> Tune:
+        """Keep a tune once per content hash; the MIDI bytes go to the artifact store."""
+        digest = content_hash(midi)
+        tune = session.scalar(select(Tune).where(Tune.content_hash == digest))
+        if tune is None:
+            key = f"tunes/{digest[:2]}/{digest}.mid"
+            if not self.store.exists(key):
+                self.store.put(key, midi)
+            tune = Tune(
+                content_hash=digest,
+                source=source,
+                owner_id=owner.id if owner else None,
+                name=name[:200],
+                midi_key=key,
+                note_count=len(piece.notes),
+                duration_s=round(piece.duration_s, 3),
+                consent=consent,
+                consent_at=utcnow() if consent else None,
+            )
+            session.add(tune)
+            session.flush()
+        return tune
+
+    # --- limits -------------------------------------------------------------------------------
+    def _check_limits(self, session: Session, user: User | None) -> None:
+        s = self.settings
+        queued = session.scalar(
+            select(func.count(Request.id)).where(Request.status == RequestStatus.QUEUED)
+        )
+        if (queued or 0) >= s.queue_cap:
+            raise QueueFull(
+                f"The queue is full ({s.queue_cap} waiting). Try again in a minute.",
+                retry_after_s=60,
+            )
+        if user is None:
+            return
+        open_count = session.scalar(
+            select(func.count(Request.id)).where(
+                Request.user_id == user.id, Request.status.in_(OPEN_STATES)
+            )
+        )
+        if (open_count or 0) >= s.user_max_concurrent:
+            raise RateLimited(
+                f"You already have {open_count} requests in progress (limit "
+                f"{s.user_max_concurrent}); try again when one finishes.",
+                retry_after_s=30,
+            )
+        since = utcnow() - timedelta(minutes=1)
+        recent = list(
+            session.scalars(
+                select(Request.created_at)
+                .where(Request.user_id == user.id, Request.created_at >= since)
+                .order_by(Request.created_at)
+            )
+        )
+        if len(recent) >= s.user_rate_per_min:
+            wait = max(1.0, 60.0 - (utcnow() - recent[0]).total_seconds())
+            raise RateLimited(
+                f"You have made {len(recent)} requests in the last minute (limit "
+                f"{s.user_rate_per_min}); try again in {math.ceil(wait)} s.",
+                retry_after_s=wait,
+            )
+
+    # --- submitting ---------------------------------------------------------------------------
+    def compose(
+        self,
+        who: Requester,
+        options: ComposeOptions,
+        seed_midi: bytes | None = None,
+        seed_name: str = "",
+    ) -> int:
+        """Validate the seed, record the request and queue it. Returns the request id."""
+        piece = None
+        if seed_midi is not None:
+            from engine.midi_io import load_seed  # no torch
+
+            piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
+        with session_scope(self.url) as session:
+            user = self._user(session, who)
+            self._check_limits(session, user)
+            tune = None
+            if piece is not None and seed_midi is not None:
+                consent = bool(user and user.share_by_default)
+                tune = self.store_tune(
+                    session,
+                    seed_midi,
+                    piece,
+                    source=TuneSource.SEED,
+                    owner=user,
+                    name=seed_name,
+                    consent=consent,
+                )
+            return self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+
+    def follow_up(
+        self,
+        who: Requester,
+        parent_id: int,
+        kind: RequestKind,
+        *,
+        bars: int | None = None,
+        temperature: float | None = None,
+        rng_seed: int | None = None,
+    ) -> int:
+        """Reroll (same settings, new sample), extend (continue the result) or vary a request."""
+        with session_scope(self.url) as session:
+            parent = session.get(Request, parent_id)
+            if parent is None:
+                raise NotFound(f"request #{parent_id} does not exist.")
+            options = ComposeOptions.from_params(parent.params)
+            seed_tune_id = parent.seed_tune_id
+            if kind is RequestKind.EXTEND:
+                if parent.status is not RequestStatus.DONE or parent.result_tune_id is None:
+                    raise BadParams(f"request #{parent_id} has no finished result to extend yet.")
+                seed_tune_id = parent.result_tune_id
+            if kind is RequestKind.VARIATION and temperature is None:
+                raise BadParams("a variation needs a temperature.")
+            options = validate_options(
+                bars=bars if bars is not None else options.bars,
+                style=options.style,
+                temperature=temperature if temperature is not None else options.temperature,
+                top_p=options.top_p,
+                instrument=options.instrument,
+                tempo=options.tempo,
+                rng_seed=rng_seed if rng_seed is not None else random.randint(0, 2**31 - 1),
+                settings=self.settings,
+            )
+            user = self._user(session, who)
+            self._check_limits(session, user)
+            tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
+            return self._enqueue(session, who, user, kind, options, tune, parent.id)
+
+    def _enqueue(
+        self,
+        session: Session,
+        who: Requester,
+        user: User | None,
+        kind: RequestKind,
+        options: ComposeOptions,
+        tune: Tune | None,
+        parent_id: int | None,
+    ) -> int:
+        if options.rng_seed is None:
+            # Every request records the seed it was sampled with, so any result can be replayed.
+            options = replace(options, rng_seed=random.randint(0, 2**31 - 1))
+        request = Request(
+            user_id=user.id if user else None,
+            guild_id=who.guild_id,
+            channel_id=who.channel_id,
+            interaction_id=who.interaction_id,
+            origin=who.origin,
+            kind=kind,
+            params=options.to_params(),
+            seed_tune_id=tune.id if tune else None,
+            parent_id=parent_id,
+            status=RequestStatus.QUEUED,
+            timings={},
+            notes={},
+        )
+        session.add(request)
+        session.flush()
+        # The message goes out before the commit: if the broker is down, the exception rolls
+        # the row back (no half-written request). A worker that sees the message before the
+        # commit lands retries until the row is visible.
+        self.dispatch(request.id)
+        return request.id
+
+    # --- following ----------------------------------------------------------------------------
+    def progress(self, request_id: int) -> Progress:
+        with session_scope(self.url) as session:
+            req = session.get(Request, request_id)
+            if req is None:
+                raise NotFound(f"request #{request_id} does not exist.")
+            position = None
+            if req.status is RequestStatus.QUEUED:
+                ahead = session.scalar(
+                    select(func.count(Request.id)).where(
+                        Request.status == RequestStatus.QUEUED, Request.id < req.id
+                    )
+                )
+                position = (ahead or 0) + 1
+            seed_name = None
+            if req.seed_tune_id:
+                tune = session.get(Tune, req.seed_tune_id)
+                seed_name = tune.name if tune else None
+            user_discord_id = None
+            if req.user_id:
+                user = session.get(User, req.user_id)
+                user_discord_id = user.discord_id if user else None
+            return Progress(
+                request_id=req.id,
+                status=req.status,
+                kind=req.kind,
+                queue_position=position,
+                params=dict(req.params),
+                model_version=req.model_version,
+                device=req.device,
+                worker=req.worker,
+                timings=dict(req.timings or {}),
+                notes=dict(req.notes or {}),
+                error_user=req.error_user,
+                seed_name=seed_name,
+                channel_id=req.channel_id,
+                user_discord_id=user_discord_id,
+                artifacts=[
+                    ArtifactInfo(
+                        kind=a.kind.value,
+                        key=a.key,
+                        size=a.size,
+                        content_type=a.content_type,
+                        filename=f"motif-{req.id}{_suffix(a.key)}",
+                    )
+                    for a in sorted(req.artifacts, key=lambda a: a.kind.value)
+                ],
+            )
+
+    def artifact_bytes(self, info: ArtifactInfo) -> bytes:
+        return self.store.get(info.key)
+
+    def cancel(self, request_id: int, who: Requester) -> bool:
+        with session_scope(self.url) as session:
+            req = session.get(Request, request_id)
+            if req is None:
+                raise NotFound(f"request #{request_id} does not exist.")
+            self._require_owner(session, req, who)
+            result = session.execute(
+                update(Request)
+                .where(Request.id == request_id, Request.status == RequestStatus.QUEUED)
+                .values(status=RequestStatus.CANCELLED, finished_at=utcnow())
+            )
+            return bool(result.rowcount)
+
+    def _require_owner(self, session: Session, req: Request, who: Requester) -> User:
+        user = self._user(session, who)
+        if user is None or req.user_id != user.id:
+            raise NotAllowed("only the person who asked for this tune can do that.")
+        return user
+
+    def rate(self, request_id: int, who: Requester, rating: int) -> None:
+        if rating not in (1, -1):
+            raise BadParams("a rating is +1 or -1.")
+        with session_scope(self.url) as session:
+            if session.get(Request, request_id) is None:
+                raise NotFound(f"request #{request_id} does not exist.")
+            user = self._user(session, who)
+            if user is None:
+                raise BadParams("ratings need a user.")
+            existing = session.scalar(
+                select(Feedback).where(
+                    Feedback.request_id == request_id, Feedback.user_id == user.id
+                )
+            )
+            if existing is None:
+                session.add(Feedback(request_id=request_id, user_id=user.id, rating=rating))
+            else:
+                existing.rating = rating
+                existing.created_at = utcnow()
+
+    def share(self, request_id: int, who: Requester) -> int:
+        """Consent to put this request's seed and result into the training collection."""
+        with session_scope(self.url) as session:
+            req = session.get(Request, request_id)
+            if req is None:
+                raise NotFound(f"request #{request_id} does not exist.")
+            user = self._require_owner(session, req, who)
+            count = 0
+            for tune_id in (req.seed_tune_id, req.result_tune_id):
+                tune = session.get(Tune, tune_id) if tune_id else None
+                if tune is None:
+                    continue
+                if tune.owner_id is None:
+                    tune.owner_id = user.id
+                if tune.owner_id != user.id:
+                    continue
+                tune.consent = True
+                tune.consent_at = utcnow()
+                tune.withdrawn_at = None
+                count += 1
+            if count == 0:
+                raise BadParams("there is nothing of yours to share in this request yet.")
+            return count
+
+    def set_share_by_default(self, who: Requester, value: bool) -> None:
+        with session_scope(self.url) as session:
+            user = self._user(session, who)
+            if user is None:
+                raise BadParams("this setting needs a user.")
+            user.share_by_default = value
+
+    def forget(self, who: Requester) -> int:
+        """Withdraw every tune of this user from the training collection."""
+        with session_scope(self.url) as session:
+            user = self._user(session, who)
+            if user is None:
+                return 0
+            user.share_by_default = False
+            result = session.execute(
+                update(Tune)
+                .where(Tune.owner_id == user.id, Tune.consent.is_(True))
+                .values(consent=False, withdrawn_at=utcnow())
+            )
+            return int(result.rowcount or 0)
+
+    def history(self, who: Requester, limit: int = 10) -> list[Progress]:
+        with session_scope(self.url) as session:
+            user = self._user(session, who)
+            if user is None:
+                return []
+            ids = list(
+                session.scalars(
+                    select(Request.id)
+                    .where(Request.user_id == user.id)
+                    .order_by(Request.id.desc())
+                    .limit(max(1, min(limit, 25)))
+                )
+            )
+        return [self.progress(i) for i in ids]
+
+    def queue_status(self) -> QueueStatus:
+        with session_scope(self.url) as session:
+            queued = session.scalar(
+                select(func.count(Request.id)).where(Request.status == RequestStatus.QUEUED)
+            )
+            running = session.scalar(
+                select(func.count(Request.id)).where(
+                    Request.status.in_((RequestStatus.GENERATING, RequestStatus.RENDERING))
+                )
+            )
+            alive_since = utcnow() - timedelta(seconds=self.settings.worker_heartbeat_s * 4)
+            workers = [
+                f"{w.hostname} [{w.queues}] on {w.device or '?'}"
+                for w in session.scalars(select(Worker).where(Worker.last_seen >= alive_since))
+            ]
+            active = session.scalar(select(ModelVersion.version).where(ModelVersion.active))
+            return QueueStatus(
+                queued=queued or 0, running=running or 0, workers=workers, active_model=active
+            )
+
+    def undelivered(self, limit: int = 50) -> list[int]:
+        """Finished requests from chat that were never delivered (e.g. the bot was down)."""
+        with session_scope(self.url) as session:
+            return list(
+                session.scalars(
+                    select(Request.id)
+                    .where(
+                        Request.status.in_((RequestStatus.DONE, RequestStatus.FAILED)),
+                        Request.delivered_at.is_(None),
+                        Request.channel_id.is_not(None),
+                    )
+                    .order_by(Request.id)
+                    .limit(limit)
+                )
+            )
+
+    def mark_delivered(self, request_id: int) -> None:
+        with session_scope(self.url) as session:
+            session.execute(
+                update(Request).where(Request.id == request_id).values(delivered_at=utcnow())
+            )
+
+
+def _suffix(key: str) -> str:
+    dot = key.rfind(".")
+    return key[dot:] if dot > key.rfind("/") else ""
+
+
+def artifact_kind_for(suffix: str) -> ArtifactKind:
+    return {".mid": ArtifactKind.MIDI, ".png": ArtifactKind.IMAGE}.get(suffix, ArtifactKind.AUDIO)
+
+
+__all__ = [
+    "Artifact",
+    "ComposeOptions",
+    "JobService",
+    "Progress",
+    "QueueStatus",
+    "Requester",
+    "validate_options",
+]

@@ -1,0 +1,69 @@
+"""Sending jobs to the queues by task name, so senders (the bot) never import torch."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import chain
+from kombu.exceptions import KombuError, OperationalError
+
+from engine.celery_app import (
+    CPU_QUEUE,
+    GPU_QUEUE,
+    TASK_GENERATE,
+    TASK_RENDER,
+    TASK_RETRAIN,
+    TRAIN_QUEUE,
+    get_app,
+    make_app,
+)
+from engine.errors import ServiceUnavailable
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _app(settings: Settings):  # type: ignore[no-untyped-def]
+    return get_app() if settings is get_settings() else make_app(settings)
+
+
+def _send(settings: Settings, what: str, fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn(_app(settings))
+    except (OperationalError, KombuError, ConnectionError, OSError) as exc:
+        log.warning("broker unreachable while sending %s: %s", what, exc)
+        raise ServiceUnavailable(
+            "The job queue is unreachable right now; nothing was queued. Try again shortly.",
+            detail=str(exc),
+        ) from exc
+
+
+def dispatch_request(request_id: int, settings: Settings | None = None) -> None:
+    """Generation then rendering, as a chain of two thin tasks that take the request id."""
+    settings = settings or get_settings()
+
+    def send(app) -> None:  # type: ignore[no-untyped-def]
+        chain(
+            app.signature(TASK_GENERATE, args=(request_id,), queue=GPU_QUEUE, immutable=True),
+            app.signature(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, immutable=True),
+        ).apply_async(retry=False)
+
+    _send(settings, f"request {request_id}", send)
+
+
+def dispatch_render(request_id: int, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    _send(
+        settings,
+        f"render {request_id}",
+        lambda app: app.send_task(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, retry=False),
+    )
+
+
+def dispatch_retrain(run_id: int, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    _send(
+        settings,
+        f"training run {run_id}",
+        lambda app: app.send_task(TASK_RETRAIN, args=(run_id,), queue=TRAIN_QUEUE, retry=False),
+    )

@@ -1,0 +1,133 @@
+"""One typed settings object, read from the environment and `.env` (see `.env.example`).
+
+Defaults are the embedded single-machine ones: SQLite, a `filesystem://` broker, a local artifact
+folder, CPU unless CUDA is there. At scale only these values change.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_PATH = PACKAGE_DIR / "data" / "motif-default.pt"
+DEFAULT_CORPUS_PATH = PACKAGE_DIR / "data" / "corpus.npz"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOTIF_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Path("var")
+    database_url: str = ""  # empty: sqlite:///<data_dir>/motif.db
+    broker_url: str = ""  # empty: filesystem:// with folders under <data_dir>/broker
+    result_backend: str = ""  # empty: db+sqlite:///<data_dir>/celery-results.db
+    artifact_url: str = ""  # empty: <data_dir>/artifacts; or s3://bucket/prefix, any fsspec URL
+    output_dir: Path = Path("out")  # where `motif compose` writes its files
+
+    # --- model and generation ----------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_model_path: Path = DEFAULT_MODEL_PATH
+    corpus_path: Path = DEFAULT_CORPUS_PATH
+    max_bars: int = Field(default=64, ge=1, le=256)
+    default_bars: int = Field(default=8, ge=1, le=256)
+    batch_size: int = Field(default=32, ge=1, le=256)
+    batch_wait_ms: int = Field(default=50, ge=0, le=5000)
+    keep_checkpoints: int = Field(default=5, ge=1)
+    gate_nll_tolerance: float = Field(default=0.02, ge=0.0)
+
+    # --- rendering ---------------------------------------------------------------------------
+    soundfont: str = ""  # empty: the TimGM6mb.sf2 that pretty_midi ships
+    audio_format: Literal["ogg", "mp3"] = "ogg"
+    upload_cap_mib: float = Field(default=10.0, gt=0)
+    max_audio_s: float = Field(default=300.0, gt=0)
+    sample_rate: int = 44100
+
+    # --- queue and reliability ---------------------------------------------------------------
+    queue_cap: int = Field(default=500, ge=1)
+    user_rate_per_min: int = Field(default=6, ge=1)
+    user_max_concurrent: int = Field(default=2, ge=1)
+    stale_after_s: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
+    worker_heartbeat_s: float = Field(default=5.0, gt=0)
+    broker_polling_interval_s: float = Field(default=0.1, gt=0)
+
+    # --- Discord -----------------------------------------------------------------------------
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "MOTIF_DISCORD_TOKEN")
+    )
+    dev_guild_id: int | None = None
+    admin_user_ids: str = ""  # comma-separated user ids allowed to run admin commands
+    admin_role_ids: str = ""  # comma-separated role ids allowed to run admin commands
+    owner_user_ids: str = ""  # comma-separated user ids allowed to sync commands globally
+    progress_edit_interval_s: float = Field(default=2.0, ge=0.5)
+
+    log_level: str = "INFO"
+
+    @field_validator("data_dir", "output_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    # --- derived values ----------------------------------------------------------------------
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'motif.db').resolve()}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        return f"db+sqlite:///{(self.data_dir / 'celery-results.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.artifact_url or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def soundfont_path(self) -> Path:
+        if self.soundfont:
+            return Path(self.soundfont).expanduser()
+        import pretty_midi  # light: no torch
+
+        return Path(pretty_midi.__file__).resolve().parent / "TimGM6mb.sf2"
+
+    @property
+    def upload_cap_bytes(self) -> int:
+        return int(self.upload_cap_mib * 1024 * 1024)
+
+    @staticmethod
+    def _ids(text: str) -> frozenset[int]:
+        return frozenset(int(p) for p in text.replace(" ", "").split(",") if p.isdigit())
+
+    @property
+    def admin_users(self) -> frozenset[int]:
+        return self._ids(self.admin_user_ids)
+
+    @property
+    def admin_roles(self) -> frozenset[int]:
+        return self._ids(self.admin_role_ids)
+
+    @property
+    def owners(self) -> frozenset[int]:
+        return self._ids(self.owner_user_ids)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

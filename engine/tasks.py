@@ -1,0 +1,96 @@
+"""Celery tasks: thin wrappers that take ids and call `engine.pipeline`.
+
+Retries are declared here; the work and its idempotence live in the plain functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import signals
+
+from engine.celery_app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
+from engine.pipeline import RowNotVisible, run_generation, run_render
+from engine.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+_presence = None
+
+
+@app.task(
+    name=TASK_GENERATE,
+    autoretry_for=(RowNotVisible,),
+    retry_backoff=0.5,
+    retry_backoff_max=5,
+    max_retries=20,
+)
+def generate(request_id: int) -> list[int]:
+    from engine.queueing import dispatch_render
+
+    settings = get_settings()
+    done = run_generation(request_id, settings)
+    # This request's render follows through the chain; batch-mates get their own render.
+    for other in done:
+        if other != request_id:
+            dispatch_render(other, settings)
+    return done
+
+
+@app.task(
+    name=TASK_RENDER,
+    autoretry_for=(RowNotVisible,),
+    retry_backoff=0.5,
+    retry_backoff_max=5,
+    max_retries=20,
+)
+def render(request_id: int) -> bool:
+    return run_render(request_id, get_settings())
+
+
+@app.task(name=TASK_RETRAIN, autoretry_for=(RowNotVisible,), max_retries=10, retry_backoff=1)
+def retrain(run_id: int) -> str:
+    from engine.retrain import run_training
+
+    return run_training(run_id, get_settings())
+
+
+@signals.worker_process_init.connect
+def _warm_model(**_: object) -> None:
+    """Load the active model once per worker process, before the first job arrives."""
+    settings = get_settings()
+    threads = int(os.environ.get("MOTIF_TORCH_THREADS", "0") or 0)
+    try:
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        from engine.model_registry import get_model
+
+        get_model(settings)
+    except Exception:  # noqa: BLE001 - a cold start is slower, not broken
+        log.warning("could not preload the model", exc_info=True)
+
+
+@signals.worker_ready.connect
+def _start_presence(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    global _presence
+    from engine.worker_life import WorkerPresence
+
+    settings = get_settings()
+    queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
+    hostname = getattr(sender, "hostname", None) or "worker"
+    _presence = WorkerPresence(settings, hostname, queues, _device_name(settings))
+    _presence.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_presence(**_: object) -> None:
+    if _presence is not None:
+        _presence.stop()
+
+
+def _device_name(settings) -> str:  # type: ignore[no-untyped-def]
+    # The parent must not touch CUDA before forking; children report the real device per job.
+    return settings.device

@@ -1,0 +1,82 @@
+"""A worker's life: register in SQL, beat, reap stale jobs, warm the model in each child."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from sqlalchemy import delete, select
+
+from engine.db import ensure_schema, session_scope
+from engine.records import Worker, utcnow
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPresence:
+    """Keeps this worker's row fresh and runs the reaper on an interval, in a daemon thread."""
+
+    def __init__(self, settings: Settings, hostname: str, queues: str, device: str | None):
+        self.settings = settings
+        self.hostname = hostname
+        self.queues = queues
+        self.device = device
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            row = session.scalar(select(Worker).where(Worker.hostname == self.hostname))
+            if row is None:
+                session.add(
+                    Worker(
+                        hostname=self.hostname,
+                        queues=self.queues,
+                        device=self.device,
+                        pid=os.getpid(),
+                    )
+                )
+            else:
+                row.last_seen = utcnow()
+                row.pid = os.getpid()
+                row.queues = self.queues
+
+    def _loop(self) -> None:
+        from engine.reaper import reap
+
+        last_reap = 0.0
+        import time
+
+        while not self._stop.is_set():
+            try:
+                self.beat()
+                now = time.monotonic()
+                if now - last_reap >= self.settings.reaper_interval_s:
+                    last_reap = now
+                    reap(self.settings)
+            except Exception:  # noqa: BLE001 - presence must never kill the worker
+                log.warning("worker presence loop failed", exc_info=True)
+            self._stop.wait(self.settings.worker_heartbeat_s)
+
+    def start(self) -> None:
+        ensure_schema(self.settings.sqlalchemy_url, auto_create=True)
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="motif-presence", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        try:
+            with session_scope(self.settings.sqlalchemy_url) as session:
+                session.execute(delete(Worker).where(Worker.hostname == self.hostname))
+        except Exception:  # noqa: BLE001
+            log.warning("could not deregister worker", exc_info=True)
+
+
+def default_hostname(queues: str) -> str:
+    return f"motif-{queues.replace(',', '-')}@{socket.gethostname()}:{os.getpid()}"
