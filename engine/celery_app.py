@@ -44,12 +44,13 @@ def celery_config(settings: Settings) -> dict[str, object]:
     url = settings.celery_broker_url
     if url.startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": settings.broker_polling_interval_s,
         }

@@ -51,7 +51,7 @@ def stop_worker_process(proc: subprocess.Popen) -> None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.wait(timeout=10)
     except (subprocess.TimeoutExpired, ProcessLookupError):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

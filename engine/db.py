@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -24,11 +25,16 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def _prepare_sqlite_folder(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        _prepare_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -44,9 +50,23 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+
+
 def engine_for(url: str) -> Engine:
-    return make_engine(url)
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = make_engine(url)
+    return engine
+
+
+def _forget_pooled_connections() -> None:
+    # A forked worker child must not reuse the parent's pooled connections (SQLAlchemy's rule).
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_pooled_connections)
 
 
 @lru_cache(maxsize=8)
@@ -100,6 +120,7 @@ def current_revision(url: str) -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    _prepare_sqlite_folder(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -97,9 +97,10 @@ def drain_queued(settings: Settings, limit: int, exclude: set[int]) -> list[int]
 
 
 @contextmanager
-def heartbeat(request_ids: list[int], settings: Settings, every_s: float = 2.0) -> Iterator[None]:
+def heartbeat(request_ids: list[int], settings: Settings) -> Iterator[None]:
     """Keep `heartbeat_at` fresh while a batch runs, so the reaper leaves live work alone."""
     stop = threading.Event()
+    every_s = min(2.0, settings.stale_after_s / 4)
 
     def beat() -> None:
         while not stop.wait(every_s):
@@ -107,7 +108,7 @@ def heartbeat(request_ids: list[int], settings: Settings, every_s: float = 2.0) 
                 with session_scope(settings.sqlalchemy_url) as session:
                     session.execute(
                         update(Request)
-                        .where(Request.id.in_(request_ids))
+                        .where(Request.id.in_(list(request_ids)))
                         .values(heartbeat_at=utcnow())
                     )
             except Exception:  # noqa: BLE001 - a missed beat is not fatal
@@ -183,8 +184,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
         )
         for job in jobs
     ]
-    with heartbeat([j.request_id for j in jobs], settings):
-        continuations = continue_batch(model, gen_requests)
+    continuations = continue_batch(model, gen_requests)
     elapsed = time.perf_counter() - started
     store = store_for(settings.artifact_root)
     finished: list[int] = []
@@ -374,11 +374,14 @@ def run_generation(request_id: int, settings: Settings | None = None) -> list[in
     settings = settings or get_settings()
     if not claim_for_generation(request_id, settings):
         return []
-    if settings.batch_wait_ms:
-        time.sleep(settings.batch_wait_ms / 1000)
-    batch = [request_id, *drain_queued(settings, settings.batch_size - 1, {request_id})]
+    batch = [request_id]
     try:
-        return generate_batch(batch, settings)
+        # The heartbeat covers the batching wait too: the list grows as requests are drained.
+        with heartbeat(batch, settings):
+            if settings.batch_wait_ms:
+                time.sleep(settings.batch_wait_ms / 1000)
+            batch.extend(drain_queued(settings, settings.batch_size - 1, {request_id}))
+            return generate_batch(batch, settings)
     except MotifError as exc:
         for rid in batch:
             fail(rid, settings, exc.user_message, exc.detail)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from celery import chain
 from kombu.exceptions import KombuError, OperationalError
@@ -23,8 +24,20 @@ from engine.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+@lru_cache(maxsize=16)
+def _app_for(broker: str, folder: str, backend: str, settings_json: str):  # type: ignore[no-untyped-def]
+    return make_app(Settings.model_validate_json(settings_json))
+
+
 def _app(settings: Settings):  # type: ignore[no-untyped-def]
-    return get_app() if settings is get_settings() else make_app(settings)
+    if settings is get_settings():
+        return get_app()
+    return _app_for(
+        settings.celery_broker_url,
+        str(settings.broker_folder),
+        settings.celery_result_backend,
+        settings.model_dump_json(exclude={"discord_token"}),
+    )
 
 
 def _send(settings: Settings, what: str, fn) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,11 @@ DEFAULT_CORPUS_PATH = PACKAGE_DIR / "data" / "corpus.npz"
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MOTIF_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="MOTIF_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
     )
 
     # --- where things live -------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Rendering speed: our reused FluidSynth against the `fluidsynth -F` command line, and the whole
+audio + picture path for 30 s of 4-voice music.
+
+`python -m bench.render_bench [--repeats 5]` prints a table; `run()` returns the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pretty_midi
+
+from engine.audio import encode, normalize_loudness
+from engine.music import Note, Piece
+from engine.pianoroll import piano_roll_png
+from engine.render import get_renderer
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SECONDS = 30.0
+TEMPO = 120.0
+
+
+def four_voice_midi(seconds: float = SECONDS, seed: int = 0) -> pretty_midi.PrettyMIDI:
+    """Dense 4-voice piano: eighths to halves at 120 BPM, one instrument per voice."""
+    rng = np.random.default_rng(seed)
+    midi = pretty_midi.PrettyMIDI(initial_tempo=TEMPO)
+    for voice in range(4):
+        inst = pretty_midi.Instrument(program=0, name="seed" if voice == 0 else f"voice {voice}")
+        t = 0.0
+        while t < seconds:
+            d = float(rng.choice([0.25, 0.5, 1.0]))
+            pitch = int(43 + 12 * voice + rng.integers(0, 12))
+            inst.notes.append(
+                pretty_midi.Note(int(rng.integers(60, 110)), pitch, t, min(t + d, seconds))
+            )
+            t += d
+        midi.instruments.append(inst)
+    return midi
+
+
+def _pieces(midi: pretty_midi.PrettyMIDI) -> tuple[Piece, Piece]:
+    """Voice 0's first 8 bars as the seed, everything after as the continuation."""
+    spb = 60.0 / TEMPO
+    notes = sorted(
+        (Note(n.start / spb, (n.end - n.start) / spb, n.pitch, n.velocity)
+         for inst in midi.instruments for n in inst.notes),
+        key=lambda n: (n.start, n.pitch),
+    )  # fmt: skip
+    split = 32.0  # beats
+    seed = Piece(tuple(n for n in notes if n.start < split), tempo_bpm=TEMPO)
+    cont = Piece(tuple(n for n in notes if n.start >= split), tempo_bpm=TEMPO)
+    return seed, cont
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(repeats: int = 5) -> dict[str, Any]:
+    """Medians of `repeats` runs. RTF = seconds of music per second of wall time (higher is
+    faster). Keys absent when FluidSynth (library or command line) is missing; see `notes`."""
+    settings = Settings(_env_file=None)
+    sf2 = str(settings.soundfont_path)
+    midi = four_voice_midi()
+    buf = io.BytesIO()
+    midi.write(buf)
+    midi_bytes = buf.getvalue()
+    result: dict[str, Any] = {
+        "music_s": SECONDS,
+        "repeats": repeats,
+        "soundfont": sf2,
+        "sample_rate": settings.sample_rate,
+        "notes": [],
+    }
+
+    renderer = get_renderer(settings)  # FluidSynth unless libfluidsynth is missing
+    result["backend"] = renderer.backend
+    renderer.render(midi, program=None, max_seconds=settings.max_audio_s)  # warm
+
+    def ours() -> None:
+        # The worker's path to samples: parse the MIDI bytes, render with the loaded SoundFont.
+        parsed = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
+        renderer.render(parsed, program=None, max_seconds=settings.max_audio_s)
+
+    cli = shutil.which("fluidsynth")
+    with tempfile.TemporaryDirectory() as tmp:
+        mid_path = Path(tmp) / "bench.mid"
+        mid_path.write_bytes(midi_bytes)
+        wav_path = Path(tmp) / "out.wav"
+        command = [cli or "fluidsynth", "-F", str(wav_path), "-ni", sf2, str(mid_path),
+                   "-r", str(settings.sample_rate)]  # fmt: skip
+
+        def command_line() -> None:
+            subprocess.run(command, check=True, capture_output=True)
+
+        # Interleaved, so that load from other processes hits both alike.
+        ours_times, cli_times = [], []
+        for _ in range(repeats):
+            ours_times.append(_timed(ours))
+            if cli and renderer.backend == "fluidsynth":
+                cli_times.append(_timed(command_line))
+    result["ours_render_s"] = statistics.median(ours_times)
+    result["ours_rtf"] = SECONDS / result["ours_render_s"]
+    if cli_times:
+        result["cli_render_s"] = statistics.median(cli_times)
+        result["cli_rtf"] = SECONDS / result["cli_render_s"]
+        result["rtf_ratio"] = result["ours_rtf"] / result["cli_rtf"]
+        result["cli_command"] = " ".join(["fluidsynth", *command[1:]])
+    else:
+        result["notes"].append(
+            "fluidsynth command line or libfluidsynth missing: no side-by-side figure"
+        )
+
+    # The whole path a finished request takes, stage by stage.
+    seed, cont = _pieces(midi)
+    stages: dict[str, list[float]] = {k: [] for k in ("render", "loudness", "encode", "pianoroll")}
+    totals = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        parsed = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
+        rendered = renderer.render(parsed, program=None, max_seconds=settings.max_audio_s)
+        t1 = time.perf_counter()
+        loud = normalize_loudness(rendered.samples, rendered.sample_rate)
+        t2 = time.perf_counter()
+        encoded = encode(loud, rendered.sample_rate, settings.audio_format,
+                         settings.upload_cap_bytes)  # fmt: skip
+        t3 = time.perf_counter()
+        png = piano_roll_png(seed, cont, title="Motif bench · 30 s · 4 voices")
+        t4 = time.perf_counter()
+        for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stages[key].append(dt)
+        totals.append(t4 - t0)
+    result["pipeline_s"] = statistics.median(totals)
+    result.update({f"{k}_s": statistics.median(v) for k, v in stages.items()})
+    result["audio_bytes"] = len(encoded.data)
+    result["audio_format"] = encoded.fmt
+    result["png_bytes"] = len(png)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    r = run(args.repeats)
+    print(f"Render, {r['music_s']:.0f} s of 4-voice piano, {r['sample_rate']} Hz, "
+          f"{Path(r['soundfont']).name}, median of {r['repeats']}")  # fmt: skip
+    print(f"{'':32}{'wall s':>9}{'RTF (x real time)':>20}")
+    print(
+        f"{'ours (' + r['backend'] + ', reused)':32}{r['ours_render_s']:9.3f}{r['ours_rtf']:20.1f}"
+    )
+    if "cli_rtf" in r:
+        print(f"{'fluidsynth -F (command line)':32}{r['cli_render_s']:9.3f}{r['cli_rtf']:20.1f}")
+        print(f"ratio ours/CLI in RTF: {r['rtf_ratio']:.2f} (target >= 1)")
+    for note in r["notes"]:
+        print(f"note: {note}")
+    print()
+    print(f"Whole path for {r['music_s']:.0f} s (median of {r['repeats']}):")
+    for key in ("render", "loudness", "encode", "pianoroll"):
+        print(f"  {key:10}{r[key + '_s']:8.3f} s")
+    print(f"  {'total':10}{r['pipeline_s']:8.3f} s   "
+          f"({r['audio_format']} {r['audio_bytes'] / 1024:.0f} KiB, png {r['png_bytes'] / 1024:.0f} KiB)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

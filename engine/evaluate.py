@@ -1,0 +1,367 @@
+"""`motif eval`: Motif against the hobby LSTM baseline and real held-out music, side by side.
+
+Seeds are the opening bars of held-out test pieces; both systems continue them and every figure of
+`engine.quality` is measured on the continuations and on what the pieces really do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.music import Piece
+from engine.quality import FIGURE_LABELS, TrainingIndex, summarize
+
+log = logging.getLogger(__name__)
+
+MOTIF, BASELINE, REAL = "Motif", "hobby LSTM baseline", "real held-out music"
+EQUAL_WIDTH = "hobby LSTM baseline at Motif's width"
+TEMPERATURE, TOP_P = 1.0, 0.95
+NLL_MAX_WINDOWS = 2000  # Motif's fixed evaluation windows (64 notes each), evenly thinned
+
+
+@dataclass(frozen=True)
+class SeedCase:
+    """One held-out piece cut in two: the seed both systems continue and what really follows."""
+
+    piece: Piece
+    seed: Piece
+    real: Piece  # the next `bars` bars of the piece
+
+
+def cut_seed(piece: Piece, seed_bars: int, bars: int) -> SeedCase | None:
+    """The first `seed_bars` bars as the seed and the `bars` after them as the real continuation;
+    None when either part has fewer than 4 notes (too short to judge a key or a collapse)."""
+    seed_end = seed_bars * piece.beats_per_bar
+    cont_end = seed_end + bars * piece.beats_per_bar
+    seed = tuple(n for n in piece.notes if n.start < seed_end - 1e-9)
+    real = tuple(n for n in piece.notes if seed_end - 1e-9 <= n.start < cont_end - 1e-9)
+    if len(seed) < 4 or len(real) < 4:
+        return None
+    return SeedCase(
+        piece=piece,
+        seed=replace(piece, notes=seed, name=f"{piece.name} (seed)"),
+        real=replace(piece, notes=real, name=f"{piece.name} (real continuation)"),
+    )
+
+
+def pick_cases(
+    pieces: Sequence[Piece], n: int, *, seed_bars: int, bars: int, seed: int = 0
+) -> list[SeedCase]:
+    """`n` held-out pieces, in a random order fixed by `seed`, that can be cut into a seed and a
+    continuation (fewer, with a warning, when the split has fewer)."""
+    order = np.random.default_rng(seed).permutation(len(pieces))
+    cases: list[SeedCase] = []
+    for i in order:
+        case = cut_seed(pieces[int(i)], seed_bars, bars)
+        if case is not None:
+            cases.append(case)
+            if len(cases) == n:
+                break
+    if len(cases) < n:
+        log.warning("only %d of %d held-out pieces are long enough to seed", len(cases), n)
+    return cases
+
+
+@dataclass
+class EvalReport:
+    """Everything `format_report` prints; `to_dict` is the JSON form."""
+
+    quality: dict[str, dict[str, float]]  # system -> figure (engine.quality.summarize) -> value
+    nll: dict[str, dict[str, float]]  # row -> {"validation": ..., "test": ...}
+    speed: dict[str, float]  # system -> notes generated per second
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ContinueFn = Callable[[SeedCase, int], Piece]  # (case, case number) -> continuation
+BaselineFn = Callable[[SeedCase, int, int], Piece]  # (case, case number, n notes) -> continuation
+
+
+def compare(
+    cases: Sequence[SeedCase],
+    motif: ContinueFn,
+    baseline: BaselineFn | None,
+    training_index: TrainingIndex | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, list[Piece]]]:
+    """Continue every case with Motif, then the baseline with as many notes as Motif made, and
+    summarise both and the real continuations against the held-out pieces.
+    Returns (figures per system, notes per second per system, continuations per system)."""
+    conts: dict[str, list[Piece]] = {MOTIF: [], REAL: [c.real for c in cases]}
+    seconds = {MOTIF: 0.0}
+    for i, case in enumerate(cases):
+        t0 = time.perf_counter()
+        conts[MOTIF].append(motif(case, i))
+        seconds[MOTIF] += time.perf_counter() - t0
+    if baseline is not None:
+        conts[BASELINE], seconds[BASELINE] = [], 0.0
+        for i, (case, made) in enumerate(zip(cases, conts[MOTIF], strict=True)):
+            t0 = time.perf_counter()
+            conts[BASELINE].append(baseline(case, i, len(made.notes)))
+            seconds[BASELINE] += time.perf_counter() - t0
+
+    seeds = [c.seed for c in cases]
+    reference = [c.piece for c in cases]
+    figures = {
+        name: summarize(pieces, seeds, reference, training_index) for name, pieces in conts.items()
+    }
+    speed = {
+        name: sum(len(p.notes) for p in conts[name]) / s if s > 0 else math.nan
+        for name, s in seconds.items()
+    }
+    return figures, speed, conts
+
+
+def equal_width_speed(
+    bm: Any, hidden: int, cases: Sequence[SeedCase], made: Sequence[Piece], n_cases: int = 10
+) -> float:
+    """Notes per second of the baseline's windowed generation at Motif's hidden size (random
+    weights: the speed does not depend on them) on the first cases, as many notes as Motif made."""
+    from bench.baseline import BaselineLSTM, BaselineModel, baseline_continue
+
+    cfg = replace(bm.config, width=hidden)
+    wide = BaselineModel(cfg, bm.vocab, BaselineLSTM(cfg, len(bm.vocab)).eval(), bm.primers)
+    notes, t0 = 0, time.perf_counter()
+    for case, piece in list(zip(cases, made, strict=True))[:n_cases]:
+        notes += len(baseline_continue(wide, case.seed, len(piece.notes)).notes)
+    seconds = time.perf_counter() - t0
+    return notes / seconds if seconds > 0 else math.nan
+
+
+def evaluate(
+    model_path: str | Path,
+    baseline_path: str | Path | None,
+    corpus_path: str | Path | None = None,
+    n_seeds: int = 100,
+    bars: int = 8,
+    seed: int = 0,
+    *,
+    seed_bars: int = 4,
+    nll_max_windows: int | None = NLL_MAX_WINDOWS,
+) -> EvalReport:
+    """Measure the model at `model_path` (and the baseline, if given) on `n_seeds` test pieces of
+    the corpus: the first `seed_bars` bars seed a continuation of `bars` bars. Motif samples with
+    temperature 1.0 and top-p 0.95, seeded per case from `seed`, so a run repeats exactly."""
+    import torch
+
+    from bench.baseline import baseline_continue, baseline_nll, load_baseline, unigram_nll
+    from engine.checkpoint import load_checkpoint
+    from engine.corpus import load_corpus
+    from engine.generate import continue_seed
+
+    t_start = time.perf_counter()
+    corpus = load_corpus(Path(corpus_path) if corpus_path else None)
+    train, validation, test = (corpus.pieces(s) for s in ("train", "validation", "test"))
+    lm = load_checkpoint(model_path)
+    styles = lm.codec.config.styles
+    bm = load_baseline(baseline_path) if baseline_path else None
+    log.info(
+        "corpus: %d train, %d validation, %d test pieces", len(train), len(validation), len(test)
+    )
+
+    def motif(case: SeedCase, i: int) -> Piece:
+        style = case.piece.style if case.piece.style in styles else None
+        return continue_seed(
+            lm,
+            case.seed,
+            bars,
+            style=style,
+            temperature=TEMPERATURE,
+            top_p=TOP_P,
+            top_k=0,
+            seed_rng=seed * 1_000_003 + i,
+        )
+
+    def baseline(case: SeedCase, i: int, n_notes: int) -> Piece:
+        return baseline_continue(bm, case.seed, n_notes, rng_seed=seed * 1_000_003 + i)
+
+    cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed)
+    index = TrainingIndex.from_pieces(train)
+    log.info("continuing %d seeds (index of %d training notes)", len(cases), index.tokens.size)
+    with torch.no_grad():
+        quality, speed, conts = compare(cases, motif, baseline if bm else None, index)
+        if bm is not None:
+            speed[EQUAL_WIDTH] = equal_width_speed(bm, lm.config.hidden, cases, conts[MOTIF])
+
+    log.info("likelihoods")
+    from engine.train import evaluate_nll
+
+    rows = ("motif", "baseline_symbol", "baseline_note", "baseline_unk", "unigram_pitch")
+    nll: dict[str, dict[str, float]] = {row: {} for row in (*rows, "unigram_event")}
+    for split, pieces in (("validation", validation), ("test", test)):
+        motif_nll = evaluate_nll(lm, pieces, max_windows=nll_max_windows)
+        nll["motif"][split] = motif_nll.get("nll_per_note", math.nan)
+        if bm is not None:
+            b = baseline_nll(bm, pieces)
+            nll["baseline_symbol"][split] = b.per_symbol
+            nll["baseline_note"][split] = b.per_note
+            nll["baseline_unk"][split] = b.unk_rate
+        uni = unigram_nll(train, pieces, lm.codec)
+        nll["unigram_pitch"][split] = uni["pitch"]
+        nll["unigram_event"][split] = uni["event"]
+    nll = {row: values for row, values in nll.items() if values}
+
+    return EvalReport(
+        quality=quality,
+        nll=nll,
+        speed=speed,
+        settings={
+            "model": str(model_path),
+            "model_meta": {k: lm.meta[k] for k in ("version", "created", "steps") if k in lm.meta},
+            "baseline": str(baseline_path) if baseline_path else None,
+            "baseline_meta": dict(bm.meta) if bm else None,
+            "corpus": str(corpus.path),
+            "corpus_hash": corpus.content_hash[:16],
+            "n_seeds": len(cases),
+            "seed_bars": seed_bars,
+            "bars": bars,
+            "seed": seed,
+            "temperature": TEMPERATURE,
+            "top_p": TOP_P,
+            "motif_hidden": lm.config.hidden,
+            "torch_threads": torch.get_num_threads(),
+            "wall_s": round(time.perf_counter() - t_start, 1),
+        },
+    )
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+_PERCENT = {"collapse_rate", "key_kept_rate"}
+_INTEGER = {"n", "copied_run_max"}
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if key in _PERCENT:
+        return f"{100 * value:.0f}%"
+    if key in _INTEGER:
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def format_report(report: EvalReport) -> str:
+    """The report as Markdown: the quality table (Motif | baseline | real music), the likelihood
+    table and the settings that produced them."""
+    s = report.settings
+    systems = [name for name in (MOTIF, BASELINE, REAL) if name in report.quality]
+    lines = [
+        f"Seeds: the first {s.get('seed_bars', '?')} bars of {s.get('n_seeds', '?')} held-out "
+        f"test pieces; {s.get('bars', '?')} bars continued. Motif samples at temperature "
+        f"{s.get('temperature', TEMPERATURE)}, top-p {s.get('top_p', TOP_P)} (rng seed "
+        f"{s.get('seed', 0)}); the baseline decodes by argmax on a fixed 0.5-beat grid and makes "
+        "as many notes as Motif did.",
+        "",
+        "| | " + " | ".join(systems) + " |",
+        "|---|" + "---:|" * len(systems),
+    ]
+    for key, label in FIGURE_LABELS.items():
+        if key == "n":
+            continue
+        row = [_fmt(key, report.quality[name].get(key)) for name in systems]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    speed = [_fmt("speed", report.speed.get(name)) for name in systems]
+    lines.append("| generation speed, notes/s (one request, CPU) | " + " | ".join(speed) + " |")
+    if EQUAL_WIDTH in report.speed and BASELINE in systems:
+        row = [
+            _fmt("speed", report.speed.get(MOTIF)),
+            _fmt("speed", report.speed[EQUAL_WIDTH]),
+        ] + ["—"] * (len(systems) - 2)
+        width = s.get("motif_hidden", "same")
+        lines.append(
+            f"| generation speed at equal width (hidden {width}), notes/s | "
+            + " | ".join(row)
+            + " |"
+        )
+
+    n = report.nll
+    nll_rows = [
+        ("motif", "Motif, per note event (timing + pitch + length + loudness, and the end)"),
+        ("baseline_note", "hobby baseline, per note (pitch symbols only)"),
+        ("baseline_symbol", "hobby baseline, per onset symbol (a chord is one symbol)"),
+        ("unigram_event", "unigram, per note event (same four fields as Motif, and the end)"),
+        ("unigram_pitch", "unigram, per note (pitch only)"),
+    ]
+    lines += [
+        "",
+        "Negative log-likelihood of held-out music, nats (lower is better). Only rows that "
+        "predict the same things compare: Motif with the four-field unigram, the baseline with "
+        "the pitch unigram.",
+        "",
+        "| | validation | test |",
+        "|---|---:|---:|",
+    ]
+    for key, label in nll_rows:
+        if n.get(key):
+            lines.append(
+                f"| {label} | {_fmt(key, n[key].get('validation'))} "
+                f"| {_fmt(key, n[key].get('test'))} |"
+            )
+    if n.get("baseline_unk"):
+        unk = n["baseline_unk"]
+        lines.append(
+            f"| hobby baseline: held-out symbols outside its vocabulary (<unk>) "
+            f"| {_fmt('collapse_rate', unk.get('validation'))} "
+            f"| {_fmt('collapse_rate', unk.get('test'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="motif eval", description=__doc__)
+    parser.add_argument("--model", type=Path, default=None, help="default: the shipped model")
+    parser.add_argument("--baseline", type=Path, default=None, help="bench/data/baseline.pt")
+    parser.add_argument("--corpus", type=Path, default=None, help="default: the shipped corpus")
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--bars", type=int, default=8)
+    parser.add_argument("--seed-bars", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (cases and sampling)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table")
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from engine.settings import get_settings
+
+    report = evaluate(
+        args.model or get_settings().default_model_path,
+        args.baseline,
+        args.corpus,
+        n_seeds=args.seeds,
+        bars=args.bars,
+        seed=args.seed,
+        seed_bars=args.seed_bars,
+    )
+    text = format_report(report)
+    print(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""The seq2seq LSTM that continues a melody, one compound note event per step.
+
+An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
+predicts the next note's SHIFT, PITCH, DURATION and VELOCITY with one head each, every head seeing
+the fields already chosen for that note. Training runs the decoder as one `nn.LSTM` call (cuDNN on
+GPU); generation steps `nn.LSTMCell`s that share the very same weight tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Event columns (see docs/events.md); the first four are predicted, in this order.
+SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
+FIELDS = ("shift", "pitch", "duration", "velocity")
+IGNORE = -100  # target value of a field that is not predicted (after EOS, padding)
+
+State = list[tuple[torch.Tensor, torch.Tensor]]  # (h, c) per decoder layer, each (B, H)
+
+
+@dataclass
+class ModelConfig:
+    # vocabulary sizes, from the EventCodec
+    n_shift: int  # includes EOS (the last class)
+    n_pitch: int
+    n_duration: int
+    n_velocity: int
+    n_position: int
+    n_style: int
+    # width
+    d_embed: int = 256
+    hidden: int = 384
+    layers: int = 2  # encoder and decoder each
+    dropout: float = 0.1
+    attention: bool = True
+
+    @classmethod
+    def for_codec(cls, codec, **sizes) -> ModelConfig:
+        return cls(
+            n_shift=codec.n_shift,
+            n_pitch=codec.n_pitch,
+            n_duration=codec.n_duration,
+            n_velocity=codec.n_velocity,
+            n_position=codec.n_position,
+            n_style=codec.n_style,
+            **sizes,
+        )
+
+
+@dataclass
+class Memory:
+    """What the decoder needs from the encoder."""
+
+    values: torch.Tensor  # (B, S, H) encoder outputs
+    keys: torch.Tensor | None  # (B, S, H) projected for Luong "general" scores; None: no attention
+    mask: torch.Tensor  # (B, S) True where a real seed step is
+    state: State  # the decoder's initial (h, c) per layer
+
+    def select(self, rows: torch.Tensor) -> Memory:
+        """The memory of some rows only (generation drops rows that have finished)."""
+        return Memory(
+            values=self.values[rows],
+            keys=None if self.keys is None else self.keys[rows],
+            mask=self.mask[rows],
+            state=[(h[rows], c[rows]) for h, c in self.state],
+        )
+
+
+class EventEmbedding(nn.Module):
+    """A note event as the sum of its five column embeddings plus the style embedding."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration, cfg.n_velocity, cfg.n_position)
+        self.columns = nn.ModuleList(nn.Embedding(n, cfg.d_embed) for n in sizes)
+        self.style = nn.Embedding(cfg.n_style, cfg.d_embed)
+        self.start = nn.Parameter(torch.zeros(cfg.d_embed))  # decoder input before the first note
+        self.no_seed = nn.Parameter(torch.zeros(cfg.d_embed))  # the one encoder step of no seed
+        for emb in [*self.columns, self.style]:
+            nn.init.normal_(emb.weight, std=0.3)  # six summed: keep the LSTM gates unsaturated
+        nn.init.normal_(self.start, std=0.3)
+        nn.init.normal_(self.no_seed, std=0.3)
+
+    def forward(self, events: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        # events (B, T, 5) int64 (no negative values), style (B,) -> (B, T, D)
+        x = self.style(style)[:, None, :]  # (B, 1, D)
+        for col, emb in enumerate(self.columns):
+            x = x + emb(events[..., col])
+        return x
+
+    def start_step(self, style: torch.Tensor) -> torch.Tensor:
+        return self.start + self.style(style)  # (B, D)
+
+    def no_seed_step(self, style: torch.Tensor) -> torch.Tensor:
+        return self.no_seed + self.style(style)  # (B, D)
+
+
+class NoteHeads(nn.Module):
+    """Factorised output: SHIFT, then PITCH given the shift (and the bar position it lands on),
+    DURATION given both, VELOCITY given all three."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.hidden
+        sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration, cfg.n_velocity)
+        self.out = nn.ModuleList(
+            nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, n)) for n in sizes
+        )
+        # embeddings of chosen fields, added to the context of the later heads
+        self.chosen = nn.ModuleList(
+            nn.Embedding(n, H) for n in (cfg.n_shift, cfg.n_pitch, cfg.n_duration)
+        )
+        self.chosen_position = nn.Embedding(cfg.n_position, H)
+        for emb in [*self.chosen, self.chosen_position]:
+            nn.init.normal_(emb.weight, std=0.1)
+
+    def logits(self, field: int, ctx: torch.Tensor) -> torch.Tensor:
+        return self.out[field](ctx)  # (..., H) -> (..., n_field)
+
+    def condition(self, field: int, ctx: torch.Tensor, note: torch.Tensor) -> torch.Tensor:
+        """The context for the next head once `field` of `note` (..., 5) has been chosen."""
+        ctx = ctx + self.chosen[field](note[..., field])
+        if field == SHIFT:  # the shift fixes the note's bar position too
+            ctx = ctx + self.chosen_position(note[..., POSITION])
+        return ctx
+
+    def forward(self, o: torch.Tensor, note: torch.Tensor) -> list[torch.Tensor]:
+        # o (B, T, H), note (B, T, 5) teacher-forced -> 4 x (B, T, n_field)
+        ctx, out = o, []
+        for field in range(4):
+            out.append(self.logits(field, ctx))
+            if field < 3:
+                ctx = self.condition(field, ctx, note)
+        return out
+
+
+class MotifSeq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        D, H, L = cfg.d_embed, cfg.hidden, cfg.layers
+        drop = cfg.dropout if L > 1 else 0.0
+        self.embed = EventEmbedding(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(
+            nn.LSTM(D if layer == 0 else H, H, batch_first=True) for layer in range(L)
+        )
+        self.bridge_h = nn.Linear(H, H)
+        self.bridge_c = nn.Linear(H, H)
+        self.decoder = nn.LSTM(D, H, L, batch_first=True, dropout=drop)
+        if cfg.attention:
+            self.attn_key = nn.Linear(H, H, bias=False)
+            self.attn_out = nn.Linear(2 * H, H)
+        self.heads = NoteHeads(cfg)
+        self._cells: list[nn.LSTMCell] = []  # plain list: not submodules, so no weight copies
+
+    # --- encoder -----------------------------------------------------------------------------
+    def encode(self, seed: torch.Tensor, seed_len: torch.Tensor, style: torch.Tensor) -> Memory:
+        """seed (B, S, 5) right-padded, seed_len (B,), style (B,). An empty seed (length 0)
+        is encoded as one learned "no seed" step."""
+        B = seed.size(0)
+        if seed.size(1) == 0:
+            seed = seed.new_zeros(B, 1, 5)
+        x = self.embed(seed.clamp_min(0), style)  # (B, S, D)
+        empty = (seed_len == 0)[:, None]  # (B, 1)
+        first = torch.where(empty, self.embed.no_seed_step(style), x[:, 0])  # (B, D)
+        x = torch.cat([first[:, None, :], x[:, 1:]], dim=1)  # (B, S, D)
+        lengths = seed_len.clamp_min(1)
+        last = (lengths - 1)[:, None, None].expand(B, 1, self.config.hidden)  # (B, 1, H)
+        # Padding comes after the real steps, so running over it changes nothing before; one
+        # LSTM per layer gives every layer's state at each row's last real step without packing
+        # (packed sequences fall off the fast oneDNN/cuDNN kernels).
+        state: State = []
+        for lstm in self.encoder:
+            x, _ = lstm(self.drop(x))  # (B, S, H)
+            h = x.gather(1, last)[:, 0]  # (B, H)
+            state.append((torch.tanh(self.bridge_h(h)), self.bridge_c(h)))
+        mask = torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]  # (B, S)
+        keys = self.attn_key(x) if self.config.attention else None
+        return Memory(values=x, keys=keys, mask=mask, state=state)
+
+    def attend(self, dec: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """Luong "general" attention over the seed. dec (B, T, H) -> (B, T, H)."""
+        if memory.keys is None:
+            return dec
+        scores = dec @ memory.keys.transpose(1, 2) / math.sqrt(dec.size(-1))  # (B, T, S)
+        scores = scores.masked_fill(~memory.mask[:, None, :], float("-inf"))
+        weights = F.softmax(scores.float(), dim=-1).to(dec.dtype)  # (B, T, S)
+        context = weights @ memory.values  # (B, T, H)
+        return torch.tanh(self.attn_out(torch.cat([dec, context], dim=-1)))  # (B, T, H)
+
+    # --- training: teacher forcing through nn.LSTM ---------------------------------------------
+    def forward(
+        self,
+        seed: torch.Tensor,
+        seed_len: torch.Tensor,
+        style: torch.Tensor,
+        target: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Logits of every field of every target note, given the seed and the true previous
+        notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS);
+        returns [shift, pitch, duration, velocity] logits, each (B, T, n_field)."""
+        memory = self.encode(seed, seed_len, style)
+        note = target.clamp_min(0)  # (B, T, 5)
+        prev = self.embed(note[:, :-1], style)  # (B, T-1, D)
+        x = torch.cat([self.embed.start_step(style)[:, None, :], prev], dim=1)  # (B, T, D)
+        h0 = torch.stack([h for h, _ in memory.state])  # (L, B, H)
+        c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
+        out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)
+        o = self.drop(self.attend(out, memory))  # (B, T, H)
+        return self.heads(o, note)
+
+    # --- generation: one LSTMCell step per note -----------------------------------------------
+    def decoder_cells(self) -> list[nn.LSTMCell]:
+        """LSTMCells whose parameters ARE the decoder LSTM's (same tensors, nothing to sync)."""
+        lstm = self.decoder
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        fresh = len(self._cells) == lstm.num_layers and all(
+            getattr(cell, n) is getattr(lstm, f"{n}_l{layer}")
+            for layer, cell in enumerate(self._cells)
+            for n in names
+        )
+        if not fresh:
+            cells = []
+            for layer in range(lstm.num_layers):
+                in_size = lstm.input_size if layer == 0 else lstm.hidden_size
+                cell = nn.LSTMCell(in_size, lstm.hidden_size, device="meta")
+                for n in names:
+                    setattr(cell, n, getattr(lstm, f"{n}_l{layer}"))
+                cells.append(cell)
+            self._cells = cells
+        return self._cells
+
+    def step(
+        self,
+        prev: torch.Tensor | None,
+        style: torch.Tensor,
+        state: State,
+        memory: Memory,
+    ) -> tuple[torch.Tensor, State]:
+        """One decoder step: prev (B, 5) is the previous note (None: the START step).
+        Returns the heads' input o (B, H) and the new state. Call in eval mode."""
+        if prev is None:
+            x = self.embed.start_step(style)  # (B, D)
+        else:
+            x = self.embed(prev.clamp_min(0)[:, None, :], style)[:, 0]  # (B, D)
+        new_state: State = []
+        for cell, hc in zip(self.decoder_cells(), state, strict=True):
+            h, c = cell(x, hc)  # (B, H) each
+            new_state.append((h, c))
+            x = h
+        o = self.attend(x[:, None, :], memory)[:, 0]  # (B, H)
+        return o, new_state
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,224 @@
+"""Motif's compound events: one (N, 5) int row per note, as described in docs/events.md.
+
+`EventCodec` turns a `Piece` into events for the model and model output back into a `Piece`.
+numpy only, so the bot and tests can use it without torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from engine.music import Note, Piece
+
+log = logging.getLogger(__name__)
+
+SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
+N_COLUMNS = 5
+# Note lengths in ticks: straight and triplet values from a 32nd-note triplet to two bars of 4/4.
+DURATION_BINS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 30, 36, 42, 48, 60, 72, 96)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Everything that fixes the meaning of an event; saved beside the weights."""
+
+    ticks_per_beat: int = 12
+    max_shift: int = 48
+    pitch_low: int = 21
+    pitch_high: int = 108
+    duration_bins: tuple[int, ...] = DURATION_BINS
+    n_velocity: int = 8
+    max_position: int = 95
+    styles: tuple[str, ...] = ("none", "folk", "celtic", "chorale", "renaissance")
+
+    def __post_init__(self) -> None:
+        if self.ticks_per_beat < 1 or self.max_shift < 1 or self.n_velocity < 1:
+            raise ValueError("ticks_per_beat, max_shift and n_velocity must be positive")
+        if not 0 <= self.pitch_low <= self.pitch_high <= 127:
+            raise ValueError(f"bad pitch range {self.pitch_low}..{self.pitch_high}")
+        if self.pitch_high - self.pitch_low < 11:
+            raise ValueError("the pitch range must span at least an octave (notes are folded)")
+        bins = tuple(self.duration_bins)
+        if not bins or list(bins) != sorted(set(bins)) or bins[0] < 1:
+            raise ValueError("duration_bins must be distinct positive ticks in ascending order")
+        if not self.styles or self.styles[0] != "none":
+            raise ValueError('styles must start with "none"')
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["duration_bins"] = list(self.duration_bins)
+        d["styles"] = list(self.styles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenizerConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for key in ("duration_bins", "styles"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+class EventCodec:
+    """Encodes pieces to (N, 5) events and decodes events to pieces, for one `TokenizerConfig`."""
+
+    def __init__(self, config: TokenizerConfig = TokenizerConfig()) -> None:  # noqa: B008
+        self.config = config
+        self.n_shift = config.max_shift + 2  # 0..max_shift, then EOS
+        self.eos = config.max_shift + 1
+        self.n_pitch = config.pitch_high - config.pitch_low + 1
+        self.n_duration = len(config.duration_bins)
+        self.n_velocity = config.n_velocity
+        self.n_position = config.max_position + 1
+        self.n_style = len(config.styles)
+        self._bins = np.asarray(config.duration_bins, dtype=np.int64)
+
+    # --- small pieces of the representation --------------------------------------------------
+    def style_index(self, style: str | None) -> int:
+        """Conditioning index of a style; None means "none" (0); an unknown name is a ValueError."""
+        if style is None:
+            return 0
+        try:
+            return self.config.styles.index(style)
+        except ValueError:
+            raise ValueError(
+                f"unknown style {style!r}; known: {', '.join(self.config.styles)}"
+            ) from None
+
+    def bar_ticks(self, time_signature: tuple[int, int]) -> int:
+        num, den = time_signature
+        if num < 1 or den < 1:
+            return self.config.ticks_per_beat * 4
+        return max(1, self.config.ticks_per_beat * num * 4 // den)
+
+    def position(self, abs_tick: int, time_signature: tuple[int, int]) -> int:
+        return min(self.config.max_position, int(abs_tick) % self.bar_ticks(time_signature))
+
+    def to_ticks(self, beats: float) -> int:
+        return int(round(beats * self.config.ticks_per_beat))
+
+    def onset_ticks(self, piece: Piece) -> list[int]:
+        """Onsets of the piece's notes on the tick grid, in (onset, pitch) order."""
+        ticks = [self.to_ticks(n.start) for n in piece.notes]
+        return sorted(ticks)
+
+    def fold_pitch(self, pitch: int) -> int:
+        """Move a pitch by octaves into [pitch_low, pitch_high]."""
+        low, high = self.config.pitch_low, self.config.pitch_high
+        if pitch < low:
+            pitch += 12 * -(-(low - pitch) // 12)
+        elif pitch > high:
+            pitch -= 12 * -(-(pitch - high) // 12)
+        return pitch
+
+    def duration_index(self, ticks: int) -> int:
+        """Index of the nearest duration bin (the shorter one on a tie)."""
+        return int(np.argmin(np.abs(self._bins - int(ticks))))
+
+    def velocity_bin(self, velocity: int) -> int:
+        v = min(127, max(0, int(velocity)))
+        return min(self.n_velocity - 1, v * self.n_velocity // 128)
+
+    def velocity_of_bin(self, index: int) -> int:
+        """The velocity in the middle of a bin (it maps back to the same bin)."""
+        lo = -(-int(index) * 128 // self.n_velocity)
+        hi = -(-(int(index) + 1) * 128 // self.n_velocity) - 1
+        return min(127, max(1, (lo + hi) // 2))
+
+    def _clamp_gap(self, gap: int, bar: int) -> int:
+        """A gap longer than `max_shift` loses whole bars, so a decoded onset keeps its bar position.
+
+        Where no whole number of bars brings it under `max_shift` (bars longer than max_shift),
+        it is clamped to `max_shift`.
+        """
+        max_shift = self.config.max_shift
+        if gap <= max_shift:
+            return max(0, gap)
+        whole_bars = -(-(gap - max_shift) // bar)
+        shorter = gap - whole_bars * bar
+        return shorter if shorter >= 0 else max_shift
+
+    # --- the two directions ------------------------------------------------------------------
+    def encode(self, piece: Piece, *, start_tick: int = 0) -> np.ndarray:
+        """Events (N, 5) int64 for the piece's notes, sorted by (onset, pitch).
+
+        The first shift is measured from `start_tick` (0, or the seed's last onset when
+        encoding a continuation). Onsets and durations are rounded to the tick grid; pitches
+        outside the range are folded by octaves; identical (onset, pitch) notes keep the longest.
+        POSITION is the true bar position of the onset (tick 0 is a downbeat); when generating,
+        the running sum of shifts from `start_tick` gives the same value.
+        """
+        cfg = self.config
+        bar = self.bar_ticks(piece.time_signature)
+        best: dict[tuple[int, int], tuple[int, int]] = {}
+        for note in piece.notes:
+            onset = self.to_ticks(note.start)
+            pitch = self.fold_pitch(int(note.pitch))
+            dur = max(1, self.to_ticks(note.duration))
+            key = (onset, pitch)
+            if key not in best or dur > best[key][0]:
+                best[key] = (dur, int(note.velocity))
+        keys = sorted(best)
+        events = np.zeros((len(keys), N_COLUMNS), dtype=np.int64)
+        prev_onset = int(start_tick)
+        for i, (onset, pitch) in enumerate(keys):
+            dur, velocity = best[(onset, pitch)]
+            events[i, SHIFT] = self._clamp_gap(onset - prev_onset, bar)
+            prev_onset = max(prev_onset, onset)
+            events[i, PITCH] = pitch - cfg.pitch_low
+            events[i, DURATION] = self.duration_index(dur)
+            events[i, VELOCITY] = self.velocity_bin(velocity)
+            events[i, POSITION] = self.position(prev_onset, piece.time_signature)
+        return events
+
+    def decode(
+        self,
+        events: np.ndarray,
+        *,
+        start_tick: int = 0,
+        tempo_bpm: float = 120.0,
+        time_signature: tuple[int, int] = (4, 4),
+        program: int = 0,
+        style: str | None = None,
+        name: str = "",
+    ) -> Piece:
+        """The piece that events (N, >=4) describe, up to the first EOS; POSITION is ignored."""
+        cfg = self.config
+        arr = np.asarray(events, dtype=np.int64)
+        if arr.ndim != 2 or (arr.shape[0] and arr.shape[1] < 4):
+            raise ValueError(f"events must have shape (N, 4 or 5), not {arr.shape}")
+        eos_rows = np.flatnonzero(arr[:, SHIFT] == self.eos) if len(arr) else []
+        if len(eos_rows):
+            arr = arr[: eos_rows[0]]
+        for col, size, label in (
+            (SHIFT, self.n_shift - 1, "shift"),
+            (PITCH, self.n_pitch, "pitch"),
+            (DURATION, self.n_duration, "duration"),
+            (VELOCITY, self.n_velocity, "velocity"),
+        ):
+            if len(arr) and (arr[:, col].min() < 0 or arr[:, col].max() >= size):
+                raise ValueError(f"{label} class out of range 0..{size - 1}")
+        tpb = cfg.ticks_per_beat
+        onsets = int(start_tick) + np.cumsum(arr[:, SHIFT]) if len(arr) else np.zeros(0, np.int64)
+        notes = [
+            Note(
+                start=int(onsets[i]) / tpb,
+                duration=int(self._bins[arr[i, DURATION]]) / tpb,
+                pitch=int(arr[i, PITCH]) + cfg.pitch_low,
+                velocity=self.velocity_of_bin(int(arr[i, VELOCITY])),
+            )
+            for i in range(len(arr))
+        ]
+        notes.sort(key=lambda n: (n.start, n.pitch))
+        return Piece(
+            notes=tuple(notes),
+            tempo_bpm=float(tempo_bpm),
+            time_signature=(int(time_signature[0]), int(time_signature[1])),
+            program=int(program),
+            name=name,
+            style=style,
+        )

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.evaluate import (
+    BASELINE,
+    EQUAL_WIDTH,
+    MOTIF,
+    REAL,
+    EvalReport,
+    compare,
+    cut_seed,
+    format_report,
+    pick_cases,
+)
+from engine.music import Note, Piece
+from engine.quality import TrainingIndex
+
+SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+def tune(n_bars: int, offset: int = 0, name: str = "t") -> Piece:
+    """Quarter notes walking the C major scale, 4 to a bar."""
+    pitches = [SCALE[(i + offset) % len(SCALE)] for i in range(4 * n_bars)]
+    notes = tuple(Note(float(i), 1.0, p) for i, p in enumerate(pitches))
+    return Piece(notes=notes, name=name, style="folk")
+
+
+def test_cut_seed_splits_at_the_bar_line():
+    case = cut_seed(tune(12), seed_bars=4, bars=8)
+    assert len(case.seed.notes) == 16 and case.seed.end_beat == 16
+    assert len(case.real.notes) == 32 and case.real.notes[0].start == 16
+    assert case.seed.style == "folk"
+    three_four = replace(tune(12), time_signature=(3, 4))
+    assert len(cut_seed(three_four, seed_bars=2, bars=2).seed.notes) == 6
+    assert cut_seed(three_four, seed_bars=2, bars=1) is None  # 3 real notes: too few
+    assert cut_seed(tune(4), seed_bars=4, bars=8) is None  # nothing after the seed
+
+
+def test_pick_cases_is_repeatable_and_skips_short_pieces():
+    pieces = [tune(12, i, f"p{i}") for i in range(10)] + [tune(3, name="short")]
+    a = pick_cases(pieces, 5, seed_bars=4, bars=4, seed=1)
+    assert [c.piece.name for c in a] == [
+        c.piece.name for c in pick_cases(pieces, 5, seed_bars=4, bars=4, seed=1)
+    ]
+    assert len(a) == 5
+    assert len(pick_cases(pieces, 50, seed_bars=4, bars=4)) == 10
+
+
+def test_compare_gives_the_baseline_as_many_notes_as_motif():
+    cases = pick_cases([tune(12, i, f"p{i}") for i in range(6)], 6, seed_bars=4, bars=4)
+    index = TrainingIndex.from_pieces([tune(20)])
+
+    def motif(case, i):
+        return case.real  # a perfect continuation
+
+    def stuck(case, i, n):
+        start = case.seed.end_beat
+        return Piece(notes=tuple(Note(start + k / 2, 0.5, 60) for k in range(n)))
+
+    figures, speed, conts = compare(cases, motif, stuck, index)
+    assert set(figures) == {MOTIF, BASELINE, REAL}
+    assert [len(p.notes) for p in conts[BASELINE]] == [len(p.notes) for p in conts[MOTIF]]
+    assert figures[MOTIF]["collapse_rate"] == 0.0 and figures[BASELINE]["collapse_rate"] == 1.0
+    assert figures[MOTIF] == figures[REAL]
+    assert figures[BASELINE]["distinct_durations"] == 1
+    assert figures[MOTIF]["copied_run_max"] == 15  # the whole 16-note walk is in training
+    assert speed[MOTIF] > 0 and REAL not in speed
+
+    without, _, _ = compare(cases, motif, None, None)
+    assert BASELINE not in without and math.isnan(without[MOTIF]["copied_run_max"])
+
+
+def test_format_report_is_a_markdown_table():
+    figures = {"collapse_rate": 0.0, "key_kept_rate": 0.9, "copied_run_max": 7.0}
+    report = EvalReport(
+        quality={MOTIF: figures, BASELINE: {**figures, "collapse_rate": 0.8}, REAL: figures},
+        nll={"motif": {"validation": 3.21, "test": 3.3}, "unigram_pitch": {"test": 3.0}},
+        speed={MOTIF: 1500.0, BASELINE: 80.0},
+        settings={"n_seeds": 100, "seed_bars": 4, "bars": 8},
+    )
+    text = format_report(report)
+    assert f"| | {MOTIF} | {BASELINE} | {REAL} |" in text
+    assert "| collapse rate (lower is better) | 0% | 80% | 0% |" in text
+    assert "| longest copied run, notes (max) | 7 | 7 | 7 |" in text
+    assert "3.21 | 3.30 |" in text and "| — | 3.00 |" in text
+    assert "1500.00 | 80.00 | — |" in text
+    json.dumps(report.to_dict())
+
+
+@pytest.fixture
+def tiny_files(tmp_path, monkeypatch):
+    """A random tiny Motif checkpoint, a tiny baseline and a fake corpus of scale tunes."""
+    import torch
+
+    import engine.corpus
+    from bench.baseline import save_baseline, train_baseline
+    from engine.checkpoint import save_checkpoint
+    from engine.model import ModelConfig, MotifSeq2Seq
+    from engine.tokens import EventCodec
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    codec = EventCodec()
+    cfg = ModelConfig.for_codec(codec, d_embed=8, hidden=8, layers=1)
+    model_path = save_checkpoint(
+        tmp_path / "m.pt", MotifSeq2Seq(cfg), cfg, codec.config, {"version": "test"}
+    )
+    rng = np.random.default_rng(0)
+    splits = {
+        split: [tune(int(rng.integers(6, 10)), int(rng.integers(8)), f"{split}{i}") for i in range(6)]
+        for split in ("train", "validation", "test")
+    }  # fmt: skip
+    baseline = train_baseline(splits["train"], width=8, window=8, steps=2, batch_size=4)
+    baseline_path = save_baseline(baseline, tmp_path / "b.pt")
+
+    class FakeCorpus:
+        path = Path("fake.npz")
+        content_hash = "0" * 64
+
+        def pieces(self, split):
+            return splits[split]
+
+    monkeypatch.setattr(engine.corpus, "load_corpus", lambda path=None: FakeCorpus())
+    return model_path, baseline_path
+
+
+def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
+    from engine.evaluate import evaluate, main
+
+    model_path, baseline_path = tiny_files
+    report = evaluate(model_path, baseline_path, "fake.npz", n_seeds=4, bars=2, seed_bars=2)
+    assert report.settings["n_seeds"] == 4
+    assert set(report.quality) == {MOTIF, BASELINE, REAL}
+    assert report.quality[BASELINE]["distinct_durations"] == 1
+    assert math.isfinite(report.nll["motif"]["test"])
+    assert math.isfinite(report.nll["baseline_note"]["validation"])
+    assert report.nll["unigram_event"]["test"] > report.nll["unigram_pitch"]["test"]
+    assert report.quality[REAL]["collapse_rate"] == 0.0
+    assert report.speed[EQUAL_WIDTH] > 0 and report.settings["motif_hidden"] == 8
+    assert "generation speed at equal width (hidden 8)" in format_report(report)
+
+    out = tmp_path / "report.json"
+    argv = ["--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2", "--bars", "2"]
+    assert main([*argv, "--seed-bars", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["baseline"] is None and BASELINE not in data["quality"]

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.db import session_scope
+from engine.errors import BadMidi, BadParams, QueueFull, RateLimited, ServiceUnavailable
+from engine.jobs import ComposeOptions, JobService, Requester, validate_options
+from engine.records import Request, RequestKind, RequestStatus, Tune, TuneSource
+from tests.conftest import example_seed_bytes, make_settings
+
+
+def count(settings, model) -> int:
+    with session_scope(settings.sqlalchemy_url) as s:
+        return s.scalar(select(func.count(model.id))) or 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bars": 0}, "bars"),
+        ({"bars": 10_000}, "bars"),
+        ({"bars": True}, "bars"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": 99}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"style": "dubstep"}, "unknown style"),
+        ({"instrument": "theremin"}, "unknown instrument"),
+        ({"instrument": 127}, "unknown instrument"),
+        ({"tempo": 5}, "tempo"),
+        ({"tempo": float("inf")}, "tempo"),
+        ({"rng_seed": -1}, "rng_seed"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_message(kwargs, message):
+    with pytest.raises(BadParams, match=message):
+        validate_options(**kwargs)
+
+
+def test_good_options_are_normalised():
+    o = validate_options(bars=4, style="folk", instrument="Flute", temperature=0.8, rng_seed=7)
+    assert o == ComposeOptions(bars=4, style="folk", temperature=0.8, instrument=73, rng_seed=7)
+    assert ComposeOptions.from_params(o.to_params()) == o
+
+
+def test_compose_records_request_and_seed_tune_and_queues_it(settings):
+    sent: list[int] = []
+    service = JobService(settings, dispatch=sent.append)
+    who = Requester(discord_id=42, name="ann", guild_id=1, channel_id=2, interaction_id=3,
+                    origin="slash")
+    rid = service.compose(who, validate_options(bars=4), example_seed_bytes(), "ode.mid")
+    assert sent == [rid]
+    prog = service.progress(rid)
+    assert prog.status is RequestStatus.QUEUED and prog.queue_position == 1
+    assert prog.seed_name == "ode.mid" and prog.user_discord_id == 42 and prog.channel_id == 2
+    assert isinstance(prog.params["rng_seed"], int)  # recorded so the result can be replayed
+    with session_scope(settings.sqlalchemy_url) as s:
+        tune = s.scalar(select(Tune))
+        assert tune.source is TuneSource.SEED and tune.note_count > 0 and not tune.consent
+    # The same seed again is the same tune (deduplicated by content hash).
+    rid2 = service.compose(who, validate_options(bars=4), example_seed_bytes(), "ode.mid")
+    assert service.progress(rid2).queue_position == 2
+    assert count(settings, Tune) == 1
+
+
+def test_bad_seed_writes_nothing(settings):
+    service = JobService(settings, dispatch=lambda _: None)
+    with pytest.raises(BadMidi):
+        service.compose(Requester(discord_id=1), validate_options(), b"not a midi file", "x.mid")
+    assert count(settings, Request) == 0 and count(settings, Tune) == 0
+
+
+def test_broker_down_is_a_clear_error_and_leaves_no_rows(tmp_path):
+    from engine import db
+
+    s = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")
+    db.upgrade(s.sqlalchemy_url)
+    service = JobService(s)
+    with pytest.raises(ServiceUnavailable, match="queue is unreachable"):
+        service.compose(Requester(discord_id=1), validate_options(), example_seed_bytes(), "a.mid")
+    assert count(s, Request) == 0 and count(s, Tune) == 0
+
+
+def test_database_down_is_a_clear_error(tmp_path):
+    s = make_settings(tmp_path, database_url="postgresql+psycopg://x@127.0.0.1:1/none")
+    service = JobService(s, dispatch=lambda _: None)
+    with pytest.raises(ServiceUnavailable, match="database is unreachable"):
+        service.compose(Requester(discord_id=1), validate_options(), None, "")
+
+
+def test_per_user_limits_and_global_cap(tmp_path):
+    from engine import db
+
+    s = make_settings(tmp_path, user_max_concurrent=2, user_rate_per_min=3, queue_cap=3)
+    db.upgrade(s.sqlalchemy_url)
+    service = JobService(s, dispatch=lambda _: None)
+    ann = Requester(discord_id=1)
+    service.compose(ann, validate_options(), None)
+    service.compose(ann, validate_options(), None)
+    with pytest.raises(RateLimited, match="in progress") as exc:
+        service.compose(ann, validate_options(), None)
+    assert exc.value.retry_after_s > 0
+    service.compose(Requester(discord_id=2), validate_options(), None)
+    with pytest.raises(QueueFull, match="queue is full"):
+        service.compose(Requester(discord_id=3), validate_options(), None)
+
+
+def test_rate_limit_per_minute_says_when_to_retry(tmp_path):
+    from engine import db
+
+    s = make_settings(tmp_path, user_max_concurrent=10, user_rate_per_min=2)
+    db.upgrade(s.sqlalchemy_url)
+    service = JobService(s, dispatch=lambda _: None)
+    ann = Requester(discord_id=1)
+    for _ in range(2):
+        service.compose(ann, validate_options(), None)
+    with pytest.raises(RateLimited, match=r"try again in \d+ s"):
+        service.compose(ann, validate_options(), None)
+
+
+def test_follow_ups_rate_share_forget(tmp_path):
+    from engine import db
+
+    settings = make_settings(tmp_path, user_max_concurrent=10)
+    db.upgrade(settings.sqlalchemy_url)
+    service = JobService(settings, dispatch=lambda _: None)
+    ann = Requester(discord_id=1)
+    rid = service.compose(ann, validate_options(bars=4, temperature=0.9), example_seed_bytes(), "s")
+    with pytest.raises(BadParams, match="no finished result"):
+        service.follow_up(ann, rid, RequestKind.EXTEND)
+    reroll = service.follow_up(ann, rid, RequestKind.REROLL)
+    vary = service.follow_up(ann, rid, RequestKind.VARIATION, temperature=1.2)
+    with session_scope(settings.sqlalchemy_url) as s:
+        a, b, c = (s.get(Request, i) for i in (rid, reroll, vary))
+        assert b.parent_id == rid and b.seed_tune_id == a.seed_tune_id
+        assert b.params["temperature"] == 0.9 and b.kind is RequestKind.REROLL
+        assert c.params["temperature"] == 1.2 and c.kind is RequestKind.VARIATION
+    service.rate(rid, ann, 1)
+    service.rate(rid, ann, -1)  # a second vote replaces the first
+    with pytest.raises(BadParams):
+        service.rate(rid, ann, 5)
+    assert service.share(rid, ann) == 1
+    with pytest.raises(Exception, match="only the person"):
+        service.share(rid, Requester(discord_id=99))
+    assert service.forget(ann) == 1
+    with session_scope(settings.sqlalchemy_url) as s:
+        tune = s.scalar(select(Tune))
+        assert not tune.consent and tune.withdrawn_at is not None
+    assert [p.request_id for p in service.history(ann)] == [vary, reroll, rid]
+    assert service.cancel(vary, ann) is True
+    assert service.progress(vary).status is RequestStatus.CANCELLED

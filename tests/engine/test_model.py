@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.model import FIELDS, ModelConfig, MotifSeq2Seq
+from engine.tokens import EventCodec
+
+CODEC = EventCodec()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: extra threads only contend for the shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(**kw) -> MotifSeq2Seq:
+    torch.manual_seed(0)
+    sizes = dict(d_embed=16, hidden=24, layers=2, dropout=0.1) | kw
+    return MotifSeq2Seq(ModelConfig.for_codec(CODEC, **sizes))
+
+
+def _events(B: int, T: int) -> torch.Tensor:
+    cols = [CODEC.n_shift - 1, CODEC.n_pitch, CODEC.n_duration, CODEC.n_velocity, CODEC.n_position]
+    return torch.stack([torch.randint(0, n, (B, T)) for n in cols], dim=-1)  # (B, T, 5)
+
+
+def test_shapes_and_empty_seeds():
+    model = _model()
+    seed, target = _events(3, 5), _events(3, 7)
+    logits = model(seed, torch.tensor([5, 2, 0]), torch.tensor([0, 1, 2]), target)
+    sizes = (CODEC.n_shift, CODEC.n_pitch, CODEC.n_duration, CODEC.n_velocity)
+    assert len(logits) == len(FIELDS)
+    assert [tuple(lg.shape) for lg in logits] == [(3, 7, n) for n in sizes]
+    # a batch of no seeds at all (S = 0)
+    logits = model(
+        seed[:, :0], torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), target
+    )
+    assert logits[0].shape == (3, 7, CODEC.n_shift) and torch.isfinite(logits[1]).all()
+
+
+def _step_logits(model: MotifSeq2Seq, seed, seed_len, style, target) -> list[torch.Tensor]:
+    memory = model.encode(seed, seed_len, style)
+    state, prev, out = memory.state, None, [[] for _ in range(4)]
+    for t in range(target.size(1)):
+        o, state = model.step(prev, style, state, memory)
+        ctx = o
+        for f in range(4):
+            out[f].append(model.heads.logits(f, ctx))
+            if f < 3:
+                ctx = model.heads.condition(f, ctx, target[:, t])
+        prev = target[:, t]
+    return [torch.stack(x, dim=1) for x in out]  # 4 x (B, T, n)
+
+
+def test_step_path_equals_full_lstm_path():
+    model = _model().eval()
+    seed, target = _events(3, 6), _events(3, 9)
+    seed_len, style = torch.tensor([6, 1, 0]), torch.tensor([1, 0, 3])
+    with torch.no_grad():
+        full = model(seed, seed_len, style, target)
+        stepped = _step_logits(model, seed, seed_len, style, target)
+    for a, b in zip(full, stepped, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_cells_share_the_lstm_weights_and_never_drift():
+    model = _model()
+    for layer, cell in enumerate(model.decoder_cells()):
+        assert cell.weight_ih is getattr(model.decoder, f"weight_ih_l{layer}")
+        assert cell.bias_hh is getattr(model.decoder, f"bias_hh_l{layer}")
+    # no second copy in the state dict
+    assert not any("cell" in k for k in model.state_dict())
+    # a training step changes the LSTM; the step path follows without any sync
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    seed, target = _events(2, 4), _events(2, 5)
+    args = (seed, torch.tensor([4, 2]), torch.tensor([0, 1]))
+    sum(lg.sum() for lg in model(*args, target)).backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        full, stepped = model(*args, target), _step_logits(model, *args, target)
+    torch.testing.assert_close(full[1], stepped[1], atol=1e-5, rtol=0)
+
+
+def test_seed_padding_is_masked():
+    model = _model().eval()
+    seed, target = _events(1, 3), _events(1, 4)
+    padded = torch.cat([seed, _events(1, 5)], dim=1)  # garbage after the real steps
+    with torch.no_grad():
+        alone = model(seed, torch.tensor([3]), torch.tensor([2]), target)
+        pad = model(padded, torch.tensor([3]), torch.tensor([2]), target)
+    for a, b in zip(alone, pad, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_without_attention_and_one_layer():
+    model = _model(attention=False, layers=1).eval()
+    seed, target = _events(2, 3), _events(2, 4)
+    args = (seed, torch.tensor([3, 0]), torch.tensor([0, 0]))
+    with torch.no_grad():
+        full, stepped = model(*args, target), _step_logits(model, *args, target)
+    torch.testing.assert_close(full[0], stepped[0], atol=1e-5, rtol=0)

@@ -1,0 +1,137 @@
+"""The whole path with real parts: queue → worker process → model → audio → SQL rows."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from engine import db
+from engine.db import session_scope
+from engine.jobs import JobService, Requester, validate_options
+from engine.records import Artifact, Request, RequestStatus
+from tests.conftest import ROOT, example_seed_bytes, make_settings, settings_env, wait_finished
+
+pytestmark = pytest.mark.slow
+
+
+def check_artifacts(service: JobService, rid: int) -> None:
+    import pretty_midi
+    import soundfile
+
+    prog = service.progress(rid)
+    assert prog.status is RequestStatus.DONE, prog.error_user
+    kinds = {a.kind: a for a in prog.artifacts}
+    assert set(kinds) == {"midi", "audio", "image"}
+    midi = pretty_midi.PrettyMIDI(io.BytesIO(service.artifact_bytes(kinds["midi"])))
+    assert sum(len(i.notes) for i in midi.instruments) > 0
+    data, rate = soundfile.read(io.BytesIO(service.artifact_bytes(kinds["audio"])))
+    assert rate > 0 and len(data) > rate  # at least a second of sound
+    assert service.artifact_bytes(kinds["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert prog.model_version == "tiny-test" or prog.model_version.startswith("default-")
+    assert prog.timings["generate_s"] > 0 and prog.timings["render_s"] > 0
+    with session_scope(service.url) as s:
+        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 3
+
+
+def _compose(service: JobService, seed: bool = True, **options) -> int:
+    return service.compose(
+        Requester(discord_id=1, name="t"),
+        validate_options(bars=options.pop("bars", 4), **options),
+        example_seed_bytes() if seed else None,
+        "ode-to-joy.mid" if seed else "",
+    )
+
+
+def test_compose_through_a_real_worker_on_embedded_defaults(tmp_path, tiny_model_path,
+                                                            worker_factory):
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, user_max_concurrent=5)
+    db.upgrade(settings.sqlalchemy_url)
+    assert settings.celery_broker_url == "filesystem://"
+    worker_factory(settings).start()
+    service = JobService(settings)
+    with_seed = _compose(service)
+    no_seed = _compose(service, seed=False, style="folk")
+    for rid in (with_seed, no_seed):
+        wait_finished(service, rid, timeout=120)
+        check_artifacts(service, rid)
+
+
+@pytest.mark.services
+def test_compose_with_redis_broker_and_postgres(tmp_path, tiny_model_path, worker_factory,
+                                                pg_url, redis_url):
+    settings = make_settings(
+        tmp_path, default_model_path=tiny_model_path, database_url=pg_url, broker_url=redis_url,
+        result_backend=redis_url,
+    )
+    db.upgrade(settings.sqlalchemy_url)
+    worker_factory(settings, queues="gpu,train").start()
+    worker_factory(settings, queues="cpu").start()  # a separate render worker, as at scale
+    service = JobService(settings)
+    rid = _compose(service)
+    wait_finished(service, rid, timeout=120)
+    check_artifacts(service, rid)
+
+
+@pytest.mark.services
+def test_compose_with_rabbitmq_broker(tmp_path, tiny_model_path, worker_factory, amqp_url):
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, broker_url=amqp_url)
+    db.upgrade(settings.sqlalchemy_url)
+    worker_factory(settings).start()
+    service = JobService(settings)
+    rid = _compose(service)
+    wait_finished(service, rid, timeout=120)
+    check_artifacts(service, rid)
+
+
+def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(tmp_path, tiny_model_path,
+                                                                worker_factory):
+    # batch_wait_ms holds the claimed job in `generating` long enough to kill the worker there.
+    settings = make_settings(
+        tmp_path, default_model_path=tiny_model_path, batch_wait_ms=3000, stale_after_s=3.0,
+    )
+    db.upgrade(settings.sqlalchemy_url)
+    first = worker_factory(settings).start()
+    service = JobService(settings)
+    rid = _compose(service)
+    deadline = time.monotonic() + 60
+    while service.progress(rid).status is not RequestStatus.GENERATING:
+        assert time.monotonic() < deadline, first.tail()
+        time.sleep(0.05)
+    first.kill9()
+    assert service.progress(rid).status is RequestStatus.GENERATING  # stranded
+    worker_factory(settings).start()  # its reaper re-queues the stale job
+    prog = wait_finished(service, rid, timeout=120)
+    assert prog.status is RequestStatus.DONE
+    check_artifacts(service, rid)
+    with session_scope(settings.sqlalchemy_url) as s:
+        assert s.get(Request, rid).attempts == 2
+    files = sorted(p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir())
+    assert files == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
+
+
+def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path)
+    out = tmp_path / "result"
+    seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "compose", str(seed), "--bars", "4", "--out", str(out)],
+        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "generating" in proc.stdout and "done in" in proc.stdout
+    assert sorted(p.suffix for p in out.iterdir()) == [".mid", ".ogg", ".png"]
+
+
+def test_motif_compose_cli_rejects_bad_options_before_queuing(tmp_path):
+    settings = make_settings(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "compose", "--bars", "0"],
+        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "bars must be" in proc.stderr
+    assert not (settings.data_dir / "motif.db").exists()

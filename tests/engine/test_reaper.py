@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from engine.db import session_scope
+from engine.jobs import JobService, Requester, validate_options
+from engine.pipeline import claim_for_generation, drain_queued
+from engine.reaper import reap
+from engine.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
+
+
+def _age(settings, rid: int, seconds: float, **values) -> None:
+    with session_scope(settings.sqlalchemy_url) as s:
+        s.execute(
+            update(Request)
+            .where(Request.id == rid)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=seconds), **values)
+        )
+
+
+def test_claim_is_exclusive_and_drain_takes_the_oldest(settings):
+    service = JobService(settings, dispatch=lambda _: None)
+    ids = [service.compose(Requester(discord_id=i), validate_options(), None) for i in range(4)]
+    assert claim_for_generation(ids[2], settings) is True
+    assert claim_for_generation(ids[2], settings) is False  # a redelivered message is a no-op
+    assert drain_queued(settings, 2, {ids[2]}) == [ids[0], ids[1]]
+    assert [service.progress(i).status for i in ids] == [RequestStatus.GENERATING] * 3 + [
+        RequestStatus.QUEUED
+    ]
+
+
+def test_stale_jobs_are_requeued_then_failed_after_max_attempts(settings):
+    sent: list[int] = []
+    service = JobService(settings, dispatch=sent.append)
+    rid = service.compose(Requester(discord_id=1), validate_options(), None)
+    assert claim_for_generation(rid, settings)
+    # A live heartbeat is left alone.
+    assert reap(settings, dispatch=False).requeued == []
+    _age(settings, rid, settings.stale_after_s + 5)
+    report = reap(settings, dispatch=False)
+    assert report.requeued == [rid]
+    assert service.progress(rid).status is RequestStatus.QUEUED
+    # Each claim counts an attempt; at the limit the reaper gives up with a clear message.
+    for _ in range(settings.max_attempts - 2):
+        assert claim_for_generation(rid, settings)
+        _age(settings, rid, settings.stale_after_s + 5)
+        reap(settings, dispatch=False)
+    assert claim_for_generation(rid, settings)
+    _age(settings, rid, settings.stale_after_s + 5)
+    assert reap(settings, dispatch=False).failed == [rid]
+    prog = service.progress(rid)
+    assert prog.status is RequestStatus.FAILED and "interrupted" in prog.error_user
+
+
+def test_stale_rendering_is_sent_to_render_again(settings):
+    service = JobService(settings, dispatch=lambda _: None)
+    rid = service.compose(Requester(discord_id=1), validate_options(), None)
+    _age(settings, rid, 999, status=RequestStatus.RENDERING, attempts=1)
+    report = reap(settings, dispatch=False)
+    assert report.rerendered == [rid]
+    assert service.progress(rid).status is RequestStatus.RENDERING
+
+
+def test_dead_training_run_is_failed_never_half_active(settings):
+    with session_scope(settings.sqlalchemy_url) as s:
+        run = TrainingRun(params={}, status=RunStatus.RUNNING,
+                          heartbeat_at=utcnow() - timedelta(hours=1))
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    assert reap(settings, dispatch=False).runs_failed == [run_id]
+    with session_scope(settings.sqlalchemy_url) as s:
+        assert s.get(TrainingRun, run_id).status is RunStatus.FAILED

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.checkpoint import (
+    BadCheckpoint,
+    load_checkpoint,
+    pick_device,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from engine.errors import NotFound
+from engine.model import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.music import Note, Piece
+from engine.tokens import EventCodec, TokenizerConfig
+from engine.train import (
+    TrainConfig,
+    cut_window,
+    encode_pieces,
+    evaluate_nll,
+    main,
+    sample_batch,
+    train,
+)
+
+CODEC = EventCodec()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: extra threads only contend for the shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+PHRASE = [(60, 0.5), (62, 0.5), (64, 1.0), (67, 0.5), (65, 0.5), (64, 0.5), (62, 0.5)]
+
+
+def _tune(repeats: int = 6, style: str | None = "folk", offset: int = 0) -> Piece:
+    notes, t = [], 0.0
+    for _ in range(repeats):
+        for pitch, dur in PHRASE:
+            notes.append(Note(t, dur, pitch + offset, 80))
+            t += dur
+    return Piece(tuple(notes), style=style)
+
+
+TINY = dict(
+    corpus_path=None,
+    d_embed=16,
+    hidden=32,
+    layers=1,
+    dropout=0.0,
+    batch_size=8,
+    seed_max=12,
+    target_len=12,
+    warmup_steps=5,
+    threads=1,
+    progress=False,
+    log_every=10,
+)
+
+
+def test_windows_seeds_and_augmentation():
+    data = encode_pieces(CODEC, [_tune(), _tune(offset=5)])
+    cfg = TrainConfig(**dict(TINY, batch_size=256), pieces=[])
+    rng = np.random.default_rng(0)
+    lengths = torch.cat([sample_batch(rng, data, CODEC, cfg)["seed_len"] for _ in range(30)])
+    assert (lengths == 0).any() and ((lengths >= 1) & (lengths <= 8)).any() and (lengths > 8).any()
+    batch = sample_batch(rng, data, CODEC, cfg)
+    target = batch["target"]
+    assert target.shape == (256, 12, 5)
+    pitches = target[..., PITCH][target[..., PITCH] != IGNORE]
+    assert pitches.min() >= 0 and pitches.max() < CODEC.n_pitch
+    assert len(set(pitches.tolist())) > 8  # transposed
+    assert set(batch["style"].tolist()) == {0, CODEC.style_index("folk")}  # style dropout
+
+
+def test_cut_window_appends_eos_at_the_end():
+    ev = CODEC.encode(_tune(2))
+    seed, target = cut_window(ev, 5, 3, 4, CODEC.eos)
+    assert (seed == ev[2:5]).all() and (target == ev[5:9]).all()
+    seed, target = cut_window(ev, 12, 3, 8, CODEC.eos)
+    assert len(target) == 3 and target[-1, SHIFT] == CODEC.eos and target[-1, PITCH] == IGNORE
+
+
+def test_tiny_model_overfits_a_repeated_phrase(tmp_path):
+    seen = []
+    cfg = TrainConfig(
+        **TINY,
+        out=tmp_path / "m.pt",
+        pieces=[_tune()] * 4,
+        val_pieces=[_tune()],
+        test_pieces=[_tune(2)],
+        transpose=0,
+        lr=1e-2,
+        max_steps=150,
+        steps_per_epoch=75,
+        on_progress=seen.append,
+    )
+    result = train(cfg)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < 0.25 * losses[0]
+    assert result.best_val_nll < 1.0 and result.test["nll_per_note"] < 1.5
+    assert result.checkpoint.exists() and result.resume_path.exists() and result.loss_png.exists()
+    assert {"epoch", "step", "loss", "tokens_per_s", "eta_s"} <= set(seen[0])
+    meta = read_checkpoint_meta(result.checkpoint)
+    assert meta["trained_steps"] in (75, 150) and meta["metrics"]["test"]["nll_per_note"] > 0
+    lm = load_checkpoint(result.checkpoint)
+    again = evaluate_nll(lm, [_tune()])
+    assert again["nll_per_note"] == pytest.approx(result.best_val_nll, abs=1e-4)
+    assert {"nll_shift", "nll_pitch", "nll_duration", "nll_velocity"} <= set(again)
+
+
+def test_resume_continues_exactly(tmp_path):
+    base = dict(
+        TINY,
+        pieces=[_tune(), _tune(offset=3)],
+        val_pieces=[_tune(2)],
+        test_pieces=[],
+        max_steps=8,
+        steps_per_epoch=4,
+        log_every=1,
+        schedule="constant",
+    )
+    straight = train(TrainConfig(**base, out=tmp_path / "a.pt"))
+
+    def crash(info):
+        if info["step"] == 6 and "loss" in info:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, out=tmp_path / "b.pt", on_progress=crash))
+    resumed = train(
+        TrainConfig(**base, out=tmp_path / "b.pt", resume_from=tmp_path / "b.resume.pt")
+    )
+    assert resumed.steps == straight.steps == 8
+    a = torch.load(straight.resume_path, weights_only=True)["model"]
+    b = torch.load(resumed.resume_path, weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_fine_tune_and_time_budget(tmp_path):
+    first = train(TrainConfig(**TINY, pieces=[_tune()], out=tmp_path / "a.pt", max_steps=3))
+    tuned = train(
+        TrainConfig(
+            **dict(TINY, hidden=64),
+            pieces=[_tune(offset=2)],
+            out=tmp_path / "b.pt",
+            init_from=first.checkpoint,
+            max_minutes=1e-4,
+        )
+    )
+    assert tuned.stopped == "time"
+    lm = load_checkpoint(tuned.checkpoint)
+    assert lm.config.hidden == 32  # the base checkpoint's config wins
+    assert lm.meta["init_from"] == str(first.checkpoint)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    tok = TokenizerConfig(styles=("none", "jig"), n_velocity=4)
+    codec = EventCodec(tok)
+    cfg = ModelConfig.for_codec(codec, d_embed=8, hidden=16, layers=2)
+    model = MotifSeq2Seq(cfg)
+    path = save_checkpoint(
+        tmp_path / "c.pt", model, cfg, tok, {"version": "v1", "metrics": {"x": 1.5}}
+    )
+    lm = load_checkpoint(path)
+    assert lm.config == cfg and lm.codec.config == tok and lm.meta["version"] == "v1"
+    assert lm.meta["metrics"] == {"x": 1.5}
+    for k, v in model.state_dict().items():
+        w = lm.model.state_dict()[k]
+        assert w.dtype == torch.float32
+        torch.testing.assert_close(w, v.half().float(), atol=0, rtol=0)
+    assert not lm.model.training
+    full = save_checkpoint(tmp_path / "f.pt", model, cfg, tok, {}, half=False)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(load_checkpoint(full).model.state_dict()[k], v)
+
+
+def test_bad_checkpoints_are_rejected(tmp_path):
+    with pytest.raises(NotFound):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(BadCheckpoint, match="not a readable Motif checkpoint"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(BadCheckpoint, match="not a Motif checkpoint"):
+        load_checkpoint(other)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=8, hidden=16, layers=1)
+    wrong = save_checkpoint(
+        tmp_path / "w.pt", MotifSeq2Seq(cfg), cfg, TokenizerConfig(n_velocity=4)
+    )
+    with pytest.raises(BadCheckpoint, match="does not match its tokenizer"):
+        load_checkpoint(wrong)
+
+
+def test_pick_device():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "--max-minutes" in capsys.readouterr().out
