@@ -232,12 +232,9 @@ def request_retrain(
             )
         user_id = None
         if requested_by is not None:
-            user = session.scalar(select(User).where(User.discord_id == requested_by))
-            if user is None:
-                user = User(discord_id=requested_by, name="")
-                session.add(user)
-                session.flush()
-            user_id = user.id
+            from engine.jobs import user_for
+
+            user_id = user_for(session, requested_by).id
         run = TrainingRun(
             requested_by=user_id,
             channel_id=channel_id,

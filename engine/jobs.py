@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import catalog
@@ -182,6 +183,23 @@ class QueueStatus:
     active_model: str | None
 
 
+def user_for(session: Session, discord_id: int, name: str = "") -> User:
+    """The user row for a Discord id, created on first sight (safe when two requests race)."""
+    user = session.scalar(select(User).where(User.discord_id == discord_id))
+    if user is not None:
+        return user
+    try:
+        with session.begin_nested():
+            user = User(discord_id=discord_id, name=name[:100])
+            session.add(user)
+        return user
+    except IntegrityError:
+        # Another request created it between our read and our insert.
+        user = session.scalar(select(User).where(User.discord_id == discord_id))
+        assert user is not None
+        return user
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -215,12 +233,7 @@ class JobService:
     def _user(session: Session, who: Requester) -> User | None:
         if who.discord_id is None:
             return None
-        user = session.scalar(select(User).where(User.discord_id == who.discord_id))
-        if user is None:
-            user = User(discord_id=who.discord_id, name=who.name[:100])
-            session.add(user)
-            session.flush()
-        return user
+        return user_for(session, who.discord_id, who.name)
 
     def store_tune(
         self,

@@ -150,3 +150,24 @@ def test_follow_ups_rate_share_forget(tmp_path):
     assert [p.request_id for p in service.history(ann)] == [vary, reroll, rid]
     assert service.cancel(vary, ann) is True
     assert service.progress(vary).status is RequestStatus.CANCELLED
+
+
+def test_two_first_requests_from_a_new_user_do_not_collide(settings):
+    import threading
+
+    service = JobService(settings, dispatch=lambda _: None)
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            service.compose(Requester(discord_id=777, name="new"), validate_options(), None)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(service.history(Requester(discord_id=777))) == 2

@@ -1,0 +1,89 @@
+"""The bot object: settings and the job service go in, cogs and persistent buttons are set up in
+`setup_hook`, and one command tree answers every error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import Deliveries
+from bot.errors import answer_error
+from bot.views import RESULT_BUTTONS
+from engine.jobs import JobService
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.compose", "bot.cogs.admin", "bot.cogs.info")
+
+
+class MotifTree(app_commands.CommandTree):
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await answer_error(interaction, error)
+
+
+class MotifBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobService | None = None,
+        *,
+        sync_on_start: bool = True,
+        poll_interval_s: float = 1.0,
+        sweep_interval_s: float = 30.0,
+        token_ttl_s: float = 14 * 60,
+        **options,  # type: ignore[no-untyped-def]
+    ) -> None:
+        # No privileged intents: slash options, the context menu and mentions carry attachments.
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            tree_cls=MotifTree,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            **options,
+        )
+        self.settings = settings
+        self.jobs = jobs or JobService(settings)
+        self.sync_on_start = sync_on_start
+        self.deliveries = Deliveries(
+            self,
+            poll_interval_s=poll_interval_s,
+            sweep_interval_s=sweep_interval_s,
+            token_ttl_s=token_ttl_s,
+        )
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*RESULT_BUTTONS)
+        if self.sync_on_start and self.settings.dev_guild_id:
+            await self.sync_commands(discord.Object(self.settings.dev_guild_id))
+        self.deliveries.start()  # delivers results that finished while the bot was away
+
+    async def sync_commands(self, guild: discord.abc.Snowflake | None) -> int:
+        """Publish the commands to one guild (instant) or, with None, globally (slow to spread)."""
+        try:
+            if guild is not None:
+                self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        except discord.HTTPException as exc:
+            log.warning("command sync to %s failed: %s", guild.id if guild else "global", exc)
+            return 0
+        log.info("synced %d commands to %s", len(synced), f"guild {guild.id}" if guild else "all")
+        return len(synced)
+
+    async def on_command_error(self, context: commands.Context, error: Exception) -> None:  # type: ignore[override]
+        if isinstance(error, commands.CommandNotFound | commands.CheckFailure):
+            return  # a mention is usually not a command
+        log.error("prefix command %s failed", context.command, exc_info=error)
+
+    async def close(self) -> None:
+        await self.deliveries.stop()
+        await super().close()

@@ -1,0 +1,1 @@
+"""One cog per feature: composing, admin commands, information."""

@@ -1,0 +1,159 @@
+"""Admin commands: `/retrain`, `/model list|activate|rollback`, `/stats`, and the owners' `sync`.
+
+Who counts as an admin is decided by `engine.admin.is_admin` (Manage Server or the allowlists);
+every attempt, allowed or not, is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import messages
+from engine import admin
+from engine.errors import NotAllowed
+
+if TYPE_CHECKING:
+    from bot.client import MotifBot
+
+log = logging.getLogger(__name__)
+
+
+class Admin(commands.Cog):
+    model = app_commands.Group(name="model", description="Model versions (admins only)")
+
+    def __init__(self, bot: MotifBot) -> None:
+        self.bot = bot
+
+    async def require_admin(
+        self, interaction: discord.Interaction, action: str, detail: str = ""
+    ) -> None:
+        user = interaction.user
+        roles = frozenset(r.id for r in getattr(user, "roles", ()))
+        perms = interaction.permissions
+        allowed = admin.is_admin(
+            self.bot.settings, user.id, roles, perms.manage_guild or perms.administrator
+        )
+        await asyncio.to_thread(admin.audit, self.bot.settings, user.id, action, allowed, detail)
+        if not allowed:
+            raise NotAllowed(
+                f"`/{action}` is for server managers and Motif admins only; "
+                "this attempt has been logged."
+            )
+
+    @app_commands.command(name="retrain")
+    @app_commands.describe(
+        epochs="Passes over the training data (1 to 100)",
+        from_scratch="Start from random weights instead of the active model",
+        collected_share="Share of training examples from tunes users shared (0 to 1)",
+    )
+    async def retrain(
+        self,
+        interaction: discord.Interaction,
+        epochs: app_commands.Range[int, 1, 100] = 2,
+        from_scratch: bool = False,
+        collected_share: app_commands.Range[float, 0.0, 1.0] = 0.5,
+    ) -> None:
+        """Train a new candidate model (admins only); progress is reported here."""
+        detail = f"epochs={epochs} from_scratch={from_scratch} collected_share={collected_share}"
+        await self.require_admin(interaction, "retrain", detail)
+        options = admin.RetrainOptions(
+            epochs=epochs, from_scratch=from_scratch, collected_share=collected_share
+        )
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        run_id = await asyncio.to_thread(
+            functools.partial(
+                admin.request_retrain,
+                options,
+                requested_by=interaction.user.id,
+                channel_id=interaction.channel_id,
+                settings=self.bot.settings,
+            )
+        )
+        await interaction.edit_original_response(content=f"🏋️ Training run #{run_id} is queued…")
+        self.bot.deliveries.follow_run(
+            run_id,
+            self.bot.deliveries.for_interaction(interaction, ephemeral=True),
+            functools.partial(admin.run_info, settings=self.bot.settings),
+            self.bot.jobs.store.get,
+        )
+
+    @model.command(name="list")
+    async def model_list(self, interaction: discord.Interaction) -> None:
+        """Recent model versions and which one is active."""
+        await self.require_admin(interaction, "model list")
+        models = await asyncio.to_thread(admin.list_models, self.bot.settings)
+        await interaction.response.send_message(embed=messages.models_embed(models), ephemeral=True)
+
+    @model.command(name="activate")
+    @app_commands.describe(version="The model version to make active")
+    async def model_activate(self, interaction: discord.Interaction, version: str) -> None:
+        """Make a model version the active one; workers switch at their next job."""
+        await self.require_admin(interaction, "model activate", version)
+        active = await asyncio.to_thread(admin.activate_model, version, self.bot.settings)
+        await interaction.response.send_message(f"✅ `{active}` is now active.", ephemeral=True)
+
+    @model_activate.autocomplete("version")
+    async def _versions(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        models = await asyncio.to_thread(admin.list_models, self.bot.settings)
+        return [
+            app_commands.Choice(name=f"{m.version} ({m.status})", value=m.version)
+            for m in models
+            if current.lower() in m.version.lower()
+        ][:25]
+
+    @model.command(name="rollback")
+    async def model_rollback(self, interaction: discord.Interaction) -> None:
+        """Go back to the model that was active before the current one."""
+        await self.require_admin(interaction, "model rollback")
+        active = await asyncio.to_thread(admin.rollback, self.bot.settings)
+        await interaction.response.send_message(
+            f"↩️ Rolled back: `{active}` is active again.", ephemeral=True
+        )
+
+    @app_commands.command(name="stats")
+    async def stats(self, interaction: discord.Interaction) -> None:
+        """Usage, feedback and timing statistics (admins only)."""
+        await self.require_admin(interaction, "stats")
+        result = await asyncio.to_thread(admin.stats, self.bot.settings)
+        await interaction.response.send_message(embed=messages.stats_embed(result), ephemeral=True)
+
+    @commands.command(name="sync", hidden=True)
+    async def sync(
+        self, ctx: commands.Context, scope: Literal["guild", "global"] = "guild"
+    ) -> None:
+        """`@Motif sync [guild|global]`: publish the slash commands (owners only)."""
+        allowed = ctx.author.id in self.bot.settings.owners
+        await asyncio.to_thread(
+            admin.audit, self.bot.settings, ctx.author.id, f"sync {scope}", allowed
+        )
+        if not allowed:
+            await ctx.reply("Only the bot's owners can sync commands.", mention_author=False)
+            return
+        if scope == "global":
+            count = await self.bot.sync_commands(None)
+            where = "globally (it can take up to an hour to show everywhere)"
+        else:
+            guild = ctx.guild or (
+                discord.Object(self.bot.settings.dev_guild_id)
+                if self.bot.settings.dev_guild_id
+                else None
+            )
+            if guild is None:
+                await ctx.reply("No guild here and no dev guild configured.", mention_author=False)
+                return
+            count = await self.bot.sync_commands(guild)
+            where = f"to guild {guild.id}"
+        await ctx.reply(f"Synced {count} commands {where}.", mention_author=False)
+
+
+async def setup(bot: MotifBot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,396 @@
+"""Following jobs until they finish and posting the results where they were asked for.
+
+Progress goes into the interaction's original response while its token lives (15 minutes);
+results that finish later go to the channel with a mention, and results that finished while the
+bot was down are found in SQL (`JobService.undelivered`) by a background sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot import messages
+from bot.progress import EditThrottle
+from bot.views import result_view
+from engine.jobs import ArtifactInfo, Progress
+from engine.records import RequestStatus
+
+if TYPE_CHECKING:
+    from bot.client import MotifBot
+
+log = logging.getLogger(__name__)
+
+REQUEST_LIMIT_BYTES = 25 * 1024 * 1024  # Discord's cap for all files of one message
+ATTACH_ORDER = {"midi": 0, "audio": 1, "image": 2}
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+    kind: str
+
+    def file(self) -> discord.File:
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+def fit_uploads(uploads: list[Upload], per_file: int, per_message: int = REQUEST_LIMIT_BYTES):
+    """The uploads that fit Discord's limits, and the kinds left out (largest dropped first)."""
+    kept = [u for u in uploads if len(u.data) <= per_file]
+    left_out = [u.kind for u in uploads if len(u.data) > per_file]
+    while kept and sum(len(u.data) for u in kept) > per_message:
+        largest = max(kept, key=lambda u: len(u.data))
+        kept.remove(largest)
+        left_out.append(largest.kind)
+    return sorted(kept, key=lambda u: ATTACH_ORDER.get(u.kind, 9)), left_out
+
+
+class TokenExpired(Exception):
+    """The interaction token is (about to be) too old to edit or follow up."""
+
+
+# --- where a result goes ----------------------------------------------------------------------
+class ChannelDestination:
+    """A plain channel message that mentions the person who asked (no token needed)."""
+
+    def __init__(
+        self,
+        bot: MotifBot,
+        channel_id: int,
+        user_id: int | None,
+        *,
+        reference: discord.Message | None = None,
+    ) -> None:
+        self.bot = bot
+        self.channel_id = channel_id
+        self.user_id = user_id
+        self.reference = reference
+        self.upload_limit = bot.settings.upload_cap_bytes
+
+    def can_edit_progress(self) -> bool:
+        return False
+
+    async def edit_progress(self, text: str) -> None:  # nothing to edit
+        return None
+
+    async def post(
+        self,
+        content: str,
+        *,
+        embed: discord.Embed | None = None,
+        uploads: Sequence[Upload] = (),
+        view: discord.ui.View | None = None,
+        mention: bool = True,
+    ) -> None:
+        channel = self.bot.get_channel(self.channel_id) or self.bot.get_partial_messageable(
+            self.channel_id
+        )
+        if mention and self.user_id and self.reference is None:
+            content = f"<@{self.user_id}> {content}"
+        users = [discord.Object(self.user_id)] if self.user_id else False
+        kwargs = {}
+        if self.reference is not None:
+            kwargs["reference"] = self.reference
+            kwargs["mention_author"] = True
+        await channel.send(  # type: ignore[union-attr]
+            content,
+            embed=embed,
+            files=[u.file() for u in uploads],
+            view=view,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=users),
+            **kwargs,
+        )
+
+
+class MessageDestination(ChannelDestination):
+    """A mention-triggered request: progress in the bot's reply, the result as a reply too."""
+
+    def __init__(self, bot: MotifBot, progress_message: discord.Message, request: discord.Message):
+        super().__init__(bot, request.channel.id, request.author.id, reference=request)
+        self.progress_message = progress_message
+
+    def can_edit_progress(self) -> bool:
+        return True
+
+    async def edit_progress(self, text: str) -> None:
+        await self.progress_message.edit(content=text)
+
+
+class InteractionDestination:
+    """The original response of an interaction while its token lives, then the channel."""
+
+    def __init__(
+        self,
+        bot: MotifBot,
+        interaction: discord.Interaction,
+        *,
+        token_ttl_s: float,
+        ephemeral: bool = False,
+    ) -> None:
+        self.interaction = interaction
+        self.token_ttl_s = token_ttl_s
+        self.ephemeral = ephemeral
+        self.upload_limit = interaction.filesize_limit or bot.settings.upload_cap_bytes
+        self.fallback = ChannelDestination(bot, interaction.channel_id or 0, interaction.user.id)
+
+    def expired(self) -> bool:
+        age = (discord.utils.utcnow() - self.interaction.created_at).total_seconds()
+        return age >= self.token_ttl_s
+
+    def can_edit_progress(self) -> bool:
+        return not self.expired()
+
+    async def edit_progress(self, text: str) -> None:
+        if self.expired():
+            raise TokenExpired
+        await self.interaction.edit_original_response(content=text)
+
+    async def post(
+        self,
+        content: str,
+        *,
+        embed: discord.Embed | None = None,
+        uploads: Sequence[Upload] = (),
+        view: discord.ui.View | None = None,
+        mention: bool = True,
+    ) -> None:
+        if not self.expired():
+            try:
+                kwargs = {"embed": embed} if embed is not None else {}
+                if view is not None:
+                    kwargs["view"] = view
+                await self.interaction.followup.send(
+                    content,
+                    files=[u.file() for u in uploads],
+                    ephemeral=self.ephemeral,
+                    wait=True,
+                    **kwargs,
+                )
+                return
+            except (discord.NotFound, discord.Forbidden) as exc:
+                # 401/404: the token died early (e.g. the clock is off); fall through to the channel
+                log.info("interaction follow-up refused (%s); posting to the channel", exc.status)
+            except discord.HTTPException as exc:
+                if exc.status != 401:
+                    raise
+        if not self.fallback.channel_id:
+            raise TokenExpired("no channel to post a late result to")
+        await self.fallback.post(content, embed=embed, uploads=uploads, view=view, mention=mention)
+
+
+Destination = ChannelDestination | InteractionDestination
+
+
+# --- following jobs ---------------------------------------------------------------------------
+class Deliveries:
+    """Background tasks that watch requests and training runs and post what they produce."""
+
+    def __init__(
+        self,
+        bot: MotifBot,
+        *,
+        poll_interval_s: float = 1.0,
+        sweep_interval_s: float = 30.0,
+        token_ttl_s: float = 14 * 60,
+        max_follow_s: float = 6 * 3600,
+    ) -> None:
+        self.bot = bot
+        self.poll_interval_s = poll_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self.token_ttl_s = token_ttl_s
+        self.max_follow_s = max_follow_s
+        self._claimed: set[int] = set()
+        self._delivered: set[int] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def jobs(self):  # type: ignore[no-untyped-def]
+        return self.bot.jobs
+
+    def for_interaction(
+        self, interaction: discord.Interaction, *, ephemeral: bool = False
+    ) -> InteractionDestination:
+        return InteractionDestination(
+            self.bot, interaction, token_ttl_s=self.token_ttl_s, ephemeral=ephemeral
+        )
+
+    def _spawn(self, coro: Awaitable[object], name: str) -> asyncio.Task[object]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- requests -----------------------------------------------------------------------------
+    def follow(self, request_id: int, destination: Destination) -> asyncio.Task[object]:
+        """Show the request's progress and post its result; returns the watching task."""
+        self._claimed.add(request_id)
+        return self._spawn(self._follow(request_id, destination), f"motif-follow-{request_id}")
+
+    async def _follow(self, request_id: int, destination: Destination) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_follow_s
+        throttle = EditThrottle(
+            destination.edit_progress, self.bot.settings.progress_edit_interval_s
+        )
+        progress_alive = True
+        try:
+            while True:
+                p = await asyncio.to_thread(self.jobs.progress, request_id)
+                if p.finished:
+                    break
+                if progress_alive and destination.can_edit_progress():
+                    try:
+                        await throttle.update(messages.progress_text(p))
+                    except (discord.HTTPException, TokenExpired) as exc:
+                        log.info("progress edits for #%s stopped: %s", request_id, exc)
+                        progress_alive = False
+                if loop.time() > deadline:
+                    log.warning("stopped following #%s; the sweep will deliver it", request_id)
+                    return
+                await asyncio.sleep(self.poll_interval_s)
+            await self.deliver(p, destination, throttle if progress_alive else None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivering request #%s failed; the sweep will retry", request_id)
+        finally:
+            self._claimed.discard(request_id)
+
+    async def deliver(
+        self, p: Progress, destination: Destination, throttle: EditThrottle | None = None
+    ) -> None:
+        """Post a finished request (result, failure or cancellation) and record the delivery."""
+        final = messages.progress_text(p)
+        shown = False
+        if destination.can_edit_progress():
+            throttle = throttle or EditThrottle(
+                destination.edit_progress, self.bot.settings.progress_edit_interval_s
+            )
+            try:
+                await throttle.show_now(final)
+                shown = True
+            except (discord.HTTPException, TokenExpired) as exc:
+                log.info("final progress edit for #%s failed: %s", p.request_id, exc)
+        if p.status is RequestStatus.DONE:
+            uploads, left_out = fit_uploads(await self._uploads(p), destination.upload_limit)
+            image = next((u.filename for u in uploads if u.kind == "image"), None)
+            await destination.post(
+                messages.result_content(p),
+                embed=messages.result_embed(p, image_filename=image, left_out=left_out),
+                uploads=uploads,
+                view=result_view(p.request_id),
+            )
+        elif not shown and p.status is RequestStatus.FAILED:
+            await destination.post(messages.failure_text(p))
+        await asyncio.to_thread(self.jobs.mark_delivered, p.request_id)
+        self._delivered.add(p.request_id)
+        log.info("delivered request #%s (%s)", p.request_id, p.status.value)
+
+    async def _uploads(self, p: Progress) -> list[Upload]:
+        def load(info: ArtifactInfo) -> Upload:
+            return Upload(info.filename, self.jobs.artifact_bytes(info), info.kind)
+
+        return [await asyncio.to_thread(load, a) for a in p.artifacts]
+
+    # --- results nobody is watching (restarts, lost tasks) -------------------------------------
+    async def sweep(self) -> list[int]:
+        """Deliver finished requests that were never delivered; returns the ids posted."""
+        posted = []
+        for request_id in await asyncio.to_thread(self.jobs.undelivered):
+            if request_id in self._claimed or request_id in self._delivered:
+                continue
+            self._claimed.add(request_id)
+            try:
+                p = await asyncio.to_thread(self.jobs.progress, request_id)
+                if p.channel_id is None:
+                    continue
+                dest = ChannelDestination(self.bot, p.channel_id, p.user_discord_id)
+                await self.deliver(p, dest)
+                posted.append(request_id)
+            except (discord.Forbidden, discord.NotFound) as exc:
+                # The channel is gone or closed to us: retrying forever would not help.
+                log.warning("cannot post request #%s (%s); giving up", request_id, exc)
+                await asyncio.to_thread(self.jobs.mark_delivered, request_id)
+            except Exception:
+                log.exception("late delivery of request #%s failed; will retry", request_id)
+            finally:
+                self._claimed.discard(request_id)
+        return posted
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("the delivery sweep failed; retrying later")
+            await asyncio.sleep(self.sweep_interval_s)
+
+    # --- training runs ------------------------------------------------------------------------
+    def follow_run(
+        self,
+        run_id: int,
+        destination: Destination,
+        run_info: Callable[[int], object],
+        loss_curve: Callable[[str], bytes],
+    ) -> asyncio.Task[object]:
+        return self._spawn(
+            self._follow_run(run_id, destination, run_info, loss_curve), f"motif-run-{run_id}"
+        )
+
+    async def _follow_run(self, run_id, destination, run_info, loss_curve) -> None:  # type: ignore[no-untyped-def]
+        throttle = EditThrottle(
+            destination.edit_progress, self.bot.settings.progress_edit_interval_s
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_follow_s
+        try:
+            while True:
+                info = await asyncio.to_thread(run_info, run_id)
+                if info.status in messages.RUN_FINISHED:
+                    break
+                if loop.time() > deadline:
+                    await destination.post(
+                        f"Training run #{run_id} is still {info.status}; I stopped watching it. "
+                        "`/model list` shows its candidate when it is done."
+                    )
+                    return
+                if destination.can_edit_progress():
+                    try:
+                        await throttle.update(messages.run_progress_text(info))
+                    except (discord.HTTPException, TokenExpired) as exc:
+                        log.info("run progress edits stopped: %s", exc)
+                await asyncio.sleep(self.poll_interval_s)
+            uploads = []
+            if info.loss_curve_key:
+                try:
+                    data = await asyncio.to_thread(loss_curve, info.loss_curve_key)
+                    uploads.append(Upload(f"loss-run-{run_id}.png", data, "image"))
+                except Exception:
+                    log.warning("no loss curve for run %s", run_id, exc_info=True)
+            await destination.post(messages.run_final_text(info), uploads=uploads)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reporting training run %s failed", run_id)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_forever(), name="motif-delivery-sweep"
+            )
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks) + ([self._sweeper] if self._sweeper else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweeper = None

@@ -1,0 +1,59 @@
+"""Starting the bot: check the token and the database schema, then connect to Discord.
+
+`run(settings)` is what `motif bot` and `python -m bot` call; it returns an exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import discord
+
+from engine.db import ensure_schema
+from engine.errors import SchemaOutOfDate, ServiceUnavailable
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+NO_TOKEN = """\
+motif bot: DISCORD_TOKEN is not set.
+Create an application at https://discord.com/developers/applications, add a bot, copy its token,
+then run `DISCORD_TOKEN=... python -m bot` (or put DISCORD_TOKEN=... in .env)."""
+
+
+def run(settings: Settings | None = None) -> int:
+    settings = settings or get_settings()
+    token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
+    if not token:
+        print(NO_TOKEN, file=sys.stderr)
+        return 2
+    try:
+        # The embedded SQLite default is created on first use; a real server is migrated by hand.
+        ensure_schema(settings.sqlalchemy_url, auto_create=not settings.database_url)
+    except (SchemaOutOfDate, ServiceUnavailable) as exc:
+        print(f"motif bot: {exc.user_message}", file=sys.stderr)
+        return 2
+    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+    from bot.client import MotifBot
+
+    bot = MotifBot(settings)
+    try:
+        bot.run(token, log_handler=None)
+    except discord.LoginFailure:
+        print(
+            "motif bot: Discord refused the token in DISCORD_TOKEN; copy it again.", file=sys.stderr
+        )
+        return 2
+    return 0
+
+
+def main() -> int:
+    from pydantic import ValidationError
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"motif bot: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    return run(settings)

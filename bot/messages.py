@@ -1,0 +1,223 @@
+"""What the bot says: progress lines, result and status embeds, the help text."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import discord
+
+from engine import catalog
+from engine.admin import ModelInfo, RunInfo, Stats
+from engine.jobs import Progress, QueueStatus
+from engine.records import RequestKind, RequestStatus
+
+COLOUR = discord.Colour.from_rgb(88, 101, 242)
+
+KIND_LABEL = {
+    RequestKind.COMPOSE: "continuation",
+    RequestKind.REROLL: "reroll",
+    RequestKind.EXTEND: "extension",
+    RequestKind.VARIATION: "variation",
+}
+
+
+def retry_hint(seconds: float) -> str:
+    """A Discord timestamp that counts down in the user's own client."""
+    return f"You can try again <t:{int(time.time() + max(1.0, seconds)) + 1}:R>."
+
+
+def progress_text(p: Progress) -> str:
+    rid = p.request_id
+    if p.status is RequestStatus.QUEUED:
+        where = f" (position {p.queue_position} in the queue)" if p.queue_position else ""
+        return f"⏳ Request #{rid} is queued{where}…"
+    if p.status is RequestStatus.GENERATING:
+        model = f" with model {p.model_version}" if p.model_version else ""
+        return f"🎹 Request #{rid}: generating the continuation{model}…"
+    if p.status is RequestStatus.RENDERING:
+        return f"🔊 Request #{rid}: rendering the audio…"
+    if p.status is RequestStatus.DONE:
+        return f"✅ Request #{rid} is ready."
+    if p.status is RequestStatus.CANCELLED:
+        return f"🚫 Request #{rid} was cancelled."
+    return failure_text(p)
+
+
+def failure_text(p: Progress) -> str:
+    reason = p.error_user or "something went wrong on our side"
+    return f"❌ Request #{p.request_id} failed: {reason}"
+
+
+def result_content(p: Progress, mention_user_id: int | None = None) -> str:
+    who = f"<@{mention_user_id}> " if mention_user_id else ""
+    return f"{who}🎶 Here is your {KIND_LABEL.get(p.kind, 'tune')} (request #{p.request_id})."
+
+
+def _instrument(program: Any) -> str:
+    if isinstance(program, int):
+        return catalog.PROGRAM_NAMES.get(program, f"GM program {program}")
+    return str(program)
+
+
+def _timings(timings: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (
+        ("queue_wait_s", "queue"),
+        ("generate_s", "generate"),
+        ("render_s", "render"),
+    ):
+        value = timings.get(key)
+        if isinstance(value, int | float):
+            parts.append(f"{label} {value:.1f} s")
+    return ", ".join(parts) or "—"
+
+
+def result_embed(p: Progress, *, image_filename: str | None, left_out: list[str]) -> discord.Embed:
+    params = p.params
+    seed = p.seed_name or "none (from scratch)"
+    embed = discord.Embed(
+        title=f"Motif #{p.request_id}: {KIND_LABEL.get(p.kind, 'tune')}",
+        description=f"Seed: **{discord.utils.escape_markdown(seed)}**",
+        colour=COLOUR,
+    )
+    embed.add_field(name="Bars", value=str(params.get("bars", "?")))
+    embed.add_field(name="Style", value=params.get("style") or "any")
+    embed.add_field(name="Instrument", value=_instrument(params.get("instrument", 0)))
+    embed.add_field(name="Temperature", value=f"{params.get('temperature', 1.0):g}")
+    embed.add_field(name="Top-p", value=f"{params.get('top_p', 0.95):g}")
+    tempo = params.get("tempo")
+    embed.add_field(name="Tempo", value=f"{tempo:g} BPM" if tempo else "from the seed")
+    rng_seed = params.get("rng_seed")
+    embed.add_field(name="Random seed", value=str(rng_seed) if rng_seed is not None else "random")
+    embed.add_field(name="Model", value=p.model_version or "?")
+    embed.add_field(name="Timings", value=_timings(p.timings))
+    notes = []
+    if p.notes.get("shortened"):
+        notes.append("The audio was shortened to fit the upload limit; the MIDI file has it all.")
+    if left_out:
+        notes.append(f"Not attached (too large for this channel): {', '.join(left_out)}.")
+    if notes:
+        embed.add_field(name="Note", value="\n".join(notes), inline=False)
+    if image_filename:
+        embed.set_image(url=f"attachment://{image_filename}")
+    embed.set_footer(text="Reroll, extend or vary it with the buttons below.")
+    return embed
+
+
+def history_embed(items: list[Progress]) -> discord.Embed:
+    embed = discord.Embed(title="Your recent requests", colour=COLOUR)
+    if not items:
+        embed.description = "Nothing yet: try `/compose`."
+        return embed
+    lines = []
+    for p in items:
+        seed = f" from {discord.utils.escape_markdown(p.seed_name)}" if p.seed_name else ""
+        bars = p.params.get("bars", "?")
+        lines.append(f"**#{p.request_id}** {p.kind.value}{seed}, {bars} bars: {p.status.value}")
+    embed.description = "\n".join(lines)
+    return embed
+
+
+def status_embed(q: QueueStatus) -> discord.Embed:
+    embed = discord.Embed(title="Motif status", colour=COLOUR)
+    embed.add_field(name="Queued", value=str(q.queued))
+    embed.add_field(name="Running", value=str(q.running))
+    embed.add_field(name="Model", value=q.active_model or "default")
+    workers = "\n".join(q.workers) if q.workers else "none online: requests wait until one starts"
+    embed.add_field(name="Workers", value=workers[:1024], inline=False)
+    return embed
+
+
+def stats_embed(s: Stats) -> discord.Embed:
+    embed = discord.Embed(title="Motif statistics", colour=COLOUR)
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(s.requests_by_status.items())) or "—"
+    embed.add_field(name="Requests", value=f"{s.requests_total} ({by_status})", inline=False)
+    embed.add_field(name="Last 24 h", value=str(s.requests_last_day))
+    embed.add_field(name="Users", value=str(s.users))
+    embed.add_field(name="Shared tunes", value=str(s.tunes_shared))
+    embed.add_field(name="Feedback", value=f"👍 {s.thumbs_up} · 👎 {s.thumbs_down}")
+
+    def secs(v: float | None) -> str:
+        return f"{v:.2f} s" if v is not None else "—"
+
+    embed.add_field(
+        name="Median time",
+        value=f"generate {secs(s.median_generate_s)}, render {secs(s.median_render_s)}",
+    )
+    embed.add_field(name="Active model", value=s.active_model or "default")
+    return embed
+
+
+def models_embed(models: list[ModelInfo]) -> discord.Embed:
+    embed = discord.Embed(title="Model versions", colour=COLOUR)
+    if not models:
+        embed.description = "No model versions recorded yet (workers use the default model)."
+        return embed
+    lines = []
+    for m in models:
+        mark = " ← active" if m.active else ""
+        why = f" ({m.reject_reason})" if m.reject_reason else ""
+        lines.append(f"`{m.version}` {m.status}{why}, {m.created_at}{mark}")
+    embed.description = "\n".join(lines)[:4000]
+    return embed
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def run_progress_text(info: RunInfo) -> str:
+    head = f"🏋️ Training run #{info.id}: {info.status}"
+    p = info.progress
+    parts = []
+    if isinstance(p.get("epoch"), int | float):
+        parts.append(f"epoch {p['epoch']:.2f}")
+    if isinstance(p.get("step"), int) and isinstance(p.get("total_steps"), int):
+        parts.append(f"step {p['step']:,}/{p['total_steps']:,}")
+    if isinstance(p.get("loss"), int | float):
+        parts.append(f"loss {p['loss']:.3f}")
+    if isinstance(p.get("tokens_per_s"), int | float):
+        parts.append(f"{p['tokens_per_s']:,.0f} tokens/s")
+    if isinstance(p.get("eta_s"), int | float):
+        parts.append(f"ETA {_duration(p['eta_s'])}")
+    return head + (": " + " · ".join(parts) if parts else "…")
+
+
+RUN_FINISHED = ("done", "rejected", "failed", "cancelled")
+
+
+def run_final_text(info: RunInfo) -> str:
+    if info.status == "done":
+        text = f"✅ Training run #{info.id} finished"
+        if info.candidate:
+            text += f": candidate `{info.candidate}` (activate it with `/model activate`)"
+    elif info.status == "rejected":
+        text = f"🚫 Training run #{info.id}: the candidate did not pass the quality gate"
+    elif info.status == "cancelled":
+        text = f"🛑 Training run #{info.id} was cancelled"
+    else:
+        text = f"❌ Training run #{info.id} failed: {info.error or 'see the worker log'}"
+    shown = {k: v for k, v in info.metrics.items() if isinstance(v, int | float)}
+    if shown:
+        text += "\n" + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()))
+    return text + "."
+
+
+HELP_TEXT = """\
+**Motif continues your melody.**
+• `/compose`: attach a MIDI seed (.mid/.midi) or leave it out; pick style, bars, temperature \
+(lower is safer, higher is wilder), instrument, tempo and a random seed for repeatable results.
+• Right-click a message with a MIDI file → **Apps → Continue this MIDI**, or mention me in a \
+message with a MIDI file.
+• Under each result: 🎲 Reroll (same settings, new take), ➕ Extend (continue the result), \
+🧊/🔥 Variation (cooler/hotter), 🤝 Share (let Motif learn from it), 👍/👎 feedback.
+• `/history`: your recent requests. `/status`: the queue and the model. \
+`/forget`: withdraw everything you shared.
+Admins: `/retrain`, `/model list|activate|rollback`, `/stats`.
+"""
