@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -167,10 +168,8 @@ def worker_factory() -> Iterator[type[WorkerProcess]]:
 
     yield Tracked
     for w in started:
-        try:
+        with contextlib.suppress(Exception):
             w.stop()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def wait_finished(service, request_id: int, timeout: float = 120.0):  # type: ignore[no-untyped-def]
