@@ -234,3 +234,32 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real corpus built by the real corpus code from music21's bundled files."""
+    from engine.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("tiny-corpus") / "corpus.npz"
+    build_corpus(
+        out, collections=("essenFolksong", "bach"), max_per_collection=12, workers=1,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_model_path(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path) -> Path:
+    """A tiny model trained briefly on the tiny real corpus: the 'active model' of gate tests."""
+    from engine.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny-corpus-model") / "tiny-corpus.pt"
+    train(
+        TrainConfig(
+            out=out, corpus_path=tiny_corpus_path, d_embed=32, hidden=48, layers=1, seed_max=16,
+            target_len=16, batch_size=8, epochs=50, max_steps=150, warmup_steps=5,
+            eval_windows=32, device="cpu", threads=1, progress=False, version="tiny-corpus",
+        )
+    )
+    return out

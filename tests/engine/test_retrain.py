@@ -1,0 +1,152 @@
+"""Retraining with consent, the gate, activation and rollback — real training on CPU."""
+
+from __future__ import annotations
+
+import io
+
+import pretty_midi
+import pytest
+from sqlalchemy import select
+
+from engine import admin, db
+from engine.admin import RetrainOptions, request_retrain, run_info
+from engine.db import session_scope
+from engine.jobs import JobService, Requester, validate_options
+from engine.model_registry import ensure_default_model
+from engine.records import ModelStatus, ModelVersion, RunStatus, Tune
+from engine.retrain import collected_tunes, run_training
+from tests.conftest import make_settings, synthetic_pieces, wait_finished
+
+pytestmark = pytest.mark.slow
+
+TINY = {"d_embed": 32, "hidden": 48, "layers": 1, "seed_max": 16, "target_len": 16,
+        "batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_windows": 16, "threads": 1}
+
+
+def midi_of(piece) -> bytes:
+    from engine.midi_io import to_midi_bytes
+
+    return to_midi_bytes(piece)
+
+
+def repeated_note_midi(i: int) -> bytes:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    inst = pretty_midi.Instrument(0)
+    for k in range(64):
+        inst.notes.append(pretty_midi.Note(90, 60, k * 0.25 + i * 0.001, k * 0.25 + 0.2))
+    pm.instruments.append(inst)
+    buf = io.BytesIO()
+    pm.write(buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def retrain_settings(tmp_path, tiny_corpus_model_path, tiny_corpus_path):
+    s = make_settings(
+        tmp_path, default_model_path=tiny_corpus_model_path, corpus_path=tiny_corpus_path,
+        gate_nll_tolerance=0.5, user_max_concurrent=50, user_rate_per_min=50,
+    )
+    db.upgrade(s.sqlalchemy_url)
+    ensure_default_model(s)
+    return s
+
+
+def share_tunes(settings, midis: list[bytes], user: int = 1) -> list[int]:
+    service = JobService(settings, dispatch=lambda _: None)
+    who = Requester(discord_id=user)
+    ids = []
+    for k, m in enumerate(midis):
+        rid = service.compose(who, validate_options(), m, f"shared-{k}.mid")
+        service.share(rid, who)
+        ids.append(rid)
+    return ids
+
+
+def test_only_consented_unwithdrawn_tunes_are_collected(retrain_settings):
+    s = retrain_settings
+    service = JobService(s, dispatch=lambda _: None)
+    pieces = synthetic_pieces(6, seed=3)
+    ann, bob = Requester(discord_id=1), Requester(discord_id=2)
+    shared = service.compose(ann, validate_options(), midi_of(pieces[0]), "a.mid")
+    service.share(shared, ann)
+    service.compose(ann, validate_options(), midi_of(pieces[1]), "private.mid")  # no consent
+    withdrawn = service.compose(bob, validate_options(), midi_of(pieces[2]), "b.mid")
+    service.share(withdrawn, bob)
+    service.forget(bob)
+    names = {t.piece.name for t in collected_tunes(s)}
+    assert names == {"a.mid"}
+    with session_scope(s.sqlalchemy_url) as session:
+        assert session.scalar(select(Tune).where(Tune.name == "private.mid")).consent is False
+
+
+def test_retrain_activates_a_good_candidate_and_rollback_restores(retrain_settings):
+    s = retrain_settings
+    share_tunes(s, [midi_of(p) for p in synthetic_pieces(5, seed=9)])
+    before = admin.active_version(s)
+    run_id = request_retrain(RetrainOptions(epochs=1, model_config=TINY), settings=s, dispatch=False)
+    assert run_training(run_id, s) == "done", run_info(run_id, s)
+    info = run_info(run_id, s)
+    assert info.status == "done" and info.candidate
+    assert info.metrics["collapse_rate"] == 0.0
+    assert info.metrics["candidate_base_nll"] <= info.metrics["active_base_nll"] + 0.5
+    assert admin.active_version(s) == info.candidate != before
+    with session_scope(s.sqlalchemy_url) as session:
+        from engine.records import TrainingRun
+
+        run = session.get(TrainingRun, run_id)
+        assert run.dataset_hash and run.dataset_size > 0 and run.duration_s > 0
+        assert "passed the gate" in run.log and run.progress.get("step")
+    assert admin.rollback(s) == before
+    assert admin.active_version(s) == before
+
+
+def test_a_broken_candidate_is_rejected_by_the_gate(retrain_settings):
+    s = retrain_settings
+    share_tunes(s, [repeated_note_midi(i) for i in range(6)])
+    before = admin.active_version(s)
+    config = dict(TINY, max_steps=150)
+    run_id = request_retrain(
+        RetrainOptions(epochs=50, from_scratch=True, collected_share=1.0, model_config=config),
+        settings=s, dispatch=False,
+    )
+    assert run_training(run_id, s) == "rejected", run_info(run_id, s).metrics
+    info = run_info(run_id, s)
+    assert "worse than the active model" in info.error or "collapsed" in info.error
+    assert admin.active_version(s) == before
+    with session_scope(s.sqlalchemy_url) as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == info.candidate))
+        assert row.status is ModelStatus.REJECTED and row.reject_reason and not row.active
+    with pytest.raises(Exception, match="rejected"):
+        admin.activate_model(info.candidate, s)
+
+
+def test_one_run_at_a_time_and_cancel(retrain_settings):
+    s = retrain_settings
+    run_id = request_retrain(RetrainOptions(model_config=TINY), settings=s, dispatch=False)
+    with pytest.raises(Exception, match="already queued"):
+        request_retrain(RetrainOptions(), settings=s, dispatch=False)
+    assert admin.cancel_run(run_id, s)
+    assert run_info(run_id, s).status == "cancelled"
+    assert run_training(run_id, s) == "skipped"  # a cancelled run's message does nothing
+
+
+def test_retrain_through_a_real_worker_then_compose_uses_the_new_version(
+    retrain_settings, worker_factory
+):
+    s = retrain_settings
+    share_tunes(s, [midi_of(p) for p in synthetic_pieces(4, seed=5)])
+    worker_factory(s).start()
+    run_id = request_retrain(RetrainOptions(epochs=1, model_config=TINY), settings=s)
+    import time
+
+    deadline = time.monotonic() + 240
+    while run_info(run_id, s).status not in ("done", "rejected", "failed", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    info = run_info(run_id, s)
+    assert info.status == "done", info
+    service = JobService(s)
+    rid = service.compose(Requester(discord_id=5), validate_options(bars=2), None)
+    prog = wait_finished(service, rid)
+    assert prog.model_version == info.candidate
+    assert RunStatus.DONE.value == info.status
