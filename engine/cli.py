@@ -224,6 +224,8 @@ def cmd_status(_: argparse.Namespace) -> int:
 def cmd_delegate(module: str, argv: list[str]) -> int:
     import importlib
 
+    if module == "engine.corpus" and argv[:1] == ["build"]:
+        argv = argv[1:]  # `motif corpus build …`
     main = importlib.import_module(module).main
     return int(main(argv) or 0)
 
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_bot
     )
     for name, module, text in (
-        ("corpus", "engine.corpus", "build the cached training corpus from music21"),
+        ("corpus", "engine.corpus", "`motif corpus build`: cache the music21 training corpus"),
         ("train", "engine.train", "train a model"),
         ("eval", "engine.evaluate", "measure a model against the baseline"),
         ("retrain", "engine.retrain", "queue a retraining run on shared tunes"),

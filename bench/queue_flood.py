@@ -1,0 +1,139 @@
+"""200 requests queued at once through real worker processes: all done, no duplicates, no losses.
+
+    python -m bench.queue_flood [--requests 200] [--workers 2] [--broker filesystem|redis]
+
+Uses the shipped default model (or MOTIF_DEFAULT_MODEL_PATH) on embedded defaults in a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from engine import db
+from engine.db import session_scope
+from engine.jobs import JobService, Requester, validate_options
+from engine.records import Artifact, Request, RequestStatus
+from engine.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIF_")}
+    for name, value in settings.model_dump(exclude={"discord_token"}).items():
+        if value not in (None, ""):
+            env[f"MOTIF_{name.upper()}"] = str(value)
+    return env
+
+
+def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) -> dict[str, object]:
+    """Queue `n_requests` at once, let `n_workers` real workers drain them, check the books."""
+    from engine.cli import live_workers, stop_worker_process
+
+    db.upgrade(settings.sqlalchemy_url)
+    service = JobService(settings)
+    seed = (ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid").read_bytes()
+    started = time.perf_counter()
+    ids = [
+        service.compose(
+            Requester(discord_id=i), validate_options(bars=bars, rng_seed=i), seed if i % 2 else None,
+            "ode.mid",
+        )
+        for i in range(n_requests)
+    ]
+    submit_s = time.perf_counter() - started
+    procs = []
+    for k in range(n_workers):
+        log = open(settings.data_dir / f"worker-{k}.log", "wb")  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "worker", "-Q", "gpu,cpu", "-n",
+                 f"flood{k}@%h"],
+                env=worker_env(settings), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    try:
+        while len(live_workers(settings)) < n_workers:
+            time.sleep(0.2)
+        t0 = time.perf_counter()
+        deadline = t0 + 1800
+        while True:
+            with session_scope(settings.sqlalchemy_url) as s:
+                open_count = s.scalar(
+                    select(func.count(Request.id)).where(
+                        Request.status.in_(
+                            (RequestStatus.QUEUED, RequestStatus.GENERATING,
+                             RequestStatus.RENDERING)
+                        )
+                    )
+                )
+            if not open_count or time.perf_counter() > deadline:
+                break
+            time.sleep(0.5)
+        drain_s = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            stop_worker_process(p)
+    with session_scope(settings.sqlalchemy_url) as s:
+        statuses = Counter(
+            st.value for st in s.scalars(select(Request.status).where(Request.id.in_(ids)))
+        )
+        per_request = Counter(
+            rid for rid in s.scalars(select(Artifact.request_id).where(Artifact.request_id.in_(ids)))
+        )
+        batches = [
+            (t or {}).get("batch_size", 0)
+            for t in s.scalars(select(Request.timings).where(Request.id.in_(ids)))
+        ]
+        workers = Counter(w for w in s.scalars(select(Request.worker).where(Request.id.in_(ids))))
+    files = list((settings.data_dir / "artifacts" / "requests").glob("*/*"))
+    return {
+        "requests": n_requests,
+        "workers": n_workers,
+        "statuses": dict(statuses),
+        "all_done": statuses.get("done", 0) == n_requests,
+        "requests_with_3_artifacts": sum(1 for rid in ids if per_request.get(rid) == 3),
+        "artifact_files": len(files),
+        "duplicates": sum(1 for c in per_request.values() if c > 3) + max(0, len(files) - 3 * n_requests),
+        "submit_s": round(submit_s, 2),
+        "drain_s": round(drain_s, 1),
+        "requests_per_s": round(n_requests / drain_s, 2) if drain_s else None,
+        "median_batch": statistics.median(batches) if batches else None,
+        "max_batch": max(batches) if batches else None,
+        "claiming_processes": len(workers),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--bars", type=int, default=2)
+    p.add_argument("--broker", default="filesystem://")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="motif-flood-") as tmp:
+        settings = Settings(
+            data_dir=Path(tmp), broker_url=args.broker if args.broker != "filesystem://" else "",
+            queue_cap=100_000, user_rate_per_min=1000, user_max_concurrent=1000,
+            batch_wait_ms=20,
+        )
+        result = flood(settings, args.requests, args.workers, args.bars)
+    for k, v in result.items():
+        print(f"{k:28} {v}")
+    return 0 if result["all_done"] and not result["duplicates"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
