@@ -143,6 +143,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
+    if "cpu" in args.queues.split(","):
+        from engine.render import get_renderer
+
+        get_renderer(settings)  # a missing or corrupt soundfont stops the start, naming the setting
     concurrency = args.concurrency or 1
     os.environ.setdefault("MOTIF_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     argv = [

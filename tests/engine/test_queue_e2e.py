@@ -135,3 +135,12 @@ def test_motif_compose_cli_rejects_bad_options_before_queuing(tmp_path):
     )
     assert proc.returncode == 2 and "bars must be" in proc.stderr
     assert not (settings.data_dir / "motif.db").exists()
+
+
+def test_render_worker_refuses_to_start_with_a_missing_soundfont(tmp_path):
+    settings = make_settings(tmp_path, soundfont=str(tmp_path / "nope.sf2"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "worker", "-Q", "cpu"],
+        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "MOTIF_SOUNDFONT" in proc.stderr
