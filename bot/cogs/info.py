@@ -1,4 +1,4 @@
-"""`/history`, `/status`, `/help` and `/forget`: what a member can look up or take back."""
+"""`/history`, `/status`, `/help`, `/forget`, `/share-default`: what a member looks up or sets."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ class Info(commands.Cog):
             "Future training runs will not use them.",
             ephemeral=True,
         )
+
+    @app_commands.command(name="share-default")
+    @app_commands.describe(enabled="share every seed you upload from now on (you can /forget later)")
+    async def share_default(self, interaction: discord.Interaction, enabled: bool) -> None:
+        """Opt in (or out) of sharing your future seeds with Motif's training collection."""
+        who = requester_from_interaction(interaction, "slash")
+        await asyncio.to_thread(self.bot.jobs.set_share_by_default, who, enabled)
+        text = (
+            "From now on, the seeds you upload are shared for training. `/forget` withdraws them."
+            if enabled
+            else "Your future seeds will not be shared. Already shared tunes stay until `/forget`."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: MotifBot) -> None:

@@ -187,3 +187,28 @@ def test_history_and_status_answer_ephemerally(bot_settings, jobs, worker):
         await bot.deliveries.stop()
 
     asyncio.run(scenario())
+
+
+def test_share_default_then_forget(bot_settings, jobs):
+    from sqlalchemy import select
+
+    from engine.db import session_scope
+    from engine.records import Tune
+
+    async def scenario() -> None:
+        bot = make_bot(bot_settings, jobs)
+        info, compose = Info(bot), Compose(bot)
+        it = mock_interaction(bot)
+        await info.share_default.callback(info, it, True)
+        assert "shared for training" in it.response.send_message.await_args.args[0]
+        it = mock_interaction(bot)
+        seed, _ = real_attachment("tune.mid", midi_bytes())
+        await compose.compose.callback(compose, it, seed=seed)
+        with session_scope(bot_settings.sqlalchemy_url) as s:
+            assert s.scalar(select(Tune)).consent is True  # opted in: the seed is shared
+        it = mock_interaction(bot)
+        await info.forget.callback(info, it)
+        assert "1 shared tune withdrawn" in it.response.send_message.await_args.args[0]
+        await bot.deliveries.stop()
+
+    asyncio.run(scenario())
