@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "engine.train", "train a model"),
         ("eval", "engine.evaluate", "measure a model against the baseline"),
         ("retrain", "engine.retrain", "queue a retraining run on shared tunes"),
+        ("health", "engine.health", "check this container's health: bot, worker or db"),
     ):
         x = sub.add_parser(name, help=text, add_help=False)
         x.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,0 +1,135 @@
+"""Container health checks: is this bot or worker able to do its job right now?
+
+`python -m engine.health worker|bot|db` (the images' HEALTHCHECK) prints one line and exits 0
+(healthy) or 1 (not). No torch here: the bot image runs it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from engine.errors import MotifError
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+Role = Literal["worker", "bot", "db"]
+ROLES: tuple[Role, ...] = ("worker", "bot", "db")
+
+# A presence row older than this many heartbeats means the worker's main process stopped beating.
+STALE_HEARTBEATS = 4
+
+
+class Unhealthy(Exception):
+    """One check failed; the message is the line a person reads in `docker ps` / `inspect`."""
+
+
+def check_schema(settings: Settings) -> str:
+    """The database answers and is migrated to the code's head revision."""
+    from engine import db
+
+    url = settings.sqlalchemy_url
+    try:
+        current = db.current_revision(url)
+    except MotifError as exc:
+        raise Unhealthy(exc.user_message) from exc
+    head = db.head_revision(url)
+    if current != head:
+        raise Unhealthy(
+            f"schema at revision {current or 'none'}, code needs {head}: run `motif db upgrade`"
+        )
+    return f"database {db.safe_url(url)} at head {head}"
+
+
+def check_broker(settings: Settings, timeout_s: float = 3.0) -> str:
+    """The Celery broker accepts a connection (the bot sends to it, workers consume from it)."""
+    from engine.celery_app import make_app
+
+    app = make_app(settings)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+            where = conn.as_uri()  # the password is masked
+    except Exception as exc:  # noqa: BLE001 - any transport error means "cannot reach it"
+        raise Unhealthy(f"broker unreachable: {type(exc).__name__}: {exc}") from exc
+    return f"broker {where}"
+
+
+def host_of(worker_hostname: str) -> str:
+    """The machine part of a presence row's name: `motif-gpu-train-7@abc123` -> `abc123`."""
+    host = worker_hostname.rsplit("@", 1)[-1]
+    return host.split(":", 1)[0]
+
+
+def check_presence(settings: Settings, hostname: str | None = None) -> str:
+    """A worker on this host refreshed its row in `workers` within a few heartbeats."""
+    from sqlalchemy import select
+
+    from engine.db import session_scope
+    from engine.records import Worker, utcnow
+
+    host = hostname or socket.gethostname()
+    limit = timedelta(seconds=settings.worker_heartbeat_s * STALE_HEARTBEATS)
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            rows = [
+                (w.hostname, w.last_seen)
+                for w in session.scalars(select(Worker))
+                if host_of(w.hostname) in (host, host.split(".", 1)[0])
+            ]
+    except MotifError as exc:
+        raise Unhealthy(exc.user_message) from exc
+    if not rows:
+        raise Unhealthy(f"no worker row for host {host} (starting, stopped or never registered)")
+    name, last_seen = max(rows, key=lambda r: r[1])
+    age = (utcnow() - _aware(last_seen)).total_seconds()
+    if age > limit.total_seconds():
+        raise Unhealthy(
+            f"worker {name} last beat {age:.0f} s ago (limit {limit.total_seconds():.0f} s)"
+        )
+    return f"worker {name} beat {age:.1f} s ago"
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def health(settings: Settings, role: Role) -> int:
+    """Run the checks for `role`, print one line, return the exit status (0 healthy, 1 not)."""
+    if role not in ROLES:
+        print(f"unhealthy: unknown role {role!r} (one of {', '.join(ROLES)})")
+        return 1
+    try:
+        parts = [check_schema(settings)]
+        if role in ("bot", "worker"):
+            parts.append(check_broker(settings))
+        if role == "worker":
+            parts.append(check_presence(settings))
+    except Unhealthy as exc:
+        print(f"unhealthy ({role}): {exc}")
+        return 1
+    print(f"healthy ({role}): " + "; ".join(parts))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="motif health", description=__doc__)
+    p.add_argument("role", choices=ROLES, help="which process this container runs")
+    args = p.parse_args(argv)
+    logging.disable(logging.WARNING)  # one line of output, nothing else
+    try:
+        settings = get_settings()
+    except Exception as exc:  # noqa: BLE001 - a bad setting is a reason, not a traceback
+        print(f"unhealthy ({args.role}): invalid settings: {exc}".replace("\n", " "))
+        return 1
+    return health(settings, args.role)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
