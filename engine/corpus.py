@@ -1,7 +1,8 @@
 """The training corpus: music21's bundled folk tunes, chorales and Palestrina, parsed once into
-one compact .npz (notes on the 12-ticks-per-beat grid) that training and evaluation load in ms.
+one compact .npz (notes on the 12-ticks-per-beat grid) that training and evaluation load fast.
 
-Build: `python -m engine.corpus --out engine/data/corpus.npz [--max-per-collection N]`.
+Build: `python -m engine.corpus --out engine/data/corpus.npz [--max-per-collection N]
+[--limit COLLECTION=N ...]` (`motif corpus build` runs the same).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class CorpusStats:
     failures: dict[str, int] = field(default_factory=dict)  # per collection
     failure_reasons: dict[str, int] = field(default_factory=dict)  # "repeats", "parse", ...
     splits: dict[str, int] = field(default_factory=dict)
+    halved_note_values: int = 0  # pieces rewritten in shorter note values
     total_notes: int = 0
     build_seconds: float = 0.0
     file_bytes: int = 0
@@ -185,7 +187,8 @@ def parse_piece(item: WorkItem) -> dict:
     """One piece as plain arrays and fields, or {"failure": reason}.
 
     Parts merge into one polyphonic piece; repeats are expanded; a pickup bar is padded so
-    tick 0 is a downbeat; ties are joined; onsets and lengths go to the 12-tick grid.
+    tick 0 is a downbeat; ties are joined; onsets and lengths go to the 12-tick grid; pieces
+    notated in long values are rewritten in shorter ones (`normalize_note_values`).
     """
     from music21 import converter, dynamics, tempo
 
@@ -254,13 +257,51 @@ def parse_piece(item: WorkItem) -> dict:
     )
     if rows[:, 0].max() + rows[:, 1].max() >= _MAX_TICK:
         return {"failure": "convert"}
+    rows, time_signature, bpm, halvings = normalize_note_values(
+        rows, time_signature, bpm, tempo_marked=mark is not None
+    )
     name = title or Path(item.path).stem + ("" if item.number is None else f" #{item.number}")
     return {
         "notes": rows.astype(np.int32),
         "tempo": min(300.0, max(30.0, bpm)),
         "time_signature": time_signature,
         "name": name,
+        "halvings": halvings,
     }
+
+
+def _median_gap(onsets: np.ndarray) -> float:
+    gaps = np.diff(np.unique(onsets))
+    return float(np.median(gaps)) if len(gaps) else 0.0
+
+
+def normalize_note_values(
+    rows: np.ndarray, time_signature: tuple[int, int], bpm: float, *, tempo_marked: bool
+) -> tuple[np.ndarray, tuple[int, int], float, int]:
+    """Rewrite pieces notated in long values (4/2 Palestrina, Essen tunes in whole notes) so
+    their notes move mostly in quarters and eighths, like everything else and like user seeds.
+
+    While the metre's denominator is 1 or 2 and the median gap between onsets is a beat or
+    more, note values are halved and the denominator doubled (4/2 -> 4/4); a tempo from a
+    metronome mark doubles too, so the music sounds the same. Otherwise shifts longer than
+    `max_shift` (4 beats) and bars longer than `max_position` would be clipped by the events.
+    Returns (rows, time_signature, bpm, halvings).
+    """
+    num, den = time_signature
+    halvings = 0
+    while den <= 2 and _median_gap(rows[:, 0]) >= TICKS_PER_BEAT:
+        halved = rows.copy()
+        halved[:, 0] = np.rint(rows[:, 0] / 2)
+        halved[:, 1] = np.maximum(1, np.rint(rows[:, 1] / 2))
+        # Two notes may now share (onset, pitch): keep the longest, in (onset, pitch) order.
+        order = np.lexsort((-halved[:, 1], halved[:, 2], halved[:, 0]))
+        halved = halved[order]
+        keep = np.ones(len(halved), dtype=bool)
+        keep[1:] = (np.diff(halved[:, 0]) != 0) | (np.diff(halved[:, 2]) != 0)
+        rows, den, halvings = halved[keep], den * 2, halvings + 1
+        if tempo_marked:
+            bpm *= 2
+    return rows, (num, den), bpm, halvings
 
 
 def _parse_indexed(job: tuple[int, WorkItem]) -> tuple[int, dict]:
@@ -319,6 +360,7 @@ def build_corpus(
             reasons[result["failure"]] += 1
         else:
             parsed[index] = result
+            stats.halved_note_values += bool(result["halvings"])
         if progress and (done % 100 == 0 or done == len(items)):
             rate = done / (time.perf_counter() - started)
             print(
@@ -397,6 +439,7 @@ class Corpus:
             raise ValueError(f"{self.path}: corpus format {int(self._a['format_version'])}")
         self.ticks_per_beat = int(self._a["ticks_per_beat"])
         self.stats = CorpusStats.from_dict(json.loads(str(self._a["stats"])))
+        self.stats.file_bytes = self.path.stat().st_size
         self.content_hash = _sha256(self.path)
         self._all_styles = tuple(str(s) for s in self._a["styles"])
 
@@ -450,6 +493,14 @@ class Corpus:
                 "split": SPLITS[int(a["split"][index])],
             },
         )
+
+    def events(self, index: int, codec) -> np.ndarray:
+        """Piece `index` as (N, 5) events of an `engine.tokens.EventCodec`, without `Note`s."""
+        if codec.config.ticks_per_beat != self.ticks_per_beat:
+            return codec.encode(self.piece(index))
+        rows = self.notes[self.offsets[index] : self.offsets[index + 1]]
+        num, den = (int(x) for x in self._a["time_signature"][index])
+        return codec.encode_ticks(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], (num, den))
 
     def pieces(self, split: str | None = "train", style: str | None = None) -> list[Piece]:
         return [self.piece(int(i)) for i in self.indices(split, style)]

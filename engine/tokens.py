@@ -129,19 +129,6 @@ class EventCodec:
         hi = -(-(int(index) + 1) * 128 // self.n_velocity) - 1
         return min(127, max(1, (lo + hi) // 2))
 
-    def _clamp_gap(self, gap: int, bar: int) -> int:
-        """A gap longer than `max_shift` loses whole bars, so a decoded onset keeps its bar position.
-
-        Where no whole number of bars brings it under `max_shift` (bars longer than max_shift),
-        it is clamped to `max_shift`.
-        """
-        max_shift = self.config.max_shift
-        if gap <= max_shift:
-            return max(0, gap)
-        whole_bars = -(-(gap - max_shift) // bar)
-        shorter = gap - whole_bars * bar
-        return shorter if shorter >= 0 else max_shift
-
     # --- the two directions ------------------------------------------------------------------
     def encode(self, piece: Piece, *, start_tick: int = 0) -> np.ndarray:
         """Events (N, 5) int64 for the piece's notes, sorted by (onset, pitch).
@@ -152,27 +139,62 @@ class EventCodec:
         POSITION is the true bar position of the onset (tick 0 is a downbeat); when generating,
         the running sum of shifts from `start_tick` gives the same value.
         """
+        notes = piece.notes
+        tpb = self.config.ticks_per_beat
+        return self.encode_ticks(
+            np.rint(np.array([n.start for n in notes], dtype=np.float64) * tpb),
+            np.rint(np.array([n.duration for n in notes], dtype=np.float64) * tpb),
+            np.array([n.pitch for n in notes], dtype=np.int64),
+            np.array([n.velocity for n in notes], dtype=np.int64),
+            piece.time_signature,
+            start_tick=start_tick,
+        )
+
+    def encode_ticks(
+        self,
+        onsets: np.ndarray,
+        durations: np.ndarray,
+        pitches: np.ndarray,
+        velocities: np.ndarray,
+        time_signature: tuple[int, int],
+        *,
+        start_tick: int = 0,
+    ) -> np.ndarray:
+        """`encode` for notes already on the tick grid, as four equal-length arrays (fast path
+        for the corpus: no `Note` objects)."""
         cfg = self.config
-        bar = self.bar_ticks(piece.time_signature)
-        best: dict[tuple[int, int], tuple[int, int]] = {}
-        for note in piece.notes:
-            onset = self.to_ticks(note.start)
-            pitch = self.fold_pitch(int(note.pitch))
-            dur = max(1, self.to_ticks(note.duration))
-            key = (onset, pitch)
-            if key not in best or dur > best[key][0]:
-                best[key] = (dur, int(note.velocity))
-        keys = sorted(best)
-        events = np.zeros((len(keys), N_COLUMNS), dtype=np.int64)
-        prev_onset = int(start_tick)
-        for i, (onset, pitch) in enumerate(keys):
-            dur, velocity = best[(onset, pitch)]
-            events[i, SHIFT] = self._clamp_gap(onset - prev_onset, bar)
-            prev_onset = max(prev_onset, onset)
-            events[i, PITCH] = pitch - cfg.pitch_low
-            events[i, DURATION] = self.duration_index(dur)
-            events[i, VELOCITY] = self.velocity_bin(velocity)
-            events[i, POSITION] = self.position(prev_onset, piece.time_signature)
+        onsets = np.asarray(onsets, dtype=np.int64).reshape(-1)
+        durations = np.maximum(1, np.asarray(durations, dtype=np.int64).reshape(-1))
+        pitches = np.asarray(pitches, dtype=np.int64).reshape(-1)
+        velocities = np.clip(np.asarray(velocities, dtype=np.int64).reshape(-1), 0, 127)
+        low, high = cfg.pitch_low, cfg.pitch_high
+        pitches = np.where(pitches < low, pitches + 12 * -((pitches - low) // 12), pitches)
+        pitches = np.where(pitches > high, pitches - 12 * -((high - pitches) // 12), pitches)
+
+        # (onset, pitch) order; of identical (onset, pitch) notes the longest (then first) wins.
+        order = np.lexsort((-durations, pitches, onsets))
+        onsets, durations = onsets[order], durations[order]
+        pitches, velocities = pitches[order], velocities[order]
+        first = np.ones(len(onsets), dtype=bool)
+        first[1:] = (np.diff(onsets) != 0) | (np.diff(pitches) != 0)
+        onsets, durations = onsets[first], durations[first]
+        pitches, velocities = pitches[first], velocities[first]
+
+        bar = self.bar_ticks(time_signature)
+        placed = np.maximum(int(start_tick), onsets)  # a note before start_tick sits on it
+        previous = np.concatenate(([int(start_tick)], placed[:-1]))
+        gaps = placed - previous
+        # A gap longer than max_shift loses whole bars (bar positions stay true) or is clamped.
+        long = gaps > cfg.max_shift
+        shorter = gaps - -((cfg.max_shift - gaps) // bar) * bar
+        shifts = np.where(long, np.where(shorter >= 0, shorter, cfg.max_shift), gaps)
+
+        events = np.empty((len(onsets), N_COLUMNS), dtype=np.int64)
+        events[:, SHIFT] = shifts
+        events[:, PITCH] = pitches - low
+        events[:, DURATION] = np.abs(self._bins[None, :] - durations[:, None]).argmin(axis=1)
+        events[:, VELOCITY] = np.minimum(self.n_velocity - 1, velocities * self.n_velocity // 128)
+        events[:, POSITION] = np.minimum(cfg.max_position, placed % bar)
         return events
 
     def decode(
