@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from engine.settings import Settings, get_settings
 
@@ -21,7 +21,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
     config: dict[str, object] = {
         "broker_url": settings.celery_broker_url,
         "result_backend": settings.celery_result_backend,
-        "task_queues": [Queue(GPU_QUEUE), Queue(CPU_QUEUE), Queue(TRAIN_QUEUE)],
+        # One direct exchange per queue: a message lands in exactly the queue it was sent to.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (GPU_QUEUE, CPU_QUEUE, TRAIN_QUEUE)
+        ],
         "task_default_queue": CPU_QUEUE,
         "task_routes": {
             TASK_GENERATE: {"queue": GPU_QUEUE},

@@ -144,11 +144,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if "cpu" in args.queues.split(","):
-        from engine.render import get_renderer
+        from engine.render import check_soundfont
 
-        get_renderer(settings)  # a missing or corrupt soundfont stops the start, naming the setting
+        # A missing or corrupt soundfont stops the start, naming the setting. No synthesizer is
+        # created here: the parent forks the pool, and each child loads its own.
+        check_soundfont(settings)
     concurrency = args.concurrency or 1
-    os.environ.setdefault("MOTIF_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     argv = [
         "worker",
         "-Q",

@@ -394,6 +394,12 @@ def _check_soundfont_file(path: Path) -> None:
         )
 
 
+def check_soundfont(settings: Settings) -> None:
+    """Fail fast (BadSoundfont naming the setting) without loading a synthesizer: safe to call
+    in a parent process before it forks its workers."""
+    _check_soundfont_file(settings.soundfont_path)
+
+
 def get_renderer(settings: Settings, prefer: Backend | None = None) -> Renderer:
     """This process's renderer for the configured SoundFont, loaded on first use.
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     # --- model and generation ----------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(default=1, ge=0, le=256)  # per worker process; 0 = torch's default
     default_model_path: Path = DEFAULT_MODEL_PATH
     corpus_path: Path = DEFAULT_CORPUS_PATH
     max_bars: int = Field(default=64, ge=1, le=256)

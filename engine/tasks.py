@@ -6,7 +6,6 @@ Retries are declared here; the work and its idempotence live in the plain functi
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import signals
 
@@ -57,20 +56,36 @@ def retrain(run_id: int) -> str:
 
 
 @signals.worker_process_init.connect
-def _warm_model(**_: object) -> None:
-    """Load the active model once per worker process, before the first job arrives."""
+def _warm_up(**_: object) -> None:
+    """Load the active model and the synthesizer once per worker process, before any job."""
     settings = get_settings()
-    threads = int(os.environ.get("MOTIF_TORCH_THREADS", "0") or 0)
     try:
-        if threads > 0:
+        if settings.torch_threads > 0:
             import torch
 
-            torch.set_num_threads(threads)
+            torch.set_num_threads(settings.torch_threads)
         from engine.model_registry import get_model
 
         get_model(settings)
     except Exception:  # noqa: BLE001 - a cold start is slower, not broken
         log.warning("could not preload the model", exc_info=True)
+    try:
+        _render_once(settings)
+    except Exception:  # noqa: BLE001
+        log.warning("could not preload the renderer", exc_info=True)
+
+
+def _render_once(settings) -> None:  # type: ignore[no-untyped-def]
+    """One tiny render: the first call pays for imports, the soundfont and font caches (~9 s
+    measured on a busy 2-core machine), so no user's request does."""
+    from engine.audio import render_audio
+    from engine.midi_io import to_midi_bytes
+    from engine.music import Note, Piece
+    from engine.pianoroll import piano_roll_png
+
+    piece = Piece((Note(0.0, 1.0, 60, 80), Note(1.0, 1.0, 64, 80)))
+    render_audio(to_midi_bytes(piece), settings, program=0)
+    piano_roll_png(None, piece, title="warm-up")
 
 
 @signals.worker_ready.connect
