@@ -439,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.meta["validation_nll_per_symbol"] = nll.per_symbol
     model.meta["validation_nll_per_note"] = nll.per_note
     model.meta["validation_unk_rate"] = nll.unk_rate
+    model.meta["corpus_hash"] = getattr(corpus, "content_hash", None)
     path = save_baseline(model, args.out)
     log.info(
         "saved %s (%.1f MB): %d steps in %.0f s, validation NLL %.3f per symbol, unk %.1f%%",

@@ -98,6 +98,7 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shipped and shared
         torch.save(blob, tmp)
         os.replace(tmp, path)
     finally:

@@ -126,17 +126,20 @@ def compare(
 def equal_width_speed(
     bm: Any, hidden: int, cases: Sequence[SeedCase], made: Sequence[Piece], n_cases: int = 10
 ) -> float:
-    """Notes per second of the baseline's windowed generation at Motif's hidden size (random
-    weights: the speed does not depend on them) on the first cases, as many notes as Motif made."""
+    """Decode steps per second of the baseline's windowed generation at Motif's hidden size
+    (random weights: the speed does not depend on them) on the first cases, as many notes as
+    Motif made. Steps, not notes: random weights may pick chords, several notes in one step;
+    both systems spend one step per note of a melody."""
     from bench.baseline import BaselineLSTM, BaselineModel, baseline_continue
 
     cfg = replace(bm.config, width=hidden)
     wide = BaselineModel(cfg, bm.vocab, BaselineLSTM(cfg, len(bm.vocab)).eval(), bm.primers)
-    notes, t0 = 0, time.perf_counter()
+    steps, t0 = 0, time.perf_counter()
     for case, piece in list(zip(cases, made, strict=True))[:n_cases]:
-        notes += len(baseline_continue(wide, case.seed, len(piece.notes)).notes)
+        out = baseline_continue(wide, case.seed, len(piece.notes))
+        steps += len({n.start for n in out.notes})  # one step per onset
     seconds = time.perf_counter() - t0
-    return notes / seconds if seconds > 0 else math.nan
+    return steps / seconds if seconds > 0 else math.nan
 
 
 def evaluate(
@@ -159,6 +162,12 @@ def evaluate(
     from engine.checkpoint import load_checkpoint
     from engine.corpus import load_corpus
     from engine.generate import continue_seed
+
+    try:
+        from engine.train import evaluate_nll
+    except ImportError as exc:  # training code is optional at evaluation time
+        log.warning("no engine.train.evaluate_nll (%s): Motif's NLL from its checkpoint", exc)
+        evaluate_nll = None
 
     t_start = time.perf_counter()
     corpus = load_corpus(Path(corpus_path) if corpus_path else None)
@@ -195,13 +204,18 @@ def evaluate(
             speed[EQUAL_WIDTH] = equal_width_speed(bm, lm.config.hidden, cases, conts[MOTIF])
 
     log.info("likelihoods")
-    from engine.train import evaluate_nll
-
-    rows = ("motif", "baseline_symbol", "baseline_note", "baseline_unk", "unigram_pitch")
-    nll: dict[str, dict[str, float]] = {row: {} for row in (*rows, "unigram_event")}
+    rows = ("motif", "motif_pitch", "baseline_note", "baseline_symbol", "baseline_unk")
+    nll: dict[str, dict[str, float]] = {
+        row: {} for row in (*rows, "unigram_event", "unigram_pitch")
+    }
     for split, pieces in (("validation", validation), ("test", test)):
-        motif_nll = evaluate_nll(lm, pieces, max_windows=nll_max_windows)
+        if evaluate_nll is not None:
+            motif_nll = evaluate_nll(lm, pieces, max_windows=nll_max_windows)
+        else:  # the trainer's own figures on the same splits
+            short = {"validation": "val"}.get(split, split)
+            motif_nll = dict(lm.meta.get("metrics", {}).get(short) or {})
         nll["motif"][split] = motif_nll.get("nll_per_note", math.nan)
+        nll["motif_pitch"][split] = motif_nll.get("nll_pitch", math.nan)
         if bm is not None:
             b = baseline_nll(bm, pieces)
             nll["baseline_symbol"][split] = b.per_symbol
@@ -230,6 +244,7 @@ def evaluate(
             "temperature": TEMPERATURE,
             "top_p": TOP_P,
             "motif_hidden": lm.config.hidden,
+            "motif_nll_source": "evaluate_nll" if evaluate_nll else "checkpoint meta",
             "torch_threads": torch.get_num_threads(),
             "wall_s": round(time.perf_counter() - t_start, 1),
         },
@@ -281,7 +296,7 @@ def format_report(report: EvalReport) -> str:
         ] + ["—"] * (len(systems) - 2)
         width = s.get("motif_hidden", "same")
         lines.append(
-            f"| generation speed at equal width (hidden {width}), notes/s | "
+            f"| decode steps/s at equal width (hidden {width}; one step per melody note) | "
             + " | ".join(row)
             + " |"
         )
@@ -289,6 +304,7 @@ def format_report(report: EvalReport) -> str:
     n = report.nll
     nll_rows = [
         ("motif", "Motif, per note event (timing + pitch + length + loudness, and the end)"),
+        ("motif_pitch", "Motif, pitch field only, per note"),
         ("baseline_note", "hobby baseline, per note (pitch symbols only)"),
         ("baseline_symbol", "hobby baseline, per onset symbol (a chord is one symbol)"),
         ("unigram_event", "unigram, per note event (same four fields as Motif, and the end)"),
@@ -297,8 +313,10 @@ def format_report(report: EvalReport) -> str:
     lines += [
         "",
         "Negative log-likelihood of held-out music, nats (lower is better). Only rows that "
-        "predict the same things compare: Motif with the four-field unigram, the baseline with "
-        "the pitch unigram.",
+        "predict the same things compare: Motif's four fields with the four-field unigram; "
+        "pitch with pitch (Motif's pitch field, the baseline per note, the pitch unigram). The "
+        "baseline's number is not directly comparable with Motif's per-note figure: it predicts "
+        "no timing, length or loudness, and scores unseen chords as one cheap <unk>.",
         "",
         "| | validation | test |",
         "|---|---:|---:|",

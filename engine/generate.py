@@ -52,21 +52,48 @@ class GenerationRequest:
     key_penalty: float = KEY_PENALTY
 
 
+def _zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(axis=-1, keepdims=True)) / x.std(axis=-1, keepdims=True)
+
+
+# (24, 12): the 12 major then the 12 minor profiles, rotated to each tonic, standardised
+_PROFILES = _zscore(
+    np.stack([np.roll(p, t) for p in (_MAJOR_PROFILE, _MINOR_PROFILE) for t in range(12)])
+)
+MIN_KEY_NOTES = 3  # fewer seed notes: key class 0 ("unknown")
+
+
+def _best_key(hist: np.ndarray) -> int | None:
+    """Index 0..23 (major C..B, minor C..B) of the profile best correlated with a 12-bin
+    pitch-class histogram (Krumhansl-Schmuckler); None if the histogram has no contrast."""
+    if hist.std() == 0:
+        return None
+    return int(np.argmax(_PROFILES @ _zscore(hist)))
+
+
 def estimate_key(piece: Piece) -> tuple[int, str] | None:
     """(tonic pitch class, "major" | "minor") by Krumhansl-Schmuckler on duration-weighted
     pitch classes; None for a piece without notes."""
     hist = np.zeros(12)
     for n in piece.notes:
         hist[n.pitch % 12] += max(n.duration, 1e-3)
-    if not hist.any():
-        return None
-    best, best_r = None, -np.inf
-    for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1] if hist.std() > 0 else 0.0
-            if r > best_r:
-                best, best_r = (tonic, mode), r
-    return best
+    best = _best_key(hist)
+    return None if best is None else (best % 12, "major" if best < 12 else "minor")
+
+
+def seed_key(events: np.ndarray, codec) -> int:
+    """The model's key class of seed events (N, 5): 0 = unknown (fewer than MIN_KEY_NOTES
+    notes), 1 + tonic for major keys, 13 + tonic for minor ones. Training computes it on each
+    (transposed) seed window, generation on the seed it encodes."""
+    if len(events) < MIN_KEY_NOTES:
+        return 0
+    pcs = (events[:, PITCH] + codec.config.pitch_low) % 12
+    ticks = np.asarray(codec.config.duration_bins, dtype=np.float64)[events[:, DURATION]]
+    best = _best_key(np.bincount(pcs, weights=ticks, minlength=12))
+    return 0 if best is None else 1 + best
+
+
+N_KEY = 25  # key classes of `seed_key`
 
 
 def scale_pitch_classes(piece: Piece) -> frozenset[int]:
@@ -114,6 +141,7 @@ class _Row:
     pitch_ok: np.ndarray  # (n_pitch,) bool: the allowed range
     pitch_bias: np.ndarray  # (n_pitch,) float: key-keeping bias
     history: list[int]  # pitch classes in a row (seed tail, then generated)
+    key: int  # the model's key class (see `seed_key`)
     tick: int = 0  # onset of the last note (the reference of the next shift)
     first_tick: int | None = None  # tick the first shift was counted from (decode's start_tick)
     chord: list[int] = field(default_factory=list)  # pitches at the current onset
@@ -145,6 +173,9 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         events = np.zeros((0, 5), dtype=np.int64)
         ref_tick = seed_end = 0
         history: list[int] = []
+        # No seed, no key to keep: pick one (from the row's own generator, so reproducible) and
+        # let the key conditioning hold the music to it.
+        key = 1 + int(torch.randint(24, (1,), generator=generator)) if lm.config.n_key else 0
     else:
         events = codec.encode(seed)[-MAX_SEED_NOTES:]
         ref_tick = max(codec.onset_ticks(seed))
@@ -159,6 +190,7 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
         pitch_bias[~np.isin(pcs, sorted(in_scale))] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]
+        key = seed_key(events, codec) if lm.config.n_key else 0
     bars_done = -(-seed_end // bar)  # the continuation fills whole bars of the seed's grid
     return _Row(
         req=req,
@@ -175,6 +207,7 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_ok=pitch_ok,
         pitch_bias=pitch_bias,
         history=history,
+        key=key,
         tick=ref_tick,
     )
 
@@ -283,7 +316,8 @@ def continue_batch(lm: LoadedModel, requests: list[GenerationRequest]) -> list[P
         seed[i, : len(r.seed_events)] = r.seed_events
     seed_len = torch.tensor([len(r.seed_events) for r in rows], device=device)
     style = torch.tensor([r.style for r in rows], device=device)
-    memory = model.encode(torch.from_numpy(seed).to(device), seed_len, style)
+    key = torch.tensor([r.key for r in rows], device=device)
+    memory = model.encode(torch.from_numpy(seed).to(device), seed_len, style, key)
     state = memory.state
     prev: torch.Tensor | None = None
     temperature = torch.tensor([r.req.temperature for r in rows], dtype=torch.float32)

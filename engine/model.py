@@ -1,7 +1,8 @@
 """The seq2seq LSTM that continues a melody, one compound note event per step.
 
 An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
-predicts the next note's SHIFT, PITCH, DURATION and VELOCITY with one head each, every head seeing
+and conditioned on the style and on the seed's estimated key (key classes: see
+`engine.generate.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY with one head each, every head seeing
 the fields already chosen for that note. Training runs the decoder as one `nn.LSTM` call (cuDNN on
 GPU); generation steps `nn.LSTMCell`s that share the very same weight tensors.
 """
@@ -35,6 +36,7 @@ class ModelConfig:
     n_velocity: int
     n_position: int
     n_style: int
+    n_key: int = 0  # 0: no key conditioning; 25: "unknown" + 12 major + 12 minor keys
     # width
     d_embed: int = 256
     hidden: int = 384
@@ -63,6 +65,7 @@ class Memory:
     keys: torch.Tensor | None  # (B, S, H) projected for Luong "general" scores; None: no attention
     mask: torch.Tensor  # (B, S) True where a real seed step is
     state: State  # the decoder's initial (h, c) per layer
+    key: torch.Tensor  # (B,) key class of the seed (0: unknown)
 
     def select(self, rows: torch.Tensor) -> Memory:
         """The memory of some rows only (generation drops rows that have finished)."""
@@ -71,36 +74,37 @@ class Memory:
             keys=None if self.keys is None else self.keys[rows],
             mask=self.mask[rows],
             state=[(h[rows], c[rows]) for h, c in self.state],
+            key=self.key[rows],
         )
 
 
 class EventEmbedding(nn.Module):
-    """A note event as the sum of its five column embeddings plus the style embedding."""
+    """A note event as the sum of its five column embeddings plus the style and key embeddings."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration, cfg.n_velocity, cfg.n_position)
         self.columns = nn.ModuleList(nn.Embedding(n, cfg.d_embed) for n in sizes)
         self.style = nn.Embedding(cfg.n_style, cfg.d_embed)
+        self.key = nn.Embedding(cfg.n_key, cfg.d_embed) if cfg.n_key else None
         self.start = nn.Parameter(torch.zeros(cfg.d_embed))  # decoder input before the first note
         self.no_seed = nn.Parameter(torch.zeros(cfg.d_embed))  # the one encoder step of no seed
-        for emb in [*self.columns, self.style]:
-            nn.init.normal_(emb.weight, std=0.3)  # six summed: keep the LSTM gates unsaturated
+        for emb in [*self.columns, self.style, *([self.key] if self.key else [])]:
+            nn.init.normal_(emb.weight, std=0.3)  # seven summed: keep the LSTM gates unsaturated
         nn.init.normal_(self.start, std=0.3)
         nn.init.normal_(self.no_seed, std=0.3)
 
-    def forward(self, events: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        # events (B, T, 5) int64 (no negative values), style (B,) -> (B, T, D)
-        x = self.style(style)[:, None, :]  # (B, 1, D)
+    def conditioning(self, style: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """What every step adds: style (B,) and key (B,) -> (B, D)."""
+        cond = self.style(style)
+        return cond + self.key(key) if self.key is not None else cond
+
+    def forward(self, events: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # events (B, T, 5) int64 (no negative values), cond (B, D) -> (B, T, D)
+        x = cond[:, None, :]  # (B, 1, D)
         for col, emb in enumerate(self.columns):
             x = x + emb(events[..., col])
         return x
-
-    def start_step(self, style: torch.Tensor) -> torch.Tensor:
-        return self.start + self.style(style)  # (B, D)
-
-    def no_seed_step(self, style: torch.Tensor) -> torch.Tensor:
-        return self.no_seed + self.style(style)  # (B, D)
 
 
 class NoteHeads(nn.Module):
@@ -160,18 +164,33 @@ class MotifSeq2Seq(nn.Module):
             self.attn_key = nn.Linear(H, H, bias=False)
             self.attn_out = nn.Linear(2 * H, H)
         self.heads = NoteHeads(cfg)
+        # the key also feeds the heads directly: "in this key, these pitches" is one table
+        self.head_key = nn.Embedding(cfg.n_key, H) if cfg.n_key else None
+        if self.head_key is not None:
+            nn.init.normal_(self.head_key.weight, std=0.1)
         self._cells: list[nn.LSTMCell] = []  # plain list: not submodules, so no weight copies
 
     # --- encoder -----------------------------------------------------------------------------
-    def encode(self, seed: torch.Tensor, seed_len: torch.Tensor, style: torch.Tensor) -> Memory:
-        """seed (B, S, 5) right-padded, seed_len (B,), style (B,). An empty seed (length 0)
-        is encoded as one learned "no seed" step."""
+    def _key(self, key: torch.Tensor | None, style: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(style) if key is None or self.config.n_key == 0 else key
+
+    def encode(
+        self,
+        seed: torch.Tensor,
+        seed_len: torch.Tensor,
+        style: torch.Tensor,
+        key: torch.Tensor | None = None,
+    ) -> Memory:
+        """seed (B, S, 5) right-padded, seed_len (B,), style (B,), key (B,) (None: unknown).
+        An empty seed (length 0) is encoded as one learned "no seed" step."""
         B = seed.size(0)
+        key = self._key(key, style)
+        cond = self.embed.conditioning(style, key)  # (B, D)
         if seed.size(1) == 0:
             seed = seed.new_zeros(B, 1, 5)
-        x = self.embed(seed.clamp_min(0), style)  # (B, S, D)
+        x = self.embed(seed.clamp_min(0), cond)  # (B, S, D)
         empty = (seed_len == 0)[:, None]  # (B, 1)
-        first = torch.where(empty, self.embed.no_seed_step(style), x[:, 0])  # (B, D)
+        first = torch.where(empty, self.embed.no_seed + cond, x[:, 0])  # (B, D)
         x = torch.cat([first[:, None, :], x[:, 1:]], dim=1)  # (B, S, D)
         lengths = seed_len.clamp_min(1)
         last = (lengths - 1)[:, None, None].expand(B, 1, self.config.hidden)  # (B, 1, H)
@@ -185,7 +204,7 @@ class MotifSeq2Seq(nn.Module):
             state.append((torch.tanh(self.bridge_h(h)), self.bridge_c(h)))
         mask = torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]  # (B, S)
         keys = self.attn_key(x) if self.config.attention else None
-        return Memory(values=x, keys=keys, mask=mask, state=state)
+        return Memory(values=x, keys=keys, mask=mask, state=state, key=key)
 
     def attend(self, dec: torch.Tensor, memory: Memory) -> torch.Tensor:
         """Luong "general" attention over the seed. dec (B, T, H) -> (B, T, H)."""
@@ -204,19 +223,27 @@ class MotifSeq2Seq(nn.Module):
         seed_len: torch.Tensor,
         style: torch.Tensor,
         target: torch.Tensor,
+        key: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Logits of every field of every target note, given the seed and the true previous
         notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS);
         returns [shift, pitch, duration, velocity] logits, each (B, T, n_field)."""
-        memory = self.encode(seed, seed_len, style)
+        memory = self.encode(seed, seed_len, style, key)
+        cond = self.embed.conditioning(style, memory.key)  # (B, D)
         note = target.clamp_min(0)  # (B, T, 5)
-        prev = self.embed(note[:, :-1], style)  # (B, T-1, D)
-        x = torch.cat([self.embed.start_step(style)[:, None, :], prev], dim=1)  # (B, T, D)
+        prev = self.embed(note[:, :-1], cond)  # (B, T-1, D)
+        x = torch.cat([(self.embed.start + cond)[:, None, :], prev], dim=1)  # (B, T, D)
         h0 = torch.stack([h for h, _ in memory.state])  # (L, B, H)
         c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
         out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)
-        o = self.drop(self.attend(out, memory))  # (B, T, H)
+        o = self._head_input(self.drop(self.attend(out, memory)), memory)  # (B, T, H)
         return self.heads(o, note)
+
+    def _head_input(self, o: torch.Tensor, memory: Memory) -> torch.Tensor:
+        if self.head_key is None:
+            return o
+        k = self.head_key(memory.key)  # (B, H)
+        return o + (k[:, None, :] if o.dim() == 3 else k)
 
     # --- generation: one LSTMCell step per note -----------------------------------------------
     def decoder_cells(self) -> list[nn.LSTMCell]:
@@ -246,18 +273,20 @@ class MotifSeq2Seq(nn.Module):
         state: State,
         memory: Memory,
     ) -> tuple[torch.Tensor, State]:
-        """One decoder step: prev (B, 5) is the previous note (None: the START step).
-        Returns the heads' input o (B, H) and the new state. Call in eval mode."""
+        """One decoder step: prev (B, 5) is the previous note (None: the START step); the key
+        comes from the memory. Returns the heads' input o (B, H) and the new state. Call in eval
+        mode."""
+        cond = self.embed.conditioning(style, memory.key)  # (B, D)
         if prev is None:
-            x = self.embed.start_step(style)  # (B, D)
+            x = self.embed.start + cond  # (B, D)
         else:
-            x = self.embed(prev.clamp_min(0)[:, None, :], style)[:, 0]  # (B, D)
+            x = self.embed(prev.clamp_min(0)[:, None, :], cond)[:, 0]  # (B, D)
         new_state: State = []
         for cell, hc in zip(self.decoder_cells(), state, strict=True):
             h, c = cell(x, hc)  # (B, H) each
             new_state.append((h, c))
             x = h
-        o = self.attend(x[:, None, :], memory)[:, 0]  # (B, H)
+        o = self._head_input(self.attend(x[:, None, :], memory)[:, 0], memory)  # (B, H)
         return o, new_state
 
     def num_params(self) -> int:

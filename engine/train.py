@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import LoadedModel, load_checkpoint, pick_device, save_checkpoint
 from engine.errors import BadParams, MotifError
+from engine.generate import N_KEY, seed_key
 from engine.model import IGNORE, PITCH, POSITION, SHIFT, ModelConfig, MotifSeq2Seq
 from engine.music import Piece
 from engine.settings import DEFAULT_CORPUS_PATH
@@ -53,6 +54,7 @@ class TrainConfig:
     layers: int = 2
     dropout: float = 0.1
     attention: bool = True
+    key_conditioning: bool = True  # condition on the seed's estimated key
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -182,9 +184,10 @@ def transpose_window(
 
 
 def collate(
-    windows: list[tuple[np.ndarray, np.ndarray, int]], target_len: int
+    windows: list[tuple[np.ndarray, np.ndarray, int]], target_len: int, codec: EventCodec
 ) -> dict[str, torch.Tensor]:
-    """Right-padded batch: seed (B, S, 5) + seed_len (B,), target (B, T, 5) IGNORE-padded."""
+    """Right-padded batch: seed (B, S, 5) + seed_len (B,), target (B, T, 5) IGNORE-padded,
+    style (B,) and the seeds' key classes (B,)."""
     B = len(windows)
     S = max(1, max(len(s) for s, _, _ in windows))
     seed = np.zeros((B, S, 5), dtype=np.int64)
@@ -197,6 +200,7 @@ def collate(
         "seed_len": torch.tensor([len(s) for s, _, _ in windows]),
         "style": torch.tensor([st for _, _, st in windows]),
         "target": torch.from_numpy(target),
+        "key": torch.tensor([seed_key(s, codec) for s, _, _ in windows]),
     }
 
 
@@ -224,29 +228,37 @@ def sample_batch(
         seed, target = transpose_window(rng, seed, target, codec.n_pitch, cfg.transpose)
         style = int(data.styles[p]) if rng.random() >= cfg.style_dropout else 0
         windows.append((seed, target, style))
-    return collate(windows, cfg.target_len)
+    return collate(windows, cfg.target_len, codec)
 
 
 def eval_batches(
     data: Encoded,
-    eos: int,
+    codec: EventCodec,
     batch_size: int,
     seed_len: int,
     target_len: int,
     max_windows: int | None,
 ):
     """Fixed windows covering every note once: cuts at 0, T, 2T, ... with the notes before as
-    seed; the same for every model, so their NLLs compare."""
-    windows = []
+    seed; the same for every model, so their NLLs compare. Over `max_windows`, whole pieces in a
+    fixed random order until the cap (a subset of windows would favour piece openings)."""
+    per_piece = []
     for ev, style in zip(data.events, data.styles, strict=True):
+        windows = []
         for cut in range(0, len(ev) + 1, target_len):
-            seed, target = cut_window(ev, cut, seed_len, target_len, eos)
+            seed, target = cut_window(ev, cut, seed_len, target_len, codec.eos)
             windows.append((seed, target, int(style)))
-    if max_windows is not None and len(windows) > max_windows:
-        pick = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
-        windows = [windows[i] for i in pick]
-    for i in range(0, len(windows), batch_size):
-        yield collate(windows[i : i + batch_size], target_len)
+        per_piece.append(windows)
+    order = range(len(per_piece))
+    if max_windows is not None and sum(len(w) for w in per_piece) > max_windows:
+        order = np.random.default_rng(0).permutation(len(per_piece))
+    chosen: list = []
+    for i in order:
+        if max_windows is not None and chosen and len(chosen) + len(per_piece[i]) > max_windows:
+            break
+        chosen.extend(per_piece[i])
+    for i in range(0, len(chosen), batch_size):
+        yield collate(chosen[i : i + batch_size], target_len, codec)
 
 
 # --- loss ---------------------------------------------------------------------------------------
@@ -275,7 +287,8 @@ def _evaluate(model: MotifSeq2Seq, batches, device: torch.device) -> dict[str, f
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         target = batch["target"]
-        nll = field_nll(model(batch["seed"], batch["seed_len"], batch["style"], target), target)
+        logits = model(batch["seed"], batch["seed_len"], batch["style"], target, batch["key"])
+        nll = field_nll(logits, target)
         total += nll.sum(dim=(0, 1)).double().cpu()
         counted += (target[..., :4] != IGNORE).sum(dim=(0, 1)).double().cpu()
         notes += int((target[..., SHIFT] != IGNORE).sum())
@@ -301,7 +314,7 @@ def evaluate_nll(
     and per field, on fixed windows of `pieces` with the pieces' own styles. Empty dict if
     there is nothing to score."""
     data = encode_pieces(lm.codec, pieces)
-    batches = eval_batches(data, lm.codec.eos, batch_size, seed_len, target_len, max_windows)
+    batches = eval_batches(data, lm.codec, batch_size, seed_len, target_len, max_windows)
     return _evaluate(lm.model, batches, lm.device)
 
 
@@ -372,6 +385,8 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
         ax.plot(*zip(*train, strict=True), label="train loss (NLL / note)", lw=1)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation NLL / note")
+    if train:  # the first steps' huge losses would flatten the interesting part
+        ax.set_ylim(top=1.2 * max(v for _, v in train[len(train) // 10 :] + val))
     ax.set_xlabel("step")
     ax.set_ylabel("nats per note")
     ax.grid(alpha=0.3)
@@ -421,6 +436,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             layers=cfg.layers,
             dropout=cfg.dropout,
             attention=cfg.attention,
+            n_key=N_KEY if cfg.key_conditioning else 0,
         )
     model = MotifSeq2Seq(model_cfg)
     if cfg.init_from is not None and resume is None:
@@ -517,7 +533,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         last_eval = step
         val = _evaluate(
             model,
-            eval_batches(val_data, codec.eos, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, cfg.eval_windows),
+            eval_batches(val_data, codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, cfg.eval_windows),
             device,
         )
         point = {"step": step, "epoch": step / steps_per_epoch}
@@ -576,7 +592,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             group["lr"] = lr
         target = batch["target"]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(batch["seed"], batch["seed_len"], batch["style"], target)
+            logits = model(batch["seed"], batch["seed_len"], batch["style"], target, batch["key"])
         n_notes = (target[..., SHIFT] != IGNORE).sum()
         loss = field_nll(logits, target).sum() / n_notes
         optimizer.zero_grad(set_to_none=True)
@@ -625,7 +641,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if test_data.events:
         test = _evaluate(
             best.model,
-            eval_batches(test_data, codec.eos, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, None),
+            eval_batches(test_data, codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, None),
             device,
         )
         meta = dict(best.meta)
@@ -673,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=d.layers)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--no-attention", action="store_true")
+    p.add_argument("--no-key", action="store_true", help="no conditioning on the seed's key")
     p.add_argument("--seed-max", type=int, default=d.seed_max, help="longest seed window (notes)")
     p.add_argument(
         "--target-len", type=int, default=d.target_len, help="continuation window (notes)"
@@ -713,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         layers=args.layers,
         dropout=args.dropout,
         attention=not args.no_attention,
+        key_conditioning=not args.no_key,
         seed_max=args.seed_max,
         target_len=args.target_len,
         batch_size=args.batch_size,

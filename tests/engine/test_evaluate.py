@@ -140,11 +140,12 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
     assert set(report.quality) == {MOTIF, BASELINE, REAL}
     assert report.quality[BASELINE]["distinct_durations"] == 1
     assert math.isfinite(report.nll["motif"]["test"])
+    assert report.nll["motif_pitch"]["test"] < report.nll["motif"]["test"]
     assert math.isfinite(report.nll["baseline_note"]["validation"])
     assert report.nll["unigram_event"]["test"] > report.nll["unigram_pitch"]["test"]
     assert report.quality[REAL]["collapse_rate"] == 0.0
     assert report.speed[EQUAL_WIDTH] > 0 and report.settings["motif_hidden"] == 8
-    assert "generation speed at equal width (hidden 8)" in format_report(report)
+    assert "decode steps/s at equal width (hidden 8;" in format_report(report)
 
     out = tmp_path / "report.json"
     argv = ["--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2", "--bars", "2"]

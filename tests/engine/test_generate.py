@@ -13,6 +13,7 @@ from engine.generate import (
     continue_seed,
     estimate_key,
     scale_pitch_classes,
+    seed_key,
 )
 from engine.model import PITCH, SHIFT, ModelConfig, MotifSeq2Seq
 from engine.music import Note, Piece
@@ -42,7 +43,7 @@ def _seed(pitches=C_MAJOR, ts=(4, 4), dur=0.5, **kw) -> Piece:
 def lm(tmp_path_factory):
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=2)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=2, n_key=25)
     path = tmp_path_factory.mktemp("gen") / "m.pt"
     return load_checkpoint(save_checkpoint(path, MotifSeq2Seq(cfg), cfg, CODEC.config, {}))
 
@@ -134,6 +135,10 @@ def test_key_estimate_and_key_bias(lm):
     assert estimate_key(_seed(a_minor)) == (9, "minor")
     assert estimate_key(Piece(notes=())) is None
     assert scale_pitch_classes(_seed(C_MAJOR)) == {0, 2, 4, 5, 7, 9, 11}
+    # the model's key class: 1 + tonic (major), 13 + tonic (minor), 0 unknown
+    assert seed_key(CODEC.encode(_seed(C_MAJOR)), CODEC) == 1
+    assert seed_key(CODEC.encode(_seed(a_minor)), CODEC) == 13 + 9
+    assert seed_key(CODEC.encode(_seed([60, 62])), CODEC) == 0
     strict = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=30.0)
     assert {n.pitch % 12 for n in strict.notes} <= {0, 2, 4, 5, 7, 9, 11}
     loose = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=0.0)
@@ -156,3 +161,18 @@ def test_bad_params_are_refused(lm):
         args = {"seed": _seed(), "bars": 2} | kw
         with pytest.raises(BadParams):
             continue_batch(lm, [GenerationRequest(**args)])
+
+
+def test_shipped_default_model_continues_in_key():
+    from engine.quality import is_collapsed, key_kept
+    from engine.settings import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.exists():
+        pytest.skip("no shipped checkpoint")
+    lm = load_checkpoint(DEFAULT_MODEL_PATH)
+    assert lm.meta["metrics"]["test"]["nll_per_note"] < 3.5
+    g_major = [67, 69, 71, 72, 74, 72, 71, 69, 67, 71, 74, 79, 78, 76, 74, 72, 71, 69, 67, 67]
+    seed = Piece(tuple(Note(i * 0.5, 0.5, p, 80) for i, p in enumerate(g_major)), style="folk")
+    pieces = continue_batch(lm, [GenerationRequest(seed, 4, rng_seed=i) for i in range(4)])
+    assert all(p.notes and not is_collapsed(p.notes) for p in pieces)
+    assert sum(key_kept(seed, p) for p in pieces) >= 3

@@ -20,7 +20,7 @@ def _one_thread():
 
 def _model(**kw) -> MotifSeq2Seq:
     torch.manual_seed(0)
-    sizes = dict(d_embed=16, hidden=24, layers=2, dropout=0.1) | kw
+    sizes = dict(d_embed=16, hidden=24, layers=2, dropout=0.1, n_key=25) | kw
     return MotifSeq2Seq(ModelConfig.for_codec(CODEC, **sizes))
 
 
@@ -43,8 +43,8 @@ def test_shapes_and_empty_seeds():
     assert logits[0].shape == (3, 7, CODEC.n_shift) and torch.isfinite(logits[1]).all()
 
 
-def _step_logits(model: MotifSeq2Seq, seed, seed_len, style, target) -> list[torch.Tensor]:
-    memory = model.encode(seed, seed_len, style)
+def _step_logits(model, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:
+    memory = model.encode(seed, seed_len, style, key)
     state, prev, out = memory.state, None, [[] for _ in range(4)]
     for t in range(target.size(1)):
         o, state = model.step(prev, style, state, memory)
@@ -60,12 +60,18 @@ def _step_logits(model: MotifSeq2Seq, seed, seed_len, style, target) -> list[tor
 def test_step_path_equals_full_lstm_path():
     model = _model().eval()
     seed, target = _events(3, 6), _events(3, 9)
-    seed_len, style = torch.tensor([6, 1, 0]), torch.tensor([1, 0, 3])
+    seed_len, style, key = (
+        torch.tensor([6, 1, 0]),
+        torch.tensor([1, 0, 3]),
+        torch.tensor([5, 0, 20]),
+    )
     with torch.no_grad():
-        full = model(seed, seed_len, style, target)
-        stepped = _step_logits(model, seed, seed_len, style, target)
+        full = model(seed, seed_len, style, target, key)
+        stepped = _step_logits(model, seed, seed_len, style, target, key)
+        other_key = model(seed, seed_len, style, target, key.flip(0))
     for a, b in zip(full, stepped, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert not torch.allclose(full[1], other_key[1])  # the key conditions the pitch
 
 
 def test_cells_share_the_lstm_weights_and_never_drift():

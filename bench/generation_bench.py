@@ -1,0 +1,201 @@
+"""Generation speed: Motif's stateful decoding (one step per note) against the hobby projects'
+windowed generation at equal width, on the same seeds; and decode steps per note, Motif's
+compound events against miditok's REMI (docs/events.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench import workload
+from bench.baseline import (
+    BaselineConfig,
+    BaselineLSTM,
+    BaselineModel,
+    baseline_continue,
+    build_vocab,
+    onset_symbols,
+)
+from engine.checkpoint import LoadedModel
+from engine.generate import continue_seed
+from engine.music import Piece
+
+log = logging.getLogger(__name__)
+
+
+def equal_width_baseline(width: int, pieces: list[Piece], layers: int = 3) -> BaselineModel:
+    """The hobby LSTM (float input, `layers` stacked LSTMs, 100-symbol window) at `width`,
+    untrained: its speed does not depend on its weights. Vocabulary from `pieces`."""
+    cfg = BaselineConfig(width=width, layers=layers)
+    vocab = build_vocab(pieces, cfg.max_vocab)
+    return BaselineModel(cfg, vocab, BaselineLSTM(cfg, len(vocab)).eval())
+
+
+def count_calls(obj: Any, method: str, fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run fn() and count the calls of `obj.method` it makes."""
+    original, calls = getattr(obj, method), [0]
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    setattr(obj, method, counting)
+    try:
+        return fn(), calls[0]
+    finally:
+        delattr(obj, method)
+
+
+def count_steps(lm: LoadedModel, fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run fn() and count Motif's decoder steps."""
+    return count_calls(lm.model, "step", fn)
+
+
+@torch.no_grad()
+def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, float]:
+    """The network's own pace at B=1, nothing else: `steps` decoder steps from an encoded seed,
+    then the same with the four output heads (the whole network cost of one note)."""
+    from engine.generate import MAX_SEED_NOTES, seed_key
+    from engine.train import encode_pieces
+
+    model, codec = lm.model.eval(), lm.codec
+    seed_events = encode_pieces(codec, [seed]).events[0][-MAX_SEED_NOTES:]  # (S, 5)
+    events = torch.from_numpy(seed_events)[None]  # (1, S, 5)
+    style = torch.zeros(1, dtype=torch.int64)
+    key = torch.tensor([seed_key(seed_events, codec)])
+    memory = model.encode(events, torch.tensor([events.size(1)]), style, key)
+    prev = events[:, -1]  # (1, 5)
+
+    def run(heads: bool) -> None:
+        state = memory.state
+        for _ in range(steps):
+            o, state = model.step(prev, style, state, memory)  # (1, H)
+            if heads:
+                ctx = o
+                for field in range(4):
+                    model.heads.logits(field, ctx)
+                    if field < 3:
+                        ctx = model.heads.condition(field, ctx, prev)
+
+    def encode() -> None:
+        model.encode(events, torch.tensor([events.size(1)]), style, key)
+
+    run(True)  # warm
+    t = workload.interleaved(
+        {"step": lambda: run(False), "note": lambda: run(True), "encode": encode}, 3
+    )
+    return {
+        "decode_steps_per_s": steps / workload.median([s for s, _ in t["step"]]),
+        "network_notes_per_s": steps / workload.median([s for s, _ in t["note"]]),
+        "encode_seed_ms": 1000 * workload.median([s for s, _ in t["encode"]]),
+        "encode_seed_notes": int(events.size(1)),
+    }
+
+
+def remi_tokens_per_note(pieces: list[Piece]) -> dict[str, float]:
+    """Decode steps one note costs under miditok's REMI and CPWord (default configs)."""
+    try:
+        import symusic
+        from miditok import REMI, CPWord, TokenizerConfig
+    except ImportError as exc:
+        return {"error": f"miditok not installed: {exc}"}
+    from engine.midi_io import to_midi_bytes
+
+    notes = sum(len(p.notes) for p in pieces)
+    out: dict[str, float] = {"pieces": len(pieces), "notes": notes}
+    for name, cls in (("remi", REMI), ("cpword", CPWord)):
+        tokenizer = cls(TokenizerConfig())
+        tokens = 0
+        for piece in pieces:
+            seqs = tokenizer.encode(symusic.Score.from_midi(to_midi_bytes(piece)))
+            seqs = seqs if isinstance(seqs, list) else [seqs]
+            tokens += sum(len(s) for s in seqs)
+        out[f"{name}_tokens"] = tokens
+        out[f"{name}_tokens_per_note"] = tokens / max(1, notes)
+    return out
+
+
+def run(
+    repeats: int = 5,
+    bars: int = 8,
+    n_seeds: int = 4,
+    seed_onsets: int = 100,
+    decode_steps: int = 200,
+    model_path: str | None = None,
+    corpus_path: str | None = None,
+) -> dict[str, Any]:
+    """Notes per second, B=1, median of `repeats` interleaved rounds over `n_seeds` seeds.
+
+    Seeds are the first `seed_onsets` onsets of pieces of each style in turn (100 = the hobby
+    window, so the baseline re-runs a full window for every step, as it does from its own
+    primers). Motif continues each seed by `bars` bars; the baseline then continues the same
+    seed to as many notes. The baseline emits one onset symbol (a note or a whole chord) per
+    step and, untrained, its argmax picks chords at random; so its notes/s is its steps/s times
+    the seed's own notes per onset, what a trained baseline emits on that music.
+    ratio = Motif notes/s / baseline notes/s, per round, median."""
+    choice = workload.motif_model(model_path)
+    lm = choice.lm
+    pieces, music_label = workload.music(max(n_seeds, 16), corpus_path)
+    seeds = [workload.first_onsets(p, seed_onsets) for p in pieces[:n_seeds]]
+    density = [len(s.notes) / max(1, len(onset_symbols(s))) for s in seeds]
+    base = equal_width_baseline(lm.config.hidden, pieces)
+
+    # One untimed pass: warms both, counts both's steps, fixes each seed's note count.
+    made, steps = count_steps(
+        lm, lambda: [continue_seed(lm, s, bars, seed_rng=i) for i, s in enumerate(seeds)]
+    )
+    want = [max(1, len(m.notes)) for m in made]
+    base_steps = [
+        count_calls(base.net, "forward", lambda s=s, n=n: baseline_continue(base, s, n))[1]
+        for s, n in zip(seeds, want, strict=True)
+    ]
+    base_notes = sum(k * d for k, d in zip(base_steps, density, strict=True))
+
+    def motif() -> int:
+        return sum(len(continue_seed(lm, s, bars, seed_rng=i).notes) for i, s in enumerate(seeds))
+
+    def baseline() -> float:
+        for s, n in zip(seeds, want, strict=True):
+            baseline_continue(base, s, n)  # argmax: the same steps every round
+        return base_notes
+
+    t = workload.interleaved({"motif": motif, "baseline": baseline}, repeats)
+    rate = {k: [n / s for s, n in v] for k, v in t.items()}
+    ratios = [m / b for m, b in zip(rate["motif"], rate["baseline"], strict=True)]
+    notes = sum(len(m.notes) for m in made)
+    tokens = remi_tokens_per_note(pieces)
+    return {
+        "model": choice.label,
+        "music": music_label,
+        "repeats": repeats,
+        "bars": bars,
+        "seeds": len(seeds),
+        "seed_onsets": [len(onset_symbols(s)) for s in seeds],
+        "notes_per_round": notes,
+        "motif_notes_per_s": workload.median(rate["motif"]),
+        "baseline_notes_per_s": workload.median(rate["baseline"]),
+        "baseline_steps_per_s": workload.median([sum(base_steps) / s for s, _ in t["baseline"]]),
+        "baseline_steps_per_round": sum(base_steps),
+        "seed_notes_per_onset": [round(d, 2) for d in density],
+        "ratio": workload.median(ratios),
+        "ratio_target": 20.0,
+        "baseline": f"hobby LSTM: width {base.config.width} (= Motif hidden), "
+        f"{base.config.layers} layers, window {base.config.window}, argmax, vocab {len(base.vocab)}",
+        "motif_steps_per_note": steps / max(1, notes),
+        **decode_steps_per_s(lm, seeds[0], decode_steps),
+        **{f"tokens_{k}": v for k, v in tokens.items()},
+    }
+
+
+def main() -> None:
+    r = run()
+    for k, v in r.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Every bench part runs at a toy size and returns well-formed figures (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import batch_bench, e2e_bench, generation_bench, memory_bench, train_bench, workload
+
+
+def positive(x) -> bool:  # type: ignore[no-untyped-def]
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_corpus(tmp_path):
+    return str(tmp_path / "absent-corpus.npz")
+
+
+def test_generation_bench(tiny_model_path, no_corpus):
+    r = generation_bench.run(repeats=1, bars=1, n_seeds=1, seed_onsets=8, decode_steps=3,
+                             model_path=str(tiny_model_path), corpus_path=no_corpus)  # fmt: skip
+    for key in ("motif_notes_per_s", "baseline_notes_per_s", "ratio", "decode_steps_per_s",
+                "network_notes_per_s", "encode_seed_ms", "motif_steps_per_note"):  # fmt: skip
+        assert positive(r[key]), key
+    assert r["motif_steps_per_note"] >= 1.0
+    assert r["seed_onsets"] == [8]
+    assert "tiny" in r["model"] and "synthetic" in r["music"]
+    assert r["tokens_remi_tokens_per_note"] > 1.0  # REMI spends several tokens on a note
+
+
+def test_batch_bench(tiny_model_path, no_corpus):
+    r = batch_bench.run(repeats=1, sizes=(1, 2), bars=1, model_path=str(tiny_model_path),
+                        corpus_path=no_corpus)  # fmt: skip
+    for b in (1, 2):
+        assert positive(r[f"b{b}_wall_s"]) and positive(r[f"b{b}_notes_per_s"])
+        assert r[f"b{b}_steps"] >= 1
+    assert positive(r["ratio"]) and positive(r["per_step_ratio"])
+    assert r["ratio_label"] == "wall(2) / wall(1)"
+
+
+def test_train_bench(tiny_model_path, no_corpus):
+    r = train_bench.run(repeats=1, steps=1, batch_size=2, model_path=str(tiny_model_path),
+                        corpus_path=no_corpus)  # fmt: skip
+    assert positive(r["motif_notes_per_s"]) and positive(r["bare_notes_per_s"])
+    assert positive(r["ratio"]) and r["notes_per_round"] > 0
+    assert r["bare_params"] > 0 and r["motif_params"] > 0
+
+
+def test_bare_seq2seq_has_motif_shapes():
+    lm = workload.fresh_model(d_embed=8, hidden=16, layers=1)
+    bare = train_bench.BareSeq2Seq(lm.config)
+    seed = torch.zeros(2, 3, 5, dtype=torch.int64)
+    target = torch.ones(2, 4, 5, dtype=torch.int64)
+    out = bare(seed, torch.tensor([3, 3]), torch.zeros(2, dtype=torch.int64), target)
+    ref = lm.model(seed, torch.tensor([3, 3]), torch.zeros(2, dtype=torch.int64), target)
+    assert [o.shape for o in out] == [o.shape for o in ref]
+
+
+def test_memory_bench(tiny_model_path):
+    r = memory_bench.run(batch=2, bars=1, threads=1, render=False,
+                         model_path=str(tiny_model_path))  # fmt: skip
+    stages = r["stages_mib"]
+    assert list(stages) == ["torch imported", "imports", "model loaded", "batch of 2 decoded"]
+    assert all(positive(v) for v in stages.values())
+    assert r["peak_mib"] == max(stages.values()) and r["notes"] > 0
+
+
+def test_render_figures_fill_their_rows():
+    from bench import render_bench
+    from bench.__main__ import rows_render
+
+    r = render_bench.run(repeats=1)
+    assert positive(r["ours_rtf"]) and positive(r["pipeline_s"])
+    assert all(len(row) == 7 for row in rows_render(r))
+
+
+def test_thirty_seconds_of_music_rounds_bars_up():
+    assert e2e_bench.bars_for(30.0, 100.0, 4.0) == 13  # 2.4 s bars: 31.2 s
+    assert e2e_bench.bars_for(30.0, 120.0, 4.0) == 15
+
+
+def test_device_info_and_interleaving():
+    info = workload.device_info()
+    assert info["cpu"] and info["torch_threads"] == 1 and len(info["loadavg_1_5_15"]) == 3
+    order = []
+    t = workload.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2)
+    assert order == ["a", "b", "a", "b"] and all(len(v) == 2 for v in t.values())
+
+
+def test_cli_prints_the_table_and_writes_json(tiny_model_path, no_corpus, tmp_path, capsys):
+    from bench.__main__ import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["--quick", "--only", "batch", "--json", str(out), "--model", str(tiny_model_path),
+               "--corpus", no_corpus])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| part | figure | value |" in text and "2 batch" in text and "load average" in text
+    data = json.loads(out.read_text())
+    assert set(data["parts"]) == {"batch"} and positive(data["parts"]["batch"]["ratio"])
+    assert data["device"]["torch_threads"] == 1
+
+
+@pytest.mark.slow
+def test_e2e_bench_through_a_real_worker(tiny_model_path):
+    r = e2e_bench.run(repeats=1, bars=(1,), music_s=None, redis=False, threads=1,
+                      model_path=str(tiny_model_path))  # fmt: skip
+    assert positive(r["queue_filesystem_s"]) and positive(r["worker_start_s"])
+    one = r["1 bars"]
+    assert positive(one["done_s"]) and one["done_s"] >= one["generate_s"]
+    assert positive(one["audio_s"]) and one["notes"] > 0
+    assert r["notes"] == ["redis skipped: not asked for"]
