@@ -11,6 +11,7 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
+from bench.render_bench import four_voice_midi
 from engine.audio import encode, integrated_loudness, normalize_loudness, render_audio, true_peak
 from engine.errors import BadMidi
 from engine.render import TAIL_MAX_S, fluidsynth_available, get_renderer
@@ -27,22 +28,7 @@ def settings(**kw) -> Settings:
     return Settings(_env_file=None, **kw)
 
 
-def four_voices(seconds: float, *, seed: int = 0) -> pretty_midi.PrettyMIDI:
-    """Dense 4-voice music: eighths to halves at 120 BPM, one instrument per voice."""
-    rng = np.random.default_rng(seed)
-    midi = pretty_midi.PrettyMIDI(initial_tempo=120)
-    for voice in range(4):
-        inst = pretty_midi.Instrument(program=0)
-        t = 0.0
-        while t < seconds:
-            d = float(rng.choice([0.25, 0.5, 1.0]))
-            pitch = int(43 + 12 * voice + rng.integers(0, 12))
-            inst.notes.append(
-                pretty_midi.Note(int(rng.integers(60, 110)), pitch, t, min(t + d, seconds))
-            )
-            t += d
-        midi.instruments.append(inst)
-    return midi
+four_voices = four_voice_midi  # the bench's dense 4-voice music, one definition
 
 
 def midi_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
