@@ -73,6 +73,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
             return 2
         seed_bytes = path.read_bytes()
         seed_name = path.name
+        from engine.midi_io import load_seed
+
+        load_seed(seed_bytes, name=seed_name)  # a bad file is refused before anything starts
     options = validate_options(
         bars=args.bars,
         style=args.style,

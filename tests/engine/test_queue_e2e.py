@@ -144,3 +144,16 @@ def test_render_worker_refuses_to_start_with_a_missing_soundfont(tmp_path):
         env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "MOTIF_SOUNDFONT" in proc.stderr
+
+
+def test_motif_compose_cli_refuses_a_corrupt_seed_before_starting_anything(tmp_path):
+    settings = make_settings(tmp_path)
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"MThd garbage")
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "compose", str(bad)],
+        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "not a valid MIDI file" in proc.stderr
+    assert "starting a local worker" not in proc.stdout
+    assert not (settings.data_dir / "motif.db").exists()
