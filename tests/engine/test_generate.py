@@ -22,15 +22,6 @@ from engine.tokens import EventCodec
 CODEC = EventCodec()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only contend for the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
 
 

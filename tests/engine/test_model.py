@@ -1,21 +1,11 @@
 from __future__ import annotations
 
-import pytest
 import torch
 
 from engine.model import FIELDS, ModelConfig, MotifSeq2Seq
 from engine.tokens import EventCodec
 
 CODEC = EventCodec()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only contend for the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(**kw) -> MotifSeq2Seq:

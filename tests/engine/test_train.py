@@ -28,15 +28,6 @@ from engine.train import (
 CODEC = EventCodec()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only contend for the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PHRASE = [(60, 0.5), (62, 0.5), (64, 1.0), (67, 0.5), (65, 0.5), (64, 0.5), (62, 0.5)]
 
 
