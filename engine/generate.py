@@ -23,6 +23,11 @@ from engine.music import Piece
 log = logging.getLogger(__name__)
 
 KEY_PENALTY = 1.0  # logits subtracted from pitch classes outside the seed's scale
+# Tonal gravity: logits added to each pitch class, gravity x log of the key's Krumhansl-Kessler
+# profile (0 for the tonic, about -1 for the weakest degree at gravity 1). Measured on 100
+# held-out seeds (README): 0 keeps the key in 78%, 0.75 in 95%; pitch-class entropy 2.65 -> 2.52
+# against 2.62 for the real continuations.
+KEY_GRAVITY = 0.75
 PITCH_MARGIN = 12  # generated pitches stay within the seed's range widened by this much
 MAX_REPEATS = 4  # the same pitch at most this many times in a row
 DISTINCT_WINDOW = 32  # any this many consecutive generated notes ...
@@ -50,6 +55,7 @@ class GenerationRequest:
     program: int | None = None  # None: the seed's
     tempo_bpm: float | None = None  # None: the seed's
     key_penalty: float = KEY_PENALTY
+    key_gravity: float = KEY_GRAVITY
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -96,6 +102,20 @@ def seed_key(events: np.ndarray, codec) -> int:
 N_KEY = 25  # key classes of `seed_key`
 
 
+def key_profile_bias(tonic: int, mode: str, gravity: float) -> np.ndarray:
+    """(12,) logits per pitch class (C first) that pull towards the key's tonal hierarchy:
+    gravity x log(profile / profile's maximum), so 0 for the tonic and negative elsewhere."""
+    profile = np.roll(_MAJOR_PROFILE if mode == "major" else _MINOR_PROFILE, tonic)
+    return (gravity * np.log(profile / profile.max())).astype(np.float32)
+
+
+def key_of_class(key: int) -> tuple[int, str] | None:
+    """The (tonic, mode) of a model key class (see `seed_key`); None for 0 (unknown)."""
+    if not 1 <= key <= 24:
+        return None
+    return (key - 1) % 12, "major" if key <= 12 else "minor"
+
+
 def scale_pitch_classes(piece: Piece) -> frozenset[int]:
     """The estimated key's scale, plus every pitch class the seed itself uses (modes, accidentals)."""
     key = estimate_key(piece)
@@ -115,8 +135,10 @@ def _check(req: GenerationRequest) -> None:
         raise BadParams(f"top_p must be in (0, 1], not {req.top_p}")
     if req.top_k < 0:
         raise BadParams(f"top_k must be 0 (off) or positive, not {req.top_k}")
-    if req.key_penalty < 0:
-        raise BadParams(f"key_penalty must be >= 0, not {req.key_penalty}")
+    if not 0 <= req.key_penalty <= 100:
+        raise BadParams(f"key_penalty must be between 0 and 100, not {req.key_penalty}")
+    if not 0 <= req.key_gravity <= 10:
+        raise BadParams(f"key_gravity must be between 0 and 10, not {req.key_gravity}")
     if req.tempo_bpm is not None and not 1.0 <= req.tempo_bpm <= 1000.0:
         raise BadParams(f"tempo must be between 1 and 1000 bpm, not {req.tempo_bpm}")
     if req.program is not None and not 0 <= req.program <= 127:
@@ -191,6 +213,11 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_bias[~np.isin(pcs, sorted(in_scale))] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]
         key = seed_key(events, codec) if lm.config.n_key else 0
+    # the key to gravitate to: the seed's estimate, or the key picked for no seed
+    tonal = estimate_key(seed) if seed is not None else key_of_class(key)
+    if tonal is not None and req.key_gravity > 0:
+        pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
+        pitch_bias += key_profile_bias(*tonal, req.key_gravity)[pcs]
     bars_done = -(-seed_end // bar)  # the continuation fills whole bars of the seed's grid
     return _Row(
         req=req,
@@ -402,6 +429,7 @@ def continue_seed(
     program: int | None = None,
     tempo_bpm: float | None = None,
     key_penalty: float = KEY_PENALTY,
+    key_gravity: float = KEY_GRAVITY,
 ) -> Piece:
     """The continuation only (absolute beats, starting where the seed's sound stops), in the
     seed's tempo, time signature and program; the same `seed_rng` gives the same notes."""
@@ -416,5 +444,6 @@ def continue_seed(
         program=program,
         tempo_bpm=tempo_bpm,
         key_penalty=key_penalty,
+        key_gravity=key_gravity,
     )
     return continue_batch(lm, [req])[0]

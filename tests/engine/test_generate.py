@@ -12,6 +12,8 @@ from engine.generate import (
     continue_batch,
     continue_seed,
     estimate_key,
+    key_of_class,
+    key_profile_bias,
     scale_pitch_classes,
     seed_key,
 )
@@ -132,8 +134,29 @@ def test_key_estimate_and_key_bias(lm):
     assert seed_key(CODEC.encode(_seed([60, 62])), CODEC) == 0
     strict = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=30.0)
     assert {n.pitch % 12 for n in strict.notes} <= {0, 2, 4, 5, 7, 9, 11}
-    loose = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=0.0)
+    loose = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=0.0, key_gravity=0.0)
     assert {n.pitch % 12 for n in loose.notes} - {0, 2, 4, 5, 7, 9, 11}  # random model strays
+
+
+def test_key_gravity_pulls_towards_the_tonal_hierarchy(lm):
+    bias = key_profile_bias(0, "major", 1.0)
+    assert bias[0] == 0.0 and (bias[1:] < 0).all()  # the tonic is the strongest degree
+    assert bias[7] > bias[2] > bias[1]  # dominant over supertonic over a chromatic note
+    assert key_profile_bias(9, "minor", 2.0)[9] == 0.0
+    assert key_of_class(1) == (0, "major") and key_of_class(13 + 9) == (9, "minor")
+    assert key_of_class(0) is None
+
+    def share_of_tonic_triad(gravity: float) -> float:
+        notes = [
+            n
+            for rng in range(4)
+            for n in continue_seed(lm, _seed(), 8, seed_rng=rng, key_gravity=gravity).notes
+        ]
+        return sum(n.pitch % 12 in (0, 4, 7) for n in notes) / len(notes)
+
+    assert share_of_tonic_triad(4.0) > share_of_tonic_triad(0.0) + 0.2
+    with pytest.raises(BadParams, match="key_gravity"):
+        continue_seed(lm, _seed(), 8, key_gravity=-1.0)
 
 
 def test_pitches_stay_near_the_seed(lm):
