@@ -1,5 +1,6 @@
-"""Training throughput: Motif's training step (engine/train.py's forward, loss, backward, clip,
-AdamW) against a bare `nn.LSTM` seq2seq of the same width on the same batches.
+"""Training throughput: Motif's training step (`engine.train.train_step`: forward, loss, backward,
+clip, AdamW) against a bare `nn.LSTM` seq2seq of the same width, taking that same step on the same
+batches.
 
 The bare model is what the layers alone cost: summed column embeddings → `nn.LSTM` encoder →
 `nn.LSTM` decoder started from the encoder's state → one linear head per field. The ratio says
@@ -9,6 +10,7 @@ what Motif's extras (per-layer encoder, bridge, attention, conditioned MLP heads
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch.nn as nn
 
 from bench import workload
 from engine.model import IGNORE, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.train import TrainConfig, encode_pieces, field_nll, sample_batch
+from engine.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +53,22 @@ class BareSeq2Seq(nn.Module):
         return [head(out) for head in self.heads]
 
 
-def train_step(cfg: TrainConfig):  # type: ignore[no-untyped-def]
-    """One optimizer step exactly as engine/train.py's loop takes it on CPU (no autocast;
-    a disabled GradScaler), for any model with Motif's forward signature."""
+def training_round(
+    model: nn.Module, cfg: TrainConfig, batches: list[dict[str, torch.Tensor]]
+) -> Callable[[], int]:
+    """One call: one `engine.train.train_step` per batch, exactly as engine/train.py's loop takes
+    it on CPU (its optimizer, no autocast, no loss scaling); returns the notes trained on."""
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    notes = sum(int((b["target"][..., SHIFT] != IGNORE).sum()) for b in batches)
+    model.train()
 
-    def make(model: nn.Module):  # type: ignore[no-untyped-def]
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.99), fused=False,
-        )  # fmt: skip
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        model.train()
+    def one_round() -> int:
+        for batch in batches:
+            loss = train_step(model, batch, optimizer, grad_clip=cfg.grad_clip)
+        loss.item()  # the loop reads its losses too; on an accelerator, this waits for the work
+        return notes
 
-        def step(batch: dict[str, torch.Tensor]) -> int:
-            target = batch["target"]
-            logits = model(batch["seed"], batch["seed_len"], batch["style"], target, batch["key"])
-            n_notes = (target[..., SHIFT] != IGNORE).sum()
-            loss = field_nll(logits, target).sum() / n_notes
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            loss.detach().item()
-            return int(n_notes)
-
-        return step
-
-    return make
+    return one_round
 
 
 def run(
@@ -107,15 +93,14 @@ def run(
     motif = MotifSeq2Seq(mcfg)
     motif.load_state_dict(choice.lm.model.state_dict())
     bare = BareSeq2Seq(mcfg)
-    make = train_step(cfg)
-    subjects = {"motif": make(motif), "bare": make(bare)}
-    for step in subjects.values():  # warm
-        step(batches[0])
+    subjects = {
+        "motif": training_round(motif, cfg, batches),
+        "bare": training_round(bare, cfg, batches),
+    }
+    for one_round in subjects.values():  # warm: every batch shape once
+        one_round()
 
-    def rounds(step):  # type: ignore[no-untyped-def]
-        return lambda: sum(step(b) for b in batches)
-
-    t = workload.interleaved({k: rounds(v) for k, v in subjects.items()}, repeats)
+    t = workload.interleaved(subjects, repeats)
     rate = {k: [n / s for s, n in v] for k, v in t.items()}
     return {
         "model": choice.label,

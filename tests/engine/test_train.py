@@ -12,6 +12,7 @@ from engine.checkpoint import (
     save_checkpoint,
 )
 from engine.errors import NotFound
+from engine.generate import N_KEY
 from engine.model import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
 from engine.music import Note, Piece
 from engine.tokens import EventCodec, TokenizerConfig
@@ -21,8 +22,10 @@ from engine.train import (
     encode_pieces,
     evaluate_nll,
     main,
+    make_optimizer,
     sample_batch,
     train,
+    train_step,
 )
 
 CODEC = EventCodec()
@@ -77,6 +80,55 @@ def test_cut_window_appends_eos_at_the_end():
     assert (seed == ev[2:5]).all() and (target == ev[5:9]).all()
     seed, target = cut_window(ev, 12, 3, 8, CODEC.eos)
     assert len(target) == 3 and target[-1, SHIFT] == CODEC.eos and target[-1, PITCH] == IGNORE
+
+
+def _tiny_model(seed: int = 0) -> MotifSeq2Seq:
+    torch.manual_seed(seed)
+    return MotifSeq2Seq(
+        ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=1, dropout=0.0, n_key=N_KEY)
+    )
+
+
+def test_train_step_lowers_the_loss_of_its_batch():
+    cfg = TrainConfig(**TINY, pieces=[])
+    batch = sample_batch(np.random.default_rng(0), encode_pieces(CODEC, [_tune()]), CODEC, cfg)
+    model = _tiny_model()
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    losses = [train_step(model, batch, optimizer) for _ in range(12)]
+    assert all(loss.dim() == 0 and not loss.requires_grad for loss in losses)
+    assert losses[-1] < 0.9 * losses[0]
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    for name, p in model.named_parameters():  # weight decay on matrices, not embeddings
+        assert (id(p) in decayed) == (p.dim() >= 2 and "embed" not in name), name
+    # loss scaling (the fp16 path) changes nothing but the gradients' scale in between
+    scaled_model = _tiny_model()
+    scaled_opt = make_optimizer(scaled_model, cfg, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaled = [train_step(scaled_model, batch, scaled_opt, scaler) for _ in range(12)]
+    torch.testing.assert_close(torch.stack(scaled), torch.stack(losses))
+
+
+def test_the_loop_takes_train_step(tmp_path):
+    """The loop's logged losses are those of `train_step` on the loop's batches."""
+    base = dict(TINY, warmup_steps=0, schedule="constant", log_every=1)
+    pieces = [_tune(), _tune(offset=3)]
+    result = train(
+        TrainConfig(
+            **base, pieces=pieces, val_pieces=[_tune(2)], test_pieces=[], max_steps=6,
+            out=tmp_path / "m.pt",
+        )
+    )  # fmt: skip
+    cfg = TrainConfig(**base, pieces=pieces)
+    model = _tiny_model(cfg.seed)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    rng = np.random.default_rng(cfg.seed)
+    data = encode_pieces(CODEC, pieces)
+    ema = None
+    for h in [h for h in result.history if "loss" in h]:
+        loss = train_step(model, sample_batch(rng, data, CODEC, cfg), optimizer).item()
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        assert h["loss"] == ema, h["step"]
+    assert result.steps == 6 and ema is not None
 
 
 def test_tiny_model_overfits_a_repeated_phrase(tmp_path):
