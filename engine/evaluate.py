@@ -152,6 +152,8 @@ def evaluate(
     *,
     seed_bars: int = 4,
     nll_max_windows: int | None = NLL_MAX_WINDOWS,
+    key_gravity: float | None = None,
+    with_nll: bool = True,
 ) -> EvalReport:
     """Measure the model at `model_path` (and the baseline, if given) on `n_seeds` test pieces of
     the corpus: the first `seed_bars` bars seed a continuation of `bars` bars. Motif samples with
@@ -161,7 +163,9 @@ def evaluate(
     from bench.baseline import baseline_continue, baseline_nll, load_baseline, unigram_nll
     from engine.checkpoint import load_checkpoint
     from engine.corpus import load_corpus
-    from engine.generate import continue_seed
+    from engine.generate import KEY_GRAVITY, continue_seed
+
+    gravity = KEY_GRAVITY if key_gravity is None else key_gravity
 
     try:
         from engine.train import evaluate_nll
@@ -190,6 +194,7 @@ def evaluate(
             top_p=TOP_P,
             top_k=0,
             seed_rng=seed * 1_000_003 + i,
+            key_gravity=gravity,
         )
 
     def baseline(case: SeedCase, i: int, n_notes: int) -> Piece:
@@ -208,7 +213,7 @@ def evaluate(
     nll: dict[str, dict[str, float]] = {
         row: {} for row in (*rows, "unigram_event", "unigram_pitch")
     }
-    for split, pieces in (("validation", validation), ("test", test)):
+    for split, pieces in (("validation", validation), ("test", test)) if with_nll else ():
         if evaluate_nll is not None:
             motif_nll = evaluate_nll(lm, pieces, max_windows=nll_max_windows)
         else:  # the trainer's own figures on the same splits
@@ -243,6 +248,7 @@ def evaluate(
             "seed": seed,
             "temperature": TEMPERATURE,
             "top_p": TOP_P,
+            "key_gravity": gravity,
             "motif_hidden": lm.config.hidden,
             "motif_nll_source": "evaluate_nll" if evaluate_nll else "checkpoint meta",
             "torch_threads": torch.get_num_threads(),
@@ -276,7 +282,7 @@ def format_report(report: EvalReport) -> str:
         f"Seeds: the first {s.get('seed_bars', '?')} bars of {s.get('n_seeds', '?')} held-out "
         f"test pieces; {s.get('bars', '?')} bars continued. Motif samples at temperature "
         f"{s.get('temperature', TEMPERATURE)}, top-p {s.get('top_p', TOP_P)} (rng seed "
-        f"{s.get('seed', 0)}); the baseline decodes by argmax on a fixed 0.5-beat grid and makes "
+        f"{s.get('seed', 0)}), tonal gravity {s.get('key_gravity', '?')}; the baseline decodes by argmax on a fixed 0.5-beat grid and makes "
         "as many notes as Motif did.",
         "",
         "| | " + " | ".join(systems) + " |",
@@ -310,6 +316,8 @@ def format_report(report: EvalReport) -> str:
         ("unigram_event", "unigram, per note event (same four fields as Motif, and the end)"),
         ("unigram_pitch", "unigram, per note (pitch only)"),
     ]
+    if not n:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "Negative log-likelihood of held-out music, nats (lower is better). Only rows that "
@@ -350,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed-bars", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="random seed (cases and sampling)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--key-gravity", type=float, default=None, help="Motif's tonal gravity (default: 0.75)"
+    )
+    parser.add_argument("--no-nll", action="store_true", help="skip the likelihood table")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table")
     args = parser.parse_args(argv)
@@ -369,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bars=args.bars,
         seed=args.seed,
         seed_bars=args.seed_bars,
+        key_gravity=args.key_gravity,
+        with_nll=not args.no_nll,
     )
     text = format_report(report)
     print(text)

@@ -152,3 +152,19 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
     assert main([*argv, "--seed-bars", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["baseline"] is None and BASELINE not in data["quality"]
+    assert data["settings"]["key_gravity"] == 0.75  # the generator's default
+
+
+def test_evaluate_with_another_key_gravity_and_no_likelihoods(tiny_files, tmp_path, capsys):
+    from engine.evaluate import main
+
+    model_path, _ = tiny_files
+    out = tmp_path / "report.json"
+    argv = ["--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2", "--bars", "2"]
+    extra = ["--seed-bars", "2", "--key-gravity", "0", "--no-nll", "--json", str(out)]
+    assert main([*argv, *extra]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["key_gravity"] == 0.0
+    assert data["nll"] == {}
+    assert "Negative log-likelihood" not in capsys.readouterr().out
+    assert data["quality"]["Motif"]["n"] == 2
