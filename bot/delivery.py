@@ -2,7 +2,9 @@
 
 Progress goes into the interaction's original response while its token lives (15 minutes);
 results that finish later go to the channel with a mention, and results that finished while the
-bot was down are found in SQL (`JobService.undelivered`) by a background sweep.
+bot was down are found in SQL (`JobService.undelivered`) by a background sweep. Several bot
+processes may share one database: each result is posted by the one holding its delivery claim
+(`JobService.claim_delivery`, a lease renewed while it watches), so nobody sees it twice.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -200,8 +205,11 @@ class Deliveries:
         sweep_interval_s: float = 30.0,
         token_ttl_s: float = 14 * 60,
         max_follow_s: float = 6 * 3600,
+        claim_lease_s: float = 60.0,
     ) -> None:
         self.bot = bot
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.claim_lease_s = claim_lease_s
         self.poll_interval_s = poll_interval_s
         self.sweep_interval_s = sweep_interval_s
         self.token_ttl_s = token_ttl_s
@@ -234,6 +242,11 @@ class Deliveries:
         self._claimed.add(request_id)
         return self._spawn(self._follow(request_id, destination), f"motif-follow-{request_id}")
 
+    async def _claim(self, request_id: int) -> bool:
+        return await asyncio.to_thread(
+            self.jobs.claim_delivery, request_id, self.owner, self.claim_lease_s
+        )
+
     async def _follow(self, request_id: int, destination: Destination) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_follow_s
@@ -241,7 +254,12 @@ class Deliveries:
             destination.edit_progress, self.bot.settings.progress_edit_interval_s
         )
         progress_alive = True
+        delivered = False
         try:
+            if not await self._claim(request_id):
+                log.info("request #%s is being delivered by another bot process", request_id)
+                return
+            renewed = loop.time()
             while True:
                 p = await asyncio.to_thread(self.jobs.progress, request_id)
                 if p.finished:
@@ -255,19 +273,32 @@ class Deliveries:
                 if loop.time() > deadline:
                     log.warning("stopped following #%s; the sweep will deliver it", request_id)
                     return
+                if loop.time() - renewed > self.claim_lease_s / 3:
+                    if not await self._claim(request_id):
+                        log.warning("lost the delivery claim of #%s; not posting it", request_id)
+                        return
+                    renewed = loop.time()
                 await asyncio.sleep(self.poll_interval_s)
-            await self.deliver(p, destination, throttle if progress_alive else None)
+            delivered = await self.deliver(p, destination, throttle if progress_alive else None)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("delivering request #%s failed; the sweep will retry", request_id)
         finally:
             self._claimed.discard(request_id)
+            if not delivered:
+                await asyncio.shield(
+                    asyncio.to_thread(self.jobs.release_delivery, request_id, self.owner)
+                )
 
     async def deliver(
         self, p: Progress, destination: Destination, throttle: EditThrottle | None = None
-    ) -> None:
-        """Post a finished request (result, failure or cancellation) and record the delivery."""
+    ) -> bool:
+        """Post a finished request (result, failure or cancellation) and record the delivery.
+        False, posting nothing, when another bot process holds the request's delivery claim."""
+        if not await self._claim(p.request_id):
+            log.info("request #%s is being delivered by another bot process", p.request_id)
+            return False
         final = messages.progress_text(p)
         shown = False
         if destination.can_edit_progress():
@@ -293,6 +324,7 @@ class Deliveries:
         await asyncio.to_thread(self.jobs.mark_delivered, p.request_id)
         self._delivered.add(p.request_id)
         log.info("delivered request #%s (%s)", p.request_id, p.status.value)
+        return True
 
     async def _uploads(self, p: Progress) -> list[Upload]:
         def load(info: ArtifactInfo) -> Upload:
@@ -313,14 +345,15 @@ class Deliveries:
                 if p.channel_id is None:
                     continue
                 dest = ChannelDestination(self.bot, p.channel_id, p.user_discord_id)
-                await self.deliver(p, dest)
-                posted.append(request_id)
+                if await self.deliver(p, dest):
+                    posted.append(request_id)
             except (discord.Forbidden, discord.NotFound) as exc:
                 # The channel is gone or closed to us: retrying forever would not help.
                 log.warning("cannot post request #%s (%s); giving up", request_id, exc)
                 await asyncio.to_thread(self.jobs.mark_delivered, request_id)
             except Exception:
                 log.exception("late delivery of request #%s failed; will retry", request_id)
+                await asyncio.to_thread(self.jobs.release_delivery, request_id, self.owner)
             finally:
                 self._claimed.discard(request_id)
         return posted

@@ -162,6 +162,9 @@ class Request(Base):
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+    # which bot process is posting the result, until when (a lease it renews while it watches)
+    delivery_claimed_by: Mapped[str | None] = mapped_column(String(200))
+    delivery_claimed_until: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     device: Mapped[str | None] = mapped_column(String(32))

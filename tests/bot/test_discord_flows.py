@@ -234,6 +234,37 @@ def test_results_pending_at_a_restart_are_delivered_when_the_bot_is_back(
     asyncio.run(scenario())
 
 
+def test_two_bot_processes_on_one_database_post_each_result_once(
+    bot_settings, jobs, dispatched, worker
+):
+    from bot.client import MotifBot
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            for user in (61, 62, 63):
+                h.inject(h.payloads.slash("compose", {}, user_id=user))
+            await queued(jobs, dispatched, 3)
+            await h.stop_bot()  # results finish while no bot follows them
+            for rid in dispatched:
+                worker.complete(rid)
+            # two bot processes come up at once and both sweep the same database
+            first = await h.start()
+            second = MotifBot(bot_settings, jobs, **h.bot_options)
+            await second.login(TOKEN)
+            try:
+                assert first.deliveries.owner != second.deliveries.owner
+                await h.fake.wait_for("POST", CHANNEL_POST, count=3)
+                await until(lambda: not jobs.undelivered())
+                await asyncio.sleep(1.0)  # several more sweeps of both bots
+                posts = h.fake.find("POST", CHANNEL_POST)
+                mentions = sorted(p.json["content"].split()[0] for p in posts)
+                assert mentions == ["<@61>", "<@62>", "<@63>"]  # each result exactly once
+            finally:
+                await second.close()
+
+    asyncio.run(scenario())
+
+
 def test_continue_this_midi_context_menu(bot_settings, jobs, dispatched):
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:

@@ -54,3 +54,16 @@ def test_brand_new_embedded_database_is_created(tmp_path):
 def test_unreachable_database_is_a_clear_error():
     with pytest.raises(ServiceUnavailable, match="unreachable"):
         db.current_revision("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_the_migrations_build_exactly_the_orm_schema(tmp_path):
+    """A column added to engine/records.py without a migration (or the reverse) fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from engine.records import Base
+
+    url = f"sqlite:///{tmp_path / 'schema.db'}"
+    db.upgrade(url)
+    with db.engine_for(url).connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

@@ -171,3 +171,31 @@ def test_two_first_requests_from_a_new_user_do_not_collide(settings):
         t.join()
     assert errors == []
     assert len(service.history(Requester(discord_id=777))) == 2
+
+
+def test_delivery_claims_let_one_bot_process_post_each_result(settings):
+    from sqlalchemy import update
+
+    service = JobService(settings, dispatch=lambda rid: None)
+    who = Requester(discord_id=42, name="ann", guild_id=1, channel_id=2, origin="slash")
+    rid = service.compose(who, validate_options(bars=4), None, None)
+    with session_scope(settings.sqlalchemy_url) as s:
+        s.execute(update(Request).where(Request.id == rid).values(status=RequestStatus.DONE))
+    assert service.undelivered() == [rid]
+
+    assert service.claim_delivery(rid, "bot-a", lease_s=60)
+    assert not service.claim_delivery(rid, "bot-b", lease_s=60)  # a live claim is exclusive
+    assert service.claim_delivery(rid, "bot-a", lease_s=60)  # ... and its owner renews it
+    assert service.undelivered() == []  # the sweeps of other bots leave it alone
+
+    service.release_delivery(rid, "bot-b")  # not the owner: nothing happens
+    assert not service.claim_delivery(rid, "bot-b", lease_s=60)
+    service.release_delivery(rid, "bot-a")
+    assert service.undelivered() == [rid]
+    assert service.claim_delivery(rid, "bot-b", lease_s=-1)  # a lease that already ran out ...
+    assert service.undelivered() == [rid]
+    assert service.claim_delivery(rid, "bot-a", lease_s=60)  # ... is taken over (its bot died)
+
+    service.mark_delivered(rid)
+    assert not service.claim_delivery(rid, "bot-a", lease_s=60)  # delivered: nobody posts again
+    assert service.undelivered() == []
