@@ -56,6 +56,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on one torch thread: extra threads only contend for the shared cores.
+    (torch is imported here, not at the top: the bot's tests run without it.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     s = make_settings(tmp_path)
     db.upgrade(s.sqlalchemy_url)

@@ -15,12 +15,7 @@ def positive(x) -> bool:  # type: ignore[no-untyped-def]
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
