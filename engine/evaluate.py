@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine.music import Piece
-from engine.quality import FIGURE_LABELS, TrainingIndex, summarize
+from engine.quality import FIGURE_LABELS, TrainingIndex, interval_tokens, summarize
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ MOTIF, BASELINE, REAL = "Motif", "hobby LSTM baseline", "real held-out music"
 EQUAL_WIDTH = "hobby LSTM baseline at Motif's width"
 TEMPERATURE, TOP_P = 1.0, 0.95
 NLL_MAX_WINDOWS = 2000  # Motif's fixed evaluation windows (64 notes each), evenly thinned
+# A held-out piece sharing this many consecutive notes (intervals and lengths) with one training
+# piece is a near-duplicate (the same tune filed twice, a chorale harmonised twice): it is left
+# out of the seeds and the likelihoods, which would otherwise reward memorising.
+NEAR_DUPLICATE_RUN = 32
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,15 @@ def cut_seed(piece: Piece, seed_bars: int, bars: int) -> SeedCase | None:
         seed=replace(piece, notes=seed, name=f"{piece.name} (seed)"),
         real=replace(piece, notes=real, name=f"{piece.name} (real continuation)"),
     )
+
+
+def without_near_duplicates(
+    pieces: Sequence[Piece], index: TrainingIndex, run: int = NEAR_DUPLICATE_RUN
+) -> tuple[list[Piece], int]:
+    """The pieces that share no `run` consecutive notes with a training piece, and how many
+    were left out."""
+    kept = [p for p in pieces if not index.contains_run(interval_tokens(p), run)]
+    return kept, len(pieces) - len(kept)
 
 
 def pick_cases(
@@ -179,8 +192,17 @@ def evaluate(
     lm = load_checkpoint(model_path)
     styles = lm.codec.config.styles
     bm = load_baseline(baseline_path) if baseline_path else None
+    index = TrainingIndex.from_pieces(train)
+    validation, dup_validation = without_near_duplicates(validation, index)
+    test, dup_test = without_near_duplicates(test, index)
     log.info(
-        "corpus: %d train, %d validation, %d test pieces", len(train), len(validation), len(test)
+        "corpus: %d train, %d validation, %d test pieces (%d and %d near-duplicates of training "
+        "pieces left out)",
+        len(train),
+        len(validation),
+        len(test),
+        dup_validation,
+        dup_test,
     )
 
     def motif(case: SeedCase, i: int) -> Piece:
@@ -201,7 +223,6 @@ def evaluate(
         return baseline_continue(bm, case.seed, n_notes, rng_seed=seed * 1_000_003 + i)
 
     cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed)
-    index = TrainingIndex.from_pieces(train)
     log.info("continuing %d seeds (index of %d training notes)", len(cases), index.tokens.size)
     with torch.no_grad():
         quality, speed, conts = compare(cases, motif, baseline if bm else None, index)
@@ -243,6 +264,7 @@ def evaluate(
             "corpus": str(corpus.path),
             "corpus_hash": corpus.content_hash[:16],
             "n_seeds": len(cases),
+            "near_duplicates_left_out": {"validation": dup_validation, "test": dup_test},
             "seed_bars": seed_bars,
             "bars": bars,
             "seed": seed,
@@ -271,6 +293,14 @@ def _fmt(key: str, value: float | None) -> str:
     if key in _INTEGER:
         return f"{value:.0f}"
     return f"{value:.2f}"
+
+
+def _left_out(settings: dict[str, Any]) -> str:
+    dups = settings.get("near_duplicates_left_out") or {}
+    return (
+        f"near-duplicates of training pieces left out: {dups.get('test', '?')} test, "
+        f"{dups.get('validation', '?')} validation"
+    )
 
 
 def format_report(report: EvalReport) -> str:

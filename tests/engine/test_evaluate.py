@@ -18,6 +18,7 @@ from engine.evaluate import (
     cut_seed,
     format_report,
     pick_cases,
+    without_near_duplicates,
 )
 from engine.music import Note, Piece
 from engine.quality import TrainingIndex
@@ -51,6 +52,23 @@ def test_pick_cases_is_repeatable_and_skips_short_pieces():
     ]
     assert len(a) == 5
     assert len(pick_cases(pieces, 50, seed_bars=4, bars=4)) == 10
+
+
+def test_near_duplicates_of_training_pieces_are_left_out():
+    training = [tune(12, name="filed once")]
+    twin = replace(tune(12, name="filed again"), notes=tuple(
+        replace(n, pitch=n.pitch + 5) for n in tune(12).notes  # the same tune, transposed
+    ))
+    fresh = Piece(
+        notes=tuple(Note(float(i), 1.0 + (i % 3) * 0.5, 60 + (i * 7) % 12) for i in range(48)),
+        name="new",
+    )
+    kept, left_out = without_near_duplicates([twin, fresh], TrainingIndex.from_pieces(training))
+    assert [p.name for p in kept] == ["new"] and left_out == 1
+    quote = tuple(replace(n, start=n.start + 48) for n in tune(4).notes)
+    short_quote = replace(fresh, notes=fresh.notes + quote)  # 16 notes quoted: not a duplicate
+    kept, left_out = without_near_duplicates([short_quote], TrainingIndex.from_pieces(training))
+    assert left_out == 0
 
 
 def test_compare_gives_the_baseline_as_many_notes_as_motif():
