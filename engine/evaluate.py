@@ -310,10 +310,10 @@ def format_report(report: EvalReport) -> str:
     systems = [name for name in (MOTIF, BASELINE, REAL) if name in report.quality]
     lines = [
         f"Seeds: the first {s.get('seed_bars', '?')} bars of {s.get('n_seeds', '?')} held-out "
-        f"test pieces; {s.get('bars', '?')} bars continued. Motif samples at temperature "
-        f"{s.get('temperature', TEMPERATURE)}, top-p {s.get('top_p', TOP_P)} (rng seed "
-        f"{s.get('seed', 0)}), tonal gravity {s.get('key_gravity', '?')}; the baseline decodes by argmax on a fixed 0.5-beat grid and makes "
-        "as many notes as Motif did.",
+        f"test pieces ({_left_out(s)}); {s.get('bars', '?')} bars continued. Motif samples at "
+        f"temperature {s.get('temperature', TEMPERATURE)}, top-p {s.get('top_p', TOP_P)} (rng "
+        f"seed {s.get('seed', 0)}), tonal gravity {s.get('key_gravity', '?')}; the baseline "
+        "decodes by argmax on a fixed 0.5-beat grid and makes as many notes as Motif did.",
         "",
         "| | " + " | ".join(systems) + " |",
         "|---|" + "---:|" * len(systems),

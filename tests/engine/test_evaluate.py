@@ -184,5 +184,6 @@ def test_evaluate_with_another_key_gravity_and_no_likelihoods(tiny_files, tmp_pa
     data = json.loads(out.read_text())
     assert data["settings"]["key_gravity"] == 0.0
     assert data["nll"] == {}
+    assert set(data["settings"]["near_duplicates_left_out"]) == {"validation", "test"}
     assert "Negative log-likelihood" not in capsys.readouterr().out
     assert data["quality"]["Motif"]["n"] == 2
