@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -210,6 +211,9 @@ class Deliveries:
         self.bot = bot
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.claim_lease_s = claim_lease_s
+        # claims and releases run in order on one thread: a release never overtakes the claim
+        # it gives back (a follow cancelled while its claim is in flight)
+        self._claims = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motif-claims")
         self.poll_interval_s = poll_interval_s
         self.sweep_interval_s = sweep_interval_s
         self.token_ttl_s = token_ttl_s
@@ -243,8 +247,13 @@ class Deliveries:
         return self._spawn(self._follow(request_id, destination), f"motif-follow-{request_id}")
 
     async def _claim(self, request_id: int) -> bool:
-        return await asyncio.to_thread(
-            self.jobs.claim_delivery, request_id, self.owner, self.claim_lease_s
+        return await asyncio.get_running_loop().run_in_executor(
+            self._claims, self.jobs.claim_delivery, request_id, self.owner, self.claim_lease_s
+        )
+
+    async def _release(self, request_id: int) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            self._claims, self.jobs.release_delivery, request_id, self.owner
         )
 
     async def _follow(self, request_id: int, destination: Destination) -> None:
@@ -287,9 +296,7 @@ class Deliveries:
         finally:
             self._claimed.discard(request_id)
             if not delivered:
-                await asyncio.shield(
-                    asyncio.to_thread(self.jobs.release_delivery, request_id, self.owner)
-                )
+                await asyncio.shield(self._release(request_id))
 
     async def deliver(
         self, p: Progress, destination: Destination, throttle: EditThrottle | None = None
@@ -353,7 +360,7 @@ class Deliveries:
                 await asyncio.to_thread(self.jobs.mark_delivered, request_id)
             except Exception:
                 log.exception("late delivery of request #%s failed; will retry", request_id)
-                await asyncio.to_thread(self.jobs.release_delivery, request_id, self.owner)
+                await self._release(request_id)
             finally:
                 self._claimed.discard(request_id)
         return posted
@@ -427,3 +434,7 @@ class Deliveries:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sweeper = None
+        # the claims given back by the cancelled tasks are written before the bot says it stopped
+        claims, self._claims = self._claims, ThreadPoolExecutor(1, "motif-claims")
+        await asyncio.get_running_loop().run_in_executor(claims, lambda: None)
+        claims.shutdown(wait=False)
