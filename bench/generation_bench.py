@@ -51,15 +51,30 @@ def count_calls(obj: Any, method: str, fn: Callable[[], Any]) -> tuple[Any, int]
 
 
 def count_steps(lm: LoadedModel, fn: Callable[[], Any]) -> tuple[Any, int]:
-    """Run fn() and count Motif's decoder steps."""
-    return count_calls(lm.model, "step", fn)
+    """Run fn() and count Motif's decoder steps (`BatchDecoder.step` calls: one per note of the
+    longest row of a batch, plus one)."""
+    from engine.model import BatchDecoder
+
+    original, calls = BatchDecoder.step, [0]
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(self, *args, **kwargs)
+
+    BatchDecoder.step = counting  # type: ignore[method-assign]
+    try:
+        return fn(), calls[0]
+    finally:
+        BatchDecoder.step = original  # type: ignore[method-assign]
 
 
 @torch.no_grad()
 def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, float]:
-    """The network's own pace at B=1, nothing else: `steps` decoder steps from an encoded seed,
-    then the same with the four output heads (the whole network cost of one note)."""
+    """The network's own pace at B=1, nothing else: `steps` decoder steps (generation's
+    `BatchDecoder`: LSTM layers + attention) from an encoded seed, then the same with the four
+    output heads (the whole network cost of one note)."""
     from engine.generate import MAX_SEED_NOTES, seed_key
+    from engine.model import POSITION, SHIFT
     from engine.train import encode_pieces
 
     model, codec = lm.model.eval(), lm.codec
@@ -68,18 +83,20 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     style = torch.zeros(1, dtype=torch.int64)
     key = torch.tensor([seed_key(seed_events, codec)])
     memory = model.encode(events, torch.tensor([events.size(1)]), style, key)
-    prev = events[:, -1]  # (1, 5)
+    last = events[:, -1]  # (1, 5): every step's previous note
 
     def run(heads: bool) -> None:
-        state = memory.state
+        decoder = model.batch_decoder(memory, style)
+        offsets = torch.tensor(decoder.offsets[:5])
+        prev = torch.cat([last + offsets, decoder.extras], dim=1)  # (1, 7)
+        chosen = [prev[:, [SHIFT, POSITION]], *(prev[:, f : f + 1] - offsets[f] for f in (1, 2))]
         for _ in range(steps):
-            o, state = model.step(prev, style, state, memory)  # (1, H)
+            x = decoder.step(prev)  # (1, 4H)
             if heads:
-                ctx = o
                 for field in range(4):
-                    model.heads.logits(field, ctx)
+                    decoder.logits(field, x)
                     if field < 3:
-                        ctx = model.heads.condition(field, ctx, prev)
+                        x = decoder.choose(field, x, chosen[field])
 
     def encode() -> None:
         model.encode(events, torch.tensor([events.size(1)]), style, key)

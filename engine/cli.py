@@ -97,14 +97,23 @@ def cmd_compose(args: argparse.Namespace) -> int:
         rid = service.compose(Requester(origin="cli", name="cli"), options, seed_bytes, seed_name)
         print(f"request #{rid} queued ({seed_name or 'no seed'}, {options.bars} bars)")
         last = None
+        order = [RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING]
+        order.append(RequestStatus.DONE)
+        reached = 0  # how many stages of `order` have been printed
         deadline = time.monotonic() + args.timeout
         while True:
             prog = service.progress(rid)
             shown = (prog.status, prog.queue_position)
             if shown != last:
                 last = shown
+                now = f"[{time.perf_counter() - started:.1f} s]"
+                if prog.status in order:  # a stage shorter than one poll still gets its line
+                    at = order.index(prog.status)
+                    for skipped in order[reached:at]:
+                        print(f"  {skipped.value}  {now}")
+                    reached = max(reached, at + 1)
                 where = f" (position {prog.queue_position})" if prog.queue_position else ""
-                print(f"  {prog.status.value}{where}  [{time.perf_counter() - started:.1f} s]")
+                print(f"  {prog.status.value}{where}  {now}")
             if prog.finished:
                 break
             if proc is not None and proc.poll() is not None:

@@ -4,13 +4,16 @@ The encoder reads each seed once; then one decoder step per note, every row of a
 own seed, length, temperature and random generator, stopping on its own. A grammar keeps the
 output well formed (no end before the bars are filled, pitches in range, no stuck notes) and a soft
 bias keeps the seed's key. Returns the continuation only, in the seed's timeline.
+
+Per note, everything (network, grammar, sampling) runs as tensor ops over the whole batch on the
+model's device; the host reads back only how many rows are done.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,6 +38,9 @@ MIN_DISTINCT = 3  # ... hold at least this many distinct pitches
 MAX_CHORD = 6  # notes sharing one onset
 MAX_SEED_NOTES = 256  # the encoder reads the seed's last notes only
 MAX_BARS = 1024
+CHUNK = 64  # steps of uniforms drawn at once from each row's generator
+CHECK_EVERY = 8  # on a GPU, steps between reads of how many rows are done (a host sync)
+COMPACT_SHARE = 4  # finished rows leave the batch once they are 1/COMPACT_SHARE of it
 
 # Krumhansl-Kessler key profiles, tonic first.
 _MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -147,7 +153,8 @@ def _check(req: GenerationRequest) -> None:
 
 @dataclass
 class _Row:
-    """One request's decoding state, in ticks of the seed's timeline."""
+    """One request, planned for decoding: its settings and grammar, in ticks of the seed's
+    timeline."""
 
     req: GenerationRequest
     seed_events: np.ndarray  # (S, 5)
@@ -162,14 +169,8 @@ class _Row:
     end_tick: int  # nothing sounds at or after this tick
     pitch_ok: np.ndarray  # (n_pitch,) bool: the allowed range
     pitch_bias: np.ndarray  # (n_pitch,) float: key-keeping bias
-    history: list[int]  # pitch classes in a row (seed tail, then generated)
+    history: list[int]  # the seed's last pitches (the repetition guard looks back into them)
     key: int  # the model's key class (see `seed_key`)
-    tick: int = 0  # onset of the last note (the reference of the next shift)
-    first_tick: int | None = None  # tick the first shift was counted from (decode's start_tick)
-    chord: list[int] = field(default_factory=list)  # pitches at the current onset
-    notes: list[list[int]] = field(default_factory=list)  # event rows generated
-    sound_end: int = 0  # the latest end of a generated note
-    done: bool = False
 
 
 def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
@@ -235,85 +236,229 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_bias=pitch_bias,
         history=history,
         key=key,
-        tick=ref_tick,
     )
 
 
+class _Sampling:
+    """Each row's sampling settings as (B, 1) tensors on the device, and its uniforms: drawn
+    CHUNK steps at a time from the row's own generator, so a row samples the same notes alone
+    or in any batch, and no generator is touched per note."""
+
+    def __init__(self, lm: LoadedModel, rows: list[_Row], device: torch.device) -> None:
+        codec = lm.codec
+        self.device = device
+        self.generators = [r.generator for r in rows]
+        temperature = torch.tensor([[r.req.temperature] for r in rows], dtype=torch.float32)
+        self.inv_temp = (1.0 / temperature).to(device)  # (B, 1)
+        self.top_p = torch.tensor([[r.req.top_p] for r in rows], dtype=torch.float32).to(device)
+        sizes = (codec.n_shift, codec.n_pitch, codec.n_duration, codec.n_velocity)
+        # per field: the last rank top-k keeps (n - 1 when top-k is off)
+        self.last_rank = [
+            torch.tensor([[min(r.req.top_k or n, n) - 1] for r in rows]).to(device) for n in sizes
+        ]
+        bias = torch.from_numpy(np.stack([r.pitch_bias for r in rows])).to(device)
+        self.pitch_bias = bias * self.inv_temp  # (B, n_pitch): the key bias after temperature
+        self.drawn = torch.empty(0)
+
+    def uniforms(self, t: int) -> torch.Tensor:
+        """(4, B, 1): step t's uniform of each field of each row."""
+        if t % CHUNK == 0:
+            drawn = torch.stack([torch.rand(CHUNK, 4, generator=g) for g in self.generators], 2)
+            drawn = drawn[..., None]  # (CHUNK, 4, B, 1)
+            if self.device.type == "cuda":  # pinned: the copy does not wait for the GPU
+                drawn = drawn.pin_memory()
+            self.drawn = drawn.to(self.device, non_blocking=True)
+        return self.drawn[t % CHUNK]
+
+    def select(self, rows: torch.Tensor, keep: list[int]) -> None:
+        self.generators = [self.generators[j] for j in keep]
+        self.inv_temp, self.top_p = self.inv_temp[rows], self.top_p[rows]
+        self.last_rank = [r[rows] for r in self.last_rank]
+        self.pitch_bias = self.pitch_bias[rows]
+        self.drawn = self.drawn[:, :, rows]
+
+
 def _sample(
-    logits: torch.Tensor,
-    allowed: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    u: torch.Tensor,
+    scaled: torch.Tensor, last_rank: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor
 ) -> torch.Tensor:
-    """One class per row by inverse-CDF with the row's own uniform u, after temperature,
-    the grammar mask, top-k and top-p. logits/allowed (B, n); the rest (B,). Returns (B,)."""
-    n = logits.size(-1)
-    scaled = (logits.float() / temperature[:, None]).masked_fill(~allowed, float("-inf"))
+    """One class per row by inverse CDF with the row's own uniform u, over the smallest head of
+    the distribution that holds top_p of it and at most top_k classes. scaled (B, n): logits /
+    temperature, -inf where the grammar forbids; last_rank (B, 1): top_k - 1 (n - 1 when off);
+    top_p, u (B, 1). Returns (B, 1) classes."""
     ordered, order = scaled.sort(dim=-1, descending=True, stable=True)  # (B, n)
-    probs = torch.softmax(ordered, dim=-1)  # (B, n)
-    rank = torch.arange(n)[None, :]  # (1, n)
-    keep = (top_k[:, None] == 0) | (rank < top_k[:, None])
-    keep &= (probs.cumsum(-1) - probs) < top_p[:, None]  # the smallest head with mass top_p
-    keep[:, 0] = True
-    cdf = (probs * keep).cumsum(-1)  # (B, n)
-    pick = (cdf <= (u * cdf[:, -1])[:, None]).sum(-1).clamp(max=n - 1)  # (B,)
-    return order.gather(1, pick[:, None])[:, 0]
+    cdf = ordered.softmax(dim=-1).cumsum(dim=-1)  # (B, n)
+    last = torch.minimum(torch.searchsorted(cdf, top_p), last_rank)  # (B, 1) first cdf >= top_p
+    # The first rank whose cdf reaches u x the kept mass: a class of probability 0 never does.
+    pick = torch.searchsorted(cdf, u * cdf.gather(1, last))  # (B, 1)
+    return order.gather(1, pick)
 
 
-def _shift_mask(lm: LoadedModel, row: _Row) -> np.ndarray:
-    codec = lm.codec
-    ok = np.ones(codec.n_shift, dtype=bool)
-    ok[codec.eos] = row.sound_end >= row.end_tick  # no end before the bars are filled
-    if not row.notes:
-        gap = row.seed_end - row.ref_tick
-        if gap <= codec.config.max_shift:
-            ok[: max(0, gap)] = False  # start where the seed's sound stops
-    elif len(row.chord) >= MAX_CHORD:
-        ok[0] = False
-    if not ok.any():
-        ok[codec.config.max_shift] = True
-    return ok
+class _Grammar:
+    """The rules every row's notes obey, as tensors on the device, one row per request.
+
+    All rows decode in lockstep, so at step t every row still decoding has made exactly t notes:
+    the rules that depend on the count (the first note's placement, the distinct-pitch window)
+    are decided in Python, the rest by tensor ops without reading anything back to the host."""
+
+    def __init__(self, lm: LoadedModel, rows: list[_Row], device: torch.device) -> None:
+        codec, cfg = lm.codec, lm.codec.config
+        B, n_shift, eos = len(rows), codec.n_shift, codec.eos
+
+        def column(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64)[:, None].to(device)  # (B, 1)
+
+        self.max_position = cfg.max_position
+        # bars longer than the position classes need the clamp (EventCodec.position)
+        self.long_bars = max(r.bar for r in rows) > cfg.max_position + 1
+        self.bar = column([r.bar for r in rows])
+        self.seed_end = column([r.seed_end for r in rows])
+        self.end_tick = column([r.end_tick for r in rows])
+        self.tick = column([r.ref_tick for r in rows])  # onset of the last note
+        self.onset = self.tick  # onset of this step's note
+        self.sound_end = torch.zeros_like(self.tick)  # the latest end of a generated note
+        self.done = torch.zeros(B, 1, dtype=torch.bool, device=device)
+        self.first_tick = self.tick  # what the first shift counts from (decode's start_tick)
+        # shift -> ticks; EOS moves past any end, so "done" is one comparison
+        ticks = list(range(n_shift))
+        ticks[eos] = 1 << 40
+        self.shift_ticks = torch.tensor(ticks, dtype=torch.int64, device=device)
+        self.duration_ticks = torch.tensor(cfg.duration_bins, dtype=torch.int64, device=device)
+
+        # SHIFT masks, additive. The first note: no end yet, and it starts where the seed's
+        # sound stops (a longer gap is crossed by whole bars in `place`).
+        first = np.zeros((B, n_shift), dtype=np.float32)
+        first[:, eos] = -np.inf
+        for i, r in enumerate(rows):
+            gap = r.seed_end - r.ref_tick
+            if gap <= cfg.max_shift:
+                first[i, : max(0, gap)] = -np.inf
+        self.first_shift = torch.from_numpy(first).to(device)  # (B, n_shift)
+        # Later notes, by code = chord size + (MAX_CHORD + 1) x (bars filled): no zero shift once
+        # the chord is full, no end before the bars are filled. One class, max_shift, is never
+        # forbidden, so a shift mask is never empty.
+        later = np.zeros((2, MAX_CHORD + 1, n_shift), dtype=np.float32)
+        later[:, MAX_CHORD:, 0] = -np.inf
+        later[0, :, eos] = -np.inf
+        self.later_shift = torch.from_numpy(later.reshape(-1, n_shift)).to(device)
+        self.code = torch.zeros_like(self.tick)
+
+        # PITCH state. `soft`: what the range and the repetition guard forbid for the next note.
+        # Some pitch is always left unless a row's range is tiny: the guards forbid at most the
+        # last pitch, MIN_DISTINCT - 1 window pitches and a chord (MAX_CHORD - 1 pitches).
+        most = 1 + (MIN_DISTINCT - 1) + (MAX_CHORD - 1)
+        self.fallback = any(int(r.pitch_ok.sum()) <= most for r in rows)
+        n_pitch = codec.n_pitch
+        self.outside = torch.from_numpy(~np.stack([r.pitch_ok for r in rows])).to(device)
+        last = [r.history[-1] if r.history else -1 for r in rows]
+        run = []
+        for r in rows:  # the seed's own repeats count towards MAX_REPEATS
+            k = 0
+            while k < len(r.history) and r.history[-1 - k] == r.history[-1]:
+                k += 1
+            run.append(k)
+        self.last, self.run = column(last), column(run)
+        self.soft = self._repeat_forbidden(self.last.clamp_min(0))  # (no seed: no last pitch)
+        self.last_seen = torch.full((B, n_pitch), -1, dtype=torch.int64, device=device)
+        self.chord = torch.zeros(B, n_pitch, dtype=torch.bool, device=device)
+        self.chord_kept = self.chord  # this onset's chord when the note joins it
+        self.chord_size = torch.zeros_like(self.tick)
+        self.same_onset = self.done  # (B, 1) this step's shift is 0
+
+    def _repeat_forbidden(self, last: torch.Tensor) -> torch.Tensor:
+        """(B, n_pitch): outside the range, or the last pitch (B, 1), where it has come
+        MAX_REPEATS times in a row."""
+        repeats = self.run >= MAX_REPEATS
+        if self.fallback:
+            return self.outside | torch.zeros_like(self.outside).scatter_(1, last, repeats)
+        # Without the fallback the last pitch is always inside the range: one scatter will do.
+        return self.outside.scatter(1, last, repeats)
+
+    def select(self, rows: torch.Tensor) -> None:
+        for name in (
+            "bar", "seed_end", "end_tick", "tick", "onset", "sound_end", "done", "code",
+            "outside", "last", "run", "soft", "last_seen", "chord", "chord_size",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name)[rows])
+
+    def shift_mask(self, t: int) -> torch.Tensor:
+        """(B, n_shift) 0 or -inf, for step t."""
+        if t == 0:
+            return self.first_shift
+        return self.later_shift.index_select(0, self.code.view(-1))
+
+    def place(self, t: int, shift: torch.Tensor) -> torch.Tensor:
+        """The onset of a note `shift` (B, 1) after the last one; rows that reach the end (or
+        chose EOS) are done. A first note that would fall inside the seed's last, long note moves
+        on by whole bars (the codec's own rule for long gaps). Returns the bar position (B, 1)."""
+        onset = self.tick + self.shift_ticks.take(shift)  # (B, 1)
+        if t == 0:
+            behind = (self.seed_end - onset).clamp_min(0)
+            bars = torch.div(behind + self.bar - 1, self.bar, rounding_mode="floor")
+            onset = onset + bars * self.bar
+            self.first_tick = onset - shift
+        self.done = self.done | (onset >= self.end_tick)
+        self.onset = onset
+        self.same_onset = shift == 0
+        # (a done row's position is never used: no need to stop its onset at the end)
+        return bar_positions(onset, self.bar, self.max_position if self.long_bars else None)
+
+    def pitch_forbidden(self, t: int) -> torch.Tensor:
+        """(B, n_pitch) True where this step's pitch may not go: outside the range, a repeat too
+        many, a pitch of a too monotonous window, a pitch already on this onset."""
+        if t == 0:
+            self.chord_kept = torch.zeros_like(self.chord)  # the first note starts an onset
+            forbid = self.soft
+        else:
+            self.chord_kept = self.chord & self.same_onset
+            forbid = self.soft | self.chord_kept
+        if self.fallback:  # only reachable with a tiny pitch range
+            empty = forbid.all(dim=1, keepdim=True)
+            wide = self.outside | self.chord_kept
+            wide = wide & ~wide.all(dim=1, keepdim=True)
+            forbid = torch.where(empty, wide, forbid)
+        return forbid
+
+    def add_pitch(self, t: int, pitch: torch.Tensor) -> None:
+        """Step t's note has pitch (B, 1): update the chord and the repetition guards."""
+        self.chord = self.chord_kept.scatter_(1, pitch, True)  # (chord_kept: a fresh tensor)
+        self.chord_size = self.chord_size * self.same_onset + 1 if t else torch.ones_like(pitch)
+        self.run = self.run * (pitch == self.last) + 1
+        self.last = pitch
+        self.last_seen.scatter_(1, pitch, t)
+        self.soft = self._repeat_forbidden(pitch)
+        if t + 2 >= DISTINCT_WINDOW:
+            # the next note would close a window of DISTINCT_WINDOW notes: the last
+            # DISTINCT_WINDOW - 1 ones must not leave it with fewer than MIN_DISTINCT pitches
+            recent = self.last_seen >= t + 2 - DISTINCT_WINDOW  # (B, n_pitch)
+            few = recent.sum(dim=1, keepdim=True) < MIN_DISTINCT
+            self.soft = self.soft | (recent & few)
+
+    def add_duration(self, duration: torch.Tensor) -> None:
+        """Step t's note has duration class (B, 1); the next shift counts from its onset."""
+        end = torch.minimum(self.onset + self.duration_ticks.take(duration), self.end_tick)
+        self.sound_end = torch.maximum(self.sound_end, end)
+        self.tick = self.onset
+        filled = self.sound_end >= self.end_tick
+        self.code = torch.add(self.chord_size, filled, alpha=MAX_CHORD + 1)
 
 
-def _pitch_mask(row: _Row, shift: int) -> np.ndarray:
-    ok = row.pitch_ok.copy()
-    if len(row.history) >= MAX_REPEATS and len(set(row.history[-MAX_REPEATS:])) == 1:
-        ok[row.history[-1]] = False  # a fifth repeat in a row
-    recent = [r[PITCH] for r in row.notes[-(DISTINCT_WINDOW - 1) :]]
-    if len(recent) == DISTINCT_WINDOW - 1 and len(set(recent)) < MIN_DISTINCT:
-        ok[list(set(recent))] = False  # the window would hold too few distinct pitches
-    if shift == 0 and row.notes:
-        ok[row.chord] = False  # the same pitch twice on one onset
-    if not ok.any():
-        ok = row.pitch_ok.copy()
-        ok[row.chord if shift == 0 and row.notes else []] = False
-        if not ok.any():
-            ok[:] = True
-    return ok
+def bar_positions(ticks: torch.Tensor, bar: torch.Tensor, max_position: int | None) -> torch.Tensor:
+    """`EventCodec.position` of many ticks at once: ticks and bar lengths (in ticks) alike.
+    max_position None: every bar is short enough to need no clamp."""
+    position = ticks.remainder(bar)
+    return position if max_position is None else position.clamp_max_(max_position)
 
 
-def _place(lm: LoadedModel, row: _Row, shift: int) -> int:
-    """The onset tick of a note `shift` after the last one. A first note that would fall inside
-    the seed's last, long note moves on by whole bars (the codec's own rule for long gaps)."""
-    onset = row.tick + shift
-    if not row.notes and onset < row.seed_end:
-        onset += -(-(row.seed_end - onset) // row.bar) * row.bar
-    return onset
-
-
-def _finish(lm: LoadedModel, row: _Row) -> Piece:
+def _finish(lm: LoadedModel, row: _Row, events: np.ndarray, first_tick: int) -> Piece:
     seed = row.req.seed
     tempo = row.req.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
     if row.req.program is not None:
         program = row.req.program
     else:
         program = seed.program if seed is not None else 0
-    events = np.asarray(row.notes, dtype=np.int64).reshape(-1, 5)  # (N, 5)
     piece = lm.codec.decode(
         events,
-        start_tick=row.first_tick if row.first_tick is not None else row.ref_tick,
+        start_tick=first_tick if len(events) else row.ref_tick,
         tempo_bpm=tempo,
         time_signature=row.time_signature,
         program=program,
@@ -328,12 +473,15 @@ def _finish(lm: LoadedModel, row: _Row) -> Piece:
 
 @torch.no_grad()
 def continue_batch(lm: LoadedModel, requests: list[GenerationRequest]) -> list[Piece]:
-    """Decode all requests together; each row's result equals decoding it alone."""
+    """Decode all requests together; each row's result equals decoding it alone.
+
+    Everything per note stays on the model's device; the host only learns, once per step (every
+    CHECK_EVERY steps on a GPU), how many rows are done, to stop or to drop them."""
     for req in requests:
         _check(req)
     if not requests:
         return []
-    model, codec, device = lm.model, lm.codec, lm.device
+    model, device = lm.model, lm.device
     model.eval()
     rows = [_plan_row(lm, req) for req in requests]
     B = len(rows)
@@ -345,75 +493,84 @@ def continue_batch(lm: LoadedModel, requests: list[GenerationRequest]) -> list[P
     style = torch.tensor([r.style for r in rows], device=device)
     key = torch.tensor([r.key for r in rows], device=device)
     memory = model.encode(torch.from_numpy(seed).to(device), seed_len, style, key)
-    state = memory.state
-    prev: torch.Tensor | None = None
-    temperature = torch.tensor([r.req.temperature for r in rows], dtype=torch.float32)
-    top_k = torch.tensor([r.req.top_k for r in rows], dtype=torch.int64)
-    top_p = torch.tensor([r.req.top_p for r in rows], dtype=torch.float32)
-    active = list(range(B))  # indices into rows of the rows still decoding
-    while active:
-        act = [rows[i] for i in active]
-        u = torch.stack([torch.rand(4, generator=r.generator) for r in act])  # (A, 4)
-        idx = torch.tensor(active)
-        temp_a, k_a, p_a = temperature[idx], top_k[idx], top_p[idx]
-        o, state = model.step(prev, style, state, memory)  # (A, H)
-        note = np.zeros((len(act), 5), dtype=np.int64)  # (A, 5) the notes chosen this step
+    decoder = model.batch_decoder(memory, style)
+    grammar, sampling = _Grammar(lm, rows, device), _Sampling(lm, rows, device)
+    offsets = decoder.offsets
+    column_offsets = torch.tensor(
+        [0, offsets[PITCH], offsets[DURATION], offsets[VELOCITY], 0, 0, 0], device=device
+    )  # (7,) position and the extras are offset already
+    check_every = 1 if device.type == "cpu" else CHECK_EVERY
+
+    live = list(range(B))  # the rows of `rows` still decoding, in batch order
+    segments: list[tuple[list[int], list[torch.Tensor], list[torch.Tensor]]] = []
+    made: list[torch.Tensor] = []  # this segment's (B', 7) events, one per step
+    done: list[torch.Tensor] = []  # this segment's (B', 1) done flags, one per step
+    events: torch.Tensor | None = None
+    t = 0
+    while True:
+        u = sampling.uniforms(t)  # (4, B', 1)
+        inv_temp, top_p, last_rank = sampling.inv_temp, sampling.top_p, sampling.last_rank
+        x = decoder.step(events)  # (B', 4H)
 
         # SHIFT (and the bar position it lands on); EOS or passing the end finishes a row
-        allowed = torch.from_numpy(np.stack([_shift_mask(lm, r) for r in act]))
-        logits = model.heads.logits(SHIFT, o).float().cpu()
-        shift = _sample(logits, allowed, temp_a, k_a, p_a, u[:, SHIFT]).numpy()
-        onsets = []
-        for j, r in enumerate(act):
-            onset = _place(lm, r, int(shift[j])) if shift[j] != codec.eos else r.end_tick
-            if onset >= r.end_tick:
-                r.done = True
-            onsets.append(onset)
-            note[j, SHIFT] = min(int(shift[j]), codec.eos - 1)
-            note[j, POSITION] = codec.position(min(onset, r.end_tick), r.time_signature)
-        ctx = model.heads.condition(SHIFT, o, torch.from_numpy(note).to(device))
+        scaled = torch.addcmul(grammar.shift_mask(t), decoder.logits(SHIFT, x), inv_temp)
+        shift = _sample(scaled, last_rank[SHIFT], top_p, u[SHIFT])  # (B', 1)
+        position = grammar.place(t, shift) + offsets[POSITION]
+        if t == 0:
+            first_tick = grammar.first_tick
+        x = decoder.choose(SHIFT, x, torch.cat([shift, position], dim=1))
 
-        # PITCH: range, repetition guard, key bias
-        allowed = torch.from_numpy(
-            np.stack([_pitch_mask(r, int(shift[j])) for j, r in enumerate(act)])
-        )
-        bias = torch.from_numpy(np.stack([r.pitch_bias for r in act]))
-        logits = model.heads.logits(PITCH, ctx).float().cpu() + bias
-        note[:, PITCH] = _sample(logits, allowed, temp_a, k_a, p_a, u[:, PITCH]).numpy()
-        ctx = model.heads.condition(PITCH, ctx, torch.from_numpy(note).to(device))
+        # PITCH: range, repetition guards, key bias
+        scaled = torch.addcmul(sampling.pitch_bias, decoder.logits(PITCH, x), inv_temp)
+        scaled = scaled.masked_fill_(grammar.pitch_forbidden(t), float("-inf"))
+        pitch = _sample(scaled, last_rank[PITCH], top_p, u[PITCH])
+        grammar.add_pitch(t, pitch)
+        x = decoder.choose(PITCH, x, pitch)
 
         # DURATION, VELOCITY: unconstrained (durations are clipped to the end afterwards)
-        for col in (DURATION, VELOCITY):
-            logits = model.heads.logits(col, ctx).float().cpu()
-            allowed = torch.ones_like(logits, dtype=torch.bool)
-            note[:, col] = _sample(logits, allowed, temp_a, k_a, p_a, u[:, col]).numpy()
-            if col == DURATION:
-                ctx = model.heads.condition(DURATION, ctx, torch.from_numpy(note).to(device))
+        scaled = decoder.logits(DURATION, x) * inv_temp
+        duration = _sample(scaled, last_rank[DURATION], top_p, u[DURATION])
+        grammar.add_duration(duration)
+        x = decoder.choose(DURATION, x, duration)
+        scaled = decoder.logits(VELOCITY, x) * inv_temp
+        velocity = _sample(scaled, last_rank[VELOCITY], top_p, u[VELOCITY])
 
-        for j, r in enumerate(act):
-            if r.done:
-                continue
-            if not r.notes:
-                r.first_tick = onsets[j] - int(note[j, SHIFT])
-            if onsets[j] != r.tick or not r.notes:
-                r.chord = []
-            r.tick = onsets[j]
-            r.chord.append(int(note[j, PITCH]))
-            r.history.append(int(note[j, PITCH]))
-            r.notes.append([int(v) for v in note[j]])
-            dur = int(codec.config.duration_bins[note[j, DURATION]])
-            r.sound_end = max(r.sound_end, min(onsets[j] + dur, r.end_tick))
+        events = torch.cat([shift, pitch, duration, velocity, position, decoder.extras], dim=1)
+        events += column_offsets  # (B', 7) the next step's input
+        made.append(events)
+        done.append(grammar.done)
+        t += 1
+        if t % check_every:
+            continue
+        finished = int(grammar.done.sum())
+        if finished == len(live):
+            break
+        if finished * COMPACT_SHARE >= len(live):
+            # drop the finished rows (the rest decode as before): worth its copies only once
+            # a good share of the batch is done
+            segments.append((live, made, done))
+            keep = (~grammar.done[:, 0]).nonzero()[:, 0]  # (B'',)
+            kept = keep.tolist()
+            live = [live[j] for j in kept]
+            made, done = [], []
+            decoder.select(keep)
+            grammar.select(keep)
+            sampling.select(keep, kept)
+            events = events[keep]
+    segments.append((live, made, done))
 
-        keep = [j for j, r in enumerate(act) if not r.done]
-        if len(keep) < len(act):
-            sel = torch.tensor(keep, dtype=torch.int64, device=device)
-            memory = memory.select(sel)
-            state = [(h[sel], c[sel]) for h, c in state]
-            style = style[sel]
-            note = note[keep]
-            active = [active[j] for j in keep]
-        prev = torch.from_numpy(note).to(device)
-    return [_finish(lm, r) for r in rows]
+    notes: list[list[np.ndarray]] = [[] for _ in rows]
+    for members, seg_made, seg_done in segments:
+        ev = torch.stack(seg_made).cpu().numpy()  # (T, B', 7)
+        keep = ~torch.stack(seg_done)[..., 0].cpu().numpy()  # (T, B'): before the row finished
+        for j, i in enumerate(members):
+            notes[i].append(ev[keep[:, j], j, :5])
+    first = first_tick[:, 0].tolist()
+    offset = np.asarray(offsets[:5], dtype=np.int64)
+    return [
+        _finish(lm, r, np.concatenate(notes[i]).reshape(-1, 5) - offset, first[i])
+        for i, r in enumerate(rows)
+    ]
 
 
 def continue_seed(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,8 +8,14 @@ from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import BadParams
 from engine.generate import (
     DISTINCT_WINDOW,
+    MAX_CHORD,
     MAX_REPEATS,
+    MIN_DISTINCT,
     GenerationRequest,
+    _Grammar,
+    _plan_row,
+    _sample,
+    bar_positions,
     continue_batch,
     continue_seed,
     estimate_key,
@@ -190,3 +197,188 @@ def test_shipped_default_model_continues_in_key():
     pieces = continue_batch(lm, [GenerationRequest(seed, 4, rng_seed=i) for i in range(4)])
     assert all(p.notes and not is_collapsed(p.notes) for p in pieces)
     assert sum(key_kept(seed, p) for p in pieces) >= 3
+
+
+# --- the vectorised pieces against plain per-row rules ---------------------------------------
+@pytest.mark.parametrize("ts", [(4, 4), (3, 4), (6, 8), (9, 4), (12, 8), (5, 16)])
+def test_bar_positions_match_the_codec(ts):
+    bar = CODEC.bar_ticks(ts)
+    ticks = torch.arange(0, 5 * bar + 7)[:, None]  # (T, 1)
+    bars = torch.full_like(ticks, bar)
+    long_bars = bar > CODEC.config.max_position + 1
+    got = bar_positions(ticks, bars, CODEC.config.max_position if long_bars else None)
+    assert got[:, 0].tolist() == [CODEC.position(int(t), ts) for t in ticks[:, 0]]
+
+
+def _sample_one(logits, top_k=0, top_p=1.0, u=0.5, allowed=None):
+    n = len(logits)
+    scaled = torch.tensor([logits], dtype=torch.float32)
+    if allowed is not None:
+        scaled = scaled.masked_fill(~torch.tensor([allowed]), float("-inf"))
+    last = torch.tensor([[min(top_k or n, n) - 1]])
+    return int(_sample(scaled, last, torch.tensor([[top_p]]), torch.tensor([[u]])))
+
+
+def test_sampling_is_the_inverse_cdf_of_the_kept_head():
+    probs = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15])
+    logits = probs.log().tolist()
+    # a grid of uniforms lands on each class as often as its probability says
+    grid = [(i + 0.5) / 1000 for i in range(1000)]
+    counts = torch.bincount(torch.tensor([_sample_one(logits, u=u) for u in grid]), minlength=5)
+    assert (counts - 1000 * probs).abs().max() <= 1
+    assert _sample_one(logits, u=0.0) == 1  # the most likely class first
+    assert {_sample_one(logits, top_k=2, u=u) for u in grid} == {1, 3}
+    assert {_sample_one(logits, top_p=0.5, u=u) for u in grid} == {1, 3}  # 0.4 < 0.5 <= 0.7
+    assert {_sample_one(logits, top_p=0.4, u=u) for u in grid} == {1}
+    assert {_sample_one(logits, top_p=0.71, u=u) for u in grid} == {1, 3, 4}
+    allowed = [True, False, True, False, True]
+    assert {_sample_one(logits, allowed=allowed, u=u) for u in grid} == {0, 2, 4}
+    assert _sample_one(logits, allowed=allowed, u=0.999999) == 2  # the last allowed class
+    assert _sample_one([0.0, 0.0, 0.0], u=0.0) == 0  # ties keep their order
+
+
+class _RulesOfOneRow:
+    """The grammar as the note-by-note decoder applied it to one row, in plain Python."""
+
+    def __init__(self, row) -> None:
+        self.row, self.tick, self.sound_end = row, row.ref_tick, 0
+        self.history, self.pitches, self.chord = list(row.history), [], []
+        self.done, self.fired = False, set()  # which rules changed a mask
+
+    def shift_ok(self) -> np.ndarray:
+        r, ok = self.row, np.ones(CODEC.n_shift, dtype=bool)
+        ok[CODEC.eos] = self.sound_end >= r.end_tick
+        if not self.pitches:
+            gap = r.seed_end - r.ref_tick
+            if gap <= CODEC.config.max_shift:
+                ok[: max(0, gap)] = False
+        elif len(self.chord) >= MAX_CHORD:
+            ok[0] = False
+            self.fired.add("chord")
+        if not ok.any():
+            ok[CODEC.config.max_shift] = True
+        return ok
+
+    def place(self, shift: int) -> int:
+        r = self.row
+        if shift == CODEC.eos:
+            onset = r.end_tick
+        else:
+            onset = self.tick + shift
+            if not self.pitches and onset < r.seed_end:
+                onset += -(-(r.seed_end - onset) // r.bar) * r.bar
+        self.onset, self.shift = onset, shift
+        self.done = onset >= r.end_tick
+        return CODEC.position(min(onset, r.end_tick), r.time_signature)
+
+    def pitch_ok(self) -> np.ndarray:
+        r, ok = self.row, self.row.pitch_ok.copy()
+        chord = self.chord if self.shift == 0 and self.pitches else []
+        if len(self.history) >= MAX_REPEATS and len(set(self.history[-MAX_REPEATS:])) == 1:
+            ok[self.history[-1]] = False
+            self.fired.add("repeat")
+        recent = self.pitches[-(DISTINCT_WINDOW - 1) :]
+        if len(recent) == DISTINCT_WINDOW - 1 and len(set(recent)) < MIN_DISTINCT:
+            ok[list(set(recent))] = False
+            self.fired.add("window")
+        ok[chord] = False
+        if not ok.any():
+            self.fired.add("fallback")
+            ok = r.pitch_ok.copy()
+            ok[chord] = False
+            if not ok.any():
+                ok[:] = True
+        return ok
+
+    def add(self, pitch: int, duration: int) -> None:
+        if self.onset != self.tick or not self.pitches:
+            self.chord = []
+        self.tick = self.onset
+        self.chord.append(pitch)
+        self.history.append(pitch)
+        self.pitches.append(pitch)
+        end = self.onset + CODEC.config.duration_bins[duration]
+        self.sound_end = max(self.sound_end, min(end, self.row.end_tick))
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_grammar_tensors_follow_the_per_row_rules(lm, narrow):
+    """Random (allowed) choices, biased towards chords and repeated pitches so that every
+    guard fires; the batched masks must equal the per-row rules at every step."""
+    seeds = [
+        _seed(),
+        None,
+        _seed([64] * 6, ts=(3, 4)),  # ends on repeats
+        _seed(C_MAJOR[:5], dur=3.0),  # a long last note: the first onset moves by bars
+        _seed([48, 84], ts=(6, 8)),
+    ]
+    rows = [_plan_row(lm, GenerationRequest(s, 8, rng_seed=i)) for i, s in enumerate(seeds)]
+    if narrow:  # ranges so small that the pitch fallbacks are needed
+        for i, r in enumerate(rows):
+            r.pitch_ok[:] = False
+            r.pitch_ok[40 + i : 43 + i + i % 2] = True
+    grammar = _Grammar(lm, rows, torch.device("cpu"))
+    assert grammar.fallback == narrow
+    refs = [_RulesOfOneRow(r) for r in rows]
+    rng = np.random.default_rng(0)
+
+    def pick(ok: np.ndarray, favourites: list[int], odds: float) -> int:
+        liked = [f for f in favourites if 0 <= f < len(ok) and ok[f]]
+        if liked and rng.random() < odds:
+            return int(rng.choice(liked))
+        return int(rng.choice(np.flatnonzero(ok)))
+
+    for t in range(400):
+        live = [j for j, ref in enumerate(refs) if not ref.done]
+        if not live:
+            break
+        shift_ok = (grammar.shift_mask(t) == 0).numpy()
+        shifts = []
+        for j, ref in enumerate(refs):
+            ok = ref.shift_ok()
+            if j in live:
+                assert (shift_ok[j] == ok).all(), (t, j)
+            # odd rows: chords; even rows: a melody on (mostly) two pitches
+            liked = [0, 0, 0, 3, 6] if j % 2 else [3, 6]
+            shifts.append(pick(ok, liked, 0.9) if j in live else 1)
+        position = grammar.place(t, torch.tensor(shifts)[:, None])
+        done = grammar.done[:, 0].tolist()
+        forbidden = grammar.pitch_forbidden(t).numpy()
+        pitches, durations = [], []
+        for j, ref in enumerate(refs):
+            if j not in live:
+                pitches.append(0)
+                durations.append(0)
+                continue
+            expected_position = ref.place(shifts[j])
+            assert done[j] == ref.done, (t, j)
+            if ref.done:
+                pitches.append(0)
+                durations.append(0)
+                continue
+            assert int(position[j]) == expected_position, (t, j)
+            ok = ref.pitch_ok()
+            assert (~forbidden[j] == ok).all(), (t, j)
+            last = ref.history[-1] if ref.history else 40
+            two = [40 + j, 42 + j]
+            pitches.append(pick(ok, [last, *two], 0.97 if j % 2 == 0 else 0.7))
+            durations.append(int(rng.integers(CODEC.n_duration)))
+            ref.add(pitches[-1], durations[-1])
+        grammar.add_pitch(t, torch.tensor(pitches)[:, None])
+        grammar.add_duration(torch.tensor(durations)[:, None])
+    assert all(ref.done for ref in refs)
+    fired = set().union(*(ref.fired for ref in refs))
+    assert {"chord", "repeat", "window"} <= fired
+    assert ("fallback" in fired) == narrow
+
+
+def test_big_batch_with_rows_leaving_equals_each_row_alone(lm):
+    requests = [
+        GenerationRequest(_seed(C_MAJOR[: 3 + i % 5], ts=ts), bars, rng_seed=10 + i, top_k=i % 3)
+        for i, (ts, bars) in enumerate(
+            [((4, 4), 1), ((3, 4), 6), ((6, 8), 2), ((4, 4), 4), ((2, 4), 1), ((4, 4), 3)] * 2
+        )
+    ]
+    batch = continue_batch(lm, requests)
+    alone = [continue_batch(lm, [r])[0] for r in requests]
+    assert [_keys(p) for p in batch] == [_keys(p) for p in alone]

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from engine.model import FIELDS, ModelConfig, MotifSeq2Seq
+from engine.model import FIELDS, POSITION, SHIFT, ModelConfig, MotifSeq2Seq
 from engine.tokens import EventCodec
 
 CODEC = EventCodec()
@@ -101,3 +102,61 @@ def test_without_attention_and_one_layer():
     with torch.no_grad():
         full, stepped = model(*args, target), _step_logits(model, *args, target)
     torch.testing.assert_close(full[0], stepped[0], atol=1e-5, rtol=0)
+
+
+def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:
+    """Teacher-forced logits through generation's fast path, `BatchDecoder`."""
+    decoder = model.batch_decoder(model.encode(seed, seed_len, style, key), style)
+    position = decoder.offsets[POSITION]
+    events, out = None, [[] for _ in range(4)]
+    for t in range(target.size(1)):
+        note = target[:, t]  # (B, 5)
+        x = decoder.step(events)  # (B, 4H)
+        for f in range(4):
+            out[f].append(decoder.logits(f, x))
+            if f == SHIFT:
+                onset = torch.stack([note[:, SHIFT], note[:, POSITION] + position], dim=1)
+                x = decoder.choose(SHIFT, x, onset)
+            elif f < 3:
+                x = decoder.choose(f, x, note[:, f : f + 1])
+        events = decoder.events(note)
+    return [torch.stack(x, dim=1) for x in out]  # 4 x (B, T, n)
+
+
+@pytest.mark.parametrize(
+    "sizes", [{}, {"attention": False, "layers": 1}, {"n_key": 0}, {"layers": 3}]
+)
+def test_generation_fast_path_equals_the_training_forward(sizes):
+    model = _model(**sizes).eval()
+    seed, target = _events(3, 6), _events(3, 9)
+    seed_len, style, key = (
+        torch.tensor([6, 1, 0]),
+        torch.tensor([1, 0, 3]),
+        torch.tensor([5, 0, 20]),
+    )
+    with torch.no_grad():
+        full = model(seed, seed_len, style, target, key)
+        fast = _fast_logits(model, seed, seed_len, style, target, key)
+    for a, b in zip(full, fast, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_fast_path_tables_follow_the_weights():
+    model = _model()
+    assert model.step_weights() is model.step_weights()  # cached while nothing changes
+    assert not any("step" in k for k in model.state_dict())  # derived, never saved
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    seed, target = _events(2, 4), _events(2, 5)
+    args = (seed, torch.tensor([4, 2]), torch.tensor([0, 1]))
+    model.eval()
+    with torch.no_grad():
+        before = _fast_logits(model, *args, target)
+    model.train()
+    sum(lg.sum() for lg in model(*args, target)).backward()
+    opt.step()  # in place: the tables must be rebuilt
+    model.eval()
+    with torch.no_grad():
+        full, fast = model(*args, target), _fast_logits(model, *args, target)
+    assert not torch.allclose(before[1], fast[1])
+    for a, b in zip(full, fast, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

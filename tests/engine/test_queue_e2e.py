@@ -123,7 +123,11 @@ def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
         env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "generating" in proc.stdout and "done in" in proc.stdout
+    stages = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
+    stages = list(dict.fromkeys(s for s in stages if s in {"queued", "generating", "rendering", "done"}))
+    # every stage shows, in order, even one shorter than the CLI's poll
+    assert stages == ["queued", "generating", "rendering", "done"], proc.stdout
+    assert "done in" in proc.stdout
     assert sorted(p.suffix for p in out.iterdir()) == [".mid", ".ogg", ".png"]
 
 
