@@ -83,7 +83,7 @@ def rows_generation(r: dict[str, Any]) -> list[Row]:
         (p, f"notes/s, B=1, {r['seeds']} seeds x {r['bars']} bars: Motif `continue_seed` vs "
             f"{r['baseline']}", _n(r["motif_notes_per_s"], 1), _n(r["baseline_notes_per_s"], 1),
          f"{r['ratio']:.1f}x", "≥ 20x", _met(r["ratio"] >= r["ratio_target"])),
-        (p, "decode steps/s, B=1: Motif raw (`model.step`: LSTMCells + attention) vs baseline "
+        (p, "decode steps/s, B=1: Motif raw (`BatchDecoder.step`: LSTM layers + attention) vs baseline "
             f"(one 100-symbol window; seeds' notes per onset {r['seed_notes_per_onset']})",
          _n(r["decode_steps_per_s"]), _n(r["baseline_steps_per_s"], 1),
          f"{r['decode_steps_per_s'] / r['baseline_steps_per_s']:.1f}x", "", ""),
@@ -94,10 +94,18 @@ def rows_generation(r: dict[str, Any]) -> list[Row]:
     network = 1000 / r["network_notes_per_s"]
     encoder = r["encode_seed_ms"] * r["seeds"] / r["notes_per_round"]
     rows.append(
-        (p, f"Motif ms per note at B=1: network {network:.1f} + encoder share {encoder:.1f} "
-            f"(one {r['encode_seed_notes']}-note seed: {r['encode_seed_ms']:.0f} ms) + sampling "
-            f"and grammar {per_note - network - encoder:.1f}", f"{per_note:.1f} ms", "", "", "", "")
+        (p, f"Motif ms per note at B=1: network {network:.2f} + encoder share {encoder:.2f} "
+            f"(one {r['encode_seed_notes']}-note seed: {r['encode_seed_ms']:.1f} ms) + sampling "
+            f"and grammar {per_note - network - encoder:.2f}", f"{per_note:.2f} ms", "", "", "", "")
     )  # fmt: skip
+    if "matmul_floor_ms" in r:
+        floor = r["matmul_floor_ms"]
+        ceiling = 1000 / floor / r["baseline_notes_per_s"]
+        rows.append(
+            (p, f"floor: one note's matrix products alone at B=1 ({r['weights_per_note_mib']:.1f} "
+                f"MiB of weights read per note); ratio ceiling = (1000 / floor) / baseline notes/s",
+             f"{floor:.3f} ms", "", f"≤ {ceiling:.1f}x", "", "")
+        )  # fmt: skip
     if "tokens_remi_tokens_per_note" in r:
         rows.append(
             (p, f"decode steps per note: Motif (measured) vs miditok REMI tokens/note "

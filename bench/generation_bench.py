@@ -101,15 +101,28 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     def encode() -> None:
         model.encode(events, torch.tensor([events.size(1)]), style, key)
 
+    # The floor: one note's matrix products alone, every weight matrix a note reads once (B=1).
+    w = model.step_weights()
+    mats = [m for m in (*w.hh, *w.ih, w.attn_dec, w.attn_ctx, w.head_in, *w.head_out) if m is not None]
+    inputs = [torch.randn(1, m.size(0)) for m in mats]
+
+    def matmuls() -> None:
+        for _ in range(steps):
+            for x, m in zip(inputs, mats, strict=True):
+                x @ m
+
     run(True)  # warm
     t = workload.interleaved(
-        {"step": lambda: run(False), "note": lambda: run(True), "encode": encode}, 3
-    )
+        {"step": lambda: run(False), "note": lambda: run(True), "encode": encode,
+         "matmuls": matmuls}, 3
+    )  # fmt: skip
     return {
         "decode_steps_per_s": steps / workload.median([s for s, _ in t["step"]]),
         "network_notes_per_s": steps / workload.median([s for s, _ in t["note"]]),
         "encode_seed_ms": 1000 * workload.median([s for s, _ in t["encode"]]),
         "encode_seed_notes": int(events.size(1)),
+        "matmul_floor_ms": 1000 * workload.median([s for s, _ in t["matmuls"]]) / steps,
+        "weights_per_note_mib": sum(m.numel() * m.element_size() for m in mats) / 2**20,
     }
 
 
