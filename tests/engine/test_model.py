@@ -48,14 +48,15 @@ def _step_logits(model, seed, seed_len, style, target, key=None) -> list[torch.T
     return [torch.stack(x, dim=1) for x in out]  # 4 x (B, T, n)
 
 
+def _three_rows():
+    """Seeds of 6, 1 and 0 notes (and their targets), styles and keys, one of them unknown."""
+    seed, target = _events(3, 6), _events(3, 9)
+    return seed, target, torch.tensor([6, 1, 0]), torch.tensor([1, 0, 3]), torch.tensor([5, 0, 20])
+
+
 def test_step_path_equals_full_lstm_path():
     model = _model().eval()
-    seed, target = _events(3, 6), _events(3, 9)
-    seed_len, style, key = (
-        torch.tensor([6, 1, 0]),
-        torch.tensor([1, 0, 3]),
-        torch.tensor([5, 0, 20]),
-    )
+    seed, target, seed_len, style, key = _three_rows()
     with torch.no_grad():
         full = model(seed, seed_len, style, target, key)
         stepped = _step_logits(model, seed, seed_len, style, target, key)
@@ -128,12 +129,7 @@ def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.T
 )
 def test_generation_fast_path_equals_the_training_forward(sizes):
     model = _model(**sizes).eval()
-    seed, target = _events(3, 6), _events(3, 9)
-    seed_len, style, key = (
-        torch.tensor([6, 1, 0]),
-        torch.tensor([1, 0, 3]),
-        torch.tensor([5, 0, 20]),
-    )
+    seed, target, seed_len, style, key = _three_rows()
     with torch.no_grad():
         full = model(seed, seed_len, style, target, key)
         fast = _fast_logits(model, seed, seed_len, style, target, key)
