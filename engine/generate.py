@@ -20,7 +20,7 @@ import torch
 
 from engine.checkpoint import LoadedModel
 from engine.errors import BadParams
-from engine.model import DURATION, PITCH, POSITION, SHIFT, VELOCITY
+from engine.model import DURATION, PITCH, POSITION, SHIFT, VELOCITY, Memory, MotifSeq2Seq
 from engine.music import Piece
 
 log = logging.getLogger(__name__)
@@ -471,6 +471,54 @@ def _finish(lm: LoadedModel, row: _Row, events: np.ndarray, first_tick: int) -> 
     return replace(piece, notes=notes, meta={"rng_seed": str(row.rng_seed)})
 
 
+PAD_WASTE = 1.5  # a group of seeds is encoded together while padding costs at most this share
+
+
+def _encode(
+    model: MotifSeq2Seq,
+    seed: torch.Tensor,
+    seed_len: torch.Tensor,
+    style: torch.Tensor,
+    key: torch.Tensor,
+) -> Memory:
+    """`model.encode` of seeds of very different lengths in groups of similar length (the
+    encoder runs as many steps as a group's longest seed), put back together in row order."""
+    lengths = seed_len.clamp_min(1).tolist()
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:  # ascending: a group's longest seed is its last
+        group = groups[-1] if groups else None
+        if group is not None and lengths[i] * (len(group) + 1) <= PAD_WASTE * (
+            sum(lengths[j] for j in group) + lengths[i]
+        ):
+            group.append(i)
+        else:
+            groups.append([i])
+    if len(groups) == 1:
+        return model.encode(seed, seed_len, style, key)
+    S = seed.size(1)
+    parts = []
+    for group in groups:
+        rows = torch.tensor(group, device=seed.device)
+        width = max(lengths[j] for j in group)
+        parts.append((rows, model.encode(seed[rows, :width], seed_len[rows], style[rows], key[rows])))
+    first = parts[0][1]
+    B, H = seed.size(0), first.values.size(-1)
+    values = first.values.new_zeros(B, S, H)
+    keys = None if first.keys is None else first.keys.new_zeros(B, S, H)
+    mask = torch.zeros(B, S, dtype=torch.bool, device=seed.device)
+    state = [(h.new_zeros(B, H), c.new_zeros(B, H)) for h, c in first.state]
+    for rows, m in parts:
+        width = m.values.size(1)
+        values[rows, :width] = m.values
+        if keys is not None and m.keys is not None:
+            keys[rows, :width] = m.keys
+        mask[rows, :width] = m.mask
+        for (h, c), (mh, mc) in zip(state, m.state, strict=True):
+            h[rows], c[rows] = mh, mc
+    return Memory(values=values, keys=keys, mask=mask, state=state, key=model._key(key, style))
+
+
 @torch.no_grad()
 def continue_batch(lm: LoadedModel, requests: list[GenerationRequest]) -> list[Piece]:
     """Decode all requests together; each row's result equals decoding it alone.
@@ -492,7 +540,7 @@ def continue_batch(lm: LoadedModel, requests: list[GenerationRequest]) -> list[P
     seed_len = torch.tensor([len(r.seed_events) for r in rows], device=device)
     style = torch.tensor([r.style for r in rows], device=device)
     key = torch.tensor([r.key for r in rows], device=device)
-    memory = model.encode(torch.from_numpy(seed).to(device), seed_len, style, key)
+    memory = _encode(model, torch.from_numpy(seed).to(device), seed_len, style, key)
     decoder = model.batch_decoder(memory, style)
     grammar, sampling = _Grammar(lm, rows, device), _Sampling(lm, rows, device)
     offsets = decoder.offsets

@@ -382,3 +382,25 @@ def test_big_batch_with_rows_leaving_equals_each_row_alone(lm):
     batch = continue_batch(lm, requests)
     alone = [continue_batch(lm, [r])[0] for r in requests]
     assert [_keys(p) for p in batch] == [_keys(p) for p in alone]
+
+
+def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_result(lm):
+    from engine.generate import _encode
+
+    torch.manual_seed(3)
+    lengths = [40, 2, 0, 38, 5, 1, 40, 3]  # three groups: (0, 1, 2), (3, 5), (38, 40, 40)
+    cols = [CODEC.n_shift - 1, CODEC.n_pitch, CODEC.n_duration, CODEC.n_velocity, CODEC.n_position]
+    seed = torch.stack([torch.randint(0, n, (len(lengths), 40)) for n in cols], dim=-1)
+    seed_len = torch.tensor(lengths)
+    style = torch.arange(len(lengths)) % CODEC.n_style
+    key = torch.arange(len(lengths)) * 3 % 25
+    with torch.no_grad():
+        whole = lm.model.eval().encode(seed, seed_len, style, key)
+        grouped = _encode(lm.model, seed, seed_len, style, key)
+    assert torch.equal(grouped.mask, whole.mask) and torch.equal(grouped.key, whole.key)
+    real = whole.mask[..., None]
+    torch.testing.assert_close(grouped.values * real, whole.values * real, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grouped.keys * real, whole.keys * real, atol=1e-5, rtol=0)
+    for (h, c), (wh, wc) in zip(grouped.state, whole.state, strict=True):
+        torch.testing.assert_close(h, wh, atol=1e-5, rtol=0)
+        torch.testing.assert_close(c, wc, atol=1e-5, rtol=0)
