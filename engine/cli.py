@@ -35,6 +35,21 @@ def live_workers(settings: Settings) -> list[str]:
         return [w.queues for w in session.scalars(select(Worker).where(Worker.last_seen >= since))]
 
 
+def _wait_deregistered(settings: Settings, proc: subprocess.Popen, timeout: float) -> bool:
+    from sqlalchemy import select
+
+    from engine.db import session_scope
+    from engine.records import Worker
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with session_scope(settings.sqlalchemy_url) as session:
+            if session.scalar(select(Worker.id).where(Worker.pid == proc.pid)) is None:
+                return True
+        time.sleep(0.05)
+    return proc.poll() is not None
+
+
 def start_worker_process(settings: Settings, queues: str = "gpu,cpu,train") -> subprocess.Popen:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logfile = open(settings.data_dir / "worker.log", "ab")  # noqa: SIM115 - owned by the child
@@ -46,12 +61,21 @@ def start_worker_process(settings: Settings, queues: str = "gpu,cpu,train") -> s
     )
 
 
-def stop_worker_process(proc: subprocess.Popen) -> None:
+def stop_worker_process(
+    proc: subprocess.Popen, *, settings: Settings | None = None, timeout: float = 10.0
+) -> None:
+    """Warm-stop a worker started by `start_worker_process` (SIGTERM to its main process, which
+    stops its own children), SIGKILL for the whole group after `timeout` s.
+
+    With `settings`, return as soon as the worker has deregistered (it takes no new work from
+    then on) and let it finish shutting down on its own: Celery's shutdown takes ~7 s."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        os.kill(proc.pid, signal.SIGTERM)
+        if settings is not None and _wait_deregistered(settings, proc, timeout):
+            return
+        proc.wait(timeout=timeout)
     except (subprocess.TimeoutExpired, ProcessLookupError):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -143,7 +167,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
         return 0
     finally:
         if proc is not None and not args.keep_worker:
-            stop_worker_process(proc)
+            stop_worker_process(proc, settings=settings)
 
 
 # --- worker, database, models ---------------------------------------------------------------

@@ -100,6 +100,13 @@ def _start_presence(sender=None, **_: object) -> None:  # type: ignore[no-untype
     _presence.start()
 
 
+@signals.worker_shutting_down.connect
+def _leave(**_: object) -> None:
+    # The first moment of a shutdown (a signal handler): deregister without blocking.
+    if _presence is not None:
+        _presence.leave()
+
+
 @signals.worker_shutdown.connect
 def _stop_presence(**_: object) -> None:
     if _presence is not None:

@@ -60,6 +60,7 @@ class WorkerPresence:
             except Exception:  # noqa: BLE001 - presence must never kill the worker
                 log.warning("worker presence loop failed", exc_info=True)
             self._stop.wait(self.settings.worker_heartbeat_s)
+        self._deregister()  # leaving: no new work is routed here by `motif compose` and /status
 
     def start(self) -> None:
         ensure_schema(self.settings.sqlalchemy_url, auto_create=True)
@@ -67,10 +68,18 @@ class WorkerPresence:
         self._thread = threading.Thread(target=self._loop, name="motif-presence", daemon=True)
         self._thread.start()
 
+    def leave(self) -> None:
+        """Stop taking part at once, without waiting: the presence thread deregisters the worker
+        (safe from a signal handler; Celery's `worker_shutting_down` calls it)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self._deregister()
+
+    def _deregister(self) -> None:
         try:
             with session_scope(self.settings.sqlalchemy_url) as session:
                 session.execute(delete(Worker).where(Worker.hostname == self.hostname))

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from engine import db
+from engine.cli import live_workers
 from engine.db import session_scope
 from engine.jobs import JobService, Requester, validate_options
 from engine.records import Artifact, Request, RequestStatus
@@ -129,6 +130,8 @@ def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
     assert stages == ["queued", "generating", "rendering", "done"], proc.stdout
     assert "done in" in proc.stdout
     assert sorted(p.suffix for p in out.iterdir()) == [".mid", ".ogg", ".png"]
+    # the CLI's own worker left before the CLI returned: a next `motif compose` starts its own
+    assert live_workers(settings) == []
 
 
 def test_motif_compose_cli_rejects_bad_options_before_queuing(tmp_path):
