@@ -132,16 +132,20 @@ def motif_model(path: str | Path | None = None) -> ModelChoice:
 
 
 # --- the music ----------------------------------------------------------------------------------
-def synthetic_pieces(n: int = 24, notes: int = 128, seed: int = 0) -> list[Piece]:
-    """Tunes with real-looking steps and rhythms (the recipe of tests/conftest.py, longer)."""
+def synthetic_pieces(
+    n: int = 24, notes: int | tuple[int, int] = 128, seed: int = 0
+) -> list[Piece]:
+    """Tunes with real-looking steps and rhythms: scales, leaps, varied note lengths. `notes`: per
+    piece, or a (low, high) range drawn per piece (the tests' tiny training runs)."""
     rng = random.Random(seed)
     scale = [0, 2, 4, 5, 7, 9, 11]
     styles = ["folk", "celtic", "chorale", "renaissance"]
     pieces = []
     for i in range(n):
         tonic = 60 + rng.choice([-5, -3, 0, 2, 5])
+        length = notes if isinstance(notes, int) else rng.randint(*notes)
         t, out, degree = 0.0, [], 0
-        for _ in range(notes):
+        for _ in range(length):
             degree = max(-7, min(9, degree + rng.choice([-2, -1, -1, 1, 1, 2, 0, 3])))
             octave, step = divmod(degree, 7)
             dur = rng.choice([0.5, 0.5, 1.0, 1.0, 1.5, 0.25, 2.0])

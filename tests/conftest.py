@@ -203,31 +203,10 @@ def default_model_present() -> bool:
 
 
 def synthetic_pieces(n: int = 24, seed: int = 0) -> list:
-    """Small real-looking tunes (scales, arpeggios, varied rhythm) for tiny training runs."""
-    import random
+    """Small real-looking tunes (24 to 48 notes) for tiny training runs."""
+    from bench.workload import synthetic_pieces as tunes
 
-    from engine.music import Note, Piece
-
-    rng = random.Random(seed)
-    scale = [0, 2, 4, 5, 7, 9, 11]
-    styles = ["folk", "celtic", "chorale", "renaissance"]
-    pieces = []
-    for i in range(n):
-        tonic = 60 + rng.choice([-5, -3, 0, 2, 5])
-        t, notes = 0.0, []
-        degree = 0
-        for _ in range(rng.randint(24, 48)):
-            degree = max(-7, min(9, degree + rng.choice([-2, -1, -1, 1, 1, 2, 0, 3])))
-            octave, step = divmod(degree, 7)
-            pitch = tonic + 12 * octave + scale[step]
-            dur = rng.choice([0.5, 0.5, 1.0, 1.0, 1.5, 0.25, 2.0])
-            notes.append(Note(t, dur * 0.95, pitch, rng.choice([64, 80, 96])))
-            t += dur
-        pieces.append(
-            Piece(tuple(notes), tempo_bpm=100.0, time_signature=(4, 4), style=styles[i % 4],
-                  name=f"synthetic-{i}")
-        )
-    return pieces
+    return tunes(n, notes=(24, 48), seed=seed)
 
 
 @pytest.fixture(scope="session")
