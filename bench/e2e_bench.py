@@ -72,17 +72,13 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        from engine.cli import live_workers
+        from engine.cli import wait_worker_ready
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} worker exited: {self.tail()}")
-            if live_workers(self.settings):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} worker not ready: {self.tail()}")
+        assert self.proc is not None
+        try:
+            wait_worker_ready(self.settings, self.proc, timeout, self.tail)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{self.name} {exc}") from None
 
     def stop(self) -> None:
         from engine.cli import stop_worker_process

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def live_workers(settings: Settings) -> list[str]:
     since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
     with session_scope(settings.sqlalchemy_url) as session:
         return [w.queues for w in session.scalars(select(Worker).where(Worker.last_seen >= since))]
+
+
+def wait_worker_ready(
+    settings: Settings, proc: subprocess.Popen, timeout: float, log_tail: Callable[[], str]
+) -> None:
+    """Wait until a worker started for `settings` has registered; RuntimeError if it exits
+    first, TimeoutError after `timeout` s (both with the end of its log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {log_tail()}")
+        if live_workers(settings):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not ready: {log_tail()}")
 
 
 def _wait_deregistered(settings: Settings, proc: subprocess.Popen, timeout: float) -> bool:

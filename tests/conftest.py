@@ -139,17 +139,10 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        from engine.cli import live_workers
+        from engine.cli import wait_worker_ready
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
-            if live_workers(self.settings):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not ready: {self.log.read_text()[-3000:]}")
+        assert self.proc is not None
+        wait_worker_ready(self.settings, self.proc, timeout, self.tail)
 
     def kill9(self) -> None:
         import signal
