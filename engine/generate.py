@@ -86,10 +86,9 @@ def _best_key(hist: np.ndarray) -> int | None:
 def estimate_key(piece: Piece) -> tuple[int, str] | None:
     """(tonic pitch class, "major" | "minor") by Krumhansl-Schmuckler on duration-weighted
     pitch classes; None for a piece without notes."""
-    hist = np.zeros(12)
-    for n in piece.notes:
-        hist[n.pitch % 12] += max(n.duration, 1e-3)
-    best = _best_key(hist)
+    pitches = np.array([n.pitch for n in piece.notes], dtype=np.int64)
+    weights = np.maximum(np.array([n.duration for n in piece.notes], dtype=np.float64), 1e-3)
+    best = _best_key(np.bincount(pitches % 12, weights=weights, minlength=12))
     return None if best is None else (best % 12, "major" if best < 12 else "minor")
 
 
@@ -122,9 +121,10 @@ def key_of_class(key: int) -> tuple[int, str] | None:
     return (key - 1) % 12, "major" if key <= 12 else "minor"
 
 
-def scale_pitch_classes(piece: Piece) -> frozenset[int]:
-    """The estimated key's scale, plus every pitch class the seed itself uses (modes, accidentals)."""
-    key = estimate_key(piece)
+def scale_pitch_classes(piece: Piece, key: tuple[int, str] | None = None) -> frozenset[int]:
+    """The estimated key's scale (or `key`'s), plus every pitch class the seed itself uses
+    (modes, accidentals)."""
+    key = key or estimate_key(piece)
     if key is None:
         return frozenset(range(12))
     tonic, mode = key
@@ -192,6 +192,7 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
     generator = torch.Generator().manual_seed(int(rng_seed))
     pitch_ok = np.ones(codec.n_pitch, dtype=bool)
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)
+    seed_tonal: tuple[int, str] | None = None
     if seed is None:
         events = np.zeros((0, 5), dtype=np.int64)
         ref_tick = seed_end = 0
@@ -200,22 +201,23 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         # let the key conditioning hold the music to it.
         key = 1 + int(torch.randint(24, (1,), generator=generator)) if lm.config.n_key else 0
     else:
-        events = codec.encode(seed)[-MAX_SEED_NOTES:]
-        ref_tick = max(codec.onset_ticks(seed))
-        seed_end = max(
-            codec.to_ticks(n.start) + max(1, codec.to_ticks(n.duration)) for n in seed.notes
-        )
+        onsets, durations, pitches, velocities = codec.note_ticks(seed)
+        events = codec.encode_ticks(onsets, durations, pitches, velocities, ts)[-MAX_SEED_NOTES:]
+        ref_tick = int(onsets.max())
+        seed_end = int((onsets + np.maximum(1, durations)).max())
         low = max(0, int(events[:, PITCH].min()) - PITCH_MARGIN)
         high = min(codec.n_pitch - 1, int(events[:, PITCH].max()) + PITCH_MARGIN)
         pitch_ok[:] = False
         pitch_ok[low : high + 1] = True
-        in_scale = scale_pitch_classes(seed)
+        seed_tonal = estimate_key(seed)
+        in_scale = np.zeros(12, dtype=bool)
+        in_scale[sorted(scale_pitch_classes(seed, seed_tonal))] = True
         pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
-        pitch_bias[~np.isin(pcs, sorted(in_scale))] = -req.key_penalty
+        pitch_bias[~in_scale[pcs]] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]
         key = seed_key(events, codec) if lm.config.n_key else 0
     # the key to gravitate to: the seed's estimate, or the key picked for no seed
-    tonal = estimate_key(seed) if seed is not None else key_of_class(key)
+    tonal = seed_tonal if seed is not None else key_of_class(key)
     if tonal is not None and req.key_gravity > 0:
         pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
         pitch_bias += key_profile_bias(*tonal, req.key_gravity)[pcs]

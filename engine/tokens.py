@@ -76,6 +76,7 @@ class EventCodec:
         self.n_position = config.max_position + 1
         self.n_style = len(config.styles)
         self._bins = np.asarray(config.duration_bins, dtype=np.int64)
+        self._velocities = np.array([self.velocity_of_bin(b) for b in range(self.n_velocity)])
 
     # --- small pieces of the representation --------------------------------------------------
     def style_index(self, style: str | None) -> int:
@@ -139,15 +140,18 @@ class EventCodec:
         POSITION is the true bar position of the onset (tick 0 is a downbeat); when generating,
         the running sum of shifts from `start_tick` gives the same value.
         """
+        return self.encode_ticks(*self.note_ticks(piece), piece.time_signature, start_tick=start_tick)
+
+    def note_ticks(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The piece's onsets and durations on the tick grid (`to_ticks` of each), pitches and
+        velocities: four int64 arrays in the piece's note order."""
         notes = piece.notes
         tpb = self.config.ticks_per_beat
-        return self.encode_ticks(
-            np.rint(np.array([n.start for n in notes], dtype=np.float64) * tpb),
-            np.rint(np.array([n.duration for n in notes], dtype=np.float64) * tpb),
+        return (
+            np.rint(np.array([n.start for n in notes], dtype=np.float64) * tpb).astype(np.int64),
+            np.rint(np.array([n.duration for n in notes], dtype=np.float64) * tpb).astype(np.int64),
             np.array([n.pitch for n in notes], dtype=np.int64),
             np.array([n.velocity for n in notes], dtype=np.int64),
-            piece.time_signature,
-            start_tick=start_tick,
         )
 
     def encode_ticks(
@@ -226,16 +230,18 @@ class EventCodec:
                 raise ValueError(f"{label} class out of range 0..{size - 1}")
         tpb = cfg.ticks_per_beat
         onsets = int(start_tick) + np.cumsum(arr[:, SHIFT]) if len(arr) else np.zeros(0, np.int64)
+        pitches = arr[:, PITCH] + cfg.pitch_low
+        order = np.lexsort((pitches, onsets))  # (start, pitch) order, stable
         notes = [
-            Note(
-                start=int(onsets[i]) / tpb,
-                duration=int(self._bins[arr[i, DURATION]]) / tpb,
-                pitch=int(arr[i, PITCH]) + cfg.pitch_low,
-                velocity=self.velocity_of_bin(int(arr[i, VELOCITY])),
+            Note(start=s, duration=d, pitch=p, velocity=v)
+            for s, d, p, v in zip(
+                (onsets[order] / tpb).tolist(),
+                (self._bins[arr[order, DURATION]] / tpb).tolist(),
+                pitches[order].tolist(),
+                self._velocities[arr[order, VELOCITY]].tolist(),
+                strict=True,
             )
-            for i in range(len(arr))
         ]
-        notes.sort(key=lambda n: (n.start, n.pitch))
         return Piece(
             notes=tuple(notes),
             tempo_bpm=float(tempo_bpm),
