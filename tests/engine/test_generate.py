@@ -384,6 +384,20 @@ def test_big_batch_with_rows_leaving_equals_each_row_alone(lm):
     assert [_keys(p) for p in batch] == [_keys(p) for p in alone]
 
 
+@pytest.mark.parametrize("check_every", [3, 8])
+def test_reading_done_rows_less_often_changes_no_note(lm, check_every):
+    """The GPU reads how many rows are done every CHECK_EVERY steps, not every step: rows that
+    finish in between decode on, masked out, and rows leave the batch later. Same notes."""
+    requests = [
+        GenerationRequest(_seed(C_MAJOR[: 2 + i % 6]), 1 + i % 4, rng_seed=40 + i, top_p=0.9)
+        for i in range(10)
+    ] + [GenerationRequest(None, 2, rng_seed=7)]
+    every_step = continue_batch(lm, requests, check_every=1)
+    assert len({len(p.notes) for p in every_step}) > 3  # rows finish at many different steps
+    sparse = continue_batch(lm, requests, check_every=check_every)
+    assert [_keys(p) for p in sparse] == [_keys(p) for p in every_step]
+
+
 def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_result(lm):
     from engine.generate import _encode
 
