@@ -354,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else getattr(logging, get_settings().log_level, 20),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # alembic tells every command which dialect it found, and kombu that a filesystem://
+        # broker has no host name: noise for users (errors still surface as exceptions)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except MotifError as exc:

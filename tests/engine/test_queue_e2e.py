@@ -129,6 +129,8 @@ def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
     # every stage shows, in order, even one shorter than the CLI's poll
     assert stages == ["queued", "generating", "rendering", "done"], proc.stdout
     assert "done in" in proc.stdout
+    # nothing from the libraries' chatter: alembic's dialect lines, kombu's missing host name
+    assert "alembic" not in proc.stderr and "kombu" not in proc.stderr, proc.stderr
     assert sorted(p.suffix for p in out.iterdir()) == [".mid", ".ogg", ".png"]
     # the CLI's own worker left before the CLI returned: a next `motif compose` starts its own
     assert live_workers(settings) == []
