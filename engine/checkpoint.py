@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import BadParams, MotifError, NotFound
+from engine.errors import BadCheckpoint, BadParams, NotFound
 from engine.model import ModelConfig, MotifSeq2Seq
 from engine.tokens import EventCodec, TokenizerConfig
 
@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "motif-checkpoint"
 FORMAT_VERSION = 1
-
-
-class BadCheckpoint(MotifError):
-    """A file that is not a (usable) Motif checkpoint."""
 
 
 @dataclass

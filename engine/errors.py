@@ -16,6 +16,10 @@ class BadMidi(MotifError):
     """The MIDI bytes are unusable as a seed (corrupt, empty, drums only, too big, ...)."""
 
 
+class BadCheckpoint(MotifError):
+    """A file that is not a (usable) Motif checkpoint."""
+
+
 class BadParams(MotifError):
     """A request option is out of range or unknown."""
 
