@@ -335,21 +335,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)").set_defaults(
         func=cmd_bot
     )
-    for name, module, text in (
-        ("corpus", "engine.corpus", "`motif corpus build`: cache the music21 training corpus"),
-        ("train", "engine.train", "train a model"),
-        ("eval", "engine.evaluate", "measure a model against the baseline"),
-        ("retrain", "engine.retrain", "queue a retraining run on shared tunes"),
-        ("health", "engine.health", "check this container's health: bot, worker or db"),
-    ):
+    for name, (module, text) in DELEGATED.items():
         x = sub.add_parser(name, help=text, add_help=False)
         x.add_argument("rest", nargs=argparse.REMAINDER)
         x.set_defaults(func=lambda a, mod=module: cmd_delegate(mod, a.rest))
     return p
 
 
+# Commands whose own parser reads everything after the command's name.
+DELEGATED = {
+    "corpus": ("engine.corpus", "`motif corpus build`: cache the music21 training corpus"),
+    "train": ("engine.train", "train a model"),
+    "eval": ("engine.evaluate", "measure a model against the baseline"),
+    "retrain": ("engine.retrain", "queue a retraining run on shared tunes"),
+    "health": ("engine.health", "check this container's health: bot, worker or db"),
+}
+
+
+def _split_delegated(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """(what motif's own parser reads, what the delegated command's parser reads, or None).
+    argparse's REMAINDER drops a first argument that looks like an option (`motif eval
+    --model m.pt` would fail), so a delegated command's arguments never go through it."""
+    for i, token in enumerate(argv):
+        if not token.startswith("-"):
+            return (argv[: i + 1], argv[i + 1 :]) if token in DELEGATED else (argv, None)
+    return argv, None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    head, rest = _split_delegated(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(head)
+    if rest is not None:
+        args.rest = rest
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else getattr(logging, get_settings().log_level, 20),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

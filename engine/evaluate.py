@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 MOTIF, BASELINE, REAL = "Motif", "hobby LSTM baseline", "real held-out music"
 EQUAL_WIDTH = "hobby LSTM baseline at Motif's width"
 TEMPERATURE, TOP_P = 1.0, 0.95
+PRECISIONS = ("bfloat16", "float16")  # `--half`: the likelihood again in each
 NLL_MAX_WINDOWS = 2000  # Motif's fixed evaluation windows (64 notes each), evenly thinned
 # A held-out piece sharing this many consecutive notes (intervals and lengths) with one training
 # piece is a near-duplicate (the same tune filed twice, a chorale harmonised twice): it is left
@@ -167,6 +168,7 @@ def evaluate(
     nll_max_windows: int | None = NLL_MAX_WINDOWS,
     key_gravity: float | None = None,
     with_nll: bool = True,
+    precisions: Sequence[str] = (),
 ) -> EvalReport:
     """Measure the model at `model_path` (and the baseline, if given) on `n_seeds` test pieces of
     the corpus: the first `seed_bars` bars seed a continuation of `bars` bars. Motif samples with
@@ -242,6 +244,10 @@ def evaluate(
             motif_nll = dict(lm.meta.get("metrics", {}).get(short) or {})
         nll["motif"][split] = motif_nll.get("nll_per_note", math.nan)
         nll["motif_pitch"][split] = motif_nll.get("nll_pitch", math.nan)
+        for name in precisions if evaluate_nll is not None else ():
+            # the same windows with the model's weights and arithmetic in half precision
+            half = evaluate_nll(lm, pieces, max_windows=nll_max_windows, dtype=getattr(torch, name))
+            nll.setdefault(f"motif_{name}", {})[split] = half.get("nll_per_note", math.nan)
         if bm is not None:
             b = baseline_nll(bm, pieces)
             nll["baseline_symbol"][split] = b.per_symbol
@@ -340,6 +346,11 @@ def format_report(report: EvalReport) -> str:
     n = report.nll
     nll_rows = [
         ("motif", "Motif, per note event (timing + pitch + length + loudness, and the end)"),
+        *(
+            (key, f"Motif, per note event, weights and arithmetic in {key[len('motif_'):]}")
+            for key in n
+            if key.removeprefix("motif_") in PRECISIONS
+        ),
         ("motif_pitch", "Motif, pitch field only, per note"),
         ("baseline_note", "hobby baseline, per note (pitch symbols only)"),
         ("baseline_symbol", "hobby baseline, per onset symbol (a chord is one symbol)"),
@@ -392,6 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--key-gravity", type=float, default=None, help="Motif's tonal gravity (default: 0.75)"
     )
     parser.add_argument("--no-nll", action="store_true", help="skip the likelihood table")
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="also score Motif with its weights in bfloat16 and in float16 (does half precision "
+        "hurt quality?)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table")
     args = parser.parse_args(argv)
@@ -413,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_bars=args.seed_bars,
         key_gravity=args.key_gravity,
         with_nll=not args.no_nll,
+        precisions=PRECISIONS if args.half else (),
     )
     text = format_report(report)
     print(text)

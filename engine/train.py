@@ -9,6 +9,7 @@ gate compares models with.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import logging
 import math
@@ -342,7 +343,7 @@ def _evaluate(model: MotifSeq2Seq, batches, device: torch.device) -> dict[str, f
         batch = {k: v.to(device) for k, v in batch.items()}
         target = batch["target"]
         logits = model(batch["seed"], batch["seed_len"], batch["style"], target, batch["key"])
-        nll = field_nll(logits, target)
+        nll = field_nll([lg.float() for lg in logits], target)  # (half-precision models too)
         total += nll.sum(dim=(0, 1)).double().cpu()
         counted += (target[..., :4] != IGNORE).sum(dim=(0, 1)).double().cpu()
         notes += int((target[..., SHIFT] != IGNORE).sum())
@@ -363,13 +364,18 @@ def evaluate_nll(
     seed_len: int = EVAL_SEED_LEN,
     target_len: int = EVAL_TARGET_LEN,
     max_windows: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Mean NLL per note event (notes and the end of each piece; nats, all four fields summed)
     and per field, on fixed windows of `pieces` with the pieces' own styles. Empty dict if
-    there is nothing to score."""
+    there is nothing to score. `dtype` (e.g. torch.bfloat16): score a copy of the model whose
+    weights and arithmetic are in that precision (the loss itself in float32)."""
     data = encode_pieces(lm.codec, pieces)
     batches = eval_batches(data, lm.codec, batch_size, seed_len, target_len, max_windows)
-    return _evaluate(lm.model, batches, lm.device)
+    model = lm.model
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        model = copy.deepcopy(model).to(dtype)
+    return _evaluate(model, batches, lm.device)
 
 
 # --- the loop -----------------------------------------------------------------------------------

@@ -187,3 +187,46 @@ def test_evaluate_with_another_key_gravity_and_no_likelihoods(tiny_files, tmp_pa
     assert set(data["settings"]["near_duplicates_left_out"]) == {"validation", "test"}
     assert "Negative log-likelihood" not in capsys.readouterr().out
     assert data["quality"]["Motif"]["n"] == 2
+
+
+def test_half_precision_likelihood_rows(tiny_files, tmp_path, capsys):
+    """`motif eval --half` scores the same windows with the weights in bfloat16 and float16: close
+    to the float32 figure for a tiny model, and the loaded model itself stays float32."""
+    import torch
+
+    from engine.checkpoint import load_checkpoint
+    from engine.corpus import load_corpus
+    from engine.evaluate import main
+    from engine.train import evaluate_nll
+
+    model_path, _ = tiny_files
+    lm = load_checkpoint(model_path)
+    pieces = load_corpus("fake.npz").pieces("test")
+    full = evaluate_nll(lm, pieces)["nll_per_note"]
+    for dtype in (torch.bfloat16, torch.float16):
+        half = evaluate_nll(lm, pieces, dtype=dtype)["nll_per_note"]
+        assert half != full and abs(half - full) < 0.05 * full  # really in half, and close
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())
+
+    out = tmp_path / "report.json"
+    argv = ["--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2", "--bars", "2"]
+    assert main([*argv, "--seed-bars", "2", "--half", "--json", str(out)]) == 0
+    nll = json.loads(out.read_text())["nll"]
+    assert set(nll["motif_bfloat16"]) == set(nll["motif_float16"]) == {"validation", "test"}
+    assert "weights and arithmetic in bfloat16" in capsys.readouterr().out
+
+
+def test_motif_eval_passes_its_options_through_the_motif_command(tiny_files, tmp_path, capsys):
+    """`motif eval --model …` (options first) reaches engine.evaluate's parser; argparse's
+    REMAINDER alone used to refuse it, and `motif train --help` printed motif's usage."""
+    from engine.cli import main
+
+    model_path, _ = tiny_files
+    out = tmp_path / "report.json"
+    argv = ["eval", "--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2"]
+    assert main([*argv, "--bars", "2", "--seed-bars", "2", "--no-nll", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["n_seeds"] == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["-v", "train", "--help"])
+    assert exc.value.code == 0 and "usage: motif train" in capsys.readouterr().out
