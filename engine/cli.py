@@ -272,7 +272,9 @@ def cmd_status(_: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     st = JobService(settings).queue_status()
-    print(f"queued {st.queued}, running {st.running}, active model {st.active_model}")
+    # (none registered yet: the first worker registers the shipped default when it starts)
+    model = st.active_model or "the shipped default (not registered yet)"
+    print(f"queued {st.queued}, running {st.running}, active model {model}")
     for w in st.workers:
         print(f"  worker {w}")
     return 0

@@ -166,3 +166,15 @@ def test_motif_compose_cli_refuses_a_corrupt_seed_before_starting_anything(tmp_p
     assert proc.returncode == 2 and "not a valid MIDI file" in proc.stderr
     assert "starting a local worker" not in proc.stdout
     assert not (settings.data_dir / "motif.db").exists()
+
+
+def test_motif_status_on_a_fresh_database(tmp_path):
+    settings = make_settings(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "status"],
+        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(
+        "queued 0, running 0, active model the shipped default (not registered yet)"
+    ), proc.stdout
