@@ -398,6 +398,47 @@ def test_reading_done_rows_less_often_changes_no_note(lm, check_every):
     assert [_keys(p) for p in sparse] == [_keys(p) for p in every_step]
 
 
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor calls that make a GPU wait for its results (device -> host reads)."""
+
+    READS = frozenset(
+        {"item", "tolist", "numpy", "cpu", "nonzero", "masked_select", "unique", "__bool__",
+         "__int__", "__float__", "__index__"}
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_gpu_cadence_reads_the_device_once_per_check_not_per_note(lm):
+    """What would be a host synchronisation on a GPU, counted on the CPU: with CHECK_EVERY 8,
+    one read of the done count every 8 steps, plus a bounded few per batch compaction and at
+    the end; nothing per note (no .item(), no bool() of a tensor)."""
+    from bench.generation_bench import count_steps
+
+    requests = [
+        GenerationRequest(_seed(C_MAJOR[: 2 + i % 6]), 4 + 3 * i, rng_seed=60 + i, top_p=0.9)
+        for i in range(12)
+    ]
+    reads = _HostReads()
+    with reads:
+        continue_batch(lm, requests, check_every=8)
+    _, steps = count_steps(lm, lambda: continue_batch(lm, requests, check_every=8))
+    assert steps > 40
+    assert reads.counts["__int__"] == -(-steps // 8)  # the done count, every 8th step
+    assert not {"item", "__bool__", "__float__", "masked_select", "unique"} & set(reads.counts)
+    compactions = reads.counts.get("nonzero", 0)
+    other = sum(n for name, n in reads.counts.items() if name != "__int__")
+    assert other <= 8 * (compactions + 1), reads.counts  # per compaction, not per note
+
+
 def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_result(lm):
     from engine.generate import _encode
 
