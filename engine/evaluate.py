@@ -347,9 +347,8 @@ def format_report(report: EvalReport) -> str:
     nll_rows = [
         ("motif", "Motif, per note event (timing + pitch + length + loudness, and the end)"),
         *(
-            (key, f"Motif, per note event, weights and arithmetic in {key[len('motif_'):]}")
-            for key in n
-            if key.removeprefix("motif_") in PRECISIONS
+            (f"motif_{name}", f"Motif, per note event, weights and arithmetic in {name}")
+            for name in PRECISIONS
         ),
         ("motif_pitch", "Motif, pitch field only, per note"),
         ("baseline_note", "hobby baseline, per note (pitch symbols only)"),

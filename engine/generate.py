@@ -211,7 +211,7 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_ok[low : high + 1] = True
         seed_tonal = estimate_key(seed)
         in_scale = np.zeros(12, dtype=bool)
-        in_scale[sorted(scale_pitch_classes(seed, seed_tonal))] = True
+        in_scale[list(scale_pitch_classes(seed, seed_tonal))] = True
         pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
         pitch_bias[~in_scale[pcs]] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]

@@ -102,11 +102,6 @@ class EventCodec:
     def to_ticks(self, beats: float) -> int:
         return int(round(beats * self.config.ticks_per_beat))
 
-    def onset_ticks(self, piece: Piece) -> list[int]:
-        """Onsets of the piece's notes on the tick grid, in (onset, pitch) order."""
-        ticks = [self.to_ticks(n.start) for n in piece.notes]
-        return sorted(ticks)
-
     def fold_pitch(self, pitch: int) -> int:
         """Move a pitch by octaves into [pitch_low, pitch_high]."""
         low, high = self.config.pitch_low, self.config.pitch_high
