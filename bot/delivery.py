@@ -222,6 +222,8 @@ class Deliveries:
         self._delivered: set[int] = set()
         self._tasks: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # requests whose progress message this process keeps, until their result is ready
+        self._watching: dict[int, Destination] = {}
 
     @property
     def jobs(self):  # type: ignore[no-untyped-def]
@@ -269,6 +271,7 @@ class Deliveries:
                 log.info("request #%s is being delivered by another bot process", request_id)
                 return
             renewed = loop.time()
+            self._watching[request_id] = destination
             while True:
                 p = await asyncio.to_thread(self.jobs.progress, request_id)
                 if p.finished:
@@ -288,12 +291,14 @@ class Deliveries:
                         return
                     renewed = loop.time()
                 await asyncio.sleep(self.poll_interval_s)
+            self._watching.pop(request_id, None)  # from here on the result is being posted
             delivered = await self.deliver(p, destination, throttle if progress_alive else None)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("delivering request #%s failed; the sweep will retry", request_id)
         finally:
+            self._watching.pop(request_id, None)
             self._claimed.discard(request_id)
             if not delivered:
                 await asyncio.shield(self._release(request_id))
@@ -428,13 +433,39 @@ class Deliveries:
                 self._sweep_forever(), name="motif-delivery-sweep"
             )
 
-    async def stop(self) -> None:
+    async def stop(self, notice_timeout_s: float = 5.0) -> None:
+        watching = list(self._watching.items())  # (the follows forget them when cancelled)
         tasks = list(self._tasks) + ([self._sweeper] if self._sweeper else [])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # after the follows stopped, so no progress edit of theirs lands after this one
+        await self._say_restarting(watching, notice_timeout_s)
         self._sweeper = None
         # the claims given back by the cancelled tasks are written before the bot says it stopped
         claims, self._claims = self._claims, ThreadPoolExecutor(1, "motif-claims")
         await asyncio.get_running_loop().run_in_executor(claims, lambda: None)
         claims.shutdown(wait=False)
+
+    async def _say_restarting(
+        self, watching: list[tuple[int, Destination]], timeout_s: float
+    ) -> None:
+        """Progress messages this process kept would otherwise stay at their last stage ("…is
+        queued") after it stops: say that the result will come to the channel (the next bot's
+        sweep posts it there). Bounded by `timeout_s`; a failed edit is only logged."""
+        edits = [
+            destination.edit_progress(messages.restarting_text(request_id))
+            for request_id, destination in watching
+            if destination.can_edit_progress()
+        ]
+        if not edits:
+            return
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*edits, return_exceptions=True), timeout_s
+            )
+        except TimeoutError:
+            log.warning("telling users about the restart took over %.0f s; stopping", timeout_s)
+            return
+        for failed in (r for r in results if isinstance(r, Exception)):
+            log.info("could not tell a user about the restart: %r", failed)

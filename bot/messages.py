@@ -44,6 +44,14 @@ def progress_text(p: Progress) -> str:
     return failure_text(p)
 
 
+def restarting_text(request_id: int) -> str:
+    """What a request's progress message says when the bot stops before its result is ready."""
+    return (
+        f"🔄 Motif is restarting. Request #{request_id} keeps going; its result will be posted in "
+        "this channel when it is ready."
+    )
+
+
 def failure_text(p: Progress) -> str:
     reason = p.error_user or "something went wrong on our side"
     return f"❌ Request #{p.request_id} failed: {reason}"

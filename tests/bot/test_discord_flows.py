@@ -219,7 +219,14 @@ def test_results_pending_at_a_restart_are_delivered_when_the_bot_is_back(
             h.inject(h.payloads.slash("compose", {}, user_id=55))
             h.inject(h.payloads.slash("compose", {}, user_id=56))
             await queued(jobs, dispatched, 2)
+            await h.fake.wait_for("PATCH", ORIGINAL, count=2)  # "…is queued", each
             await h.stop_bot()  # the bot goes down with two jobs in flight
+            # each progress message says where the result will come instead of staying "queued"
+            last = {}
+            for call in h.fake.find("PATCH", ORIGINAL):
+                last[call.path] = call.json["content"]
+            assert len(last) == 2 and all("Motif is restarting" in t for t in last.values()), last
+            assert {int(t.split("#")[1].split(" ")[0]) for t in last.values()} == set(dispatched)
             owner = {jobs.progress(rid).user_discord_id: rid for rid in dispatched}
             worker.complete(owner[55])
             worker.fail(owner[56], "the model could not continue this seed")
