@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 
 import discord
 from discord import app_commands
@@ -87,3 +89,15 @@ class MotifBot(commands.Bot):
     async def close(self) -> None:
         await self.deliveries.stop()
         await super().close()
+
+    def close_on_sigterm(self) -> None:
+        """`docker stop` and systemd send SIGTERM, which would kill the process where it stands:
+        close the bot instead, as Ctrl-C does (progress messages get their restart notice)."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(self.close()))
+
+    async def serve(self, token: str) -> None:
+        """Log in, connect and run until closed (by Ctrl-C, SIGTERM or `close`)."""
+        async with self:
+            self.close_on_sigterm()
+            await self.start(token)

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
+import aiohttp
 import discord
 
 from engine.db import ensure_schema
@@ -39,10 +41,19 @@ def run(settings: Settings | None = None) -> int:
 
     bot = MotifBot(settings)
     try:
-        bot.run(token, log_handler=None)
+        asyncio.run(bot.serve(token))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: asyncio.run cancelled `serve`, which closed the bot on its way out
     except discord.LoginFailure:
         print(
             "motif bot: Discord refused the token in DISCORD_TOKEN; copy it again.", file=sys.stderr
+        )
+        return 2
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        print(
+            f"motif bot: cannot reach Discord ({exc}). Check this machine's network, DNS or "
+            "proxy, then start the bot again.",
+            file=sys.stderr,
         )
         return 2
     return 0

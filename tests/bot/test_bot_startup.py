@@ -79,3 +79,20 @@ def test_an_out_of_date_schema_is_a_clear_message_not_a_traceback(tmp_path, caps
     assert run(settings) == 2
     err = capsys.readouterr().err
     assert "motif db upgrade" in err and token not in err
+
+
+def test_discord_out_of_reach_is_a_clear_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import socket
+
+    import discord
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    token = "sekrit-token-value"
+    settings = Settings(_env_file=None, data_dir=tmp_path, DISCORD_TOKEN=token)  # type: ignore[call-arg]
+    assert run(settings) == 2
+    err = capsys.readouterr().err
+    assert "motif bot: cannot reach Discord" in err and token not in err
+    assert "Traceback" not in err

@@ -337,3 +337,28 @@ def test_only_owners_can_sync_globally(bot_settings, jobs):
             assert len(h.fake.find("PUT", rf"/applications/{APP_ID}/commands")) == 1
 
     asyncio.run(scenario())
+
+
+def test_sigterm_closes_the_bot_like_ctrl_c_with_the_restart_notice(bot_settings, jobs, dispatched):
+    """`docker stop` sends SIGTERM: the bot closes (deliveries stopped, progress messages told)
+    instead of dying where it stands."""
+    import os
+    import signal
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            h.inject(h.payloads.slash("compose", {}, user_id=71))
+            (rid,) = await queued(jobs, dispatched)
+            await h.fake.wait_for("PATCH", ORIGINAL)
+            bot = h.bot
+            bot.close_on_sigterm()
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                await until(bot.is_closed)
+            finally:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+            h.bot = None  # closed by the signal
+            last = h.fake.find("PATCH", ORIGINAL)[-1].json["content"]
+            assert last.startswith(f"🔄 Motif is restarting. Request #{rid} "), last
+
+    asyncio.run(scenario())
