@@ -24,6 +24,11 @@ Create an application at https://discord.com/developers/applications, add a bot,
 then run `DISCORD_TOKEN=... python -m bot` (or put DISCORD_TOKEN=... in .env)."""
 
 
+def _no_voice_warning(record: logging.LogRecord) -> bool:
+    # Motif never joins a voice channel: discord.py's "PyNaCl is not installed" is noise
+    return "voice will NOT be supported" not in record.getMessage()
+
+
 def run(settings: Settings | None = None) -> int:
     settings = settings or get_settings()
     token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
@@ -36,7 +41,9 @@ def run(settings: Settings | None = None) -> int:
     except (SchemaOutOfDate, ServiceUnavailable) as exc:
         print(f"motif bot: {exc.user_message}", file=sys.stderr)
         return 2
-    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+    if not logging.getLogger().handlers:  # `motif bot` has set logging up already
+        discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+    logging.getLogger("discord.client").addFilter(_no_voice_warning)
     from bot.client import MotifBot
 
     bot = MotifBot(settings)

@@ -81,7 +81,10 @@ def test_an_out_of_date_schema_is_a_clear_message_not_a_traceback(tmp_path, caps
     assert "motif db upgrade" in err and token not in err
 
 
-def test_discord_out_of_reach_is_a_clear_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+def test_discord_out_of_reach_is_a_clear_message_not_a_traceback(
+    tmp_path, capsys, caplog, monkeypatch
+):
+    import logging
     import socket
 
     import discord
@@ -92,7 +95,11 @@ def test_discord_out_of_reach_is_a_clear_message_not_a_traceback(tmp_path, capsy
     monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
     token = "sekrit-token-value"
     settings = Settings(_env_file=None, data_dir=tmp_path, DISCORD_TOKEN=token)  # type: ignore[call-arg]
+    caplog.set_level(logging.INFO, logger="discord")
     assert run(settings) == 2
     err = capsys.readouterr().err
     assert "motif bot: cannot reach Discord" in err and token not in err
     assert "Traceback" not in err
+    logged = [r.getMessage() for r in caplog.records if r.name == "discord.client"]
+    assert "logging in using static token" in logged  # discord.client's records get through …
+    assert not any("voice will NOT be supported" in m for m in logged)  # … but not this noise
