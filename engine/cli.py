@@ -338,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_bot
     )
     for name, (module, text) in DELEGATED.items():
+        # the arguments after the name are the command's own: `parse_args` puts them in `rest`
         x = sub.add_parser(name, help=text, add_help=False)
-        x.add_argument("rest", nargs=argparse.REMAINDER)
-        x.set_defaults(func=lambda a, mod=module: cmd_delegate(mod, a.rest))
+        x.set_defaults(rest=[], func=lambda a, mod=module: cmd_delegate(mod, a.rest))
     return p
 
 
@@ -354,21 +354,22 @@ DELEGATED = {
 }
 
 
-def _split_delegated(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """(what motif's own parser reads, what the delegated command's parser reads, or None).
-    argparse's REMAINDER drops a first argument that looks like an option (`motif eval
-    --model m.pt` would fail), so a delegated command's arguments never go through it."""
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Motif's own options and command; everything after a delegated command's name goes to
+    that command's parser untouched (`rest`). argparse's REMAINDER would drop a first argument
+    that looks like an option: `motif eval --model m.pt` was refused."""
     for i, token in enumerate(argv):
         if not token.startswith("-"):
-            return (argv[: i + 1], argv[i + 1 :]) if token in DELEGATED else (argv, None)
-    return argv, None
+            if token in DELEGATED:
+                args = build_parser().parse_args(argv[: i + 1])
+                args.rest = argv[i + 1 :]
+                return args
+            break
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    head, rest = _split_delegated(sys.argv[1:] if argv is None else list(argv))
-    args = build_parser().parse_args(head)
-    if rest is not None:
-        args.rest = rest
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else getattr(logging, get_settings().log_level, 20),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
