@@ -192,6 +192,7 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
     generator = torch.Generator().manual_seed(int(rng_seed))
     pitch_ok = np.ones(codec.n_pitch, dtype=bool)
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)
+    pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12  # each pitch row's pitch class
     seed_tonal: tuple[int, str] | None = None
     if seed is None:
         events = np.zeros((0, 5), dtype=np.int64)
@@ -212,14 +213,12 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         seed_tonal = estimate_key(seed)
         in_scale = np.zeros(12, dtype=bool)
         in_scale[list(scale_pitch_classes(seed, seed_tonal))] = True
-        pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
         pitch_bias[~in_scale[pcs]] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]
         key = seed_key(events, codec) if lm.config.n_key else 0
     # the key to gravitate to: the seed's estimate, or the key picked for no seed
     tonal = seed_tonal if seed is not None else key_of_class(key)
     if tonal is not None and req.key_gravity > 0:
-        pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12
         pitch_bias += key_profile_bias(*tonal, req.key_gravity)[pcs]
     bars_done = -(-seed_end // bar)  # the continuation fills whole bars of the seed's grid
     return _Row(
