@@ -103,7 +103,9 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
 
     # The floor: one note's matrix products alone, every weight matrix a note reads once (B=1).
     w = model.step_weights()
-    mats = [m for m in (*w.hh, *w.ih, w.attn_dec, w.attn_ctx, w.head_in, *w.head_out) if m is not None]
+    mats = [
+        m for m in (*w.hh, *w.ih, w.attn_dec, w.attn_ctx, w.head_in, *w.head_out) if m is not None
+    ]
     inputs = [torch.randn(1, m.size(0)) for m in mats]
 
     def matmuls() -> None:

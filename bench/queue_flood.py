@@ -47,7 +47,9 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
     started = time.perf_counter()
     ids = [
         service.compose(
-            Requester(discord_id=i), validate_options(bars=bars, rng_seed=i), seed if i % 2 else None,
+            Requester(discord_id=i),
+            validate_options(bars=bars, rng_seed=i),
+            seed if i % 2 else None,
             "ode.mid",
         )
         for i in range(n_requests)
@@ -58,9 +60,20 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
         log = open(settings.data_dir / f"worker-{k}.log", "wb")  # noqa: SIM115
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "worker", "-Q", "gpu,cpu", "-n",
-                 f"flood{k}@%h"],
-                env=worker_env(settings), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "worker",
+                    "-Q",
+                    "gpu,cpu",
+                    "-n",
+                    f"flood{k}@%h",
+                ],
+                env=worker_env(settings),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         )
@@ -74,8 +87,11 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
                 open_count = s.scalar(
                     select(func.count(Request.id)).where(
                         Request.status.in_(
-                            (RequestStatus.QUEUED, RequestStatus.GENERATING,
-                             RequestStatus.RENDERING)
+                            (
+                                RequestStatus.QUEUED,
+                                RequestStatus.GENERATING,
+                                RequestStatus.RENDERING,
+                            )
                         )
                     )
                 )
@@ -91,7 +107,8 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
             st.value for st in s.scalars(select(Request.status).where(Request.id.in_(ids)))
         )
         per_request = Counter(
-            rid for rid in s.scalars(select(Artifact.request_id).where(Artifact.request_id.in_(ids)))
+            rid
+            for rid in s.scalars(select(Artifact.request_id).where(Artifact.request_id.in_(ids)))
         )
         batches = [
             (t or {}).get("batch_size", 0)
@@ -106,7 +123,8 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
         "all_done": statuses.get("done", 0) == n_requests,
         "requests_with_3_artifacts": sum(1 for rid in ids if per_request.get(rid) == 3),
         "artifact_files": len(files),
-        "duplicates": sum(1 for c in per_request.values() if c > 3) + max(0, len(files) - 3 * n_requests),
+        "duplicates": sum(1 for c in per_request.values() if c > 3)
+        + max(0, len(files) - 3 * n_requests),
         "submit_s": round(submit_s, 2),
         "drain_s": round(drain_s, 1),
         "requests_per_s": round(n_requests / drain_s, 2) if drain_s else None,
@@ -125,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="motif-flood-") as tmp:
         settings = Settings(
-            data_dir=Path(tmp), broker_url=args.broker if args.broker != "filesystem://" else "",
-            queue_cap=100_000, user_rate_per_min=1000, user_max_concurrent=1000,
+            data_dir=Path(tmp),
+            broker_url=args.broker if args.broker != "filesystem://" else "",
+            queue_cap=100_000,
+            user_rate_per_min=1000,
+            user_max_concurrent=1000,
             batch_wait_ms=20,
         )
         result = flood(settings, args.requests, args.workers, args.bars)

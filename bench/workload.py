@@ -132,9 +132,7 @@ def motif_model(path: str | Path | None = None) -> ModelChoice:
 
 
 # --- the music ----------------------------------------------------------------------------------
-def synthetic_pieces(
-    n: int = 24, notes: int | tuple[int, int] = 128, seed: int = 0
-) -> list[Piece]:
+def synthetic_pieces(n: int = 24, notes: int | tuple[int, int] = 128, seed: int = 0) -> list[Piece]:
     """Tunes with real-looking steps and rhythms: scales, leaps, varied note lengths. `notes`: per
     piece, or a (low, high) range drawn per piece (the tests' tiny training runs)."""
     rng = random.Random(seed)

@@ -42,7 +42,9 @@ def run(settings: Settings | None = None) -> int:
         print(f"motif bot: {exc.user_message}", file=sys.stderr)
         return 2
     if not logging.getLogger().handlers:  # `motif bot` has set logging up already
-        discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO))
+        discord.utils.setup_logging(
+            level=getattr(logging, settings.log_level.upper(), logging.INFO)
+        )
     logging.getLogger("discord.client").addFilter(_no_voice_warning)
     from bot.client import MotifBot
 

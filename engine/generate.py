@@ -502,7 +502,9 @@ def _encode(
     for group in groups:
         rows = torch.tensor(group, device=seed.device)
         width = max(lengths[j] for j in group)
-        parts.append((rows, model.encode(seed[rows, :width], seed_len[rows], style[rows], key[rows])))
+        parts.append(
+            (rows, model.encode(seed[rows, :width], seed_len[rows], style[rows], key[rows]))
+        )
     first = parts[0][1]
     B, H = seed.size(0), first.values.size(-1)
     values = first.values.new_zeros(B, S, H)

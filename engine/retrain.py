@@ -300,10 +300,16 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
         active = load_version(settings, active_version)
         held = [t.piece for t in coll_held]
         metrics: dict[str, Any] = {
-            "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get("nll_per_note"),
+            "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get(
+                "nll_per_note"
+            ),
             "active_base_nll": evaluate_nll(active, base_test, max_windows=256).get("nll_per_note"),
-            "candidate_collected_nll": (evaluate_nll(candidate, held).get("nll_per_note") if held else None),
-            "active_collected_nll": evaluate_nll(active, held).get("nll_per_note") if held else None,
+            "candidate_collected_nll": (
+                evaluate_nll(candidate, held).get("nll_per_note") if held else None
+            ),
+            "active_collected_nll": evaluate_nll(active, held).get("nll_per_note")
+            if held
+            else None,
             "collapse_rate": collapse_rate(candidate, gate_seeds(base_test)),
             "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1),

@@ -135,7 +135,9 @@ class EventCodec:
         POSITION is the true bar position of the onset (tick 0 is a downbeat); when generating,
         the running sum of shifts from `start_tick` gives the same value.
         """
-        return self.encode_ticks(*self.note_ticks(piece), piece.time_signature, start_tick=start_tick)
+        return self.encode_ticks(
+            *self.note_ticks(piece), piece.time_signature, start_tick=start_tick
+        )
 
     def note_ticks(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The piece's onsets and durations on the tick grid (`to_ticks` of each), pitches and

@@ -125,8 +125,16 @@ class WorkerProcess:
         self._fh = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "engine.cli", "worker", "-Q", self.queues,
-                "-c", str(self.concurrency), "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "worker",
+                "-Q",
+                self.queues,
+                "-c",
+                str(self.concurrency),
+                "-n",
+                f"test-{uuid.uuid4().hex[:8]}@%h",
             ],
             env=settings_env(self.settings),
             cwd=ROOT,
@@ -211,10 +219,25 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pieces = synthetic_pieces()
     train(
         TrainConfig(
-            out=out, corpus_path=None, pieces=pieces[:20], val_pieces=pieces[20:],
-            test_pieces=pieces[20:], d_embed=32, hidden=48, layers=1, seed_max=16, target_len=16,
-            batch_size=8, epochs=1, max_steps=30, warmup_steps=5, eval_windows=16, device="cpu",
-            threads=1, progress=False, version="tiny-test",
+            out=out,
+            corpus_path=None,
+            pieces=pieces[:20],
+            val_pieces=pieces[20:],
+            test_pieces=pieces[20:],
+            d_embed=32,
+            hidden=48,
+            layers=1,
+            seed_max=16,
+            target_len=16,
+            batch_size=8,
+            epochs=1,
+            max_steps=30,
+            warmup_steps=5,
+            eval_windows=16,
+            device="cpu",
+            threads=1,
+            progress=False,
+            version="tiny-test",
         )
     )
     return out
@@ -227,23 +250,41 @@ def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-corpus") / "corpus.npz"
     build_corpus(
-        out, collections=("essenFolksong", "bach"), max_per_collection=12, workers=1,
+        out,
+        collections=("essenFolksong", "bach"),
+        max_per_collection=12,
+        workers=1,
         progress=False,
     )
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_corpus_model_path(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path) -> Path:
+def tiny_corpus_model_path(
+    tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path
+) -> Path:
     """A tiny model trained briefly on the tiny real corpus: the 'active model' of gate tests."""
     from engine.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-corpus-model") / "tiny-corpus.pt"
     train(
         TrainConfig(
-            out=out, corpus_path=tiny_corpus_path, d_embed=32, hidden=48, layers=1, seed_max=16,
-            target_len=16, batch_size=8, epochs=50, max_steps=150, warmup_steps=5,
-            eval_windows=32, device="cpu", threads=1, progress=False, version="tiny-corpus",
+            out=out,
+            corpus_path=tiny_corpus_path,
+            d_embed=32,
+            hidden=48,
+            layers=1,
+            seed_max=16,
+            target_len=16,
+            batch_size=8,
+            epochs=50,
+            max_steps=150,
+            warmup_steps=5,
+            eval_windows=32,
+            device="cpu",
+            threads=1,
+            progress=False,
+            version="tiny-corpus",
         )
     )
     return out

@@ -50,7 +50,9 @@ class Info(commands.Cog):
         )
 
     @app_commands.command(name="share-default")
-    @app_commands.describe(enabled="share every seed you upload from now on (you can /forget later)")
+    @app_commands.describe(
+        enabled="share every seed you upload from now on (you can /forget later)"
+    )
     async def share_default(self, interaction: discord.Interaction, enabled: bool) -> None:
         """Opt in (or out) of sharing your future seeds with Motif's training collection."""
         who = requester_from_interaction(interaction, "slash")

@@ -7,7 +7,14 @@ from engine import db
 from engine.errors import SchemaOutOfDate, ServiceUnavailable
 
 TABLES = {
-    "users", "tunes", "requests", "artifacts", "models", "training_runs", "feedback", "workers",
+    "users",
+    "tunes",
+    "requests",
+    "artifacts",
+    "models",
+    "training_runs",
+    "feedback",
+    "workers",
     "audit_log",
 }
 

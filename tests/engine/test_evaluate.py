@@ -56,9 +56,13 @@ def test_pick_cases_is_repeatable_and_skips_short_pieces():
 
 def test_near_duplicates_of_training_pieces_are_left_out():
     training = [tune(12, name="filed once")]
-    twin = replace(tune(12, name="filed again"), notes=tuple(
-        replace(n, pitch=n.pitch + 5) for n in tune(12).notes  # the same tune, transposed
-    ))
+    twin = replace(
+        tune(12, name="filed again"),
+        notes=tuple(
+            replace(n, pitch=n.pitch + 5)
+            for n in tune(12).notes  # the same tune, transposed
+        ),
+    )
     fresh = Piece(
         notes=tuple(Note(float(i), 1.0 + (i % 3) * 0.5, 60 + (i * 7) % 12) for i in range(48)),
         name="new",

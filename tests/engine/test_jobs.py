@@ -47,8 +47,9 @@ def test_good_options_are_normalised():
 def test_compose_records_request_and_seed_tune_and_queues_it(settings):
     sent: list[int] = []
     service = JobService(settings, dispatch=sent.append)
-    who = Requester(discord_id=42, name="ann", guild_id=1, channel_id=2, interaction_id=3,
-                    origin="slash")
+    who = Requester(
+        discord_id=42, name="ann", guild_id=1, channel_id=2, interaction_id=3, origin="slash"
+    )
     rid = service.compose(who, validate_options(bars=4), example_seed_bytes(), "ode.mid")
     assert sent == [rid]
     prog = service.progress(rid)

@@ -48,8 +48,9 @@ def _compose(service: JobService, seed: bool = True, **options) -> int:
     )
 
 
-def test_compose_through_a_real_worker_on_embedded_defaults(tmp_path, tiny_model_path,
-                                                            worker_factory):
+def test_compose_through_a_real_worker_on_embedded_defaults(
+    tmp_path, tiny_model_path, worker_factory
+):
     settings = make_settings(tmp_path, default_model_path=tiny_model_path, user_max_concurrent=5)
     db.upgrade(settings.sqlalchemy_url)
     assert settings.celery_broker_url == "filesystem://"
@@ -63,10 +64,14 @@ def test_compose_through_a_real_worker_on_embedded_defaults(tmp_path, tiny_model
 
 
 @pytest.mark.services
-def test_compose_with_redis_broker_and_postgres(tmp_path, tiny_model_path, worker_factory,
-                                                pg_url, redis_url):
+def test_compose_with_redis_broker_and_postgres(
+    tmp_path, tiny_model_path, worker_factory, pg_url, redis_url
+):
     settings = make_settings(
-        tmp_path, default_model_path=tiny_model_path, database_url=pg_url, broker_url=redis_url,
+        tmp_path,
+        default_model_path=tiny_model_path,
+        database_url=pg_url,
+        broker_url=redis_url,
         result_backend=redis_url,
     )
     db.upgrade(settings.sqlalchemy_url)
@@ -89,11 +94,15 @@ def test_compose_with_rabbitmq_broker(tmp_path, tiny_model_path, worker_factory,
     check_artifacts(service, rid)
 
 
-def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(tmp_path, tiny_model_path,
-                                                                worker_factory):
+def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(
+    tmp_path, tiny_model_path, worker_factory
+):
     # batch_wait_ms holds the claimed job in `generating` long enough to kill the worker there.
     settings = make_settings(
-        tmp_path, default_model_path=tiny_model_path, batch_wait_ms=3000, stale_after_s=3.0,
+        tmp_path,
+        default_model_path=tiny_model_path,
+        batch_wait_ms=3000,
+        stale_after_s=3.0,
     )
     db.upgrade(settings.sqlalchemy_url)
     first = worker_factory(settings).start()
@@ -111,7 +120,9 @@ def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(tmp_path, tiny_m
     check_artifacts(service, rid)
     with session_scope(settings.sqlalchemy_url) as s:
         assert s.get(Request, rid).attempts == 2
-    files = sorted(p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir())
+    files = sorted(
+        p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
+    )
     assert files == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
 
 
@@ -120,12 +131,28 @@ def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
     out = tmp_path / "result"
     seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "compose", str(seed), "--bars", "4", "--out", str(out)],
-        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "compose",
+            str(seed),
+            "--bars",
+            "4",
+            "--out",
+            str(out),
+        ],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stages = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
-    stages = list(dict.fromkeys(s for s in stages if s in {"queued", "generating", "rendering", "done"}))
+    stages = list(
+        dict.fromkeys(s for s in stages if s in {"queued", "generating", "rendering", "done"})
+    )
     # every stage shows, in order, even one shorter than the CLI's poll
     assert stages == ["queued", "generating", "rendering", "done"], proc.stdout
     assert "done in" in proc.stdout
@@ -140,7 +167,11 @@ def test_motif_compose_cli_rejects_bad_options_before_queuing(tmp_path):
     settings = make_settings(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "engine.cli", "compose", "--bars", "0"],
-        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "bars must be" in proc.stderr
     assert not (settings.data_dir / "motif.db").exists()
@@ -150,7 +181,11 @@ def test_render_worker_refuses_to_start_with_a_missing_soundfont(tmp_path):
     settings = make_settings(tmp_path, soundfont=str(tmp_path / "nope.sf2"))
     proc = subprocess.run(
         [sys.executable, "-m", "engine.cli", "worker", "-Q", "cpu"],
-        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "MOTIF_SOUNDFONT" in proc.stderr
 
@@ -161,7 +196,11 @@ def test_motif_compose_cli_refuses_a_corrupt_seed_before_starting_anything(tmp_p
     bad.write_bytes(b"MThd garbage")
     proc = subprocess.run(
         [sys.executable, "-m", "engine.cli", "compose", str(bad)],
-        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "not a valid MIDI file" in proc.stderr
     assert "starting a local worker" not in proc.stdout
@@ -172,7 +211,11 @@ def test_motif_status_on_a_fresh_database(tmp_path):
     settings = make_settings(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "engine.cli", "status"],
-        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(

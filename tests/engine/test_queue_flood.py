@@ -10,8 +10,12 @@ pytestmark = pytest.mark.slow
 
 def test_many_requests_queued_at_once_all_done_once_by_two_workers(tmp_path, tiny_model_path):
     settings = make_settings(
-        tmp_path, default_model_path=tiny_model_path, queue_cap=1000, user_rate_per_min=1000,
-        user_max_concurrent=1000, batch_wait_ms=20,
+        tmp_path,
+        default_model_path=tiny_model_path,
+        queue_cap=1000,
+        user_rate_per_min=1000,
+        user_max_concurrent=1000,
+        batch_wait_ms=20,
     )
     result = flood(settings, n_requests=40, n_workers=2, bars=1)
     assert result["all_done"], result

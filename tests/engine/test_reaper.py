@@ -65,8 +65,9 @@ def test_stale_rendering_is_sent_to_render_again(settings):
 
 def test_dead_training_run_is_failed_never_half_active(settings):
     with session_scope(settings.sqlalchemy_url) as s:
-        run = TrainingRun(params={}, status=RunStatus.RUNNING,
-                          heartbeat_at=utcnow() - timedelta(hours=1))
+        run = TrainingRun(
+            params={}, status=RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=1)
+        )
         s.add(run)
         s.flush()
         run_id = run.id

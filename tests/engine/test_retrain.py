@@ -19,8 +19,18 @@ from tests.conftest import make_settings, synthetic_pieces, wait_finished
 
 pytestmark = pytest.mark.slow
 
-TINY = {"d_embed": 32, "hidden": 48, "layers": 1, "seed_max": 16, "target_len": 16,
-        "batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_windows": 16, "threads": 1}
+TINY = {
+    "d_embed": 32,
+    "hidden": 48,
+    "layers": 1,
+    "seed_max": 16,
+    "target_len": 16,
+    "batch_size": 8,
+    "max_steps": 20,
+    "warmup_steps": 2,
+    "eval_windows": 16,
+    "threads": 1,
+}
 
 
 def midi_of(piece) -> bytes:
@@ -43,8 +53,12 @@ def repeated_note_midi(i: int) -> bytes:
 @pytest.fixture
 def retrain_settings(tmp_path, tiny_corpus_model_path, tiny_corpus_path):
     s = make_settings(
-        tmp_path, default_model_path=tiny_corpus_model_path, corpus_path=tiny_corpus_path,
-        gate_nll_tolerance=0.5, user_max_concurrent=50, user_rate_per_min=50,
+        tmp_path,
+        default_model_path=tiny_corpus_model_path,
+        corpus_path=tiny_corpus_path,
+        gate_nll_tolerance=0.5,
+        user_max_concurrent=50,
+        user_rate_per_min=50,
     )
     db.upgrade(s.sqlalchemy_url)
     ensure_default_model(s)
@@ -83,7 +97,9 @@ def test_retrain_activates_a_good_candidate_and_rollback_restores(retrain_settin
     s = retrain_settings
     share_tunes(s, [midi_of(p) for p in synthetic_pieces(5, seed=9)])
     before = admin.active_version(s)
-    run_id = request_retrain(RetrainOptions(epochs=1, model_config=TINY), settings=s, dispatch=False)
+    run_id = request_retrain(
+        RetrainOptions(epochs=1, model_config=TINY), settings=s, dispatch=False
+    )
     assert run_training(run_id, s) == "done", run_info(run_id, s)
     info = run_info(run_id, s)
     assert info.status == "done" and info.candidate
@@ -107,7 +123,8 @@ def test_a_broken_candidate_is_rejected_by_the_gate(retrain_settings):
     config = dict(TINY, max_steps=150)
     run_id = request_retrain(
         RetrainOptions(epochs=50, from_scratch=True, collected_share=1.0, model_config=config),
-        settings=s, dispatch=False,
+        settings=s,
+        dispatch=False,
     )
     assert run_training(run_id, s) == "rejected", run_info(run_id, s).metrics
     info = run_info(run_id, s)

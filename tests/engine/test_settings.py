@@ -9,7 +9,9 @@ from tests.conftest import ROOT
 def test_every_setting_is_in_env_example_and_nothing_else():
     text = (ROOT / ".env.example").read_text()
     keys = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.M))
-    expected = {f"MOTIF_{name.upper()}" for name in Settings.model_fields if name != "discord_token"}
+    expected = {
+        f"MOTIF_{name.upper()}" for name in Settings.model_fields if name != "discord_token"
+    }
     expected.add("DISCORD_TOKEN")
     assert keys == expected
 
