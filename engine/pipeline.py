@@ -196,7 +196,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
         cont = replace(cont, program=program)
         if job.options.tempo:
             cont = replace(cont, tempo_bpm=job.options.tempo)
-        midi = to_midi_bytes(seed, cont) if seed is not None else to_midi_bytes(cont)
+        midi = to_midi_bytes(seed, cont)  # no seed: one track, named continuation
         key = f"requests/{job.request_id}/motif-{job.request_id}.mid"
         store.put(key, midi)
         with session_scope(settings.sqlalchemy_url) as session:
