@@ -55,14 +55,32 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--torch-threads",
+        default="1",
+        help="torch threads for the engine's tests: a number, or 'default' for torch's own "
+        "choice (the machine's cores); CI runs the numerical tests both ways",
+    )
+
+
+def torch_threads(config: pytest.Config) -> int | None:
+    """The thread count the tests run torch at; None leaves torch's default."""
+    value = str(config.getoption("--torch-threads"))
+    return None if value == "default" else int(value)
+
+
 @pytest.fixture
-def one_torch_thread() -> Iterator[None]:
+def one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
     """Tiny models on one torch thread: extra threads only contend for the shared cores.
+    `--torch-threads default` runs them at the machine's default count instead.
     (torch is imported here, not at the top: the bot's tests run without it.)"""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = torch_threads(request.config)
+    if threads is not None:
+        torch.set_num_threads(threads)
     yield
     torch.set_num_threads(before)
 
