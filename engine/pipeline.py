@@ -153,6 +153,7 @@ def load_job(request_id: int, settings: Settings) -> Job:
 
 def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
+    from engine.checkpoint import device_label
     from engine.generate import GenerationRequest, continue_batch
     from engine.midi_io import to_midi_bytes
     from engine.model_registry import get_model
@@ -169,7 +170,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     if not jobs:
         return []
     version, model = get_model(settings)
-    device = str(next(model.model.parameters()).device)
+    device = device_label(next(model.model.parameters()).device)  # cpu, cuda:0 <name>
     started = time.perf_counter()
     gen_requests = [
         GenerationRequest(

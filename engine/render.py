@@ -400,6 +400,22 @@ def check_soundfont(settings: Settings) -> None:
     _check_soundfont_file(settings.soundfont_path)
 
 
+def renderer_description(settings: Settings) -> str:
+    """Which synthesizer and SoundFont this machine renders with, in one line for `motif
+    status` and a worker's start line (loads libfluidsynth, creates no synthesizer)."""
+    path = settings.soundfont_path
+    if fluidsynth_available():
+        module = _pyfluidsynth()
+        version = getattr(module, "fluid_version_str", None)
+        try:
+            text = f"FluidSynth {version().decode()}" if callable(version) else "FluidSynth"
+        except Exception:  # noqa: BLE001 - the version is a nicety
+            text = "FluidSynth"
+    else:
+        text = "TinySoundFont (fallback: libfluidsynth not found; `motif setup-audio` installs it)"
+    return f"{text}, SoundFont {path}"
+
+
 def get_renderer(settings: Settings, prefer: Backend | None = None) -> Renderer:
     """This process's renderer for the configured SoundFont, loaded on first use.
 
@@ -440,5 +456,6 @@ __all__ = [
     "TinySoundFontRenderer",
     "fluidsynth_available",
     "get_renderer",
+    "renderer_description",
     "midi_seconds",
 ]
