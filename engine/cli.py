@@ -275,6 +275,9 @@ def cmd_status(_: argparse.Namespace) -> int:
     # (none registered yet: the first worker registers the shipped default when it starts)
     model = st.active_model or "the shipped default (not registered yet)"
     print(f"queued {st.queued}, running {st.running}, active model {model}")
+    from engine.render import renderer_description
+
+    print(f"audio here: {renderer_description(settings)}")
     for w in st.workers:
         print(f"  worker {w}")
     return 0
@@ -351,6 +354,7 @@ DELEGATED = {
     "eval": ("engine.evaluate", "measure a model against the baseline"),
     "retrain": ("engine.retrain", "queue a retraining run on shared tunes"),
     "health": ("engine.health", "check this container's health: bot, worker or db"),
+    "setup-audio": ("engine.audio_setup", "install libfluidsynth3 for real FluidSynth audio"),
 }
 
 

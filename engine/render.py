@@ -430,7 +430,7 @@ def get_renderer(settings: Settings, prefer: Backend | None = None) -> Renderer:
             _warned_fallback = True
             log.warning(
                 "libfluidsynth not found: rendering with TinySoundFont (no reverb or chorus); "
-                "install libfluidsynth3 for the full sound"
+                "run `motif setup-audio` (or install libfluidsynth3) for the full sound"
             )
         backend = "tinysoundfont"
     key = (backend, str(path.resolve()), int(settings.sample_rate))
