@@ -227,7 +227,8 @@ HELP_TEXT = """\
 message with a MIDI file.
 • Under each result: 🎲 Reroll (same settings, new take), ➕ Extend (continue the result), \
 🧊/🔥 Variation (cooler/hotter), 🤝 Share (let Motif learn from it), 👍/👎 feedback.
+• ✖️ Cancel under a request still in the queue withdraws it.
 • `/history`: your recent requests. `/status`: the queue and the model. \
 `/forget`: withdraw everything you shared.
-Admins: `/retrain`, `/model list|activate|rollback`, `/stats`.
+Admins: `/retrain` (`cancel:N` stops run N), `/model list|activate|rollback`, `/stats`.
 """

@@ -164,7 +164,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.1)
         if prog.status is not RequestStatus.DONE:
-            print(f"motif: request #{rid} {prog.status.value}: {prog.error_user}", file=sys.stderr)
+            why = f": {prog.error_user}" if prog.error_user else ""
+            print(f"motif: request #{rid} {prog.status.value}{why}", file=sys.stderr)
             return 1
         out = Path(args.out or settings.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -263,6 +264,23 @@ def cmd_reap(_: argparse.Namespace) -> int:
         f"training runs failed {report.runs_failed}"
     )
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from engine.db import ensure_schema
+    from engine.jobs import JobService, Requester
+
+    settings = get_settings()
+    ensure_schema(settings.sqlalchemy_url, auto_create=True)
+    rid = args.request
+    if JobService(settings).cancel(rid, Requester(origin="cli", name="cli")):
+        print(f"request #{rid} cancelled")
+        return 0
+    print(
+        f"motif: request #{rid} has already started or ended; it cannot be cancelled now",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_status(_: argparse.Namespace) -> int:
@@ -379,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_model)
 
     sub.add_parser("reap", help="re-queue jobs whose worker vanished").set_defaults(func=cmd_reap)
+    x = sub.add_parser("cancel", help="withdraw a queued request made from this command line")
+    x.add_argument("request", type=int, help="the request's number (`motif compose` prints it)")
+    x.set_defaults(func=cmd_cancel)
     sub.add_parser("status", help="queue length, workers, model").set_defaults(func=cmd_status)
     sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)").set_defaults(
         func=cmd_bot
