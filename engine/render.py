@@ -405,12 +405,15 @@ def renderer_description(settings: Settings) -> str:
     status` and a worker's start line (loads libfluidsynth, creates no synthesizer)."""
     path = settings.soundfont_path
     if fluidsynth_available():
-        module = _pyfluidsynth()
-        version = getattr(module, "fluid_version_str", None)
+        text = "FluidSynth"
         try:
-            text = f"FluidSynth {version().decode()}" if callable(version) else "FluidSynth"
+            import ctypes
+
+            version = _pyfluidsynth()._fl.fluid_version_str  # the loaded library's own function
+            version.restype = ctypes.c_char_p
+            text = f"FluidSynth {version().decode()}"
         except Exception:  # noqa: BLE001 - the version is a nicety
-            text = "FluidSynth"
+            pass
     else:
         text = "TinySoundFont (fallback: libfluidsynth not found; `motif setup-audio` installs it)"
     return f"{text}, SoundFont {path}"
