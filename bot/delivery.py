@@ -24,7 +24,7 @@ import discord
 
 from bot import messages
 from bot.progress import EditThrottle
-from bot.views import result_view
+from bot.views import progress_view, result_view
 from engine.jobs import ArtifactInfo, Progress
 from engine.records import RequestStatus
 
@@ -83,8 +83,8 @@ class ChannelDestination:
     def can_edit_progress(self) -> bool:
         return False
 
-    async def edit_progress(self, text: str) -> None:  # nothing to edit
-        return None
+    async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
+        return None  # nothing to edit
 
     async def post(
         self,
@@ -125,8 +125,8 @@ class MessageDestination(ChannelDestination):
     def can_edit_progress(self) -> bool:
         return True
 
-    async def edit_progress(self, text: str) -> None:
-        await self.progress_message.edit(content=text)
+    async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
+        await self.progress_message.edit(content=text, view=view)
 
 
 class InteractionDestination:
@@ -153,10 +153,11 @@ class InteractionDestination:
     def can_edit_progress(self) -> bool:
         return not self.expired()
 
-    async def edit_progress(self, text: str) -> None:
+    async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
+        """Show `text` with `view`'s buttons (none: the message keeps no buttons)."""
         if self.expired():
             raise TokenExpired
-        await self.interaction.edit_original_response(content=text)
+        await self.interaction.edit_original_response(content=text, view=view)
 
     async def post(
         self,
@@ -261,9 +262,14 @@ class Deliveries:
     async def _follow(self, request_id: int, destination: Destination) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_follow_s
-        throttle = EditThrottle(
-            destination.edit_progress, self.bot.settings.progress_edit_interval_s
-        )
+        status: list[RequestStatus] = []  # the status of the latest poll, whose text is shown
+
+        async def edit(text: str) -> None:
+            # a Cancel button while the request waits in the queue, none once a worker has it
+            queued = bool(status) and status[-1] is RequestStatus.QUEUED
+            await destination.edit_progress(text, progress_view(request_id) if queued else None)
+
+        throttle = EditThrottle(edit, self.bot.settings.progress_edit_interval_s)
         progress_alive = True
         delivered = False
         try:
@@ -274,6 +280,7 @@ class Deliveries:
             self._watching[request_id] = destination
             while True:
                 p = await asyncio.to_thread(self.jobs.progress, request_id)
+                status[:] = [p.status]
                 if p.finished:
                     break
                 if progress_alive and destination.can_edit_progress():

@@ -204,7 +204,9 @@ def run_final_text(info: RunInfo) -> str:
     if info.status == "done":
         text = f"✅ Training run #{info.id} finished"
         if info.candidate:
-            text += f": candidate `{info.candidate}` (activate it with `/model activate`)"
+            # `retrain` activates a candidate that passes the gate: it is live already
+            text += f": `{info.candidate}` passed the quality gate and is now active"
+            text += " (`/model rollback` brings back the previous model)"
     elif info.status == "rejected":
         text = f"🚫 Training run #{info.id}: the candidate did not pass the quality gate"
     elif info.status == "cancelled":
@@ -225,7 +227,8 @@ HELP_TEXT = """\
 message with a MIDI file.
 • Under each result: 🎲 Reroll (same settings, new take), ➕ Extend (continue the result), \
 🧊/🔥 Variation (cooler/hotter), 🤝 Share (let Motif learn from it), 👍/👎 feedback.
+• ✖️ Cancel under a request still in the queue withdraws it.
 • `/history`: your recent requests. `/status`: the queue and the model. \
 `/forget`: withdraw everything you shared.
-Admins: `/retrain`, `/model list|activate|rollback`, `/stats`.
+Admins: `/retrain` (`cancel:N` stops run N), `/model list|activate|rollback`, `/stats`.
 """

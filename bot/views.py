@@ -194,7 +194,43 @@ class RateButton(DynamicItem[Button], template=r"motif:rate:(?P<vote>up|down):(?
         await guarded(interaction, rate())
 
 
-RESULT_BUTTONS = (
+class CancelButton(DynamicItem[Button], template=r"motif:cancel:(?P<req>\d+)"):
+    """Under a queued request's progress: its owner withdraws it before a worker takes it."""
+
+    def __init__(self, request_id: int) -> None:
+        super().__init__(
+            _button("Cancel", f"motif:cancel:{request_id}", "✖️", discord.ButtonStyle.danger)
+        )
+        self.request_id = request_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+        return cls(int(match["req"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        async def cancel() -> None:
+            who = requester_from_interaction(interaction, "button")
+            done = await asyncio.to_thread(_bot(interaction).jobs.cancel, self.request_id, who)
+            text = (
+                f"Request #{self.request_id} is cancelled."
+                if done
+                else f"Request #{self.request_id} has already started or ended; "
+                "it can no longer be cancelled."
+            )
+            await interaction.response.send_message(text, ephemeral=True)
+
+        await guarded(interaction, cancel())
+
+
+def progress_view(request_id: int) -> discord.ui.View:
+    """The buttons under a request's progress while it waits in the queue."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(request_id))
+    return view
+
+
+RESULT_BUTTONS = (  # every persistent button, registered in setup_hook
+    CancelButton,
     RerollButton,
     ExtendButton,
     VariationButton,

@@ -228,7 +228,8 @@ def request_retrain(
         if running is not None:
             raise Busy(
                 f"training run #{running.id} is already {running.status.value}; "
-                "wait for it to finish or cancel it."
+                "wait for it to finish or cancel it (`/retrain cancel:"
+                f"{running.id}` or `motif retrain --cancel {running.id}`)."
             )
         user_id = None
         if requested_by is not None:
@@ -291,17 +292,34 @@ def run_info(run_id: int, settings: Settings | None = None) -> RunInfo:
         )
 
 
-def cancel_run(run_id: int, settings: Settings | None = None) -> bool:
+def cancel_run(run_id: int, settings: Settings | None = None) -> str:
+    """Cancel a training run: "cancelled" (it had not started), "stopping" (it is training; the
+    loop stops at its next step and keeps no candidate), or "" (it is being evaluated or has
+    ended: too late). Each change is a compare-and-set, so a worker claiming the run meanwhile
+    is never overwritten."""
     s = settings or get_settings()
     with session_scope(s.sqlalchemy_url) as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None:
+        if session.get(TrainingRun, run_id) is None:
             raise NotFound(f"training run #{run_id} does not exist.")
-        if run.status == RunStatus.QUEUED:
-            run.status = RunStatus.CANCELLED
-            run.finished_at = utcnow()
-            return True
-        if run.status in OPEN_RUN_STATES:
-            run.cancel_requested = True  # the training loop checks this between steps
-            return True
-        return False
+        queued = session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
+            .values(status=RunStatus.CANCELLED, finished_at=utcnow())
+        ).rowcount
+        if queued:
+            return "cancelled"
+        running = session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.RUNNING)
+            .values(cancel_requested=True)  # the training loop checks this between steps
+        ).rowcount
+        return "stopping" if running else ""
+
+
+def cancel_run_text(run_id: int, outcome: str) -> str:
+    """What to tell whoever asked to cancel run `run_id` (the bot and the command line)."""
+    if outcome == "cancelled":
+        return f"Training run #{run_id} is cancelled; it had not started."
+    if outcome == "stopping":
+        return f"Training run #{run_id} stops at its next step; no candidate will be kept."
+    return f"Training run #{run_id} is past training (evaluated or ended); nothing to cancel."

@@ -59,6 +59,15 @@ def pick_device(setting: str = "auto") -> torch.device:
     raise BadParams(f"unknown device {setting!r}; use auto, cpu or cuda")
 
 
+def device_label(device: torch.device) -> str:
+    """The device as people know it: `cpu`, or `cuda:0 NVIDIA H200` (at most 32 characters,
+    the width of the `workers.device` and `requests.device` columns)."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"[:32]
+
+
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:
     """Meta as plain JSON types, so the file loads with `weights_only=True`."""
     return json.loads(json.dumps(meta, default=str))

@@ -164,7 +164,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.1)
         if prog.status is not RequestStatus.DONE:
-            print(f"motif: request #{rid} {prog.status.value}: {prog.error_user}", file=sys.stderr)
+            why = f": {prog.error_user}" if prog.error_user else ""
+            print(f"motif: request #{rid} {prog.status.value}{why}", file=sys.stderr)
             return 1
         out = Path(args.out or settings.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -265,6 +266,23 @@ def cmd_reap(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from engine.db import ensure_schema
+    from engine.jobs import JobService, Requester
+
+    settings = get_settings()
+    ensure_schema(settings.sqlalchemy_url, auto_create=True)
+    rid = args.request
+    if JobService(settings).cancel(rid, Requester(origin="cli", name="cli")):
+        print(f"request #{rid} cancelled")
+        return 0
+    print(
+        f"motif: request #{rid} has already started or ended; it cannot be cancelled now",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def cmd_status(_: argparse.Namespace) -> int:
     from engine.db import ensure_schema
     from engine.jobs import JobService
@@ -275,6 +293,9 @@ def cmd_status(_: argparse.Namespace) -> int:
     # (none registered yet: the first worker registers the shipped default when it starts)
     model = st.active_model or "the shipped default (not registered yet)"
     print(f"queued {st.queued}, running {st.running}, active model {model}")
+    from engine.render import renderer_description
+
+    print(f"audio here: {renderer_description(settings)}")
     for w in st.workers:
         print(f"  worker {w}")
     return 0
@@ -300,19 +321,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from engine import catalog
+    from engine.jobs import ComposeOptions
+
+    fields, opts = Settings.model_fields, ComposeOptions()
     c = sub.add_parser("compose", help="continue a MIDI seed (or none) through the real queue")
-    c.add_argument("seed", nargs="?", help="a .mid file; omit for no seed")
-    c.add_argument("--bars", type=int, default=None)
-    c.add_argument("--style", default=None)
-    c.add_argument("--temperature", type=float, default=None)
-    c.add_argument("--top-p", type=float, default=None)
-    c.add_argument("--instrument", default=None, help="GM instrument name, e.g. 'flute'")
-    c.add_argument("--tempo", type=float, default=None)
-    c.add_argument("--rng-seed", type=int, default=None)
-    c.add_argument("--out", default=None, help="output folder (default MOTIF_OUTPUT_DIR)")
-    c.add_argument("--timeout", type=float, default=600.0)
-    c.add_argument("--no-worker", action="store_true", help="never start a local worker")
-    c.add_argument("--keep-worker", action="store_true", help="leave the started worker running")
+    c.add_argument("seed", nargs="?", help="a .mid/.midi file to continue; omit to start from none")
+    c.add_argument(
+        "--bars", type=int, default=None,
+        help=f"bars to add: 1 to MOTIF_MAX_BARS ({fields['max_bars'].default}); "
+        f"default MOTIF_DEFAULT_BARS ({fields['default_bars'].default})",
+    )  # fmt: skip
+    c.add_argument(
+        "--style", default=None,
+        help=f"style to lean towards: {', '.join(catalog.STYLES)} or none; default none",
+    )  # fmt: skip
+    c.add_argument(
+        "--temperature", type=float, default=None,
+        help=f"lower is safer and more repetitive, higher is wilder: {catalog.MIN_TEMPERATURE:g} "
+        f"to {catalog.MAX_TEMPERATURE:g}; default {opts.temperature:g}",
+    )  # fmt: skip
+    c.add_argument(
+        "--top-p", type=float, default=None,
+        help=f"sample only from the likeliest choices making up this share of probability: "
+        f"{catalog.MIN_TOP_P:g} to {catalog.MAX_TOP_P:g}; default {opts.top_p:g}",
+    )  # fmt: skip
+    c.add_argument(
+        "--instrument", default=None,
+        help=f"instrument of the audio (and the MIDI): {', '.join(catalog.INSTRUMENTS)}; "
+        f"default {catalog.PROGRAM_NAMES[opts.instrument]}",
+    )  # fmt: skip
+    c.add_argument(
+        "--tempo", type=float, default=None,
+        help=f"tempo in BPM: {catalog.MIN_TEMPO:g} to {catalog.MAX_TEMPO:g}; default the seed's "
+        "(120 without a seed)",
+    )  # fmt: skip
+    c.add_argument(
+        "--rng-seed", type=int, default=None,
+        help=f"makes the result repeatable (same seed, same music): 0 to {catalog.MAX_RNG_SEED}; "
+        "default a new random one each time",
+    )  # fmt: skip
+    c.add_argument(
+        "--out", default=None,
+        help="folder for the .mid, audio and .png; default MOTIF_OUTPUT_DIR (out)",
+    )  # fmt: skip
+    c.add_argument(
+        "--timeout", type=float, default=600.0,
+        help="seconds to wait for the result before giving up: any positive number; default 600",
+    )  # fmt: skip
+    c.add_argument(
+        "--no-worker", action="store_true",
+        help="never start a local worker (wait for a running one); default: start one if none runs",
+    )  # fmt: skip
+    c.add_argument(
+        "--keep-worker", action="store_true",
+        help="leave the worker this command started running afterwards; default: stop it",
+    )  # fmt: skip
     c.set_defaults(func=cmd_compose)
 
     w = sub.add_parser("worker", help="run a Celery worker")
@@ -333,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_model)
 
     sub.add_parser("reap", help="re-queue jobs whose worker vanished").set_defaults(func=cmd_reap)
+    x = sub.add_parser("cancel", help="withdraw a queued request made from this command line")
+    x.add_argument("request", type=int, help="the request's number (`motif compose` prints it)")
+    x.set_defaults(func=cmd_cancel)
     sub.add_parser("status", help="queue length, workers, model").set_defaults(func=cmd_status)
     sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)").set_defaults(
         func=cmd_bot
@@ -351,6 +418,7 @@ DELEGATED = {
     "eval": ("engine.evaluate", "measure a model against the baseline"),
     "retrain": ("engine.retrain", "queue a retraining run on shared tunes"),
     "health": ("engine.health", "check this container's health: bot, worker or db"),
+    "setup-audio": ("engine.audio_setup", "install libfluidsynth3 for real FluidSynth audio"),
 }
 
 

@@ -465,11 +465,15 @@ class JobService:
         return self.store.get(info.key)
 
     def cancel(self, request_id: int, who: Requester) -> bool:
+        """Withdraw a request that no worker has taken yet; False once one has (or it ended).
+        Only its owner may: a Discord user their own, the command line what it asked for."""
         with session_scope(self.url) as session:
             req = session.get(Request, request_id)
             if req is None:
                 raise NotFound(f"request #{request_id} does not exist.")
-            self._require_owner(session, req, who)
+            from_cli = who.discord_id is None and who.origin == "cli"
+            if not (from_cli and req.user_id is None and req.origin == "cli"):
+                self._require_owner(session, req, who)
             result = session.execute(
                 update(Request)
                 .where(Request.id == request_id, Request.status == RequestStatus.QUEUED)

@@ -298,14 +298,19 @@ def midi_note_count(data: bytes) -> int:
 
 
 # --- writing ---------------------------------------------------------------------------------
-def to_midi_bytes(piece: Piece, continuation: Piece | None = None) -> bytes:
+def to_midi_bytes(piece: Piece | None, continuation: Piece | None = None) -> bytes:
     """A type 1 MIDI file: track "seed" and, if given, track "continuation" (absolute beats).
 
     Both tracks use the seed's program; the seed's tempo and time signature are written once.
+    With no seed (`piece` None) the file holds the continuation alone, in its own metre.
     """
+    parts = [("seed", piece)] if piece is not None else []
+    parts += [("continuation", continuation)] if continuation is not None else []
+    if not parts:
+        raise ValueError("to_midi_bytes needs a seed or a continuation")
+    piece = parts[0][1]
     score = Score(OUTPUT_TPQ)
     program = min(127, max(0, int(piece.program)))
-    parts = [("seed", piece)] + ([("continuation", continuation)] if continuation else [])
     for track_name, part in parts:
         track = Track(track_name, program, False)
         for n in sorted(part.notes, key=lambda n: (n.start, n.pitch)):

@@ -48,22 +48,34 @@ def register_checkpoint(
     store = store_for(settings.artifact_root)
     if not store.exists(key):
         store.put(key, data)
+    values = dict(
+        version=version,
+        checkpoint_key=key,
+        metrics=metrics or {},
+        status=status,
+        active=status is ModelStatus.ACTIVE,
+        parent_version=parent_version,
+        training_run_id=training_run_id,
+        reject_reason=reject_reason,
+        activated_at=utcnow() if status is ModelStatus.ACTIVE else None,
+        created_at=utcnow(),
+    )
     with session_scope(settings.sqlalchemy_url) as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if row is None:
-            row = ModelVersion(
-                version=version,
-                checkpoint_key=key,
-                metrics=metrics or {},
-                status=status,
-                active=status is ModelStatus.ACTIVE,
-                parent_version=parent_version,
-                training_run_id=training_run_id,
-                reject_reason=reject_reason,
-                activated_at=utcnow() if status is ModelStatus.ACTIVE else None,
-            )
-            session.add(row)
+        # Insert or ignore, then read: two workers (or two pool children) registering the same
+        # version at once both succeed, and the row the first one wrote is the one kept.
+        session.execute(_insert(session).values(**values).on_conflict_do_nothing())
+        if session.scalar(select(ModelVersion.id).where(ModelVersion.version == version)) is None:
+            raise RuntimeError(f"model version {version!r} was neither inserted nor found")
     return version
+
+
+def _insert(session):  # type: ignore[no-untyped-def]
+    """INSERT … ON CONFLICT for the session's database (SQLite and PostgreSQL both have it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(ModelVersion)
 
 
 def ensure_default_model(settings: Settings) -> str:

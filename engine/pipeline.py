@@ -153,6 +153,7 @@ def load_job(request_id: int, settings: Settings) -> Job:
 
 def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
+    from engine.checkpoint import device_label
     from engine.generate import GenerationRequest, continue_batch
     from engine.midi_io import to_midi_bytes
     from engine.model_registry import get_model
@@ -169,7 +170,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     if not jobs:
         return []
     version, model = get_model(settings)
-    device = str(next(model.model.parameters()).device)
+    device = device_label(next(model.model.parameters()).device)  # cpu, cuda:0 <name>
     started = time.perf_counter()
     gen_requests = [
         GenerationRequest(
@@ -196,7 +197,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
         cont = replace(cont, program=program)
         if job.options.tempo:
             cont = replace(cont, tempo_bpm=job.options.tempo)
-        midi = to_midi_bytes(seed, cont) if seed is not None else to_midi_bytes(cont)
+        midi = to_midi_bytes(seed, cont)  # no seed: one track, named continuation
         key = f"requests/{job.request_id}/motif-{job.request_id}.mid"
         store.put(key, midi)
         with session_scope(settings.sqlalchemy_url) as session:

@@ -95,23 +95,25 @@ def reap(settings: Settings, *, dispatch: bool = True) -> ReapReport:
 def reap_training_runs(settings: Settings) -> list[int]:
     """A training run whose worker died is failed (never half-active)."""
     cutoff = utcnow() - timedelta(seconds=max(settings.stale_after_s, 60.0))
+    stale = (
+        TrainingRun.status.in_((RunStatus.RUNNING, RunStatus.EVALUATING)),
+        or_(TrainingRun.heartbeat_at.is_(None), TrainingRun.heartbeat_at < cutoff),
+    )
     with session_scope(settings.sqlalchemy_url) as session:
-        ids = list(
-            session.scalars(
-                select(TrainingRun.id).where(
-                    TrainingRun.status.in_((RunStatus.RUNNING, RunStatus.EVALUATING)),
-                    or_(TrainingRun.heartbeat_at.is_(None), TrainingRun.heartbeat_at < cutoff),
-                )
-            )
-        )
-        for run_id in ids:
-            session.execute(
+        ids = list(session.scalars(select(TrainingRun.id).where(*stale)))
+    failed: list[int] = []
+    for run_id in ids:
+        # compare-and-set: a run that finished (or beat) since the SELECT is left as it is
+        with session_scope(settings.sqlalchemy_url) as session:
+            done = session.execute(
                 update(TrainingRun)
-                .where(TrainingRun.id == run_id)
+                .where(TrainingRun.id == run_id, *stale)
                 .values(
                     status=RunStatus.FAILED,
                     finished_at=utcnow(),
                     error="the training worker stopped answering; the run was abandoned",
                 )
-            )
-    return ids
+            ).rowcount
+        if done:
+            failed.append(run_id)
+    return failed

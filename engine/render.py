@@ -400,6 +400,25 @@ def check_soundfont(settings: Settings) -> None:
     _check_soundfont_file(settings.soundfont_path)
 
 
+def renderer_description(settings: Settings) -> str:
+    """Which synthesizer and SoundFont this machine renders with, in one line for `motif
+    status` and a worker's start line (loads libfluidsynth, creates no synthesizer)."""
+    path = settings.soundfont_path
+    if fluidsynth_available():
+        text = "FluidSynth"
+        try:
+            import ctypes
+
+            version = _pyfluidsynth()._fl.fluid_version_str  # the loaded library's own function
+            version.restype = ctypes.c_char_p
+            text = f"FluidSynth {version().decode()}"
+        except Exception:  # noqa: BLE001 - the version is a nicety
+            pass
+    else:
+        text = "TinySoundFont (fallback: libfluidsynth not found; `motif setup-audio` installs it)"
+    return f"{text}, SoundFont {path}"
+
+
 def get_renderer(settings: Settings, prefer: Backend | None = None) -> Renderer:
     """This process's renderer for the configured SoundFont, loaded on first use.
 
@@ -414,7 +433,7 @@ def get_renderer(settings: Settings, prefer: Backend | None = None) -> Renderer:
             _warned_fallback = True
             log.warning(
                 "libfluidsynth not found: rendering with TinySoundFont (no reverb or chorus); "
-                "install libfluidsynth3 for the full sound"
+                "run `motif setup-audio` (or install libfluidsynth3) for the full sound"
             )
         backend = "tinysoundfont"
     key = (backend, str(path.resolve()), int(settings.sample_rate))
@@ -440,5 +459,6 @@ __all__ = [
     "TinySoundFontRenderer",
     "fluidsynth_available",
     "get_renderer",
+    "renderer_description",
     "midi_seconds",
 ]

@@ -394,9 +394,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collected-share", type=float, default=0.5)
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    p.add_argument(
+        "--cancel", type=int, metavar="RUN", default=None,
+        help="cancel training run RUN instead of queueing one (a running one stops at its next "
+        "step and keeps no candidate)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
+    if args.cancel is not None:
+        from engine.admin import cancel_run, cancel_run_text
+
+        outcome = cancel_run(args.cancel, settings)
+        print(cancel_run_text(args.cancel, outcome))
+        return 0 if outcome else 1
     run_id = request_retrain(
         RetrainOptions(
             epochs=args.epochs,

@@ -6,6 +6,7 @@ folder, CPU unless CUDA is there. At scale only these values change.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -135,4 +136,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    # MOTIF_ENV_FILE names another file to read; set empty, no file is read (the environment
+    # alone: how the tests start workers, so a developer's `.env` never leaks into them)
+    env_file = os.environ.get("MOTIF_ENV_FILE", ".env")
+    return Settings(_env_file=env_file or None)

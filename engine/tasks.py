@@ -56,23 +56,59 @@ def retrain(run_id: int) -> str:
 
 
 @signals.worker_process_init.connect
-def _warm_up(**_: object) -> None:
-    """Load the active model and the synthesizer once per worker process, before any job."""
+def _warm_up(sender: object = None, **_: object) -> None:
+    """Before any job, load what this worker's queues need, once per worker process: the active
+    model for `gpu`, the synthesizer for `cpu` (a render-only worker loads no model). Then log
+    one line saying what is in use, and record the model's real device in the worker's row."""
     settings = get_settings()
-    try:
-        if settings.torch_threads > 0:
-            import torch
+    queues = consumed_queues()
+    device = "cpu"
+    model_text = "none (no gpu queue)"
+    if queues is None or "gpu" in queues:
+        try:
+            if settings.torch_threads > 0:
+                import torch
 
-            torch.set_num_threads(settings.torch_threads)
-        from engine.model_registry import get_model
+                torch.set_num_threads(settings.torch_threads)
+            from engine.checkpoint import device_label
+            from engine.model_registry import get_model
 
-        get_model(settings)
-    except Exception:  # noqa: BLE001 - a cold start is slower, not broken
-        log.warning("could not preload the model", exc_info=True)
+            version, model = get_model(settings)
+            device = device_label(next(model.model.parameters()).device)
+            model_text = version
+        except Exception:  # noqa: BLE001 - a cold start is slower, not broken
+            log.warning("could not preload the model", exc_info=True)
+            model_text = "not loaded (see the warning above)"
+    renderer_text = "none (no cpu queue)"
+    if queues is None or "cpu" in queues:
+        from engine.render import renderer_description
+
+        try:
+            _render_once(settings)
+        except Exception:  # noqa: BLE001
+            log.warning("could not preload the renderer", exc_info=True)
+        renderer_text = renderer_description(settings)
+    log.info(
+        "worker process ready: queues %s; model %s on %s; renderer %s",
+        ",".join(sorted(queues)) if queues is not None else "?",
+        model_text,
+        device,
+        renderer_text,
+    )
+    if isinstance(sender, str) and queues is not None and "gpu" in queues:
+        from engine.worker_life import record_device
+
+        record_device(settings, sender, ",".join(sorted(queues)), device)
+
+
+def consumed_queues() -> set[str] | None:
+    """The queues this worker consumes (the pool children inherit them from the main process
+    that forked them); None when unknown."""
     try:
-        _render_once(settings)
-    except Exception:  # noqa: BLE001
-        log.warning("could not preload the renderer", exc_info=True)
+        names = {q.name for q in app.amqp.queues.consume_from.values()}
+    except Exception:  # noqa: BLE001 - outside a worker there are none to read
+        return None
+    return names or None
 
 
 def _render_once(settings) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +132,7 @@ def _start_presence(sender=None, **_: object) -> None:  # type: ignore[no-untype
     settings = get_settings()
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     hostname = getattr(sender, "hostname", None) or "worker"
-    _presence = WorkerPresence(settings, hostname, queues, _device_name(settings))
+    _presence = WorkerPresence(settings, hostname, queues, _device_name(settings, queues))
     _presence.start()
 
 
@@ -113,6 +149,10 @@ def _stop_presence(**_: object) -> None:
         _presence.stop()
 
 
-def _device_name(settings) -> str:  # type: ignore[no-untyped-def]
-    # The parent must not touch CUDA before forking; children report the real device per job.
-    return settings.device
+def _device_name(settings, queues: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The device known before any child starts: `cpu` for a render-only worker or one set to
+    cpu. Otherwise None until a child has loaded the model and recorded the device it
+    really uses (`record_device`): the main process must not touch CUDA before it forks."""
+    if settings.device == "cpu" or not {"gpu", "train"} & set(queues.split(",")):
+        return "cpu"
+    return None

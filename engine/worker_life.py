@@ -87,5 +87,36 @@ class WorkerPresence:
             log.warning("could not deregister worker", exc_info=True)
 
 
+def record_device(settings: Settings, hostname: str, queues: str, device: str) -> None:
+    """A pool child that has loaded the model writes the device it really uses (`cpu`,
+    `cuda:0 NVIDIA H200`) into its worker's row. The row may not exist yet (the main process
+    registers when Celery says it is ready): then the child writes it, and the main process's
+    heartbeat adopts it."""
+    from sqlalchemy import update
+    from sqlalchemy.exc import IntegrityError
+
+    for _ in range(2):
+        try:
+            with session_scope(settings.sqlalchemy_url) as session:
+                found = session.execute(
+                    update(Worker).where(Worker.hostname == hostname).values(device=device)
+                ).rowcount
+                if not found:
+                    session.add(
+                        Worker(
+                            hostname=hostname,
+                            queues=queues,
+                            device=device,
+                            pid=os.getppid(),
+                        )
+                    )
+            return
+        except IntegrityError:
+            continue  # the main process registered meanwhile: update its row
+        except Exception:  # noqa: BLE001 - /status shows less, nothing breaks
+            log.warning("could not record the worker's device", exc_info=True)
+            return
+
+
 def default_hostname(queues: str) -> str:
     return f"motif-{queues.replace(',', '-')}@{socket.gethostname()}:{os.getpid()}"

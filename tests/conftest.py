@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from engine import db
 from engine.settings import Settings
@@ -31,6 +32,28 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+# The tests build their settings from their own temporary paths alone: a developer's MOTIF_*
+# variables (say, a production MOTIF_DATABASE_URL) must never reach them. MOTIF_TEST_* stay:
+# they say where this machine's test services are.
+for _name in [n for n in os.environ if n.startswith("MOTIF_") and not n.startswith("MOTIF_TEST_")]:
+    del os.environ[_name]
+
+
+class IsolatedSettings(Settings):
+    """Settings from the values given and the defaults: no environment, no `.env` file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": tmp_path / "var",
@@ -41,12 +64,14 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "reaper_interval_s": 1.0,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return IsolatedSettings(**values)  # type: ignore[arg-type]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a worker subprocess needs to see the same Motif as the test."""
+    """The environment a worker subprocess needs to see the same Motif as the test (and
+    nothing else: MOTIF_ENV_FILE empty, so the child reads no `.env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIF_")}
+    env["MOTIF_ENV_FILE"] = ""
     for name, value in settings.model_dump(exclude={"discord_token"}).items():
         if value is None or value == "":
             continue
@@ -55,14 +80,32 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--torch-threads",
+        default="1",
+        help="torch threads for the engine's tests: a number, or 'default' for torch's own "
+        "choice (the machine's cores); CI runs the numerical tests both ways",
+    )
+
+
+def torch_threads(config: pytest.Config) -> int | None:
+    """The thread count the tests run torch at; None leaves torch's default."""
+    value = str(config.getoption("--torch-threads"))
+    return None if value == "default" else int(value)
+
+
 @pytest.fixture
-def one_torch_thread() -> Iterator[None]:
+def one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
     """Tiny models on one torch thread: extra threads only contend for the shared cores.
+    `--torch-threads default` runs them at the machine's default count instead.
     (torch is imported here, not at the top: the bot's tests run without it.)"""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = torch_threads(request.config)
+    if threads is not None:
+        torch.set_num_threads(threads)
     yield
     torch.set_num_threads(before)
 
@@ -76,30 +119,41 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
+    """A database of the test's own, created with a unique name on the server of PG_URL and
+    dropped afterwards; nothing else on that server is touched."""
     if not port_open("127.0.0.1", 5432):
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set MOTIF_TEST_PG_URL)")
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
-    engine = create_engine(PG_URL)
+    name = f"motif_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {PG_URL} is not usable: {exc}")
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {PG_URL} cannot create a test database: {exc}")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
     finally:
-        engine.dispose()
-    yield PG_URL
+        from engine.db import _engines
+
+        for known in [u for u in _engines if u == url]:
+            _engines.pop(known).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture
 def redis_url() -> str:
     if not port_open("127.0.0.1", 6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379 (set MOTIF_TEST_REDIS_URL)")
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+    # No FLUSHDB: this Redis database is shared with whoever else tests on this machine. A
+    # leftover message of another run names a row of another database; the worker's claims are
+    # compare-and-sets on its own rows, so it changes nothing. (Two runs at the same moment
+    # still share the queue names: see docs/testing.md.)
     return REDIS_URL
 
 

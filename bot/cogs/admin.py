@@ -52,6 +52,7 @@ class Admin(commands.Cog):
         epochs="Passes over the training data (1 to 100)",
         from_scratch="Start from random weights instead of the active model",
         collected_share="Share of training examples from tunes users shared (0 to 1)",
+        cancel="A training run's number: cancel that run instead of starting one",
     )
     async def retrain(
         self,
@@ -59,8 +60,15 @@ class Admin(commands.Cog):
         epochs: app_commands.Range[int, 1, 100] = 2,
         from_scratch: bool = False,
         collected_share: app_commands.Range[float, 0.0, 1.0] = 0.5,
+        cancel: app_commands.Range[int, 1] | None = None,
     ) -> None:
-        """Train a new candidate model (admins only); progress is reported here."""
+        """Train a new candidate model, or cancel a run (admins only); progress is reported here."""
+        if cancel is not None:
+            await self.require_admin(interaction, "retrain cancel", f"run={cancel}")
+            outcome = await asyncio.to_thread(admin.cancel_run, cancel, self.bot.settings)
+            text = admin.cancel_run_text(cancel, outcome)
+            await interaction.response.send_message(text, ephemeral=True)
+            return
         detail = f"epochs={epochs} from_scratch={from_scratch} collected_share={collected_share}"
         await self.require_admin(interaction, "retrain", detail)
         options = admin.RetrainOptions(

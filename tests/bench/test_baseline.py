@@ -20,6 +20,7 @@ from bench.baseline import (
     unigram_nll,
 )
 from engine.music import Note, Piece
+from tests.conftest import torch_threads
 
 TINY = dict(width=16, window=8, batch_size=4, seed=0)
 
@@ -39,8 +40,10 @@ def corpus(n=6, length=40):
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
+def model(request):
+    threads = torch_threads(request.config)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return train_baseline(corpus(), steps=3, **TINY)
 
 

@@ -166,3 +166,61 @@ def test_a_second_retrain_while_one_runs_is_refused_clearly(bot_settings, jobs, 
             assert "already" in answer.json["content"] and answer.json["flags"] == 64
 
     asyncio.run(scenario())
+
+
+def test_retrain_cancel_stops_a_queued_or_running_run_for_admins_only(
+    bot_settings, jobs, monkeypatch
+):
+    import engine.queueing
+
+    monkeypatch.setattr(engine.queueing, "dispatch_retrain", lambda run_id, s: None)
+
+    def run_row(run_id: int) -> TrainingRun:
+        with session_scope(bot_settings.sqlalchemy_url) as s:
+            return s.get(TrainingRun, run_id)
+
+    async def answer(h, payload: dict) -> dict:  # type: ignore[no-untyped-def]
+        h.inject(payload)
+        path = rf"/interactions/{payload['id']}/[\w-]+/callback"
+        (call,) = await h.fake.wait_for("POST", path)
+        return call.json
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            h.inject(h.payloads.slash("retrain", {}, permissions=MANAGE.value))
+            await h.fake.wait_for("PATCH", ORIGINAL)  # run #1 queued, followed
+            refused = await answer(h, h.payloads.slash("retrain", {"cancel": 1}, user_id=50))
+            assert refused["data"]["flags"] == 64 and "admins only" in refused["data"]["content"]
+            assert run_row(1).status is RunStatus.QUEUED
+
+            done = await answer(
+                h, h.payloads.slash("retrain", {"cancel": 1}, permissions=MANAGE.value)
+            )
+            assert done["data"]["flags"] == 64
+            assert done["data"]["content"] == "Training run #1 is cancelled; it had not started."
+            assert run_row(1).status is RunStatus.CANCELLED
+            (final,) = await h.fake.wait_for("POST", FOLLOWUP)  # the follower's last word
+            assert "was cancelled" in final.json["content"]
+
+            h.inject(h.payloads.slash("retrain", {}, permissions=MANAGE.value))
+            await until_run(2)
+            with session_scope(bot_settings.sqlalchemy_url) as s:
+                s.get(TrainingRun, 2).status = RunStatus.RUNNING
+            stopping = await answer(
+                h, h.payloads.slash("retrain", {"cancel": 2}, permissions=MANAGE.value)
+            )
+            assert "stops at its next step" in stopping["data"]["content"]
+            row = run_row(2)
+            assert row.status is RunStatus.RUNNING and row.cancel_requested
+
+    async def until_run(run_id: int) -> None:
+        for _ in range(200):
+            with session_scope(bot_settings.sqlalchemy_url) as s:
+                if s.get(TrainingRun, run_id) is not None:
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"run #{run_id} never appeared")
+
+    asyncio.run(scenario())
+    actions = [(a, ok) for _, a, ok in audit_rows(bot_settings)]
+    assert ("retrain cancel", False) in actions and actions.count(("retrain cancel", True)) == 2

@@ -6,6 +6,7 @@ Every assertion is about what the fake received: routes, JSON bodies, multipart 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 
 import pytest
@@ -360,5 +361,71 @@ def test_sigterm_closes_the_bot_like_ctrl_c_with_the_restart_notice(bot_settings
             h.bot = None  # closed by the signal
             last = h.fake.find("PATCH", ORIGINAL)[-1].json["content"]
             assert last.startswith(f"🔄 Motif is restarting. Request #{rid} "), last
+
+    asyncio.run(scenario())
+
+
+def _callback_of(fake, payload: dict) -> dict:  # type: ignore[no-untyped-def]
+    """The JSON body of the bot's answer to the interaction `payload`."""
+    (call,) = fake.find("POST", rf"/interactions/{payload['id']}/[\w-]+/callback")
+    return call.json
+
+
+def test_the_owner_cancels_a_queued_request_with_its_button(bot_settings, jobs, dispatched, worker):
+    """Queued: a Cancel button under the progress. Someone else's press is refused; the owner's
+    cancels; the progress ends on "cancelled" with no buttons; a worker never runs it."""
+    from engine.pipeline import run_generation
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            h.inject(h.payloads.slash("compose", {"bars": 2}, user_id=42))
+            (rid,) = await queued(jobs, dispatched)
+            (first,) = await h.fake.wait_for("PATCH", ORIGINAL)
+            assert f"motif:cancel:{rid}" in custom_ids(first.json)
+            message = copy.deepcopy(next(iter(h.fake.originals.values())))  # with the button
+
+            stranger = h.payloads.button(f"motif:cancel:{rid}", message, user_id=43)
+            h.inject(stranger)
+            await until(lambda: h.fake.find("POST", rf"/interactions/{stranger['id']}/.*"))
+            refused = _callback_of(h.fake, stranger)
+            assert refused["data"]["flags"] == EPHEMERAL and "only" in refused["data"]["content"]
+            assert jobs.progress(rid).status is RequestStatus.QUEUED
+
+            owner = h.payloads.button(f"motif:cancel:{rid}", message, user_id=42)
+            h.inject(owner)
+            await until(lambda: h.fake.find("POST", rf"/interactions/{owner['id']}/.*"))
+            answer = _callback_of(h.fake, owner)
+            assert answer["data"]["flags"] == EPHEMERAL
+            assert answer["data"]["content"] == f"Request #{rid} is cancelled."
+            assert jobs.progress(rid).status is RequestStatus.CANCELLED
+
+            final = await until(
+                lambda: [
+                    e for e in h.fake.find("PATCH", ORIGINAL) if "cancelled" in e.json["content"]
+                ]
+            )
+            assert final[-1].json["components"] == []  # the button is gone
+            assert await asyncio.to_thread(run_generation, rid, bot_settings) == []
+
+            # a press from a view not yet refreshed (a stale client) is answered plainly
+            again = h.payloads.button(f"motif:cancel:{rid}", message, user_id=42)
+            h.inject(again)
+            await until(lambda: h.fake.find("POST", rf"/interactions/{again['id']}/.*"))
+            assert "can no longer be cancelled" in _callback_of(h.fake, again)["data"]["content"]
+
+    asyncio.run(scenario())
+
+
+def test_a_started_request_loses_its_cancel_button(bot_settings, jobs, dispatched, worker):
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            h.inject(h.payloads.slash("compose", {"bars": 2}))
+            (rid,) = await queued(jobs, dispatched)
+            (first,) = await h.fake.wait_for("PATCH", ORIGINAL)
+            assert f"motif:cancel:{rid}" in custom_ids(first.json)
+            worker.generating(rid)
+            edits = await h.fake.wait_for("PATCH", ORIGINAL, count=2)
+            assert "generating" in edits[1].json["content"]
+            assert edits[1].json["components"] == []
 
     asyncio.run(scenario())

@@ -149,3 +149,15 @@ def test_result_buttons_carry_the_request_id():
         "motif:rate:up:12",
         "motif:rate:down:12",
     ]
+
+
+def test_a_finished_run_says_its_candidate_is_already_active():
+    from engine.admin import RunInfo
+
+    info = RunInfo(
+        id=4, status="done", progress={}, metrics={"val_nll": 2.5}, error=None,
+        candidate="run4-v1", channel_id=None, loss_curve_key=None,
+    )  # fmt: skip
+    text = messages.run_final_text(info)
+    assert "`run4-v1` passed the quality gate and is now active" in text
+    assert "/model activate" not in text and "/model rollback" in text

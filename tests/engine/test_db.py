@@ -74,3 +74,34 @@ def test_the_migrations_build_exactly_the_orm_schema(tmp_path):
     db.upgrade(url)
     with db.engine_for(url).connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+@pytest.mark.services
+def test_the_postgres_fixture_uses_a_database_of_its_own(request):
+    """`pg_url` creates a uniquely named database; what else lives on the server (here a table
+    this test made, uniquely named, in the shared database) survives it."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    from tests.conftest import PG_URL, port_open
+
+    if not port_open("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    sentinel = f"motif_sentinel_{uuid.uuid4().hex[:12]}"
+    shared = create_engine(PG_URL)
+    try:
+        with shared.begin() as conn:
+            conn.execute(text(f"CREATE TABLE {sentinel} (x int)"))
+        url = request.getfixturevalue("pg_url")
+        name = make_url(url).database
+        assert name != make_url(PG_URL).database and name.startswith("motif_test_")
+        db.upgrade(url)
+        assert "requests" in inspect(db.engine_for(url)).get_table_names()
+        assert sentinel in inspect(shared).get_table_names()
+        other = request.getfixturevalue("pg_url")  # one per test: the same database again
+        assert other == url
+    finally:
+        with shared.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {sentinel}"))
+        shared.dispose()

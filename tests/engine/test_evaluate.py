@@ -128,7 +128,6 @@ def tiny_files(tmp_path, monkeypatch):
     from engine.tokens import EventCodec
 
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     codec = EventCodec()
     cfg = ModelConfig.for_codec(codec, d_embed=8, hidden=8, layers=1)
     model_path = save_checkpoint(

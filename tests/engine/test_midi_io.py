@@ -302,3 +302,16 @@ def test_fuzz_event_bytes_inside_a_track(seed, pos, blob):
         struct.pack(">I", tail) if data.count(b"MTrk") == 1 else data[first - 4 : first]
     )
     _check(bytes(data))
+
+
+def test_a_continuation_without_seed_is_written_as_continuation():
+    cont = Piece((Note(0, 1, 67, 70), Note(1, 0.5, 69, 70)), tempo_bpm=140, time_signature=(3, 4))
+    data = to_midi_bytes(None, cont)
+    from symusic import Score
+
+    assert [t.name for t in Score.from_midi(data).tracks] == ["continuation"]
+    back = load_seed(data)
+    assert back.tempo_bpm == 140 and back.time_signature == (3, 4)
+    assert [n.pitch for n in back.notes] == [67, 69]
+    with pytest.raises(ValueError):
+        to_midi_bytes(None, None)

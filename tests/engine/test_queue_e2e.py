@@ -221,3 +221,45 @@ def test_motif_status_on_a_fresh_database(tmp_path):
     assert proc.stdout.startswith(
         "queued 0, running 0, active model the shipped default (not registered yet)"
     ), proc.stdout
+
+
+def test_motif_cancel_withdraws_a_queued_cli_request_and_no_worker_runs_it(
+    tmp_path, tiny_model_path, worker_factory
+):
+    """`motif compose` waits (no worker yet); `motif cancel 1` withdraws its request; the
+    waiting command ends saying so; a worker started afterwards skips it and serves the next."""
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path)
+    db.upgrade(settings.sqlalchemy_url)
+
+    def motif(*args: str, **kw) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *args], env=settings_env(settings), cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        )  # fmt: skip
+
+    waiting = motif("compose", "--no-worker", "--bars", "2", "--timeout", "120")
+    service = JobService(settings)
+    deadline = time.monotonic() + 60
+    while True:
+        with session_scope(settings.sqlalchemy_url) as s:
+            if s.get(Request, 1) is not None:
+                break
+        assert time.monotonic() < deadline and waiting.poll() is None
+        time.sleep(0.1)
+    other = service.compose(Requester(discord_id=9, name="d"), validate_options(bars=2), None)
+    out, err = motif("cancel", str(other)).communicate(timeout=60)
+    assert "only the person who asked" in err  # the command line cancels its own requests only
+    out, err = motif("cancel", "1").communicate(timeout=60)
+    assert out.strip() == "request #1 cancelled", err
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 1 and "request #1 cancelled" in err, out + err
+    assert service.progress(1).status is RequestStatus.CANCELLED
+
+    worker_factory(settings).start()
+    wait_finished(service, other, timeout=120)
+    check_artifacts(service, other)
+    assert service.progress(1).status is RequestStatus.CANCELLED
+    assert service.progress(1).artifacts == [] and service.progress(1).model_version is None
+    again = motif("cancel", "1")
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 1 and "cannot be cancelled now" in err

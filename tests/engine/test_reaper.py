@@ -74,3 +74,43 @@ def test_dead_training_run_is_failed_never_half_active(settings):
     assert reap(settings, dispatch=False).runs_failed == [run_id]
     with session_scope(settings.sqlalchemy_url) as s:
         assert s.get(TrainingRun, run_id).status is RunStatus.FAILED
+
+
+def test_a_run_that_finishes_while_the_reaper_looks_is_left_alone(settings):
+    """The run finishes between the reaper's SELECT and its UPDATE (a real second writer, timed
+    by a hook on the engine's own statements): the finished run must stay done."""
+    from sqlalchemy import event
+
+    from engine.db import engine_for
+
+    url = settings.sqlalchemy_url
+    with session_scope(url) as s:
+        run = TrainingRun(
+            params={}, status=RunStatus.EVALUATING, heartbeat_at=utcnow() - timedelta(hours=1)
+        )
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    finished: list[str] = []
+
+    def finish_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE TRAINING_RUNS") and not finished:
+            finished.append(statement)
+            with session_scope(url) as s:
+                s.execute(
+                    update(TrainingRun)
+                    .where(TrainingRun.id == run_id)
+                    .values(status=RunStatus.DONE, heartbeat_at=utcnow(), finished_at=utcnow())
+                )
+
+    engine = engine_for(url)
+    event.listen(engine, "before_cursor_execute", finish_first)
+    try:
+        report = reap(settings, dispatch=False)
+    finally:
+        event.remove(engine, "before_cursor_execute", finish_first)
+    assert finished  # the second writer did run between the SELECT and the UPDATE
+    assert report.runs_failed == []
+    with session_scope(url) as s:
+        row = s.get(TrainingRun, run_id)
+        assert row.status is RunStatus.DONE and row.error is None

@@ -142,7 +142,7 @@ def test_one_run_at_a_time_and_cancel(retrain_settings):
     run_id = request_retrain(RetrainOptions(model_config=TINY), settings=s, dispatch=False)
     with pytest.raises(Exception, match="already queued"):
         request_retrain(RetrainOptions(), settings=s, dispatch=False)
-    assert admin.cancel_run(run_id, s)
+    assert admin.cancel_run(run_id, s) == "cancelled"
     assert run_info(run_id, s).status == "cancelled"
     assert run_training(run_id, s) == "skipped"  # a cancelled run's message does nothing
 
@@ -167,3 +167,62 @@ def test_retrain_through_a_real_worker_then_compose_uses_the_new_version(
     prog = wait_finished(service, rid)
     assert prog.model_version == info.candidate
     assert RunStatus.DONE.value == info.status
+
+
+def test_motif_retrain_cancel_stops_the_run_a_real_worker_is_training(
+    retrain_settings, worker_factory
+):
+    """`motif retrain --cancel N` while a real worker trains run N: the loop stops at its next
+    step, the run ends cancelled, no candidate is kept and the active model stays."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, settings_env
+
+    s = retrain_settings
+    before = admin.active_version(s)
+    worker_factory(s, queues="train").start()
+    long_run = dict(TINY, max_steps=100_000)
+    run_id = request_retrain(
+        RetrainOptions(epochs=100, max_minutes=10, model_config=long_run), settings=s
+    )
+    deadline = time.monotonic() + 120
+    while "step" not in run_info(run_id, s).progress:  # training, past the data loading
+        assert run_info(run_id, s).status in ("queued", "running"), run_info(run_id, s)
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    def motif(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, env=settings_env(s),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    done = motif("retrain", "--cancel", str(run_id))
+    assert done.returncode == 0, done.stderr
+    assert f"Training run #{run_id} stops at its next step" in done.stdout
+    deadline = time.monotonic() + 60
+    while run_info(run_id, s).status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    info = run_info(run_id, s)
+    assert info.status == "cancelled" and info.candidate is None
+    assert admin.active_version(s) == before
+    again = motif("retrain", "--cancel", str(run_id))
+    assert again.returncode == 1 and "nothing to cancel" in again.stdout
+
+
+def test_cancel_run_is_a_compare_and_set(retrain_settings):
+    s = retrain_settings
+    run_id = request_retrain(RetrainOptions(model_config=TINY), settings=s, dispatch=False)
+    from sqlalchemy import update
+
+    from engine.records import TrainingRun
+
+    with session_scope(s.sqlalchemy_url) as session:  # a worker claimed it meanwhile
+        session.execute(
+            update(TrainingRun).where(TrainingRun.id == run_id).values(status=RunStatus.EVALUATING)
+        )
+    assert admin.cancel_run(run_id, s) == ""  # too late: evaluating is never overwritten
+    assert run_info(run_id, s).status == "evaluating"
