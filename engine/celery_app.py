@@ -40,7 +40,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": 5,
+        # A broker that accepts connections but never answers must not hang a sender.
+        "broker_connection_timeout": settings.broker_timeout_s,
+        "redis_socket_connect_timeout": settings.broker_timeout_s,
+        "redis_socket_timeout": settings.broker_timeout_s,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "result_extended": False,
@@ -60,7 +63,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
         }
     elif url.startswith(("redis://", "rediss://")):
         # Long enough for a training run's message; the reaper handles lost generation jobs.
-        config["broker_transport_options"] = {"visibility_timeout": 3600}
+        config["broker_transport_options"] = {
+            "visibility_timeout": 3600,
+            "socket_connect_timeout": settings.broker_timeout_s,
+            "socket_timeout": max(settings.broker_timeout_s, 5.0),  # above BRPOP's 1 s wait
+        }
     if settings.celery_result_backend.startswith("db+sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     return config
