@@ -11,6 +11,7 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Exchange, Queue
 
+from engine.errors import ServiceUnavailable
 from engine.settings import Settings, get_settings
 
 GPU_QUEUE, CPU_QUEUE, TRAIN_QUEUE = "gpu", "cpu", "train"
@@ -51,8 +52,14 @@ def celery_config(settings: Settings) -> dict[str, object]:
     url = settings.celery_broker_url
     if url.startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("out", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("out", "processed", "control"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The broker folder {folder} cannot be created: {exc.strerror or exc}.",
+                detail=str(exc),
+            ) from exc
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
@@ -69,7 +76,13 @@ def celery_config(settings: Settings) -> dict[str, object]:
             "socket_timeout": max(settings.broker_timeout_s, 5.0),  # above BRPOP's 1 s wait
         }
     if settings.celery_result_backend.startswith("db+sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The data folder {settings.data_dir} cannot be created: {exc.strerror or exc}.",
+                detail=str(exc),
+            ) from exc
     return config
 
 

@@ -39,6 +39,7 @@ from engine.records import (
     utcnow,
 )
 from engine.settings import Settings, get_settings
+from engine.worker_life import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +59,6 @@ class RowNotVisible(Exception):
 
 def beat_interval_s(settings: Settings) -> float:
     return min(2.0, settings.stale_after_s / 4)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this machine still runs (a zombie awaiting its parent does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc: trust kill(0)
 
 
 def claimant_gone(

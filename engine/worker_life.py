@@ -87,5 +87,26 @@ class WorkerPresence:
             log.warning("could not deregister worker", exc_info=True)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (a zombie awaiting its parent does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
+def presence_alive(node: str, pid: int) -> bool:
+    """A presence row of this machine whose process is dead is not a live worker, however fresh
+    its last beat (a `kill -9` leaves the row behind)."""
+    return node.rpartition("@")[2] != socket.gethostname() or process_alive(pid)
+
+
 def default_hostname(queues: str) -> str:
     return f"motif-{queues.replace(',', '-')}@{socket.gethostname()}:{os.getpid()}"
