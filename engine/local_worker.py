@@ -117,6 +117,10 @@ class LocalWorker:
 
         if serving(self.settings):
             return False
+        if isinstance(state["pid"], int):
+            # The shared worker's process runs (a presence beat may just be late on a busy
+            # machine): starting a second one would only compete with it for the cores.
+            return False
         log_path = self.settings.data_dir / "worker.log"
         print(f"starting a local worker (log: {log_path})")
         proc = start_worker_process(self.settings)
