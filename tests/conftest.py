@@ -357,3 +357,30 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     yield server
     if server.proc is not None and server.proc.poll() is None:
         server.kill9()
+
+
+@pytest.fixture
+def own_pg_database() -> Iterator[tuple[str, str]]:
+    """A Postgres database of this test's own (created and dropped here)."""
+    if not port_open("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set MOTIF_TEST_PG_URL)")
+    from sqlalchemy import create_engine, text
+
+    name = f"motif_own_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        pytest.skip(f"cannot create a database at {PG_URL}: {exc}")
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url, name
+    finally:
+        for engine in db._engines.values():
+            engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

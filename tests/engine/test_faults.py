@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from tests.conftest import (
     ROOT,
     example_seed_bytes,
     make_settings,
-    port_open,
     settings_env,
     wait_finished,
 )
@@ -138,31 +136,6 @@ def test_a_broker_killed_with_requests_queued_and_restarted_empty_loses_nothing(
         prog = wait_finished(service, rid, timeout=max(5.0, 30 - (time.monotonic() - back)))
         assert prog.status is RequestStatus.DONE, prog.error_user
     print(f"\nall 4 done {time.monotonic() - back:.1f} s after the broker came back (empty)")
-
-
-@pytest.fixture
-def own_pg_database() -> Iterator[tuple[str, str]]:
-    """A Postgres database of this test's own (created and dropped here)."""
-    if not port_open("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set MOTIF_TEST_PG_URL)")
-    name = f"motif_faults_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        pytest.skip(f"cannot create a database at {PG_URL}: {exc}")
-    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url, name
-    finally:
-        for engine in db._engines.values():
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _set_reachable(name: str, reachable: bool) -> None:
