@@ -221,3 +221,28 @@ def test_queue_wait_counts_to_the_first_start_after_a_recovery(settings, tiny_mo
     t = _row(s, rid).timings
     assert t["queue_wait_s"] == pytest.approx(30.0, abs=0.5)
     assert t["recovery_s"] == pytest.approx(100.0, abs=15.0) and t["attempts"] == 2
+
+
+def test_a_reaper_pass_while_the_broker_is_down_resends_once_it_is_back(tmp_path, own_redis):
+    s = make_settings(tmp_path, broker_url=own_redis.url, broker_timeout_s=1.0)
+    db.upgrade(s.sqlalchemy_url)
+    rid = JobService(s, dispatch=lambda _: None).compose(
+        Requester(discord_id=1), validate_options(), None
+    )
+    _set(
+        s,
+        rid,
+        status=RequestStatus.GENERATING,
+        heartbeat_at=utcnow(),
+        attempts=1,
+        worker=f"{socket.gethostname()}:{_dead_pid()}",
+        created_at=utcnow() - timedelta(seconds=60),
+    )
+    # The broker is down: the job is re-queued, its send refused, and nothing raises.
+    report = reap(s)
+    assert report.requeued == [rid] and report.send_failed
+    assert _row(s, rid).status is RequestStatus.QUEUED and _row(s, rid).sent_at is None
+    own_redis.start()
+    report = reap(s)
+    assert report.resent == [rid] and not report.send_failed
+    assert own_redis.length("gpu") == 1 and _row(s, rid).sent_at is not None
