@@ -29,24 +29,11 @@ NEEDED_QUEUES = ("gpu", "cpu")
 
 
 def live_queues(settings: Settings) -> set[str]:
-    """The queues that live workers take: fresh presence rows, less those whose process on this
-    machine is dead."""
-    from datetime import timedelta
-
-    from sqlalchemy import select
-
     from engine.db import session_scope
-    from engine.records import Worker, utcnow
-    from engine.worker_life import presence_alive
+    from engine.worker_life import live_queues_in
 
-    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
     with session_scope(settings.sqlalchemy_url) as session:
-        rows = list(
-            session.execute(
-                select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
-            )
-        )
-    return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}
+        return live_queues_in(session, settings)
 
 
 def serving(settings: Settings) -> bool:

@@ -69,7 +69,8 @@ def claimant_gone(
     now = utcnow()
     if claimant is None or heartbeat_at is None:
         return True
-    if heartbeat_at < now - timedelta(seconds=settings.claim_lease_s):
+    lease_s = min(settings.claim_lease_s, settings.stale_after_s)
+    if heartbeat_at < now - timedelta(seconds=lease_s):
         return True  # a working claimant beats every couple of seconds
     host, _, pid = claimant.rpartition(":")
     if claimant == worker_name():

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from engine.db import session_scope
 from engine.errors import QueueUnreachable
 from engine.pipeline import claimant_gone
-from engine.records import Request, RequestStatus, RunStatus, TrainingRun, Worker, utcnow
+from engine.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
 from engine.settings import Settings
+from engine.worker_life import live_queues_in
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def _act(
     rid: int,
     status: RequestStatus,
     attempts: int,
-    cutoff: object,
+    cutoff: datetime,
 ) -> None:
     with session_scope(settings.sqlalchemy_url) as session:
         row = session.get(Request, rid)
@@ -162,7 +164,7 @@ def _send(settings: Settings, report: ReapReport, ids: list[int], *, render: boo
     return sent
 
 
-def _stage_busy(session, status: RequestStatus, since) -> bool:  # type: ignore[no-untyped-def]
+def _stage_busy(session: Session, status: RequestStatus, since: datetime) -> bool:
     return (
         session.scalar(
             select(Request.id)
@@ -171,15 +173,6 @@ def _stage_busy(session, status: RequestStatus, since) -> bool:  # type: ignore[
         )
         is not None
     )
-
-
-def _live_queues(session, settings: Settings) -> set[str]:  # type: ignore[no-untyped-def]
-    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
-    return {
-        q
-        for queues in session.scalars(select(Worker.queues).where(Worker.last_seen >= since))
-        for q in queues.split(",")
-    }
 
 
 def resend_lost(settings: Settings, report: ReapReport | None = None) -> ReapReport:
@@ -191,7 +184,7 @@ def resend_lost(settings: Settings, report: ReapReport | None = None) -> ReapRep
     now = utcnow()
     old = now - timedelta(seconds=settings.resend_after_s)
     with session_scope(settings.sqlalchemy_url) as session:
-        queues = _live_queues(session, settings)
+        queues = live_queues_in(session, settings)
         lost_ok = "gpu" in queues and not _stage_busy(session, RequestStatus.GENERATING, old)
         queued = list(
             session.scalars(

@@ -8,6 +8,7 @@ import socket
 import threading
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from engine.db import ensure_schema, session_scope
 from engine.records import Worker, utcnow
@@ -106,6 +107,18 @@ def presence_alive(node: str, pid: int) -> bool:
     """A presence row of this machine whose process is dead is not a live worker, however fresh
     its last beat (a `kill -9` leaves the row behind)."""
     return node.rpartition("@")[2] != socket.gethostname() or process_alive(pid)
+
+
+def live_queues_in(session: Session, settings: Settings) -> set[str]:
+    """The queues that live workers take: fresh presence rows, less those whose process on this
+    machine is dead."""
+    from datetime import timedelta
+
+    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    rows = session.execute(
+        select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
+    )
+    return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}
 
 
 def default_hostname(queues: str) -> str:
