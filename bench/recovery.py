@@ -5,12 +5,13 @@
 Each scenario, on a fresh embedded Motif in a temp folder with the shipped default model:
 - pool-child: kill -9 of the worker's pool child mid-generation → the request done
 - worker: kill -9 of a whole worker mid-generation while a second one runs → done
-- broker: an own `redis-server` killed with 4 requests queued (the worker frozen with SIGSTOP
-  meanwhile, so they stay queued), restarted empty, the worker resumed → all 4 done
+- broker: an own `redis-server` killed with 4 requests queued (the worker told to stop taking
+  the gpu queue meanwhile, so they stay queued), restarted empty, the worker told to take it
+  again → all 4 done (the time counts from the broker's restart)
 - postgres: an own Postgres database made unreachable for 10 s mid-generation (3 requests) →
   all 3 done (the time counts from the database's return)
 Figures: seconds from the fault's end to done, median of the repeats; the default reaper
-interval (15 s), worker heartbeat (5 s), resend age (20 s) and claim lease (30 s) apply.
+interval (5 s), worker heartbeat (5 s), resend age (10 s) and claim lease (30 s) apply.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy import create_engine, text
 
 from bench.queue_flood import worker_env
 from engine import db
+from engine.celery_app import make_app
 from engine.db import session_scope
 from engine.jobs import JobService, Requester, validate_options
 from engine.records import Request, RequestStatus
@@ -182,19 +184,36 @@ def broker(folder: Path) -> float:
     try:
         _ready(settings)
         service = JobService(settings)
-        os.killpg(w.proc.pid, signal.SIGSTOP)  # frozen: the requests stay queued in Redis
-        ids = _submit(service, 4)
+        app = make_app(settings)
+        node = [f"w1@{socket.gethostname()}"]
+        _control(lambda: app.control.cancel_consumer("gpu", destination=node, reply=True))
+        ids = _submit(service, 4)  # they stay queued in Redis
         redis.kill()
         redis.wait()
         redis = start()  # empty: the four messages are gone
-        os.killpg(w.proc.pid, signal.SIGCONT)
         t = time.monotonic()
+        _control(lambda: app.control.add_consumer("gpu", destination=node, reply=True))
         _wait(service, ids)
         return time.monotonic() - t
     finally:
         w.kill()
         redis.kill()
         redis.wait()
+
+
+def _control(call: Callable[[], object], timeout: float = 60.0) -> None:
+    """A remote-control command, repeated until the worker answers (it may be reconnecting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if call():
+                return
+        except Exception:  # noqa: BLE001 - the broker connection is being re-made
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not answer")
+        time.sleep(0.5)
 
 
 def postgres(folder: Path) -> float:
