@@ -213,3 +213,41 @@ def test_delivery_claims_let_one_bot_process_post_each_result(settings):
     service.mark_delivered(rid)
     assert not service.claim_delivery(rid, "bot-a", lease_s=60)  # delivered: nobody posts again
     assert service.undelivered() == []
+
+
+@pytest.mark.services
+def test_the_same_new_tune_stored_at_once_is_one_row_and_no_error(own_pg_database):
+    """Two uploads of the same file race: the loser's insert waits on the unique index, then
+    gets the winner's row (insert-or-get), never an IntegrityError."""
+    import threading
+
+    from engine import db
+    from engine.jobs import tune_for
+
+    url, _ = own_pg_database
+    db.upgrade(url)
+
+    def tune() -> Tune:
+        return Tune(
+            content_hash="ab" * 32, source=TuneSource.SEED, midi_key="k", note_count=1,
+            duration_s=1.0,
+        )  # fmt: skip
+
+    got: list[int] = []
+    with session_scope(url) as winner:
+        winner.add(tune())
+        winner.flush()  # inserted, not committed: the other insert blocks on the index
+        with session_scope(url) as probe:  # the loser cannot see it yet
+            assert probe.scalar(select(Tune.id)) is None
+
+        def loser() -> None:
+            with session_scope(url) as session:
+                got.append(tune_for(session, tune()).id)
+
+        thread = threading.Thread(target=loser)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # waiting on the winner's uncommitted row
+    thread.join(timeout=30)
+    with session_scope(url) as s:
+        assert got == [s.scalar(select(Tune.id))] and s.scalar(select(func.count(Tune.id))) == 1
