@@ -113,13 +113,23 @@ class LocalWorker:
         proc = start_worker_process(self.settings)
         state["pid"] = proc.pid
         self.started_here = True
-        wait_worker_ready(
-            self.settings,
-            proc,
-            self.ready_timeout,
-            lambda: _tail(log_path),
-            ready=lambda: serving(self.settings),
-        )
+        try:
+            wait_worker_ready(
+                self.settings,
+                proc,
+                self.ready_timeout,
+                lambda: _tail(log_path),
+                ready=lambda: serving(self.settings),
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            state["pid"] = None
+            if proc.poll() is None:
+                stop_pid(self.settings, proc.pid)
+            last = next((ln for ln in reversed(_tail(log_path).splitlines()) if ln.strip()), "")
+            raise ServiceUnavailable(
+                f"The local worker did not start (its log: {log_path}): {last.strip()[:300]}",
+                detail=str(exc),
+            ) from exc
         return True
 
     def leave(self) -> None:

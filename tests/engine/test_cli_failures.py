@@ -119,3 +119,11 @@ def test_compose_starts_a_new_worker_when_its_worker_is_gone(tmp_path, tiny_mode
     assert proc.returncode == 0, out + err
     assert "a new one is running" in out
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".mid", ".ogg", ".png"]
+
+
+def test_compose_whose_local_worker_cannot_start_says_why_in_one_line(tmp_path):
+    settings = make_settings(tmp_path, soundfont=str(tmp_path / "missing.sf2"))
+    proc = motif(settings, "compose", "--style", "folk", timeout=180)
+    assert proc.returncode == 2
+    line = one_line(proc)
+    assert "did not start" in line and "MOTIF_SOUNDFONT" in line
