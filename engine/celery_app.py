@@ -60,6 +60,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
                 f"The broker folder {folder} cannot be created: {exc.strerror or exc}.",
                 detail=str(exc),
             ) from exc
+        config["broker_transport"] = "engine.broker_files:Transport"  # atomic message files
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
