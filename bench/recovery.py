@@ -105,8 +105,11 @@ def _wait(service: JobService, ids: list[int], timeout: float = 300.0) -> None:
             time.sleep(0.1)
 
 
-def _generating(service: JobService, rid: int) -> int:
+def _generating(service: JobService, rid: int, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
     while service.progress(rid).status is not RequestStatus.GENERATING:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {rid} never started")
         time.sleep(0.02)
     with session_scope(service.url) as s:
         return int(s.get(Request, rid).worker.rpartition(":")[2])
