@@ -6,6 +6,7 @@ machines share files without sharing a disk. Keys are relative paths like `reque
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -14,7 +15,23 @@ from pathlib import Path
 
 import fsspec
 
+from engine.errors import StorageUnavailable
+
 log = logging.getLogger(__name__)
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(root: str, exc: OSError) -> StorageUnavailable:
+    """A file-store failure as a reason someone can act on (no traceback for users)."""
+    if exc.errno in _FULL:
+        what = "is full"
+    elif exc.errno in _READ_ONLY:
+        what = "is read-only (no permission to write)"
+    else:
+        what = f"cannot be written ({exc.strerror or exc})"
+    return StorageUnavailable(f"The file store at {root} {what}.", detail=repr(exc))
 
 
 class ArtifactStore:
@@ -23,7 +40,10 @@ class ArtifactStore:
         self.is_local = "://" not in root or root.startswith("file://")
         if self.is_local:
             self._base = Path(root.removeprefix("file://")).expanduser().resolve()
-            self._base.mkdir(parents=True, exist_ok=True)
+            try:
+                self._base.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise storage_error(str(self._base), exc) from exc
             self._fs = None
         else:
             self._fs, _ = fsspec.core.url_to_fs(root)
@@ -43,12 +63,18 @@ class ArtifactStore:
         """Write atomically: a reader never sees half a file, a rerun overwrites the same key."""
         if self.is_local:
             path = self._base / self._check(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            except OSError as exc:
+                raise storage_error(str(self._base), exc) from exc
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                 os.replace(tmp, path)
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                raise storage_error(str(self._base), exc) from exc
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

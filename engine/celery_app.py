@@ -11,6 +11,7 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Exchange, Queue
 
+from engine.errors import ServiceUnavailable
 from engine.settings import Settings, get_settings
 
 GPU_QUEUE, CPU_QUEUE, TRAIN_QUEUE = "gpu", "cpu", "train"
@@ -40,7 +41,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": 5,
+        # A broker that accepts connections but never answers must not hang a sender.
+        "broker_connection_timeout": settings.broker_timeout_s,
+        "redis_socket_connect_timeout": settings.broker_timeout_s,
+        "redis_socket_timeout": settings.broker_timeout_s,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "result_extended": False,
@@ -48,8 +52,15 @@ def celery_config(settings: Settings) -> dict[str, object]:
     url = settings.celery_broker_url
     if url.startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("out", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("out", "processed", "control"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The broker folder {folder} cannot be created: {exc.strerror or exc}.",
+                detail=str(exc),
+            ) from exc
+        config["broker_transport"] = "engine.broker_files:Transport"  # atomic message files
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
@@ -60,9 +71,19 @@ def celery_config(settings: Settings) -> dict[str, object]:
         }
     elif url.startswith(("redis://", "rediss://")):
         # Long enough for a training run's message; the reaper handles lost generation jobs.
-        config["broker_transport_options"] = {"visibility_timeout": 3600}
+        config["broker_transport_options"] = {
+            "visibility_timeout": 3600,
+            "socket_connect_timeout": settings.broker_timeout_s,
+            "socket_timeout": max(settings.broker_timeout_s, 5.0),  # above BRPOP's 1 s wait
+        }
     if settings.celery_result_backend.startswith("db+sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The data folder {settings.data_dir} cannot be created: {exc.strerror or exc}.",
+                detail=str(exc),
+            ) from exc
     return config
 
 

@@ -37,15 +37,19 @@ def live_workers(settings: Settings) -> list[str]:
 
 
 def wait_worker_ready(
-    settings: Settings, proc: subprocess.Popen, timeout: float, log_tail: Callable[[], str]
+    settings: Settings,
+    proc: subprocess.Popen,
+    timeout: float,
+    log_tail: Callable[[], str],
+    ready: Callable[[], object] | None = None,
 ) -> None:
-    """Wait until a worker started for `settings` has registered; RuntimeError if it exits
-    first, TimeoutError after `timeout` s (both with the end of its log)."""
+    """Wait until a worker started for `settings` has registered (or `ready()` is true);
+    RuntimeError if it exits first, TimeoutError after `timeout` s (both with its log's end)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited: {log_tail()}")
-        if live_workers(settings):
+        if (ready or (lambda: live_workers(settings)))():
             return
         time.sleep(0.2)
     raise TimeoutError(f"worker not ready: {log_tail()}")
@@ -100,16 +104,30 @@ def stop_worker_process(
 
 def cmd_compose(args: argparse.Namespace) -> int:
     from engine.db import ensure_schema
+    from engine.errors import ServiceUnavailable
     from engine.jobs import JobService, Requester, validate_options
+    from engine.local_worker import LocalWorker, serving
+    from engine.midi_io import SeedLimits
     from engine.records import RequestStatus
 
     settings = get_settings()
+    if not args.verbose:
+        # the one-line message below says it; the log's warning would be a second line
+        logging.getLogger("engine.queueing").setLevel(logging.ERROR)
     seed_bytes = None
     seed_name = ""
     if args.seed:
         path = Path(args.seed)
         if not path.is_file():
             print(f"motif: no such seed file: {path}", file=sys.stderr)
+            return 2
+        limit = SeedLimits().max_bytes
+        if path.stat().st_size > limit:  # refused before a byte is read
+            print(
+                f"motif: the seed file is too large: {path.stat().st_size:,} bytes "
+                f"(the limit is {limit:,} bytes)",
+                file=sys.stderr,
+            )
             return 2
         seed_bytes = path.read_bytes()
         seed_name = path.name
@@ -128,11 +146,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
     )
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     started = time.perf_counter()
-    proc = None
-    if not args.no_worker and not any("gpu" in q for q in live_workers(settings)):
-        print("starting a local worker (log: %s)" % (settings.data_dir / "worker.log"))
-        proc = start_worker_process(settings)
+    local = None if args.no_worker else LocalWorker(settings, keep=args.keep_worker)
     try:
+        if local is not None:
+            local.join()  # concurrent composes share one worker
         service = JobService(settings)
         rid = service.compose(Requester(origin="cli", name="cli"), options, seed_bytes, seed_name)
         print(f"request #{rid} queued ({seed_name or 'no seed'}, {options.bars} bars)")
@@ -141,24 +158,36 @@ def cmd_compose(args: argparse.Namespace) -> int:
         order.append(RequestStatus.DONE)
         reached = 0  # how many stages of `order` have been printed
         deadline = time.monotonic() + args.timeout
+        next_check = time.monotonic() + 2.0
+        outage = False
         while True:
-            prog = service.progress(rid)
-            shown = (prog.status, prog.queue_position)
-            if shown != last:
-                last = shown
-                now = f"[{time.perf_counter() - started:.1f} s]"
-                if prog.status in order:  # a stage shorter than one poll still gets its line
-                    at = order.index(prog.status)
-                    for skipped in order[reached:at]:
-                        print(f"  {skipped.value}  {now}")
-                    reached = max(reached, at + 1)
-                where = f" (position {prog.queue_position})" if prog.queue_position else ""
-                print(f"  {prog.status.value}{where}  {now}")
-            if prog.finished:
-                break
-            if proc is not None and proc.poll() is not None:
-                print("motif: the local worker exited; see its log", file=sys.stderr)
-                return 1
+            try:
+                prog = service.progress(rid)
+            except ServiceUnavailable as exc:
+                if not outage:
+                    print(f"  {exc.user_message} (request #{rid} is saved; waiting)")
+                outage = True
+                prog = None
+            if prog is not None:
+                outage = False
+                shown = (prog.status, prog.queue_position)
+                if shown != last:
+                    last = shown
+                    now = f"[{time.perf_counter() - started:.1f} s]"
+                    if prog.status in order:  # a stage shorter than one poll gets its line
+                        at = order.index(prog.status)
+                        for skipped in order[reached:at]:
+                            print(f"  {skipped.value}  {now}")
+                        reached = max(reached, at + 1)
+                    where = f" (position {prog.queue_position})" if prog.queue_position else ""
+                    print(f"  {prog.status.value}{where}  {now}")
+                if prog.finished:
+                    break
+                if local is not None and time.monotonic() >= next_check:
+                    # Never wait on a worker that is gone: start one when none is live.
+                    next_check = time.monotonic() + 2.0
+                    if not serving(settings) and local.ensure():
+                        print("  the worker was gone; a new one is running")
             if time.monotonic() > deadline:
                 print(f"motif: gave up waiting after {args.timeout:.0f} s", file=sys.stderr)
                 return 1
@@ -168,11 +197,17 @@ def cmd_compose(args: argparse.Namespace) -> int:
             print(f"motif: request #{rid} {prog.status.value}{why}", file=sys.stderr)
             return 1
         out = Path(args.out or settings.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for art in prog.artifacts:
-            target = out / art.filename
-            target.write_bytes(service.artifact_bytes(art))
-            print(f"  wrote {target} ({art.size / 1024:.0f} KiB)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for art in prog.artifacts:
+                target = out / art.filename
+                target.write_bytes(service.artifact_bytes(art))
+                print(f"  wrote {target} ({art.size / 1024:.0f} KiB)")
+        except OSError as exc:
+            print(
+                f"motif: cannot write the result to {out}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return 2
         t = prog.timings
         print(
             f"done in {time.perf_counter() - started:.2f} s "
@@ -183,8 +218,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
             print("  note: the audio was shortened to fit the upload cap")
         return 0
     finally:
-        if proc is not None and not args.keep_worker:
-            stop_worker_process(proc, settings=settings)
+        if local is not None:
+            local.leave()
 
 
 # --- worker, database, models ---------------------------------------------------------------
@@ -438,8 +473,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    # Exit codes (docs/cli.md): 0 done; 1 the request failed or timed out; 2 refused or a
+    # service unreachable (one line saying which); 70 an unexpected error; 130 interrupted.
+    try:
+        level = getattr(logging, get_settings().log_level, 20)
+    except Exception as exc:  # noqa: BLE001 - a bad setting in the environment or .env
+        print(f"motif: bad settings: {_first_line(exc)}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else getattr(logging, get_settings().log_level, 20),
+        level=logging.DEBUG if args.verbose else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
@@ -451,9 +493,29 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MotifError as exc:
         print(f"motif: {exc.user_message}", file=sys.stderr)
+        log.debug("detail: %s", exc.detail)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for users; -v shows the traceback
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"motif: unexpected error: {type(exc).__name__}: {_first_line(exc)} "
+            "(run with -v for details)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def _first_line(exc: BaseException) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):  # pydantic: name the setting
+        with contextlib.suppress(Exception):
+            first = errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            return f"MOTIF_{where.upper()}: {first.get('msg', '')}"
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 if __name__ == "__main__":

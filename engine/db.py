@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,11 +26,24 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
 
 
-def _prepare_sqlite_folder(url: str) -> None:
+def _sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return Path(path)
+    return None
+
+
+def _prepare_sqlite_folder(url: str) -> None:
+    path = _sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The database folder {path.parent} cannot be created: {exc.strerror or exc}.",
+                detail=str(exc),
+            ) from exc
 
 
 def make_engine(url: str) -> Engine:
@@ -87,9 +101,9 @@ def session_scope(url: str) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
+        # Only what this session was writing is lost; rows written before are still there.
         raise ServiceUnavailable(
-            "The database is unreachable; nothing was saved. Try again shortly.",
-            detail=str(exc),
+            "The database is unreachable right now; try again shortly.", detail=str(exc)
         ) from exc
     except BaseException:
         session.rollback()
@@ -110,22 +124,71 @@ def head_revision(url: str) -> str | None:
 
 
 def current_revision(url: str) -> str | None:
+    _prepare_sqlite_folder(url)
     try:
         with engine_for(url).connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
-        raise ServiceUnavailable(
-            f"The database at {safe_url(url)} is unreachable.", detail=str(exc)
-        ) from exc
+        raise _unreachable(url, exc) from exc
+
+
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """One migrator at a time: a file lock beside a SQLite file, an advisory lock on Postgres.
+    Others wait here, then find the schema done."""
+    path = _sqlite_path(url)
+    if path is not None:
+        _prepare_sqlite_folder(url)
+        with open(f"{path}.migrate.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    try:
+        conn = engine_for(url).connect()
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+    except OperationalError as exc:
+        raise _unreachable(url, exc) from exc
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
+        finally:
+            conn.close()
+
+
+MIGRATION_LOCK_KEY = 0x6D6F7469  # "moti": any constant that other tools on the server don't use
+
+
+def _unreachable(url: str, exc: Exception) -> ServiceUnavailable:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+    return ServiceUnavailable(
+        f"The database at {safe_url(url)} is unreachable ({reason}).", detail=str(exc)
+    )
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    _prepare_sqlite_folder(url)
-    command.upgrade(alembic_config(url), revision)
+    with migration_lock(url):
+        try:
+            command.upgrade(alembic_config(url), revision)
+        except OperationalError as exc:
+            raise _unreachable(url, exc) from exc
 
 
 def downgrade(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    with migration_lock(url):
+        try:
+            command.downgrade(alembic_config(url), revision)
+        except OperationalError as exc:
+            raise _unreachable(url, exc) from exc
 
 
 def is_empty(url: str) -> bool:
@@ -139,14 +202,24 @@ def ensure_schema(url: str, *, auto_create: bool = False) -> None:
     `auto_create` is for the embedded single-machine default: a database with no tables at all is
     migrated on first use. An existing schema at an older revision is never touched implicitly.
     """
-    current = current_revision(url)
     head = head_revision(url)
+    current = current_revision(url)
     if current == head:
         return
-    if current is None and auto_create and is_empty(url):
-        log.info("creating a new database at %s", safe_url(url))
-        upgrade(url)
-        return
+    if current is None and auto_create:
+        # Several processes may start at once on a new database: one creates it, the others
+        # wait for the lock and then find it done.
+        with migration_lock(url):
+            current = current_revision(url)
+            if current == head:
+                return
+            if current is None and is_empty(url):
+                log.info("creating a new database at %s", safe_url(url))
+                try:
+                    command.upgrade(alembic_config(url), "head")
+                except OperationalError as exc:
+                    raise _unreachable(url, exc) from exc
+                return
     raise SchemaOutOfDate(
         f"The database schema is at revision {current or 'none'} but this code needs {head}. "
         "Run `motif db upgrade` first."

@@ -48,6 +48,19 @@ class ServiceUnavailable(MotifError):
     """The database or the broker cannot be reached."""
 
 
+class QueueUnreachable(ServiceUnavailable):
+    """The broker refused a send. `saved` says whether the request row is kept (it then starts
+    when the broker is back: the reaper sends it)."""
+
+    def __init__(self, user_message: str, *, detail: str | None = None, saved: bool = False):
+        super().__init__(user_message, detail=detail)
+        self.saved = saved
+
+
+class StorageUnavailable(MotifError):
+    """The artifact store cannot be written (read-only, full, or cannot be created)."""
+
+
 class SchemaOutOfDate(MotifError):
     """The database schema is older than the code; the message names the command to run."""
 

@@ -10,7 +10,8 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,15 @@ from sqlalchemy.orm import Session
 from engine import catalog
 from engine.artifacts import ArtifactStore, store_for
 from engine.db import session_scope
-from engine.errors import BadParams, NotAllowed, NotFound, QueueFull, RateLimited
+from engine.errors import (
+    BadParams,
+    NotAllowed,
+    NotFound,
+    QueueFull,
+    QueueUnreachable,
+    RateLimited,
+    ServiceUnavailable,
+)
 from engine.music import Piece
 from engine.records import (
     OPEN_STATES,
@@ -200,6 +209,23 @@ def user_for(session: Session, discord_id: int, name: str = "") -> User:
         return user
 
 
+def tune_for(session: Session, new: Tune) -> Tune:
+    """Insert-or-get on the content hash: the stored tune with `new`'s hash, or `new` inserted.
+    Two uploads of the same file at once both get the one row (no IntegrityError escapes)."""
+    tune = session.scalar(select(Tune).where(Tune.content_hash == new.content_hash))
+    if tune is not None:
+        return tune
+    try:
+        with session.begin_nested():
+            session.add(new)
+        return new
+    except IntegrityError:
+        # Another request stored the same tune between our read and our insert.
+        tune = session.scalar(select(Tune).where(Tune.content_hash == new.content_hash))
+        assert tune is not None
+        return tune
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -248,12 +274,13 @@ class JobService:
     ) -> Tune:
         """Keep a tune once per content hash; the MIDI bytes go to the artifact store."""
         digest = content_hash(midi)
-        tune = session.scalar(select(Tune).where(Tune.content_hash == digest))
-        if tune is None:
-            key = f"tunes/{digest[:2]}/{digest}.mid"
-            if not self.store.exists(key):
-                self.store.put(key, midi)
-            tune = Tune(
+        key = f"tunes/{digest[:2]}/{digest}.mid"
+        known = session.scalar(select(Tune.id).where(Tune.content_hash == digest)) is not None
+        if not known and not self.store.exists(key):
+            self.store.put(key, midi)
+        return tune_for(
+            session,
+            Tune(
                 content_hash=digest,
                 source=source,
                 owner_id=owner.id if owner else None,
@@ -263,10 +290,8 @@ class JobService:
                 duration_s=round(piece.duration_s, 3),
                 consent=consent,
                 consent_at=utcnow() if consent else None,
-            )
-            session.add(tune)
-            session.flush()
-        return tune
+            ),
+        )
 
     # --- limits -------------------------------------------------------------------------------
     def _check_limits(self, session: Session, user: User | None) -> None:
@@ -322,7 +347,7 @@ class JobService:
             from engine.midi_io import load_seed  # no torch
 
             piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
-        with session_scope(self.url) as session:
+        with _unsaved_on_outage(), session_scope(self.url) as session:
             user = self._user(session, who)
             self._check_limits(session, user)
             tune = None
@@ -337,7 +362,9 @@ class JobService:
                     name=seed_name,
                     consent=consent,
                 )
-            return self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+            rid = self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+        self._send(rid)
+        return rid
 
     def follow_up(
         self,
@@ -350,7 +377,7 @@ class JobService:
         rng_seed: int | None = None,
     ) -> int:
         """Reroll (same settings, new sample), extend (continue the result) or vary a request."""
-        with session_scope(self.url) as session:
+        with _unsaved_on_outage(), session_scope(self.url) as session:
             parent = session.get(Request, parent_id)
             if parent is None:
                 raise NotFound(f"request #{parent_id} does not exist.")
@@ -375,7 +402,9 @@ class JobService:
             user = self._user(session, who)
             self._check_limits(session, user)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
-            return self._enqueue(session, who, user, kind, options, tune, parent.id)
+            rid = self._enqueue(session, who, user, kind, options, tune, parent.id)
+        self._send(rid)
+        return rid
 
     def _enqueue(
         self,
@@ -406,11 +435,22 @@ class JobService:
         )
         session.add(request)
         session.flush()
-        # The message goes out before the commit: if the broker is down, the exception rolls
-        # the row back (no half-written request). A worker that sees the message before the
-        # commit lands retries until the row is visible.
-        self.dispatch(request.id)
         return request.id
+
+    def _send(self, request_id: int) -> None:
+        """The outbox: the row is committed first (sent_at empty), then its message goes out,
+        never inside a transaction. If the send fails the row stays queued and unsent, and
+        the reaper sends it when the broker is back; the caller is told exactly that."""
+        try:
+            self.dispatch(request_id)
+        except QueueUnreachable as exc:
+            raise QueueUnreachable(
+                f"The job queue is unreachable right now. Your request #{request_id} is saved "
+                "and will start as soon as the queue is back.",
+                detail=exc.detail,
+                saved=True,
+            ) from exc
+        mark_sent([request_id], self.settings)
 
     # --- following ----------------------------------------------------------------------------
     def progress(self, request_id: int) -> Progress:
@@ -644,6 +684,32 @@ class JobService:
             session.execute(
                 update(Request).where(Request.id == request_id).values(delivered_at=utcnow())
             )
+
+
+def mark_sent(request_ids: list[int], settings: Settings) -> None:
+    """Record that these rows' messages reached the broker (best effort: a row left unmarked
+    is only sent once more, and tasks are idempotent)."""
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            session.execute(
+                update(Request).where(Request.id.in_(request_ids)).values(sent_at=utcnow())
+            )
+    except ServiceUnavailable:
+        log.warning("could not mark requests %s as sent", request_ids, exc_info=True)
+
+
+@contextmanager
+def _unsaved_on_outage() -> Iterator[None]:
+    """Around a submitting transaction: a database outage there means nothing was saved."""
+    try:
+        yield
+    except QueueUnreachable:
+        raise
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(
+            "The database is unreachable; nothing was saved. Try again shortly.",
+            detail=exc.detail,
+        ) from exc
 
 
 def _suffix(key: str) -> str:

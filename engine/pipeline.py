@@ -17,13 +17,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from engine.artifacts import store_for
 from engine.db import session_scope
-from engine.errors import MotifError
-from engine.jobs import ComposeOptions, content_hash
+from engine.errors import MotifError, ServiceUnavailable
+from engine.jobs import ComposeOptions, content_hash, tune_for
 from engine.music import Note, Piece
 from engine.records import (
     Artifact,
@@ -33,9 +35,11 @@ from engine.records import (
     RequestStatus,
     Tune,
     TuneSource,
+    Worker,
     utcnow,
 )
 from engine.settings import Settings, get_settings
+from engine.worker_life import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +57,79 @@ class RowNotVisible(Exception):
 # --- claiming -------------------------------------------------------------------------------
 
 
+def beat_interval_s(settings: Settings) -> float:
+    return min(2.0, settings.stale_after_s / 4)
+
+
+def claimant_gone(
+    session: Session, claimant: str | None, heartbeat_at: datetime | None, settings: Settings
+) -> bool:
+    """Whether a generating row's claimant can no longer finish it: its process on this
+    machine is dead, its machine has no live worker presence, or it stopped beating."""
+    now = utcnow()
+    if claimant is None or heartbeat_at is None:
+        return True
+    lease_s = min(settings.claim_lease_s, settings.stale_after_s)
+    if heartbeat_at < now - timedelta(seconds=lease_s):
+        return True  # a working claimant beats every couple of seconds
+    host, _, pid = claimant.rpartition(":")
+    if claimant == worker_name():
+        # This process runs one task at a time: a claim of its own that no longer beats is
+        # left over from an interrupted attempt (a database outage).
+        return heartbeat_at < now - timedelta(seconds=3 * beat_interval_s(settings))
+    if host == socket.gethostname():
+        return not (pid.isdigit() and process_alive(int(pid)))
+    since = now - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    live = session.scalars(select(Worker.hostname).where(Worker.last_seen >= since))
+    return not any(name.rpartition("@")[2] == host for name in live)
+
+
+def _claim_values() -> dict[str, object]:
+    now = utcnow()
+    return {
+        "status": RequestStatus.GENERATING,
+        # the first start stays recorded: queue_wait_s is the wait before it, not after a fault
+        "generating_at": func.coalesce(Request.generating_at, now),
+        "heartbeat_at": now,
+        "attempts": Request.attempts + 1,
+        "worker": worker_name(),
+    }
+
+
 def claim_for_generation(request_id: int, settings: Settings) -> bool:
-    """queued → generating, for exactly one worker. False when someone else has it."""
+    """queued → generating, for exactly one worker (compare-and-set). A row whose claimant is
+    gone (see `claimant_gone`) is taken over the same way, so a redelivered message finishes
+    the job instead of waiting for the reaper. False when a live worker has it."""
     with session_scope(settings.sqlalchemy_url) as session:
         result = session.execute(
             update(Request)
             .where(Request.id == request_id, Request.status == RequestStatus.QUEUED)
-            .values(
-                status=RequestStatus.GENERATING,
-                generating_at=utcnow(),
-                heartbeat_at=utcnow(),
-                attempts=Request.attempts + 1,
-                worker=worker_name(),
-            )
+            .values(**_claim_values())
         )
         if result.rowcount:
             return True
-        if session.get(Request, request_id) is None:
+        row = session.get(Request, request_id)
+        if row is None:
             raise RowNotVisible(request_id)
-        return False
+        if row.status is not RequestStatus.GENERATING:
+            return False
+        if not claimant_gone(session, row.worker, row.heartbeat_at, settings):
+            return False
+        if row.attempts >= settings.max_attempts:
+            return False  # the reaper fails it with its message
+        previous = row.worker
+        result = session.execute(
+            update(Request)
+            .where(
+                Request.id == request_id,
+                Request.status == RequestStatus.GENERATING,
+                Request.worker.is_(None) if previous is None else Request.worker == previous,
+            )
+            .values(**_claim_values())
+        )
+        if result.rowcount:
+            log.warning("request %s taken over from %s (gone)", request_id, previous)
+        return bool(result.rowcount)
 
 
 def drain_queued(settings: Settings, limit: int, exclude: set[int]) -> list[int]:
@@ -100,7 +158,7 @@ def drain_queued(settings: Settings, limit: int, exclude: set[int]) -> list[int]
 def heartbeat(request_ids: list[int], settings: Settings) -> Iterator[None]:
     """Keep `heartbeat_at` fresh while a batch runs, so the reaper leaves live work alone."""
     stop = threading.Event()
-    every_s = min(2.0, settings.stale_after_s / 4)
+    every_s = beat_interval_s(settings)
 
     def beat() -> None:
         while not stop.wait(every_s):
@@ -162,6 +220,8 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     for rid in request_ids:
         try:
             jobs.append(load_job(rid, settings))
+        except ServiceUnavailable:
+            raise  # the task retries once the database is back
         except MotifError as exc:
             fail(rid, settings, exc.user_message, exc.detail)
         except Exception as exc:  # noqa: BLE001 - one bad row must not sink the batch
@@ -210,19 +270,21 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
                 tune_key = f"tunes/{digest[:2]}/{digest}.mid"
                 store.put(tune_key, midi)
                 full_notes = (seed.notes if seed else ()) + cont.notes
-                tune = Tune(
-                    content_hash=digest,
-                    source=TuneSource.GENERATION,
-                    owner_id=req.user_id,
-                    name=f"motif-{req.id}",
-                    midi_key=tune_key,
-                    note_count=len(full_notes),
-                    duration_s=round(
-                        max((n.end for n in full_notes), default=0.0) * 60.0 / cont.tempo_bpm, 3
+                tune = tune_for(
+                    session,
+                    Tune(
+                        content_hash=digest,
+                        source=TuneSource.GENERATION,
+                        owner_id=req.user_id,
+                        name=f"motif-{req.id}",
+                        midi_key=tune_key,
+                        note_count=len(full_notes),
+                        duration_s=round(
+                            max((n.end for n in full_notes), default=0.0) * 60.0 / cont.tempo_bpm,
+                            3,
+                        ),
                     ),
                 )
-                session.add(tune)
-                session.flush()
             _upsert_artifact(session, req.id, ArtifactKind.MIDI, key, midi, "audio/midi")
             req.result_tune_id = tune.id
             req.model_version = version
@@ -235,9 +297,15 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
             timings["batch_size"] = len(jobs)
             timings["notes"] = len(cont.notes)
             if req.generating_at is not None:
+                # generating_at is the first start: the time spent waiting in the queue
                 timings["queue_wait_s"] = round(
                     (req.generating_at - req.created_at).total_seconds(), 3
                 )
+                if req.attempts > 1:  # the time lost to faults (a dead worker, an outage)
+                    timings["recovery_s"] = round(
+                        (utcnow() - req.generating_at).total_seconds() - elapsed, 3
+                    )
+                timings["attempts"] = req.attempts
             req.timings = timings
         finished.append(job.request_id)
     return finished
@@ -383,6 +451,11 @@ def run_generation(request_id: int, settings: Settings | None = None) -> list[in
                 time.sleep(settings.batch_wait_ms / 1000)
             batch.extend(drain_queued(settings, settings.batch_size - 1, {request_id}))
             return generate_batch(batch, settings)
+    except ServiceUnavailable:
+        # The database went away: nothing is failed or acknowledged as failed; the task is
+        # retried with back-off, and the rows claimed here are taken over (claimant_gone).
+        log.warning("database unreachable while generating %s; will retry", batch)
+        raise
     except MotifError as exc:
         for rid in batch:
             fail(rid, settings, exc.user_message, exc.detail)
@@ -398,6 +471,9 @@ def run_render(request_id: int, settings: Settings | None = None) -> bool:
     settings = settings or get_settings()
     try:
         return render_request(request_id, settings)
+    except ServiceUnavailable:
+        log.warning("database unreachable while rendering %s; will retry", request_id)
+        raise
     except MotifError as exc:
         fail(request_id, settings, exc.user_message, exc.detail)
         return False

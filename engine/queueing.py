@@ -6,6 +6,7 @@ import logging
 from functools import lru_cache
 
 from celery import chain
+from celery.exceptions import CeleryError
 from kombu.exceptions import KombuError, OperationalError
 
 from engine.celery_app import (
@@ -18,7 +19,7 @@ from engine.celery_app import (
     get_app,
     make_app,
 )
-from engine.errors import ServiceUnavailable
+from engine.errors import QueueUnreachable
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,32 @@ def _app(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
+def _send_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (
+        OperationalError,
+        KombuError,
+        CeleryError,
+        ConnectionError,
+        TimeoutError,
+        OSError,
+    )
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return errors
+    return (*errors, RedisError)
+
+
 def _send(settings: Settings, what: str, fn) -> None:  # type: ignore[no-untyped-def]
+    """Hand one message to the broker, or raise QueueUnreachable within the broker timeouts (a
+    broker that accepts connections but never answers does not block the caller)."""
     try:
         fn(_app(settings))
-    except (OperationalError, KombuError, ConnectionError, OSError) as exc:
+    except _send_errors() as exc:
         log.warning("broker unreachable while sending %s: %s", what, exc)
-        raise ServiceUnavailable(
+        raise QueueUnreachable(
             "The job queue is unreachable right now; nothing was queued. Try again shortly.",
-            detail=str(exc),
+            detail=f"{type(exc).__name__}: {exc}",
         ) from exc
 
 
@@ -59,7 +78,7 @@ def dispatch_request(request_id: int, settings: Settings | None = None) -> None:
         chain(
             app.signature(TASK_GENERATE, args=(request_id,), queue=GPU_QUEUE, immutable=True),
             app.signature(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, immutable=True),
-        ).apply_async(retry=False)
+        ).apply_async(retry=False, ignore_result=True)
 
     _send(settings, f"request {request_id}", send)
 
@@ -69,7 +88,9 @@ def dispatch_render(request_id: int, settings: Settings | None = None) -> None:
     _send(
         settings,
         f"render {request_id}",
-        lambda app: app.send_task(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, retry=False),
+        lambda app: app.send_task(
+            TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, retry=False, ignore_result=True
+        ),
     )
 
 
@@ -78,5 +99,7 @@ def dispatch_retrain(run_id: int, settings: Settings | None = None) -> None:
     _send(
         settings,
         f"training run {run_id}",
-        lambda app: app.send_task(TASK_RETRAIN, args=(run_id,), queue=TRAIN_QUEUE, retry=False),
+        lambda app: app.send_task(
+            TASK_RETRAIN, args=(run_id,), queue=TRAIN_QUEUE, retry=False, ignore_result=True
+        ),
     )

@@ -161,6 +161,9 @@ class Request(Base):
     rendering_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # the outbox: when this row's current message was last handed to the broker (None: never;
+    # the reaper sends it). A queued row always has a message on its way.
+    sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     # which bot process is posting the result, until when (a lease it renews while it watches)
     delivery_claimed_by: Mapped[str | None] = mapped_column(String(200))

@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     user_max_concurrent: int = Field(default=2, ge=1)
     stale_after_s: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
-    reaper_interval_s: float = Field(default=15.0, gt=0)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    # a queued (or rendering) row whose message is this old while its stage sits idle is re-sent
+    claim_lease_s: float = Field(default=30.0, gt=0)  # a generating row's claimant beats ≤ 2 s
+    resend_after_s: float = Field(default=10.0, gt=0)
+    broker_timeout_s: float = Field(default=5.0, gt=0)  # connect and socket timeouts on sends
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
     broker_polling_interval_s: float = Field(default=0.1, gt=0)
 

@@ -10,6 +10,7 @@ import logging
 from celery import signals
 
 from engine.celery_app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
+from engine.errors import QueueUnreachable, ServiceUnavailable
 from engine.pipeline import RowNotVisible, run_generation, run_render
 from engine.settings import get_settings
 
@@ -17,14 +18,17 @@ log = logging.getLogger(__name__)
 
 _presence = None
 
+# A row not visible yet, or a database that is down: retried with back-off (up to 10 s apart,
+# about 15 minutes in all), never acknowledged as failed.
+RETRY = {
+    "autoretry_for": (RowNotVisible, ServiceUnavailable),
+    "retry_backoff": 0.5,
+    "retry_backoff_max": 10,
+    "max_retries": 100,
+}
 
-@app.task(
-    name=TASK_GENERATE,
-    autoretry_for=(RowNotVisible,),
-    retry_backoff=0.5,
-    retry_backoff_max=5,
-    max_retries=20,
-)
+
+@app.task(name=TASK_GENERATE, **RETRY)
 def generate(request_id: int) -> list[int]:
     from engine.queueing import dispatch_render
 
@@ -33,17 +37,16 @@ def generate(request_id: int) -> list[int]:
     # This request's render follows through the chain; batch-mates get their own render.
     for other in done:
         if other != request_id:
-            dispatch_render(other, settings)
+            try:
+                dispatch_render(other, settings)
+            except QueueUnreachable:
+                # The row says `rendering`: the reaper re-sends its render when the broker
+                # is back (engine.reaper.resend_lost).
+                log.warning("could not send the render of %s", other)
     return done
 
 
-@app.task(
-    name=TASK_RENDER,
-    autoretry_for=(RowNotVisible,),
-    retry_backoff=0.5,
-    retry_backoff_max=5,
-    max_retries=20,
-)
+@app.task(name=TASK_RENDER, **RETRY)
 def render(request_id: int) -> bool:
     return run_render(request_id, get_settings())
 

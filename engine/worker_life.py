@@ -8,6 +8,7 @@ import socket
 import threading
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from engine.db import ensure_schema, session_scope
 from engine.records import Worker, utcnow
@@ -116,6 +117,39 @@ def record_device(settings: Settings, hostname: str, queues: str, device: str) -
         except Exception:  # noqa: BLE001 - /status shows less, nothing breaks
             log.warning("could not record the worker's device", exc_info=True)
             return
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (a zombie awaiting its parent does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
+def presence_alive(node: str, pid: int) -> bool:
+    """A presence row of this machine whose process is dead is not a live worker, however fresh
+    its last beat (a `kill -9` leaves the row behind)."""
+    return node.rpartition("@")[2] != socket.gethostname() or process_alive(pid)
+
+
+def live_queues_in(session: Session, settings: Settings) -> set[str]:
+    """The queues that live workers take: fresh presence rows, less those whose process on this
+    machine is dead."""
+    from datetime import timedelta
+
+    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    rows = session.execute(
+        select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
+    )
+    return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}
 
 
 def default_hostname(queues: str) -> str:

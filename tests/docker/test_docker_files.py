@@ -306,6 +306,13 @@ def test_postgres_and_redis_keep_their_data_and_report_health():
         assert "ports" not in SERVICES[name], f"{name} must not be published on the host"
 
 
+def test_redis_keeps_queued_messages_across_a_restart():
+    command = SERVICES["redis"]["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert "redis-data:/data" in SERVICES["redis"]["volumes"]
+
+
 def test_services_start_in_order():
     assert SERVICES["migrate"]["command"] == ["motif", "db", "upgrade"]
     assert SERVICES["migrate"]["restart"] == "no"

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from sqlalchemy import inspect
 
 from engine import db
 from engine.errors import SchemaOutOfDate, ServiceUnavailable
+from tests.conftest import ROOT
 
 TABLES = {
     "users",
@@ -105,3 +109,37 @@ def test_the_postgres_fixture_uses_a_database_of_its_own(request):
         with shared.begin() as conn:
             conn.execute(text(f"DROP TABLE IF EXISTS {sentinel}"))
         shared.dispose()
+
+
+def _ensure_at_once(url: str, n: int = 4) -> list[subprocess.CompletedProcess[str]]:
+    code = (
+        "import sys; from engine.db import ensure_schema; "
+        "ensure_schema(sys.argv[1], auto_create=True); print('ok')"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    return [
+        subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in procs
+    ]
+
+
+def test_first_use_by_several_processes_at_once_migrates_once_on_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh' / 'motif.db'}"
+    for done in _ensure_at_once(url):
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert db.current_revision(url) == db.head_revision(url)
+
+
+def test_first_use_by_several_processes_at_once_migrates_once_on_postgres(own_pg_database):
+    url, _ = own_pg_database
+    for done in _ensure_at_once(url):
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert db.current_revision(url) == db.head_revision(url)

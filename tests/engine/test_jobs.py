@@ -4,7 +4,14 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.db import session_scope
-from engine.errors import BadMidi, BadParams, QueueFull, RateLimited, ServiceUnavailable
+from engine.errors import (
+    BadMidi,
+    BadParams,
+    QueueFull,
+    QueueUnreachable,
+    RateLimited,
+    ServiceUnavailable,
+)
 from engine.jobs import ComposeOptions, JobService, Requester, validate_options
 from engine.records import Request, RequestKind, RequestStatus, Tune, TuneSource
 from tests.conftest import example_seed_bytes, make_settings
@@ -72,15 +79,21 @@ def test_bad_seed_writes_nothing(settings):
     assert count(settings, Request) == 0 and count(settings, Tune) == 0
 
 
-def test_broker_down_is_a_clear_error_and_leaves_no_rows(tmp_path):
+def test_broker_down_is_a_clear_error_that_says_the_request_is_saved(tmp_path):
     from engine import db
 
     s = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")
     db.upgrade(s.sqlalchemy_url)
     service = JobService(s)
-    with pytest.raises(ServiceUnavailable, match="queue is unreachable"):
+    with pytest.raises(QueueUnreachable, match="queue is unreachable") as caught:
         service.compose(Requester(discord_id=1), validate_options(), example_seed_bytes(), "a.mid")
-    assert count(s, Request) == 0 and count(s, Tune) == 0
+    # The row was committed before the send (the outbox): it is kept, unsent, and the message
+    # says so; the reaper sends it when the broker is back (tests/engine/test_outbox.py).
+    assert caught.value.saved and "#1 is saved" in caught.value.user_message
+    prog = service.progress(1)
+    assert prog.status is RequestStatus.QUEUED and count(s, Tune) == 1
+    with session_scope(s.sqlalchemy_url) as session:
+        assert session.get(Request, 1).sent_at is None
 
 
 def test_database_down_is_a_clear_error(tmp_path):
@@ -200,3 +213,41 @@ def test_delivery_claims_let_one_bot_process_post_each_result(settings):
     service.mark_delivered(rid)
     assert not service.claim_delivery(rid, "bot-a", lease_s=60)  # delivered: nobody posts again
     assert service.undelivered() == []
+
+
+@pytest.mark.services
+def test_the_same_new_tune_stored_at_once_is_one_row_and_no_error(own_pg_database):
+    """Two uploads of the same file race: the loser's insert waits on the unique index, then
+    gets the winner's row (insert-or-get), never an IntegrityError."""
+    import threading
+
+    from engine import db
+    from engine.jobs import tune_for
+
+    url, _ = own_pg_database
+    db.upgrade(url)
+
+    def tune() -> Tune:
+        return Tune(
+            content_hash="ab" * 32, source=TuneSource.SEED, midi_key="k", note_count=1,
+            duration_s=1.0,
+        )  # fmt: skip
+
+    got: list[int] = []
+    with session_scope(url) as winner:
+        winner.add(tune())
+        winner.flush()  # inserted, not committed: the other insert blocks on the index
+        with session_scope(url) as probe:  # the loser cannot see it yet
+            assert probe.scalar(select(Tune.id)) is None
+
+        def loser() -> None:
+            with session_scope(url) as session:
+                got.append(tune_for(session, tune()).id)
+
+        thread = threading.Thread(target=loser)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # waiting on the winner's uncommitted row
+    thread.join(timeout=30)
+    with session_scope(url) as s:
+        assert got == [s.scalar(select(Tune.id))] and s.scalar(select(func.count(Tune.id))) == 1

@@ -1,0 +1,286 @@
+"""How long Motif takes to finish work after a fault, with real processes and default settings.
+
+    python -m bench.recovery [--repeats 3] [--only pool-child --only worker --only broker --only postgres]
+
+Each scenario, on a fresh embedded Motif in a temp folder with the shipped default model:
+- pool-child: kill -9 of the worker's pool child mid-generation → the request done
+- worker: kill -9 of a whole worker mid-generation while a second one runs → done
+- broker: an own `redis-server` killed with 4 requests queued (the worker told to stop taking
+  the gpu queue meanwhile, so they stay queued), restarted empty, the worker told to take it
+  again → all 4 done (the time counts from the broker's restart)
+- postgres: an own Postgres database made unreachable for 10 s mid-generation (3 requests) →
+  all 3 done (the time counts from the database's return)
+Figures: seconds from the fault's end to done, median of the repeats; the default reaper
+interval (5 s), worker heartbeat (5 s), resend age (10 s) and claim lease (30 s) apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from bench.queue_flood import worker_env
+from engine import db
+from engine.celery_app import make_app
+from engine.db import session_scope
+from engine.jobs import JobService, Requester, validate_options
+from engine.records import Request, RequestStatus
+from engine.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = (ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid").read_bytes()
+PG_ADMIN_URL = os.environ.get(
+    "MOTIF_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+class Worker:
+    def __init__(self, settings: Settings, name: str) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(settings.data_dir / f"{name}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "worker", "-n", f"{name}@%h"],
+            env=worker_env(settings),
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def _settings(folder: Path, **values: object) -> Settings:
+    return Settings(data_dir=folder / "var", output_dir=folder / "out", **values)  # type: ignore[arg-type]
+
+
+def _ready(settings: Settings, timeout: float = 180.0) -> None:
+    from engine.local_worker import serving
+
+    deadline = time.monotonic() + timeout
+    while not serving(settings):
+        if time.monotonic() > deadline:
+            raise TimeoutError("worker not ready")
+        time.sleep(0.2)
+
+
+def _submit(service: JobService, n: int) -> list[int]:
+    return [
+        service.compose(Requester(discord_id=i), validate_options(bars=4), SEED, "ode.mid")
+        for i in range(n)
+    ]
+
+
+def _wait(service: JobService, ids: list[int], timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    for rid in ids:
+        while True:
+            try:
+                prog = service.progress(rid)
+            except Exception:  # noqa: BLE001 - the database may still be coming back
+                prog = None
+            if prog is not None and prog.finished:
+                if prog.status is not RequestStatus.DONE:
+                    raise RuntimeError(f"request {rid}: {prog.error_user}")
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"request {rid} not done")
+            time.sleep(0.1)
+
+
+def _generating(service: JobService, rid: int, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    while service.progress(rid).status is not RequestStatus.GENERATING:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {rid} never started")
+        time.sleep(0.02)
+    with session_scope(service.url) as s:
+        return int(s.get(Request, rid).worker.rpartition(":")[2])
+
+
+def pool_child(folder: Path) -> float:
+    settings = _settings(folder, batch_wait_ms=2000)
+    db.upgrade(settings.sqlalchemy_url)
+    w = Worker(settings, "w1")
+    try:
+        _ready(settings)
+        service = JobService(settings)
+        (rid,) = _submit(service, 1)
+        os.kill(_generating(service, rid), signal.SIGKILL)
+        t = time.monotonic()
+        _wait(service, [rid])
+        return time.monotonic() - t
+    finally:
+        w.kill()
+
+
+def whole_worker(folder: Path) -> float:
+    settings = _settings(folder, batch_wait_ms=2000)
+    db.upgrade(settings.sqlalchemy_url)
+    workers = [Worker(settings, "w1"), Worker(settings, "w2")]
+    try:
+        _ready(settings)
+        while len(_live(settings)) < 2:
+            time.sleep(0.2)
+        service = JobService(settings)
+        (rid,) = _submit(service, 1)
+        child = _generating(service, rid)
+        with open(f"/proc/{child}/stat") as fh:
+            parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        next(w for w in workers if w.proc.pid == parent).kill()
+        t = time.monotonic()
+        _wait(service, [rid])
+        return time.monotonic() - t
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def _live(settings: Settings) -> list[str]:
+    from engine.cli import live_workers
+
+    return live_workers(settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker(folder: Path) -> float:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed")
+    port = _free_port()
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            time.sleep(0.05)
+
+    redis = start()
+    settings = _settings(folder, broker_url=f"redis://127.0.0.1:{port}/0")
+    db.upgrade(settings.sqlalchemy_url)
+    w = Worker(settings, "w1")
+    try:
+        _ready(settings)
+        service = JobService(settings)
+        app = make_app(settings)
+        node = [f"w1@{socket.gethostname()}"]
+        _control(lambda: app.control.cancel_consumer("gpu", destination=node, reply=True))
+        ids = _submit(service, 4)  # they stay queued in Redis
+        redis.kill()
+        redis.wait()
+        redis = start()  # empty: the four messages are gone
+        t = time.monotonic()
+        _control(lambda: app.control.add_consumer("gpu", destination=node, reply=True))
+        _wait(service, ids)
+        return time.monotonic() - t
+    finally:
+        w.kill()
+        redis.kill()
+        redis.wait()
+
+
+def _control(call: Callable[[], object], timeout: float = 60.0) -> None:
+    """A remote-control command, repeated until the worker answers (it may be reconnecting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if call():
+                return
+        except Exception:  # noqa: BLE001 - the broker connection is being re-made
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not answer")
+        time.sleep(0.5)
+
+
+def postgres(folder: Path) -> float:
+    name = f"motif_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+    def sql(statement: str) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+
+    sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    settings = _settings(folder, database_url=url, batch_wait_ms=1500)
+    db.upgrade(url)
+    w = Worker(settings, "w1")
+    try:
+        _ready(settings)
+        service = JobService(settings)
+        ids = _submit(service, 3)
+        _generating(service, ids[0])
+        sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        time.sleep(10)
+        sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        t = time.monotonic()
+        _wait(service, ids)
+        return time.monotonic() - t
+    finally:
+        w.kill()
+        for engine in db._engines.values():
+            engine.dispose()
+        sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+SCENARIOS: dict[str, Callable[[Path], float]] = {
+    "pool-child": pool_child,
+    "worker": whole_worker,
+    "broker": broker,
+    "postgres": postgres,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+    args = p.parse_args(argv)
+    names = args.only or list(SCENARIOS)
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh if "model name" in line), "?")
+    print(f"cpu: {cpu}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f} at start")
+    print("| fault | recovery s, median | each run |\n|---|---:|---|")
+    for name in names:
+        runs = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory(prefix=f"motif-recovery-{name}-") as folder:
+                runs.append(SCENARIOS[name](Path(folder)))
+        each = ", ".join(f"{r:.1f}" for r in runs)
+        print(f"| {name} | {statistics.median(runs):.1f} | {each} |", flush=True)
+    print(f"load {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

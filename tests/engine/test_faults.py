@@ -1,0 +1,308 @@
+"""Faults with real processes, each bounded in time: kill -9 of a pool child and of a whole
+worker mid-generation, a broker killed and restarted empty, a database that goes away, many
+first-time `motif compose` at once, read-only and full artifact stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from engine import db
+from engine.db import session_scope
+from engine.errors import ServiceUnavailable, StorageUnavailable
+from engine.jobs import JobService, Requester, validate_options
+from engine.pipeline import process_request
+from engine.records import Artifact, Request, RequestStatus
+from tests.conftest import (
+    PG_URL,
+    ROOT,
+    example_seed_bytes,
+    make_settings,
+    settings_env,
+    wait_finished,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _compose(service: JobService, user: int = 1, seed: bool = True) -> int:
+    return service.compose(
+        Requester(discord_id=user, name="t"),
+        validate_options(bars=2),
+        example_seed_bytes() if seed else None,
+        "ode-to-joy.mid" if seed else "",
+    )
+
+
+def _wait_status(service: JobService, rid: int, status: RequestStatus, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while service.progress(rid).status is not status:
+        assert time.monotonic() < deadline, service.progress(rid)
+        time.sleep(0.05)
+
+
+def _one_set_of_artifacts(settings, rid: int) -> None:
+    with session_scope(settings.sqlalchemy_url) as s:
+        kinds = sorted(
+            a.kind.value for a in s.scalars(select(Artifact).where(Artifact.request_id == rid))
+        )
+    assert kinds == ["audio", "image", "midi"]
+    files = sorted(
+        p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
+    )
+    assert files == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
+
+
+def _claimant_pid(settings, rid: int) -> int:
+    with session_scope(settings.sqlalchemy_url) as s:
+        return int(s.get(Request, rid).worker.rpartition(":")[2])
+
+
+def test_kill_9_of_the_pool_child_mid_generation_is_done_within_30_s(
+    tmp_path, tiny_model_path, worker_factory
+):
+    # batch_wait_ms holds the claimed job in `generating` long enough to kill its process there.
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, batch_wait_ms=2000)
+    db.upgrade(settings.sqlalchemy_url)
+    worker = worker_factory(settings).start()
+    service = JobService(settings)
+    rid = _compose(service)
+    _wait_status(service, rid, RequestStatus.GENERATING, 60)
+    child = _claimant_pid(settings, rid)
+    assert child != worker.proc.pid  # the pool child, not the worker's main process
+    os.kill(child, signal.SIGKILL)
+    killed = time.monotonic()
+    prog = wait_finished(service, rid, timeout=30)
+    recovery = time.monotonic() - killed
+    assert prog.status is RequestStatus.DONE, prog.error_user
+    assert worker.proc.poll() is None  # the same worker finished it, with a new child
+    _one_set_of_artifacts(settings, rid)
+    assert prog.timings["attempts"] == 2
+    print(f"\nrecovery after kill -9 of the pool child: {recovery:.1f} s")
+
+
+def test_kill_9_of_a_whole_worker_mid_generation_is_done_within_30_s(
+    tmp_path, tiny_model_path, worker_factory
+):
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, batch_wait_ms=2000)
+    db.upgrade(settings.sqlalchemy_url)
+    workers = [worker_factory(settings).start(), worker_factory(settings).start()]
+    service = JobService(settings)
+    rid = _compose(service)
+    _wait_status(service, rid, RequestStatus.GENERATING, 60)
+    child = _claimant_pid(settings, rid)
+    with open(f"/proc/{child}/stat") as fh:
+        parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+    (victim,) = [w for w in workers if w.proc.pid == parent]
+    victim.kill9()  # the worker and its pool child; the filesystem broker loses the message
+    killed = time.monotonic()
+    prog = wait_finished(service, rid, timeout=30)
+    recovery = time.monotonic() - killed
+    assert prog.status is RequestStatus.DONE, prog.error_user
+    _one_set_of_artifacts(settings, rid)
+    print(f"\nrecovery after kill -9 of a whole worker: {recovery:.1f} s")
+
+
+def test_a_broker_killed_with_requests_queued_and_restarted_empty_loses_nothing(
+    tmp_path, tiny_model_path, worker_factory, own_redis
+):
+    own_redis.start()
+    settings = make_settings(
+        tmp_path,
+        default_model_path=tiny_model_path,
+        broker_url=own_redis.url,
+        broker_timeout_s=1.0,
+        resend_after_s=3.0,
+        user_max_concurrent=10,
+    )
+    db.upgrade(settings.sqlalchemy_url)
+    service = JobService(settings)
+    ids = [_compose(service, user=i, seed=i % 2 == 0) for i in range(4)]
+    assert own_redis.length("gpu") == 4  # no worker yet: the four messages wait in Redis
+    own_redis.kill9()
+    own_redis.start()  # the same port, empty: the messages died with it
+    assert own_redis.length("gpu") == 0
+    back = time.monotonic()
+    worker_factory(settings).start()
+    for rid in ids:
+        prog = wait_finished(service, rid, timeout=max(5.0, 30 - (time.monotonic() - back)))
+        assert prog.status is RequestStatus.DONE, prog.error_user
+    print(f"\nall 4 done {time.monotonic() - back:.1f} s after the broker came back (empty)")
+
+
+def _set_reachable(name: str, reachable: bool) -> None:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(reachable).lower()}'))
+        if not reachable:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+    admin.dispose()
+
+
+@pytest.mark.services
+def test_postgres_unreachable_for_a_while_loses_nothing_and_says_what_is_true(
+    tmp_path, tiny_model_path, worker_factory, own_pg_database
+):
+    url, name = own_pg_database
+    settings = make_settings(
+        tmp_path,
+        default_model_path=tiny_model_path,
+        database_url=url,
+        batch_wait_ms=1500,
+        user_max_concurrent=10,
+    )
+    db.upgrade(url)
+    worker_factory(settings).start()
+    service = JobService(settings)
+    ids = [_compose(service, user=i) for i in range(3)]
+    _wait_status(service, ids[0], RequestStatus.GENERATING, 60)
+    _set_reachable(name, False)  # mid-run: one batch claimed, its messages acknowledged
+    try:
+        time.sleep(1.0)
+        with pytest.raises(ServiceUnavailable) as reading:
+            service.progress(ids[0])
+        assert "nothing was saved" not in reading.value.user_message  # the rows exist
+        with pytest.raises(ServiceUnavailable, match="nothing was saved"):
+            _compose(service, user=99)  # and this one really was not saved
+        time.sleep(6.0)  # the worker's tasks meet the outage and retry
+    finally:
+        _set_reachable(name, True)
+    back = time.monotonic()
+    for rid in ids:
+        prog = wait_finished(service, rid, timeout=60)
+        assert prog.status is RequestStatus.DONE, prog.error_user
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count(Request.id))) == 3
+    print(f"\nall 3 done {time.monotonic() - back:.1f} s after Postgres came back")
+
+
+def test_sqlite_locked_for_a_while_loses_nothing(tmp_path, tiny_model_path, worker_factory):
+    import sqlite3
+
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, user_max_concurrent=10)
+    db.upgrade(settings.sqlalchemy_url)
+    worker_factory(settings).start()
+    service = JobService(settings)
+    ids = [_compose(service, user=i) for i in range(3)]
+    lock = sqlite3.connect(settings.data_dir / "motif.db", timeout=30)
+    lock.execute("BEGIN EXCLUSIVE")  # another program holds the file: every writer waits
+    time.sleep(5.0)
+    lock.rollback()
+    lock.close()
+    for rid in ids:
+        prog = wait_finished(service, rid, timeout=60)
+        assert prog.status is RequestStatus.DONE, prog.error_user
+
+
+def test_four_first_time_composes_at_once_share_one_worker(tmp_path, tiny_model_path):
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, user_rate_per_min=60)
+    env = settings_env(settings)
+    seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "compose",
+                str(seed),
+                "--bars",
+                "2",
+                "--out",
+                str(tmp_path / f"out{i}"),
+                "--timeout",
+                "200",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out + err
+        assert "Traceback" not in err, err
+    started = sum(out.count("starting a local worker") for out, _ in outputs)
+    assert started == 1, outputs
+    for i in range(4):
+        assert sorted(p.suffix for p in (tmp_path / f"out{i}").iterdir()) == [
+            ".mid",
+            ".ogg",
+            ".png",
+        ]
+    from engine.local_worker import live_queues
+
+    deadline = time.monotonic() + 15
+    while live_queues(settings) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live_queues(settings) == set()  # the last compose out stopped it
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): needs root")
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[list[Path]]:
+    made: list[Path] = []
+    yield made
+    for where in made:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.parametrize("options, reason", [("size=64k,ro", "read-only"), ("size=64k", "is full")])
+def test_read_only_or_full_artifact_store_gives_a_clear_reason(
+    tmp_path, tiny_model_path, mounts, options, reason
+):
+    store = tmp_path / "store"
+    _mount_tmpfs(store, options)
+    mounts.append(store)
+    if "ro" not in options.split(","):
+        (store / "filler").write_bytes(b"\0" * 64 * 1024)  # fill it
+        with pytest.raises(OSError):
+            (store / "more").write_bytes(b"\0" * 8192)
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, artifact_url=str(store))
+    db.upgrade(settings.sqlalchemy_url)
+    service = JobService(settings, dispatch=lambda _: None)
+    # A new seed is stored with the request: refused with the reason, nothing half-written.
+    with pytest.raises(StorageUnavailable, match=reason):
+        _compose(service)
+    with session_scope(settings.sqlalchemy_url) as s:
+        assert s.scalar(select(func.count(Request.id))) == 0
+    # No seed: the request is taken, then its result cannot be stored: it fails, saying why.
+    rid = _compose(service, seed=False)
+    assert process_request(rid, settings) is RequestStatus.FAILED
+    assert reason in service.progress(rid).error_user
+    # And the CLI says it in one line, rc 2.
+    seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "compose", str(seed), "--no-worker"],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and reason in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
