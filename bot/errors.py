@@ -53,6 +53,8 @@ def reply_text(interaction: discord.Interaction, error: BaseException) -> str:
         return user_text(original)
     if isinstance(original, app_commands.TransformerError):
         return f"I could not understand `{original.value}` for that option."
+    if isinstance(original, app_commands.CommandNotFound):
+        return "That command is not available here."
     if isinstance(original, app_commands.CheckFailure):
         return str(original) or "You cannot use this command here."
     error_id = new_error_id()

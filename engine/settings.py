@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     queue_cap: int = Field(default=500, ge=1)
     user_rate_per_min: int = Field(default=6, ge=1)
     user_max_concurrent: int = Field(default=2, ge=1)
+    guild_max_open: int = Field(default=20, ge=1)  # open jobs of one server, all its users
     stale_after_s: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     reaper_interval_s: float = Field(default=15.0, gt=0)
@@ -69,8 +70,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "MOTIF_DISCORD_TOKEN")
     )
     dev_guild_id: int | None = None
+    # The one server whose managers are Motif admins; admin commands exist there only. The model
+    # is global, so a manager of any other server (anyone can add the bot to their own) is not.
+    home_guild_id: int | None = None
     admin_user_ids: str = ""  # comma-separated user ids allowed to run admin commands
-    admin_role_ids: str = ""  # comma-separated role ids allowed to run admin commands
+    admin_role_ids: str = ""  # comma-separated role ids (of the home guild) allowed likewise
     owner_user_ids: str = ""  # comma-separated user ids allowed to sync commands globally
     progress_edit_interval_s: float = Field(default=2.0, ge=0.5)
 

@@ -313,9 +313,10 @@ def test_a_non_admin_is_refused_retrain_and_the_attempt_is_audited(bot_settings,
         async with discord_harness(bot_settings, jobs) as h:
             h.inject(h.payloads.slash("retrain", {"epochs": 3}, user_id=66, permissions=0))
             (callback,) = await h.fake.wait_for("POST", CALLBACK)
-            assert callback.json["type"] == 4
-            assert callback.json["data"]["flags"] == EPHEMERAL
-            assert "server managers and Motif admins" in callback.json["data"]["content"]
+            assert callback.json == {"type": 5, "data": {"flags": EPHEMERAL}}  # deferred first
+            (answer,) = await h.fake.wait_for("POST", FOLLOWUP)
+            assert answer.json["flags"] == EPHEMERAL
+            assert "Motif's admins only" in answer.json["content"]
 
     asyncio.run(scenario())
     with session_scope(bot_settings.sqlalchemy_url) as s:
