@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,15 +74,26 @@ def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
 
 
+def lock_for_writing(session: Session) -> None:
+    """Make this transaction a writer from its first statement, on SQLite (`BEGIN IMMEDIATE`):
+    check-then-insert sequences (the limits) then run one at a time. Other databases lock rows
+    (`SELECT … FOR UPDATE`) where they need to. Must come before any other statement."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session that commits on success and rolls back (writing nothing) on any error."""
+def session_scope(url: str, *, immediate: bool = False) -> Iterator[Session]:
+    """A session that commits on success and rolls back (writing nothing) on any error.
+    `immediate`: take SQLite's write lock first (see `lock_for_writing`)."""
     factory = session_factory(url)
     try:
         session = factory()
     except OperationalError as exc:  # pragma: no cover - connection at checkout
         raise ServiceUnavailable("The database is unreachable; try again shortly.") from exc
     try:
+        if immediate:
+            lock_for_writing(session)
         yield session
         session.commit()
     except OperationalError as exc:

@@ -269,8 +269,25 @@ class JobService:
         return tune
 
     # --- limits -------------------------------------------------------------------------------
-    def _check_limits(self, session: Session, user: User | None) -> None:
+    @staticmethod
+    def _lock_limits(session: Session, user: User | None, guild_id: int | None) -> None:
+        """Serialise check-then-insert per guild and per user, so that concurrent requests
+        cannot all pass the same count. SQLite: the transaction began IMMEDIATE (one writer at
+        a time). Postgres: a transaction-scoped advisory lock on the guild, then the user row
+        (always in this order: no deadlock)."""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        if guild_id is not None:
+            session.execute(select(func.pg_advisory_xact_lock(guild_id)))
+        if user is not None:
+            session.execute(select(User.id).where(User.id == user.id).with_for_update())
+
+    def _check_limits(
+        self, session: Session, user: User | None, guild_id: int | None = None, *, lock: bool = True
+    ) -> None:
         s = self.settings
+        if lock:
+            self._lock_limits(session, user, guild_id)
         queued = session.scalar(
             select(func.count(Request.id)).where(Request.status == RequestStatus.QUEUED)
         )
@@ -279,6 +296,18 @@ class JobService:
                 f"The queue is full ({s.queue_cap} waiting). Try again in a minute.",
                 retry_after_s=60,
             )
+        if guild_id is not None:
+            in_guild = session.scalar(
+                select(func.count(Request.id)).where(
+                    Request.guild_id == guild_id, Request.status.in_(OPEN_STATES)
+                )
+            )
+            if (in_guild or 0) >= s.guild_max_open:
+                raise QueueFull(
+                    f"This server already has {in_guild} requests waiting or running (limit "
+                    f"{s.guild_max_open}); try again in a minute.",
+                    retry_after_s=60,
+                )
         if user is None:
             return
         open_count = session.scalar(
@@ -308,6 +337,15 @@ class JobService:
                 retry_after_s=wait,
             )
 
+    def precheck(self, who: Requester) -> None:
+        """The limits, read-only, before anything is downloaded or parsed: a refusal costs one
+        query. (`compose` checks again, atomically, when it writes.)"""
+        with session_scope(self.url) as session:
+            user = None
+            if who.discord_id is not None:
+                user = session.scalar(select(User).where(User.discord_id == who.discord_id))
+            self._check_limits(session, user, who.guild_id, lock=False)
+
     # --- submitting ---------------------------------------------------------------------------
     def compose(
         self,
@@ -322,9 +360,9 @@ class JobService:
             from engine.midi_io import load_seed  # no torch
 
             piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
-        with session_scope(self.url) as session:
+        with session_scope(self.url, immediate=True) as session:
             user = self._user(session, who)
-            self._check_limits(session, user)
+            self._check_limits(session, user, who.guild_id)
             tune = None
             if piece is not None and seed_midi is not None:
                 consent = bool(user and user.share_by_default)
@@ -350,7 +388,7 @@ class JobService:
         rng_seed: int | None = None,
     ) -> int:
         """Reroll (same settings, new sample), extend (continue the result) or vary a request."""
-        with session_scope(self.url) as session:
+        with session_scope(self.url, immediate=True) as session:
             parent = session.get(Request, parent_id)
             if parent is None:
                 raise NotFound(f"request #{parent_id} does not exist.")
@@ -373,7 +411,7 @@ class JobService:
                 settings=self.settings,
             )
             user = self._user(session, who)
-            self._check_limits(session, user)
+            self._check_limits(session, user, who.guild_id)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
             return self._enqueue(session, who, user, kind, options, tune, parent.id)
 
