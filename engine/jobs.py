@@ -353,8 +353,12 @@ class JobService:
         options: ComposeOptions,
         seed_midi: bytes | None = None,
         seed_name: str = "",
+        seed_owner: Requester | None = None,
     ) -> int:
-        """Validate the seed, record the request and queue it. Returns the request id."""
+        """Validate the seed, record the request and queue it. Returns the request id.
+
+        `seed_owner`: whose music the seed is, when not the requester's ("Continue this MIDI" on
+        someone's message: its author). The seed's consent is that person's to give."""
         piece = None
         if seed_midi is not None:
             from engine.midi_io import load_seed  # no torch
@@ -365,13 +369,14 @@ class JobService:
             self._check_limits(session, user, who.guild_id)
             tune = None
             if piece is not None and seed_midi is not None:
-                consent = bool(user and user.share_by_default)
+                owner = user if seed_owner is None else self._user(session, seed_owner)
+                consent = bool(owner and owner.share_by_default)
                 tune = self.store_tune(
                     session,
                     seed_midi,
                     piece,
                     source=TuneSource.SEED,
-                    owner=user,
+                    owner=owner,
                     name=seed_name,
                     consent=consent,
                 )
@@ -541,14 +546,56 @@ class JobService:
                 existing.rating = rating
                 existing.created_at = utcnow()
 
+    # --- consent ------------------------------------------------------------------------------
+    @staticmethod
+    def _sources_of(session: Session, tune: Tune) -> list[Tune]:
+        """The tunes a generated tune was made from, through rerolls, variations and extensions
+        (a result holds its seed's notes): seeds and the results they were extended from."""
+        sources: list[Tune] = []
+        frontier, seen = [tune], {tune.id}
+        while frontier:
+            current = frontier.pop()
+            if current.source is not TuneSource.GENERATION:
+                continue
+            for source in session.scalars(
+                select(Tune)
+                .join(Request, Request.seed_tune_id == Tune.id)
+                .where(Request.result_tune_id == current.id)
+            ):
+                if source.id not in seen:
+                    seen.add(source.id)
+                    sources.append(source)
+                    frontier.append(source)
+        return sources
+
+    @staticmethod
+    def _derived_from(session: Session, tune_ids: set[int]) -> set[int]:
+        """The generated tunes made from these tunes, directly or through other results."""
+        found: set[int] = set()
+        frontier = set(tune_ids)
+        while frontier:
+            results = set(
+                session.scalars(
+                    select(Request.result_tune_id).where(
+                        Request.seed_tune_id.in_(frontier), Request.result_tune_id.is_not(None)
+                    )
+                )
+            )
+            frontier = results - found - tune_ids
+            found |= frontier
+        return found
+
     def share(self, request_id: int, who: Requester) -> int:
-        """Consent to put this request's seed and result into the training collection."""
+        """Consent to put this request's seed and result into the training collection.
+
+        A tune made from someone else's seed joins only while that person shares the seed."""
         with session_scope(self.url) as session:
             req = session.get(Request, request_id)
             if req is None:
                 raise NotFound(f"request #{request_id} does not exist.")
             user = self._require_owner(session, req, who)
             count = 0
+            blocked = False
             for tune_id in (req.seed_tune_id, req.result_tune_id):
                 tune = session.get(Tune, tune_id) if tune_id else None
                 if tune is None:
@@ -557,10 +604,22 @@ class JobService:
                     tune.owner_id = user.id
                 if tune.owner_id != user.id:
                     continue
+                if any(
+                    source.owner_id not in (None, user.id)
+                    and not (source.consent and source.withdrawn_at is None)
+                    for source in self._sources_of(session, tune)
+                ):
+                    blocked = True
+                    continue
                 tune.consent = True
                 tune.consent_at = utcnow()
                 tune.withdrawn_at = None
                 count += 1
+            if count == 0 and blocked:
+                raise NotAllowed(
+                    "this tune was made from someone else's seed; it can join the training "
+                    "collection only if they share their seed."
+                )
             if count == 0:
                 raise BadParams("there is nothing of yours to share in this request yet.")
             return count
@@ -573,15 +632,20 @@ class JobService:
             user.share_by_default = value
 
     def forget(self, who: Requester) -> int:
-        """Withdraw every tune of this user from the training collection."""
+        """Withdraw every tune of this user from the training collection, and every tune made
+        from their seeds by anyone (rerolls, variations, extensions of their music)."""
         with session_scope(self.url) as session:
             user = self._user(session, who)
             if user is None:
                 return 0
             user.share_by_default = False
+            own = set(session.scalars(select(Tune.id).where(Tune.owner_id == user.id)))
+            withdraw = own | self._derived_from(session, own)
+            if not withdraw:
+                return 0
             result = session.execute(
                 update(Tune)
-                .where(Tune.owner_id == user.id, Tune.consent.is_(True))
+                .where(Tune.id.in_(withdraw), Tune.consent.is_(True))
                 .values(consent=False, withdrawn_at=utcnow())
             )
             return int(result.rowcount or 0)

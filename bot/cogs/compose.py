@@ -16,7 +16,7 @@ from bot.requesters import requester_from_interaction, requester_from_message
 from bot.seeds import check_seed_attachment, find_midi_attachment, read_seed
 from engine import catalog
 from engine.errors import BadMidi, MotifError
-from engine.jobs import ComposeOptions, validate_options
+from engine.jobs import ComposeOptions, Requester, validate_options
 
 if TYPE_CHECKING:
     from bot.client import MotifBot
@@ -50,6 +50,7 @@ class Compose(commands.Cog):
         options: ComposeOptions,
         attachment: discord.Attachment | None,
         origin: str,
+        seed_owner: Requester | None = None,
     ) -> int:
         if attachment is not None:
             check_seed_attachment(attachment)  # before deferring: the refusal stays ephemeral
@@ -63,6 +64,7 @@ class Compose(commands.Cog):
             options,
             seed,
             seed_name,
+            seed_owner,
         )
         interaction.extras["request_id"] = request_id
         self.bot.deliveries.follow(request_id, self.bot.deliveries.for_interaction(interaction))
@@ -111,7 +113,9 @@ class Compose(commands.Cog):
                 check_seed_attachment(message.attachments[0])  # says why it is not usable
             raise BadMidi("That message has no MIDI attachment (.mid or .midi) to continue.")
         options = validate_options(settings=self.bot.settings)
-        await self.start(interaction, options, attachment, "menu")
+        # The seed is the message author's music: its consent is theirs, not the presser's.
+        owner = Requester() if message.author.bot else requester_from_message(message)
+        await self.start(interaction, options, attachment, "menu", owner)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
