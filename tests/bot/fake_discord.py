@@ -119,6 +119,7 @@ class FakeDiscord:
         self.originals: dict[str, dict[str, Any]] = {}  # interaction token -> original message
         self.token_channels: dict[str, int] = {}
         self.token_created: dict[str, float] = {}  # token -> monotonic time of the interaction
+        self.component_messages: dict[str, dict[str, Any]] = {}  # token -> the button's message
         self.acknowledged: set[str] = set()
         self.edits: dict[str, list[float]] = {}  # message -> times of its recent edits
         self.upload_limit = UPLOAD_LIMIT
@@ -319,6 +320,11 @@ class FakeDiscord:
         self.acknowledged.add(token)
         if kind in (4, 5):  # a message now, or "thinking…" that the original response replaces
             self.originals[token] = self.message(channel, data, request[CALL].files)
+        elif kind in (6, 7) and token in self.component_messages:
+            # a button's interaction: its original response is the message the button is on
+            self.originals[token] = self.component_messages[token]
+            if kind == 7:
+                self.originals[token].update({k: v for k, v in data.items() if k == "content"})
         return _json(
             {
                 "interaction": {
@@ -660,4 +666,5 @@ class Payloads:
         data = {"custom_id": custom_id, "component_type": 2}
         payload = self._interaction(3, data, user_id=user_id, permissions=0)
         payload["message"] = message
+        self.fake.component_messages[payload["token"]] = message
         return payload

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from engine import db
 from engine.db import session_scope
@@ -21,30 +18,7 @@ from engine.errors import QueueFull, RateLimited
 from engine.jobs import JobService, Requester, validate_options
 from engine.records import Request
 from engine.settings import Settings
-from tests.conftest import PG_URL, make_settings, port_open
-
-
-@pytest.fixture
-def own_pg_url() -> Iterator[str]:
-    """A database of this test's own on the shared server, dropped afterwards."""
-    if not port_open("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set MOTIF_TEST_PG_URL)")
-    name = f"motif_limits_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        pytest.skip(f"cannot create a database on {PG_URL}: {exc}")
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        db.engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+from tests.conftest import make_settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
