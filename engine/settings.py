@@ -6,6 +6,7 @@ folder, CPU unless CUDA is there. At scale only these values change.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_PATH = PACKAGE_DIR / "data" / "motif-default.pt"
 DEFAULT_CORPUS_PATH = PACKAGE_DIR / "data" / "corpus.npz"
+
+
+SECRET_URL_FIELDS = ("database_url", "broker_url", "result_backend", "artifact_url")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def hide_password(url: str) -> str:
+    """`scheme://user:secret@host/…` → `scheme://user:***@host/…` (URLs of any scheme)."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
 
 
 class Settings(BaseSettings):
@@ -84,6 +94,13 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # repr(settings) and str(settings) end up in logs and tracebacks: no passwords there.
+        for name, value in super().__repr_args__():
+            if name in SECRET_URL_FIELDS and isinstance(value, str):
+                value = hide_password(value)
+            yield name, value
 
     # --- derived values ----------------------------------------------------------------------
     @property

@@ -24,3 +24,16 @@ def test_env_example_values_parse(monkeypatch, tmp_path):
     assert s.celery_broker_url == "filesystem://" and s.sqlalchemy_url.startswith("sqlite:///")
     assert s.discord_token is None or s.discord_token.get_secret_value() == ""
     assert s.soundfont_path.exists()
+
+
+def test_repr_and_str_of_settings_hide_url_passwords():
+    s = Settings(
+        _env_file=None,
+        database_url="postgresql+psycopg://motif:hunter2@db:5432/motif",
+        broker_url="amqp://guest:s3cret@rabbit:5672//",
+        result_backend="redis://:r3dis@redis:6379/1",
+    )
+    for text in (repr(s), str(s)):
+        assert "hunter2" not in text and "s3cret" not in text and "r3dis" not in text
+        assert "motif:***@db:5432" in text and "redis://:***@redis" in text
+    assert s.sqlalchemy_url == "postgresql+psycopg://motif:hunter2@db:5432/motif"  # still usable
