@@ -21,6 +21,7 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.compose", "bot.cogs.admin", "bot.cogs.info")
+INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True)
 
 
 class MotifTree(app_commands.CommandTree):
@@ -42,13 +43,15 @@ class MotifBot(commands.Bot):
         token_ttl_s: float = 14 * 60,
         **options,  # type: ignore[no-untyped-def]
     ) -> None:
-        # No privileged intents: slash options, the context menu and mentions carry attachments.
+        # Only what is used: guilds (channels for late results), and messages in guilds and DMs
+        # for "@Motif + a MIDI file" (a mention carries its attachments without MESSAGE_CONTENT).
+        # Nobody is pinged unless a message says so (ChannelDestination names the requester).
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=discord.Intents.default(),
+            intents=INTENTS,
             tree_cls=MotifTree,
             help_command=None,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            allowed_mentions=discord.AllowedMentions.none(),
             **options,
         )
         self.settings = settings

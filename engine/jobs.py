@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
@@ -179,8 +180,9 @@ class Progress:
 class QueueStatus:
     queued: int
     running: int
-    workers: list[str]
+    workers: list[str]  # host names: for operators (`motif status`), not for chat
     active_model: str | None
+    worker_counts: list[str] = field(default_factory=list)  # "2 × gpu,train on cuda": for chat
 
 
 def user_for(session: Session, discord_id: int, name: str = "") -> User:
@@ -676,13 +678,19 @@ class JobService:
                 )
             )
             alive_since = utcnow() - timedelta(seconds=self.settings.worker_heartbeat_s * 4)
-            workers = [
-                f"{w.hostname} [{w.queues}] on {w.device or '?'}"
-                for w in session.scalars(select(Worker).where(Worker.last_seen >= alive_since))
+            alive = list(session.scalars(select(Worker).where(Worker.last_seen >= alive_since)))
+            workers = [f"{w.hostname} [{w.queues}] on {w.device or '?'}" for w in alive]
+            kinds = Counter((w.queues, w.device or "?") for w in alive)
+            counts = [
+                f"{n} × {queues} on {device}" for (queues, device), n in sorted(kinds.items())
             ]
             active = session.scalar(select(ModelVersion.version).where(ModelVersion.active))
             return QueueStatus(
-                queued=queued or 0, running=running or 0, workers=workers, active_model=active
+                queued=queued or 0,
+                running=running or 0,
+                workers=workers,
+                active_model=active,
+                worker_counts=counts,
             )
 
     def undelivered(self, limit: int = 50) -> list[int]:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select, update
 
 from engine.artifacts import store_for
 from engine.db import session_scope
-from engine.errors import MotifError
+from engine.errors import MotifError, public_message
 from engine.jobs import ComposeOptions, content_hash
 from engine.music import Note, Piece
 from engine.records import (
@@ -191,7 +191,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
         try:
             jobs.append(load_job(rid, settings))
         except MotifError as exc:
-            fail(rid, settings, exc.user_message, exc.detail)
+            fail(rid, settings, public_message(exc), exc.detail)
         except Exception as exc:  # noqa: BLE001 - one bad row must not sink the batch
             log.exception("could not load request %s", rid)
             fail(rid, settings, "Something went wrong reading your seed.", repr(exc))
@@ -413,7 +413,7 @@ def run_generation(request_id: int, settings: Settings | None = None) -> list[in
             return generate_batch(batch, settings)
     except MotifError as exc:
         for rid in batch:
-            fail(rid, settings, exc.user_message, exc.detail)
+            fail(rid, settings, public_message(exc), exc.detail)
         return []
     except Exception as exc:
         log.exception("generation failed for %s", batch)
@@ -427,7 +427,7 @@ def run_render(request_id: int, settings: Settings | None = None) -> bool:
     try:
         return render_request(request_id, settings)
     except MotifError as exc:
-        fail(request_id, settings, exc.user_message, exc.detail)
+        fail(request_id, settings, public_message(exc), exc.detail)
         return False
     except RowNotVisible:
         raise

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import re
+import secrets
 import time
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class FakeDiscord:
         self.component_messages: dict[str, dict[str, Any]] = {}  # token -> the button's message
         self.acknowledged: set[str] = set()
         self.edits: dict[str, list[float]] = {}  # message -> times of its recent edits
+        self.edit_limit = (EDITS_PER_WINDOW, EDIT_WINDOW_S)
         self.upload_limit = UPLOAD_LIMIT
         self.fail_next: dict[str, int] = {}  # path regex -> HTTP status to answer once
         self._ids = itertools.count(1)
@@ -240,9 +242,10 @@ class FakeDiscord:
         if call.method == "PATCH" and "/messages/" in call.path:
             key = call.path if not call.path.endswith("@original") else f"original:{token}"
             now = time.monotonic()
-            recent = [t for t in self.edits.get(key, []) if now - t < EDIT_WINDOW_S]
-            if len(recent) >= EDITS_PER_WINDOW:
-                retry = round(EDIT_WINDOW_S - (now - recent[0]), 3)
+            per_window, window_s = self.edit_limit
+            recent = [t for t in self.edits.get(key, []) if now - t < window_s]
+            if len(recent) >= per_window:
+                retry = round(window_s - (now - recent[0]), 3)
                 return _json(
                     {
                         "message": "You are being rate limited.",
@@ -509,7 +512,8 @@ class Payloads:
         guild_id: int | None = GUILD_ID,
     ) -> dict:
         """An INTERACTION_CREATE; `guild_id=None` is one in a DM (a user, no member)."""
-        token = f"token-{next(self._tokens)}"
+        # as long as a real one (discord.py's DEBUG logs must not show it: RedactTokens)
+        token = f"token-{next(self._tokens)}-" + secrets.token_urlsafe(120)
         channel_id = self.channel_of(guild_id, user_id)
         self.fake.token_channels[token] = channel_id
         self.fake.token_created[token] = time.monotonic() - age_s
