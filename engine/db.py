@@ -23,6 +23,9 @@ from engine.settings import PACKAGE_DIR
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
+# A database server that does not answer costs a request this long, then a clear error (libpq's
+# minimum is 2 s). Bot handlers defer before touching the database, so it never costs the reply.
+CONNECT_TIMEOUT_S = 3
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -47,7 +50,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
 
 
 _engines: dict[str, Engine] = {}
