@@ -368,3 +368,39 @@ def test_a_midi_file_sent_by_dm_is_a_request_answered_in_the_dm(bot_settings, jo
             assert jobs.progress(rid).channel_id == Payloads.channel_of(None, 42)
 
     asyncio.run(scenario())
+
+
+def test_results_fit_the_channels_upload_limit(bot_settings, jobs, dispatched, worker):
+    """The fake refuses files over the interaction's `attachment_size_limit` (413); the bot
+    leaves out what does not fit and says so."""
+
+    async def scenario() -> dict:
+        async with discord_harness(bot_settings, jobs) as h:
+            h.fake.upload_limit = 64 * 1024
+            h.inject(h.payloads.slash("compose"))
+            (rid,) = await queued(jobs, dispatched)
+            worker.complete(rid)  # 3 kB audio: fits
+            (first,) = await h.fake.wait_for("POST", FOLLOWUP)
+            h.inject(h.payloads.slash("compose", user_id=43))
+            rid = (await queued(jobs, dispatched, 2))[-1]
+            worker.generating(rid)
+            worker.rendering(rid)
+            worker.finish(rid, audio_size=100_000)  # over this guild's 64 KiB
+            second = (await h.fake.wait_for("POST", FOLLOWUP, count=2))[-1]
+            assert first.status == 200 and len(first.filenames) == 3
+            assert second.status == 200 and not any(f.endswith(".ogg") for f in second.filenames)
+            return second.json
+
+    body = asyncio.run(scenario())
+    notes = {f["name"]: f["value"] for f in body["embeds"][0]["fields"]}["Note"]
+    assert "Not attached" in notes and "audio" in notes
+
+
+def test_button_custom_ids_fit_discords_100_characters():
+    from bot.views import result_view
+
+    async def ids() -> list[str]:
+        view = result_view(2**63 - 1)  # the largest request id SQL can hold
+        return [c["custom_id"] for row in view.to_components() for c in row["components"]]
+
+    assert max(len(i) for i in asyncio.run(ids())) <= 100
