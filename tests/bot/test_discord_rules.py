@@ -404,3 +404,27 @@ def test_button_custom_ids_fit_discords_100_characters():
         return [c["custom_id"] for row in view.to_components() for c in row["components"]]
 
     assert max(len(i) for i in asyncio.run(ids())) <= 100
+
+
+def test_six_simultaneous_composes_from_one_user_get_two_accepted(bot_settings):
+    """The review's reproduction through Discord: 6 at once against a cap of 2 were all accepted.
+    The dispatch takes a broker's round trip inside the transaction, where the race was."""
+    sent: list[int] = []
+
+    def slow_dispatch(request_id: int) -> None:
+        time.sleep(0.2)
+        sent.append(request_id)
+
+    jobs = JobService(bot_settings, dispatch=slow_dispatch)
+    jobs.history(Requester(discord_id=42))  # the user row exists: only the limit races
+
+    async def scenario() -> list[str]:
+        async with discord_harness(bot_settings, jobs) as h:
+            for _ in range(6):
+                h.inject(h.payloads.slash("compose"))
+            refusals = await h.fake.wait_for("POST", FOLLOWUP, count=4, timeout=20)
+            await until(lambda: len(h.fake.find("PATCH", ORIGINAL)) >= 2)
+            return [r.json["content"] for r in refusals]
+
+    texts = asyncio.run(scenario())
+    assert len(sent) == 2 and all("limit 2" in t for t in texts)
