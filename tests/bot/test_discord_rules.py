@@ -428,3 +428,36 @@ def test_six_simultaneous_composes_from_one_user_get_two_accepted(bot_settings):
 
     texts = asyncio.run(scenario())
     assert len(sent) == 2 and all("limit 2" in t for t in texts)
+
+
+def test_a_reroll_of_someone_elses_result_cannot_be_shared_by_the_reroller(
+    bot_settings, jobs, dispatched
+):
+    """Bob rerolls Ann's result (its MIDI holds Ann's seed) and presses Share, then Yes: refused
+    while Ann does not share her seed (was: shared under Bob's consent)."""
+    from engine.retrain import collected_tunes
+
+    worker = PipelineWorker(bot_settings)
+
+    async def scenario() -> str:
+        async with discord_harness(bot_settings, jobs) as h:
+            seed = h.payloads.attachment("ann.mid", midi_bytes())
+            h.inject(h.payloads.slash("compose", {"seed": seed, "bars": 2}, user_id=41))
+            (ann,) = await queued(jobs, dispatched)
+            await asyncio.to_thread(worker.complete, ann)
+            await h.fake.wait_for("POST", FOLLOWUP)
+            result = h.fake.messages[max(h.fake.messages)]
+            h.inject(h.payloads.button(f"motif:reroll:{ann}", result, user_id=42))
+            bob = (await queued(jobs, dispatched, 2))[-1]
+            await asyncio.to_thread(worker.complete, bob)
+            await h.fake.wait_for("POST", FOLLOWUP, count=2)
+            consent = discord.ui.View(timeout=None)
+            consent.add_item(ShareConsentButton(bob))
+            question = h.fake.message(CHANNEL_ID, {"components": consent.to_components()}, [])
+            h.inject(h.payloads.button(f"motif:consent:{bob}", question, user_id=42))
+            answer = (await h.fake.wait_for("POST", FOLLOWUP, count=3))[-1]
+            assert answer.json["flags"] == EPHEMERAL
+            return answer.json["content"]
+
+    assert "someone else's seed" in asyncio.run(scenario())
+    assert collected_tunes(bot_settings) == []
