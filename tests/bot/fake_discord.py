@@ -253,7 +253,8 @@ class FakeDiscord:
                         "global": False,
                     },
                     429,
-                    {"Retry-After": str(retry), "X-RateLimit-Scope": "user"},
+                    # discord.py treats a 429 without Via (Discord's proxy) as a Cloudflare ban
+                    {"Retry-After": str(retry), "X-RateLimit-Scope": "user", "Via": "1.1 google"},
                 )
             self.edits[key] = [*recent, now]
         call.pings = pings(body, self._replied_user(body))

@@ -316,7 +316,7 @@ def test_rate_limited_progress_edits_are_retried_and_end_on_the_final_text(
 ):
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
-            h.fake.edit_limit = (1, 1.0)  # one edit per message per second
+            h.fake.edit_limit = (1, 2.0)  # one edit per message per 2 s
             h.inject(h.payloads.slash("compose"))
             (rid,) = await queued(jobs, dispatched)
             worker.generating(rid)
