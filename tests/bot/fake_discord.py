@@ -124,6 +124,7 @@ class FakeDiscord:
         self.acknowledged: set[str] = set()
         self.edits: dict[str, list[float]] = {}  # message -> times of its recent edits
         self.edit_limit = (EDITS_PER_WINDOW, EDIT_WINDOW_S)
+        self.token_ttl_s = TOKEN_TTL_S
         self.upload_limit = UPLOAD_LIMIT
         self.fail_next: dict[str, int] = {}  # path regex -> HTTP status to answer once
         self._ids = itertools.count(1)
@@ -226,7 +227,7 @@ class FakeDiscord:
                 return _error(400, 40060, "Interaction has already been acknowledged.")
         elif call.path.startswith("/webhooks/") and token is not None:
             created = self.token_created.get(token)
-            if created is not None and time.monotonic() - created > TOKEN_TTL_S:
+            if created is not None and time.monotonic() - created > self.token_ttl_s:
                 return _error(401, 50027, "Invalid Webhook Token")
         if len(body.get("content") or "") > CONTENT_LIMIT:
             return _error(

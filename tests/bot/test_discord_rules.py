@@ -461,3 +461,26 @@ def test_a_reroll_of_someone_elses_result_cannot_be_shared_by_the_reroller(
 
     assert "someone else's seed" in asyncio.run(scenario())
     assert collected_tunes(bot_settings) == []
+
+
+def test_a_token_that_dies_before_the_bot_expects_falls_back_to_the_channel(
+    bot_settings, jobs, dispatched, worker
+):
+    """Discord answers 401 once a token is 15 minutes old (here: 1 s). The bot's own clock said
+    it still lived: the result goes to the channel, with a ping for the requester only."""
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            h.fake.token_ttl_s = 1.0
+            h.inject(h.payloads.slash("compose", user_id=77))
+            (rid,) = await queued(jobs, dispatched)
+            await h.fake.wait_for("PATCH", ORIGINAL)
+            await asyncio.sleep(1.2)
+            worker.complete(rid)
+            (post,) = await h.fake.wait_for("POST", CHANNEL_POST)
+            assert post.status == 200 and len(post.filenames) == 3
+            assert [c.status for c in h.fake.find("POST", FOLLOWUP)] == [401]
+            assert h.fake.pinged() == ["user:77"]
+            await until(lambda: not jobs.undelivered())
+
+    asyncio.run(scenario())
