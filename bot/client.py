@@ -21,6 +21,7 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.compose", "bot.cogs.admin", "bot.cogs.info")
+INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True)
 
 
 class MotifTree(app_commands.CommandTree):
@@ -42,13 +43,15 @@ class MotifBot(commands.Bot):
         token_ttl_s: float = 14 * 60,
         **options,  # type: ignore[no-untyped-def]
     ) -> None:
-        # No privileged intents: slash options, the context menu and mentions carry attachments.
+        # Only what is used: guilds (channels for late results), and messages in guilds and DMs
+        # for "@Motif + a MIDI file" (a mention carries its attachments without MESSAGE_CONTENT).
+        # Nobody is pinged unless a message says so (ChannelDestination names the requester).
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=discord.Intents.default(),
+            intents=INTENTS,
             tree_cls=MotifTree,
             help_command=None,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            allowed_mentions=discord.AllowedMentions.none(),
             **options,
         )
         self.settings = settings
@@ -67,14 +70,23 @@ class MotifBot(commands.Bot):
         self.add_dynamic_items(*RESULT_BUTTONS)
         if self.sync_on_start and self.settings.dev_guild_id:
             await self.sync_commands(discord.Object(self.settings.dev_guild_id))
+        home = self.settings.home_guild_id
+        if self.sync_on_start and home and home != self.settings.dev_guild_id:
+            await self.sync_commands(discord.Object(home), copy_global=False)  # the admin commands
         self.deliveries.start()  # delivers results that finished while the bot was away
 
-    async def sync_commands(self, guild: discord.abc.Snowflake | None) -> int:
-        """Publish the commands to one guild (instant) or, with None, globally (slow to spread)."""
+    async def sync_commands(
+        self, guild: discord.abc.Snowflake | None, *, copy_global: bool = True
+    ) -> int:
+        """Publish the commands to one guild (instant) or, with None, globally (slow to spread).
+        The admin commands belong to the home guild alone; a global sync refreshes it too."""
         try:
-            if guild is not None:
+            if guild is not None and copy_global:
                 self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
+            home = self.settings.home_guild_id
+            if guild is None and home:
+                await self.tree.sync(guild=discord.Object(home))
         except discord.HTTPException as exc:
             log.warning("command sync to %s failed: %s", guild.id if guild else "global", exc)
             return 0

@@ -140,6 +140,7 @@ class InteractionDestination:
         token_ttl_s: float,
         ephemeral: bool = False,
     ) -> None:
+        self.bot = bot
         self.interaction = interaction
         self.token_ttl_s = token_ttl_s
         self.ephemeral = ephemeral
@@ -187,9 +188,30 @@ class InteractionDestination:
             except discord.HTTPException as exc:
                 if exc.status != 401:
                     raise
+        if self.ephemeral:
+            # only the requester was meant to see it: a direct message, never the channel
+            await self._direct_message(content, embed=embed, uploads=uploads)
+            return
         if not self.fallback.channel_id:
             raise TokenExpired("no channel to post a late result to")
         await self.fallback.post(content, embed=embed, uploads=uploads, view=view, mention=mention)
+
+    async def _direct_message(
+        self, content: str, *, embed: discord.Embed | None, uploads: Sequence[Upload]
+    ) -> None:
+        user_id = self.interaction.user.id
+        try:
+            channel = await self.bot.create_dm(discord.Object(user_id))
+            kwargs = {"embed": embed} if embed is not None else {}
+            await channel.send(content, files=[u.file() for u in uploads], **kwargs)
+        except discord.HTTPException as exc:  # DMs closed, or the user left: drop it, log it
+            log.warning(
+                "an ephemeral result for user %s outlived its token and could not be sent by DM "
+                "(%s); dropped: %.200s",
+                user_id,
+                exc,
+                content,
+            )
 
 
 Destination = ChannelDestination | InteractionDestination

@@ -14,13 +14,15 @@ import discord
 from discord import app_commands
 
 from bot.messages import retry_hint
-from engine.errors import MotifError, RateLimited
+from engine.errors import MotifError, RateLimited, public_message
 
 log = logging.getLogger(__name__)
 
 
 def user_text(error: MotifError) -> str:
-    text = error.user_message
+    if error.for_operator:
+        log.error("operator error shown to a user as a generic message: %s", error.detail)
+    text = public_message(error)
     if isinstance(error, RateLimited):
         text = f"{text} {retry_hint(error.retry_after_s)}"
     return text
@@ -53,6 +55,8 @@ def reply_text(interaction: discord.Interaction, error: BaseException) -> str:
         return user_text(original)
     if isinstance(original, app_commands.TransformerError):
         return f"I could not understand `{original.value}` for that option."
+    if isinstance(original, app_commands.CommandNotFound):
+        return "That command is not available here."
     if isinstance(original, app_commands.CheckFailure):
         return str(original) or "You cannot use this command here."
     error_id = new_error_id()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 
 import aiohttp
@@ -29,6 +30,28 @@ def _no_voice_warning(record: logging.LogRecord) -> bool:
     return "voice will NOT be supported" not in record.getMessage()
 
 
+# discord.py's DEBUG lines name interaction and webhook URLs, whose last part is a token that
+# lets anyone answer as the bot for 15 minutes.
+_TOKEN_IN_URL = re.compile(r"(/(?:interactions|webhooks)/\d+/)[\w.\-]{20,}")
+_TOKEN_FIELD = re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+""")
+
+
+class RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _TOKEN_FIELD.sub(r"\1<token>", _TOKEN_IN_URL.sub(r"\1<token>", message))
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_tokens_in_logs() -> None:
+    """Put `RedactTokens` on every handler of the root logger (where discord.py's lines go)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactTokens) for f in handler.filters):
+            handler.addFilter(RedactTokens())
+
+
 def run(settings: Settings | None = None) -> int:
     settings = settings or get_settings()
     token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
@@ -46,6 +69,7 @@ def run(settings: Settings | None = None) -> int:
             level=getattr(logging, settings.log_level.upper(), logging.INFO)
         )
     logging.getLogger("discord.client").addFilter(_no_voice_warning)
+    redact_tokens_in_logs()
     from bot.client import MotifBot
 
     bot = MotifBot(settings)

@@ -44,6 +44,13 @@ def progress_text(p: Progress) -> str:
     return failure_text(p)
 
 
+def quoted(text: str, limit: int = 100) -> str:
+    """User-supplied text (a filename, a title) shown inline: in a code span, so no markdown or
+    mention renders, without backticks that would end it, and clipped."""
+    clean = text.replace("`", "'").replace("\n", " ")
+    return f"`{clean[:limit]}{'…' if len(clean) > limit else ''}`"
+
+
 def restarting_text(request_id: int) -> str:
     """What a request's progress message says when the bot stops before its result is ready."""
     return (
@@ -132,7 +139,8 @@ def status_embed(q: QueueStatus) -> discord.Embed:
     embed.add_field(name="Queued", value=str(q.queued))
     embed.add_field(name="Running", value=str(q.running))
     embed.add_field(name="Model", value=q.active_model or "default")
-    workers = "\n".join(q.workers) if q.workers else "none online: requests wait until one starts"
+    # counts, never host names: those are for operators
+    workers = "\n".join(q.worker_counts) or "none online: requests wait until one starts"
     embed.add_field(name="Workers", value=workers[:1024], inline=False)
     return embed
 

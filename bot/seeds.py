@@ -10,6 +10,7 @@ import logging
 
 import discord
 
+from bot.messages import quoted
 from engine.errors import BadMidi, MotifError
 from engine.midi_io import SeedLimits
 
@@ -35,12 +36,12 @@ def check_seed_attachment(attachment: discord.Attachment, limit: int = SEED_LIMI
     """Refuse by name and size before anything is downloaded (and before the reply is deferred)."""
     if not is_midi_name(attachment.filename):
         raise BadMidi(
-            f"`{attachment.filename}` is not a MIDI file: attach a .mid or .midi file "
+            f"{quoted(attachment.filename)} is not a MIDI file: attach a .mid or .midi file "
             "(export one from your notation program or DAW)."
         )
     if attachment.size > limit:
         raise BadMidi(
-            f"`{attachment.filename}` is too large ({_mib(attachment.size)}): "
+            f"{quoted(attachment.filename)} is too large ({_mib(attachment.size)}): "
             f"the limit for a seed is {_mib(limit)}."
         )
 
@@ -52,12 +53,12 @@ async def read_seed(attachment: discord.Attachment, limit: int = SEED_LIMIT_BYTE
     except discord.HTTPException as exc:
         log.warning("could not download attachment %s: %s", attachment.id, exc)
         raise MotifError(
-            f"Discord would not give me `{attachment.filename}` (the link may have expired); "
+            f"Discord would not give me {quoted(attachment.filename)} (the link may have expired); "
             "attach it again."
         ) from exc
     if len(data) > limit:  # the metadata said otherwise: trust the bytes
         raise BadMidi(
-            f"`{attachment.filename}` is too large ({_mib(len(data))}): "
+            f"{quoted(attachment.filename)} is too large ({_mib(len(data))}): "
             f"the limit for a seed is {_mib(limit)}."
         )
     return data

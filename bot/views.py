@@ -160,9 +160,10 @@ class ShareConsentButton(DynamicItem[Button], template=r"motif:consent:(?P<req>\
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         async def share() -> None:
+            await interaction.response.defer()  # acknowledged before the database is asked
             who = requester_from_interaction(interaction, "button")
             count = await asyncio.to_thread(_bot(interaction).jobs.share, self.request_id, who)
-            await interaction.response.edit_message(
+            await interaction.edit_original_response(
                 content=f"Thank you: {count} tune{'s' if count != 1 else ''} from request "
                 f"#{self.request_id} shared. `/forget` withdraws them.",
                 view=None,
@@ -184,11 +185,12 @@ class RateButton(DynamicItem[Button], template=r"motif:rate:(?P<vote>up|down):(?
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         async def rate() -> None:
+            await interaction.response.defer(ephemeral=True, thinking=True)
             who = requester_from_interaction(interaction, "button")
             rating = 1 if self.vote == "up" else -1
             await asyncio.to_thread(_bot(interaction).jobs.rate, self.request_id, who, rating)
-            await interaction.response.send_message(
-                f"Thanks for the feedback on #{self.request_id}.", ephemeral=True
+            await interaction.edit_original_response(
+                content=f"Thanks for the feedback on #{self.request_id}."
             )
 
         await guarded(interaction, rate())

@@ -35,9 +35,20 @@ OPEN_RUN_STATES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.EVALUATING)
 
 
 def is_admin(
-    settings: Settings, user_id: int, role_ids: set[int] | frozenset[int], manage_guild: bool
+    settings: Settings,
+    user_id: int,
+    *,
+    guild_id: int | None = None,
+    role_ids: set[int] | frozenset[int] = frozenset(),
+    manage_guild: bool = False,
 ) -> bool:
-    return manage_guild or user_id in settings.admin_users or bool(settings.admin_roles & role_ids)
+    """Admin rights come from settings only. The model is shared by every server and anyone can
+    add the bot to a server they manage, so Manage Server and roles count in the home guild only."""
+    if user_id in settings.owners or user_id in settings.admin_users:
+        return True
+    if settings.home_guild_id is None or guild_id != settings.home_guild_id:
+        return False
+    return manage_guild or bool(settings.admin_roles & role_ids)
 
 
 def audit(

@@ -24,6 +24,9 @@ from engine.settings import PACKAGE_DIR
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
+# A database server that does not answer costs a request this long, then a clear error (libpq's
+# minimum is 2 s). Bot handlers defer before touching the database, so it never costs the reply.
+CONNECT_TIMEOUT_S = 3
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -61,7 +64,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
 
 
 _engines: dict[str, Engine] = {}
@@ -88,15 +93,26 @@ def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
 
 
+def lock_for_writing(session: Session) -> None:
+    """Make this transaction a writer from its first statement, on SQLite (`BEGIN IMMEDIATE`):
+    check-then-insert sequences (the limits) then run one at a time. Other databases lock rows
+    (`SELECT … FOR UPDATE`) where they need to. Must come before any other statement."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session that commits on success and rolls back (writing nothing) on any error."""
+def session_scope(url: str, *, immediate: bool = False) -> Iterator[Session]:
+    """A session that commits on success and rolls back (writing nothing) on any error.
+    `immediate`: take SQLite's write lock first (see `lock_for_writing`)."""
     factory = session_factory(url)
     try:
         session = factory()
     except OperationalError as exc:  # pragma: no cover - connection at checkout
         raise ServiceUnavailable("The database is unreachable; try again shortly.") from exc
     try:
+        if immediate:
+            lock_for_writing(session)
         yield session
         session.commit()
     except OperationalError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 class MotifError(Exception):
     """Base of every error whose message is meant for the person who caused it."""
 
+    for_operator = False  # True: the message names server paths or settings; users get OPERATOR
+
     def __init__(self, user_message: str, *, detail: str | None = None) -> None:
         super().__init__(user_message)
         self.user_message = user_message
@@ -67,6 +69,19 @@ class SchemaOutOfDate(MotifError):
 
 class BadSoundfont(MotifError):
     """The configured soundfont is missing or unreadable; the message names the setting."""
+
+    for_operator = True
+
+
+OPERATOR_TEXT = (
+    "Motif is misconfigured on the server side; the operators have the details in the log. "
+    "Please try again later."
+)
+
+
+def public_message(error: MotifError) -> str:
+    """What a user may read: operator errors (paths, settings) stay in the log."""
+    return OPERATOR_TEXT if error.for_operator else error.user_message
 
 
 class Busy(MotifError):

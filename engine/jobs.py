@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -188,8 +189,9 @@ class Progress:
 class QueueStatus:
     queued: int
     running: int
-    workers: list[str]
+    workers: list[str]  # host names: for operators (`motif status`), not for chat
     active_model: str | None
+    worker_counts: list[str] = field(default_factory=list)  # "2 × gpu,train on cuda": for chat
 
 
 def user_for(session: Session, discord_id: int, name: str = "") -> User:
@@ -294,8 +296,25 @@ class JobService:
         )
 
     # --- limits -------------------------------------------------------------------------------
-    def _check_limits(self, session: Session, user: User | None) -> None:
+    @staticmethod
+    def _lock_limits(session: Session, user: User | None, guild_id: int | None) -> None:
+        """Serialise check-then-insert per guild and per user, so that concurrent requests
+        cannot all pass the same count. SQLite: the transaction began IMMEDIATE (one writer at
+        a time). Postgres: a transaction-scoped advisory lock on the guild, then the user row
+        (always in this order: no deadlock)."""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        if guild_id is not None:
+            session.execute(select(func.pg_advisory_xact_lock(guild_id)))
+        if user is not None:
+            session.execute(select(User.id).where(User.id == user.id).with_for_update())
+
+    def _check_limits(
+        self, session: Session, user: User | None, guild_id: int | None = None, *, lock: bool = True
+    ) -> None:
         s = self.settings
+        if lock:
+            self._lock_limits(session, user, guild_id)
         queued = session.scalar(
             select(func.count(Request.id)).where(Request.status == RequestStatus.QUEUED)
         )
@@ -304,6 +323,18 @@ class JobService:
                 f"The queue is full ({s.queue_cap} waiting). Try again in a minute.",
                 retry_after_s=60,
             )
+        if guild_id is not None:
+            in_guild = session.scalar(
+                select(func.count(Request.id)).where(
+                    Request.guild_id == guild_id, Request.status.in_(OPEN_STATES)
+                )
+            )
+            if (in_guild or 0) >= s.guild_max_open:
+                raise QueueFull(
+                    f"This server already has {in_guild} requests waiting or running (limit "
+                    f"{s.guild_max_open}); try again in a minute.",
+                    retry_after_s=60,
+                )
         if user is None:
             return
         open_count = session.scalar(
@@ -333,6 +364,15 @@ class JobService:
                 retry_after_s=wait,
             )
 
+    def precheck(self, who: Requester) -> None:
+        """The limits, read-only, before anything is downloaded or parsed: a refusal costs one
+        query. (`compose` checks again, atomically, when it writes.)"""
+        with session_scope(self.url) as session:
+            user = None
+            if who.discord_id is not None:
+                user = session.scalar(select(User).where(User.discord_id == who.discord_id))
+            self._check_limits(session, user, who.guild_id, lock=False)
+
     # --- submitting ---------------------------------------------------------------------------
     def compose(
         self,
@@ -340,25 +380,30 @@ class JobService:
         options: ComposeOptions,
         seed_midi: bytes | None = None,
         seed_name: str = "",
+        seed_owner: Requester | None = None,
     ) -> int:
-        """Validate the seed, record the request and queue it. Returns the request id."""
+        """Validate the seed, record the request and queue it. Returns the request id.
+
+        `seed_owner`: whose music the seed is, when not the requester's ("Continue this MIDI" on
+        someone's message: its author). The seed's consent is that person's to give."""
         piece = None
         if seed_midi is not None:
             from engine.midi_io import load_seed  # no torch
 
             piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
-        with _unsaved_on_outage(), session_scope(self.url) as session:
+        with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
             user = self._user(session, who)
-            self._check_limits(session, user)
+            self._check_limits(session, user, who.guild_id)
             tune = None
             if piece is not None and seed_midi is not None:
-                consent = bool(user and user.share_by_default)
+                owner = user if seed_owner is None else self._user(session, seed_owner)
+                consent = bool(owner and owner.share_by_default)
                 tune = self.store_tune(
                     session,
                     seed_midi,
                     piece,
                     source=TuneSource.SEED,
-                    owner=user,
+                    owner=owner,
                     name=seed_name,
                     consent=consent,
                 )
@@ -377,7 +422,7 @@ class JobService:
         rng_seed: int | None = None,
     ) -> int:
         """Reroll (same settings, new sample), extend (continue the result) or vary a request."""
-        with _unsaved_on_outage(), session_scope(self.url) as session:
+        with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
             parent = session.get(Request, parent_id)
             if parent is None:
                 raise NotFound(f"request #{parent_id} does not exist.")
@@ -400,7 +445,7 @@ class JobService:
                 settings=self.settings,
             )
             user = self._user(session, who)
-            self._check_limits(session, user)
+            self._check_limits(session, user, who.guild_id)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
             rid = self._enqueue(session, who, user, kind, options, tune, parent.id)
         self._send(rid)
@@ -547,14 +592,56 @@ class JobService:
                 existing.rating = rating
                 existing.created_at = utcnow()
 
+    # --- consent ------------------------------------------------------------------------------
+    @staticmethod
+    def _sources_of(session: Session, tune: Tune) -> list[Tune]:
+        """The tunes a generated tune was made from, through rerolls, variations and extensions
+        (a result holds its seed's notes): seeds and the results they were extended from."""
+        sources: list[Tune] = []
+        frontier, seen = [tune], {tune.id}
+        while frontier:
+            current = frontier.pop()
+            if current.source is not TuneSource.GENERATION:
+                continue
+            for source in session.scalars(
+                select(Tune)
+                .join(Request, Request.seed_tune_id == Tune.id)
+                .where(Request.result_tune_id == current.id)
+            ):
+                if source.id not in seen:
+                    seen.add(source.id)
+                    sources.append(source)
+                    frontier.append(source)
+        return sources
+
+    @staticmethod
+    def _derived_from(session: Session, tune_ids: set[int]) -> set[int]:
+        """The generated tunes made from these tunes, directly or through other results."""
+        found: set[int] = set()
+        frontier = set(tune_ids)
+        while frontier:
+            results = set(
+                session.scalars(
+                    select(Request.result_tune_id).where(
+                        Request.seed_tune_id.in_(frontier), Request.result_tune_id.is_not(None)
+                    )
+                )
+            )
+            frontier = results - found - tune_ids
+            found |= frontier
+        return found
+
     def share(self, request_id: int, who: Requester) -> int:
-        """Consent to put this request's seed and result into the training collection."""
+        """Consent to put this request's seed and result into the training collection.
+
+        A tune made from someone else's seed joins only while that person shares the seed."""
         with session_scope(self.url) as session:
             req = session.get(Request, request_id)
             if req is None:
                 raise NotFound(f"request #{request_id} does not exist.")
             user = self._require_owner(session, req, who)
             count = 0
+            blocked = False
             for tune_id in (req.seed_tune_id, req.result_tune_id):
                 tune = session.get(Tune, tune_id) if tune_id else None
                 if tune is None:
@@ -563,10 +650,22 @@ class JobService:
                     tune.owner_id = user.id
                 if tune.owner_id != user.id:
                     continue
+                if any(
+                    source.owner_id not in (None, user.id)
+                    and not (source.consent and source.withdrawn_at is None)
+                    for source in self._sources_of(session, tune)
+                ):
+                    blocked = True
+                    continue
                 tune.consent = True
                 tune.consent_at = utcnow()
                 tune.withdrawn_at = None
                 count += 1
+            if count == 0 and blocked:
+                raise NotAllowed(
+                    "this tune was made from someone else's seed; it can join the training "
+                    "collection only if they share their seed."
+                )
             if count == 0:
                 raise BadParams("there is nothing of yours to share in this request yet.")
             return count
@@ -579,15 +678,20 @@ class JobService:
             user.share_by_default = value
 
     def forget(self, who: Requester) -> int:
-        """Withdraw every tune of this user from the training collection."""
+        """Withdraw every tune of this user from the training collection, and every tune made
+        from their seeds by anyone (rerolls, variations, extensions of their music)."""
         with session_scope(self.url) as session:
             user = self._user(session, who)
             if user is None:
                 return 0
             user.share_by_default = False
+            own = set(session.scalars(select(Tune.id).where(Tune.owner_id == user.id)))
+            withdraw = own | self._derived_from(session, own)
+            if not withdraw:
+                return 0
             result = session.execute(
                 update(Tune)
-                .where(Tune.owner_id == user.id, Tune.consent.is_(True))
+                .where(Tune.id.in_(withdraw), Tune.consent.is_(True))
                 .values(consent=False, withdrawn_at=utcnow())
             )
             return int(result.rowcount or 0)
@@ -618,13 +722,19 @@ class JobService:
                 )
             )
             alive_since = utcnow() - timedelta(seconds=self.settings.worker_heartbeat_s * 4)
-            workers = [
-                f"{w.hostname} [{w.queues}] on {w.device or '?'}"
-                for w in session.scalars(select(Worker).where(Worker.last_seen >= alive_since))
+            alive = list(session.scalars(select(Worker).where(Worker.last_seen >= alive_since)))
+            workers = [f"{w.hostname} [{w.queues}] on {w.device or '?'}" for w in alive]
+            kinds = Counter((w.queues, w.device or "?") for w in alive)
+            counts = [
+                f"{n} × {queues} on {device}" for (queues, device), n in sorted(kinds.items())
             ]
             active = session.scalar(select(ModelVersion.version).where(ModelVersion.active))
             return QueueStatus(
-                queued=queued or 0, running=running or 0, workers=workers, active_model=active
+                queued=queued or 0,
+                running=running or 0,
+                workers=workers,
+                active_model=active,
+                worker_counts=counts,
             )
 
     def undelivered(self, limit: int = 50) -> list[int]:

@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from engine.artifacts import store_for
 from engine.db import session_scope
-from engine.errors import MotifError, ServiceUnavailable
+from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.jobs import ComposeOptions, content_hash, tune_for
 from engine.music import Note, Piece
 from engine.records import (
@@ -132,23 +133,51 @@ def claim_for_generation(request_id: int, settings: Settings) -> bool:
         return bool(result.rowcount)
 
 
+def fair_order(
+    waiting: list[tuple[int, int | None]], taken: list[int | None] | None = None
+) -> list[int]:
+    """The order in which a batch takes waiting requests `(id, guild_id)`: round-robin over
+    guilds, the guild with the fewest requests in the batch first (ties: the oldest request),
+    oldest first within a guild. One guild's flood cannot fill every batch."""
+    queues: dict[int | None, deque[int]] = {}
+    for rid, guild in sorted(waiting):
+        queues.setdefault(guild, deque()).append(rid)
+    counts = Counter(taken or [])
+    order = []
+    while queues:
+        guild = min(queues, key=lambda g: (counts[g], queues[g][0]))
+        order.append(queues[guild].popleft())
+        counts[guild] += 1
+        if not queues[guild]:
+            del queues[guild]
+    return order
+
+
 def drain_queued(settings: Settings, limit: int, exclude: set[int]) -> list[int]:
-    """Claim up to `limit` more queued requests (oldest first) to decode in the same batch."""
+    """Claim up to `limit` more queued requests to decode in the same batch, fairly between
+    guilds (`fair_order`): the oldest `limit` of each guild are the candidates."""
     if limit <= 0:
         return []
     with session_scope(settings.sqlalchemy_url) as session:
-        candidates = list(
-            session.scalars(
-                select(Request.id)
-                .where(Request.status == RequestStatus.QUEUED)
-                .order_by(Request.id)
-                .limit(limit + len(exclude))
-            )
+        rank = (
+            func.row_number().over(partition_by=Request.guild_id, order_by=Request.id).label("rank")
         )
+        waiting = (
+            select(Request.id, Request.guild_id, rank)
+            .where(Request.status == RequestStatus.QUEUED, Request.id.not_in(exclude))
+            .subquery()
+        )
+        candidates = [
+            (rid, guild)
+            for rid, guild in session.execute(
+                select(waiting.c.id, waiting.c.guild_id).where(waiting.c.rank <= limit)
+            )
+        ]
+        taken = list(session.scalars(select(Request.guild_id).where(Request.id.in_(exclude))))
     claimed: list[int] = []
-    for rid in candidates:
-        if rid in exclude or len(claimed) >= limit:
-            continue
+    for rid in fair_order(candidates, taken):
+        if len(claimed) >= limit:
+            break
         if claim_for_generation(rid, settings):
             claimed.append(rid)
     return claimed
@@ -223,7 +252,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
         except ServiceUnavailable:
             raise  # the task retries once the database is back
         except MotifError as exc:
-            fail(rid, settings, exc.user_message, exc.detail)
+            fail(rid, settings, public_message(exc), exc.detail)
         except Exception as exc:  # noqa: BLE001 - one bad row must not sink the batch
             log.exception("could not load request %s", rid)
             fail(rid, settings, "Something went wrong reading your seed.", repr(exc))
@@ -458,7 +487,7 @@ def run_generation(request_id: int, settings: Settings | None = None) -> list[in
         raise
     except MotifError as exc:
         for rid in batch:
-            fail(rid, settings, exc.user_message, exc.detail)
+            fail(rid, settings, public_message(exc), exc.detail)
         return []
     except Exception as exc:
         log.exception("generation failed for %s", batch)
@@ -475,7 +504,7 @@ def run_render(request_id: int, settings: Settings | None = None) -> bool:
         log.warning("database unreachable while rendering %s; will retry", request_id)
         raise
     except MotifError as exc:
-        fail(request_id, settings, exc.user_message, exc.detail)
+        fail(request_id, settings, public_message(exc), exc.detail)
         return False
     except RowNotVisible:
         raise

@@ -7,6 +7,7 @@ folder, CPU unless CUDA is there. At scale only these values change.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_PATH = PACKAGE_DIR / "data" / "motif-default.pt"
 DEFAULT_CORPUS_PATH = PACKAGE_DIR / "data" / "corpus.npz"
+
+
+SECRET_URL_FIELDS = ("database_url", "broker_url", "result_backend", "artifact_url")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def hide_password(url: str) -> str:
+    """`scheme://user:secret@host/…` → `scheme://user:***@host/…` (URLs of any scheme)."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
 
 
 class Settings(BaseSettings):
@@ -59,6 +69,7 @@ class Settings(BaseSettings):
     queue_cap: int = Field(default=500, ge=1)
     user_rate_per_min: int = Field(default=6, ge=1)
     user_max_concurrent: int = Field(default=2, ge=1)
+    guild_max_open: int = Field(default=20, ge=1)  # open jobs of one server, all its users
     stale_after_s: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     reaper_interval_s: float = Field(default=5.0, gt=0)
@@ -74,8 +85,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "MOTIF_DISCORD_TOKEN")
     )
     dev_guild_id: int | None = None
+    # The one server whose managers are Motif admins; admin commands exist there only. The model
+    # is global, so a manager of any other server (anyone can add the bot to their own) is not.
+    home_guild_id: int | None = None
     admin_user_ids: str = ""  # comma-separated user ids allowed to run admin commands
-    admin_role_ids: str = ""  # comma-separated role ids allowed to run admin commands
+    admin_role_ids: str = ""  # comma-separated role ids (of the home guild) allowed likewise
     owner_user_ids: str = ""  # comma-separated user ids allowed to sync commands globally
     progress_edit_interval_s: float = Field(default=2.0, ge=0.5)
 
@@ -85,6 +99,13 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # repr(settings) and str(settings) end up in logs and tracebacks: no passwords there.
+        for name, value in super().__repr_args__():
+            if name in SECRET_URL_FIELDS and isinstance(value, str):
+                value = hide_password(value)
+            yield name, value
 
     # --- derived values ----------------------------------------------------------------------
     @property

@@ -1,7 +1,8 @@
 """Admin commands: `/retrain`, `/model list|activate|rollback`, `/stats`, and the owners' `sync`.
 
-Who counts as an admin is decided by `engine.admin.is_admin` (Manage Server or the allowlists);
-every attempt, allowed or not, is written to the audit log.
+Who counts as an admin is decided by `engine.admin.is_admin` from settings (ids, and Manage Server
+or admin roles in the home guild only); `bot.checks.admin_only` writes every attempt to the audit
+log. The slash commands live in the home guild only (`setup`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
+from bot.checks import admin_only, admin_rights
 from engine import admin
-from engine.errors import NotAllowed
 
 if TYPE_CHECKING:
     from bot.client import MotifBot
@@ -26,28 +27,18 @@ log = logging.getLogger(__name__)
 
 
 class Admin(commands.Cog):
-    model = app_commands.Group(name="model", description="Model versions (admins only)")
+    model = app_commands.Group(
+        name="model",
+        description="Model versions (admins only)",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
 
     def __init__(self, bot: MotifBot) -> None:
         self.bot = bot
 
-    async def require_admin(
-        self, interaction: discord.Interaction, action: str, detail: str = ""
-    ) -> None:
-        user = interaction.user
-        roles = frozenset(r.id for r in getattr(user, "roles", ()))
-        perms = interaction.permissions
-        allowed = admin.is_admin(
-            self.bot.settings, user.id, roles, perms.manage_guild or perms.administrator
-        )
-        await asyncio.to_thread(admin.audit, self.bot.settings, user.id, action, allowed, detail)
-        if not allowed:
-            raise NotAllowed(
-                f"`/{action}` is for server managers and Motif admins only; "
-                "this attempt has been logged."
-            )
-
     @app_commands.command(name="retrain")
+    @admin_only()
     @app_commands.describe(
         epochs="Passes over the training data (1 to 100)",
         from_scratch="Start from random weights instead of the active model",
@@ -64,17 +55,12 @@ class Admin(commands.Cog):
     ) -> None:
         """Train a new candidate model, or cancel a run (admins only); progress is reported here."""
         if cancel is not None:
-            await self.require_admin(interaction, "retrain cancel", f"run={cancel}")
             outcome = await asyncio.to_thread(admin.cancel_run, cancel, self.bot.settings)
-            text = admin.cancel_run_text(cancel, outcome)
-            await interaction.response.send_message(text, ephemeral=True)
+            await interaction.edit_original_response(content=admin.cancel_run_text(cancel, outcome))
             return
-        detail = f"epochs={epochs} from_scratch={from_scratch} collected_share={collected_share}"
-        await self.require_admin(interaction, "retrain", detail)
         options = admin.RetrainOptions(
             epochs=epochs, from_scratch=from_scratch, collected_share=collected_share
         )
-        await interaction.response.defer(ephemeral=True, thinking=True)
         run_id = await asyncio.to_thread(
             functools.partial(
                 admin.request_retrain,
@@ -93,24 +79,26 @@ class Admin(commands.Cog):
         )
 
     @model.command(name="list")
+    @admin_only()
     async def model_list(self, interaction: discord.Interaction) -> None:
         """Recent model versions and which one is active."""
-        await self.require_admin(interaction, "model list")
         models = await asyncio.to_thread(admin.list_models, self.bot.settings)
-        await interaction.response.send_message(embed=messages.models_embed(models), ephemeral=True)
+        await interaction.edit_original_response(embed=messages.models_embed(models))
 
     @model.command(name="activate")
+    @admin_only()
     @app_commands.describe(version="The model version to make active")
     async def model_activate(self, interaction: discord.Interaction, version: str) -> None:
         """Make a model version the active one; workers switch at their next job."""
-        await self.require_admin(interaction, "model activate", version)
         active = await asyncio.to_thread(admin.activate_model, version, self.bot.settings)
-        await interaction.response.send_message(f"✅ `{active}` is now active.", ephemeral=True)
+        await interaction.edit_original_response(content=f"✅ `{active}` is now active.")
 
     @model_activate.autocomplete("version")
     async def _versions(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
+        if not admin_rights(interaction):
+            return []  # the list of versions is for admins too
         models = await asyncio.to_thread(admin.list_models, self.bot.settings)
         return [
             app_commands.Choice(name=f"{m.version} ({m.status})", value=m.version)
@@ -119,20 +107,20 @@ class Admin(commands.Cog):
         ][:25]
 
     @model.command(name="rollback")
+    @admin_only()
     async def model_rollback(self, interaction: discord.Interaction) -> None:
         """Go back to the model that was active before the current one."""
-        await self.require_admin(interaction, "model rollback")
         active = await asyncio.to_thread(admin.rollback, self.bot.settings)
-        await interaction.response.send_message(
-            f"↩️ Rolled back: `{active}` is active again.", ephemeral=True
+        await interaction.edit_original_response(
+            content=f"↩️ Rolled back: `{active}` is active again."
         )
 
     @app_commands.command(name="stats")
+    @admin_only()
     async def stats(self, interaction: discord.Interaction) -> None:
         """Usage, feedback and timing statistics (admins only)."""
-        await self.require_admin(interaction, "stats")
         result = await asyncio.to_thread(admin.stats, self.bot.settings)
-        await interaction.response.send_message(embed=messages.stats_embed(result), ephemeral=True)
+        await interaction.edit_original_response(embed=messages.stats_embed(result))
 
     @commands.command(name="sync", hidden=True)
     async def sync(
@@ -164,4 +152,9 @@ class Admin(commands.Cog):
 
 
 async def setup(bot: MotifBot) -> None:
-    await bot.add_cog(Admin(bot))
+    home = bot.settings.home_guild_id
+    if home is None:
+        # Without a home guild only the listed ids pass the check; the commands stay global.
+        await bot.add_cog(Admin(bot))
+    else:
+        await bot.add_cog(Admin(bot), guild=discord.Object(home))

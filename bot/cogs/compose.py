@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import weakref
 from typing import TYPE_CHECKING
 
 import discord
@@ -15,8 +17,8 @@ from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
 from bot.seeds import check_seed_attachment, find_midi_attachment, read_seed
 from engine import catalog
-from engine.errors import BadMidi, MotifError
-from engine.jobs import ComposeOptions, validate_options
+from engine.errors import BadMidi, MotifError, RateLimited
+from engine.jobs import ComposeOptions, Requester, validate_options
 
 if TYPE_CHECKING:
     from bot.client import MotifBot
@@ -31,6 +33,7 @@ Bars = app_commands.Range[int, 1, 256]
 Temperature = app_commands.Range[float, catalog.MIN_TEMPERATURE, catalog.MAX_TEMPERATURE]
 Tempo = app_commands.Range[float, catalog.MIN_TEMPO, catalog.MAX_TEMPO]
 RngSeed = app_commands.Range[int, 0, catalog.MAX_RNG_SEED]
+REFUSAL_QUIET_S = 10.0  # a mention flood's other refusals in this window get no reply
 
 
 class Compose(commands.Cog):
@@ -40,6 +43,21 @@ class Compose(commands.Cog):
             name="Continue this MIDI", callback=self.continue_this_midi
         )
         bot.tree.add_command(self.menu)
+        self._mention_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._quiet_until: dict[int, float] = {}
+
+    def _answered_recently(self, user_id: int, error: MotifError) -> bool:
+        """True when this user got a refusal a moment ago (then stay quiet); else remember now."""
+        now = time.monotonic()
+        if self._quiet_until.get(user_id, 0.0) > now:
+            return True
+        if len(self._quiet_until) > 10_000:
+            self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
+        quiet = error.retry_after_s if isinstance(error, RateLimited) else REFUSAL_QUIET_S
+        self._quiet_until[user_id] = now + min(quiet, 60.0)
+        return False
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
@@ -50,19 +68,23 @@ class Compose(commands.Cog):
         options: ComposeOptions,
         attachment: discord.Attachment | None,
         origin: str,
+        seed_owner: Requester | None = None,
     ) -> int:
         if attachment is not None:
             check_seed_attachment(attachment)  # before deferring: the refusal stays ephemeral
         await interaction.response.defer(thinking=True)
+        who = requester_from_interaction(interaction, origin)
         seed, seed_name = None, ""
         if attachment is not None:
+            await asyncio.to_thread(self.bot.jobs.precheck, who)  # refused: nothing downloaded
             seed, seed_name = await read_seed(attachment), attachment.filename
         request_id = await asyncio.to_thread(
             self.bot.jobs.compose,
-            requester_from_interaction(interaction, origin),
+            who,
             options,
             seed,
             seed_name,
+            seed_owner,
         )
         interaction.extras["request_id"] = request_id
         self.bot.deliveries.follow(request_id, self.bot.deliveries.for_interaction(interaction))
@@ -111,7 +133,9 @@ class Compose(commands.Cog):
                 check_seed_attachment(message.attachments[0])  # says why it is not usable
             raise BadMidi("That message has no MIDI attachment (.mid or .midi) to continue.")
         options = validate_options(settings=self.bot.settings)
-        await self.start(interaction, options, attachment, "menu")
+        # The seed is the message author's music: its consent is theirs, not the presser's.
+        owner = Requester() if message.author.bot else requester_from_message(message)
+        await self.start(interaction, options, attachment, "menu", owner)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -123,20 +147,25 @@ class Compose(commands.Cog):
         attachment = find_midi_attachment(message.attachments)
         if attachment is None and not message.attachments:
             return  # a plain mention (or a prefix command such as `sync`)
+        # One user's mentions are handled one at a time, limits first: a flood of them costs
+        # one download per accepted request and one answer per refusal window.
+        lock = self._mention_locks.setdefault(message.author.id, asyncio.Lock())
         try:
-            if attachment is None:
-                check_seed_attachment(message.attachments[0])
-                return
-            data = await read_seed(attachment)
-            options = validate_options(settings=self.bot.settings)
-            request_id = await asyncio.to_thread(
-                self.bot.jobs.compose,
-                requester_from_message(message),
-                options,
-                data,
-                attachment.filename,
-            )
+            async with lock:
+                if attachment is None:
+                    check_seed_attachment(message.attachments[0])
+                    return
+                who = requester_from_message(message)
+                await asyncio.to_thread(self.bot.jobs.precheck, who)
+                data = await read_seed(attachment)
+                options = validate_options(settings=self.bot.settings)
+                request_id = await asyncio.to_thread(
+                    self.bot.jobs.compose, who, options, data, attachment.filename
+                )
         except MotifError as exc:
+            if self._answered_recently(message.author.id, exc):
+                log.info("not answering another refusal to %s: %s", message.author.id, exc)
+                return
             await message.reply(user_text(exc), mention_author=False)
             return
         except Exception:

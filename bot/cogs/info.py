@@ -23,15 +23,17 @@ class Info(commands.Cog):
     @app_commands.command(name="history")
     async def history(self, interaction: discord.Interaction) -> None:
         """Your ten most recent requests."""
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the database
         who = requester_from_interaction(interaction, "slash")
         items = await asyncio.to_thread(self.bot.jobs.history, who)
-        await interaction.response.send_message(embed=messages.history_embed(items), ephemeral=True)
+        await interaction.edit_original_response(embed=messages.history_embed(items))
 
     @app_commands.command(name="status")
     async def status(self, interaction: discord.Interaction) -> None:
         """The queue, the workers and the active model."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
         status = await asyncio.to_thread(self.bot.jobs.queue_status)
-        await interaction.response.send_message(embed=messages.status_embed(status), ephemeral=True)
+        await interaction.edit_original_response(embed=messages.status_embed(status))
 
     @app_commands.command(name="help")
     async def help(self, interaction: discord.Interaction) -> None:
@@ -40,13 +42,14 @@ class Info(commands.Cog):
 
     @app_commands.command(name="forget")
     async def forget(self, interaction: discord.Interaction) -> None:
-        """Withdraw every tune you shared from Motif's training collection."""
+        """Withdraw every tune you shared, and what others made from your seeds, from Motif's
+        training collection."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
         who = requester_from_interaction(interaction, "slash")
         count = await asyncio.to_thread(self.bot.jobs.forget, who)
-        await interaction.response.send_message(
-            f"Done: {count} shared tune{'s' if count != 1 else ''} withdrawn. "
-            "Future training runs will not use them.",
-            ephemeral=True,
+        await interaction.edit_original_response(
+            content=f"Done: {count} shared tune{'s' if count != 1 else ''} withdrawn. "
+            "Future training runs will not use them."
         )
 
     @app_commands.command(name="share-default")
@@ -55,6 +58,7 @@ class Info(commands.Cog):
     )
     async def share_default(self, interaction: discord.Interaction, enabled: bool) -> None:
         """Opt in (or out) of sharing your future seeds with Motif's training collection."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
         who = requester_from_interaction(interaction, "slash")
         await asyncio.to_thread(self.bot.jobs.set_share_by_default, who, enabled)
         text = (
@@ -62,7 +66,7 @@ class Info(commands.Cog):
             if enabled
             else "Your future seeds will not be shared. Already shared tunes stay until `/forget`."
         )
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.edit_original_response(content=text)
 
 
 async def setup(bot: MotifBot) -> None:

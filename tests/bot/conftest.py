@@ -66,7 +66,11 @@ def png_bytes() -> bytes:
 @pytest.fixture
 def bot_settings(tmp_path: Path) -> Settings:
     s = make_settings(
-        tmp_path, progress_edit_interval_s=0.5, dev_guild_id=GUILD_ID, owner_user_ids="7"
+        tmp_path,
+        progress_edit_interval_s=0.5,
+        dev_guild_id=GUILD_ID,
+        home_guild_id=GUILD_ID,
+        owner_user_ids="7",
     )
     db.upgrade(s.sqlalchemy_url)
     return s

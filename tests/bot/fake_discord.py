@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import re
+import secrets
 import time
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,7 +29,17 @@ APP_ID = 900000000000000001
 BOT_ID = APP_ID
 GUILD_ID = 910000000000000001
 CHANNEL_ID = 920000000000000001
+GUILD_B_ID = 910000000000000002  # a second server: anyone can add the bot to their own
+CHANNEL_B_ID = 920000000000000002
+DM_CHANNEL_BASE = 930000000000000000  # + user id: the DM channel with that user
 UPLOAD_LIMIT = 10 * 1024 * 1024
+REQUEST_LIMIT = 25 * 1024 * 1024  # all files of one message
+FIRST_RESPONSE_S = 3.0  # an interaction must be answered within 3 s...
+TOKEN_TTL_S = 15 * 60  # ...and its token works for follow-ups and edits for 15 minutes
+CONTENT_LIMIT = 2000
+CUSTOM_ID_LIMIT = 100
+EDITS_PER_WINDOW, EDIT_WINDOW_S = 5, 5.0  # per message, as Discord's per-route buckets
+MENTION = re.compile(r"<@!?(\d+)>|<@&(\d+)>|@(everyone|here)")
 
 
 def version_supported() -> bool:
@@ -43,6 +54,8 @@ class Call:
     json: Any
     files: list[tuple[str, str, bytes]] = field(default_factory=list)  # (field, filename, data)
     at: float = field(default_factory=time.monotonic)
+    status: int = 200  # what the fake answered
+    pings: list[str] = field(default_factory=list)  # "user:<id>", "role:<id>", "everyone"
 
     @property
     def filenames(self) -> list[str]:
@@ -52,11 +65,37 @@ class Call:
 CALL = web.RequestKey("call", Call)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # discord.py only decodes JSON when the header is exactly "application/json".
     return web.Response(
-        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    return _json({"message": message, "code": code}, status)
+
+
+def pings(body: dict[str, Any], replied_user: int | None = None) -> list[str]:
+    """Who a message with this body would notify, by Discord's rules for `allowed_mentions`
+    (absent: everything in the content pings)."""
+    allowed = body.get("allowed_mentions")
+    parse = {"users", "roles", "everyone"} if allowed is None else set(allowed.get("parse", []))
+    users = {str(u) for u in (allowed or {}).get("users", [])}
+    roles = {str(r) for r in (allowed or {}).get("roles", [])}
+    out = []
+    for user, role, everyone in MENTION.findall(body.get("content") or ""):
+        if user and ("users" in parse or user in users):
+            out.append(f"user:{user}")
+        elif role and ("roles" in parse or role in roles):
+            out.append(f"role:{role}")
+        elif everyone and "everyone" in parse:
+            out.append("everyone")
+    if replied_user is not None and (allowed is None or allowed.get("replied_user", True)):
+        out.append(f"user:{replied_user}")
+    return out
 
 
 def user_payload(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -80,6 +119,13 @@ class FakeDiscord:
         self.messages: dict[int, dict[str, Any]] = {}
         self.originals: dict[str, dict[str, Any]] = {}  # interaction token -> original message
         self.token_channels: dict[str, int] = {}
+        self.token_created: dict[str, float] = {}  # token -> monotonic time of the interaction
+        self.component_messages: dict[str, dict[str, Any]] = {}  # token -> the button's message
+        self.acknowledged: set[str] = set()
+        self.edits: dict[str, list[float]] = {}  # message -> times of its recent edits
+        self.edit_limit = (EDITS_PER_WINDOW, EDIT_WINDOW_S)
+        self.token_ttl_s = TOKEN_TTL_S
+        self.upload_limit = UPLOAD_LIMIT
         self.fail_next: dict[str, int] = {}  # path regex -> HTTP status to answer once
         self._ids = itertools.count(1)
         self.bot_user = user_payload(BOT_ID, "Motif", bot=True)
@@ -153,14 +199,75 @@ class FakeDiscord:
         call = Call(request.method, path, dict(request.query), body, files)
         self.calls.append(call)
         request[CALL] = call
-        for pattern, status in list(self.fail_next.items()):
-            if re.fullmatch(pattern, f"{request.method} {path}"):
-                del self.fail_next[pattern]
-                return _json({"message": "fake failure", "code": 0}, status)
         try:
-            return await handler(request)
+            for pattern, status in list(self.fail_next.items()):
+                if re.fullmatch(pattern, f"{request.method} {path}"):
+                    del self.fail_next[pattern]
+                    call.status = status
+                    return _json({"message": "fake failure", "code": 0}, status)
+            refusal = self._refuse(request, call)
+            response = refusal or await handler(request)
+            call.status = response.status
+            return response
         finally:
             self.changed.set()
+
+    # --- Discord's rules ------------------------------------------------------------------------
+    def _refuse(self, request: web.Request, call: Call) -> web.Response | None:
+        """What Discord would refuse: late or repeated first responses, dead tokens, long
+        content, large uploads, long custom ids, and edits faster than the rate limit."""
+        token = request.match_info.get("token")
+        body = call.json if isinstance(call.json, dict) else {}
+        if "/callback" in call.path and token is not None:
+            body = body.get("data") or {}
+            created = self.token_created.get(token)
+            if created is not None and time.monotonic() - created > FIRST_RESPONSE_S:
+                return _error(404, 10062, "Unknown interaction")
+            if token in self.acknowledged:
+                return _error(400, 40060, "Interaction has already been acknowledged.")
+        elif call.path.startswith("/webhooks/") and token is not None:
+            created = self.token_created.get(token)
+            if created is not None and time.monotonic() - created > self.token_ttl_s:
+                return _error(401, 50027, "Invalid Webhook Token")
+        if len(body.get("content") or "") > CONTENT_LIMIT:
+            return _error(
+                400, 50035, "Invalid Form Body: content: Must be 2000 or fewer in length."
+            )
+        for row in body.get("components") or []:
+            for item in row.get("components") or []:
+                if len(item.get("custom_id") or "") > CUSTOM_ID_LIMIT:
+                    return _error(400, 50035, "Invalid Form Body: custom_id too long.")
+        sizes = [len(blob) for _, _, blob in call.files]
+        if sizes and (max(sizes) > self.upload_limit or sum(sizes) > REQUEST_LIMIT):
+            return _error(413, 40005, "Request entity too large")
+        if call.method == "PATCH" and "/messages/" in call.path:
+            key = call.path if not call.path.endswith("@original") else f"original:{token}"
+            now = time.monotonic()
+            per_window, window_s = self.edit_limit
+            recent = [t for t in self.edits.get(key, []) if now - t < window_s]
+            if len(recent) >= per_window:
+                retry = round(window_s - (now - recent[0]), 3)
+                return _json(
+                    {
+                        "message": "You are being rate limited.",
+                        "retry_after": retry,
+                        "global": False,
+                    },
+                    429,
+                    # discord.py treats a 429 without Via (Discord's proxy) as a Cloudflare ban
+                    {"Retry-After": str(retry), "X-RateLimit-Scope": "user", "Via": "1.1 google"},
+                )
+            self.edits[key] = [*recent, now]
+        call.pings = pings(body, self._replied_user(body))
+        return None
+
+    def _replied_user(self, body: dict[str, Any]) -> int | None:
+        ref = body.get("message_reference") or {}
+        msg = self.messages.get(int(ref.get("message_id", 0) or 0))
+        return int(msg["author"]["id"]) if msg else None
+
+    def pinged(self) -> list[str]:
+        return [p for c in self.calls for p in c.pings]
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._record], client_max_size=64 * 1024 * 1024)
@@ -173,6 +280,7 @@ class FakeDiscord:
         r.add_route("*", API + "/webhooks/{app}/{token}/messages/{mid}", self._webhook_message)
         r.add_post(API + "/webhooks/{app}/{token}", self._followup)
         r.add_post(API + "/channels/{cid}/messages", self._channel_send)
+        r.add_post(API + "/users/@me/channels", self._open_dm)
         r.add_patch(API + "/channels/{cid}/messages/{mid}", self._channel_edit)
         r.add_get("/cdn/{path:.*}", self._cdn)
         r.add_route("*", "/{path:.*}", self._unknown)
@@ -214,8 +322,14 @@ class FakeDiscord:
         kind = body.get("type")
         data = body.get("data") or {}
         channel = self.token_channels.get(token, CHANNEL_ID)
+        self.acknowledged.add(token)
         if kind in (4, 5):  # a message now, or "thinking…" that the original response replaces
             self.originals[token] = self.message(channel, data, request[CALL].files)
+        elif kind in (6, 7) and token in self.component_messages:
+            # a button's interaction: its original response is the message the button is on
+            self.originals[token] = self.component_messages[token]
+            if kind == 7:
+                self.originals[token].update({k: v for k, v in data.items() if k == "content"})
         return _json(
             {
                 "interaction": {
@@ -253,6 +367,17 @@ class FakeDiscord:
         call = request[CALL]
         return _json(self.message(int(request.match_info["cid"]), call.json or {}, call.files))
 
+    async def _open_dm(self, request: web.Request) -> web.Response:
+        user_id = int((request[CALL].json or {})["recipient_id"])
+        return _json(
+            {
+                "id": str(DM_CHANNEL_BASE + user_id % 10**9),
+                "type": 1,
+                "last_message_id": None,
+                "recipients": [user_payload(user_id, f"user{user_id}")],
+            }
+        )
+
     async def _channel_edit(self, request: web.Request) -> web.Response:
         msg = self.messages.get(int(request.match_info["mid"]))
         if msg is None:
@@ -283,7 +408,11 @@ class FakeDiscord:
 
     # --- looking at what arrived --------------------------------------------------------------
     def find(self, method: str, path_regex: str) -> list[Call]:
-        return [c for c in self.calls if c.method == method and re.fullmatch(path_regex, c.path)]
+        return [
+            c
+            for c in self.calls
+            if re.fullmatch(method, c.method) and re.fullmatch(path_regex, c.path)
+        ]
 
     async def wait_for(self, method: str, path_regex: str, count: int = 1, timeout: float = 10.0):  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
@@ -331,11 +460,24 @@ class Payloads:
             "permissions": str(permissions),
         }
 
-    def channel(self) -> dict:
+    @staticmethod
+    def channel_of(guild_id: int | None, user_id: int = 42) -> int:
+        if guild_id is None:
+            return DM_CHANNEL_BASE + user_id % 10**9
+        return CHANNEL_B_ID if guild_id == GUILD_B_ID else CHANNEL_ID
+
+    def channel(self, guild_id: int | None = GUILD_ID, user_id: int = 42) -> dict:
+        if guild_id is None:
+            return {
+                "id": str(self.channel_of(None, user_id)),
+                "type": 1,
+                "last_message_id": None,
+                "recipients": [user_payload(user_id, f"user{user_id}")],
+            }
         return {
-            "id": str(CHANNEL_ID),
+            "id": str(self.channel_of(guild_id)),
             "type": 0,
-            "guild_id": str(GUILD_ID),
+            "guild_id": str(guild_id),
             "name": "music",
             "position": 0,
             "permission_overwrites": [],
@@ -361,30 +503,52 @@ class Payloads:
         }
 
     def _interaction(
-        self, kind: int, data: dict, *, user_id: int, permissions: int, roles=(), age_s: float = 0
+        self,
+        kind: int,
+        data: dict,
+        *,
+        user_id: int,
+        permissions: int,
+        roles=(),  # type: ignore[no-untyped-def]
+        age_s: float = 0,
+        guild_id: int | None = GUILD_ID,
     ) -> dict:
-        token = f"token-{next(self._tokens)}"
-        self.fake.token_channels[token] = CHANNEL_ID
+        """An INTERACTION_CREATE; `guild_id=None` is one in a DM (a user, no member)."""
+        # as long as a real one (discord.py's DEBUG logs must not show it: RedactTokens)
+        token = f"token-{next(self._tokens)}-" + secrets.token_urlsafe(120)
+        channel_id = self.channel_of(guild_id, user_id)
+        self.fake.token_channels[token] = channel_id
+        self.fake.token_created[token] = time.monotonic() - age_s
         when = datetime.now(UTC) - timedelta(seconds=age_s)
-        return {
+        payload = {
             "id": str(self.fake.snowflake(when)),
             "application_id": str(APP_ID),
             "type": kind,
             "token": token,
             "version": 1,
-            "guild_id": str(GUILD_ID),
-            "channel_id": str(CHANNEL_ID),
-            "channel": self.channel(),
-            "member": self.member(user_id, permissions=permissions, roles=roles),
+            "channel_id": str(channel_id),
+            "channel": self.channel(guild_id, user_id),
             "data": data,
             "locale": "en-US",
-            "guild_locale": "en-US",
             "app_permissions": str(discord.Permissions.all().value),
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(GUILD_ID)},
-            "context": 0,
-            "attachment_size_limit": UPLOAD_LIMIT,
+            "attachment_size_limit": self.fake.upload_limit,
         }
+        if guild_id is None:
+            payload.update(
+                user=user_payload(user_id, f"user{user_id}"),
+                authorizing_integration_owners={"1": str(user_id)},
+                context=1,
+            )
+        else:
+            payload.update(
+                guild_id=str(guild_id),
+                guild_locale="en-US",
+                member=self.member(user_id, permissions=permissions, roles=roles),
+                authorizing_integration_owners={"0": str(guild_id)},
+                context=0,
+            )
+        return payload
 
     @staticmethod
     def _option(name: str, value: Any) -> dict:
@@ -408,6 +572,7 @@ class Payloads:
         permissions: int = 0,
         roles: tuple[int, ...] = (),
         age_s: float = 0,
+        guild_id: int | None = GUILD_ID,
     ) -> dict:
         opts = [self._option(k, v) for k, v in (options or {}).items()]
         attachments = {
@@ -420,12 +585,43 @@ class Payloads:
             "name": name,
             "type": 1,
             "options": opts,
-            "guild_id": str(GUILD_ID),
         }
+        if guild_id is not None:
+            data["guild_id"] = str(guild_id)
         if attachments:
             data["resolved"] = {"attachments": attachments}
         return self._interaction(
-            2, data, user_id=user_id, permissions=permissions, roles=roles, age_s=age_s
+            2,
+            data,
+            user_id=user_id,
+            permissions=permissions,
+            roles=roles,
+            age_s=age_s,
+            guild_id=guild_id,
+        )
+
+    def autocomplete(
+        self,
+        name: str,
+        subcommand: str,
+        option: str,
+        value: str,
+        *,
+        user_id: int = 42,
+        permissions: int = 0,
+        guild_id: int | None = GUILD_ID,
+    ) -> dict:
+        focused = {"name": option, "type": 3, "value": value, "focused": True}
+        data = {
+            "id": str(self.fake.snowflake()),
+            "name": name,
+            "type": 1,
+            "options": [{"name": subcommand, "type": 1, "options": [focused]}],
+        }
+        if guild_id is not None:
+            data["guild_id"] = str(guild_id)
+        return self._interaction(
+            4, data, user_id=user_id, permissions=permissions, guild_id=guild_id
         )
 
     def user_message(
@@ -435,13 +631,12 @@ class Payloads:
         *,
         author_id: int = 42,
         mention_bot: bool = False,
+        guild_id: int | None = GUILD_ID,
     ) -> dict:
-        return {
+        message = {
             "id": str(self.fake.snowflake()),
-            "channel_id": str(CHANNEL_ID),
-            "guild_id": str(GUILD_ID),
+            "channel_id": str(self.channel_of(guild_id, author_id)),
             "author": user_payload(author_id, f"user{author_id}"),
-            "member": {k: v for k, v in self.member(author_id).items() if k != "user"},
             "content": content,
             "timestamp": datetime.now(UTC).isoformat(),
             "edited_timestamp": None,
@@ -456,6 +651,11 @@ class Payloads:
             "components": [],
             "flags": 0,
         }
+        if guild_id is not None:
+            message["guild_id"] = str(guild_id)
+            message["member"] = {k: v for k, v in self.member(author_id).items() if k != "user"}
+        self.fake.messages[int(message["id"])] = message
+        return message
 
     def message_command(self, name: str, target: dict, *, user_id: int = 42) -> dict:
         data = {
@@ -472,4 +672,5 @@ class Payloads:
         data = {"custom_id": custom_id, "component_type": 2}
         payload = self._interaction(3, data, user_id=user_id, permissions=0)
         payload["message"] = message
+        self.fake.component_messages[payload["token"]] = message
         return payload

@@ -178,11 +178,13 @@ def test_history_and_status_answer_ephemerally(bot_settings, jobs, worker):
         await compose.compose.callback(compose, mock_interaction(bot))
         it = mock_interaction(bot)
         await info.history.callback(info, it)
-        embed = it.response.send_message.await_args.kwargs["embed"]
-        assert "#1" in embed.description and it.response.send_message.await_args.kwargs["ephemeral"]
+        assert it.response.defer.await_args.kwargs["ephemeral"]  # deferred first, ephemeral
+        embed = it.edit_original_response.await_args.kwargs["embed"]
+        assert "#1" in embed.description
         it = mock_interaction(bot)
         await info.status.callback(info, it)
-        embed = it.response.send_message.await_args.kwargs["embed"]
+        assert it.response.defer.await_args.kwargs["ephemeral"]
+        embed = it.edit_original_response.await_args.kwargs["embed"]
         assert {f.name: f.value for f in embed.fields}["Queued"] == "1"
         await bot.deliveries.stop()
 
@@ -200,7 +202,7 @@ def test_share_default_then_forget(bot_settings, jobs):
         info, compose = Info(bot), Compose(bot)
         it = mock_interaction(bot)
         await info.share_default.callback(info, it, True)
-        assert "shared for training" in it.response.send_message.await_args.args[0]
+        assert "shared for training" in it.edit_original_response.await_args.kwargs["content"]
         it = mock_interaction(bot)
         seed, _ = real_attachment("tune.mid", midi_bytes())
         await compose.compose.callback(compose, it, seed=seed)
@@ -208,7 +210,7 @@ def test_share_default_then_forget(bot_settings, jobs):
             assert s.scalar(select(Tune)).consent is True  # opted in: the seed is shared
         it = mock_interaction(bot)
         await info.forget.callback(info, it)
-        assert "1 shared tune withdrawn" in it.response.send_message.await_args.args[0]
+        assert "1 shared tune withdrawn" in it.edit_original_response.await_args.kwargs["content"]
         await bot.deliveries.stop()
 
     asyncio.run(scenario())

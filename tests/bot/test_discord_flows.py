@@ -124,8 +124,14 @@ def test_a_button_pressed_after_a_restart_still_works(bot_settings, jobs, dispat
             await h.fake.wait_for("PATCH", ORIGINAL, count=3)  # the new jobs' progress
 
             h.inject(h.payloads.button(f"motif:rate:up:{dispatched[0]}", message))
-            thanks = (await h.fake.wait_for("POST", CALLBACK, count=4))[-1]
-            assert thanks.json["type"] == 4 and thanks.json["data"]["flags"] == EPHEMERAL
+            deferred = (await h.fake.wait_for("POST", CALLBACK, count=4))[-1]
+            assert deferred.json == {"type": 5, "data": {"flags": EPHEMERAL}}  # before the DB
+            await until(
+                lambda: any(
+                    "Thanks for the feedback" in (e.json.get("content") or "")
+                    for e in h.fake.find("PATCH", ORIGINAL)
+                )
+            )
 
     asyncio.run(scenario())
 
@@ -147,17 +153,17 @@ def test_share_asks_for_consent_then_shares(bot_settings, jobs, dispatched, work
             assert "/forget" in question["data"]["content"]
             assert custom_ids(question["data"]) == [f"motif:consent:{rid}"]
             ephemeral = h.fake.message(CHANNEL_ID, question["data"], [])
+            before = len(h.fake.find("PATCH", ORIGINAL))
             h.inject(h.payloads.button(f"motif:consent:{rid}", ephemeral))
             await h.fake.wait_for("POST", CALLBACK, count=3)
-            done = h.fake.find("POST", CALLBACK)[-1].json
-            assert done["type"] == 7 and "shared" in done["data"]["content"]
+            assert h.fake.find("POST", CALLBACK)[-1].json == {"type": 6}  # deferred before the DB
+            done = (await h.fake.wait_for("PATCH", ORIGINAL, count=before + 1))[-1]
+            assert "shared" in done.json["content"] and done.json["components"] == []
             forget = h.payloads.slash("forget")
             h.inject(forget)
             await h.fake.wait_for("POST", CALLBACK, count=4)
-            assert (
-                "1 shared tune withdrawn"
-                in h.fake.find("POST", CALLBACK)[-1].json["data"]["content"]
-            )
+            edits = await h.fake.wait_for("PATCH", ORIGINAL, count=before + 2)
+            assert "1 shared tune withdrawn" in edits[-1].json["content"]
 
     asyncio.run(scenario())
 
@@ -314,9 +320,10 @@ def test_a_non_admin_is_refused_retrain_and_the_attempt_is_audited(bot_settings,
         async with discord_harness(bot_settings, jobs) as h:
             h.inject(h.payloads.slash("retrain", {"epochs": 3}, user_id=66, permissions=0))
             (callback,) = await h.fake.wait_for("POST", CALLBACK)
-            assert callback.json["type"] == 4
-            assert callback.json["data"]["flags"] == EPHEMERAL
-            assert "server managers and Motif admins" in callback.json["data"]["content"]
+            assert callback.json == {"type": 5, "data": {"flags": EPHEMERAL}}  # deferred first
+            (answer,) = await h.fake.wait_for("POST", FOLLOWUP)
+            assert answer.json["flags"] == EPHEMERAL
+            assert "Motif's admins only" in answer.json["content"]
 
     asyncio.run(scenario())
     with session_scope(bot_settings.sqlalchemy_url) as s:

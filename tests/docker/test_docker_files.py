@@ -363,7 +363,7 @@ def test_every_setting_comes_from_env_with_the_services_addresses():
     from engine.settings import Settings
 
     pg = SERVICES["postgres"]["environment"]
-    for name in MOTIF_SERVICES:
+    for name in MOTIF_SERVICES - {"flower"}:  # Flower needs the broker only (next test)
         svc = SERVICES[name]
         assert svc["env_file"] == "../.env", name
         assert (DOCKER / svc["env_file"]).resolve() == ROOT / ".env"
@@ -383,6 +383,17 @@ def test_every_setting_comes_from_env_with_the_services_addresses():
             _env_file=None, **{k.removeprefix("MOTIF_").lower(): v for k, v in env.items()}
         )
         assert s.sqlalchemy_url == env["MOTIF_DATABASE_URL"]
+
+
+def test_each_service_gets_only_the_environment_it_needs():
+    """Only the bot holds the Discord token; Flower gets neither .env nor the database URL."""
+    for name in MOTIF_SERVICES - {"bot", "flower"}:
+        env = service_env(name)
+        assert env["DISCORD_TOKEN"] == "" and env["MOTIF_DISCORD_TOKEN"] == "", name
+    assert "DISCORD_TOKEN" not in service_env("bot")  # from ../.env, as before
+    flower = SERVICES["flower"]
+    assert "env_file" not in flower
+    assert set(service_env("flower")) == {"MOTIF_BROKER_URL", "MOTIF_RESULT_BACKEND"}
 
 
 def test_bot_and_workers_share_the_artifact_volume_at_the_default_artifact_folder():
@@ -406,6 +417,8 @@ def test_every_motif_setting_named_in_the_docker_files_is_documented():
     named = set(re.findall(r"\b(MOTIF_[A-Z0-9_]+|DISCORD_TOKEN)\b", text))
     # MOTIF_EXTRAS is a build argument of the images, not a setting of the program.
     named.discard("MOTIF_EXTRAS")
+    # the token's alias, blanked for the services that must not hold it (DISCORD_TOKEN is there)
+    named.discard("MOTIF_DISCORD_TOKEN")
     assert named, "nothing found"
     assert named <= documented, f"not in .env.example: {sorted(named - documented)}"
 

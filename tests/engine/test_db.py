@@ -143,3 +143,45 @@ def test_first_use_by_several_processes_at_once_migrates_once_on_postgres(own_pg
     for done in _ensure_at_once(url):
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
     assert db.current_revision(url) == db.head_revision(url)
+
+
+def test_a_database_server_that_never_answers_is_a_clear_error_after_the_connect_timeout(tmp_path):
+    """A port that accepts connections but never speaks: bounded wait, then ServiceUnavailable."""
+    import socket
+    import threading
+    import time
+
+    from engine.jobs import JobService, Requester
+    from tests.conftest import make_settings
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # and say nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    try:
+        settings = make_settings(
+            tmp_path, database_url=f"postgresql+psycopg://x@127.0.0.1:{port}/x"
+        )
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            JobService(settings).history(Requester(discord_id=1))
+        assert time.monotonic() - started < db.CONNECT_TIMEOUT_S * 3  # bounded, not a hang
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()

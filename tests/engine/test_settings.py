@@ -90,3 +90,16 @@ def test_motif_env_file_names_the_file_to_read(monkeypatch, tmp_path):
         assert get_settings().max_bars == 64
     finally:
         get_settings.cache_clear()
+
+
+def test_repr_and_str_of_settings_hide_url_passwords():
+    s = Settings(
+        _env_file=None,
+        database_url="postgresql+psycopg://motif:hunter2@db:5432/motif",
+        broker_url="amqp://guest:s3cret@rabbit:5672//",
+        result_backend="redis://:r3dis@redis:6379/1",
+    )
+    for text in (repr(s), str(s)):
+        assert "hunter2" not in text and "s3cret" not in text and "r3dis" not in text
+        assert "motif:***@db:5432" in text and "redis://:***@redis" in text
+    assert s.sqlalchemy_url == "postgresql+psycopg://motif:hunter2@db:5432/motif"  # still usable
