@@ -51,6 +51,8 @@ def test_train_bench(tiny_model_path, no_corpus):
     assert positive(r["motif_notes_per_s"]) and positive(r["bare_notes_per_s"])
     assert positive(r["ratio"]) and r["notes_per_round"] > 0
     assert r["bare_params"] > 0 and r["motif_params"] > 0
+    assert positive(r["motif_bf16_notes_per_s"]) and positive(r["bf16_speedup"])
+    assert 0 < r["target_occupancy"] <= 1
 
 
 def test_bare_seq2seq_has_motif_shapes():
@@ -117,3 +119,15 @@ def test_e2e_bench_through_a_real_worker(tiny_model_path):
     assert positive(one["done_s"]) and one["done_s"] >= one["generate_s"]
     assert positive(one["audio_s"]) and one["notes"] > 0
     assert r["notes"] == ["redis skipped: not asked for"]
+
+
+def test_train_curve_runs_the_three_curves(no_corpus):
+    from bench import train_curve
+
+    r = train_curve.run(steps=4, window=2, batch_size=2, sizes=dict(d_embed=8, hidden=16, layers=1),
+                        corpus_path=no_corpus)  # fmt: skip
+    assert {k: len(v) for k, v in r["curves"].items()} == {"fp32": 2, "bf16": 2,
+                                                           "fp32_other_seed": 2}  # fmt: skip
+    assert all(math.isfinite(x) for v in r["curves"].values() for x in v)
+    assert r["noise_max_abs"] > 0  # another init seed gives another curve
+    assert "| 3-4 |" in train_curve.markdown(r)
