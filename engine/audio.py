@@ -98,18 +98,66 @@ def true_peak(samples: np.ndarray) -> float:
     return peak
 
 
-def integrated_loudness(samples: np.ndarray, rate: int) -> float:
-    """BS.1770 integrated loudness in LUFS (-inf for silence). Shorter than one 400 ms gating
-    block: measured on the signal repeated to that length."""
-    import pyloudnorm
+def _biquad_sos(kind: str, fc: float, q: float, gain_db: float, rate: int) -> np.ndarray:
+    """One second-order section (b0, b1, b2, 1, a1, a2), the design pyloudnorm uses for
+    BS.1770's K-weighting at any rate (RBJ audio-EQ cookbook)."""
+    a = 10 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * fc / rate
+    alpha = math.sin(w0) / (2.0 * q)
+    cos = math.cos(w0)
+    if kind == "high_shelf":
+        root = 2.0 * math.sqrt(a) * alpha
+        b = (a * ((a + 1) + (a - 1) * cos + root), -2 * a * ((a - 1) + (a + 1) * cos),
+             a * ((a + 1) + (a - 1) * cos - root))  # fmt: skip
+        den = ((a + 1) - (a - 1) * cos + root, 2 * ((a - 1) - (a + 1) * cos),
+               (a + 1) - (a - 1) * cos - root)  # fmt: skip
+    else:  # high pass
+        b = ((1 + cos) / 2, -(1 + cos), (1 + cos) / 2)
+        den = (1 + alpha, -2 * cos, 1 - alpha)
+    return np.array([*(x / den[0] for x in b), 1.0, den[1] / den[0], den[2] / den[0]])
 
-    x = _frames(samples).astype(np.float64)
+
+def _k_weighting(rate: int) -> np.ndarray:
+    """(2, 6) sections: the head's high shelf (+4 dB above ~1.5 kHz), then the 38 Hz high pass."""
+    return np.stack([_biquad_sos("high_shelf", 1500.0, 1 / math.sqrt(2), 4.0, rate),
+                     _biquad_sos("high_pass", 38.0, 0.5, 0.0, rate)])  # fmt: skip
+
+
+def integrated_loudness(samples: np.ndarray, rate: int) -> float:
+    """BS.1770-4 integrated loudness in LUFS (-inf for silence), as pyloudnorm measures it (same
+    filters, blocks and gates; within 0.001 LU, tested) at a fraction of its cost: one `sosfilt`
+    over all channels and the 400 ms blocks' energies from a running sum instead of a Python
+    loop over blocks. Shorter than one 400 ms gating block: measured on the signal repeated to
+    that length. Channels weigh 1 each (mono and stereo; BS.1770's surround weights unused)."""
+    from scipy.signal import sosfilt
+
+    x = _frames(samples)
     block = int(math.ceil(0.4 * rate)) + 1
     if 0 < x.shape[0] < block:
         x = np.tile(x, (-(-block // x.shape[0]), 1))
-    if x.shape[0] == 0:
+    n = x.shape[0]
+    if n == 0:
         return float("-inf")
-    return float(pyloudnorm.Meter(rate).integrated_loudness(x))
+    # float32, channels as rows: a third faster than float64 along axis 0, and the energies
+    # still agree with pyloudnorm's float64 to 1e-4 LU
+    channels = np.ascontiguousarray(x.T, dtype=np.float32)  # (channels, n)
+    weighted = sosfilt(_k_weighting(rate).astype(np.float32), channels, axis=-1)
+    power = np.zeros(n + 1)  # running sum of the channels' summed power, float64
+    np.cumsum(np.einsum("cn,cn->n", weighted, weighted, dtype=np.float64), out=power[1:])
+    # pyloudnorm's block bounds, to the sample: 400 ms blocks every 100 ms
+    n_blocks = int(np.round((n / rate - 0.4) / 0.1)) + 1
+    j = np.arange(n_blocks)
+    lower = (0.4 * (j * 0.25) * rate).astype(np.int64)
+    upper = np.minimum((0.4 * (j * 0.25 + 1) * rate).astype(np.int64), n)
+    z = (power[upper] - power[np.minimum(lower, upper)]) / (0.4 * rate)  # (n_blocks,) summed
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(z)
+        above_absolute = block_lufs >= -70.0
+        if not above_absolute.any():
+            return float("-inf")
+        relative = -0.691 + 10.0 * np.log10(z[above_absolute].mean()) - 10.0
+        gated = (block_lufs > relative) & (block_lufs > -70.0)
+        return float(-0.691 + 10.0 * np.log10(z[gated].mean())) if gated.any() else float("-inf")
 
 
 def normalize_loudness(
@@ -131,7 +179,7 @@ def normalize_loudness(
             target_lufs,
         )
         gain = ceiling / peak
-    return (samples * gain).astype(np.float32)
+    return np.multiply(samples, np.float32(gain), dtype=np.float32)  # one pass, one new array
 
 
 # --- encoding ------------------------------------------------------------------------------------
