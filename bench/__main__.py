@@ -174,10 +174,25 @@ def rows_render(r: dict[str, Any]) -> list[Row]:
             f"vs `fluidsynth -F`", f"{_n(r['ours_rtf'], 1)}x", f"{_n(r.get('cli_rtf'), 1)}x",
          f"{r['rtf_ratio']:.2f}" if "rtf_ratio" in r else "–", "≥ 1",
          _met(r.get("rtf_ratio", 0) >= 1) if "rtf_ratio" in r else ""),
-        (p, f"whole audio + picture path for {r['music_s']:.0f} s (render {_s(r['render_s'])}, "
-            f"loudness {_s(r['loudness_s'])}, encode {_s(r['encode_s'])}, piano roll "
-            f"{_s(r['pianoroll_s'])})", _s(r["pipeline_s"]), "", "", "", ""),
+        (p, f"whole audio + picture path for {r['music_s']:.0f} s, after vs before (render "
+            f"{_s(r['render_s'])} vs {_s(r['before_render_s'])}, loudness {_s(r['loudness_s'])} "
+            f"vs {_s(r['before_loudness_s'])} pyloudnorm, encode {_s(r['encode_s'])} vs "
+            f"{_s(r['before_encode_s'])}, piano roll {_s(r['pianoroll_s'])} Pillow vs "
+            f"{_s(r['before_pianoroll_s'])} matplotlib)", _s(r["pipeline_s"]),
+         _s(r["before_pipeline_s"]), f"{r['before_pipeline_s'] / r['pipeline_s']:.1f}x faster",
+         f"≤ {r['pipeline_target_s']:.2f} s", _met(r["pipeline_s"] <= r["pipeline_target_s"])),
+        (p, "requests/s per render worker (one process, the whole path above), after vs before",
+         f"{r['requests_per_s']:.2f}", f"{r['before_requests_per_s']:.2f}",
+         f"{r['requests_per_s'] / r['before_requests_per_s']:.1f}x", "", ""),
     ]  # fmt: skip
+    ideas = r.get("loudness_ideas", {})
+    ref = ideas.get("pyloudnorm")
+    for name, v in ideas.items():
+        if name != "pyloudnorm" and ref:
+            rows.append((p, f"loudness of the same audio: {name} vs pyloudnorm (LU apart: "
+                            f"{v['lu_from_pyloudnorm']:+.4f})", _s(v["s"]), _s(ref["s"]),
+                         f"{ref['s'] / v['s']:.1f}x faster", "± 0.1 LU",
+                         _met(abs(v["lu_from_pyloudnorm"]) <= 0.1)))  # fmt: skip
     for note in r.get("notes", []):
         rows.append((p, note, "", "", "", "", ""))
     return rows

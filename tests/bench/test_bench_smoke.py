@@ -80,6 +80,9 @@ def test_render_figures_fill_their_rows():
 
     r = render_bench.run(repeats=1)
     assert positive(r["ours_rtf"]) and positive(r["pipeline_s"])
+    assert positive(r["before_pipeline_s"]) and positive(r["requests_per_s"])
+    ideas = r["loudness_ideas"]  # the same audio measured by each meter
+    assert abs(ideas["ours"]["lu_from_pyloudnorm"]) < 0.01
     assert all(len(row) == 7 for row in rows_render(r))
 
 
