@@ -21,7 +21,7 @@ from bench import workload
 
 log = logging.getLogger("bench")
 
-PARTS = ("generation", "batch", "e2e", "render", "train", "memory")
+PARTS = ("generation", "batch", "e2e", "render", "train", "memory", "discord")
 
 
 def plan(quick: bool, threads: int, model: str | None, corpus: str | None
@@ -29,6 +29,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
     """Each part as a call of its module's `run` (imported late: each is light alone)."""
     from bench import (
         batch_bench,
+        discord_bench,
         e2e_bench,
         generation_bench,
         memory_bench,
@@ -48,6 +49,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
             "train": lambda: train_bench.run(repeats=2, steps=1, batch_size=8, model_path=model,
                                              corpus_path=corpus),
             "memory": lambda: memory_bench.run(batch=8, bars=2, threads=threads, model_path=model),
+            "discord": lambda: discord_bench.run(requests=3, threads=threads, model_path=model),
         }  # fmt: skip
     return {
         "generation": lambda: generation_bench.run(model_path=model, corpus_path=corpus),
@@ -56,6 +58,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
         "render": lambda: render_bench.run(repeats=5),
         "train": lambda: train_bench.run(model_path=model, corpus_path=corpus),
         "memory": lambda: memory_bench.run(threads=threads, model_path=model),
+        "discord": lambda: discord_bench.run(requests=20, threads=threads, model_path=model),
     }
 
 
@@ -231,8 +234,29 @@ def rows_memory(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_discord(r: dict[str, Any]) -> list[Row]:
+    p = "7 discord"
+    rows: list[Row] = []
+    before = next(iter(r["setups"].values()))
+    for name, v in r["setups"].items():
+        stages = ", ".join(f"{k} {v[k + '_s']:.3f}" for k in (
+            "intake", "queueing", "generation", "render hand-off", "rendering", "polling",
+            "upload"))  # fmt: skip
+        rows.append((p, f"interaction → files posted, {r['bars']} bars, {v['n']} requests, {name}: "
+                        f"median (p95 {_s(v['p95_s'])}; stage medians, s: {stages})",
+                     _s(v["median_s"]), _s(before["median_s"]) if v is not before else "",
+                     f"{before['median_s'] / v['median_s']:.2f}x" if v is not before else "",
+                     f"≤ {r['median_target_s']:.1f} s, polling ≤ {r['polling_target_s']:.1f} s",
+                     _met(v["median_s"] <= r["median_target_s"]
+                          and v["polling_s"] <= r["polling_target_s"])))  # fmt: skip
+    for note in r.get("notes", []):
+        rows.append((p, note, "", "", "", "", ""))
+    return rows
+
+
 ROWS = {"generation": rows_generation, "batch": rows_batch, "e2e": rows_e2e,
-        "render": rows_render, "train": rows_train, "memory": rows_memory}  # fmt: skip
+        "render": rows_render, "train": rows_train, "memory": rows_memory,
+        "discord": rows_discord}  # fmt: skip
 
 
 def table(results: dict[str, Any], device: dict[str, Any], end_load: list[float],

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import batch_bench, e2e_bench, generation_bench, memory_bench, train_bench, workload
+from tests.bot.fake_discord import version_supported
 
 
 def positive(x) -> bool:  # type: ignore[no-untyped-def]
@@ -134,3 +135,22 @@ def test_train_curve_runs_the_three_curves(no_corpus):
     assert all(math.isfinite(x) for v in r["curves"].values() for x in v)
     assert r["noise_max_abs"] > 0  # another init seed gives another curve
     assert "| 3-4 |" in train_curve.markdown(r)
+
+
+def test_discord_round_trip_is_split_into_its_stages(tiny_model_path):
+    """A real bot on the fake Discord and a real worker: one request per set-up (after the
+    warm-up); the stages add up to the whole round trip."""
+    from bench import discord_bench
+    from bench.__main__ import rows_discord
+
+    if not version_supported():
+        pytest.skip("the fake Discord is written for discord.py 2.7")
+    r = discord_bench.run(requests=1, bars=1, model_path=str(tiny_model_path), postgres=False)
+    assert list(r["setups"]) == ["sqlite, polled every 1 s (before)", "sqlite, polled every 0.2 s"]
+    for s in r["setups"].values():
+        assert s["n"] == 1 and positive(s["median_s"]) and s["p95_s"] == s["median_s"]
+        parts = sum(s[k + "_s"] for k in discord_bench.STAGES)
+        assert parts == pytest.approx(s["median_s"], abs=1e-6)
+        assert s["generation_s"] > 0 and s["rendering_s"] > 0 and s["polling_s"] >= -0.05
+    assert all(len(row) == 7 for row in rows_discord(r))
+    assert "| sqlite, polled every 0.2 s |" in discord_bench.markdown(r)
