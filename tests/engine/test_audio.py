@@ -38,8 +38,15 @@ def midi_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
 
 
 def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """The audio as it plays: stereo; a mono file on both speakers, as players put it."""
     samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    if samples.shape[1] == 1:
+        samples = np.repeat(samples, 2, axis=1)
     return samples, rate
+
+
+def channels(data: bytes) -> int:
+    return soundfile.info(io.BytesIO(data)).channels
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,25 @@ def test_loudness_of_silence_and_nothing():
     assert integrated_loudness(np.zeros((2 * RATE, 2), np.float32), RATE) == float("-inf")
     assert integrated_loudness(np.full(RATE, 1e-6, np.float32), RATE) == float("-inf")  # < -70
     assert integrated_loudness(np.zeros((0, 2), np.float32), RATE) == float("-inf")
+
+
+def test_stereo_that_is_one_channel_twice_is_encoded_as_mono(music):
+    """TinySoundFont's "stereo" (side 50 dB under mid) becomes one channel: the same sound on
+    both speakers, the same loudness; real stereo (different channels) stays stereo."""
+    loud = normalize_loudness(music, RATE)
+    nearly_mono = np.column_stack([loud[:, 0], loud[:, 0] * 0.999])
+    tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(len(loud)) / RATE)
+    wide = np.column_stack([loud[:, 0], tone.astype(np.float32)])
+    for x, expected in ((nearly_mono, 1), (wide, 2), (loud[:, 0], 1)):
+        encoded = encode(x, RATE, "ogg")
+        assert channels(encoded.data) == expected
+        played, rate = decode(encoded.data)
+        stereo = x if x.ndim == 2 else np.column_stack([x, x])
+        assert integrated_loudness(played, rate) == pytest.approx(
+            integrated_loudness(stereo, RATE), abs=0.2
+        )
+    silence = np.zeros((RATE, 2), np.float32)
+    assert channels(encode(silence, RATE, "ogg").data) == 2  # nothing to judge: left alone
 
 
 def test_loudness_reaches_the_target(music):
