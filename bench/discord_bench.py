@@ -186,7 +186,11 @@ def run(requests: int = 20, bars: int = 8, threads: int | None = 1,
                 w.start()
             for w in workers:
                 w.wait_ready()
-            runs = asyncio.run(_session(setups, requests, bars, seed))
+            try:
+                runs = asyncio.run(_session(setups, requests, bars, seed))
+            except Exception as exc:
+                tails = "\n".join(f"--- {w.name} worker log:\n{w.tail()[-1500:]}" for w in workers)
+                raise RuntimeError(f"{type(exc).__name__}: {str(exc)[:300]}\n{tails}") from exc
         finally:
             for w in workers:
                 w.stop()
