@@ -130,13 +130,13 @@ def run(repeats: int = 5) -> dict[str, Any]:
     # and after (engine.audio, engine.pianoroll) in turns.
     seed, cont = _pieces(midi)
     title = "Motif bench · 30 s · 4 voices"
-    paths = {"after": (normalize_loudness, piano_roll_png),
-             "before": (_normalize_before, _matplotlib_piano_roll())}  # fmt: skip
+    paths = {"after": (normalize_loudness, piano_roll_png, True),
+             "before": (_normalize_before, _matplotlib_piano_roll(), False)}  # fmt: skip
     stages = {(p, k): [] for p in paths for k in ("render", "loudness", "encode", "pianoroll")}
     totals: dict[str, list[float]] = {p: [] for p in paths}
     sizes: dict[str, tuple[int, int]] = {}
     for i in range(repeats + 1):  # the first round warms imports, fonts and caches: dropped
-        for path, (normalize, draw) in paths.items():
+        for path, (normalize, draw, mono_when_same) in paths.items():
             t0 = time.perf_counter()
             parsed = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
             rendered = renderer.render(parsed, program=None, max_seconds=settings.max_audio_s)
@@ -144,7 +144,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
             loud = normalize(rendered.samples, rendered.sample_rate)
             t2 = time.perf_counter()
             encoded = encode(loud, rendered.sample_rate, settings.audio_format,
-                             settings.upload_cap_bytes)  # fmt: skip
+                             settings.upload_cap_bytes, mono_when_same=mono_when_same)  # fmt: skip
             t3 = time.perf_counter()
             png = draw(seed, cont, title=title)
             t4 = time.perf_counter()

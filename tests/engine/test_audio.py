@@ -124,6 +124,7 @@ def test_stereo_that_is_one_channel_twice_is_encoded_as_mono(music):
         )
     silence = np.zeros((RATE, 2), np.float32)
     assert channels(encode(silence, RATE, "ogg").data) == 2  # nothing to judge: left alone
+    assert channels(encode(nearly_mono, RATE, "ogg", mono_when_same=False).data) == 2
 
 
 def test_loudness_reaches_the_target(music):
