@@ -21,7 +21,7 @@ from bench import workload
 
 log = logging.getLogger("bench")
 
-PARTS = ("generation", "batch", "e2e", "render", "train", "memory")
+PARTS = ("generation", "batch", "e2e", "render", "train", "memory", "discord")
 
 
 def plan(quick: bool, threads: int, model: str | None, corpus: str | None
@@ -29,6 +29,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
     """Each part as a call of its module's `run` (imported late: each is light alone)."""
     from bench import (
         batch_bench,
+        discord_bench,
         e2e_bench,
         generation_bench,
         memory_bench,
@@ -48,6 +49,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
             "train": lambda: train_bench.run(repeats=2, steps=1, batch_size=8, model_path=model,
                                              corpus_path=corpus),
             "memory": lambda: memory_bench.run(batch=8, bars=2, threads=threads, model_path=model),
+            "discord": lambda: discord_bench.run(requests=3, threads=threads, model_path=model),
         }  # fmt: skip
     return {
         "generation": lambda: generation_bench.run(model_path=model, corpus_path=corpus),
@@ -56,6 +58,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
         "render": lambda: render_bench.run(repeats=5),
         "train": lambda: train_bench.run(model_path=model, corpus_path=corpus),
         "memory": lambda: memory_bench.run(threads=threads, model_path=model),
+        "discord": lambda: discord_bench.run(requests=20, threads=threads, model_path=model),
     }
 
 
@@ -174,23 +177,51 @@ def rows_render(r: dict[str, Any]) -> list[Row]:
             f"vs `fluidsynth -F`", f"{_n(r['ours_rtf'], 1)}x", f"{_n(r.get('cli_rtf'), 1)}x",
          f"{r['rtf_ratio']:.2f}" if "rtf_ratio" in r else "–", "≥ 1",
          _met(r.get("rtf_ratio", 0) >= 1) if "rtf_ratio" in r else ""),
-        (p, f"whole audio + picture path for {r['music_s']:.0f} s (render {_s(r['render_s'])}, "
-            f"loudness {_s(r['loudness_s'])}, encode {_s(r['encode_s'])}, piano roll "
-            f"{_s(r['pianoroll_s'])})", _s(r["pipeline_s"]), "", "", "", ""),
+        (p, f"whole audio + picture path for {r['music_s']:.0f} s, after vs before (render "
+            f"{_s(r['render_s'])} vs {_s(r['before_render_s'])}, loudness {_s(r['loudness_s'])} "
+            f"vs {_s(r['before_loudness_s'])} pyloudnorm, encode {_s(r['encode_s'])} vs "
+            f"{_s(r['before_encode_s'])}, piano roll {_s(r['pianoroll_s'])} Pillow vs "
+            f"{_s(r['before_pianoroll_s'])} matplotlib)", _s(r["pipeline_s"]),
+         _s(r["before_pipeline_s"]), f"{r['before_pipeline_s'] / r['pipeline_s']:.1f}x faster",
+         f"≤ {r['pipeline_target_s']:.2f} s", _met(r["pipeline_s"] <= r["pipeline_target_s"])),
+        (p, "requests/s per render worker (one process, the whole path above), after vs before",
+         f"{r['requests_per_s']:.2f}", f"{r['before_requests_per_s']:.2f}",
+         f"{r['requests_per_s'] / r['before_requests_per_s']:.1f}x", "", ""),
     ]  # fmt: skip
+    ideas = r.get("loudness_ideas", {})
+    ref = ideas.get("pyloudnorm")
+    for name, v in ideas.items():
+        if name != "pyloudnorm" and ref:
+            rows.append((p, f"loudness of the same audio: {name} vs pyloudnorm (LU apart: "
+                            f"{v['lu_from_pyloudnorm']:+.4f})", _s(v["s"]), _s(ref["s"]),
+                         f"{ref['s'] / v['s']:.1f}x faster", "± 0.1 LU",
+                         _met(abs(v["lu_from_pyloudnorm"]) <= 0.1)))  # fmt: skip
     for note in r.get("notes", []):
         rows.append((p, note, "", "", "", "", ""))
     return rows
 
 
 def rows_train(r: dict[str, Any]) -> list[Row]:
-    return [
-        ("5 training", f"training notes/s ({r['batch']}, {r['steps_per_round']} steps/round): "
-                       f"Motif step vs bare nn.LSTM seq2seq ({r['motif_params'] / 1e6:.1f} M vs "
-                       f"{r['bare_params'] / 1e6:.1f} M params)",
-         _n(r["motif_notes_per_s"]), _n(r["bare_notes_per_s"]), f"{r['ratio']:.2f}", "≥ 0.7",
+    p = "5 training"
+    rows: list[Row] = [
+        (p, f"training notes/s ({r['batch']}, {r['steps_per_round']} steps/round), fp32 (before): "
+            f"Motif step vs bare nn.LSTM seq2seq ({r['motif_params'] / 1e6:.1f} M vs "
+            f"{r['bare_params'] / 1e6:.1f} M params)",
+         _n(r["motif_notes_per_s"]), _n(r["bare_notes_per_s"]), f"{r['ratio']:.2f}", "≥ 0.9",
          _met(r["ratio"] >= r["ratio_target"])),
     ]  # fmt: skip
+    if "bf16_speedup" in r:
+        native = "AMX/AVX-512 BF16" if r["native_bf16"] else "no native bf16"
+        rows += [
+            (p, f"`--cpu-bf16` (after; {native}): Motif step vs bare nn.LSTM, both bf16 autocast",
+             _n(r["motif_bf16_notes_per_s"]), _n(r["bare_bf16_notes_per_s"]),
+             f"{r['ratio_bf16']:.2f}", "≥ 0.9", _met(r["ratio_bf16"] >= r["ratio_target"])),
+            (p, f"Motif training notes/s, after vs before (bf16 / fp32, {r['threads']} thread(s); "
+                f"targets fill {r['target_occupancy']:.0%} of the padded batch)",
+             _n(r["motif_bf16_notes_per_s"]), _n(r["motif_notes_per_s"]),
+             f"{r['bf16_speedup']:.2f}x", "≥ 2x", _met(r["bf16_speedup"] >= r["bf16_speedup_target"])),
+        ]  # fmt: skip
+    return rows
 
 
 def rows_memory(r: dict[str, Any]) -> list[Row]:
@@ -203,8 +234,29 @@ def rows_memory(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_discord(r: dict[str, Any]) -> list[Row]:
+    p = "7 discord"
+    rows: list[Row] = []
+    before = next(iter(r["setups"].values()))
+    for name, v in r["setups"].items():
+        stages = ", ".join(f"{k} {v[k + '_s']:.3f}" for k in (
+            "intake", "queueing", "generation", "render hand-off", "rendering", "polling",
+            "upload"))  # fmt: skip
+        rows.append((p, f"interaction → files posted, {r['bars']} bars, {v['n']} requests, {name}: "
+                        f"median (p95 {_s(v['p95_s'])}; stage medians, s: {stages})",
+                     _s(v["median_s"]), _s(before["median_s"]) if v is not before else "",
+                     f"{before['median_s'] / v['median_s']:.2f}x" if v is not before else "",
+                     f"≤ {r['median_target_s']:.1f} s, polling ≤ {r['polling_target_s']:.1f} s",
+                     _met(v["median_s"] <= r["median_target_s"]
+                          and v["polling_s"] <= r["polling_target_s"])))  # fmt: skip
+    for note in r.get("notes", []):
+        rows.append((p, note, "", "", "", "", ""))
+    return rows
+
+
 ROWS = {"generation": rows_generation, "batch": rows_batch, "e2e": rows_e2e,
-        "render": rows_render, "train": rows_train, "memory": rows_memory}  # fmt: skip
+        "render": rows_render, "train": rows_train, "memory": rows_memory,
+        "discord": rows_discord}  # fmt: skip
 
 
 def table(results: dict[str, Any], device: dict[str, Any], end_load: list[float],

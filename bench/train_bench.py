@@ -19,7 +19,14 @@ import torch.nn as nn
 
 from bench import workload
 from engine.model import IGNORE, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
+from engine.train import (
+    TrainConfig,
+    cpu_has_native_bf16,
+    encode_pieces,
+    make_optimizer,
+    sample_batch,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +61,21 @@ class BareSeq2Seq(nn.Module):
 
 
 def training_round(
-    model: nn.Module, cfg: TrainConfig, batches: list[dict[str, torch.Tensor]]
+    model: nn.Module,
+    cfg: TrainConfig,
+    batches: list[dict[str, torch.Tensor]],
+    amp_dtype: torch.dtype | None = None,
 ) -> Callable[[], int]:
     """One call: one `engine.train.train_step` per batch, exactly as engine/train.py's loop takes
-    it on CPU (its optimizer, no autocast, no loss scaling); returns the notes trained on."""
+    it on CPU (its optimizer, no loss scaling; bf16 autocast as `--cpu-bf16` when `amp_dtype`);
+    returns the notes trained on."""
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     notes = sum(int((b["target"][..., SHIFT] != IGNORE).sum()) for b in batches)
     model.train()
 
     def one_round() -> int:
         for batch in batches:
-            loss = train_step(model, batch, optimizer, grad_clip=cfg.grad_clip)
+            loss = train_step(model, batch, optimizer, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip)
         loss.item()  # the loop reads its losses too; on an accelerator, this waits for the work
         return notes
 
@@ -78,9 +89,10 @@ def run(
     model_path: str | None = None,
     corpus_path: str | None = None,
 ) -> dict[str, Any]:
-    """Notes (target tokens) per second of `steps` training steps per round, Motif then bare on
-    the same batches, median of `repeats` rounds; ratio = Motif / bare per round, median.
-    Batches are drawn once by engine.train.sample_batch with TrainConfig's defaults."""
+    """Notes (target tokens) per second of `steps` training steps per round: Motif and bare, each
+    in fp32 (today's default) and under bf16 autocast (`--cpu-bf16`), in turns on the same
+    batches, median of `repeats` rounds; ratios per round, median. Batches are drawn once by
+    engine.train.sample_batch with TrainConfig's defaults."""
     choice = workload.motif_model(model_path)
     mcfg = choice.lm.config
     cfg = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
@@ -89,19 +101,24 @@ def run(
     rng = np.random.default_rng(0)
     batches = [sample_batch(rng, data, choice.lm.codec, cfg) for _ in range(steps)]
 
-    torch.manual_seed(0)
-    motif = MotifSeq2Seq(mcfg)
-    motif.load_state_dict(choice.lm.model.state_dict())
-    bare = BareSeq2Seq(mcfg)
-    subjects = {
-        "motif": training_round(motif, cfg, batches),
-        "bare": training_round(bare, cfg, batches),
-    }
+    subjects = {}
+    for precision, amp_dtype in (("", None), ("_bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        motif = MotifSeq2Seq(mcfg)
+        motif.load_state_dict(choice.lm.model.state_dict())
+        bare = BareSeq2Seq(mcfg)
+        subjects["motif" + precision] = training_round(motif, cfg, batches, amp_dtype)
+        subjects["bare" + precision] = training_round(bare, cfg, batches, amp_dtype)
     for one_round in subjects.values():  # warm: every batch shape once
         one_round()
 
     t = workload.interleaved(subjects, repeats)
     rate = {k: [n / s for s, n in v] for k, v in t.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return workload.median([x / y for x, y in zip(rate[a], rate[b], strict=True)])
+
+    target_cells = sum(int(b["target"][..., SHIFT].numel()) for b in batches)
     return {
         "model": choice.label,
         "music": music_label,
@@ -113,6 +130,15 @@ def run(
         "bare_params": sum(p.numel() for p in bare.parameters()),
         "motif_notes_per_s": workload.median(rate["motif"]),
         "bare_notes_per_s": workload.median(rate["bare"]),
-        "ratio": workload.median([m / b for m, b in zip(rate["motif"], rate["bare"], strict=True)]),
-        "ratio_target": 0.7,
+        "ratio": ratio("motif", "bare"),
+        "ratio_target": 0.9,
+        "motif_bf16_notes_per_s": workload.median(rate["motif_bf16"]),
+        "bare_bf16_notes_per_s": workload.median(rate["bare_bf16"]),
+        "ratio_bf16": ratio("motif_bf16", "bare_bf16"),
+        "bf16_speedup": ratio("motif_bf16", "motif"),
+        "bf16_speedup_target": 2.0,
+        "native_bf16": cpu_has_native_bf16(),
+        "threads": torch.get_num_threads(),
+        # share of the (B, T) target cells that hold a note or EOS: the most packing could win
+        "target_occupancy": t["motif"][0][1] / target_cells,
     }

@@ -16,12 +16,15 @@ from bot.delivery import Deliveries
 from bot.errors import answer_error
 from bot.views import RESULT_BUTTONS
 from engine.jobs import JobService
+from engine.notify import RequestWakeups
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.compose", "bot.cogs.admin", "bot.cogs.info")
 INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True)
+POLL_SQLITE_S = 0.2  # no notification channel: SQL polled this often per followed request
+POLL_WITH_WAKEUPS_S = 2.0  # woken by Redis / Postgres; the poll only covers a lost wake-up
 
 
 class MotifTree(app_commands.CommandTree):
@@ -38,7 +41,7 @@ class MotifBot(commands.Bot):
         jobs: JobService | None = None,
         *,
         sync_on_start: bool = True,
-        poll_interval_s: float = 1.0,
+        poll_interval_s: float | None = None,
         sweep_interval_s: float = 30.0,
         token_ttl_s: float = 14 * 60,
         **options,  # type: ignore[no-untyped-def]
@@ -57,12 +60,18 @@ class MotifBot(commands.Bot):
         self.settings = settings
         self.jobs = jobs or JobService(settings)
         self.sync_on_start = sync_on_start
+        # Woken by the workers over Redis / Postgres where deployed: then the SQL poll is only
+        # the fallback. SQLite polls often instead (one indexed read; docs/benchmarks.md).
+        wakeups = RequestWakeups(settings)
+        if poll_interval_s is None:
+            poll_interval_s = POLL_WITH_WAKEUPS_S if wakeups.available else POLL_SQLITE_S
         self.deliveries = Deliveries(
             self,
             poll_interval_s=poll_interval_s,
             sweep_interval_s=sweep_interval_s,
             token_ttl_s=token_ttl_s,
         )
+        self.deliveries.wakeups = wakeups if wakeups.available else None
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

@@ -26,6 +26,7 @@ from bot import messages
 from bot.progress import EditThrottle
 from bot.views import progress_view, result_view
 from engine.jobs import ArtifactInfo, Progress
+from engine.notify import RequestWakeups
 from engine.records import RequestStatus
 
 if TYPE_CHECKING:
@@ -247,6 +248,8 @@ class Deliveries:
         self._sweeper: asyncio.Task[None] | None = None
         # requests whose progress message this process keeps, until their result is ready
         self._watching: dict[int, Destination] = {}
+        # woken as soon as a worker publishes a change (Redis or Postgres); None: poll only
+        self.wakeups: RequestWakeups | None = None
 
     @property
     def jobs(self):  # type: ignore[no-untyped-def]
@@ -300,6 +303,8 @@ class Deliveries:
                 return
             renewed = loop.time()
             self._watching[request_id] = destination
+            if self.wakeups is not None:
+                self.wakeups.watch(request_id)
             while True:
                 p = await asyncio.to_thread(self.jobs.progress, request_id)
                 status[:] = [p.status]
@@ -319,7 +324,10 @@ class Deliveries:
                         log.warning("lost the delivery claim of #%s; not posting it", request_id)
                         return
                     renewed = loop.time()
-                await asyncio.sleep(self.poll_interval_s)
+                if self.wakeups is not None:
+                    await self.wakeups.wait(request_id, self.poll_interval_s)
+                else:
+                    await asyncio.sleep(self.poll_interval_s)
             self._watching.pop(request_id, None)  # from here on the result is being posted
             delivered = await self.deliver(p, destination, throttle if progress_alive else None)
         except asyncio.CancelledError:
@@ -328,6 +336,8 @@ class Deliveries:
             log.exception("delivering request #%s failed; the sweep will retry", request_id)
         finally:
             self._watching.pop(request_id, None)
+            if self.wakeups is not None:
+                self.wakeups.unwatch(request_id)
             self._claimed.discard(request_id)
             if not delivered:
                 await asyncio.shield(self._release(request_id))
@@ -457,6 +467,8 @@ class Deliveries:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        if self.wakeups is not None:
+            self.wakeups.start()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_forever(), name="motif-delivery-sweep"
@@ -468,6 +480,8 @@ class Deliveries:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.wakeups is not None:
+            await self.wakeups.stop()
         # after the follows stopped, so no progress edit of theirs lands after this one
         await self._say_restarting(watching, notice_timeout_s)
         self._sweeper = None

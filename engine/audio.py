@@ -38,6 +38,10 @@ _FADE_S = 1.0  # fade-out where we cut, so a shortened file does not stop mid-no
 _TRUE_PEAK_OVERSAMPLING = 4
 _TRUE_PEAK_BLOCK = 2048
 _TRUE_PEAK_MAX_BLOCKS = 64  # ~3 s of audio at 44.1 kHz
+# Stereo whose side (L - R) is this far below its mid (L + R) is one channel twice, as synths
+# without pan or effects render it (TinySoundFont: -50 dB): encoded as mono, a third faster and
+# smaller, and players put it on both speakers, so it sounds the same.
+_MONO_SIDE_DB = -40.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +102,72 @@ def true_peak(samples: np.ndarray) -> float:
     return peak
 
 
-def integrated_loudness(samples: np.ndarray, rate: int) -> float:
-    """BS.1770 integrated loudness in LUFS (-inf for silence). Shorter than one 400 ms gating
-    block: measured on the signal repeated to that length."""
-    import pyloudnorm
+def _biquad_sos(kind: str, fc: float, q: float, gain_db: float, rate: int) -> np.ndarray:
+    """One second-order section (b0, b1, b2, 1, a1, a2), the design pyloudnorm uses for
+    BS.1770's K-weighting at any rate (RBJ audio-EQ cookbook)."""
+    a = 10 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * fc / rate
+    alpha = math.sin(w0) / (2.0 * q)
+    cos = math.cos(w0)
+    if kind == "high_shelf":
+        root = 2.0 * math.sqrt(a) * alpha
+        b = (a * ((a + 1) + (a - 1) * cos + root), -2 * a * ((a - 1) + (a + 1) * cos),
+             a * ((a + 1) + (a - 1) * cos - root))  # fmt: skip
+        den = ((a + 1) - (a - 1) * cos + root, 2 * ((a - 1) - (a + 1) * cos),
+               (a + 1) - (a - 1) * cos - root)  # fmt: skip
+    else:  # high pass
+        b = ((1 + cos) / 2, -(1 + cos), (1 + cos) / 2)
+        den = (1 + alpha, -2 * cos, 1 - alpha)
+    return np.array([*(x / den[0] for x in b), 1.0, den[1] / den[0], den[2] / den[0]])
 
-    x = _frames(samples).astype(np.float64)
+
+def _k_weighting(rate: int) -> np.ndarray:
+    """(2, 6) sections: the head's high shelf (+4 dB above ~1.5 kHz), then the 38 Hz high pass."""
+    return np.stack([_biquad_sos("high_shelf", 1500.0, 1 / math.sqrt(2), 4.0, rate),
+                     _biquad_sos("high_pass", 38.0, 0.5, 0.0, rate)])  # fmt: skip
+
+
+def integrated_loudness(samples: np.ndarray, rate: int) -> float:
+    """BS.1770-4 integrated loudness in LUFS (-inf for silence), as pyloudnorm measures it (same
+    filters, blocks and gates; within 0.001 LU, tested) at a fraction of its cost: one `sosfilt`
+    over all channels and the 400 ms blocks' energies from a running sum instead of a Python
+    loop over blocks. Shorter than one 400 ms gating block: measured on the signal repeated to
+    that length. Channels weigh 1 each (mono and stereo; BS.1770's surround weights unused)."""
+    from scipy.signal import sosfilt
+
+    x = _frames(samples)
     block = int(math.ceil(0.4 * rate)) + 1
     if 0 < x.shape[0] < block:
         x = np.tile(x, (-(-block // x.shape[0]), 1))
-    if x.shape[0] == 0:
+    n = x.shape[0]
+    if n == 0:
         return float("-inf")
-    return float(pyloudnorm.Meter(rate).integrated_loudness(x))
+    # One channel twice (see one_channel_if_mono): filter it once and count its power twice
+    # (off by the side's power, under 1e-4 of the mid's: < 0.001 LU).
+    mid = one_channel_if_mono(x.astype(np.float32, copy=False)) if x.shape[1] == 2 else x
+    twice = mid.ndim == 1
+    # float32, channels as rows: a third faster than float64 along axis 0, and the energies
+    # still agree with pyloudnorm's float64 to 1e-4 LU
+    channels = np.ascontiguousarray(mid[None] if twice else x.T, dtype=np.float32)  # (c, n)
+    weighted = sosfilt(_k_weighting(rate).astype(np.float32), channels, axis=-1)
+    power = np.zeros(n + 1)  # running sum of the channels' summed power, float64
+    np.cumsum(np.einsum("cn,cn->n", weighted, weighted, dtype=np.float64), out=power[1:])
+    if twice:
+        power *= 2.0
+    # pyloudnorm's block bounds, to the sample: 400 ms blocks every 100 ms
+    n_blocks = int(np.round((n / rate - 0.4) / 0.1)) + 1
+    j = np.arange(n_blocks)
+    lower = (0.4 * (j * 0.25) * rate).astype(np.int64)
+    upper = np.minimum((0.4 * (j * 0.25 + 1) * rate).astype(np.int64), n)
+    z = (power[upper] - power[np.minimum(lower, upper)]) / (0.4 * rate)  # (n_blocks,) summed
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(z)
+        above_absolute = block_lufs >= -70.0
+        if not above_absolute.any():
+            return float("-inf")
+        relative = -0.691 + 10.0 * np.log10(z[above_absolute].mean()) - 10.0
+        gated = (block_lufs > relative) & (block_lufs > -70.0)
+        return float(-0.691 + 10.0 * np.log10(z[gated].mean())) if gated.any() else float("-inf")
 
 
 def normalize_loudness(
@@ -131,7 +189,7 @@ def normalize_loudness(
             target_lufs,
         )
         gain = ceiling / peak
-    return (samples * gain).astype(np.float32)
+    return np.multiply(samples, np.float32(gain), dtype=np.float32)  # one pass, one new array
 
 
 # --- encoding ------------------------------------------------------------------------------------
@@ -157,6 +215,19 @@ def _encode_once(samples: np.ndarray, rate: int, fmt: AudioFormat, level: float)
     return buf.getvalue()
 
 
+def one_channel_if_mono(samples: np.ndarray) -> np.ndarray:
+    """(n,) mid of (n, 2) stereo whose side is under _MONO_SIDE_DB; anything else unchanged."""
+    if samples.ndim != 2 or samples.shape[1] != 2 or samples.shape[0] == 0:
+        return samples
+    left, right = samples[:, 0], samples[:, 1]
+    mid, side = left + right, left - right  # (n,) each, float32
+    mid_energy, side_energy = float(np.dot(mid, mid)), float(np.dot(side, side))
+    if side_energy > mid_energy * 10 ** (_MONO_SIDE_DB / 10) or mid_energy == 0.0:
+        return samples
+    mid *= 0.5
+    return mid
+
+
 def _estimate_bytes(seconds: float, kbps: float) -> float:
     return seconds * kbps * 1000 / 8 + _CONTAINER_BYTES
 
@@ -171,15 +242,24 @@ def _cut(samples: np.ndarray, rate: int, seconds: float) -> np.ndarray:
 
 
 def encode(
-    samples: np.ndarray, rate: int, fmt: AudioFormat = "ogg", cap_bytes: int = 10 * 1024 * 1024
+    samples: np.ndarray,
+    rate: int,
+    fmt: AudioFormat = "ogg",
+    cap_bytes: int = 10 * 1024 * 1024,
+    *,
+    mono_when_same: bool = True,
 ) -> EncodedAudio:
     """Encode (n, 2) or (n,) float samples; the result is always at most `cap_bytes`.
 
     The best quality whose budgeted size fits is chosen; if even the lowest does not fit, the
-    audio is cut (with a fade-out) and `shortened` is set so the user can be told."""
+    audio is cut (with a fade-out) and `shortened` is set so the user can be told. Stereo that
+    is one channel twice is encoded as mono (`one_channel_if_mono`) unless `mono_when_same` is
+    False."""
     if fmt not in _LADDER:
         raise ValueError(f"unknown audio format {fmt!r}; expected 'ogg' or 'mp3'")
     samples = np.asarray(samples, dtype=np.float32)
+    if mono_when_same:
+        samples = one_channel_if_mono(samples)
     seconds = samples.shape[0] / rate
     ladder = _LADDER[fmt]
     level, kbps = next(

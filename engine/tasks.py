@@ -58,6 +58,18 @@ def retrain(run_id: int) -> str:
     return run_training(run_id, get_settings())
 
 
+@signals.task_postrun.connect
+def _wake_the_bot(task=None, args=None, retval=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    """After a generate or render task (its rows committed): wake bots that follow the request,
+    over Redis pub/sub or Postgres NOTIFY where the deployment has them (engine.notify)."""
+    if task is None or task.name not in (TASK_GENERATE, TASK_RENDER) or not args:
+        return
+    from engine.notify import publish_request_changed
+
+    ids = retval if task.name == TASK_GENERATE and isinstance(retval, list) else [args[0]]
+    publish_request_changed(get_settings(), {int(args[0]), *ids})
+
+
 @signals.worker_process_init.connect
 def _warm_up(sender: object = None, **_: object) -> None:
     """Before any job, load what this worker's queues need, once per worker process: the active

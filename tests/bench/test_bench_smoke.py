@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import batch_bench, e2e_bench, generation_bench, memory_bench, train_bench, workload
+from tests.bot.fake_discord import version_supported
 
 
 def positive(x) -> bool:  # type: ignore[no-untyped-def]
@@ -51,6 +52,8 @@ def test_train_bench(tiny_model_path, no_corpus):
     assert positive(r["motif_notes_per_s"]) and positive(r["bare_notes_per_s"])
     assert positive(r["ratio"]) and r["notes_per_round"] > 0
     assert r["bare_params"] > 0 and r["motif_params"] > 0
+    assert positive(r["motif_bf16_notes_per_s"]) and positive(r["bf16_speedup"])
+    assert 0 < r["target_occupancy"] <= 1
 
 
 def test_bare_seq2seq_has_motif_shapes():
@@ -78,6 +81,9 @@ def test_render_figures_fill_their_rows():
 
     r = render_bench.run(repeats=1)
     assert positive(r["ours_rtf"]) and positive(r["pipeline_s"])
+    assert positive(r["before_pipeline_s"]) and positive(r["requests_per_s"])
+    ideas = r["loudness_ideas"]  # the same audio measured by each meter
+    assert abs(ideas["ours"]["lu_from_pyloudnorm"]) < 0.01
     assert all(len(row) == 7 for row in rows_render(r))
 
 
@@ -117,3 +123,34 @@ def test_e2e_bench_through_a_real_worker(tiny_model_path):
     assert positive(one["done_s"]) and one["done_s"] >= one["generate_s"]
     assert positive(one["audio_s"]) and one["notes"] > 0
     assert r["notes"] == ["redis skipped: not asked for"]
+
+
+def test_train_curve_runs_the_three_curves(no_corpus):
+    from bench import train_curve
+
+    r = train_curve.run(steps=4, window=2, batch_size=2, sizes=dict(d_embed=8, hidden=16, layers=1),
+                        corpus_path=no_corpus)  # fmt: skip
+    assert {k: len(v) for k, v in r["curves"].items()} == {"fp32": 2, "bf16": 2,
+                                                           "fp32_other_seed": 2}  # fmt: skip
+    assert all(math.isfinite(x) for v in r["curves"].values() for x in v)
+    assert r["noise_max_abs"] > 0  # another init seed gives another curve
+    assert "| 3-4 |" in train_curve.markdown(r)
+
+
+def test_discord_round_trip_is_split_into_its_stages(tiny_model_path):
+    """A real bot on the fake Discord and a real worker: one request per set-up (after the
+    warm-up); the stages add up to the whole round trip."""
+    from bench import discord_bench
+    from bench.__main__ import rows_discord
+
+    if not version_supported():
+        pytest.skip("the fake Discord is written for discord.py 2.7")
+    r = discord_bench.run(requests=1, bars=1, model_path=str(tiny_model_path), postgres=False)
+    assert list(r["setups"]) == ["sqlite, polled every 1 s (before)", "sqlite, polled every 0.2 s"]
+    for s in r["setups"].values():
+        assert s["n"] == 1 and positive(s["median_s"]) and s["p95_s"] == s["median_s"]
+        parts = sum(s[k + "_s"] for k in discord_bench.STAGES)
+        assert parts == pytest.approx(s["median_s"], abs=1e-6)
+        assert s["generation_s"] > 0 and s["rendering_s"] > 0 and s["polling_s"] >= -0.05
+    assert all(len(row) == 7 for row in rows_discord(r))
+    assert "| sqlite, polled every 0.2 s |" in discord_bench.markdown(r)

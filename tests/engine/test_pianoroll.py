@@ -75,3 +75,48 @@ def test_empty_continuation_still_draws():
 
 def test_note_names_are_scientific_pitch():
     assert [note_name(p) for p in (21, 60, 61, 69, 108)] == ["A0", "C4", "C#4", "A4", "C8"]
+
+
+def test_notes_are_drawn_where_they_sound():
+    """A note's rectangle is at its beat and pitch, in its part's colour (louder: stronger)."""
+    from engine.pianoroll import BOTTOM, LEFT, RIGHT, TOP
+
+    seed = piece([Note(0, 4, 60, 127), Note(4, 4, 72, 127)])  # one 4/4 bar each
+    cont = piece([Note(8, 4, 66, 127), Note(12, 4, 54, 1)])
+    rgb = np.asarray(open_png(piano_roll_png(seed, cont, title="where")).convert("RGB"), int)
+    low, high = 52, 74  # lowest and highest pitch less/more 2
+    sx = (1000 - RIGHT - LEFT) / 16
+    sy = (400 - BOTTOM - TOP) / (high - low + 1)
+
+    def at(beat: float, pitch: int) -> np.ndarray:
+        return rgb[round(400 - BOTTOM - (pitch - low + 0.5) * sy), round(LEFT + beat * sx)]
+
+    seed_rgb = np.array([int(SEED_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
+    cont_rgb = np.array([int(CONTINUATION_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
+    assert np.abs(at(2, 60) - seed_rgb).max() <= 2 and np.abs(at(6, 72) - seed_rgb).max() <= 2
+    assert np.abs(at(10, 66) - cont_rgb).max() <= 2
+    quiet = at(14, 54)  # velocity 1: the colour at 45 % over white
+    assert np.abs(quiet - (255 + (cont_rgb - 255) * 0.454)).max() <= 3
+    assert (at(2.5, 65) > 230).all() and (at(10.5, 60) > 230).all()  # no note: background
+    # the dashed seed-end line at beat 8, and text in the margins (note names, bar numbers)
+    column = rgb[TOP:-BOTTOM, round(LEFT + 8 * sx)]
+    assert 0.3 < (column.max(axis=1) < 100).mean() < 0.9
+    assert (rgb[TOP:-BOTTOM, : LEFT - 4] < 100).all(axis=2).sum() > 50
+    assert (rgb[-BOTTOM:, LEFT:-RIGHT] < 100).all(axis=2).sum() > 50
+
+
+def test_the_piano_roll_needs_no_matplotlib_figure():
+    """Drawn with Pillow: a worker never builds matplotlib's figure machinery for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from engine.music import Note, Piece\n"
+        "from engine.pianoroll import piano_roll_png\n"
+        "png = piano_roll_png(None, Piece((Note(0, 1, 60),)), title='t')\n"
+        "assert png[:4] == b'\\x89PNG'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('matplotlib')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

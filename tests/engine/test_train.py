@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -255,3 +257,38 @@ def test_cli_help(capsys):
         main(["--help"])
     assert exc.value.code == 0
     assert "--max-minutes" in capsys.readouterr().out
+
+
+def test_cpu_bf16_autocast_tracks_fp32(tmp_path):
+    """--cpu-bf16 trains under bf16 autocast (the losses differ from fp32 in the low bits) and
+    follows the fp32 loss curve from the same start on the same batches."""
+    base = dict(TINY, warmup_steps=0, schedule="constant", log_every=1, transpose=0, lr=1e-2)
+    pieces = [_tune(), _tune(offset=3)]
+    runs = {}
+    for bf16 in (False, True):
+        runs[bf16] = train(
+            TrainConfig(**base, pieces=pieces, val_pieces=[_tune(2)], test_pieces=[],
+                        max_steps=40, steps_per_epoch=40, cpu_bf16=bf16, out=tmp_path / f"m{int(bf16)}.pt")
+        )  # fmt: skip
+    fp32, bf16 = ([h["loss"] for h in runs[b].history if "loss" in h] for b in (False, True))
+    assert len(fp32) == len(bf16) == 40
+    assert fp32 != bf16  # autocast really ran: bf16 matmuls round differently
+    assert bf16[-1] < 0.5 * bf16[0]
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b == pytest.approx(a, rel=0.05)
+    assert read_checkpoint_meta(runs[True].checkpoint)["train_config"]["cpu_bf16"] is True
+    assert runs[True].best_val_nll == pytest.approx(runs[False].best_val_nll, rel=0.05)
+
+
+def test_cli_takes_cpu_bf16(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_train(cfg: TrainConfig) -> SimpleNamespace:
+        seen.append(cfg)
+        return SimpleNamespace(checkpoint=cfg.out, steps=0, wall_s=0.0, tokens_per_s=0.0,
+                               best_val_nll=None, test={})  # fmt: skip
+
+    monkeypatch.setattr("engine.train.train", fake_train)
+    assert main(["--cpu-bf16", "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    assert main(["--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    assert [c.cpu_bf16 for c in seen] == [True, False]  # off unless asked for
