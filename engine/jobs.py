@@ -455,7 +455,7 @@ class JobService:
                         key=a.key,
                         size=a.size,
                         content_type=a.content_type,
-                        filename=f"motif-{req.id}{_suffix(a.key)}",
+                        filename=a.key.rsplit("/", 1)[-1],
                     )
                     for a in sorted(req.artifacts, key=lambda a: a.kind.value)
                 ],
@@ -640,11 +640,6 @@ class JobService:
             session.execute(
                 update(Request).where(Request.id == request_id).values(delivered_at=utcnow())
             )
-
-
-def _suffix(key: str) -> str:
-    dot = key.rfind(".")
-    return key[dot:] if dot > key.rfind("/") else ""
 
 
 def artifact_kind_for(suffix: str) -> ArtifactKind:

@@ -27,16 +27,20 @@ def check_artifacts(service: JobService, rid: int) -> None:
     prog = service.progress(rid)
     assert prog.status is RequestStatus.DONE, prog.error_user
     kinds = {a.kind: a for a in prog.artifacts}
-    assert set(kinds) == {"midi", "audio", "image"}
+    assert set(kinds) == {"midi", "audio", "image", "score", "musicxml"}
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.artifact_bytes(kinds["midi"])))
     assert sum(len(i.notes) for i in midi.instruments) > 0
     data, rate = soundfile.read(io.BytesIO(service.artifact_bytes(kinds["audio"])))
     assert rate > 0 and len(data) > rate  # at least a second of sound
     assert service.artifact_bytes(kinds["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert service.artifact_bytes(kinds["score"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert kinds["score"].filename == f"motif-{rid}-score.png"
+    xml = service.artifact_bytes(kinds["musicxml"])
+    assert b"<score-partwise" in xml and kinds["musicxml"].filename == f"motif-{rid}.musicxml"
     assert prog.model_version == "tiny-test" or prog.model_version.startswith("default-")
     assert prog.timings["generate_s"] > 0 and prog.timings["render_s"] > 0
     with session_scope(service.url) as s:
-        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 3
+        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 5
 
 
 def _compose(service: JobService, seed: bool = True, **options) -> int:
@@ -123,10 +127,12 @@ def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(
     files = sorted(
         p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
     )
-    assert files == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
+    assert files == sorted(
+        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+    )
 
 
-def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
+def test_motif_compose_cli_writes_midi_audio_pictures_and_musicxml(tmp_path, tiny_model_path):
     settings = make_settings(tmp_path, default_model_path=tiny_model_path)
     out = tmp_path / "result"
     seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
@@ -158,7 +164,9 @@ def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
     assert "done in" in proc.stdout
     # nothing from the libraries' chatter: alembic's dialect lines, kombu's missing host name
     assert "alembic" not in proc.stderr and "kombu" not in proc.stderr, proc.stderr
-    assert sorted(p.suffix for p in out.iterdir()) == [".mid", ".ogg", ".png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"motif-1{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+    )
     # the CLI's own worker left before the CLI returned: a next `motif compose` starts its own
     assert live_workers(settings) == []
 
