@@ -316,12 +316,22 @@ class JobService:
         seed_midi: bytes | None = None,
         seed_name: str = "",
     ) -> int:
-        """Validate the seed, record the request and queue it. Returns the request id."""
-        piece = None
-        if seed_midi is not None:
-            from engine.midi_io import load_seed  # no torch
+        """Validate the seed, record the request and queue it. Returns the request id.
 
-            piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
+        The seed is MIDI, or ABC / MusicXML when `seed_name` ends in .abc, .musicxml, .xml or
+        .mxl: those are parsed now (in a bounded child process) and kept as MIDI."""
+        piece = None
+        remarks: tuple[str, ...] = ()
+        if seed_midi is not None:
+            from engine.notation_seeds import is_notation_name, load_notation_seed  # no torch
+
+            if is_notation_name(seed_name):
+                notation = load_notation_seed(seed_midi, seed_name)  # a clear MotifError
+                seed_midi, piece, remarks = notation.midi, notation.piece, notation.remarks
+            else:
+                from engine.midi_io import load_seed  # no torch
+
+                piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
         with session_scope(self.url) as session:
             user = self._user(session, who)
             self._check_limits(session, user)
@@ -337,7 +347,10 @@ class JobService:
                     name=seed_name,
                     consent=consent,
                 )
-            return self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+            request_id = self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+            if remarks:  # e.g. "the ABC held 3 tunes": the result says so
+                session.get(Request, request_id).notes = {"seed_remarks": list(remarks)}
+            return request_id
 
     def follow_up(
         self,
