@@ -55,6 +55,7 @@ class ComposeOptions:
     instrument: int = 0  # General MIDI program
     tempo: float | None = None  # BPM override; None keeps the seed's
     rng_seed: int | None = None
+    image: str | None = None  # the picture shown inline: "score" | "pianoroll"; None: the setting
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +75,7 @@ def validate_options(
     instrument: str | int | None = None,
     tempo: float | None = None,
     rng_seed: int | None = None,
+    image: str | None = None,
     settings: Settings | None = None,
 ) -> ComposeOptions:
     """Check every option server-side (Discord does not enforce ranges) and normalise it."""
@@ -120,6 +122,8 @@ def validate_options(
         or not 0 <= rng_seed <= catalog.MAX_RNG_SEED
     ):
         raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
+    if image is not None and image not in catalog.INLINE_IMAGES:
+        raise BadParams(f"image must be one of: {', '.join(catalog.INLINE_IMAGES)}.")
     return ComposeOptions(
         bars=bars,
         style=style,
@@ -128,6 +132,7 @@ def validate_options(
         instrument=program,
         tempo=tempo,
         rng_seed=rng_seed,
+        image=image,
     )
 
 
@@ -383,6 +388,7 @@ class JobService:
                 instrument=options.instrument,
                 tempo=options.tempo,
                 rng_seed=rng_seed if rng_seed is not None else random.randint(0, 2**31 - 1),
+                image=options.image,
                 settings=self.settings,
             )
             user = self._user(session, who)

@@ -136,6 +136,34 @@ def first_abc_tune(text: str, limits: NotationLimits) -> tuple[str, int]:
     return tune, count
 
 
+_FENCE = re.compile(r"```(?:abc)?[ \t]*\n?(.*?)```", re.S | re.I)
+_KEY_LINE = re.compile(r"(?:^|\s)K:[ \t]*(\S+)")
+PASTED_NAME = "pasted.abc"
+
+
+def abc_in_code_block(text: str) -> str | None:
+    """The ABC in a chat message's first code block (```abc … ``` or ``` … ```) that has a K:
+    field, or None."""
+    for match in _FENCE.finditer(text):
+        if _KEY_FIELD.search(match.group(1)) or _KEY_LINE.search(match.group(1)):
+            return match.group(1).strip()
+    return None
+
+
+def abc_from_chat(text: str) -> str:
+    """ABC typed into chat. A slash command's text option has no line breaks, so a tune pasted
+    there arrives on one line: its header fields get their lines back (the key field must be one
+    word, such as K:Em, for the notes after it to start the body)."""
+    text = abc_in_code_block(text) or text.strip()
+    if "\n" in text:
+        return text
+    key = _KEY_LINE.search(text)
+    if key is None:
+        return text
+    header = [f.strip() for f in re.split(r"\s+(?=[A-Za-z]:)", text[: key.start()]) if f.strip()]
+    return "\n".join([*header, f"K:{key.group(1)}", text[key.end() :].strip()]) + "\n"
+
+
 def _decode(data: bytes) -> str:
     for encoding in ("utf-8-sig", "latin-1"):
         try:
