@@ -219,10 +219,12 @@ def run_final_text(info: RunInfo) -> str:
 
 HELP_TEXT = """\
 **Motif continues your melody.**
-• `/compose`: attach a MIDI seed (.mid/.midi) or leave it out; pick style, bars, temperature \
-(lower is safer, higher is wilder), instrument, tempo and a random seed for repeatable results.
-• Right-click a message with a MIDI file → **Apps → Continue this MIDI**, or mention me in a \
-message with a MIDI file.
+• `/compose`: attach a seed (MIDI .mid, ABC .abc or MusicXML .musicxml/.mxl), paste ABC in \
+`abc:`, or leave it out; pick style, bars, temperature (lower is safer, higher is wilder), \
+instrument, tempo, a random seed for repeatable results, and the picture shown (score or piano roll).
+• Right-click a message with a seed file → **Apps → Continue this MIDI**, or mention me in a \
+message with a seed file or an ABC tune in a code block.
+• Each result brings the MIDI, MusicXML (opens in MuseScore), audio, the score and the piano roll.
 • Under each result: 🎲 Reroll (same settings, new take), ➕ Extend (continue the result), \
 🧊/🔥 Variation (cooler/hotter), 🤝 Share (let Motif learn from it), 👍/👎 feedback.
 • `/history`: your recent requests. `/status`: the queue and the model. \

@@ -11,6 +11,8 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from engine.music import Piece
 from engine.musicxml import score_xml
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 WIDTH_PX = 1000
 SCALE = 60  # verovio zoom, percent: 11 px between staff lines at WIDTH_PX, 5-6 px in a preview
 MAX_PNG_BYTES = 300 * 1024
-SERIF = "DejaVu Serif"  # resvg maps the generic "serif" to Times, which slim images lack
+SERIF = "DejaVu Serif"  # the text font: bar numbers, tempo, instrument, rehearsal mark
 _METRONOME = re.compile(
     r"<metronome><beat-unit>quarter</beat-unit><per-minute>([0-9.]+)</per-minute></metronome>"
 )
@@ -66,10 +68,29 @@ def engrave_svg(xml: str, *, width_px: int = WIDTH_PX, scale: int = SCALE) -> st
     return tk.renderToSVG(1)
 
 
+@lru_cache(maxsize=1)
+def _text_fonts() -> list[str]:
+    """DejaVu Serif from matplotlib's own copy (a worker dependency): the picture looks the same
+    on every machine, with or without system fonts (slim images have none)."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return [str(folder / f"DejaVuSerif{style}.ttf") for style in ("", "-Bold", "-Italic")]
+
+
 def svg_to_png(svg: str) -> bytes:
     import resvg_py
 
-    return bytes(resvg_py.svg_to_bytes(svg_string=svg, background="white", serif_family=SERIF))
+    return bytes(
+        resvg_py.svg_to_bytes(
+            svg_string=svg,
+            background="white",
+            skip_system_fonts=True,
+            font_files=_text_fonts(),
+            font_family=SERIF,
+            serif_family=SERIF,
+        )
+    )
 
 
 def score_png(xml: str, *, width_px: int = WIDTH_PX) -> bytes:
