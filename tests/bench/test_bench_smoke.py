@@ -117,3 +117,15 @@ def test_e2e_bench_through_a_real_worker(tiny_model_path):
     assert positive(one["done_s"]) and one["done_s"] >= one["generate_s"]
     assert positive(one["audio_s"]) and one["notes"] > 0
     assert r["notes"] == ["redis skipped: not asked for"]
+
+
+def test_notation_bench():
+    from bench import notation_bench
+
+    r = notation_bench.run(repeats=1, bars=(4,))
+    for name in ("melody 4 bars", "two hands 4 bars"):
+        f = r[name]
+        for key in ("xml_s", "engrave_s", "png_s", "score_s", "render_s", "encode_s"):
+            assert positive(f[key]), (name, key)
+        assert f["score_s"] >= f["engrave_s"] and f["png_bytes"] > 1000
+    assert r["target_16_bars_s"] == 0.2
