@@ -229,3 +229,64 @@ def test_motif_status_on_a_fresh_database(tmp_path):
     assert proc.stdout.startswith(
         "queued 0, running 0, active model the shipped default (not registered yet)"
     ), proc.stdout
+
+
+@pytest.mark.parametrize("suffix", [".abc", ".musicxml"])
+def test_motif_compose_cli_takes_abc_and_musicxml_seeds(tmp_path, tiny_model_path, suffix):
+    from engine.midi_io import load_seed
+    from engine.music import Note, Piece
+    from engine.musicxml import score_xml
+    from tests.engine.test_notation_seeds import TWO_TUNES
+
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path)
+    if suffix == ".abc":
+        data, metre = TWO_TUNES, (6, 8)
+    else:
+        waltz = Piece(tuple(Note(float(i), 1.0, 64 + i % 5) for i in range(12)), 90.0, (3, 4))
+        data, metre = score_xml(waltz, Piece(()), key=(9, "minor")).encode(), (3, 4)
+    tune = tmp_path / f"tune{suffix}"
+    tune.write_bytes(data)
+    out = tmp_path / "result"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "compose",
+            str(tune),
+            "--bars",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"(tune{suffix}, 2 bars)" in proc.stdout
+    if suffix == ".abc":
+        assert "note: The ABC held 2 tunes; Motif continued the first one." in proc.stdout
+    assert (out / "motif-1.musicxml").exists() and (out / "motif-1-score.png").exists()
+    result = load_seed((out / "motif-1.mid").read_bytes())
+    assert result.time_signature == metre  # the seed's metre carried through
+
+
+def test_motif_compose_cli_refuses_hostile_xml_before_starting_anything(tmp_path):
+    from tests.engine.test_notation_seeds import BILLION_LAUGHS
+
+    settings = make_settings(tmp_path)
+    tune = tmp_path / "bomb.musicxml"
+    tune.write_bytes(BILLION_LAUGHS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "compose", str(tune)],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "declares XML entities" in proc.stderr
+    assert not (settings.data_dir / "motif.db").exists()
