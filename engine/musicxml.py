@@ -35,8 +35,8 @@ _VALUES: tuple[tuple[int, str, int, bool], ...] = tuple(
         (4.0, "whole", 0, False),
         (3.0, "half", 1, False),
         (2.0, "half", 0, False),
-        (4 / 3, "half", 0, True),
         (1.5, "quarter", 1, False),
+        (4 / 3, "half", 0, True),
         (1.0, "quarter", 0, False),
         (0.75, "eighth", 1, False),
         (2 / 3, "quarter", 0, True),
@@ -172,7 +172,21 @@ class _Event:
     whole_bar: bool = False  # a rest that fills the measure
 
 
-def _measure_events(voice: list[_Chord], bar: int, n_bars: int, show_rests: bool):
+def _rest_values(offset: int, span: int, beat: int) -> list[tuple[int, str, int, bool]]:
+    """Rest values for `span` ticks from `offset` in a bar: up to the next beat first, then
+    beat by beat, so a reader sees where the beats fall (6/8: dotted quarter rests)."""
+    parts = []
+    end = offset + span
+    while offset < end:
+        stop = min(end, (offset // beat + 1) * beat)
+        if offset % beat == 0:  # on a beat: whole beats at once
+            stop = max(stop, offset + (end - offset) // beat * beat)
+        parts.extend(_split(stop - offset))
+        offset = stop
+    return parts
+
+
+def _measure_events(voice: list[_Chord], bar: int, n_bars: int, show_rests: bool, beat: int):
     """{measure index: [_Event]} of one voice, with rests filling its gaps."""
     out: dict[int, list[_Event]] = {m: [] for m in range(n_bars)}
     cursor = 0
@@ -203,7 +217,8 @@ def _measure_events(voice: list[_Chord], bar: int, n_bars: int, show_rests: bool
                 )
                 pos += span
                 continue
-            for value in _split(span):
+            values = _split(span) if pitches else _rest_values(offset, span, beat)
+            for value in values:
                 out[measure].append(
                     _Event(
                         offset,
@@ -370,7 +385,7 @@ def score_xml(
     first = seed if seed is not None else continuation
     num, den = first.time_signature
     bar = max(1, TICKS * num * 4 // den)
-    beat = TICKS * 3 // 2 if den == 8 and num % 3 == 0 else TICKS * 4 // den
+    beat = TICKS * 3 // 2 if den == 8 and num % 3 == 0 and num > 3 else TICKS * 4 // den
     notes = _quantised(seed, True) + _quantised(continuation, False)
     fifths = key_fifths(*key) if key else 0
     mode = key[1] if key else "major"
@@ -391,12 +406,22 @@ def score_xml(
     for staff_notes in staves:
         voices = _voices(staff_notes) or [[]]
         measures.append(
-            [_measure_events(v, bar, n_bars, show_rests=(i == 0)) for i, v in enumerate(voices)]
+            [
+                _measure_events(v, bar, n_bars, show_rests=(i == 0), beat=beat)
+                for i, v in enumerate(voices)
+            ]
         )
 
     program = min(127, max(0, int(first.program)))
     instrument = catalog.PROGRAM_NAMES.get(program, f"GM program {program}").title()
     tempo = round(float(first.tempo_bpm), 2)
+    compound = den == 8 and num % 3 == 0 and num > 3  # 6/8, 9/8, 12/8: dotted quarter beats
+    beat_unit = (
+        "<beat-unit>quarter</beat-unit><beat-unit-dot/>"
+        if compound
+        else ("<beat-unit>quarter</beat-unit>")
+    )
+    per_minute = round(tempo / 1.5, 2) if compound else tempo
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         '<score-partwise version="4.0">',
@@ -436,7 +461,7 @@ def score_xml(
             )
             out.append(
                 '<direction placement="above"><direction-type><metronome>'
-                f"<beat-unit>quarter</beat-unit><per-minute>{tempo:g}</per-minute>"
+                f"{beat_unit}<per-minute>{per_minute:g}</per-minute>"
                 f'</metronome></direction-type><sound tempo="{tempo:g}"/></direction>'
             )
         if m == mark_bar:

@@ -24,7 +24,8 @@ SCALE = 60  # verovio zoom, percent: 11 px between staff lines at WIDTH_PX, 5-6 
 MAX_PNG_BYTES = 300 * 1024
 SERIF = "DejaVu Serif"  # the text font: bar numbers, tempo, instrument, rehearsal mark
 _METRONOME = re.compile(
-    r"<metronome><beat-unit>quarter</beat-unit><per-minute>([0-9.]+)</per-minute></metronome>"
+    r"<metronome><beat-unit>quarter</beat-unit>(<beat-unit-dot/>)?<per-minute>([0-9.]+)"
+    r"</per-minute></metronome>"
 )
 _local = threading.local()
 
@@ -61,7 +62,8 @@ def engrave_svg(xml: str, *, width_px: int = WIDTH_PX, scale: int = SCALE) -> st
     )
     # verovio draws the metronome's note with its music font as SVG text, which resvg cannot
     # load: the picture says the tempo in words, with the note from a text font.
-    if not tk.loadData(_METRONOME.sub(r"<words>♩ = \1</words>", xml)):
+    words = _METRONOME.sub(lambda m: f"<words>♩{'.' if m[1] else ''} = {m[2]}</words>", xml)
+    if not tk.loadData(words):
         raise ValueError("verovio could not read the MusicXML")
     if tk.getPageCount() < 1:
         raise ValueError("verovio engraved no page")

@@ -7,7 +7,7 @@ import pytest
 
 from engine.midi_io import load_seed, to_midi_bytes
 from engine.music import Note, Piece
-from engine.musicxml import TICKS, grid_length, key_fifths, score_xml, spelling
+from engine.musicxml import _VALUES, TICKS, _split, grid_length, key_fifths, score_xml, spelling
 from engine.score_image import result_key
 
 music21 = pytest.importorskip("music21")
@@ -183,3 +183,20 @@ def test_a_seed_files_key_signature_travels_into_the_result_file():
     read = load_seed(to_midi_bytes(keyed))
     assert read.meta["key"] == "4 minor"
     assert result_key(to_midi_bytes(read, cont), read, cont) == (4, "minor")
+
+
+def test_compound_metre_shows_its_beats_in_rests_and_tempo():
+    upbeat = Piece((Note(2.5, 0.5, 71), Note(3.0, 1.5, 64)), tempo_bpm=150.0, time_signature=(6, 8))
+    score = parse(score_xml(upbeat, Piece(()), key=(4, "minor")))
+    first = score.parts[0].getElementsByClass("Measure").first()
+    rests = [float(r.quarterLength) for r in first.recurse().getElementsByClass("Rest")]
+    assert rests == [1.5, 1.0]  # a dotted quarter rest (the first beat), then a quarter
+    mm = score.recurse().getElementsByClass("MetronomeMark").first()
+    assert mm.referent.quarterLength == 1.5 and mm.number == pytest.approx(100.0)
+    assert mm.getQuarterBPM() == pytest.approx(150.0)
+
+
+def test_note_values_are_tried_longest_first():
+    ticks = [v[0] for v in _VALUES]
+    assert ticks == sorted(ticks, reverse=True) and len(set(ticks)) == len(ticks)
+    assert [v[1:] for v in _split(18)] == [("quarter", 1, False)]  # a dotted quarter, one head
