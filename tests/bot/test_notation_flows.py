@@ -188,3 +188,28 @@ def test_a_file_and_abc_at_once_is_refused(bot_settings, jobs, dispatched):
             assert not h.fake.find("GET", rf"/cdn/attachments/{CHANNEL_ID}/.*")
 
     asyncio.run(scenario())
+
+
+def test_an_abc_seed_end_to_end_with_each_worker(bot_settings, jobs, dispatched, any_worker):
+    """With engine.pipeline's real worker too: audio, MIDI, MusicXML, score and piano roll."""
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            seed = h.payloads.attachment("jig.abc", JIG.encode())
+            h.inject(h.payloads.slash("compose", {"seed": seed, "bars": 2, "rng_seed": 3}))
+            (rid,) = await queued(jobs, dispatched)
+            status = await asyncio.to_thread(any_worker.complete, rid)
+            assert status.value == "done"
+            (result,) = await h.fake.wait_for("POST", FOLLOWUP, timeout=30)
+            assert sorted(result.filenames) == sorted(
+                [
+                    f"motif-{rid}.mid",
+                    f"motif-{rid}.musicxml",
+                    f"motif-{rid}.ogg",
+                    f"SPOILER_motif-{rid}.png",
+                    f"motif-{rid}-score.png",
+                ]
+            )
+            assert result.json["embeds"][0]["image"]["url"] == f"attachment://motif-{rid}-score.png"
+
+    asyncio.run(scenario())
