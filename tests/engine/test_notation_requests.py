@@ -73,3 +73,16 @@ def test_an_abc_seeds_continuation_keeps_the_tunes_key_and_metre(tmp_path):
     # the continuation stays in E minor (G major's notes, and D# as a leading note)
     in_key = sum(n.pitch % 12 in E_MINOR for n in cont.notes) / len(cont.notes)
     assert in_key >= 0.8, in_key
+
+
+def test_the_inline_picture_option_is_checked_and_kept_by_follow_ups(tmp_path):
+    from engine.errors import BadParams
+    from engine.records import RequestKind
+
+    with pytest.raises(BadParams, match="image must be one of"):
+        validate_options(image="banana")
+    service, _ = _service(tmp_path)
+    who = Requester(discord_id=5)
+    rid = service.compose(who, validate_options(image="pianoroll"))
+    child = service.follow_up(who, rid, RequestKind.REROLL)
+    assert service.progress(child).params["image"] == "pianoroll"
