@@ -31,12 +31,15 @@ _local = threading.local()
 
 
 def _toolkit():  # type: ignore[no-untyped-def]
-    """One verovio toolkit per thread (loading its fonts and options costs a few ms)."""
+    """One verovio toolkit per thread (a toolkit is not thread-safe; making one costs ms)."""
     tk = getattr(_local, "toolkit", None)
     if tk is None:
         import verovio
 
         verovio.enableLog(verovio.LOG_OFF)
+        # verovio's default resource path (its fonts) is per thread, and only the thread that
+        # imported it has one: a worker's other threads must set it, or nothing loads
+        verovio.setDefaultResourcePath(str(Path(verovio.__file__).resolve().parent / "data"))
         tk = verovio.toolkit()
         _local.toolkit = tk
     return tk

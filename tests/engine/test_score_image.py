@@ -83,3 +83,26 @@ def test_a_result_gets_musicxml_and_a_picture_and_survives_a_failed_picture(monk
     monkeypatch.setattr(score_image, "svg_to_png", broken)
     done = engrave_result(midi, seed, cont, title="Motif #1")
     assert done.png is None and b"<score-partwise" in done.musicxml
+
+
+def test_engraving_works_in_any_thread_after_the_first():
+    """The render stage engraves in worker threads; verovio's font path was set only for the
+    thread that imported it, so a second thread got "verovio could not read the MusicXML"."""
+    import threading
+
+    seed, cont = two_hands(2)
+    xml = score_xml(seed, cont, key=(0, "major"))
+    assert score_png(xml)[:4] == b"\x89PNG"  # the main thread first
+    results: list[object] = []
+
+    def engrave() -> None:
+        try:
+            results.append(score_png(xml))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results.append(exc)
+
+    for _ in range(2):
+        thread = threading.Thread(target=engrave)
+        thread.start()
+        thread.join(60)
+    assert all(isinstance(r, bytes) and r[:4] == b"\x89PNG" for r in results), results
