@@ -21,7 +21,7 @@ from bench import workload
 
 log = logging.getLogger("bench")
 
-PARTS = ("generation", "batch", "e2e", "render", "train", "memory", "discord")
+PARTS = ("generation", "batch", "e2e", "render", "train", "memory", "discord", "notation")
 
 
 def plan(quick: bool, threads: int, model: str | None, corpus: str | None
@@ -33,6 +33,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
         e2e_bench,
         generation_bench,
         memory_bench,
+        notation_bench,
         render_bench,
         train_bench,
     )
@@ -50,6 +51,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
                                              corpus_path=corpus),
             "memory": lambda: memory_bench.run(batch=8, bars=2, threads=threads, model_path=model),
             "discord": lambda: discord_bench.run(requests=3, threads=threads, model_path=model),
+            "notation": lambda: notation_bench.run(repeats=1, bars=(16,)),
         }  # fmt: skip
     return {
         "generation": lambda: generation_bench.run(model_path=model, corpus_path=corpus),
@@ -59,6 +61,7 @@ def plan(quick: bool, threads: int, model: str | None, corpus: str | None
         "train": lambda: train_bench.run(model_path=model, corpus_path=corpus),
         "memory": lambda: memory_bench.run(threads=threads, model_path=model),
         "discord": lambda: discord_bench.run(requests=20, threads=threads, model_path=model),
+        "notation": lambda: notation_bench.run(repeats=7),
     }
 
 
@@ -254,9 +257,30 @@ def rows_discord(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_notation(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, f in r.items():
+        if not isinstance(f, dict):
+            continue
+        sixteen = name.endswith(" 16 bars")
+        cairo = f", cairosvg's PNG {_s(f['cairo_s'])}" if "cairo_s" in f else ""
+        rows.append(
+            ("8 notation", f"score per request, {name} ({f['notes']} notes): MusicXML "
+                           f"{_s(f['xml_s'])} + verovio {_s(f['engrave_s'])} + resvg PNG "
+                           f"{_s(f['png_s'])}{cairo} ({f['png_bytes'] / 1024:.0f} KiB); beside: "
+                           f"render {_s(f['render_s'])}, OGG encode {_s(f['encode_s'])}, piano "
+                           f"roll {_s(f['pianoroll_s'])}",
+             _s(f["score_s"]), "", "", "≤ 0.2 s" if sixteen else "",
+             _met(f["score_s"] <= r["target_16_bars_s"]) if sixteen else "")
+        )  # fmt: skip
+    for note in r.get("notes", []):
+        rows.append(("8 notation", note, "", "", "", "", ""))
+    return rows
+
+
 ROWS = {"generation": rows_generation, "batch": rows_batch, "e2e": rows_e2e,
         "render": rows_render, "train": rows_train, "memory": rows_memory,
-        "discord": rows_discord}  # fmt: skip
+        "discord": rows_discord, "notation": rows_notation}  # fmt: skip
 
 
 def table(results: dict[str, Any], device: dict[str, Any], end_load: list[float],

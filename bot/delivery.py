@@ -17,7 +17,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import discord
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUEST_LIMIT_BYTES = 25 * 1024 * 1024  # Discord's cap for all files of one message
-ATTACH_ORDER = {"midi": 0, "audio": 1, "image": 2}
+ATTACH_ORDER = {"midi": 0, "musicxml": 1, "audio": 2, "image": 3, "score": 4}
+PICTURE_KINDS = {"score": "score", "pianoroll": "image"}  # inline choice -> artifact kind
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,23 @@ class Upload:
     filename: str
     data: bytes
     kind: str
+    spoiler: bool = False  # shown blurred: one click away
 
     def file(self) -> discord.File:
-        return discord.File(io.BytesIO(self.data), filename=self.filename)
+        return discord.File(io.BytesIO(self.data), filename=self.filename, spoiler=self.spoiler)
+
+
+def inline_picture(uploads: list[Upload], choice: str) -> list[Upload]:
+    """The uploads with one picture to show inline (`choice`: "score" or "pianoroll", or the
+    other when that one is missing) and every other picture behind a spoiler, one click away."""
+    kinds = {u.kind for u in uploads}
+    wanted = PICTURE_KINDS.get(choice, "score")
+    if wanted not in kinds:
+        wanted = next((k for k in PICTURE_KINDS.values() if k in kinds), wanted)
+    pictures = set(PICTURE_KINDS.values())
+    return [
+        replace(u, spoiler=True) if u.kind in pictures and u.kind != wanted else u for u in uploads
+    ]
 
 
 def fit_uploads(uploads: list[Upload], per_file: int, per_message: int = REQUEST_LIMIT_BYTES):
@@ -363,7 +378,12 @@ class Deliveries:
                 log.info("final progress edit for #%s failed: %s", p.request_id, exc)
         if p.status is RequestStatus.DONE:
             uploads, left_out = fit_uploads(await self._uploads(p), destination.upload_limit)
-            image = next((u.filename for u in uploads if u.kind == "image"), None)
+            choice = p.params.get("image") or self.bot.settings.inline_image
+            uploads = inline_picture(uploads, choice)
+            image = next(
+                (u.filename for u in uploads if u.kind in PICTURE_KINDS.values() and not u.spoiler),
+                None,
+            )
             await destination.post(
                 messages.result_content(p),
                 embed=messages.result_embed(p, image_filename=image, left_out=left_out),

@@ -107,7 +107,7 @@ def result_embed(p: Progress, *, image_filename: str | None, left_out: list[str]
     embed.add_field(name="Random seed", value=str(rng_seed) if rng_seed is not None else "random")
     embed.add_field(name="Model", value=p.model_version or "?")
     embed.add_field(name="Timings", value=_timings(p.timings))
-    notes = []
+    notes = [str(r) for r in p.notes.get("seed_remarks", [])]
     if p.notes.get("shortened"):
         notes.append("The audio was shortened to fit the upload limit; the MIDI file has it all.")
     if left_out:
@@ -229,10 +229,12 @@ def run_final_text(info: RunInfo) -> str:
 
 HELP_TEXT = """\
 **Motif continues your melody.**
-• `/compose`: attach a MIDI seed (.mid/.midi) or leave it out; pick style, bars, temperature \
-(lower is safer, higher is wilder), instrument, tempo and a random seed for repeatable results.
-• Right-click a message with a MIDI file → **Apps → Continue this MIDI**, or mention me in a \
-message with a MIDI file.
+• `/compose`: attach a seed (MIDI .mid, ABC .abc or MusicXML .musicxml/.mxl), paste ABC in \
+`abc:`, or leave it out; pick style, bars, temperature (lower is safer, higher is wilder), \
+instrument, tempo, a random seed for repeatable results, and the picture shown (score or piano roll).
+• Right-click a message with a seed file → **Apps → Continue this MIDI**, or mention me in a \
+message with a seed file or an ABC tune in a code block.
+• Each result brings the MIDI, MusicXML (opens in MuseScore), audio, the score and the piano roll.
 • Under each result: 🎲 Reroll (same settings, new take), ➕ Extend (continue the result), \
 🧊/🔥 Variation (cooler/hotter), 🤝 Share (let Motif learn from it), 👍/👎 feedback.
 • ✖️ Cancel under a request still in the queue withdraws it.

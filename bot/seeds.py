@@ -1,7 +1,8 @@
 """Seed attachments: the checks Discord's metadata allows before downloading, then the download.
 
 The bytes are read at command time because attachment URLs are signed and expire; the engine
-(`JobService.compose` → `load_seed`) then checks that they really are a usable MIDI file.
+(`JobService.compose` → `load_seed`, or `load_notation_seed` for ABC and MusicXML) then checks
+that they really are a usable seed.
 """
 
 from __future__ import annotations
@@ -13,31 +14,35 @@ import discord
 from bot.messages import quoted
 from engine.errors import BadMidi, MotifError
 from engine.midi_io import SeedLimits
+from engine.notation_seeds import NOTATION_SUFFIXES, abc_from_chat
 
 log = logging.getLogger(__name__)
 
 MIDI_SUFFIXES = (".mid", ".midi")
+SEED_SUFFIXES = MIDI_SUFFIXES + NOTATION_SUFFIXES
 SEED_LIMIT_BYTES = SeedLimits().max_bytes
+MAX_PASTED_ABC_CHARS = 6000  # Discord's longest text option; a message is shorter still
 
 
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB"
 
 
-def is_midi_name(filename: str) -> bool:
-    return filename.lower().endswith(MIDI_SUFFIXES)
+def is_seed_name(filename: str) -> bool:
+    """MIDI (.mid, .midi), ABC (.abc) or MusicXML (.musicxml, .xml, .mxl), by the name."""
+    return filename.lower().endswith(SEED_SUFFIXES)
 
 
-def find_midi_attachment(attachments: list[discord.Attachment]) -> discord.Attachment | None:
-    return next((a for a in attachments if is_midi_name(a.filename)), None)
+def find_seed_attachment(attachments: list[discord.Attachment]) -> discord.Attachment | None:
+    return next((a for a in attachments if is_seed_name(a.filename)), None)
 
 
 def check_seed_attachment(attachment: discord.Attachment, limit: int = SEED_LIMIT_BYTES) -> None:
     """Refuse by name and size before anything is downloaded (and before the reply is deferred)."""
-    if not is_midi_name(attachment.filename):
+    if not is_seed_name(attachment.filename):
         raise BadMidi(
-            f"{quoted(attachment.filename)} is not a MIDI file: attach a .mid or .midi file "
-            "(export one from your notation program or DAW)."
+            f"{quoted(attachment.filename)} is not a seed Motif can read: attach a MIDI (.mid, "
+            ".midi), ABC (.abc) or MusicXML (.musicxml, .mxl) file."
         )
     if attachment.size > limit:
         raise BadMidi(
@@ -62,3 +67,10 @@ async def read_seed(attachment: discord.Attachment, limit: int = SEED_LIMIT_BYTE
             f"the limit for a seed is {_mib(limit)}."
         )
     return data
+
+
+def pasted_abc(text: str) -> bytes:
+    """ABC text from a command option or a code block, as seed bytes (named `PASTED_NAME`)."""
+    if len(text) > MAX_PASTED_ABC_CHARS:
+        raise BadMidi(f"That ABC is too long: the limit is {MAX_PASTED_ABC_CHARS:,} characters.")
+    return abc_from_chat(text).encode("utf-8")

@@ -39,3 +39,6 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.1, 2.0
 MIN_TOP_P, MAX_TOP_P = 0.1, 1.0
 MIN_TEMPO, MAX_TEMPO = 30.0, 300.0
 MAX_RNG_SEED = 2**31 - 1
+
+# The picture a result shows inline; the other one is attached behind a spoiler (one click).
+INLINE_IMAGES: tuple[str, ...] = ("score", "pianoroll")

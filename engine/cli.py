@@ -132,8 +132,13 @@ def cmd_compose(args: argparse.Namespace) -> int:
         seed_bytes = path.read_bytes()
         seed_name = path.name
         from engine.midi_io import load_seed
+        from engine.notation_seeds import is_notation_name, load_notation_seed
 
-        load_seed(seed_bytes, name=seed_name)  # a bad file is refused before anything starts
+        # a bad file is refused before anything starts
+        if is_notation_name(seed_name):
+            load_notation_seed(seed_bytes, seed_name)
+        else:
+            load_seed(seed_bytes, name=seed_name)
     options = validate_options(
         bars=args.bars,
         style=args.style,
@@ -214,6 +219,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
             f"(generate {t.get('generate_s', 0):.2f} s, render {t.get('render_s', 0):.2f} s, "
             f"{t.get('notes', '?')} notes, model {prog.model_version}, device {prog.device})"
         )
+        for remark in prog.notes.get("seed_remarks", []):
+            print(f"  note: {remark}")
         if prog.notes.get("shortened"):
             print("  note: the audio was shortened to fit the upload cap")
         return 0
@@ -361,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fields, opts = Settings.model_fields, ComposeOptions()
     c = sub.add_parser("compose", help="continue a MIDI seed (or none) through the real queue")
-    c.add_argument("seed", nargs="?", help="a .mid/.midi file to continue; omit to start from none")
+    c.add_argument("seed", nargs="?", help="a .mid, .abc, .musicxml or .mxl file; omit for no seed")
     c.add_argument(
         "--bars", type=int, default=None,
         help=f"bars to add: 1 to MOTIF_MAX_BARS ({fields['max_bars'].default}); "

@@ -65,6 +65,7 @@ class ComposeOptions:
     instrument: int = 0  # General MIDI program
     tempo: float | None = None  # BPM override; None keeps the seed's
     rng_seed: int | None = None
+    image: str | None = None  # the picture shown inline: "score" | "pianoroll"; None: the setting
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +85,7 @@ def validate_options(
     instrument: str | int | None = None,
     tempo: float | None = None,
     rng_seed: int | None = None,
+    image: str | None = None,
     settings: Settings | None = None,
 ) -> ComposeOptions:
     """Check every option server-side (Discord does not enforce ranges) and normalise it."""
@@ -130,6 +132,8 @@ def validate_options(
         or not 0 <= rng_seed <= catalog.MAX_RNG_SEED
     ):
         raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
+    if image is not None and image not in catalog.INLINE_IMAGES:
+        raise BadParams(f"image must be one of: {', '.join(catalog.INLINE_IMAGES)}.")
     return ComposeOptions(
         bars=bars,
         style=style,
@@ -138,6 +142,7 @@ def validate_options(
         instrument=program,
         tempo=tempo,
         rng_seed=rng_seed,
+        image=image,
     )
 
 
@@ -384,13 +389,22 @@ class JobService:
     ) -> int:
         """Validate the seed, record the request and queue it. Returns the request id.
 
+        The seed is MIDI, or ABC / MusicXML when `seed_name` ends in .abc, .musicxml, .xml or
+        .mxl: those are parsed now (in a bounded child process) and kept as MIDI.
         `seed_owner`: whose music the seed is, when not the requester's ("Continue this MIDI" on
         someone's message: its author). The seed's consent is that person's to give."""
         piece = None
+        remarks: tuple[str, ...] = ()
         if seed_midi is not None:
-            from engine.midi_io import load_seed  # no torch
+            from engine.notation_seeds import is_notation_name, load_notation_seed  # no torch
 
-            piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
+            if is_notation_name(seed_name):
+                notation = load_notation_seed(seed_midi, seed_name)  # a clear MotifError
+                seed_midi, piece, remarks = notation.midi, notation.piece, notation.remarks
+            else:
+                from engine.midi_io import load_seed  # no torch
+
+                piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
         with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
             user = self._user(session, who)
             self._check_limits(session, user, who.guild_id)
@@ -408,6 +422,8 @@ class JobService:
                     consent=consent,
                 )
             rid = self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+            if remarks:  # e.g. "the ABC held 3 tunes": the result says so
+                session.get(Request, rid).notes = {"seed_remarks": list(remarks)}
         self._send(rid)
         return rid
 
@@ -442,6 +458,7 @@ class JobService:
                 instrument=options.instrument,
                 tempo=options.tempo,
                 rng_seed=rng_seed if rng_seed is not None else random.randint(0, 2**31 - 1),
+                image=options.image,
                 settings=self.settings,
             )
             user = self._user(session, who)
@@ -540,7 +557,7 @@ class JobService:
                         key=a.key,
                         size=a.size,
                         content_type=a.content_type,
-                        filename=f"motif-{req.id}{_suffix(a.key)}",
+                        filename=a.key.rsplit("/", 1)[-1],
                     )
                     for a in sorted(req.artifacts, key=lambda a: a.kind.value)
                 ],
@@ -820,11 +837,6 @@ def _unsaved_on_outage() -> Iterator[None]:
             "The database is unreachable; nothing was saved. Try again shortly.",
             detail=exc.detail,
         ) from exc
-
-
-def _suffix(key: str) -> str:
-    dot = key.rfind(".")
-    return key[dot:] if dot > key.rfind("/") else ""
 
 
 def artifact_kind_for(suffix: str) -> ArtifactKind:

@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from symusic import KeySignature, Score, Tempo, TimeSignature, Track
 from symusic import Note as SymusicNote
-from symusic import Score, Tempo, TimeSignature, Track
 
 from engine.errors import BadMidi
 from engine.music import Note, Piece
@@ -233,14 +233,44 @@ def _piece_from_score(score, limits: SeedLimits, name: str) -> Piece:
         for t, d, p, v in raw
     )
     program = max(pitched, key=lambda t: len(t.notes)).program
+    meta = {"source_notes": str(len(raw)), "tracks": str(len(pitched))}
+    key = _key_signature(score)
+    if key is not None:
+        meta["key"] = f"{key[0]} {key[1]}"
     return Piece(
         notes=notes,
         tempo_bpm=float(tempo_bpm),
         time_signature=time_signature,
         program=min(127, max(0, int(program))),
         name=name,
-        meta={"source_notes": str(len(raw)), "tracks": str(len(pitched))},
+        meta=meta,
     )
+
+
+def _key_signature(score) -> tuple[int, str] | None:
+    """The first key signature as (tonic pitch class, "major" | "minor"), if the file has one."""
+    for ks in sorted(score.key_signatures, key=lambda k: k.time):
+        if -7 <= int(ks.key) <= 7 and int(ks.tonality) in (0, 1):
+            major_tonic = 7 * int(ks.key) % 12
+            return ((major_tonic + 9) % 12, "minor") if ks.tonality else (major_tonic, "major")
+        break
+    return None
+
+
+def declared_key(data: bytes) -> tuple[int, str] | None:
+    """The first key signature of a (trusted, already checked) MIDI file, if it has one."""
+    try:
+        return _key_signature(Score.from_midi(bytes(data)))
+    except Exception:  # noqa: BLE001 - no readable key signature: the caller estimates one
+        return None
+
+
+def key_of_meta(piece: Piece) -> tuple[int, str] | None:
+    """The key a piece's meta declares (from a key signature in its file), if any."""
+    tonic, _, mode = piece.meta.get("key", "").partition(" ")
+    if tonic.isdigit() and int(tonic) < 12 and mode in ("major", "minor"):
+        return int(tonic), mode
+    return None
 
 
 def _ticks_to_seconds(tick: int, tpq: int, tempos) -> float:
@@ -327,4 +357,9 @@ def to_midi_bytes(piece: Piece | None, continuation: Piece | None = None) -> byt
     score.tempos.append(Tempo(0, float(piece.tempo_bpm)))
     num, den = piece.time_signature
     score.time_signatures.append(TimeSignature(0, int(num), int(den)))
+    key = key_of_meta(piece)
+    if key is not None:  # the seed's declared key travels with the result (the score uses it)
+        from engine.musicxml import key_fifths
+
+        score.key_signatures.append(KeySignature(0, key_fifths(*key), int(key[1] == "minor")))
     return bytes(score.dumps_midi())

@@ -45,6 +45,7 @@ from engine.worker_life import process_alive
 log = logging.getLogger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+MUSICXML_MIME = "application/vnd.recordare.musicxml+xml"
 
 
 def worker_name() -> str:
@@ -392,6 +393,7 @@ def render_request(request_id: int, settings: Settings) -> bool:
     from engine.audio import render_audio
     from engine.catalog import PROGRAM_NAMES
     from engine.pianoroll import piano_roll_png
+    from engine.score_image import engrave_result
 
     with session_scope(settings.sqlalchemy_url) as session:
         req = session.get(Request, request_id)
@@ -418,19 +420,35 @@ def render_request(request_id: int, settings: Settings) -> bool:
             f"{PROGRAM_NAMES.get(options.instrument, options.instrument)} · model {version}"
         )
         png = piano_roll_png(seed, cont, title=title)
+        engraving_started = time.perf_counter()
+        score = engrave_result(midi, seed, cont, title=f"Motif #{request_id}")
+        engrave_s = time.perf_counter() - engraving_started
     elapsed = time.perf_counter() - started
     audio_key = f"requests/{request_id}/motif-{request_id}.{audio.fmt}"
     image_key = f"requests/{request_id}/motif-{request_id}.png"
     store.put(audio_key, audio.data)
     store.put(image_key, png)
+    xml_key = f"requests/{request_id}/motif-{request_id}.musicxml"
+    score_key = f"requests/{request_id}/motif-{request_id}-score.png"
+    store.put(xml_key, score.musicxml)
+    if score.png is not None:
+        store.put(score_key, score.png)
     with session_scope(settings.sqlalchemy_url) as session:
         req = session.get(Request, request_id)
         if req is None or req.status is not RequestStatus.RENDERING:
             return False
         _upsert_artifact(session, request_id, ArtifactKind.AUDIO, audio_key, audio.data, audio.mime)
         _upsert_artifact(session, request_id, ArtifactKind.IMAGE, image_key, png, "image/png")
+        _upsert_artifact(
+            session, request_id, ArtifactKind.MUSICXML, xml_key, score.musicxml, MUSICXML_MIME
+        )
+        if score.png is not None:
+            _upsert_artifact(
+                session, request_id, ArtifactKind.SCORE, score_key, score.png, "image/png"
+            )
         timings = dict(req.timings or {})
         timings["render_s"] = round(elapsed, 3)
+        timings["engrave_s"] = round(engrave_s, 3)
         timings["audio_s"] = round(audio.seconds, 2)
         req.timings = timings
         notes = dict(req.notes or {})

@@ -87,7 +87,9 @@ class TuneSource(enum.StrEnum):
 class ArtifactKind(enum.StrEnum):
     MIDI = "midi"
     AUDIO = "audio"
-    IMAGE = "image"
+    IMAGE = "image"  # the piano roll
+    SCORE = "score"  # the engraved score (PNG)
+    MUSICXML = "musicxml"
 
 
 class ModelStatus(enum.StrEnum):

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     upload_cap_mib: float = Field(default=10.0, gt=0)
     max_audio_s: float = Field(default=300.0, gt=0)
     sample_rate: int = 44100
+    inline_image: Literal["score", "pianoroll"] = "score"  # /compose's `image` option overrides
 
     # --- queue and reliability ---------------------------------------------------------------
     queue_cap: int = Field(default=500, ge=1)

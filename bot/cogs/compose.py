@@ -1,4 +1,7 @@
-"""`/compose`, the "Continue this MIDI" context menu and "@Motif + a MIDI file" messages."""
+"""`/compose`, the "Continue this MIDI" context menu and "@Motif + a seed" messages.
+
+A seed is a MIDI, ABC or MusicXML file, or ABC text (`/compose abc:`, or a code block).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ from discord.ext import commands
 from bot.delivery import MessageDestination
 from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
-from bot.seeds import check_seed_attachment, find_midi_attachment, read_seed
+from bot.seeds import check_seed_attachment, find_seed_attachment, pasted_abc, read_seed
 from engine import catalog
-from engine.errors import BadMidi, MotifError, RateLimited
+from engine.errors import BadMidi, BadParams, MotifError, RateLimited
 from engine.jobs import ComposeOptions, Requester, validate_options
+from engine.notation_seeds import PASTED_NAME, abc_in_code_block
 
 if TYPE_CHECKING:
     from bot.client import MotifBot
@@ -27,6 +31,10 @@ log = logging.getLogger(__name__)
 
 STYLE_CHOICES = [app_commands.Choice(name=s, value=s) for s in catalog.STYLES]
 INSTRUMENT_CHOICES = [app_commands.Choice(name=n, value=n) for n in list(catalog.INSTRUMENTS)[:25]]
+IMAGE_CHOICES = [
+    app_commands.Choice(name="score (notation)", value="score"),
+    app_commands.Choice(name="piano roll", value="pianoroll"),
+]
 
 # Discord shows these ranges in the client but does not enforce them: validate_options does.
 Bars = app_commands.Range[int, 1, 256]
@@ -69,12 +77,15 @@ class Compose(commands.Cog):
         attachment: discord.Attachment | None,
         origin: str,
         seed_owner: Requester | None = None,
+        abc: str | None = None,
     ) -> int:
+        seed, seed_name = None, ""
         if attachment is not None:
             check_seed_attachment(attachment)  # before deferring: the refusal stays ephemeral
+        elif abc:
+            seed, seed_name = pasted_abc(abc), PASTED_NAME
         await interaction.response.defer(thinking=True)
         who = requester_from_interaction(interaction, origin)
-        seed, seed_name = None, ""
         if attachment is not None:
             await asyncio.to_thread(self.bot.jobs.precheck, who)  # refused: nothing downloaded
             seed, seed_name = await read_seed(attachment), attachment.filename
@@ -92,15 +103,17 @@ class Compose(commands.Cog):
 
     @app_commands.command(name="compose")
     @app_commands.describe(
-        seed="A MIDI file (.mid/.midi) to continue; leave it out to start from scratch",
+        seed="A MIDI, ABC or MusicXML file to continue; leave it out to start from scratch",
+        abc="Or an ABC tune to continue, pasted here (X:, M:, L:, K: then the notes)",
         style="The style to lean towards",
         bars="How many bars to add",
         temperature="Lower is safer and more repetitive, higher is wilder (0.1 to 2)",
         instrument="The instrument of the audio preview",
         tempo="Tempo in BPM (default: the seed's)",
         rng_seed="A number that makes the result repeatable",
+        image="The picture shown with the result (the other is one click away)",
     )
-    @app_commands.choices(style=STYLE_CHOICES, instrument=INSTRUMENT_CHOICES)
+    @app_commands.choices(style=STYLE_CHOICES, instrument=INSTRUMENT_CHOICES, image=IMAGE_CHOICES)
     async def compose(
         self,
         interaction: discord.Interaction,
@@ -111,8 +124,13 @@ class Compose(commands.Cog):
         instrument: str | None = None,
         tempo: Tempo | None = None,
         rng_seed: RngSeed | None = None,
+        abc: str | None = None,
+        image: str | None = None,
     ) -> None:
-        """Continue a melody with Motif's model: attach a MIDI seed or start from scratch."""
+        """Continue a melody with Motif's model: attach a MIDI, ABC or MusicXML seed, paste ABC,
+        or start from scratch."""
+        if seed is not None and abc:
+            raise BadParams("give one seed: a file or ABC text, not both.")
         options = validate_options(
             bars=bars,
             style=style,
@@ -120,47 +138,56 @@ class Compose(commands.Cog):
             instrument=instrument,
             tempo=tempo,
             rng_seed=rng_seed,
+            image=image,
             settings=self.bot.settings,
         )
-        await self.start(interaction, options, seed, "slash")
+        await self.start(interaction, options, seed, "slash", abc=abc)
 
     async def continue_this_midi(
         self, interaction: discord.Interaction, message: discord.Message
     ) -> None:
-        attachment = find_midi_attachment(message.attachments)
-        if attachment is None:
+        attachment = find_seed_attachment(message.attachments)
+        abc = abc_in_code_block(message.content or "") if attachment is None else None
+        if attachment is None and abc is None:
             if message.attachments:
                 check_seed_attachment(message.attachments[0])  # says why it is not usable
-            raise BadMidi("That message has no MIDI attachment (.mid or .midi) to continue.")
+            raise BadMidi(
+                "That message has no MIDI, ABC or MusicXML file (nor an ABC code block) to continue."
+            )
         options = validate_options(settings=self.bot.settings)
         # The seed is the message author's music: its consent is theirs, not the presser's.
         owner = Requester() if message.author.bot else requester_from_message(message)
-        await self.start(interaction, options, attachment, "menu", owner)
+        await self.start(interaction, options, attachment, "menu", owner, abc=abc)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        """A message that mentions the bot (or a DM) with a MIDI file is a request with defaults."""
+        """A message that mentions the bot (or a DM) with a seed file or an ABC code block is a
+        request with defaults."""
         me = self.bot.user
         addressed = me is not None and (me in message.mentions or message.guild is None)
         if message.author.bot or not addressed:
             return
-        attachment = find_midi_attachment(message.attachments)
-        if attachment is None and not message.attachments:
+        attachment = find_seed_attachment(message.attachments)
+        abc = abc_in_code_block(message.content or "") if attachment is None else None
+        if attachment is None and abc is None and not message.attachments:
             return  # a plain mention (or a prefix command such as `sync`)
         # One user's mentions are handled one at a time, limits first: a flood of them costs
         # one download per accepted request and one answer per refusal window.
         lock = self._mention_locks.setdefault(message.author.id, asyncio.Lock())
         try:
             async with lock:
-                if attachment is None:
+                if attachment is None and abc is None:
                     check_seed_attachment(message.attachments[0])
                     return
                 who = requester_from_message(message)
                 await asyncio.to_thread(self.bot.jobs.precheck, who)
-                data = await read_seed(attachment)
+                if attachment is not None:
+                    data, name = await read_seed(attachment), attachment.filename
+                else:
+                    data, name = pasted_abc(abc or ""), PASTED_NAME
                 options = validate_options(settings=self.bot.settings)
                 request_id = await asyncio.to_thread(
-                    self.bot.jobs.compose, who, options, data, attachment.filename
+                    self.bot.jobs.compose, who, options, data, name
                 )
         except MotifError as exc:
             if self._answered_recently(message.author.id, exc):

@@ -154,3 +154,15 @@ def test_discord_round_trip_is_split_into_its_stages(tiny_model_path):
         assert s["generation_s"] > 0 and s["rendering_s"] > 0 and s["polling_s"] >= -0.05
     assert all(len(row) == 7 for row in rows_discord(r))
     assert "| sqlite, polled every 0.2 s |" in discord_bench.markdown(r)
+
+
+def test_notation_bench():
+    from bench import notation_bench
+
+    r = notation_bench.run(repeats=1, bars=(4,))
+    for name in ("melody 4 bars", "two hands 4 bars"):
+        f = r[name]
+        for key in ("xml_s", "engrave_s", "png_s", "score_s", "render_s", "encode_s"):
+            assert positive(f[key]), (name, key)
+        assert f["score_s"] >= f["engrave_s"] and f["png_bytes"] > 1000
+    assert r["target_16_bars_s"] == 0.2

@@ -134,6 +134,12 @@ class SimulatedWorker:
                 "audio/ogg",
             ),
             ArtifactKind.IMAGE: (f"motif-{request_id}.png", png_bytes(), "image/png"),
+            ArtifactKind.SCORE: (f"motif-{request_id}-score.png", png_bytes(), "image/png"),
+            ArtifactKind.MUSICXML: (
+                f"motif-{request_id}.musicxml",
+                b'<?xml version="1.0"?><score-partwise version="4.0"/>',
+                "application/vnd.recordare.musicxml+xml",
+            ),
         }
         with session_scope(self.settings.sqlalchemy_url) as s:
             req = s.get(Request, request_id)
@@ -153,7 +159,7 @@ class SimulatedWorker:
             req.status = RequestStatus.DONE
             req.model_version = req.model_version or self.model_version
             req.timings = {"queue_wait_s": 0.1, "generate_s": 0.25, "render_s": 0.2}
-            req.notes = {"shortened": True} if shortened else {}
+            req.notes = {**(req.notes or {}), **({"shortened": True} if shortened else {})}
             req.finished_at = utcnow()
 
     def fail(self, request_id: int, message: str) -> None:

@@ -65,7 +65,7 @@ def test_compose_without_a_seed_starts_from_scratch(bot_settings, jobs, dispatch
 @pytest.mark.parametrize(
     "filename, size, expected",
     [
-        ("song.mp3", 1000, "not a MIDI file"),
+        ("song.mp3", 1000, "not a seed Motif can read"),
         ("huge.mid", 5 * 1024 * 1024, "the limit for a seed is 1 MiB"),
     ],
 )
@@ -165,7 +165,8 @@ def test_context_menu_on_a_message_without_midi_explains(bot_settings, jobs):
         it = mock_interaction(bot)
         message = discord.Object(1)
         message.attachments = []  # type: ignore[attr-defined]
-        with pytest.raises(BadMidi, match="no MIDI attachment"):
+        message.content = "no seed here"  # type: ignore[attr-defined]
+        with pytest.raises(BadMidi, match="no MIDI, ABC or MusicXML file"):
             await cog.continue_this_midi(it, message)  # type: ignore[arg-type]
 
     asyncio.run(scenario())

@@ -65,13 +65,19 @@ def test_compose_with_an_attachment_defers_edits_progress_and_follows_up_with_fi
             assert "generating" in texts[1] and "rendering" in texts[2] and "ready" in texts[-1]
             gaps = [b.at - a.at for a, b in zip(edits, edits[1:], strict=False)]
             assert min(gaps) >= bot_settings.progress_edit_interval_s - 0.05  # coalesced
-            assert result.filenames == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
+            assert result.filenames == [
+                f"motif-{rid}.mid",
+                f"motif-{rid}.musicxml",
+                f"motif-{rid}.ogg",
+                f"SPOILER_motif-{rid}.png",  # the piano roll, one click away
+                f"motif-{rid}-score.png",
+            ]
             (embed,) = result.json["embeds"]
             fields = {f["name"]: f["value"] for f in embed["fields"]}
             assert fields["Bars"] == "4" and fields["Style"] == "folk"
             assert fields["Model"] == worker.model_version and "shortened" in fields["Note"]
             assert "ode.mid" in embed["description"]
-            assert embed["image"]["url"] == f"attachment://motif-{rid}.png"
+            assert embed["image"]["url"] == f"attachment://motif-{rid}-score.png"
             assert f"motif:reroll:{rid}" in custom_ids(result.json)
             assert not result.json.get("flags")
             await until(lambda: not jobs.undelivered())
@@ -94,7 +100,7 @@ def test_compose_end_to_end_with_each_worker(bot_settings, jobs, dispatched, any
             assert status is RequestStatus.DONE
             (result,) = await h.fake.wait_for("POST", FOLLOWUP, timeout=30)
             kinds = sorted(name.rsplit(".", 1)[1] for name in result.filenames)
-            assert kinds[0] == "mid" and "png" in kinds and len(kinds) == 3
+            assert kinds == ["mid", "musicxml", "ogg", "png", "png"]
 
     asyncio.run(scenario())
 
@@ -172,7 +178,7 @@ def test_share_asks_for_consent_then_shares(bot_settings, jobs, dispatched, work
     "filename, data, size, expected",
     [
         ("notes.mid", b"this is not midi at all, just text", None, "not a valid MIDI file"),
-        ("song.mp3", b"ID3\x03\x00", None, "not a MIDI file"),
+        ("song.mp3", b"ID3\x03\x00", None, "not a seed Motif can read"),
         ("huge.mid", b"", 3 * 1024 * 1024, "too large"),
     ],
 )
@@ -211,7 +217,7 @@ def test_a_result_after_the_token_expires_goes_to_the_channel_with_a_mention(
             (post,) = await h.fake.wait_for("POST", CHANNEL_POST)
             assert post.json["content"].startswith("<@77>")
             assert [str(u) for u in post.json["allowed_mentions"]["users"]] == ["77"]
-            assert len(post.filenames) == 3
+            assert len(post.filenames) == 5
             assert not h.fake.find("POST", FOLLOWUP)
             await until(lambda: not jobs.undelivered())
 
@@ -241,7 +247,7 @@ def test_results_pending_at_a_restart_are_delivered_when_the_bot_is_back(
             await h.start()
             posts = await h.fake.wait_for("POST", CHANNEL_POST, count=2)
             by_user = {p.json["content"].split()[0]: p for p in posts}
-            assert len(by_user["<@55>"].filenames) == 3
+            assert len(by_user["<@55>"].filenames) == 5
             assert "could not continue" in by_user["<@56>"].json["content"]
             await until(lambda: not jobs.undelivered())
 
@@ -308,7 +314,7 @@ def test_mentioning_the_bot_with_a_midi_file_composes(bot_settings, jobs, dispat
             await queued(jobs, dispatched)
             worker.complete(dispatched[0])
             posts = await h.fake.wait_for("POST", CHANNEL_POST, count=2)
-            assert len(posts[1].filenames) == 3
+            assert len(posts[1].filenames) == 5
             assert str(posts[1].json["message_reference"]["message_id"]) == msg["id"]
             assert h.fake.find("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+")  # progress
 

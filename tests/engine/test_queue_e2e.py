@@ -27,16 +27,20 @@ def check_artifacts(service: JobService, rid: int) -> None:
     prog = service.progress(rid)
     assert prog.status is RequestStatus.DONE, prog.error_user
     kinds = {a.kind: a for a in prog.artifacts}
-    assert set(kinds) == {"midi", "audio", "image"}
+    assert set(kinds) == {"midi", "audio", "image", "score", "musicxml"}
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.artifact_bytes(kinds["midi"])))
     assert sum(len(i.notes) for i in midi.instruments) > 0
     data, rate = soundfile.read(io.BytesIO(service.artifact_bytes(kinds["audio"])))
     assert rate > 0 and len(data) > rate  # at least a second of sound
     assert service.artifact_bytes(kinds["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert service.artifact_bytes(kinds["score"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert kinds["score"].filename == f"motif-{rid}-score.png"
+    xml = service.artifact_bytes(kinds["musicxml"])
+    assert b"<score-partwise" in xml and kinds["musicxml"].filename == f"motif-{rid}.musicxml"
     assert prog.model_version == "tiny-test" or prog.model_version.startswith("default-")
     assert prog.timings["generate_s"] > 0 and prog.timings["render_s"] > 0
     with session_scope(service.url) as s:
-        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 3
+        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 5
 
 
 def _compose(service: JobService, seed: bool = True, **options) -> int:
@@ -123,10 +127,12 @@ def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(
     files = sorted(
         p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
     )
-    assert files == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
+    assert files == sorted(
+        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+    )
 
 
-def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
+def test_motif_compose_cli_writes_midi_audio_pictures_and_musicxml(tmp_path, tiny_model_path):
     settings = make_settings(tmp_path, default_model_path=tiny_model_path)
     out = tmp_path / "result"
     seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
@@ -158,7 +164,9 @@ def test_motif_compose_cli_writes_the_three_files(tmp_path, tiny_model_path):
     assert "done in" in proc.stdout
     # nothing from the libraries' chatter: alembic's dialect lines, kombu's missing host name
     assert "alembic" not in proc.stderr and "kombu" not in proc.stderr, proc.stderr
-    assert sorted(p.suffix for p in out.iterdir()) == [".mid", ".ogg", ".png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"motif-1{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+    )
     # the CLI's own worker left before the CLI returned: a next `motif compose` starts its own
     assert live_workers(settings) == []
 
@@ -263,3 +271,64 @@ def test_motif_cancel_withdraws_a_queued_cli_request_and_no_worker_runs_it(
     again = motif("cancel", "1")
     _, err = again.communicate(timeout=60)
     assert again.returncode == 1 and "cannot be cancelled now" in err
+
+
+@pytest.mark.parametrize("suffix", [".abc", ".musicxml"])
+def test_motif_compose_cli_takes_abc_and_musicxml_seeds(tmp_path, tiny_model_path, suffix):
+    from engine.midi_io import load_seed
+    from engine.music import Note, Piece
+    from engine.musicxml import score_xml
+    from tests.engine.test_notation_seeds import TWO_TUNES
+
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path)
+    if suffix == ".abc":
+        data, metre = TWO_TUNES, (6, 8)
+    else:
+        waltz = Piece(tuple(Note(float(i), 1.0, 64 + i % 5) for i in range(12)), 90.0, (3, 4))
+        data, metre = score_xml(waltz, Piece(()), key=(9, "minor")).encode(), (3, 4)
+    tune = tmp_path / f"tune{suffix}"
+    tune.write_bytes(data)
+    out = tmp_path / "result"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "compose",
+            str(tune),
+            "--bars",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"(tune{suffix}, 2 bars)" in proc.stdout
+    if suffix == ".abc":
+        assert "note: The ABC held 2 tunes; Motif continued the first one." in proc.stdout
+    assert (out / "motif-1.musicxml").exists() and (out / "motif-1-score.png").exists()
+    result = load_seed((out / "motif-1.mid").read_bytes())
+    assert result.time_signature == metre  # the seed's metre carried through
+
+
+def test_motif_compose_cli_refuses_hostile_xml_before_starting_anything(tmp_path):
+    from tests.engine.test_notation_seeds import BILLION_LAUGHS
+
+    settings = make_settings(tmp_path)
+    tune = tmp_path / "bomb.musicxml"
+    tune.write_bytes(BILLION_LAUGHS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "compose", str(tune)],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "declares XML entities" in proc.stderr
+    assert not (settings.data_dir / "motif.db").exists()

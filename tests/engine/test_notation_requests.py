@@ -1,0 +1,88 @@
+"""An ABC or MusicXML seed through a whole request: stored as MIDI, continued by the shipped
+model, and handed back as MusicXML that keeps the tune's key and metre."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from engine import db
+from engine.db import session_scope
+from engine.jobs import JobService, Requester, validate_options
+from engine.midi_io import load_seed
+from engine.notation_seeds import UnsafeXml
+from engine.pipeline import process_request, split_result
+from engine.records import Request, RequestStatus, Tune
+from tests.conftest import make_settings
+from tests.engine.test_notation_seeds import BILLION_LAUGHS, JIG, TWO_TUNES
+
+music21 = pytest.importorskip("music21")
+pytestmark = pytest.mark.slow
+E_MINOR = frozenset({4, 6, 7, 9, 11, 0, 2, 3})
+
+
+def _service(tmp_path) -> tuple[JobService, list[int]]:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path)
+    db.upgrade(settings.sqlalchemy_url)
+    sent: list[int] = []
+    return JobService(settings, dispatch=sent.append), sent
+
+
+def test_an_abc_seed_is_stored_as_midi_and_the_first_of_many_tunes_is_said(tmp_path):
+    service, sent = _service(tmp_path)
+    rid = service.compose(Requester(discord_id=5), validate_options(bars=4), TWO_TUNES, "book.abc")
+    assert sent == [rid]
+    with session_scope(service.url) as s:
+        req = s.get(Request, rid)
+        tune = s.get(Tune, req.seed_tune_id)
+        assert req.notes["seed_remarks"] == ["The ABC held 2 tunes; Motif continued the first one."]
+        assert tune.midi_key.endswith(".mid") and tune.name == "book.abc"
+        midi = service.store.get(tune.midi_key)
+    piece = load_seed(midi)
+    assert piece.time_signature == (6, 8) and piece.meta["key"] == "4 minor"
+    assert len(piece.notes) == 41
+
+
+def test_hostile_xml_writes_nothing(tmp_path):
+    service, sent = _service(tmp_path)
+    with pytest.raises(UnsafeXml):
+        service.compose(Requester(discord_id=5), validate_options(), BILLION_LAUGHS, "x.musicxml")
+    with session_scope(service.url) as s:
+        assert (
+            s.scalars(select(Request)).first() is None and s.scalars(select(Tune)).first() is None
+        )
+    assert sent == []
+
+
+def test_an_abc_seeds_continuation_keeps_the_tunes_key_and_metre(tmp_path):
+    service, _ = _service(tmp_path)
+    rid = service.compose(
+        Requester(discord_id=5), validate_options(bars=8, rng_seed=3), JIG, "jig.abc"
+    )
+    assert process_request(rid, service.settings) is RequestStatus.DONE
+    prog = service.progress(rid)
+    kinds = {a.kind: a for a in prog.artifacts}
+    score = music21.converter.parse(service.artifact_bytes(kinds["musicxml"]), format="musicxml")
+    key = score.recurse().getElementsByClass("KeySignature").first()
+    meter = score.recurse().getElementsByClass("TimeSignature").first()
+    assert key.sharps == 1 and (meter.numerator, meter.denominator) == (6, 8)  # E minor, 6/8
+    result = load_seed(service.artifact_bytes(kinds["midi"]))
+    assert result.meta["key"] == "4 minor" and result.time_signature == (6, 8)
+    seed, cont = split_result(service.artifact_bytes(kinds["midi"]))
+    assert seed is not None and len(seed.notes) == 41 and len(cont.notes) > 20
+    # the continuation stays in E minor (G major's notes, and D# as a leading note)
+    in_key = sum(n.pitch % 12 in E_MINOR for n in cont.notes) / len(cont.notes)
+    assert in_key >= 0.8, in_key
+
+
+def test_the_inline_picture_option_is_checked_and_kept_by_follow_ups(tmp_path):
+    from engine.errors import BadParams
+    from engine.records import RequestKind
+
+    with pytest.raises(BadParams, match="image must be one of"):
+        validate_options(image="banana")
+    service, _ = _service(tmp_path)
+    who = Requester(discord_id=5)
+    rid = service.compose(who, validate_options(image="pianoroll"))
+    child = service.follow_up(who, rid, RequestKind.REROLL)
+    assert service.progress(child).params["image"] == "pianoroll"
