@@ -45,7 +45,7 @@ def test_a_finished_request_is_posted_at_the_wake_up_not_the_next_poll(redis_set
             t0 = time.monotonic()
             await asyncio.to_thread(publish_request_changed, redis_settings, [rid])
             (result,) = await h.fake.wait_for("POST", FOLLOWUP, timeout=8)
-            assert time.monotonic() - t0 < 8 and len(result.filenames) == 3
+            assert time.monotonic() - t0 < 8 and len(result.filenames) == 5
 
     asyncio.run(scenario())
 

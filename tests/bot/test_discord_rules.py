@@ -168,13 +168,16 @@ def test_user_text_is_escaped_and_no_one_is_pinged_unless_meant(bot_settings, jo
             )
             (reply,) = await h.fake.wait_for("POST", CHANNEL_POST)
             text = reply.json["content"]
-            assert "is not a MIDI file" in text and text.count("`") == 2  # one intact code span
+            assert (
+                "is not a seed Motif can read" in text and text.count("`") == 2
+            )  # one intact code span
             assert h.fake.pinged() == []
             long_name = "x" * 3000 + ".txt"  # echoed, it would break the 2,000-character limit
             h.inject(h.payloads.slash("compose", {"seed": h.payloads.attachment(long_name, b"")}))
             (callback,) = await h.fake.wait_for("POST", CALLBACK)
             assert (
-                callback.status == 200 and "is not a MIDI file" in callback.json["data"]["content"]
+                callback.status == 200
+                and "is not a seed Motif can read" in callback.json["data"]["content"]
             )
             # a result after the token's life goes to the channel and pings the requester only
             h.inject(h.payloads.slash("compose", user_id=77))
@@ -387,7 +390,7 @@ def test_results_fit_the_channels_upload_limit(bot_settings, jobs, dispatched, w
             worker.rendering(rid)
             worker.finish(rid, audio_size=100_000)  # over this guild's 64 KiB
             second = (await h.fake.wait_for("POST", FOLLOWUP, count=2))[-1]
-            assert first.status == 200 and len(first.filenames) == 3
+            assert first.status == 200 and len(first.filenames) == 5
             assert second.status == 200 and not any(f.endswith(".ogg") for f in second.filenames)
             return second.json
 
@@ -478,7 +481,7 @@ def test_a_token_that_dies_before_the_bot_expects_falls_back_to_the_channel(
             await asyncio.sleep(1.2)
             worker.complete(rid)
             (post,) = await h.fake.wait_for("POST", CHANNEL_POST)
-            assert post.status == 200 and len(post.filenames) == 3
+            assert post.status == 200 and len(post.filenames) == 5
             assert [c.status for c in h.fake.find("POST", FOLLOWUP)] == [401]
             assert h.fake.pinged() == ["user:77"]
             await until(lambda: not jobs.undelivered())
