@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -151,6 +151,26 @@ def _check(req: GenerationRequest) -> None:
         raise BadParams(f"program must be a General MIDI program 0..127, not {req.program}")
 
 
+SAFETY_NETS = ("grammar", "repetition guard", "key bias")
+
+
+@dataclass
+class SafetyNetCounts:
+    """How often each safety net changes a generated note, summed over the calls that were
+    given this object. Per note, a net's share is the total variation distance between the
+    model's tempered distribution with the net and without it (the other nets on): the least
+    share of notes that must differ between the two, however the draws are paired. Grammar: the
+    shift mask, the pitch range and no doubled chord note (either field); repetition guard:
+    MAX_REPEATS and the distinct-pitch window; key bias: the out-of-scale penalty and tonal
+    gravity."""
+
+    notes: int = 0
+    changed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAFETY_NETS, 0.0))
+
+    def rates(self) -> dict[str, float]:
+        return {k: v / self.notes if self.notes else float("nan") for k, v in self.changed.items()}
+
+
 @dataclass
 class _Row:
     """One request, planned for decoding: its settings and grammar, in ticks of the seed's
@@ -277,6 +297,12 @@ class _Sampling:
         self.last_rank = [r[rows] for r in self.last_rank]
         self.pitch_bias = self.pitch_bias[rows]
         self.drawn = self.drawn[:, :, rows]
+
+
+def _changed_share(without: torch.Tensor, with_net: torch.Tensor) -> torch.Tensor:
+    """(B, 1) total variation distance between the softmaxes of two (B, n) logit rows."""
+    diff = without.softmax(dim=-1) - with_net.softmax(dim=-1)
+    return 0.5 * diff.abs().sum(dim=-1, keepdim=True)
 
 
 def _sample(
@@ -524,13 +550,18 @@ def _encode(
 
 @torch.no_grad()
 def continue_batch(
-    lm: LoadedModel, requests: list[GenerationRequest], *, check_every: int | None = None
+    lm: LoadedModel,
+    requests: list[GenerationRequest],
+    *,
+    check_every: int | None = None,
+    nets: SafetyNetCounts | None = None,
 ) -> list[Piece]:
     """Decode all requests together; each row's result equals decoding it alone.
 
     Everything per note stays on the model's device; the host only learns, once per step (every
     CHECK_EVERY steps on a GPU), how many rows are done, to stop or to drop them. `check_every`
-    overrides that cadence (the tests run the GPU's on the CPU); the notes do not depend on it."""
+    overrides that cadence (the tests run the GPU's on the CPU); the notes do not depend on it.
+    `nets`: count how often each safety net changed a note (costs a few more samples a step)."""
     if check_every is not None and check_every < 1:
         raise ValueError(f"check_every must be at least 1, not {check_every}")
     for req in requests:
@@ -563,6 +594,7 @@ def continue_batch(
     made: list[torch.Tensor] = []  # this segment's (B', 7) events, one per step
     done: list[torch.Tensor] = []  # this segment's (B', 1) done flags, one per step
     events: torch.Tensor | None = None
+    counted = torch.zeros(1 + len(SAFETY_NETS), dtype=torch.float64, device=device)
     t = 0
     while True:
         u = sampling.uniforms(t)  # (4, B', 1)
@@ -570,17 +602,37 @@ def continue_batch(
         x = decoder.step(events)  # (B', 4H)
 
         # SHIFT (and the bar position it lands on); EOS or passing the end finishes a row
-        scaled = torch.addcmul(grammar.shift_mask(t), decoder.logits(SHIFT, x), inv_temp)
+        shift_logits = decoder.logits(SHIFT, x)
+        scaled = torch.addcmul(grammar.shift_mask(t), shift_logits, inv_temp)
         shift = _sample(scaled, last_rank[SHIFT], top_p, u[SHIFT])  # (B', 1)
+        if nets is not None:  # the grammar's change to the shift distribution
+            shift_tv = _changed_share(shift_logits * inv_temp, scaled)
         position = grammar.place(t, shift) + offsets[POSITION]
         if t == 0:
             first_tick = grammar.first_tick
         x = decoder.choose(SHIFT, x, torch.cat([shift, position], dim=1))
 
         # PITCH: range, repetition guards, key bias
-        scaled = torch.addcmul(sampling.pitch_bias, decoder.logits(PITCH, x), inv_temp)
-        scaled = scaled.masked_fill_(grammar.pitch_forbidden(t), float("-inf"))
+        pitch_logits = decoder.logits(PITCH, x)
+        scaled = torch.addcmul(sampling.pitch_bias, pitch_logits, inv_temp)
+        forbidden = grammar.pitch_forbidden(t)
+        if nets is not None:
+            biased = scaled.clone()
+        scaled = scaled.masked_fill_(forbidden, float("-inf"))
         pitch = _sample(scaled, last_rank[PITCH], top_p, u[PITCH])
+        if nets is not None:
+            hard = grammar.outside | grammar.chord_kept  # the grammar's part of `forbidden`
+            inf = float("-inf")
+            pitch_tv = _changed_share(biased.masked_fill(forbidden & ~hard, inf), scaled)
+            changed = [
+                1 - (1 - shift_tv) * (1 - pitch_tv),  # grammar: shift or pitch
+                _changed_share(biased.masked_fill(hard, inf), scaled),  # repetition guard
+                _changed_share((pitch_logits * inv_temp).masked_fill(forbidden, inf), scaled),
+            ]
+            alive = ~grammar.done  # (B', 1)
+            counted += torch.cat(
+                [alive.sum(0)] + [torch.where(alive, c, 0.0).sum(0) for c in changed]
+            )
         grammar.add_pitch(t, pitch)
         x = decoder.choose(PITCH, x, pitch)
 
@@ -615,6 +667,11 @@ def continue_batch(
             sampling.select(keep, kept)
             events = events[keep]
     segments.append((live, made, done))
+    if nets is not None:
+        total, *changed_by = counted.tolist()
+        nets.notes += round(total)
+        for name, value in zip(SAFETY_NETS, changed_by, strict=True):
+            nets.changed[name] += value
 
     notes: list[list[np.ndarray]] = [[] for _ in rows]
     for members, seg_made, seg_done in segments:
@@ -644,9 +701,11 @@ def continue_seed(
     tempo_bpm: float | None = None,
     key_penalty: float = KEY_PENALTY,
     key_gravity: float = KEY_GRAVITY,
+    nets: SafetyNetCounts | None = None,
 ) -> Piece:
     """The continuation only (absolute beats, starting where the seed's sound stops), in the
-    seed's tempo, time signature and program; the same `seed_rng` gives the same notes."""
+    seed's tempo, time signature and program; the same `seed_rng` gives the same notes.
+    `nets`: count how often each safety net changed a note (see `SafetyNetCounts`)."""
     req = GenerationRequest(
         seed=seed,
         bars=bars,
@@ -660,4 +719,4 @@ def continue_seed(
         key_penalty=key_penalty,
         key_gravity=key_gravity,
     )
-    return continue_batch(lm, [req])[0]
+    return continue_batch(lm, [req], nets=nets)[0]
