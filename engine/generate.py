@@ -21,7 +21,9 @@ import torch
 from engine.checkpoint import LoadedModel
 from engine.errors import BadParams
 from engine.model import DURATION, PITCH, POSITION, SHIFT, VELOCITY, Memory, MotifSeq2Seq
-from engine.music import Piece
+from engine.music import Note, Piece
+from engine.quality import relative_key
+from engine.style_priors import draw_setting
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +193,14 @@ class _Row:
     pitch_bias: np.ndarray  # (n_pitch,) float: key-keeping bias
     history: list[int]  # the seed's last pitches (the repetition guard looks back into them)
     key: int  # the model's key class (see `seed_key`)
+    tempo_bpm: float | None = None  # no seed: drawn from the style's corpus
+    target_key: tuple[int, str] | None = None  # no seed: the key drawn for the result
 
 
 def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
     codec, cfg = lm.codec, lm.codec.config
     seed = req.seed if req.seed is not None and req.seed.notes else None
     ts = req.seed.time_signature if req.seed is not None else (4, 4)
-    bar = codec.bar_ticks(ts)
     if req.style is not None:
         style_name = req.style
     elif req.seed is not None and req.seed.style in cfg.styles:
@@ -210,6 +213,19 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         raise BadParams(str(exc)) from None
     rng_seed = req.rng_seed if req.rng_seed is not None else secrets.randbits(62)
     generator = torch.Generator().manual_seed(int(rng_seed))
+    drawn_tempo: float | None = None
+    target_key: tuple[int, str] | None = None
+    if seed is None:
+        # No seed: metre, tempo and key as the style's own corpus has them (the row's own random
+        # numbers, so reproducible); an empty MIDI file keeps its own metre and tempo.
+        drawn_ts, drawn_tempo, target_key = draw_setting(
+            style_name, torch.rand(3, generator=generator).tolist()
+        )
+        if req.seed is None:
+            ts = drawn_ts
+        else:
+            drawn_tempo = None
+    bar = codec.bar_ticks(ts)
     pitch_ok = np.ones(codec.n_pitch, dtype=bool)
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)
     pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12  # each pitch row's pitch class
@@ -218,9 +234,9 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         events = np.zeros((0, 5), dtype=np.int64)
         ref_tick = seed_end = 0
         history: list[int] = []
-        # No seed, no key to keep: pick one (from the row's own generator, so reproducible) and
-        # let the key conditioning hold the music to it.
-        key = 1 + int(torch.randint(24, (1,), generator=generator)) if lm.config.n_key else 0
+        # No seed, no key class: "unknown" (0), as training feeds an empty seed; the result is
+        # moved to the drawn key afterwards (`_finish`), and no gravity pulls while decoding.
+        key = 0
     else:
         onsets, durations, pitches, velocities = codec.note_ticks(seed)
         events = codec.encode_ticks(onsets, durations, pitches, velocities, ts)[-MAX_SEED_NOTES:]
@@ -236,10 +252,9 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_bias[~in_scale[pcs]] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]
         key = seed_key(events, codec) if lm.config.n_key else 0
-    # the key to gravitate to: the seed's estimate, or the key picked for no seed
-    tonal = seed_tonal if seed is not None else key_of_class(key)
-    if tonal is not None and req.key_gravity > 0:
-        pitch_bias += key_profile_bias(*tonal, req.key_gravity)[pcs]
+    # the key to gravitate to: the seed's estimate (none without a seed)
+    if seed_tonal is not None and req.key_gravity > 0:
+        pitch_bias += key_profile_bias(*seed_tonal, req.key_gravity)[pcs]
     bars_done = -(-seed_end // bar)  # the continuation fills whole bars of the seed's grid
     return _Row(
         req=req,
@@ -257,6 +272,8 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_bias=pitch_bias,
         history=history,
         key=key,
+        tempo_bpm=drawn_tempo,
+        target_key=target_key,
     )
 
 
@@ -357,7 +374,9 @@ class _Grammar:
         first[:, eos] = -np.inf
         for i, r in enumerate(rows):
             gap = r.seed_end - r.ref_tick
-            if gap <= cfg.max_shift:
+            if not len(r.seed_events):
+                first[i, 1:] = -np.inf  # no seed: the music starts at once, no leading silence
+            elif gap <= cfg.max_shift:
                 first[i, : max(0, gap)] = -np.inf
         self.first_shift = torch.from_numpy(first).to(device)  # (B, n_shift)
         # Later notes, by code = chord size + (MAX_CHORD + 1) x (bars filled): no zero shift once
@@ -478,7 +497,7 @@ def bar_positions(ticks: torch.Tensor, bar: torch.Tensor, max_position: int | No
 
 def _finish(lm: LoadedModel, row: _Row, events: np.ndarray, first_tick: int) -> Piece:
     seed = row.req.seed
-    tempo = row.req.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
+    tempo = row.req.tempo_bpm or row.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
     if row.req.program is not None:
         program = row.req.program
     else:
@@ -495,7 +514,24 @@ def _finish(lm: LoadedModel, row: _Row, events: np.ndarray, first_tick: int) -> 
     notes = tuple(
         replace(n, duration=end_beat - n.start) if n.end > end_beat else n for n in piece.notes
     )
+    if row.target_key is not None:
+        notes = to_key(lm, notes, row.target_key)
     return replace(piece, notes=notes, meta={"rng_seed": str(row.rng_seed)})
+
+
+def to_key(lm: LoadedModel, notes: tuple[Note, ...], target: tuple[int, str]) -> tuple[Note, ...]:
+    """The notes moved by at most a tritone so that their estimated key becomes `target` (or
+    its relative, when the notes are in the other mode: the same key signature), folded by
+    octaves into the model's pitch range."""
+    found = estimate_key(Piece(notes))
+    if found is None:
+        return notes
+    tonic, mode = target if target[1] == found[1] else relative_key(*target)
+    step = (tonic - found[0] + 6) % 12 - 6
+    if step == 0:
+        return notes
+    moved = (replace(n, pitch=lm.codec.fold_pitch(n.pitch + step)) for n in notes)
+    return tuple(sorted(moved, key=lambda n: (n.start, n.pitch)))
 
 
 PAD_WASTE = 1.5  # a group of seeds is encoded together while padding costs at most this share
