@@ -39,3 +39,6 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.1, 2.0
 MIN_TOP_P, MAX_TOP_P = 0.1, 1.0
 MIN_TEMPO, MAX_TEMPO = 30.0, 300.0
 MAX_RNG_SEED = 2**31 - 1
+MAX_FROM_BAR = 100_000  # /compose from_bar: the bars before it are the seed
+# request notes (engine.midi_io.seed_notices) that a reply shows the user, in this order
+SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out")

@@ -104,18 +104,6 @@ def cmd_compose(args: argparse.Namespace) -> int:
     from engine.records import RequestStatus
 
     settings = get_settings()
-    seed_bytes = None
-    seed_name = ""
-    if args.seed:
-        path = Path(args.seed)
-        if not path.is_file():
-            print(f"motif: no such seed file: {path}", file=sys.stderr)
-            return 2
-        seed_bytes = path.read_bytes()
-        seed_name = path.name
-        from engine.midi_io import load_seed
-
-        load_seed(seed_bytes, name=seed_name)  # a bad file is refused before anything starts
     options = validate_options(
         bars=args.bars,
         style=args.style,
@@ -125,7 +113,23 @@ def cmd_compose(args: argparse.Namespace) -> int:
         tempo=args.tempo,
         rng_seed=args.rng_seed,
         settings=settings,
+        from_bar=args.from_bar,
     )
+    seed_bytes = None
+    seed_name = ""
+    if args.seed:
+        path = Path(args.seed)
+        if not path.is_file():
+            print(f"motif: no such seed file: {path}", file=sys.stderr)
+            return 2
+        seed_bytes = path.read_bytes()
+        seed_name = path.name
+        from engine.midi_io import load_seed, seed_notices
+
+        # a bad file is refused before anything starts
+        seed = load_seed(seed_bytes, name=seed_name, from_bar=options.from_bar)
+        for notice in seed_notices(seed).values():
+            print(f"  note: {notice}")
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     started = time.perf_counter()
     proc = None
@@ -309,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--instrument", default=None, help="GM instrument name, e.g. 'flute'")
     c.add_argument("--tempo", type=float, default=None)
     c.add_argument("--rng-seed", type=int, default=None)
+    c.add_argument(
+        "--from-bar",
+        type=int,
+        default=None,
+        help="continue from this bar of the seed file: the bars before it are the seed "
+        "(default: the end)",
+    )
     c.add_argument("--out", default=None, help="output folder (default MOTIF_OUTPUT_DIR)")
     c.add_argument("--timeout", type=float, default=600.0)
     c.add_argument("--no-worker", action="store_true", help="never start a local worker")

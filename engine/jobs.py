@@ -55,6 +55,7 @@ class ComposeOptions:
     instrument: int = 0  # General MIDI program
     tempo: float | None = None  # BPM override; None keeps the seed's
     rng_seed: int | None = None
+    from_bar: int | None = None  # the seed is the file's bars before this one; None: all of it
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +76,7 @@ def validate_options(
     tempo: float | None = None,
     rng_seed: int | None = None,
     settings: Settings | None = None,
+    from_bar: int | None = None,
 ) -> ComposeOptions:
     """Check every option server-side (Discord does not enforce ranges) and normalise it."""
     s = settings or get_settings()
@@ -120,6 +122,15 @@ def validate_options(
         or not 0 <= rng_seed <= catalog.MAX_RNG_SEED
     ):
         raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
+    if from_bar is not None and (
+        not isinstance(from_bar, int)
+        or isinstance(from_bar, bool)
+        or not 2 <= from_bar <= catalog.MAX_FROM_BAR
+    ):
+        raise BadParams(
+            f"from_bar must be a whole number from 2 to {catalog.MAX_FROM_BAR} (the bars before "
+            "it are the seed); leave it out to continue from the end."
+        )
     return ComposeOptions(
         bars=bars,
         style=style,
@@ -128,6 +139,7 @@ def validate_options(
         instrument=program,
         tempo=tempo,
         rng_seed=rng_seed,
+        from_bar=from_bar,
     )
 
 
@@ -318,10 +330,15 @@ class JobService:
     ) -> int:
         """Validate the seed, record the request and queue it. Returns the request id."""
         piece = None
+        notices: dict[str, str] = {}
         if seed_midi is not None:
-            from engine.midi_io import load_seed  # no torch
+            from engine.midi_io import load_seed, seed_notices  # no torch
 
-            piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
+            # raises BadMidi with a clear message
+            piece = load_seed(seed_midi, name=seed_name, from_bar=options.from_bar)
+            notices = seed_notices(piece)
+        elif options.from_bar is not None:
+            raise BadParams("from_bar needs a seed file to cut.")
         with session_scope(self.url) as session:
             user = self._user(session, who)
             self._check_limits(session, user)
@@ -337,7 +354,9 @@ class JobService:
                     name=seed_name,
                     consent=consent,
                 )
-            return self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
+            return self._enqueue(
+                session, who, user, RequestKind.COMPOSE, options, tune, None, notices
+            )
 
     def follow_up(
         self,
@@ -362,6 +381,8 @@ class JobService:
                 seed_tune_id = parent.result_tune_id
             if kind is RequestKind.VARIATION and temperature is None:
                 raise BadParams("a variation needs a temperature.")
+            # a reroll or a variation cuts the same seed; an extension continues the whole result
+            from_bar = None if kind is RequestKind.EXTEND else options.from_bar
             options = validate_options(
                 bars=bars if bars is not None else options.bars,
                 style=options.style,
@@ -371,11 +392,14 @@ class JobService:
                 tempo=options.tempo,
                 rng_seed=rng_seed if rng_seed is not None else random.randint(0, 2**31 - 1),
                 settings=self.settings,
+                from_bar=from_bar,
             )
             user = self._user(session, who)
             self._check_limits(session, user)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
-            return self._enqueue(session, who, user, kind, options, tune, parent.id)
+            seed_notes = {} if kind is RequestKind.EXTEND else dict(parent.notes or {})
+            seed_notes.pop("shortened", None)  # about the parent's audio, not the seed
+            return self._enqueue(session, who, user, kind, options, tune, parent.id, seed_notes)
 
     def _enqueue(
         self,
@@ -386,6 +410,7 @@ class JobService:
         options: ComposeOptions,
         tune: Tune | None,
         parent_id: int | None,
+        notices: dict[str, str] | None = None,
     ) -> int:
         if options.rng_seed is None:
             # Every request records the seed it was sampled with, so any result can be replayed.
@@ -402,7 +427,7 @@ class JobService:
             parent_id=parent_id,
             status=RequestStatus.QUEUED,
             timings={},
-            notes={},
+            notes=dict(notices or {}),  # what the reply tells the user about the seed
         )
         session.add(request)
         session.flush()

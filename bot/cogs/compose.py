@@ -31,6 +31,7 @@ Bars = app_commands.Range[int, 1, 256]
 Temperature = app_commands.Range[float, catalog.MIN_TEMPERATURE, catalog.MAX_TEMPERATURE]
 Tempo = app_commands.Range[float, catalog.MIN_TEMPO, catalog.MAX_TEMPO]
 RngSeed = app_commands.Range[int, 0, catalog.MAX_RNG_SEED]
+FromBar = app_commands.Range[int, 2, catalog.MAX_FROM_BAR]
 
 
 class Compose(commands.Cog):
@@ -77,6 +78,7 @@ class Compose(commands.Cog):
         instrument="The instrument of the audio preview",
         tempo="Tempo in BPM (default: the seed's)",
         rng_seed="A number that makes the result repeatable",
+        from_bar="Continue from this bar of the seed: the bars before it are the seed (default: the end)",
     )
     @app_commands.choices(style=STYLE_CHOICES, instrument=INSTRUMENT_CHOICES)
     async def compose(
@@ -89,6 +91,7 @@ class Compose(commands.Cog):
         instrument: str | None = None,
         tempo: Tempo | None = None,
         rng_seed: RngSeed | None = None,
+        from_bar: FromBar | None = None,
     ) -> None:
         """Continue a melody with Motif's model: attach a MIDI seed or start from scratch."""
         options = validate_options(
@@ -99,6 +102,7 @@ class Compose(commands.Cog):
             tempo=tempo,
             rng_seed=rng_seed,
             settings=self.bot.settings,
+            from_bar=from_bar,
         )
         await self.start(interaction, options, seed, "slash")
 
