@@ -40,6 +40,7 @@ def judge(
     bars: int = 8,
     seed: int = 0,
     key_gravity: float | None = None,
+    key_penalty: float | None = None,
     gain_windows: int | None = 2000,
 ) -> dict[str, Any]:
     """Every figure for every system; see the module docstring."""
@@ -49,7 +50,7 @@ def judge(
     from engine.corpus import load_corpus
     from engine.evaluate import TOP_P, pick_cases, without_near_duplicates
     from engine.fidelity import seed_information_gain, summarize_fidelity
-    from engine.generate import KEY_GRAVITY, SafetyNetCounts, continue_seed
+    from engine.generate import KEY_GRAVITY, KEY_PENALTY, SafetyNetCounts, continue_seed
     from engine.quality import TrainingIndex
 
     t_start = time.perf_counter()
@@ -65,6 +66,7 @@ def judge(
     gains: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     gravity = KEY_GRAVITY if key_gravity is None else key_gravity
+    penalty = KEY_PENALTY if key_penalty is None else key_penalty
     for label, path in models:
         lm = load_checkpoint(path)
         styles = lm.codec.config.styles
@@ -81,6 +83,7 @@ def judge(
                     top_p=TOP_P,
                     seed_rng=seed * 1_000_003 + i,
                     key_gravity=gravity,
+                    key_penalty=penalty,
                     nets=counts,
                 )
                 for i, case in enumerate(cases)
@@ -120,6 +123,7 @@ def judge(
             "seed": seed,
             "top_p": TOP_P,
             "key_gravity": gravity,
+            "key_penalty": penalty,
             "gain_windows": gain_windows,
             "generate_s": {k: round(v, 1) for k, v in seconds.items()},
             "torch_threads": torch.get_num_threads(),
@@ -153,7 +157,7 @@ def format_judge(result: dict[str, Any]) -> str:
         f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} held-out test pieces "
         f"({s['near_duplicates_left_out']} near-duplicates of training pieces left out); "
         f"{s['bars']} bars continued; Motif at temperature 1.0, top-p {s['top_p']}, tonal gravity "
-        f"{s['key_gravity']}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
+        f"{s['key_gravity']}, key penalty {s.get('key_penalty', '?')}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
         "",
         "| | " + " | ".join(systems) + " |",
         "|---|" + "---:|" * len(systems),
@@ -193,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed-bars", type=int, default=4)
     parser.add_argument("--bars", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="random seed (cases and sampling)")
-    parser.add_argument("--key-gravity", type=float, default=None)
+    parser.add_argument("--key-gravity", type=float, default=None, help="default: generation's")
+    parser.add_argument("--key-penalty", type=float, default=None, help="default: generation's")
     parser.add_argument("--gain-windows", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None)
@@ -220,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bars=args.bars,
         seed=args.seed,
         key_gravity=args.key_gravity,
+        key_penalty=args.key_penalty,
         gain_windows=args.gain_windows,
     )
     text = format_judge(result)
