@@ -412,7 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (cases and sampling)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--key-gravity", type=float, default=None, help="Motif's tonal gravity (default: 0.75)"
+        "--key-gravity",
+        type=float,
+        default=None,
+        help="Motif's tonal gravity (default: generation's, 0 since motif-default-v3)",
     )
     parser.add_argument("--no-nll", action="store_true", help="skip the likelihood table")
     parser.add_argument(

@@ -181,7 +181,9 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
     assert main([*argv, "--seed-bars", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["baseline"] is None and BASELINE not in data["quality"]
-    assert data["settings"]["key_gravity"] == 0.75  # the generator's default
+    from engine.generate import KEY_GRAVITY
+
+    assert data["settings"]["key_gravity"] == KEY_GRAVITY  # the generator's default
 
 
 def test_evaluate_with_another_key_gravity_and_no_likelihoods(tiny_files, tmp_path, capsys):
