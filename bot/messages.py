@@ -108,6 +108,7 @@ def result_embed(p: Progress, *, image_filename: str | None, left_out: list[str]
     embed.add_field(name="Model", value=p.model_version or "?")
     embed.add_field(name="Timings", value=_timings(p.timings))
     notes = [str(r) for r in p.notes.get("seed_remarks", [])]
+    notes += [p.notes[k] for k in catalog.SEED_NOTICES if isinstance(p.notes.get(k), str)]
     if p.notes.get("shortened"):
         notes.append("The audio was shortened to fit the upload limit; the MIDI file has it all.")
     if left_out:

@@ -42,3 +42,6 @@ MAX_RNG_SEED = 2**31 - 1
 
 # The picture a result shows inline; the other one is attached behind a spoiler (one click).
 INLINE_IMAGES: tuple[str, ...] = ("score", "pianoroll")
+MAX_FROM_BAR = 100_000  # /compose from_bar: the bars before it are the seed
+# request notes (engine.midi_io.seed_notices) that a reply shows the user, in this order
+SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out")

@@ -114,6 +114,17 @@ def cmd_compose(args: argparse.Namespace) -> int:
     if not args.verbose:
         # the one-line message below says it; the log's warning would be a second line
         logging.getLogger("engine.queueing").setLevel(logging.ERROR)
+    options = validate_options(
+        bars=args.bars,
+        style=args.style,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        instrument=args.instrument,
+        tempo=args.tempo,
+        rng_seed=args.rng_seed,
+        settings=settings,
+        from_bar=args.from_bar,
+    )
     seed_bytes = None
     seed_name = ""
     if args.seed:
@@ -131,24 +142,16 @@ def cmd_compose(args: argparse.Namespace) -> int:
             return 2
         seed_bytes = path.read_bytes()
         seed_name = path.name
-        from engine.midi_io import load_seed
+        from engine.midi_io import load_seed, seed_notices
         from engine.notation_seeds import is_notation_name, load_notation_seed
 
         # a bad file is refused before anything starts
         if is_notation_name(seed_name):
             load_notation_seed(seed_bytes, seed_name)
         else:
-            load_seed(seed_bytes, name=seed_name)
-    options = validate_options(
-        bars=args.bars,
-        style=args.style,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        instrument=args.instrument,
-        tempo=args.tempo,
-        rng_seed=args.rng_seed,
-        settings=settings,
-    )
+            seed = load_seed(seed_bytes, name=seed_name, from_bar=options.from_bar)
+            for notice in seed_notices(seed).values():
+                print(f"  note: {notice}")
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     started = time.perf_counter()
     local = None if args.no_worker else LocalWorker(settings, keep=args.keep_worker)
@@ -402,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rng-seed", type=int, default=None,
         help=f"makes the result repeatable (same seed, same music): 0 to {catalog.MAX_RNG_SEED}; "
         "default a new random one each time",
+    )  # fmt: skip
+    c.add_argument(
+        "--from-bar", type=int, default=None,
+        help=f"continue from this bar of the seed file (the bars before it are the seed): 2 to "
+        f"{catalog.MAX_FROM_BAR}; default the end",
     )  # fmt: skip
     c.add_argument(
         "--out", default=None,

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.fidelity import FIDELITY_LABELS, FIDELITY_PERCENT, summarize_fidelity
 from engine.music import Piece
 from engine.quality import FIGURE_LABELS, TrainingIndex, interval_tokens, summarize
 
@@ -127,8 +128,13 @@ def compare(
 
     seeds = [c.seed for c in cases]
     reference = [c.piece for c in cases]
+    bpb = [c.piece.beats_per_bar for c in cases]
     figures = {
-        name: summarize(pieces, seeds, reference, training_index) for name, pieces in conts.items()
+        name: {
+            **summarize(pieces, seeds, reference, training_index),
+            **summarize_fidelity(pieces, seeds, beats_per_bar=bpb),  # does it keep its seed?
+        }
+        for name, pieces in conts.items()
     }
     speed = {
         name: sum(len(p.notes) for p in conts[name]) / s if s > 0 else math.nan
@@ -287,8 +293,8 @@ def evaluate(
 
 # --- the table ----------------------------------------------------------------------------------
 
-_PERCENT = {"collapse_rate", "key_kept_rate"}
-_INTEGER = {"n", "copied_run_max"}
+_PERCENT = {"collapse_rate", "key_kept_rate", *FIDELITY_PERCENT}
+_INTEGER = {"n", "copied_run_max", "pieces", "polyphonic_seeds", "bass_seeds"}
 
 
 def _fmt(key: str, value: float | None) -> str:
@@ -326,6 +332,13 @@ def format_report(report: EvalReport) -> str:
     ]
     for key, label in FIGURE_LABELS.items():
         if key == "n":
+            continue
+        if key == "key_kept_rate":
+            label += ", Krumhansl–Kessler (the estimator tonal gravity steers by)"
+        row = [_fmt(key, report.quality[name].get(key)) for name in systems]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    for key, label in FIDELITY_LABELS.items():  # seed fidelity (python -m bench.judge: more)
+        if key == "pieces" or not any(key in report.quality[name] for name in systems):
             continue
         row = [_fmt(key, report.quality[name].get(key)) for name in systems]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
@@ -399,7 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (cases and sampling)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--key-gravity", type=float, default=None, help="Motif's tonal gravity (default: 0.75)"
+        "--key-gravity",
+        type=float,
+        default=None,
+        help="Motif's tonal gravity (default: generation's, 0 since motif-default-v3)",
     )
     parser.add_argument("--no-nll", action="store_true", help="skip the likelihood table")
     parser.add_argument(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,16 +21,19 @@ import torch
 from engine.checkpoint import LoadedModel
 from engine.errors import BadParams
 from engine.model import DURATION, PITCH, POSITION, SHIFT, VELOCITY, Memory, MotifSeq2Seq
-from engine.music import Piece
+from engine.music import Note, Piece
+from engine.quality import relative_key
+from engine.style_priors import draw_setting
 
 log = logging.getLogger(__name__)
 
 KEY_PENALTY = 1.0  # logits subtracted from pitch classes outside the seed's scale
 # Tonal gravity: logits added to each pitch class, gravity x log of the key's Krumhansl-Kessler
-# profile (0 for the tonic, about -1 for the weakest degree at gravity 1). Measured on 100
-# held-out seeds (README): 0 keeps the key in 78%, 0.75 in 95%; pitch-class entropy 2.65 -> 2.52
-# against 2.62 for the real continuations.
-KEY_GRAVITY = 0.75
+# profile (0 for the tonic, about -1 for the weakest degree at gravity 1). Off by default since
+# motif-default-v3: judged by an estimator it never steers by (music21's Aarden-Essen, 100 held-out
+# seeds, docs/seed-fidelity.md), gravity 0.75 kept the key no better (64% against 66% at 0) and
+# raised the continuations holding one pitch 4+ times from 38% to 47% (real music: 15%).
+KEY_GRAVITY = 0.0
 PITCH_MARGIN = 12  # generated pitches stay within the seed's range widened by this much
 MAX_REPEATS = 4  # the same pitch at most this many times in a row
 DISTINCT_WINDOW = 32  # any this many consecutive generated notes ...
@@ -151,6 +154,26 @@ def _check(req: GenerationRequest) -> None:
         raise BadParams(f"program must be a General MIDI program 0..127, not {req.program}")
 
 
+SAFETY_NETS = ("grammar", "repetition guard", "key bias")
+
+
+@dataclass
+class SafetyNetCounts:
+    """How often each safety net changes a generated note, summed over the calls that were
+    given this object. Per note, a net's share is the total variation distance between the
+    model's tempered distribution with the net and without it (the other nets on): the least
+    share of notes that must differ between the two, however the draws are paired. Grammar: the
+    shift mask, the pitch range and no doubled chord note (either field); repetition guard:
+    MAX_REPEATS and the distinct-pitch window; key bias: the out-of-scale penalty and tonal
+    gravity."""
+
+    notes: int = 0
+    changed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAFETY_NETS, 0.0))
+
+    def rates(self) -> dict[str, float]:
+        return {k: v / self.notes if self.notes else float("nan") for k, v in self.changed.items()}
+
+
 @dataclass
 class _Row:
     """One request, planned for decoding: its settings and grammar, in ticks of the seed's
@@ -171,13 +194,14 @@ class _Row:
     pitch_bias: np.ndarray  # (n_pitch,) float: key-keeping bias
     history: list[int]  # the seed's last pitches (the repetition guard looks back into them)
     key: int  # the model's key class (see `seed_key`)
+    tempo_bpm: float | None = None  # no seed: drawn from the style's corpus
+    target_key: tuple[int, str] | None = None  # no seed: the key drawn for the result
 
 
 def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
     codec, cfg = lm.codec, lm.codec.config
     seed = req.seed if req.seed is not None and req.seed.notes else None
     ts = req.seed.time_signature if req.seed is not None else (4, 4)
-    bar = codec.bar_ticks(ts)
     if req.style is not None:
         style_name = req.style
     elif req.seed is not None and req.seed.style in cfg.styles:
@@ -190,6 +214,19 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         raise BadParams(str(exc)) from None
     rng_seed = req.rng_seed if req.rng_seed is not None else secrets.randbits(62)
     generator = torch.Generator().manual_seed(int(rng_seed))
+    drawn_tempo: float | None = None
+    target_key: tuple[int, str] | None = None
+    if seed is None:
+        # No seed: metre, tempo and key as the style's own corpus has them (the row's own random
+        # numbers, so reproducible); an empty MIDI file keeps its own metre and tempo.
+        drawn_ts, drawn_tempo, target_key = draw_setting(
+            style_name, torch.rand(3, generator=generator).tolist()
+        )
+        if req.seed is None:
+            ts = drawn_ts
+        else:
+            drawn_tempo = None
+    bar = codec.bar_ticks(ts)
     pitch_ok = np.ones(codec.n_pitch, dtype=bool)
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)
     pcs = (np.arange(codec.n_pitch) + cfg.pitch_low) % 12  # each pitch row's pitch class
@@ -198,9 +235,9 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         events = np.zeros((0, 5), dtype=np.int64)
         ref_tick = seed_end = 0
         history: list[int] = []
-        # No seed, no key to keep: pick one (from the row's own generator, so reproducible) and
-        # let the key conditioning hold the music to it.
-        key = 1 + int(torch.randint(24, (1,), generator=generator)) if lm.config.n_key else 0
+        # No seed, no key class: "unknown" (0), as training feeds an empty seed; the result is
+        # moved to the drawn key afterwards (`_finish`), and no gravity pulls while decoding.
+        key = 0
     else:
         onsets, durations, pitches, velocities = codec.note_ticks(seed)
         events = codec.encode_ticks(onsets, durations, pitches, velocities, ts)[-MAX_SEED_NOTES:]
@@ -216,10 +253,9 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_bias[~in_scale[pcs]] = -req.key_penalty
         history = [int(p) for p in events[-MAX_REPEATS:, PITCH]]
         key = seed_key(events, codec) if lm.config.n_key else 0
-    # the key to gravitate to: the seed's estimate, or the key picked for no seed
-    tonal = seed_tonal if seed is not None else key_of_class(key)
-    if tonal is not None and req.key_gravity > 0:
-        pitch_bias += key_profile_bias(*tonal, req.key_gravity)[pcs]
+    # the key to gravitate to: the seed's estimate (none without a seed)
+    if seed_tonal is not None and req.key_gravity > 0:
+        pitch_bias += key_profile_bias(*seed_tonal, req.key_gravity)[pcs]
     bars_done = -(-seed_end // bar)  # the continuation fills whole bars of the seed's grid
     return _Row(
         req=req,
@@ -237,6 +273,8 @@ def _plan_row(lm: LoadedModel, req: GenerationRequest) -> _Row:
         pitch_bias=pitch_bias,
         history=history,
         key=key,
+        tempo_bpm=drawn_tempo,
+        target_key=target_key,
     )
 
 
@@ -277,6 +315,12 @@ class _Sampling:
         self.last_rank = [r[rows] for r in self.last_rank]
         self.pitch_bias = self.pitch_bias[rows]
         self.drawn = self.drawn[:, :, rows]
+
+
+def _changed_share(without: torch.Tensor, with_net: torch.Tensor) -> torch.Tensor:
+    """(B, 1) total variation distance between the softmaxes of two (B, n) logit rows."""
+    diff = without.softmax(dim=-1) - with_net.softmax(dim=-1)
+    return 0.5 * diff.abs().sum(dim=-1, keepdim=True)
 
 
 def _sample(
@@ -331,7 +375,9 @@ class _Grammar:
         first[:, eos] = -np.inf
         for i, r in enumerate(rows):
             gap = r.seed_end - r.ref_tick
-            if gap <= cfg.max_shift:
+            if not len(r.seed_events):
+                first[i, 1:] = -np.inf  # no seed: the music starts at once, no leading silence
+            elif gap <= cfg.max_shift:
                 first[i, : max(0, gap)] = -np.inf
         self.first_shift = torch.from_numpy(first).to(device)  # (B, n_shift)
         # Later notes, by code = chord size + (MAX_CHORD + 1) x (bars filled): no zero shift once
@@ -452,7 +498,7 @@ def bar_positions(ticks: torch.Tensor, bar: torch.Tensor, max_position: int | No
 
 def _finish(lm: LoadedModel, row: _Row, events: np.ndarray, first_tick: int) -> Piece:
     seed = row.req.seed
-    tempo = row.req.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
+    tempo = row.req.tempo_bpm or row.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
     if row.req.program is not None:
         program = row.req.program
     else:
@@ -469,7 +515,24 @@ def _finish(lm: LoadedModel, row: _Row, events: np.ndarray, first_tick: int) -> 
     notes = tuple(
         replace(n, duration=end_beat - n.start) if n.end > end_beat else n for n in piece.notes
     )
+    if row.target_key is not None:
+        notes = to_key(lm, notes, row.target_key)
     return replace(piece, notes=notes, meta={"rng_seed": str(row.rng_seed)})
+
+
+def to_key(lm: LoadedModel, notes: tuple[Note, ...], target: tuple[int, str]) -> tuple[Note, ...]:
+    """The notes moved by at most a tritone so that their estimated key becomes `target` (or
+    its relative, when the notes are in the other mode: the same key signature), folded by
+    octaves into the model's pitch range."""
+    found = estimate_key(Piece(notes))
+    if found is None:
+        return notes
+    tonic, mode = target if target[1] == found[1] else relative_key(*target)
+    step = (tonic - found[0] + 6) % 12 - 6
+    if step == 0:
+        return notes
+    moved = (replace(n, pitch=lm.codec.fold_pitch(n.pitch + step)) for n in notes)
+    return tuple(sorted(moved, key=lambda n: (n.start, n.pitch)))
 
 
 PAD_WASTE = 1.5  # a group of seeds is encoded together while padding costs at most this share
@@ -524,13 +587,18 @@ def _encode(
 
 @torch.no_grad()
 def continue_batch(
-    lm: LoadedModel, requests: list[GenerationRequest], *, check_every: int | None = None
+    lm: LoadedModel,
+    requests: list[GenerationRequest],
+    *,
+    check_every: int | None = None,
+    nets: SafetyNetCounts | None = None,
 ) -> list[Piece]:
     """Decode all requests together; each row's result equals decoding it alone.
 
     Everything per note stays on the model's device; the host only learns, once per step (every
     CHECK_EVERY steps on a GPU), how many rows are done, to stop or to drop them. `check_every`
-    overrides that cadence (the tests run the GPU's on the CPU); the notes do not depend on it."""
+    overrides that cadence (the tests run the GPU's on the CPU); the notes do not depend on it.
+    `nets`: count how often each safety net changed a note (costs a few more samples a step)."""
     if check_every is not None and check_every < 1:
         raise ValueError(f"check_every must be at least 1, not {check_every}")
     for req in requests:
@@ -563,6 +631,7 @@ def continue_batch(
     made: list[torch.Tensor] = []  # this segment's (B', 7) events, one per step
     done: list[torch.Tensor] = []  # this segment's (B', 1) done flags, one per step
     events: torch.Tensor | None = None
+    counted = torch.zeros(1 + len(SAFETY_NETS), dtype=torch.float64, device=device)
     t = 0
     while True:
         u = sampling.uniforms(t)  # (4, B', 1)
@@ -570,17 +639,37 @@ def continue_batch(
         x = decoder.step(events)  # (B', 4H)
 
         # SHIFT (and the bar position it lands on); EOS or passing the end finishes a row
-        scaled = torch.addcmul(grammar.shift_mask(t), decoder.logits(SHIFT, x), inv_temp)
+        shift_logits = decoder.logits(SHIFT, x)
+        scaled = torch.addcmul(grammar.shift_mask(t), shift_logits, inv_temp)
         shift = _sample(scaled, last_rank[SHIFT], top_p, u[SHIFT])  # (B', 1)
+        if nets is not None:  # the grammar's change to the shift distribution
+            shift_tv = _changed_share(shift_logits * inv_temp, scaled)
         position = grammar.place(t, shift) + offsets[POSITION]
         if t == 0:
             first_tick = grammar.first_tick
         x = decoder.choose(SHIFT, x, torch.cat([shift, position], dim=1))
 
         # PITCH: range, repetition guards, key bias
-        scaled = torch.addcmul(sampling.pitch_bias, decoder.logits(PITCH, x), inv_temp)
-        scaled = scaled.masked_fill_(grammar.pitch_forbidden(t), float("-inf"))
+        pitch_logits = decoder.logits(PITCH, x)
+        scaled = torch.addcmul(sampling.pitch_bias, pitch_logits, inv_temp)
+        forbidden = grammar.pitch_forbidden(t)
+        if nets is not None:
+            biased = scaled.clone()
+        scaled = scaled.masked_fill_(forbidden, float("-inf"))
         pitch = _sample(scaled, last_rank[PITCH], top_p, u[PITCH])
+        if nets is not None:
+            hard = grammar.outside | grammar.chord_kept  # the grammar's part of `forbidden`
+            inf = float("-inf")
+            pitch_tv = _changed_share(biased.masked_fill(forbidden & ~hard, inf), scaled)
+            changed = [
+                1 - (1 - shift_tv) * (1 - pitch_tv),  # grammar: shift or pitch
+                _changed_share(biased.masked_fill(hard, inf), scaled),  # repetition guard
+                _changed_share((pitch_logits * inv_temp).masked_fill(forbidden, inf), scaled),
+            ]
+            alive = ~grammar.done  # (B', 1)
+            counted += torch.cat(
+                [alive.sum(0)] + [torch.where(alive, c, 0.0).sum(0) for c in changed]
+            )
         grammar.add_pitch(t, pitch)
         x = decoder.choose(PITCH, x, pitch)
 
@@ -615,6 +704,11 @@ def continue_batch(
             sampling.select(keep, kept)
             events = events[keep]
     segments.append((live, made, done))
+    if nets is not None:
+        total, *changed_by = counted.tolist()
+        nets.notes += round(total)
+        for name, value in zip(SAFETY_NETS, changed_by, strict=True):
+            nets.changed[name] += value
 
     notes: list[list[np.ndarray]] = [[] for _ in rows]
     for members, seg_made, seg_done in segments:
@@ -644,9 +738,11 @@ def continue_seed(
     tempo_bpm: float | None = None,
     key_penalty: float = KEY_PENALTY,
     key_gravity: float = KEY_GRAVITY,
+    nets: SafetyNetCounts | None = None,
 ) -> Piece:
     """The continuation only (absolute beats, starting where the seed's sound stops), in the
-    seed's tempo, time signature and program; the same `seed_rng` gives the same notes."""
+    seed's tempo, time signature and program; the same `seed_rng` gives the same notes.
+    `nets`: count how often each safety net changed a note (see `SafetyNetCounts`)."""
     req = GenerationRequest(
         seed=seed,
         bars=bars,
@@ -660,4 +756,4 @@ def continue_seed(
         key_penalty=key_penalty,
         key_gravity=key_gravity,
     )
-    return continue_batch(lm, [req])[0]
+    return continue_batch(lm, [req], nets=nets)[0]

@@ -66,6 +66,7 @@ class ComposeOptions:
     tempo: float | None = None  # BPM override; None keeps the seed's
     rng_seed: int | None = None
     image: str | None = None  # the picture shown inline: "score" | "pianoroll"; None: the setting
+    from_bar: int | None = None  # the seed is the file's bars before this one; None: all of it
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +88,7 @@ def validate_options(
     rng_seed: int | None = None,
     image: str | None = None,
     settings: Settings | None = None,
+    from_bar: int | None = None,
 ) -> ComposeOptions:
     """Check every option server-side (Discord does not enforce ranges) and normalise it."""
     s = settings or get_settings()
@@ -134,6 +136,15 @@ def validate_options(
         raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
     if image is not None and image not in catalog.INLINE_IMAGES:
         raise BadParams(f"image must be one of: {', '.join(catalog.INLINE_IMAGES)}.")
+    if from_bar is not None and (
+        not isinstance(from_bar, int)
+        or isinstance(from_bar, bool)
+        or not 2 <= from_bar <= catalog.MAX_FROM_BAR
+    ):
+        raise BadParams(
+            f"from_bar must be a whole number from 2 to {catalog.MAX_FROM_BAR} (the bars before "
+            "it are the seed); leave it out to continue from the end."
+        )
     return ComposeOptions(
         bars=bars,
         style=style,
@@ -143,6 +154,7 @@ def validate_options(
         tempo=tempo,
         rng_seed=rng_seed,
         image=image,
+        from_bar=from_bar,
     )
 
 
@@ -394,17 +406,22 @@ class JobService:
         `seed_owner`: whose music the seed is, when not the requester's ("Continue this MIDI" on
         someone's message: its author). The seed's consent is that person's to give."""
         piece = None
-        remarks: tuple[str, ...] = ()
+        notices: dict[str, Any] = {}
         if seed_midi is not None:
+            from engine.midi_io import load_seed, seed_notices  # no torch
             from engine.notation_seeds import is_notation_name, load_notation_seed  # no torch
 
+            remarks: tuple[str, ...] = ()
             if is_notation_name(seed_name):
                 notation = load_notation_seed(seed_midi, seed_name)  # a clear MotifError
-                seed_midi, piece, remarks = notation.midi, notation.piece, notation.remarks
-            else:
-                from engine.midi_io import load_seed  # no torch
-
-                piece = load_seed(seed_midi, name=seed_name)  # raises BadMidi with a clear message
+                seed_midi, remarks = notation.midi, notation.remarks  # kept as MIDI from here
+            # raises BadMidi with a clear message
+            piece = load_seed(seed_midi, name=seed_name, from_bar=options.from_bar)
+            notices = dict(seed_notices(piece))
+            if remarks:  # e.g. "the ABC held 3 tunes": the result says so
+                notices["seed_remarks"] = list(remarks)
+        elif options.from_bar is not None:
+            raise BadParams("from_bar needs a seed file to cut.")
         with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
             user = self._user(session, who)
             self._check_limits(session, user, who.guild_id)
@@ -421,9 +438,9 @@ class JobService:
                     name=seed_name,
                     consent=consent,
                 )
-            rid = self._enqueue(session, who, user, RequestKind.COMPOSE, options, tune, None)
-            if remarks:  # e.g. "the ABC held 3 tunes": the result says so
-                session.get(Request, rid).notes = {"seed_remarks": list(remarks)}
+            rid = self._enqueue(
+                session, who, user, RequestKind.COMPOSE, options, tune, None, notices
+            )
         self._send(rid)
         return rid
 
@@ -450,6 +467,8 @@ class JobService:
                 seed_tune_id = parent.result_tune_id
             if kind is RequestKind.VARIATION and temperature is None:
                 raise BadParams("a variation needs a temperature.")
+            # a reroll or a variation cuts the same seed; an extension continues the whole result
+            from_bar = None if kind is RequestKind.EXTEND else options.from_bar
             options = validate_options(
                 bars=bars if bars is not None else options.bars,
                 style=options.style,
@@ -460,11 +479,14 @@ class JobService:
                 rng_seed=rng_seed if rng_seed is not None else random.randint(0, 2**31 - 1),
                 image=options.image,
                 settings=self.settings,
+                from_bar=from_bar,
             )
             user = self._user(session, who)
             self._check_limits(session, user, who.guild_id)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
-            rid = self._enqueue(session, who, user, kind, options, tune, parent.id)
+            seed_notes = {} if kind is RequestKind.EXTEND else dict(parent.notes or {})
+            seed_notes.pop("shortened", None)  # about the parent's audio, not the seed
+            rid = self._enqueue(session, who, user, kind, options, tune, parent.id, seed_notes)
         self._send(rid)
         return rid
 
@@ -477,6 +499,7 @@ class JobService:
         options: ComposeOptions,
         tune: Tune | None,
         parent_id: int | None,
+        notices: dict[str, Any] | None = None,
     ) -> int:
         if options.rng_seed is None:
             # Every request records the seed it was sampled with, so any result can be replayed.
@@ -493,7 +516,7 @@ class JobService:
             parent_id=parent_id,
             status=RequestStatus.QUEUED,
             timings={},
-            notes={},
+            notes=dict(notices or {}),  # what the reply tells the user about the seed
         )
         session.add(request)
         session.flush()

@@ -85,6 +85,16 @@ class MidiTooLarge(BadMidi):
         super().__init__(f"The file is too large: {what} (the limit is {limit}).", detail=what)
 
 
+class FromBarOutsideFile(BadMidi):
+    def __init__(self, from_bar: int, last_bar: int) -> None:
+        super().__init__(
+            f"from_bar is {from_bar}, but the file's notes fill bars 1 to {last_bar}: pick a bar "
+            f"from 2 to {last_bar + 1} (the bars before it are the seed), or leave it out to "
+            "continue from the end.",
+            detail=f"from_bar {from_bar} outside 2..{last_bar + 1}",
+        )
+
+
 @dataclass(frozen=True)
 class SeedLimits:
     max_bytes: int = 1_048_576
@@ -183,12 +193,23 @@ def _time_signature(score) -> tuple[int, int]:
     return DEFAULT_TIME_SIGNATURE
 
 
-def _piece_from_score(score, limits: SeedLimits, name: str) -> Piece:
+def _tick_at_seconds(seconds: float, tpq: int, tempos) -> int:
+    """The tick reached after `seconds` (the inverse of `_ticks_to_seconds`)."""
+    elapsed, last_tick, mspq = 0.0, 0, 500_000
+    for tempo in tempos:
+        step = (max(0, tempo.time) - last_tick) * mspq / 1e6 / tpq
+        if elapsed + step >= seconds:
+            break
+        elapsed += step
+        last_tick, mspq = max(0, tempo.time), tempo.mspq
+    return last_tick + int((seconds - elapsed) * 1e6 * tpq / mspq)
+
+
+def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None = None) -> Piece:
     tpq = int(score.ticks_per_quarter)
     total_notes = sum(len(t.notes) for t in score.tracks)
-    if total_notes > limits.max_notes:
-        raise MidiTooLarge(f"{total_notes:,} notes", f"{limits.max_notes:,} notes")
     pitched = [t for t in score.tracks if not t.is_drum and len(t.notes)]
+    drum_notes = sum(len(t.notes) for t in score.tracks if t.is_drum)
     if total_notes == 0:
         raise EmptyMidi()
     if not pitched:
@@ -207,20 +228,33 @@ def _piece_from_score(score, limits: SeedLimits, name: str) -> Piece:
             if n.time < 0 or n.duration < 0:
                 raise CorruptMidi("negative note time (overflowing delta times)")
             end_tick = max(end_tick, n.time + n.duration)
-    seconds = _ticks_to_seconds(end_tick, tpq, tempos)
-    if seconds > limits.max_duration_s:
-        raise MidiTooLarge(
-            f"{seconds / 60:.0f} minutes long", f"{limits.max_duration_s / 60:g} minutes"
-        )
 
     raw = [(n.time, n.duration, n.pitch, n.velocity) for t in pitched for n in t.notes]
-    if all(d == 0 for _, d, _, _ in raw):
-        raise ZeroLengthMidi()
     raw.sort(key=lambda r: (r[0], r[2]))
-    raw = raw[-limits.max_seed_notes :]
-    # Drop whole empty bars before the first kept note, so bar positions stay where they were.
+    # An over-long file is cropped to its opening (the seed is what comes before a cut anyway).
+    cropped = []
+    seconds = _ticks_to_seconds(end_tick, tpq, tempos)
+    if seconds > limits.max_duration_s:
+        cut = _tick_at_seconds(limits.max_duration_s, tpq, tempos)
+        raw = [(t, min(d, cut - t), p, v) for t, d, p, v in raw if t < cut]
+        cropped.append(f"its first {limits.max_duration_s / 60:g} minutes of {seconds / 60:.0f}")
+    if total_notes > limits.max_notes and len(raw) > limits.max_notes:
+        raw = raw[: limits.max_notes]
+        cropped.append(f"its first {limits.max_notes:,} notes of {total_notes:,}")
     time_signature = _time_signature(score)
     bar_beats = time_signature[0] * 4 / time_signature[1]
+    if from_bar is not None:  # the bars before `from_bar` (counted from 1) are the seed
+        last_bar = max(1, math.ceil(max(t + d for t, d, _, _ in raw) / tpq / bar_beats - 1e-9))
+        if not 2 <= from_bar <= last_bar + 1:
+            raise FromBarOutsideFile(from_bar, last_bar)
+        cut = round((from_bar - 1) * bar_beats * tpq)
+        raw = [(t, min(d, cut - t), p, v) for t, d, p, v in raw if t < cut]
+        if not raw:
+            raise FromBarOutsideFile(from_bar, last_bar)
+    if all(d == 0 for _, d, _, _ in raw):
+        raise ZeroLengthMidi()
+    raw = raw[-limits.max_seed_notes :]
+    # Drop whole empty bars before the first kept note, so bar positions stay where they were.
     first_beat = raw[0][0] / tpq
     offset = math.floor(first_beat / bar_beats + 1e-9) * bar_beats
     notes = tuple(
@@ -237,6 +271,12 @@ def _piece_from_score(score, limits: SeedLimits, name: str) -> Piece:
     key = _key_signature(score)
     if key is not None:
         meta["key"] = f"{key[0]} {key[1]}"
+    if cropped:
+        meta["cropped"] = " and ".join(cropped)
+    if drum_notes:
+        meta["drum_notes"] = str(drum_notes)
+    if from_bar is not None:
+        meta["from_bar"] = str(from_bar)
     return Piece(
         notes=notes,
         tempo_bpm=float(tempo_bpm),
@@ -273,6 +313,23 @@ def key_of_meta(piece: Piece) -> tuple[int, str] | None:
     return None
 
 
+def seed_notices(piece: Piece) -> dict[str, str]:
+    """What a reply should tell the user about how their file became the seed: cropped to its
+    opening, drums left out, the bar the continuation starts from (empty when none applies)."""
+    notices = {}
+    if piece.meta.get("cropped"):
+        notices["seed_cropped"] = f"The file was too long, so the seed is {piece.meta['cropped']}."
+    if piece.meta.get("drum_notes"):
+        count = int(piece.meta["drum_notes"])
+        notices["drums_left_out"] = (
+            f"The drums ({count:,} notes) were left out of the seed: Motif continues pitched parts."
+        )
+    if piece.meta.get("from_bar"):
+        bar = int(piece.meta["from_bar"])
+        notices["from_bar"] = f"The seed is bars 1-{bar - 1}; the continuation starts at bar {bar}."
+    return notices
+
+
 def _ticks_to_seconds(tick: int, tpq: int, tempos) -> float:
     seconds, last_tick, mspq = 0.0, 0, 500_000
     for tempo in tempos:
@@ -283,15 +340,24 @@ def _ticks_to_seconds(tick: int, tpq: int, tempos) -> float:
     return seconds + (tick - last_tick) * mspq / 1e6 / tpq
 
 
-def load_seed(data: bytes, limits: SeedLimits = SeedLimits(), *, name: str = "") -> Piece:  # noqa: B008
+def load_seed(
+    data: bytes,
+    limits: SeedLimits = SeedLimits(),  # noqa: B008
+    *,
+    name: str = "",
+    from_bar: int | None = None,
+) -> Piece:
     """The seed melody in untrusted MIDI bytes, or a `BadMidi` whose message says what is wrong.
 
     Non-drum tracks merge into one polyphonic piece (program of the busiest track); tempo and time
     signature are the first ones (120 BPM and 4/4 without); times are in quarter-note beats.
+    A file longer than the duration or note limits is cropped to its opening (meta["cropped"]
+    says how); drums are left out (meta["drum_notes"] counts them). `from_bar` (2 or more): only
+    the bars before it are the seed (bars of the first time signature); None: the whole file.
     """
     try:
         smf = _checked_smf(bytes(data), limits)
-        return _piece_from_score(_parse_score(smf), limits, name)
+        return _piece_from_score(_parse_score(smf), limits, name, from_bar)
     except BadMidi:
         raise
     except Exception as exc:  # never let a surprise from hostile bytes escape as a crash

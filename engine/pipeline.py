@@ -233,7 +233,11 @@ def load_job(request_id: int, settings: Settings) -> Job:
         tune = session.get(Tune, req.seed_tune_id) if req.seed_tune_id else None
         midi_key, name = (tune.midi_key, tune.name) if tune else (None, "")
     seed_midi = store.get(midi_key) if midi_key else None
-    seed = load_seed(seed_midi, name=name) if seed_midi is not None else None
+    seed = (
+        load_seed(seed_midi, name=name, from_bar=options.from_bar)
+        if seed_midi is not None
+        else None
+    )
     if seed is not None and options.tempo:
         seed = replace(seed, tempo_bpm=options.tempo)
     return Job(request_id=request_id, options=options, seed=seed, seed_midi=seed_midi)

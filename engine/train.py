@@ -64,6 +64,12 @@ class TrainConfig:
     short_seed_prob: float = 0.3  # 1-8 note seeds
     transpose: int = 6  # +- semitones, kept in the pitch range
     style_dropout: float = 0.2  # share of examples trained as style "none"
+    # share of seeded examples trained with key class 0 ("unknown"): the seed's notes, not the
+    # label, must then carry the key (the label alone carried most of the seed's information)
+    key_dropout: float = 0.0
+    # share of seeded batches cut where the continuation reuses a 4-note figure of its seed
+    # (engine.seed_reuse): pairs that reward developing the seed's material
+    reuse_prob: float = 0.0
     # optimisation
     batch_size: int = 32
     lr: float = 2e-3
@@ -117,6 +123,7 @@ class Encoded:
     events: list[np.ndarray]  # (N_i, 5) each
     styles: np.ndarray  # (P,) style index per piece
     weights: np.ndarray  # (P,) sampling probability per piece
+    reuse_gaps: list[np.ndarray] | None = None  # (N_i,) each, `reuse_gaps`; built on first use
 
     @property
     def notes(self) -> int:
@@ -141,6 +148,50 @@ def encode_pieces(
     if len(weights_arr):
         weights_arr = weights_arr / weights_arr.sum()
     return Encoded(events=events, styles=np.asarray(styles, dtype=np.int64), weights=weights_arr)
+
+
+REUSE_GRAM = 4  # notes in a figure (3 intervals and the rhythm of its last 3 notes)
+
+
+def reuse_gaps(events: np.ndarray) -> np.ndarray:
+    """(N,) for each note, how many notes back the same 4-note figure (pitch intervals and
+    onset shifts, so transposed returns count) last ended, when it ended at least REUSE_GRAM notes
+    earlier (no overlap); 0 where the figure is new."""
+    n = len(events)
+    gaps = np.zeros(n, dtype=np.int64)
+    if n < REUSE_GRAM:
+        return gaps
+    pitch, shift = events[:, PITCH], events[:, SHIFT]
+    last: dict[tuple[int, ...], int] = {}
+    pending: list[tuple[tuple[int, ...], int]] = []  # figures that may not be matched yet
+    for i in range(REUSE_GRAM - 1, n):
+        lo = i - REUSE_GRAM + 1
+        gram = (
+            *np.diff(pitch[lo : i + 1]).tolist(),
+            *shift[lo + 1 : i + 1].tolist(),
+        )
+        j = last.get(gram)
+        if j is not None:
+            gaps[i] = i - j
+        pending.append((gram, i))
+        if len(pending) >= REUSE_GRAM:  # a figure ending REUSE_GRAM notes ago no longer overlaps
+            g, k = pending.pop(0)
+            last[g] = k
+    return gaps
+
+
+def _reuse_cut(
+    rng: np.random.Generator, gaps: np.ndarray, seed_len: int, target_len: int
+) -> int | None:
+    """A cut whose continuation, within its first notes, returns to a figure that lies wholly
+    in the seed before it; None when the piece has none."""
+    into = int(rng.integers(REUSE_GRAM - 1, max(REUSE_GRAM, target_len // 2)))  # notes after cut
+    ok = (gaps > into) & (gaps <= into + seed_len - REUSE_GRAM + 1)
+    ok[: into + 1] = False
+    found = np.flatnonzero(ok)
+    if not len(found):
+        return None
+    return int(found[rng.integers(len(found))]) - into
 
 
 def data_hash(data: Encoded) -> str:
@@ -220,10 +271,16 @@ def sample_batch(
         seed_len = int(rng.integers(1, 9))
     else:
         seed_len = int(rng.integers(min(9, cfg.seed_max), cfg.seed_max + 1))
+    reuse = seed_len >= REUSE_GRAM and cfg.reuse_prob > 0 and rng.random() < cfg.reuse_prob
+    if reuse and data.reuse_gaps is None:
+        data.reuse_gaps = [reuse_gaps(ev) for ev in data.events]
     windows = []
     for p in rng.choice(len(data.events), size=cfg.batch_size, p=data.weights):
         ev = data.events[p]
-        if seed_len == 0 and rng.random() < 0.5:
+        cut = _reuse_cut(rng, data.reuse_gaps[p], seed_len, cfg.target_len) if reuse else None
+        if cut is not None:
+            pass  # a continuation that develops its seed
+        elif seed_len == 0 and rng.random() < 0.5:
             cut = 0  # the very start of a piece
         else:
             cut = int(rng.integers(0 if seed_len == 0 else 1, len(ev)))
@@ -231,7 +288,10 @@ def sample_batch(
         seed, target = transpose_window(rng, seed, target, codec.n_pitch, cfg.transpose)
         style = int(data.styles[p]) if rng.random() >= cfg.style_dropout else 0
         windows.append((seed, target, style))
-    return collate(windows, cfg.target_len, codec)
+    batch = collate(windows, cfg.target_len, codec)
+    if seed_len and cfg.key_dropout > 0:
+        batch["key"][torch.from_numpy(rng.random(len(windows)) < cfg.key_dropout)] = 0
+    return batch
 
 
 def eval_batches(
@@ -757,6 +817,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-len", type=int, default=d.target_len, help="continuation window (notes)"
     )
+    p.add_argument(
+        "--key-dropout",
+        type=float,
+        default=d.key_dropout,
+        help="share of seeded examples trained with the key unknown (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reuse-prob",
+        type=float,
+        default=d.reuse_prob,
+        help="share of seeded batches cut where the continuation reuses a figure of the seed",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
@@ -802,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         key_conditioning=not args.no_key,
         seed_max=args.seed_max,
         target_len=args.target_len,
+        key_dropout=args.key_dropout,
+        reuse_prob=args.reuse_prob,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,

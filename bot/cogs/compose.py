@@ -42,6 +42,7 @@ Temperature = app_commands.Range[float, catalog.MIN_TEMPERATURE, catalog.MAX_TEM
 Tempo = app_commands.Range[float, catalog.MIN_TEMPO, catalog.MAX_TEMPO]
 RngSeed = app_commands.Range[int, 0, catalog.MAX_RNG_SEED]
 REFUSAL_QUIET_S = 10.0  # a mention flood's other refusals in this window get no reply
+FromBar = app_commands.Range[int, 2, catalog.MAX_FROM_BAR]
 
 
 class Compose(commands.Cog):
@@ -112,6 +113,7 @@ class Compose(commands.Cog):
         tempo="Tempo in BPM (default: the seed's)",
         rng_seed="A number that makes the result repeatable",
         image="The picture shown with the result (the other is one click away)",
+        from_bar="Continue from this bar of the seed: the bars before it are the seed (default: the end)",
     )
     @app_commands.choices(style=STYLE_CHOICES, instrument=INSTRUMENT_CHOICES, image=IMAGE_CHOICES)
     async def compose(
@@ -126,6 +128,7 @@ class Compose(commands.Cog):
         rng_seed: RngSeed | None = None,
         abc: str | None = None,
         image: str | None = None,
+        from_bar: FromBar | None = None,
     ) -> None:
         """Continue a melody with Motif's model: attach a MIDI, ABC or MusicXML seed, paste ABC,
         or start from scratch."""
@@ -140,6 +143,7 @@ class Compose(commands.Cog):
             rng_seed=rng_seed,
             image=image,
             settings=self.bot.settings,
+            from_bar=from_bar,
         )
         await self.start(interaction, options, seed, "slash", abc=abc)
 

@@ -166,3 +166,30 @@ def test_notation_bench():
             assert positive(f[key]), (name, key)
         assert f["score_s"] >= f["engrave_s"] and f["png_bytes"] > 1000
     assert r["target_16_bars_s"] == 0.2
+
+
+def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
+    from bench import judge
+
+    r = judge.judge(
+        [("Motif (tiny)", tiny_corpus_model_path)],
+        None,
+        tiny_corpus_path,
+        n_seeds=3,
+        seed_bars=2,
+        bars=2,
+        gain_windows=16,
+    )
+    assert list(r["figures"]) == ["Motif (tiny)", judge.REAL, judge.CHANCE]
+    n = r["settings"]["n_seeds"]
+    assert n >= 1 and all(f["pieces"] == n for f in r["figures"].values())
+    assert 0.0 <= r["figures"][judge.REAL]["pattern_reuse"] <= 1.0
+    assert set(r["safety_nets"]["Motif (tiny)"]) == {"grammar", "repetition guard", "key bias"}
+    table = judge.format_judge(r)
+    assert "| seed's 4-note figures (top line) that recur |" in table
+    assert "key kept, music21 Aarden–Essen" in table and "chance" in table
+    out = tmp_path / "judge.md"
+    assert judge.main(["--model", f"tiny={tiny_corpus_model_path}", "--corpus",
+                       str(tiny_corpus_path), "--seeds", "2", "--seed-bars", "2", "--bars", "2",
+                       "--gain-windows", "8", "--markdown", str(out)]) == 0  # fmt: skip
+    assert "Motif (tiny)" in out.read_text()

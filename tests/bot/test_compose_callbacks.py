@@ -48,6 +48,21 @@ def test_compose_with_a_seed_defers_downloads_records_and_shows_progress(bot_set
     asyncio.run(scenario())
 
 
+def test_compose_from_a_bar_of_a_whole_song(bot_settings, jobs):
+    async def scenario() -> None:
+        bot = make_bot(bot_settings, jobs)
+        cog = Compose(bot)
+        it = mock_interaction(bot)
+        seed, _ = real_attachment("song.mid", midi_bytes(n_notes=32))  # 4 bars of eighths
+        await cog.compose.callback(cog, it, seed=seed, from_bar=3)
+        progress = jobs.progress(it.extras["request_id"])
+        assert progress.params["from_bar"] == 3
+        assert progress.notes["from_bar"].startswith("The seed is bars 1-2;")
+        await bot.deliveries.stop()
+
+    asyncio.run(scenario())
+
+
 def test_compose_without_a_seed_starts_from_scratch(bot_settings, jobs, dispatched):
     async def scenario() -> None:
         bot = make_bot(bot_settings, jobs)
@@ -107,7 +122,12 @@ def test_a_corrupt_midi_file_gets_an_ephemeral_answer_after_the_deferral(bot_set
 
 @pytest.mark.parametrize(
     "options, expected",
-    [({"bars": 0}, "bars"), ({"temperature": 5.0}, "temperature"), ({"tempo": 1.0}, "tempo")],
+    [
+        ({"bars": 0}, "bars"),
+        ({"temperature": 5.0}, "temperature"),
+        ({"tempo": 1.0}, "tempo"),
+        ({"from_bar": 1}, "from_bar"),
+    ],
 )
 def test_options_are_validated_server_side(bot_settings, jobs, options, expected):
     async def scenario() -> None:

@@ -130,6 +130,20 @@ def test_result_embed_has_parameters_seed_model_timings_and_the_shortened_note()
     assert embed.image.url == "attachment://motif-12.png"
 
 
+def test_result_embed_tells_how_the_file_became_the_seed():
+    notices = {
+        "from_bar": "The seed is bars 1-16; the continuation starts at bar 17.",
+        "drums_left_out": "The drums (300 notes) were left out of the seed: Motif continues "
+        "pitched parts.",
+        "seed_cropped": "The file was too long, so the seed is its first 20 minutes of 31.",
+    }
+    embed = messages.result_embed(
+        progress(RequestStatus.DONE, notes=notices), image_filename=None, left_out=[]
+    )
+    note = {f.name: f.value for f in embed.fields}["Note"]
+    assert note.splitlines() == [notices[k] for k in ("from_bar", "seed_cropped", "drums_left_out")]
+
+
 def test_variation_temperature_moves_within_the_allowed_range():
     assert varied_temperature(1.0, "hi") == 1.25
     assert varied_temperature(1.0, "lo") == 0.8

@@ -12,6 +12,7 @@ from engine.generate import (
     MAX_REPEATS,
     MIN_DISTINCT,
     GenerationRequest,
+    SafetyNetCounts,
     _Grammar,
     _plan_row,
     _sample,
@@ -96,10 +97,37 @@ def test_bars_are_respected(lm, ts):
 def test_no_seed_works(lm):
     piece = continue_seed(lm, None, 2, style="celtic", seed_rng=0)
     assert piece.notes and piece.style == "celtic"
-    assert piece.time_signature == (4, 4) and piece.tempo_bpm == 120.0
-    assert all(0 <= n.start < 8 and n.end <= 8 for n in piece.notes)
-    empty = continue_seed(lm, Piece(notes=(), tempo_bpm=70.0), 1, seed_rng=0)
-    assert empty.notes and empty.tempo_bpm == 70.0
+    bar = piece.beats_per_bar
+    assert all(0 <= n.start < 2 * bar and n.end <= 2 * bar for n in piece.notes)
+    empty = continue_seed(lm, Piece(notes=(), tempo_bpm=70.0, time_signature=(3, 4)), 1, seed_rng=0)
+    assert empty.notes and empty.tempo_bpm == 70.0 and empty.time_signature == (3, 4)
+
+
+def test_no_seed_sounds_like_its_style(lm):
+    """Metre, tempo and key from the style's corpus counts; key class 0 as training feeds an
+    empty seed; the first note at once."""
+    from engine.style_priors import load_style_priors
+
+    priors = load_style_priors()["folk"]
+    pieces = [continue_seed(lm, None, 2, style="folk", seed_rng=i) for i in range(40)]
+    metres = {f"{p.time_signature[0]}/{p.time_signature[1]}" for p in pieces}
+    assert metres <= set(priors["time_signatures"]) and len(metres) >= 3  # not always 4/4
+    assert {f"{p.tempo_bpm:g}" for p in pieces} <= set(priors["tempi"])
+    assert all(p.notes[0].start == 0.0 for p in pieces)  # no leading silence
+    assert _plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=0)).key == 0
+    # the result is in the drawn key (or its relative), as the decoder's own estimate hears it
+    rows = [_plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=i)) for i in range(40)]
+    in_key = 0
+    for row, piece in zip(rows, pieces, strict=True):
+        tonic, mode = row.target_key
+        relative = ((tonic + 9) % 12, "minor") if mode == "major" else ((tonic + 3) % 12, "major")
+        in_key += estimate_key(piece) in {(tonic, mode), relative}
+    assert in_key == len(pieces)
+    # the drawn keys follow the corpus: G, F, D and C major are the commonest folk keys
+    drawn = [row.target_key for row in rows]
+    common = {(7, "major"), (5, "major"), (2, "major"), (0, "major")}
+    assert sum(k in common for k in drawn) >= len(drawn) // 2
+    assert continue_seed(lm, None, 2, style="folk", seed_rng=3) == pieces[3]  # reproducible
 
 
 def test_collapse_guard_on_a_model_that_wants_one_pitch(lm):
@@ -127,6 +155,39 @@ def test_collapse_guard_on_a_model_that_wants_one_pitch(lm):
             len(set(pitches[i : i + DISTINCT_WINDOW])) >= 3
             for i in range(len(pitches) - DISTINCT_WINDOW + 1)
         )
+
+
+def test_safety_net_counts_say_how_often_each_net_changes_a_note(lm):
+    seed = _seed()
+    plain = [GenerationRequest(seed, 4, rng_seed=i) for i in range(3)]
+    counts = SafetyNetCounts()
+    counted = continue_batch(lm, plain, nets=counts)
+    assert [_keys(p) for p in counted] == [_keys(p) for p in continue_batch(lm, plain)]
+    assert counts.notes == sum(len(p.notes) for p in counted)
+    rates = counts.rates()
+    assert set(rates) == {"grammar", "repetition guard", "key bias"}
+    assert all(0.0 <= r <= 1.0 for r in rates.values()) and rates["key bias"] > 0.01
+    # no key bias at all: it changes nothing
+    off = SafetyNetCounts()
+    reqs = [
+        GenerationRequest(seed, 4, rng_seed=i, key_gravity=0.0, key_penalty=0.0) for i in range(3)
+    ]
+    continue_batch(lm, reqs, nets=off)
+    assert off.rates()["key bias"] == pytest.approx(0.0, abs=1e-6)
+    # a model that wants one pitch: the repetition guard changes many notes (every fifth E4,
+    # less where a chord note, the grammar's part, takes its place)
+    heads = lm.model.heads
+    pitch_bias = heads.out[PITCH][-1].bias
+    saved = pitch_bias.detach().clone()
+    with torch.no_grad():
+        pitch_bias[64 - CODEC.config.pitch_low] += 50.0
+    stuck = SafetyNetCounts()
+    try:
+        continue_batch(lm, plain, nets=stuck)
+    finally:
+        with torch.no_grad():
+            pitch_bias.copy_(saved)
+    assert stuck.rates()["repetition guard"] > 0.1 > rates["repetition guard"]
 
 
 def test_key_estimate_and_key_bias(lm):
@@ -250,7 +311,9 @@ class _RulesOfOneRow:
         ok[CODEC.eos] = self.sound_end >= r.end_tick
         if not self.pitches:
             gap = r.seed_end - r.ref_tick
-            if gap <= CODEC.config.max_shift:
+            if not len(r.seed_events):
+                ok[1:] = False  # no seed: the first note at once
+            elif gap <= CODEC.config.max_shift:
                 ok[: max(0, gap)] = False
         elif len(self.chord) >= MAX_CHORD:
             ok[0] = False

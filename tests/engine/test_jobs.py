@@ -38,6 +38,9 @@ def count(settings, model) -> int:
         ({"tempo": 5}, "tempo"),
         ({"tempo": float("inf")}, "tempo"),
         ({"rng_seed": -1}, "rng_seed"),
+        ({"from_bar": 1}, "from_bar"),
+        ({"from_bar": True}, "from_bar"),
+        ({"from_bar": 10**9}, "from_bar"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_message(kwargs, message):
@@ -70,6 +73,33 @@ def test_compose_records_request_and_seed_tune_and_queues_it(settings):
     rid2 = service.compose(who, validate_options(bars=4), example_seed_bytes(), "ode.mid")
     assert service.progress(rid2).queue_position == 2
     assert count(settings, Tune) == 1
+
+
+def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
+    service = JobService(settings, dispatch=lambda _: None)
+    who = Requester(discord_id=9)
+    rid = service.compose(who, validate_options(from_bar=3), example_seed_bytes(), "ode.mid")
+    prog = service.progress(rid)
+    assert prog.params["from_bar"] == 3
+    assert prog.notes == {"from_bar": "The seed is bars 1-2; the continuation starts at bar 3."}
+    with session_scope(settings.sqlalchemy_url) as s:
+        request = s.get(Request, rid)
+        request.status, request.result_tune_id = RequestStatus.DONE, request.seed_tune_id
+    # a reroll cuts the same seed and says so again; an extension continues the whole result
+    reroll = service.progress(service.follow_up(who, rid, RequestKind.REROLL))
+    assert reroll.params["from_bar"] == 3 and reroll.notes == prog.notes
+    extend = service.progress(service.follow_up(who, rid, RequestKind.EXTEND))
+    assert extend.params["from_bar"] is None and extend.notes == {}
+    # the worker cuts the stored file the same way
+    from engine.pipeline import load_job
+
+    job = load_job(rid, settings)
+    assert job.seed is not None and max(n.start for n in job.seed.notes) < 2 * 4
+    assert len(job.seed.notes) < len(load_job(extend.request_id, settings).seed.notes)
+    with pytest.raises(BadParams, match="from_bar needs a seed"):
+        service.compose(who, validate_options(from_bar=3))
+    with pytest.raises(BadMidi, match="from_bar is 99"):
+        service.compose(who, validate_options(from_bar=99), example_seed_bytes(), "ode.mid")
 
 
 def test_bad_seed_writes_nothing(settings):

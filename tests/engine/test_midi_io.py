@@ -13,6 +13,7 @@ from engine.midi_io import (
     CorruptMidi,
     DrumOnlyMidi,
     EmptyMidi,
+    FromBarOutsideFile,
     MidiTooLarge,
     SeedLimits,
     UnsupportedMidiType,
@@ -20,6 +21,7 @@ from engine.midi_io import (
     load_seed,
     midi_note_count,
     piece_from_midi_file,
+    seed_notices,
     to_midi_bytes,
 )
 from engine.music import Note, Piece
@@ -162,12 +164,6 @@ def test_piece_from_midi_file(tmp_path):
         (GOOD + bytes(1_048_576), MidiTooLarge, "1,048,576 bytes"),
         (smf(*[melody()] * 65), MidiTooLarge, "64 tracks"),
         (smf(melody(), ntracks=200), MidiTooLarge, "64 tracks"),
-        (smf(melody(pitches=[60] * 20_001)), MidiTooLarge, "20,000 notes"),
-        (
-            smf(track((0, b"\x90\x3c\x50"), (480 * 2 * 60 * 21, b"\x80\x3c\x00"))),
-            MidiTooLarge,
-            "20 minutes",
-        ),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else None,
 )
@@ -187,8 +183,58 @@ def test_trailing_junk_and_foreign_chunks_are_tolerated():
 
 
 def test_limits_are_configurable():
-    with pytest.raises(MidiTooLarge, match="3 notes"):
-        load_seed(GOOD, SeedLimits(max_notes=3))
+    with pytest.raises(MidiTooLarge, match="10 bytes"):
+        load_seed(GOOD, SeedLimits(max_bytes=10))
+    assert len(load_seed(GOOD, SeedLimits(max_notes=3)).notes) == 3
+
+
+def test_over_long_files_are_cropped_to_their_opening_not_refused():
+    # 20,002 64th notes (10 minutes at 120 bpm): the first 20,000 are kept
+    many = load_seed(
+        smf(track(*[ev for _ in range(10_001) for p in (60, 62) for ev in note(p, 30)]))
+    )
+    assert len(many.notes) == 512 and many.meta["cropped"] == "its first 20,000 notes of 20,002"
+    # the seed ends with the 20,000th note (beat 19,999 / 16; whole empty bars, 1,216 beats,
+    # are dropped before the 512 notes the seed keeps)
+    assert many.notes[-1].start == pytest.approx(19_999 / 16 - 1216) and many.notes[-1].pitch == 62
+    # 21 minutes at 120 bpm, a note per beat: cropped to the notes that start in 20 minutes
+    long = load_seed(smf(melody(pitches=[60, 64] * 1260)))
+    assert long.meta["cropped"] == "its first 20 minutes of 21"
+    assert long.end_beat - long.notes[0].start <= 512 and long.notes[-1].start < 2400
+    one = load_seed(smf(track((0, b"\x90\x3c\x50"), (480 * 2 * 60 * 21, b"\x80\x3c\x00"))))
+    assert one.notes[0].duration == pytest.approx(2 * 60 * 20)  # the long note, cut at 20 min
+    assert seed_notices(one) == {
+        "seed_cropped": "The file was too long, so the seed is its first 20 minutes of 21."
+    }
+    assert "cropped" not in load_seed(GOOD).meta and seed_notices(load_seed(GOOD)) == {}
+
+
+def test_from_bar_makes_the_bars_before_it_the_seed():
+    # 8 bars of 4/4, one quarter note per beat, pitches 40..71 in order
+    song = smf(melody(pitches=list(range(40, 72))))
+    whole = load_seed(song)
+    assert len(whole.notes) == 32 and "from_bar" not in whole.meta
+    seed = load_seed(song, from_bar=3)
+    assert [n.pitch for n in seed.notes] == list(range(40, 48))  # bars 1-2
+    assert seed_notices(seed)["from_bar"] == (
+        "The seed is bars 1-2; the continuation starts at bar 3."
+    )
+    assert load_seed(song, from_bar=9).notes == whole.notes  # bar 9: just after the end
+    for bad in (1, 10, 0, -3):
+        with pytest.raises(FromBarOutsideFile, match="bars 1 to 8") as info:
+            load_seed(song, from_bar=bad)
+        assert isinstance(info.value, BadMidi)
+    # a note held across the cut is cut there
+    held = smf(track(*note(60, ticks=480 * 6)))
+    assert load_seed(held, from_bar=2).notes[0].duration == 4.0
+
+
+def test_drums_are_left_out_and_the_notice_says_so():
+    drums = track(*[ev for _ in range(6) for ev in note(36, channel=9)])
+    piece = load_seed(smf(melody(), drums))
+    assert [n.pitch for n in piece.notes] == [60, 62, 64, 65]
+    assert piece.meta["drum_notes"] == "6"
+    assert seed_notices(piece)["drums_left_out"].startswith("The drums (6 notes) were left out")
 
 
 # --- fuzzing: mutated real files may only ever raise BadMidi ----------------------------------

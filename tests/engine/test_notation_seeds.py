@@ -222,8 +222,10 @@ def test_note_and_part_limits_stop_the_parse():
     with pytest.raises(NotationTooLarge):
         load_notation_seed(chorale_mxl(), "parts.mxl", NotationLimits(max_parts=2))
     midi_limits = replace(NotationLimits().midi, max_duration_s=5.0)
-    with pytest.raises(BadMidi):  # the MIDI seed's duration limit applies too
-        load_notation_seed(JIG, "jig.abc", NotationLimits(midi=midi_limits))
+    # the MIDI seed's duration limit applies too: a longer tune is cropped to its opening
+    cropped = load_notation_seed(JIG, "jig.abc", NotationLimits(midi=midi_limits)).piece
+    assert cropped.meta.get("cropped") and 0 < len(cropped.notes) < 41
+    assert max(n.start for n in cropped.notes) * 60 / cropped.tempo_bpm <= 5.0 + 1e-6
 
 
 def test_a_dead_parser_process_is_restarted():

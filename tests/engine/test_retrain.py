@@ -14,7 +14,7 @@ from engine.db import session_scope
 from engine.jobs import JobService, Requester, validate_options
 from engine.model_registry import ensure_default_model
 from engine.records import ModelStatus, ModelVersion, RunStatus, Tune
-from engine.retrain import collected_tunes, run_training
+from engine.retrain import collected_tunes, gate, run_training
 from tests.conftest import make_settings, synthetic_pieces, wait_finished
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,8 @@ def test_retrain_activates_a_good_candidate_and_rollback_restores(retrain_settin
     info = run_info(run_id, s)
     assert info.status == "done" and info.candidate
     assert info.metrics["collapse_rate"] == 0.0
+    for who in ("candidate_fidelity", "active_fidelity"):  # the gate compared seed fidelity
+        assert set(info.metrics[who]) >= {"pattern_reuse", "long_run_share", "gain_content"}
     assert info.metrics["candidate_base_nll"] <= info.metrics["active_base_nll"] + 0.5
     assert admin.active_version(s) == info.candidate != before
     with session_scope(s.sqlalchemy_url) as session:
@@ -226,3 +228,24 @@ def test_cancel_run_is_a_compare_and_set(retrain_settings):
         )
     assert admin.cancel_run(run_id, s) == ""  # too late: evaluating is never overwritten
     assert run_info(run_id, s).status == "evaluating"
+
+
+def test_the_gate_rejects_a_candidate_that_forgets_its_seeds():
+    active = {"gain_content": 0.13, "pattern_reuse": 0.07, "long_run_share": 0.5}
+    base = {"candidate_base_nll": 3.10, "active_base_nll": 3.11, "collapse_rate": 0.0}
+    assert (
+        gate({**base, "candidate_fidelity": dict(active), "active_fidelity": active}, 0.1) is None
+    )
+    forgets = dict(active, gain_content=0.02)
+    reason = gate({**base, "candidate_fidelity": forgets, "active_fidelity": active}, 0.1)
+    assert reason and "forgets its seeds" in reason and "0.020" in reason
+    less = dict(active, pattern_reuse=0.01)
+    reason = gate({**base, "candidate_fidelity": less, "active_fidelity": active}, 0.1)
+    assert reason and "develops its seeds less" in reason
+    stuck = dict(active, long_run_share=0.7)
+    reason = gate({**base, "candidate_fidelity": stuck, "active_fidelity": active}, 0.1)
+    assert reason and "repeat a pitch 4+ times" in reason
+    # a figure that could not be measured (NaN) or a model without figures does not block
+    unknown = dict(active, gain_content=float("nan"))
+    assert gate({**base, "candidate_fidelity": unknown, "active_fidelity": active}, 0.1) is None
+    assert gate(base, 0.1) is None

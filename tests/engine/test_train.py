@@ -25,6 +25,7 @@ from engine.train import (
     evaluate_nll,
     main,
     make_optimizer,
+    reuse_gaps,
     sample_batch,
     train,
     train_step,
@@ -74,6 +75,74 @@ def test_windows_seeds_and_augmentation():
     assert pitches.min() >= 0 and pitches.max() < CODEC.n_pitch
     assert len(set(pitches.tolist())) > 8  # transposed
     assert set(batch["style"].tolist()) == {0, CODEC.style_index("folk")}  # style dropout
+
+
+def test_reuse_gaps_find_a_figure_that_returns_transposed():
+    # a 4-note figure, a different bar, then the figure a fifth higher
+    figure = [(60, 0.5), (62, 0.5), (64, 0.5), (60, 0.5)]
+    other = [(70, 1.0), (69, 2.0), (65, 1.0), (72, 1.5)]
+    notes, t = [], 0.0
+    for pitch, dur in figure + other + [(p + 7, d) for p, d in figure]:
+        notes.append(Note(t, dur, pitch, 80))
+        t += dur
+    gaps = reuse_gaps(CODEC.encode(Piece(tuple(notes))))
+    assert gaps.tolist() == [0] * 11 + [8]  # the return's last note, 8 notes after the first
+    assert not reuse_gaps(CODEC.encode(_tune(1))).any()  # one statement of a phrase: nothing
+
+
+def _figure_returns_once() -> Piece:
+    """40 notes of a random walk in which one 4-note figure (notes 10-13) comes back a third
+    higher at notes 25-28, and no other figure returns."""
+    rng = np.random.default_rng(3)
+    pitches = list(60 + np.cumsum(rng.choice([-5, -3, -2, -1, 1, 2, 4, 7], size=40)) % 24)
+    pitches[25:29] = [p + 4 for p in pitches[10:14]]
+    notes = tuple(Note(0.5 * i, 0.5, int(p), 80) for i, p in enumerate(pitches))
+    return Piece(notes, style="folk")
+
+
+def _figure_in_both(batch: dict[str, torch.Tensor], figure: tuple[int, ...]) -> float:
+    """Share of rows whose seed and whose continuation both hold `figure` (pitch intervals)."""
+    hits = 0
+    for seed, n, target in zip(batch["seed"], batch["seed_len"], batch["target"], strict=True):
+        parts = (seed[: int(n), PITCH].numpy(), target[:, PITCH].numpy())
+        found = [
+            any(tuple(np.diff(p[i : i + 4]).tolist()) == figure for i in range(len(p) - 3))
+            for p in parts
+        ]
+        hits += all(found)
+    return hits / len(batch["seed"])
+
+
+def test_reuse_batches_cut_where_the_continuation_returns_to_the_seed():
+    piece = _figure_returns_once()
+    events = CODEC.encode(piece)
+    gaps = reuse_gaps(events)
+    assert np.flatnonzero(gaps).tolist() == [28] and gaps[28] == 15
+    figure = tuple(np.diff(events[10:14, PITCH]).tolist())
+    data = encode_pieces(CODEC, [piece])
+    base = dict(TINY, batch_size=64, seed_max=24, no_seed_prob=0.0, short_seed_prob=0.0)
+    rng = np.random.default_rng(1)
+    plain = TrainConfig(**base, pieces=[])
+    reuse = TrainConfig(**base, pieces=[], reuse_prob=1.0)
+    plain_share = np.mean(
+        [_figure_in_both(sample_batch(rng, data, CODEC, plain), figure) for _ in range(8)]
+    )
+    reuse_share = np.mean(
+        [_figure_in_both(sample_batch(rng, data, CODEC, reuse), figure) for _ in range(8)]
+    )
+    assert reuse_share > 0.4 and reuse_share > 2.5 * plain_share  # plain cuts: about 0.17
+
+
+def test_key_dropout_hides_the_key_of_some_seeded_examples():
+    data = encode_pieces(CODEC, [_tune(), _tune(offset=5)])
+    rng = np.random.default_rng(0)
+    plain = TrainConfig(**dict(TINY, batch_size=256), pieces=[], no_seed_prob=0.0)
+    batch = sample_batch(rng, data, CODEC, plain)
+    assert (batch["key"][batch["seed_len"] >= 3] > 0).all()
+    cfg = TrainConfig(**dict(TINY, batch_size=256), pieces=[], no_seed_prob=0.0, key_dropout=0.5)
+    batch = sample_batch(rng, data, CODEC, cfg)
+    hidden = float((batch["key"][batch["seed_len"] >= 3] == 0).float().mean())
+    assert 0.35 < hidden < 0.65
 
 
 def test_cut_window_appends_eos_at_the_end():

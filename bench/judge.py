@@ -1,0 +1,242 @@
+"""The honest judge: does each system keep its seed? Side by side on held-out test seeds.
+
+`python -m bench.judge --model engine/data/motif-default.pt --baseline bench/data/baseline.pt`
+
+Columns: Motif (one per `--model`), the hobby baseline (bench/baseline.py), the real
+continuation and a chance reference (another held-out piece's real continuation, same length).
+Rows: engine.fidelity's figures (the key by music21's Aarden-Essen, which the generator never
+steers by), how often each of Motif's safety nets changed a note, and the seed information gain
+(NLL without the seed minus with it, in total and with the seed's key label held fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BASELINE, REAL, CHANCE = "hobby LSTM baseline", "real continuation", "chance (another piece's)"
+GAIN_LABELS = {
+    "gain_total": "seed information gain, nats/note (total)",
+    "gain_content": "seed information gain, nats/note (key label held fixed)",
+    "nll_with_seed": "NLL of the real continuation with the seed, nats/note",
+}
+
+
+def judge(
+    models: Sequence[tuple[str, Path]],
+    baseline_path: Path | None,
+    corpus_path: Path | None = None,
+    *,
+    n_seeds: int = 100,
+    seed_bars: int = 4,
+    bars: int = 8,
+    seed: int = 0,
+    key_gravity: float | None = None,
+    key_penalty: float | None = None,
+    gain_windows: int | None = 2000,
+) -> dict[str, Any]:
+    """Every figure for every system; see the module docstring."""
+    import torch
+
+    from engine.checkpoint import load_checkpoint
+    from engine.corpus import load_corpus
+    from engine.evaluate import TOP_P, pick_cases, without_near_duplicates
+    from engine.fidelity import seed_information_gain, summarize_fidelity
+    from engine.generate import KEY_GRAVITY, KEY_PENALTY, SafetyNetCounts, continue_seed
+    from engine.quality import TrainingIndex
+
+    t_start = time.perf_counter()
+    corpus = load_corpus(corpus_path)
+    train = corpus.pieces("train")
+    index = TrainingIndex.from_pieces(train)
+    test, dups = without_near_duplicates(corpus.pieces("test"), index)
+    cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed)
+    seeds = [c.seed for c in cases]
+    bpb = [c.piece.beats_per_bar for c in cases]
+    conts: dict[str, list] = {}
+    nets: dict[str, dict[str, float]] = {}
+    gains: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    gravity = KEY_GRAVITY if key_gravity is None else key_gravity
+    penalty = KEY_PENALTY if key_penalty is None else key_penalty
+    for label, path in models:
+        lm = load_checkpoint(path)
+        styles = lm.codec.config.styles
+        counts = SafetyNetCounts()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            conts[label] = [
+                continue_seed(
+                    lm,
+                    case.seed,
+                    bars,
+                    style=case.piece.style if case.piece.style in styles else None,
+                    temperature=1.0,
+                    top_p=TOP_P,
+                    seed_rng=seed * 1_000_003 + i,
+                    key_gravity=gravity,
+                    key_penalty=penalty,
+                    nets=counts,
+                )
+                for i, case in enumerate(cases)
+            ]
+        seconds[label] = time.perf_counter() - t0
+        nets[label] = counts.rates()
+        log.info("%s: %d continuations in %.1f s; gain next", label, len(cases), seconds[label])
+        with torch.no_grad():
+            gains[label] = seed_information_gain(lm, test, max_windows=gain_windows)
+    if baseline_path is not None:
+        from bench.baseline import baseline_continue, load_baseline
+
+        bm = load_baseline(baseline_path)
+        first = conts[models[0][0]] if models else [c.real for c in cases]
+        conts[BASELINE] = [
+            baseline_continue(bm, case.seed, max(4, len(made.notes)), rng_seed=seed * 1_000_003 + i)
+            for i, (case, made) in enumerate(zip(cases, first, strict=True))
+        ]
+    conts[REAL] = [c.real for c in cases]
+    # chance: the next case's real continuation (another piece, unrelated to this seed)
+    conts[CHANCE] = [cases[(i + 1) % len(cases)].real for i in range(len(cases))]
+    figures = {
+        name: summarize_fidelity(pieces, seeds, beats_per_bar=bpb) for name, pieces in conts.items()
+    }
+    return {
+        "figures": figures,
+        "safety_nets": nets,
+        "gain": gains,
+        "settings": {
+            "models": {label: str(path) for label, path in models},
+            "baseline": str(baseline_path) if baseline_path else None,
+            "corpus": str(corpus.path),
+            "n_seeds": len(cases),
+            "near_duplicates_left_out": dups,
+            "seed_bars": seed_bars,
+            "bars": bars,
+            "seed": seed,
+            "top_p": TOP_P,
+            "key_gravity": gravity,
+            "key_penalty": penalty,
+            "gain_windows": gain_windows,
+            "generate_s": {k: round(v, 1) for k, v in seconds.items()},
+            "torch_threads": torch.get_num_threads(),
+            "wall_s": round(time.perf_counter() - t_start, 1),
+        },
+    }
+
+
+def _fmt(key: str, value: float | None) -> str:
+    from engine.fidelity import FIDELITY_PERCENT
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if key in FIDELITY_PERCENT or key == "net":
+        return f"{100 * value:.1f}%"
+    if key in ("pieces", "polyphonic_seeds", "bass_seeds"):
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def format_judge(result: dict[str, Any]) -> str:
+    """The judge's Markdown table."""
+    from engine.fidelity import FIDELITY_LABELS
+    from engine.generate import SAFETY_NETS
+
+    s = result["settings"]
+    figures = result["figures"]
+    systems = list(figures)
+    models = list(s["models"])
+    lines = [
+        f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} held-out test pieces "
+        f"({s['near_duplicates_left_out']} near-duplicates of training pieces left out); "
+        f"{s['bars']} bars continued; Motif at temperature 1.0, top-p {s['top_p']}, tonal gravity "
+        f"{s['key_gravity']}, key penalty {s.get('key_penalty', '?')}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
+        "",
+        "| | " + " | ".join(systems) + " |",
+        "|---|" + "---:|" * len(systems),
+    ]
+    for key, label in FIDELITY_LABELS.items():
+        row = [_fmt(key, figures[name].get(key)) for name in systems]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    for net in SAFETY_NETS:
+        row = [
+            _fmt("net", result["safety_nets"][name].get(net)) if name in models else "—"
+            for name in systems
+        ]
+        lines.append(
+            f"| share of notes the {net} changes (total variation) | " + " | ".join(row) + " |"
+        )
+    for key, label in GAIN_LABELS.items():
+        row = [
+            _fmt(key, result["gain"].get(name, {}).get(key)) if name in models else "—"
+            for name in systems
+        ]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.judge", description=__doc__)
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="[LABEL=]PATH",
+        help="a Motif checkpoint (repeat to compare; default: the shipped model)",
+    )
+    parser.add_argument("--baseline", type=Path, default=None, help="bench/data/baseline.pt")
+    parser.add_argument("--corpus", type=Path, default=None, help="default: the shipped corpus")
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--seed-bars", type=int, default=4)
+    parser.add_argument("--bars", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (cases and sampling)")
+    parser.add_argument("--key-gravity", type=float, default=None, help="default: generation's")
+    parser.add_argument("--key-penalty", type=float, default=None, help="default: generation's")
+    parser.add_argument("--gain-windows", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from engine.settings import get_settings
+
+    models = []
+    for spec in args.model or [str(get_settings().default_model_path)]:
+        label, _, path = spec.rpartition("=")
+        models.append((f"Motif ({label})" if label else "Motif", Path(path)))
+    result = judge(
+        models,
+        args.baseline,
+        args.corpus,
+        n_seeds=args.seeds,
+        seed_bars=args.seed_bars,
+        bars=args.bars,
+        seed=args.seed,
+        key_gravity=args.key_gravity,
+        key_penalty=args.key_penalty,
+        gain_windows=args.gain_windows,
+    )
+    text = format_judge(result)
+    print(text)
+    print(f"wall {result['settings']['wall_s']} s")
+    for path, body in ((args.markdown, text), (args.json, None)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body if body is not None else json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
