@@ -118,7 +118,13 @@ def test_compose_starts_a_new_worker_when_its_worker_is_gone(tmp_path, tiny_mode
     out, err = proc.communicate(timeout=170)
     assert proc.returncode == 0, out + err
     assert "a new one is running" in out
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".mid", ".ogg", ".png"]
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [
+        ".mid",
+        ".musicxml",
+        ".ogg",
+        ".png",
+        ".png",
+    ]
 
 
 def test_compose_whose_local_worker_cannot_start_says_why_in_one_line(tmp_path):

@@ -54,11 +54,13 @@ def _one_set_of_artifacts(settings, rid: int) -> None:
         kinds = sorted(
             a.kind.value for a in s.scalars(select(Artifact).where(Artifact.request_id == rid))
         )
-    assert kinds == ["audio", "image", "midi"]
+    assert kinds == ["audio", "image", "midi", "musicxml", "score"]
     files = sorted(
         p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
     )
-    assert files == [f"motif-{rid}.mid", f"motif-{rid}.ogg", f"motif-{rid}.png"]
+    assert files == sorted(
+        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+    )
 
 
 def _claimant_pid(settings, rid: int) -> int:
@@ -241,7 +243,9 @@ def test_four_first_time_composes_at_once_share_one_worker(tmp_path, tiny_model_
     for i in range(4):
         assert sorted(p.suffix for p in (tmp_path / f"out{i}").iterdir()) == [
             ".mid",
+            ".musicxml",
             ".ogg",
+            ".png",
             ".png",
         ]
     from engine.local_worker import live_queues
