@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from engine import db
 from engine.db import session_scope
 from engine.jobs import JobService, Requester, validate_options
-from engine.records import Artifact, Request, RequestStatus
+from engine.records import Artifact, ArtifactKind, Request, RequestStatus
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,15 +116,16 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
         ]
         workers = Counter(w for w in s.scalars(select(Request.worker).where(Request.id.in_(ids))))
     files = list((settings.data_dir / "artifacts" / "requests").glob("*/*"))
+    per = len(ArtifactKind)  # MIDI, audio, piano roll, score, MusicXML: one each
     return {
         "requests": n_requests,
         "workers": n_workers,
         "statuses": dict(statuses),
         "all_done": statuses.get("done", 0) == n_requests,
-        "requests_with_3_artifacts": sum(1 for rid in ids if per_request.get(rid) == 3),
+        "requests_with_all_artifacts": sum(1 for rid in ids if per_request.get(rid) == per),
         "artifact_files": len(files),
-        "duplicates": sum(1 for c in per_request.values() if c > 3)
-        + max(0, len(files) - 3 * n_requests),
+        "duplicates": sum(1 for c in per_request.values() if c > per)
+        + max(0, len(files) - per * n_requests),
         "submit_s": round(submit_s, 2),
         "drain_s": round(drain_s, 1),
         "requests_per_s": round(n_requests / drain_s, 2) if drain_s else None,

@@ -82,6 +82,9 @@ def _child(request: dict[str, Any], text: bytes, out_fd: int) -> None:
         current = 0
     limit = current + int(request["memory_bytes"])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # the parser process kills this child at the time limit; should the parser itself die
+    # first, the alarm (whose default action ends the process) still does
+    signal.alarm(int(float(request["timeout_s"])) + 2)
     try:
         result = parsed_notes(
             request["kind"], text, int(request["max_notes"]), int(request["max_parts"])

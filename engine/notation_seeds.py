@@ -262,12 +262,36 @@ class _Parser:
             )
         return self._proc
 
-    def stop(self) -> None:
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()
-                self._proc.wait(5)
-            self._proc = None
+    def _discard(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.kill()
+        proc.wait(5)
+        self._proc = None
+
+    def _ask(self, message: bytes, limits: NotationLimits, label: str) -> bytes:
+        """Send one request and read its reply line (the caller holds the lock)."""
+        for attempt in (1, 2):
+            proc = self._started()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(message)
+                proc.stdin.flush()
+            except OSError:  # it died after its last answer: start a fresh one, once
+                self._discard(proc)
+                if attempt == 2:
+                    raise UnreadableNotation(label, "the parser process would not start") from None
+                continue
+            # it answers within timeout_s (it kills its child); the margin covers its own start
+            # (importing music21) on a loaded machine
+            if not select.select([proc.stdout], [], [], limits.parse_timeout_s + 30.0)[0]:
+                log.warning("the notation parser did not answer; restarting it")
+                self._discard(proc)
+                raise NotationTimeout(label, limits.parse_timeout_s)
+            line = proc.stdout.readline()
+            if not line:  # it died during this parse (killed, out of memory)
+                self._discard(proc)
+                raise UnreadableNotation(label, "the parser process died")
+            return line
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def parse(self, kind: str, text: bytes, limits: NotationLimits, label: str) -> dict:
         request = {
@@ -279,23 +303,7 @@ class _Parser:
             "max_parts": limits.max_parts,
         }
         with self._lock:
-            proc = self._started()
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
-                proc.stdin.write(json.dumps(request).encode() + b"\n" + text)
-                proc.stdin.flush()
-                # the parser answers within timeout_s (it kills its child); the margin covers
-                # its own start (importing music21) and a loaded machine
-                ready = select.select([proc.stdout], [], [], limits.parse_timeout_s + 30.0)[0]
-                line = proc.stdout.readline() if ready else b""
-            except OSError:
-                line = b""
-            if not line:
-                log.warning("the notation parser did not answer; restarting it")
-                proc.kill()
-                proc.wait(5)
-                self._proc = None
-                raise NotationTimeout(label, limits.parse_timeout_s)
+            line = self._ask(json.dumps(request).encode() + b"\n" + text, limits, label)
         reply = json.loads(line)
         status = reply.get("status")
         if status == "ok":

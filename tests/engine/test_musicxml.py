@@ -3,6 +3,11 @@ reader), with the key, metre, tempo and instrument of the seed."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+
 import pytest
 
 from engine.midi_io import load_seed, to_midi_bytes
@@ -127,7 +132,7 @@ def test_the_seed_is_marked():
     xml = score_xml(seed, cont, key=(2, "major"))
     assert xml.count("<rehearsal>Motif</rehearsal>") == 1
     assert "light-light" in xml  # the double bar where the continuation starts
-    blue = xml.count('color="#2f5f9e"')
+    blue = xml.count('color="#2F5F9E"')
     assert blue == len(seed.notes) + 1  # every seed note head, +1 for the tied-over half
     alone = score_xml(None, cont, key=(2, "major"))
     assert "<rehearsal>" not in alone and "color=" not in alone
@@ -200,3 +205,28 @@ def test_note_values_are_tried_longest_first():
     ticks = [v[0] for v in _VALUES]
     assert ticks == sorted(ticks, reverse=True) and len(set(ticks)) == len(ticks)
     assert [v[1:] for v in _split(18)] == [("quarter", 1, False)]  # a dotted quarter, one head
+
+
+@pytest.mark.skipif(
+    shutil.which("mscore3") is None,
+    reason="MuseScore 3 is not installed (apt-get install musescore3)",
+)
+def test_musescore_reads_the_file_as_valid_musicxml_with_key_metre_tempo_and_instrument(tmp_path):
+    seed, cont = melody_and_chords()
+    source = tmp_path / "motif.musicxml"
+    source.write_text(score_xml(seed, cont, key=(2, "major"), title="Motif #7"))
+    target = tmp_path / "motif.mscx"
+    done = subprocess.run(
+        ["mscore3", "-o", str(target), str(source)],
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "not a valid MusicXML file" not in log, log  # its schema check
+    mscx = target.read_text()
+    assert re.search(r"<KeySig>\s*<accidental>2</accidental>", mscx)  # D major
+    assert "<sigN>3</sigN>" in mscx and "<sigD>4</sigD>" in mscx
+    assert "<tempo>1.6</tempo>" in mscx  # quarters per second: 96 BPM
+    assert '<program value="73"/>' in mscx and "<trackName>Flute</trackName>" in mscx

@@ -238,6 +238,29 @@ def test_a_dead_parser_process_is_restarted():
     assert PARSER._proc is not proc
 
 
+def test_a_parser_killed_mid_parse_gives_a_clear_error_and_the_next_parse_works():
+    import threading
+
+    load_notation_seed(JIG, "jig.abc")  # the parser process is up
+    proc = PARSER._proc
+    assert proc is not None
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+
+    def kill_during_the_parse() -> None:  # once the parser has forked the child that parses
+        deadline = time.monotonic() + 30
+        while not children.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.kill()
+
+    killer = threading.Thread(target=kill_during_the_parse)
+    killer.start()
+    with pytest.raises(UnreadableNotation) as info:
+        load_notation_seed(big_score(), "big.musicxml")  # over a second of parsing
+    killer.join()
+    assert info.value.detail == "the parser process died"
+    assert len(load_notation_seed(JIG, "jig.abc").piece.notes) == 41
+
+
 def test_this_process_never_imports_music21():
     import subprocess
     import sys
