@@ -87,8 +87,20 @@ async def _one_request(bot, fake, payloads, settings: Settings, seed: bytes, bar
     posted = rf"/webhooks/\d+/{re.escape(token)}"
     t_in = time.monotonic()
     bot._connection.parse_interaction_create(payload)
-    (post,) = await fake.wait_for("POST", posted, timeout=120)
-    t_post = post.at
+    deadline, checked = t_in + 120, t_in
+    while not (found := fake.find("POST", posted)):
+        await asyncio.sleep(0.01)
+        if time.monotonic() - checked < 1.0:
+            continue
+        checked = time.monotonic()
+        # a failed request is told in the progress message, with no follow-up: say why
+        with session_scope(settings.sqlalchemy_url) as s:
+            row = s.scalars(select(Request).where(Request.id > last)).first()
+            if row is not None and row.status in (RequestStatus.FAILED, RequestStatus.CANCELLED):
+                raise RuntimeError(f"request #{row.id} {row.status.value}: {row.error_detail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no files posted for {token} in 120 s")
+    t_post = found[0].at
     with session_scope(settings.sqlalchemy_url) as s:
         row = s.scalars(select(Request).where(Request.id > last).order_by(Request.id)).first()
         assert row is not None and row.status is RequestStatus.DONE, row and row.status

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +51,7 @@ def _postgres_conninfo(url: str) -> str:
 
 _redis_clients: dict[str, Any] = {}
 _lock = threading.Lock()
+os.register_at_fork(after_in_child=_redis_clients.clear)  # a child opens its own connection
 
 
 def publish_request_changed(
