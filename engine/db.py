@@ -222,9 +222,10 @@ def ensure_schema(url: str, *, auto_create: bool = False) -> None:
     current = current_revision(url)
     if current == head:
         return
-    if current is None and auto_create:
+    if auto_create:
         # Several processes may start at once on a new database: one creates it, the others
-        # wait for the lock and then find it done.
+        # wait for the lock and then find it done (a revision read outside the lock may be one
+        # the creating process is passing through).
         with migration_lock(url):
             current = current_revision(url)
             if current == head:
