@@ -2,9 +2,10 @@
 
 Pattern reuse, repeated-pitch runs, the key as an estimator the generator never steers by hears
 it (music21's default, Aarden-Essen; the decoder steers by Krumhansl-Kessler), range and
-register, texture (notes per onset, the bass layer, the rhythm grid). Pure numpy over `Note`s
-except `independent_key` (music21, imported when first used). `summarize_fidelity` is what
-`python -m bench.judge` prints and what the retraining gate compares.
+register, texture (notes per onset, the bass layer, the rhythm grid), and how much the seed
+tells the model (`seed_information_gain`). Pure numpy over `Note`s except `independent_key`
+(music21) and `seed_information_gain` (the model), both imported when first used.
+`summarize_fidelity` is what `python -m bench.judge` prints and what the retraining gate compares.
 """
 
 from __future__ import annotations

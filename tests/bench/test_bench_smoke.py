@@ -193,3 +193,11 @@ def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
                        str(tiny_corpus_path), "--seeds", "2", "--seed-bars", "2", "--bars", "2",
                        "--gain-windows", "8", "--markdown", str(out)]) == 0  # fmt: skip
     assert "Motif (tiny)" in out.read_text()
+
+
+def test_model_speed_side_by_side(tiny_model_path):
+    from bench import model_speed
+
+    r = model_speed.run([tiny_model_path, tiny_model_path], repeats=1, n_seeds=2, bars=1)
+    assert list(r["ms_per_note"]) == [str(tiny_model_path)]  # one name: the same file twice
+    assert all(positive(v) for v in r["ms_per_note"].values())
