@@ -11,7 +11,7 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Exchange, Queue
 
-from engine.errors import ServiceUnavailable
+from engine.errors import ServiceUnavailable, make_folder
 from engine.settings import Settings, get_settings
 
 GPU_QUEUE, CPU_QUEUE, TRAIN_QUEUE = "gpu", "cpu", "train"
@@ -77,13 +77,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
             "socket_timeout": max(settings.broker_timeout_s, 5.0),  # above BRPOP's 1 s wait
         }
     if settings.celery_result_backend.startswith("db+sqlite"):
-        try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceUnavailable(
-                f"The data folder {settings.data_dir} cannot be created: {exc.strerror or exc}.",
-                detail=str(exc),
-            ) from exc
+        make_folder(settings.data_dir)
     return config
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.errors import SchemaOutOfDate, ServiceUnavailable
+from engine.errors import SchemaOutOfDate, ServiceUnavailable, make_folder
 from engine.settings import PACKAGE_DIR
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,7 @@ def _sqlite_path(url: str) -> Path | None:
 def _prepare_sqlite_folder(url: str) -> None:
     path = _sqlite_path(url)
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceUnavailable(
-                f"The database folder {path.parent} cannot be created: {exc.strerror or exc}.",
-                detail=str(exc),
-            ) from exc
+        make_folder(path.parent, "database folder")
 
 
 def make_engine(url: str) -> Engine:

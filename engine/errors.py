@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class MotifError(Exception):
     """Base of every error whose message is meant for the person who caused it."""
@@ -86,3 +88,13 @@ def public_message(error: MotifError) -> str:
 
 class Busy(MotifError):
     """Something that runs one at a time (a training run) is already running."""
+
+
+def make_folder(path: Path, what: str = "data folder") -> None:
+    """Create `path` (and its parents), or say in one line why it cannot be created."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"The {what} {path} cannot be created: {exc.strerror or exc}.", detail=str(exc)
+        ) from exc

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.errors import ServiceUnavailable
+from engine.errors import ServiceUnavailable, make_folder
 from engine.settings import Settings
 from engine.worker_life import process_alive
 
@@ -53,13 +53,7 @@ class LocalWorker:
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, object]]:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceUnavailable(
-                f"The data folder {self.folder} cannot be created: {exc.strerror or exc}.",
-                detail=str(exc),
-            ) from exc
+        make_folder(self.folder)
         with open(self.folder / "local-worker.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

@@ -147,32 +147,6 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def own_pg_url() -> Iterator[str]:
-    """A database of this test's own on the shared server, dropped afterwards."""
-    if not port_open("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set MOTIF_TEST_PG_URL)")
-    name = f"motif_test_{uuid.uuid4().hex[:12]}"
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        pytest.skip(f"cannot create a database on {PG_URL}: {exc}")
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        db.engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture
 def redis_url() -> str:
     if not port_open("127.0.0.1", 6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379 (set MOTIF_TEST_REDIS_URL)")

@@ -52,12 +52,12 @@ def hold_tables(url: str, seconds: float, locked: threading.Event) -> threading.
     return thread
 
 
-def test_handlers_acknowledge_before_a_slow_database(tmp_path, own_pg_url):
+def test_handlers_acknowledge_before_a_slow_database(tmp_path, pg_url):
     """With the database stuck for 4 s, every handler that reads or writes it still answers
     Discord within 3 s (deferred first), and its real answer follows."""
     settings = make_settings(
         tmp_path,
-        database_url=own_pg_url,
+        database_url=pg_url,
         dev_guild_id=GUILD_ID,
         home_guild_id=GUILD_ID,
         progress_edit_interval_s=0.5,
@@ -89,7 +89,7 @@ def test_handlers_acknowledge_before_a_slow_database(tmp_path, own_pg_url):
                 p.button(f"motif:consent:{rid}", question),
             ]
             locked = threading.Event()
-            holder = hold_tables(own_pg_url, 4.0, locked)
+            holder = hold_tables(pg_url, 4.0, locked)
             assert await asyncio.to_thread(locked.wait, 10)
             started = time.monotonic()
             for payload in interactions:

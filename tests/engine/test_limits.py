@@ -25,7 +25,7 @@ from tests.conftest import make_settings
 def limit_settings(request: pytest.FixtureRequest, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
     overrides: dict[str, object] = {"user_max_concurrent": 2, "guild_max_open": 3}
     if request.param == "postgres":
-        overrides["database_url"] = request.getfixturevalue("own_pg_url")
+        overrides["database_url"] = request.getfixturevalue("pg_url")
     s = make_settings(tmp_path, **overrides)
     db.upgrade(s.sqlalchemy_url)
     return s
