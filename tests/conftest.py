@@ -80,6 +80,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def run_motif(
+    settings: Settings, *argv: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`motif ARGV…` as a user runs it, with the test's settings and nothing else."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *argv],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--torch-threads",
@@ -264,6 +278,13 @@ def synthetic_pieces(n: int = 24, seed: int = 0) -> list:
     return tunes(n, notes=(24, 48), seed=seed)
 
 
+# The tiny models' size and training set-up (CPU, one thread, quiet); each fixture adds its data.
+TINY_TRAINING: dict[str, object] = dict(
+    d_embed=32, hidden=48, layers=1, seed_max=16, target_len=16, batch_size=8, warmup_steps=5,
+    device="cpu", threads=1, progress=False,
+)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained for a few steps with the real training code (not the shipped one)."""
@@ -278,20 +299,11 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pieces=pieces[:20],
             val_pieces=pieces[20:],
             test_pieces=pieces[20:],
-            d_embed=32,
-            hidden=48,
-            layers=1,
-            seed_max=16,
-            target_len=16,
-            batch_size=8,
             epochs=1,
             max_steps=30,
-            warmup_steps=5,
             eval_windows=16,
-            device="cpu",
-            threads=1,
-            progress=False,
             version="tiny-test",
+            **TINY_TRAINING,
         )
     )
     return out
@@ -325,20 +337,11 @@ def tiny_corpus_model_path(
         TrainConfig(
             out=out,
             corpus_path=tiny_corpus_path,
-            d_embed=32,
-            hidden=48,
-            layers=1,
-            seed_max=16,
-            target_len=16,
-            batch_size=8,
             epochs=50,
             max_steps=150,
-            warmup_steps=5,
             eval_windows=32,
-            device="cpu",
-            threads=1,
-            progress=False,
             version="tiny-corpus",
+            **TINY_TRAINING,
         )
     )
     return out

@@ -15,17 +15,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, make_settings, settings_env
-
-
-def motif(settings, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *argv],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.conftest import run_motif as motif
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -15,7 +15,14 @@ from engine.cli import live_workers
 from engine.db import session_scope
 from engine.jobs import JobService, Requester, validate_options
 from engine.records import Artifact, Request, RequestStatus
-from tests.conftest import ROOT, example_seed_bytes, make_settings, settings_env, wait_finished
+from tests.conftest import (
+    ROOT,
+    example_seed_bytes,
+    make_settings,
+    run_motif,
+    settings_env,
+    wait_finished,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -136,24 +143,7 @@ def test_motif_compose_cli_writes_midi_audio_pictures_and_musicxml(tmp_path, tin
     settings = make_settings(tmp_path, default_model_path=tiny_model_path)
     out = tmp_path / "result"
     seed = ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "compose",
-            str(seed),
-            "--bars",
-            "4",
-            "--out",
-            str(out),
-        ],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_motif(settings, "compose", str(seed), "--bars", "4", "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stages = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
     stages = list(
@@ -289,24 +279,7 @@ def test_motif_compose_cli_takes_abc_and_musicxml_seeds(tmp_path, tiny_model_pat
     tune = tmp_path / f"tune{suffix}"
     tune.write_bytes(data)
     out = tmp_path / "result"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "compose",
-            str(tune),
-            "--bars",
-            "2",
-            "--out",
-            str(out),
-        ],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_motif(settings, "compose", str(tune), "--bars", "2", "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"(tune{suffix}, 2 bars)" in proc.stdout
     if suffix == ".abc":
@@ -322,13 +295,6 @@ def test_motif_compose_cli_refuses_hostile_xml_before_starting_anything(tmp_path
     settings = make_settings(tmp_path)
     tune = tmp_path / "bomb.musicxml"
     tune.write_bytes(BILLION_LAUGHS)
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "compose", str(tune)],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_motif(settings, "compose", str(tune), timeout=60)
     assert proc.returncode == 2 and "declares XML entities" in proc.stderr
     assert not (settings.data_dir / "motif.db").exists()
