@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -43,18 +45,45 @@ def _prepare_sqlite_folder(url: str) -> None:
         make_folder(path.parent, "database folder")
 
 
+SQLITE_BUSY_S = 30
+
+
+def use_wal(cur: sqlite3.Cursor, wait_s: float = SQLITE_BUSY_S) -> None:
+    """Switch a SQLite file to WAL (it stays so), waiting while another process writes.
+
+    The switch needs an exclusive lock. A connection that asks while another one holds a write
+    lock gets "database is locked" at once: SQLite skips the busy handler there to avoid a
+    deadlock. So a new database that several processes open together (one creating the schema)
+    is retried here, within the same bound as any other busy wait.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.01
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         _prepare_sqlite_folder(url)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             # WAL lets the bot read while a worker writes; foreign keys are off by default.
             cur = dbapi_connection.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_S * 1000}")
+            use_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         return engine

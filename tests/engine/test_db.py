@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from sqlalchemy import inspect
@@ -185,3 +188,43 @@ def test_a_database_server_that_never_answers_is_a_clear_error_after_the_connect
         for conn in held:
             conn.close()
         server.close()
+
+
+def _hold_write_lock_on_a_new_file(path, seconds: float) -> threading.Thread:
+    """Another writer on a brand-new (rollback-journal) file: a write lock held for `seconds`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE other_writer (x INTEGER)")
+
+    def release() -> None:
+        time.sleep(seconds)
+        writer.execute("COMMIT")
+        writer.close()
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_switching_a_new_file_to_wal_waits_for_another_writer_instead_of_failing(tmp_path):
+    """SQLite answers the WAL switch with 'locked' at once, busy handler skipped, while another
+    connection writes (CI saw it when four processes opened one new database): it is retried."""
+    path = tmp_path / "fresh" / "motif.db"
+    holder = _hold_write_lock_on_a_new_file(path, 0.5)
+    url = f"sqlite:///{path}"
+    with db.make_engine(url).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert "other_writer" in inspect(conn).get_table_names()  # it waited for the commit
+    holder.join()
+
+
+def test_a_writer_that_never_lets_go_is_still_a_bounded_error(tmp_path):
+    path = tmp_path / "fresh" / "motif.db"
+    holder = _hold_write_lock_on_a_new_file(path, 2.0)
+    cur = sqlite3.connect(path, timeout=0.05).cursor()
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        db.use_wal(cur, wait_s=0.3)
+    assert time.monotonic() - started < 1.8  # gave up at its bound, not when the writer let go
+    holder.join()
