@@ -42,6 +42,7 @@ def judge(
     key_gravity: float | None = None,
     key_penalty: float | None = None,
     gain_windows: int | None = 2000,
+    without_copy: bool = False,
 ) -> dict[str, Any]:
     """Every figure for every system; see the module docstring."""
     import torch
@@ -67,7 +68,10 @@ def judge(
     seconds: dict[str, float] = {}
     gravity = KEY_GRAVITY if key_gravity is None else key_gravity
     penalty = KEY_PENALTY if key_penalty is None else key_penalty
-    for label, path in models:
+    runs = [(label, path, True) for label, path in models]
+    if without_copy:  # each model again with its copy path off: the network alone
+        runs += [(f"{label} without copying", path, False) for label, path in models]
+    for label, path, copy in runs:
         lm = load_checkpoint(path)
         styles = lm.codec.config.styles
         counts = SafetyNetCounts()
@@ -84,6 +88,7 @@ def judge(
                     seed_rng=seed * 1_000_003 + i,
                     key_gravity=gravity,
                     key_penalty=penalty,
+                    copy=copy,
                     nets=counts,
                 )
                 for i, case in enumerate(cases)
@@ -92,7 +97,7 @@ def judge(
         nets[label] = counts.rates()
         log.info("%s: %d continuations in %.1f s; gain next", label, len(cases), seconds[label])
         with torch.no_grad():
-            gains[label] = seed_information_gain(lm, test, max_windows=gain_windows)
+            gains[label] = seed_information_gain(lm, test, max_windows=gain_windows, copy=copy)
     if baseline_path is not None:
         from bench.baseline import baseline_continue, load_baseline
 
@@ -113,7 +118,7 @@ def judge(
         "safety_nets": nets,
         "gain": gains,
         "settings": {
-            "models": {label: str(path) for label, path in models},
+            "models": {label: str(path) for label, path, _ in runs},
             "baseline": str(baseline_path) if baseline_path else None,
             "corpus": str(corpus.path),
             "n_seeds": len(cases),
@@ -200,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key-gravity", type=float, default=None, help="default: generation's")
     parser.add_argument("--key-penalty", type=float, default=None, help="default: generation's")
     parser.add_argument("--gain-windows", type=int, default=2000)
+    parser.add_argument(
+        "--without-copy", action="store_true", help="also judge each model with copying off"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
@@ -227,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_gravity=args.key_gravity,
         key_penalty=args.key_penalty,
         gain_windows=args.gain_windows,
+        without_copy=args.without_copy,
     )
     text = format_judge(result)
     print(text)

@@ -18,7 +18,13 @@ from bench import workload
 log = logging.getLogger(__name__)
 
 
-def run(paths: Sequence[Path], repeats: int = 5, n_seeds: int = 8, bars: int = 8) -> dict[str, Any]:
+def run(
+    paths: Sequence[Path],
+    repeats: int = 5,
+    n_seeds: int = 8,
+    bars: int = 8,
+    without_copy: bool = False,
+) -> dict[str, Any]:
     from engine.checkpoint import load_checkpoint
     from engine.generate import continue_seed
 
@@ -26,17 +32,21 @@ def run(paths: Sequence[Path], repeats: int = 5, n_seeds: int = 8, bars: int = 8
     seeds = [workload.first_bars(p, 4) for p in pieces[:n_seeds]]
     models = {str(p): load_checkpoint(p) for p in paths}
 
-    def subject(lm: Any):
+    def subject(lm: Any, copy: bool = True):
         def go() -> int:
             return sum(
-                len(continue_seed(lm, s, bars, seed_rng=i).notes) for i, s in enumerate(seeds)
+                len(continue_seed(lm, s, bars, seed_rng=i, copy=copy).notes)
+                for i, s in enumerate(seeds)
             )
 
         return go
 
-    for lm in models.values():  # warm
-        subject(lm)()
-    t = workload.interleaved({name: subject(lm) for name, lm in models.items()}, repeats)
+    subjects = {name: subject(lm) for name, lm in models.items()}
+    if without_copy:  # each model again with its copy path off (engine.copying)
+        subjects.update({f"{n} without copying": subject(lm, False) for n, lm in models.items()})
+    for go in subjects.values():  # warm
+        go()
+    t = workload.interleaved(subjects, repeats)
     return {
         "music": music_label,
         "repeats": repeats,
@@ -50,11 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--without-copy", action="store_true", help="each model without copying too"
+    )
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    r = run(args.models, repeats=args.repeats)
+    r = run(args.models, repeats=args.repeats, without_copy=args.without_copy)
     for name, ms in r["ms_per_note"].items():
         print(f"{name}: {ms:.3f} ms per note ({r['notes_per_round'][name]} notes per round)")
     first = next(iter(r["ms_per_note"].values()))

@@ -224,6 +224,7 @@ def seed_information_gain(
     target_len: int = 64,
     max_windows: int | None = 2000,
     batch_size: int = 64,
+    copy: bool = True,
 ) -> dict[str, float]:
     """How much the seed tells the model, in nats per note event: the NLL of the real
     continuation of every full `seed_len`-note seed window of `pieces` (the fixed evaluation
@@ -231,8 +232,18 @@ def seed_information_gain(
 
     `gain_total`: no seed and key class 0 against the seed with its key class. `gain_content`:
     the seed's key class held fixed in both, so only what the seed's notes add beyond the
-    25-way key label counts."""
+    25-way key label counts. `copy`: the model with its copy path (engine.copying), as it
+    generates; False: the network alone."""
+    from engine.copy_fit import copy_nll
+    from engine.copying import NO_COPY, copy_params_of
     from engine.train import _evaluate, encode_pieces, eval_batches
+
+    params = copy_params_of(lm) if copy else NO_COPY
+
+    def score(batches) -> float:
+        if params.off:
+            return _evaluate(lm.model, batches, lm.device).get("nll_per_note", math.nan)
+        return copy_nll(lm.model, batches, lm.device, params).get("nll_per_note", math.nan)
 
     data = encode_pieces(lm.codec, list(pieces))
     windows = []
@@ -253,7 +264,7 @@ def seed_information_gain(
             yield b
 
     nll = {
-        name: _evaluate(lm.model, variant(*drops), lm.device).get("nll_per_note", math.nan)
+        name: score(variant(*drops))
         for name, drops in (
             ("with_seed", (False, False)),
             ("without_seed", (True, True)),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import LoadedModel
+from engine.copying import CopyMemory, copy_params_of
 from engine.errors import BadParams
 from engine.model import DURATION, PITCH, POSITION, SHIFT, VELOCITY, Memory, MotifSeq2Seq
 from engine.music import Note, Piece
@@ -65,6 +66,7 @@ class GenerationRequest:
     tempo_bpm: float | None = None  # None: the seed's
     key_penalty: float = KEY_PENALTY
     key_gravity: float = KEY_GRAVITY
+    copy: bool = True  # the copy path (engine.copying), with the model's fitted lambdas
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -619,6 +621,7 @@ def continue_batch(
     memory = _encode(model, torch.from_numpy(seed).to(device), seed_len, style, key)
     decoder = model.batch_decoder(memory, style)
     grammar, sampling = _Grammar(lm, rows, device), _Sampling(lm, rows, device)
+    copy = _copy_memory(lm, rows, torch.from_numpy(seed).to(device), seed_len)
     offsets = decoder.offsets
     column_offsets = torch.tensor(
         [0, offsets[PITCH], offsets[DURATION], offsets[VELOCITY], 0, 0, 0], device=device
@@ -640,6 +643,8 @@ def continue_batch(
 
         # SHIFT (and the bar position it lands on); EOS or passing the end finishes a row
         shift_logits = decoder.logits(SHIFT, x)
+        if copy is not None:
+            shift_logits = copy.mixed(SHIFT, shift_logits)
         scaled = torch.addcmul(grammar.shift_mask(t), shift_logits, inv_temp)
         shift = _sample(scaled, last_rank[SHIFT], top_p, u[SHIFT])  # (B', 1)
         if nets is not None:  # the grammar's change to the shift distribution
@@ -651,6 +656,8 @@ def continue_batch(
 
         # PITCH: range, repetition guards, key bias
         pitch_logits = decoder.logits(PITCH, x)
+        if copy is not None:
+            pitch_logits = copy.mixed(PITCH, pitch_logits, shift)
         scaled = torch.addcmul(sampling.pitch_bias, pitch_logits, inv_temp)
         forbidden = grammar.pitch_forbidden(t)
         if nets is not None:
@@ -674,9 +681,14 @@ def continue_batch(
         x = decoder.choose(PITCH, x, pitch)
 
         # DURATION, VELOCITY: unconstrained (durations are clipped to the end afterwards)
-        scaled = decoder.logits(DURATION, x) * inv_temp
+        duration_logits = decoder.logits(DURATION, x)
+        if copy is not None:
+            duration_logits = copy.mixed(DURATION, duration_logits, shift, pitch)
+        scaled = duration_logits * inv_temp
         duration = _sample(scaled, last_rank[DURATION], top_p, u[DURATION])
         grammar.add_duration(duration)
+        if copy is not None:
+            copy.append(shift, pitch, duration)
         x = decoder.choose(DURATION, x, duration)
         scaled = decoder.logits(VELOCITY, x) * inv_temp
         velocity = _sample(scaled, last_rank[VELOCITY], top_p, u[VELOCITY])
@@ -702,6 +714,8 @@ def continue_batch(
             decoder.select(keep)
             grammar.select(keep)
             sampling.select(keep, kept)
+            if copy is not None:
+                copy.select(keep)
             events = events[keep]
     segments.append((live, made, done))
     if nets is not None:
@@ -724,6 +738,20 @@ def continue_batch(
     ]
 
 
+def _copy_memory(
+    lm: LoadedModel, rows: list[_Row], seed: torch.Tensor, seed_len: torch.Tensor
+) -> CopyMemory | None:
+    """The copy path's memory of each row's seed; None when no row copies."""
+    params = copy_params_of(lm)
+    on = [r.req.copy for r in rows]
+    if params.off or not any(on):
+        return None
+    codec = lm.codec
+    sizes = (codec.n_shift, codec.n_pitch, codec.n_duration)
+    copying = torch.tensor(on, dtype=torch.float32, device=seed.device)[:, None]
+    return CopyMemory(seed, seed_len, sizes, params, rows_on=copying)
+
+
 def continue_seed(
     lm: LoadedModel,
     seed: Piece | None,
@@ -738,6 +766,7 @@ def continue_seed(
     tempo_bpm: float | None = None,
     key_penalty: float = KEY_PENALTY,
     key_gravity: float = KEY_GRAVITY,
+    copy: bool = True,
     nets: SafetyNetCounts | None = None,
 ) -> Piece:
     """The continuation only (absolute beats, starting where the seed's sound stops), in the
@@ -755,5 +784,6 @@ def continue_seed(
         tempo_bpm=tempo_bpm,
         key_penalty=key_penalty,
         key_gravity=key_gravity,
+        copy=copy,
     )
     return continue_batch(lm, [req], nets=nets)[0]
