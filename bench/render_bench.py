@@ -167,7 +167,61 @@ def run(repeats: int = 5) -> dict[str, Any]:
     result["before_audio_bytes"], result["before_png_bytes"] = sizes["before"]
     result["audio_format"] = encoded.fmt
     result["loudness_ideas"] = loudness_ideas(rendered.samples, rendered.sample_rate, repeats)
+    result["with_score"] = with_score(midi_bytes, seed, cont, title, settings, repeats)
     return result
+
+
+def with_score(
+    midi_bytes: bytes, seed: Piece, cont: Piece, title: str, settings: Settings, repeats: int
+) -> dict[str, Any]:
+    """The path as engine.pipeline.render_request takes it: audio (engine.audio.render_audio),
+    piano roll and score picture, one after the other, against the pictures drawn in a second
+    thread while the audio is made (libvorbis, FluidSynth and resvg run outside the GIL part of
+    the time); in turns, medians. Also: two SHA-256s of 64 MiB in two threads against one,
+    which says how much of a second core this process could get during the run."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.audio import render_audio
+    from engine.score_image import engrave_result
+
+    pool = ThreadPoolExecutor(max_workers=2)
+
+    def pictures() -> tuple[bytes, Any]:
+        return (piano_roll_png(seed, cont, title=title),
+                engrave_result(midi_bytes, seed, cont, title=title))  # fmt: skip
+
+    def sequential() -> None:
+        render_audio(midi_bytes, settings)
+        pictures()
+
+    def overlapped() -> None:
+        drawn = pool.submit(pictures)
+        render_audio(midi_bytes, settings)
+        drawn.result()
+
+    data = b"\0" * (64 << 20)
+
+    def one_hash() -> None:
+        hashlib.sha256(data).digest()
+
+    def two_hashes() -> None:
+        other = pool.submit(one_hash)
+        one_hash()
+        other.result()
+
+    times: dict[str, list[float]] = {k: [] for k in ("sequential", "overlapped", "one", "two")}
+    for i in range(repeats + 1):
+        for key, fn in (("sequential", sequential), ("overlapped", overlapped),
+                        ("one", one_hash), ("two", two_hashes)):  # fmt: skip
+            dt = _timed(fn)
+            if i:
+                times[key].append(dt)
+    pool.shutdown()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"sequential_s": med["sequential"], "overlapped_s": med["overlapped"],
+            "overlap_speedup": med["sequential"] / med["overlapped"],
+            "second_core": 2 - med["two"] / med["one"]}  # fmt: skip
 
 
 def _normalize_before(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -248,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
         f"  requests/s per render worker: {r['before_requests_per_s']:.2f} -> "
         f"{r['requests_per_s']:.2f}   ({r['audio_format']} {r['audio_bytes'] / 1024:.0f} KiB, "
         f"png {r['png_bytes'] / 1024:.0f} KiB)"
+    )
+    w = r["with_score"]
+    print(
+        f"  with the score picture (render_request's path): sequential {w['sequential_s']:.3f} s, "
+        f"pictures in a thread {w['overlapped_s']:.3f} s ({w['overlap_speedup']:.2f}x; a second "
+        f"core's share free to this process: {w['second_core']:.2f})"
     )
     for name, v in r["loudness_ideas"].items():
         print(

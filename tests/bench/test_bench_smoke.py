@@ -85,6 +85,9 @@ def test_render_figures_fill_their_rows():
     ideas = r["loudness_ideas"]  # the same audio measured by each meter
     assert abs(ideas["ours"]["lu_from_pyloudnorm"]) < 0.01
     assert all(len(row) == 7 for row in rows_render(r))
+    w = r["with_score"]  # render_request's path, pictures after or beside the audio
+    assert positive(w["sequential_s"]) and positive(w["overlapped_s"])
+    assert w["second_core"] <= 1.5
 
 
 def test_thirty_seconds_of_music_rounds_bars_up():
