@@ -23,18 +23,23 @@ import torch
 
 from engine.copying import (
     COPY_FIELDS,
-    N_LEVELS,
-    NO_COPY,
+    MAX_MATCH,
     PARAMS_PATH,
     CopyMemory,
     CopyParams,
 )
-from engine.model import DURATION, IGNORE, PITCH, SHIFT, VELOCITY, MotifSeq2Seq
+from engine.model import DURATION, IGNORE, PITCH, POSITION, SHIFT, VELOCITY, MotifSeq2Seq
 
-WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)  # voter weights per figure matched tried by `fit`
-EXACTS = (0.0, 1.0, 2.0, 4.0, 8.0)  # voter weights for an exact (untransposed) match tried by `fit`
-GRID = tuple((w, e) for w in WEIGHTS for e in EXACTS)
+WEIGHTS = (1.0, 2.0, 4.0)  # voter weights per figure matched tried by `fit`
+EXACTS = (0.0, 2.0, 4.0, 8.0)  # voter weights for an exact (untransposed) match tried by `fit`
+ALIGNED = (0.0, 1.0, 2.0)  # voter weights for the same bar position tried by `fit`
+GRID = tuple((w, e, a) for w in WEIGHTS for e in EXACTS for a in ALIGNED)
+MAX_MATCHES = (4, 6, 8)  # tried by the command; the likeliest wins
 LAMBDAS = np.round(np.arange(0.0, 0.96, 0.01), 2)  # lambdas tried per field and match
+
+
+def _zeros(max_match: int) -> tuple[tuple[float, ...], ...]:
+    return ((0.0,) * (2 * (max_match + 1)),) * len(COPY_FIELDS)
 
 
 def _sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
@@ -44,10 +49,13 @@ def _sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
 
 @torch.no_grad()
 def _observe(
-    model: MotifSeq2Seq, batch: dict[str, torch.Tensor], grid: Sequence[tuple[float, float]]
+    model: MotifSeq2Seq,
+    batch: dict[str, torch.Tensor],
+    grid: Sequence[tuple[float, float, float]],
+    max_match: int,
 ) -> dict[str, torch.Tensor]:
     """Per predicted field of every target note: the model's log-probability of the truth,
-    the votes' probability of it (one column per (weight, exact) of `grid`) and the best
+    the votes' probability of it (one column per (weight, exact, aligned) of `grid`) and the best
     voter's level (-1: no voter; the level does not depend on the weights).
     Returns flat tensors for the three copy fields, and the velocity NLL summed."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
@@ -57,8 +65,8 @@ def _observe(
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcb"}
     memories = [
-        CopyMemory(seed, seed_len, sizes, CopyParams(w, e, NO_COPY.mix), capacity=T)
-        for w, e in grid
+        CopyMemory(seed, seed_len, sizes, CopyParams(w, e, _zeros(max_match), a), capacity=T)
+        for w, e, a in grid
     ]
     for t in range(T):
         truth = target[:, t]  # (B, 5)
@@ -87,7 +95,7 @@ def _observe(
             out[f"c{f}"].append(torch.stack(cols, dim=1)[scored])
             out[f"b{f}"].append(best[:, 0][scored])
         for mem in memories:
-            mem.append(s, p, d)
+            mem.append(s, p, d, truth[:, POSITION : POSITION + 1])
     velocity = target[..., VELOCITY]
     vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
     result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
@@ -100,14 +108,15 @@ def _collect(
     model: MotifSeq2Seq,
     batches: Iterable[dict[str, torch.Tensor]],
     device: torch.device,
-    grid: Sequence[tuple[float, float]],
+    grid: Sequence[tuple[float, float, float]],
+    max_match: int,
 ) -> dict[str, torch.Tensor]:
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        for k, v in _observe(model, batch, grid).items():
+        for k, v in _observe(model, batch, grid, max_match).items():
             parts.setdefault(k, []).append(v.cpu().reshape(-1) if v.dim() <= 1 else v.cpu())
     model.train(was_training)
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -139,7 +148,8 @@ def copy_nll(
 ) -> dict[str, Any]:
     """NLL per note event (four fields summed) of the batches' real targets with the copy path
     mixed in (`params`; NO_COPY gives the model's own NLL)."""
-    seen = _collect(model, batches, device, ((params.weight, params.exact),))
+    grid = ((params.weight, params.exact, params.aligned),)
+    seen = _collect(model, batches, device, grid, params.max_match)
     if int(seen["notes"].sum()) == 0:
         return {}
     return _nll_of(seen, params, 0)
@@ -149,18 +159,20 @@ def fit(
     model: MotifSeq2Seq,
     batches: Iterable[dict[str, torch.Tensor]],
     device: torch.device,
-    grid: Sequence[tuple[float, float]] = GRID,
+    grid: Sequence[tuple[float, float, float]] = GRID,
+    max_match: int = MAX_MATCH,
 ) -> tuple[CopyParams, dict[str, Any]]:
     """The lambdas (per field and level, from LAMBDAS) and the voter weights (from `grid`)
     that minimise the batches' NLL per note; returns them and a report."""
-    seen = _collect(model, batches, device, grid)
+    seen = _collect(model, batches, device, grid, max_match)
+    levels = 2 * (max_match + 1)
     lams = torch.tensor(LAMBDAS, dtype=torch.float64)
-    best_total, best_params = math.inf, NO_COPY
-    for w_col, (w, e) in enumerate(grid):
+    best_total, best_params = math.inf, CopyParams(0.0, 0.0, _zeros(max_match))
+    for w_col, (w, e, a) in enumerate(grid):
         mix = []
         for f in COPY_FIELDS:
             row = []
-            for m in range(N_LEVELS):
+            for m in range(levels):
                 here = seen[f"b{f}"] == m
                 if not bool(here.any()):
                     row.append(0.0)
@@ -169,17 +181,18 @@ def fit(
                 nll = _mixed_nll(pm[None, :], pc[None, :], lams[:, None]).sum(dim=1)
                 row.append(float(lams[int(nll.argmin())]))
             mix.append(tuple(row))
-        params = CopyParams(weight=float(w), exact=float(e), mix=tuple(mix))
+        params = CopyParams(float(w), float(e), tuple(mix), float(a))
         total = _nll_of(seen, params, w_col)["nll_per_note"]
         if total < best_total:
             best_total, best_params = total, params
-    w_best = list(grid).index((best_params.weight, best_params.exact))
+    w_best = list(grid).index((best_params.weight, best_params.exact, best_params.aligned))
     report = {
-        "nll_without_copy": _nll_of(seen, NO_COPY, 0)["nll_per_note"],
+        "nll_without_copy": _nll_of(seen, CopyParams(0, 0, _zeros(max_match)), 0)["nll_per_note"],
+        "max_match": max_match,
         "nll_with_copy": best_total,
         "notes": int(seen["notes"].sum()),
         "notes_by_level": {
-            str(f): [int((seen[f"b{f}"] == m).sum()) for m in range(-1, N_LEVELS)]
+            str(f): [int((seen[f"b{f}"] == m).sum()) for m in range(-1, levels)]
             for f in COPY_FIELDS
         },
         "weight_column": w_best,
@@ -199,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=str(PARAMS_PATH))
     ap.add_argument("--max-windows", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-match", type=int, nargs="+", default=list(MAX_MATCHES))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.monotonic()
@@ -208,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = list(
         eval_batches(data, lm.codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, args.max_windows)
     )
-    params, report = fit(lm.model, batches, lm.device)
+    fits = [fit(lm.model, batches, lm.device, max_match=m) for m in args.max_match]
+    params, report = min(fits, key=lambda f: f[1]["nll_with_copy"])
+    report["nll_by_max_match"] = {f[1]["max_match"]: f[1]["nll_with_copy"] for f in fits}
     doc = {
         "model": lm.meta.get("version"),
         "fitted_on": f"validation split, {report['notes']} notes",

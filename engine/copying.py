@@ -41,9 +41,11 @@ from typing import Any
 
 import torch
 
-from engine.model import DURATION, PITCH, SHIFT
+from engine.model import DURATION, PITCH, POSITION, SHIFT
 
-MAX_MATCH = 4  # figures compared back from the latest one; longer matches count as this
+MAX_MATCH = 4  # default: figures compared back from the latest one (longer count as this)
+MAX_MATCH_LIMIT = 16
+LEVEL_SIZES = frozenset(2 * (m + 1) for m in range(1, MAX_MATCH_LIMIT + 1))
 COPY_FIELDS = (SHIFT, PITCH, DURATION)
 LEVELS_PER_KIND = MAX_MATCH + 1  # transposed voters: levels 0..MAX_MATCH; exact ones: + this
 N_LEVELS = 2 * LEVELS_PER_KIND
@@ -55,32 +57,49 @@ PARAMS_PATH = Path(__file__).resolve().parent / "data" / "copy-params.json"
 @dataclass(frozen=True)
 class CopyParams:
     """`mix[f][level]`: lambda of field f (shift, pitch, duration) by the best voter's level,
-    its match length m (0..MAX_MATCH), plus LEVELS_PER_KIND if it is exact (at the same pitch);
-    a voter weighs exp(`weight` x m + `exact` x (1 if exact))."""
+    its match length m (0..max_match), plus max_match + 1 if it is exact (at the same pitch);
+    a voter weighs exp(`weight` x m + `exact` x (1 if exact) + `aligned` x (1 if the note
+    before it sat at the bar position the latest note sits at)). Each row of `mix` holds
+    2 x (max_match + 1) lambdas."""
 
     weight: float
     exact: float
     mix: tuple[tuple[float, ...], ...]
+    aligned: float = 0.0
+
+    @property
+    def max_match(self) -> int:
+        return len(self.mix[0]) // 2 - 1
 
     def __post_init__(self) -> None:
-        if len(self.mix) != len(COPY_FIELDS) or any(len(m) != N_LEVELS for m in self.mix):
-            raise ValueError(f"mix must be {len(COPY_FIELDS)} rows of {N_LEVELS} lambdas")
+        sizes = {len(m) for m in self.mix}
+        if len(self.mix) != len(COPY_FIELDS) or len(sizes) != 1 or sizes.pop() not in LEVEL_SIZES:
+            raise ValueError(
+                f"mix must be {len(COPY_FIELDS)} rows of 2 x (max match + 1) lambdas, "
+                f"max match 1 to {MAX_MATCH_LIMIT}"
+            )
         if any(not 0.0 <= lam < 1.0 for row in self.mix for lam in row):
             raise ValueError("each lambda must lie in [0, 1)")
-        if not (math.isfinite(self.weight) and math.isfinite(self.exact)):
-            raise ValueError("weight and exact must be finite")
+        if not all(map(math.isfinite, (self.weight, self.exact, self.aligned))):
+            raise ValueError("weight, exact and aligned must be finite")
 
     @property
     def off(self) -> bool:
         return not any(lam for row in self.mix for lam in row)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "exact": self.exact, "mix": [list(r) for r in self.mix]}
+        return {
+            "weight": self.weight,
+            "exact": self.exact,
+            "aligned": self.aligned,
+            "mix": [list(r) for r in self.mix],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CopyParams:
         mix = tuple(tuple(map(float, r)) for r in d["mix"])
-        return cls(weight=float(d["weight"]), exact=float(d["exact"]), mix=mix)
+        aligned = float(d.get("aligned", 0.0))
+        return cls(weight=float(d["weight"]), exact=float(d["exact"]), mix=mix, aligned=aligned)
 
 
 NO_COPY = CopyParams(weight=0.0, exact=0.0, mix=((0.0,) * N_LEVELS,) * len(COPY_FIELDS))
@@ -138,7 +157,8 @@ class CopyMemory:
         self.mix = torch.tensor(params.mix, dtype=torch.float32, device=device)  # (3, N_LEVELS)
         self.rows_on = rows_on  # (B, 1) 1.0 where a row copies, 0.0 where not; None: all
         self.last_best = torch.full((B, 1), -1, dtype=torch.int64, device=device)
-        pad = MAX_MATCH + 1  # leading columns that are never real, so no index goes below 0
+        pad = params.max_match + 1  # leading columns never real, so no index goes below 0
+        self.pad = pad
         self.n = pad + S
         self.seed_end = self.n  # columns from here on hold the continuation (they never vote)
         width = self.n + max(1, capacity)
@@ -146,10 +166,10 @@ class CopyMemory:
         col = torch.arange(S, device=device)[None, :] + (S - seed_len)[:, None] + pad  # (B, S)
         real = torch.arange(S, device=device)[None, :] < seed_len[:, None]  # (B, S)
         col = torch.where(real, col, torch.zeros_like(col))  # padding lands on column 0
-        self.event = torch.full((B, width, 3), _NONE, dtype=torch.int64, device=device)
-        fields = seed[..., [SHIFT, PITCH, DURATION]].clamp_min(_NONE)  # (B, S, 3)
+        self.event = torch.full((B, width, 4), _NONE, dtype=torch.int64, device=device)
+        fields = seed[..., [SHIFT, PITCH, DURATION, POSITION]].clamp_min(_NONE)  # (B, S, 4)
         fields = fields.masked_fill(~real[..., None], _NONE)
-        self.event.scatter_(1, col[..., None].expand(B, S, 3), fields)
+        self.event.scatter_(1, col[..., None].expand(B, S, 4), fields)
         self.event[:, 0] = _NONE
         self.interval = torch.full((B, width), _NONE * 1000, dtype=torch.int64, device=device)
         self.figure = torch.full((B, width), _NONE, dtype=torch.int64, device=device)
@@ -169,12 +189,18 @@ class CopyMemory:
         self.interval[:, lo:stop] = interval
         self.figure[:, lo:stop] = figure
 
-    def append(self, shift: torch.Tensor, pitch: torch.Tensor, duration: torch.Tensor) -> None:
+    def append(
+        self,
+        shift: torch.Tensor,
+        pitch: torch.Tensor,
+        duration: torch.Tensor,
+        position: torch.Tensor,
+    ) -> None:
         """Remember one event per row: (B, 1) classes each; IGNORE (< 0) or an end (EOS) remember
         a figure that matches nothing."""
         if self.n >= self.event.size(1):
             self._grow()
-        ev = torch.cat([shift, pitch, duration], dim=1)  # (B, 3)
+        ev = torch.cat([shift, pitch, duration, position], dim=1)  # (B, 4)
         eos = shift >= self.sizes[0] - 1  # the shift's last class is EOS
         self.event[:, self.n] = torch.where(eos | (ev < 0), _NONE, ev)
         self.n += 1
@@ -222,11 +248,11 @@ class CopyMemory:
         match is exact (the event before j has the latest event's pitch). Cached per note."""
         if self._length is not None:
             return self._length, self._rank
-        n, W = self.n, self.seed_end
+        n, W, most = self.n, self.seed_end, self.params.max_match
         length = torch.zeros(self.figure.size(0), W, dtype=torch.int64, device=self.figure.device)
         run = torch.ones_like(length, dtype=torch.bool)
-        lo = MAX_MATCH + 1
-        for k in range(MAX_MATCH):
+        lo = self.pad
+        for k in range(most):
             mine = self.figure[:, n - 1 - k : n - k]  # (B, 1) the k-th latest figure
             theirs = self.figure[:, lo - 1 - k : W - 1 - k]  # (B, W - lo): before each j
             same = (theirs == mine) & (mine != _NONE)
@@ -234,7 +260,11 @@ class CopyMemory:
             length[:, lo:] += run[:, lo:]
         exact = self.event[:, n - 1 : n, 1] == self.event[:, : W - 1, 1]  # (B, W - 1): j - 1
         exact = torch.cat([torch.zeros_like(exact[:, :1]), exact], dim=1) & (length > 0)
+        # aligned: the note before j sat at the bar position the latest note sits at
+        aligned = self.event[:, n - 1 : n, 3] == self.event[:, : W - 1, 3]  # (B, W - 1)
+        aligned = torch.cat([torch.zeros_like(aligned[:, :1]), aligned], dim=1)
         score = self.params.weight * length.float() + self.params.exact * exact.float()
+        score = score + self.params.aligned * aligned.float()
         self._length = torch.exp(score - score.amax(dim=1, keepdim=True))
         self._rank = 2 * length + exact
         return self._length, self._rank
@@ -252,7 +282,7 @@ class CopyMemory:
         total = votes.sum(dim=1, keepdim=True)
         # the best voter: longest match first, exact before transposed at the same length
         best = torch.where(ok, rank, -1).amax(dim=1, keepdim=True)  # (B, 1)
-        best = torch.where(best >= 0, best // 2 + LEVELS_PER_KIND * (best % 2), -1)
+        best = torch.where(best >= 0, best // 2 + (self.params.max_match + 1) * (best % 2), -1)
         lam = self.mix[COPY_FIELDS.index(field)][best.clamp_min(0)] * (best >= 0)
         self.last_best = best
         return votes / total.clamp_min(1e-30), lam

@@ -688,7 +688,7 @@ def continue_batch(
         duration = _sample(scaled, last_rank[DURATION], top_p, u[DURATION])
         grammar.add_duration(duration)
         if copy is not None:
-            copy.append(shift, pitch, duration)
+            copy.append(shift, pitch, duration, position - offsets[POSITION])
         x = decoder.choose(DURATION, x, duration)
         scaled = decoder.logits(VELOCITY, x) * inv_temp
         velocity = _sample(scaled, last_rank[VELOCITY], top_p, u[VELOCITY])
