@@ -175,11 +175,7 @@ def test_fitting_never_scores_worse_than_no_copy_and_copying_helps_a_repeating_t
     assert mixed == pytest.approx(report["nll_with_copy"], rel=SAME_MATH)
 
 
-def test_a_checkpoints_own_fit_wins_over_the_shipped_one(lm):
-    class Own:
-        meta = {"copy": HALF.to_dict()}
-
-    assert copy_params_of(Own()) == HALF
+def test_every_model_decodes_with_the_shipped_fit(lm):
     assert copy_params_of(lm) == CopyParams.from_dict(json.loads(PARAMS_PATH.read_text())["params"])
 
 
