@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def run(paths: Sequence[Path], repeats: int = 5, n_seeds: int = 8, bars: int = 8) -> dict[str, Any]:
-    from engine.checkpoint import load_checkpoint
-    from engine.generate import continue_seed
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.generate import continue_seed
 
     pieces, music_label = workload.music(max(n_seeds, 16))
     seeds = [workload.first_bars(p, 4) for p in pieces[:n_seeds]]

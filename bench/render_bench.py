@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pretty_midi
 
-from engine.audio import encode, integrated_loudness, normalize_loudness, true_peak
-from engine.music import Note, Piece
-from engine.pianoroll import piano_roll_png
-from engine.render import get_renderer
+from engine.audio.encode import encode, integrated_loudness, normalize_loudness, true_peak
+from engine.audio.pianoroll import piano_roll_png
+from engine.audio.synth import get_renderer
+from engine.music.notes import Note, Piece
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
         )
 
     # The whole path a finished request takes, stage by stage: before (pyloudnorm, matplotlib)
-    # and after (engine.audio, engine.pianoroll) in turns.
+    # and after (engine.audio.encode, engine.audio.pianoroll) in turns.
     seed, cont = _pieces(midi)
     title = "Motif bench · 30 s · 4 voices"
     paths = {"after": (normalize_loudness, piano_roll_png, True),
@@ -171,7 +171,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
 
 
 def _normalize_before(samples: np.ndarray, rate: int) -> np.ndarray:
-    """engine.audio.normalize_loudness as it was: pyloudnorm's meter, then the same peak cap."""
+    """engine.audio.encode.normalize_loudness as it was: pyloudnorm's meter, then the same peak cap."""
     import pyloudnorm
 
     loudness = pyloudnorm.Meter(rate).integrated_loudness(samples.astype(np.float64))

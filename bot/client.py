@@ -15,8 +15,8 @@ from discord.ext import commands
 from bot.delivery import Deliveries
 from bot.errors import answer_error
 from bot.views import RESULT_BUTTONS
-from engine.jobs import JobService
-from engine.notify import RequestWakeups
+from engine.service.notify import RequestWakeups
+from engine.service.requests import JobService
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)

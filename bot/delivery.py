@@ -25,9 +25,9 @@ import discord
 from bot import messages
 from bot.progress import EditThrottle
 from bot.views import progress_view, result_view
-from engine.jobs import ArtifactInfo, Progress
-from engine.notify import RequestWakeups
-from engine.records import RequestStatus
+from engine.service.notify import RequestWakeups
+from engine.service.requests import ArtifactInfo, Progress
+from engine.store.records import RequestStatus
 
 if TYPE_CHECKING:
     from bot.client import MotifBot

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from engine.jobs import Requester
+from engine.service.requests import Requester
 
 
 def requester_from_interaction(interaction: discord.Interaction, origin: str) -> Requester:

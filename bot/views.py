@@ -14,9 +14,9 @@ from discord.ui import Button, DynamicItem
 
 from bot.errors import guarded
 from bot.requesters import requester_from_interaction
-from engine import catalog
 from engine.errors import BadParams
-from engine.records import RequestKind
+from engine.music import catalog
+from engine.store.records import RequestKind
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ class Unhealthy(Exception):
 
 def check_schema(settings: Settings) -> str:
     """The database answers and is migrated to the code's head revision."""
-    from engine import db
+    from engine.store import db
 
     url = settings.sqlalchemy_url
     try:
@@ -47,7 +47,7 @@ def check_schema(settings: Settings) -> str:
 
 def check_broker(settings: Settings, timeout_s: float = 3.0) -> str:
     """The Celery broker accepts a connection (the bot sends to it, workers consume from it)."""
-    from engine.celery_app import make_app
+    from engine.worker.app import make_app
 
     app = make_app(settings)
     try:
@@ -69,8 +69,8 @@ def check_presence(settings: Settings, hostname: str | None = None) -> str:
     """A worker on this host refreshed its row in `workers` within a few heartbeats."""
     from sqlalchemy import select
 
-    from engine.db import session_scope
-    from engine.records import Worker, utcnow
+    from engine.store.db import session_scope
+    from engine.store.records import Worker, utcnow
 
     host = hostname or socket.gethostname()
     limit = timedelta(seconds=settings.worker_heartbeat_s * STALE_HEARTBEATS)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model import FIELDS, POSITION, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.tokens import EventCodec
+from engine.model.events import EventCodec
+from engine.model.network import FIELDS, POSITION, SHIFT, ModelConfig, MotifSeq2Seq
 from tests.tolerance import REARRANGED, SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()
