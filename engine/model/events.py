@@ -11,21 +11,19 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from engine.music.notes import Note, Piece
+from engine.music.notes import DURATION_BINS, TICKS_PER_BEAT, Note, Piece
 
 log = logging.getLogger(__name__)
 
 SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
 N_COLUMNS = 5
-# Note lengths in ticks: straight and triplet values from a 32nd-note triplet to two bars of 4/4.
-DURATION_BINS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 30, 36, 42, 48, 60, 72, 96)
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     """Everything that fixes the meaning of an event; saved beside the weights."""
 
-    ticks_per_beat: int = 12
+    ticks_per_beat: int = TICKS_PER_BEAT
     max_shift: int = 48
     pitch_low: int = 21
     pitch_high: int = 108

@@ -13,14 +13,12 @@ import logging
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from engine.model.events import TokenizerConfig
 from engine.music import catalog
-from engine.music.notes import Piece
+from engine.music.notes import DURATION_BINS, TICKS_PER_BEAT, Piece
 
 log = logging.getLogger(__name__)
 
-_GRID = TokenizerConfig()
-TICKS = _GRID.ticks_per_beat  # Motif's event grid, in ticks a quarter note
+TICKS = TICKS_PER_BEAT  # Motif's event grid, in ticks a quarter note
 LEGATO_GAP = 1 / 4  # a silence shorter than this share of a note (and a 16th) is articulation
 SEED_COLOUR = "#2F5F9E"  # the piano roll's seed blue, darker to read as ink (MusicXML: upper case)
 MARK = "Motif"  # the rehearsal mark over the first bar of the continuation
@@ -98,7 +96,7 @@ class _Chord:
 def grid_length(ticks: int) -> int:
     """A note length on the model's grid: the nearest of its duration bins (the shorter on a
     tie), or whole ticks beyond the longest bin."""
-    bins = _GRID.duration_bins
+    bins = DURATION_BINS
     if ticks >= bins[-1]:
         return ticks
     return min(bins, key=lambda b: (abs(b - ticks), b))

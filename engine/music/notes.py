@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+# The grid Motif quantises to (the model's events, the MusicXML score): 12 ticks a quarter note,
+# so 16ths and triplets are exact. Note lengths in ticks: straight and triplet values from a
+# 32nd-note triplet to two bars of 4/4.
+TICKS_PER_BEAT = 12
+DURATION_BINS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 30, 36, 42, 48, 60, 72, 96)
+
 
 @dataclass(frozen=True, slots=True)
 class Note:

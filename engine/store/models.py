@@ -1,4 +1,4 @@
-"""Which model serves requests: the `models` table says; each worker process keeps one loaded.
+"""Which model serves requests: the `models` table says (engine.worker.loaded keeps it in memory).
 
 The shipped default checkpoint is registered (copied into the artifact store) on first use, so a
 fresh install composes with no setup. A worker notices a newly activated version at its next job.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,6 @@ from engine.store.db import session_scope
 from engine.store.records import ModelStatus, ModelVersion, utcnow
 
 log = logging.getLogger(__name__)
-
-_lock = threading.Lock()
-_loaded: dict[str, Any] = {}  # "version" -> str, "model" -> LoadedModel
 
 
 def file_version(path: Path) -> str:
@@ -112,33 +107,3 @@ def checkpoint_key(settings: Settings, version: str) -> str:
     if key is None:
         raise NotFound(f"no model version {version!r}.")
     return key
-
-
-def load_version(settings: Settings, version: str):  # type: ignore[no-untyped-def]
-    from engine.model.checkpoint import load_checkpoint, pick_device
-
-    store = store_for(settings.artifact_root)
-    key = checkpoint_key(settings, version)
-    local = store.local_path(key)
-    device = pick_device(settings.device)
-    if local is not None:
-        return load_checkpoint(local, device=device)
-    with tempfile.NamedTemporaryFile(suffix=".pt") as fh:
-        fh.write(store.get(key))
-        fh.flush()
-        return load_checkpoint(Path(fh.name), device=device)
-
-
-def get_model(settings: Settings):  # type: ignore[no-untyped-def]
-    """(version, LoadedModel) for the active version, loading it once per process."""
-    version = ensure_default_model(settings)
-    with _lock:
-        if _loaded.get("version") != version:
-            log.info("loading model %s", version)
-            _loaded["model"] = load_version(settings, version)
-            _loaded["version"] = version
-        return version, _loaded["model"]
-
-
-def loaded_version() -> str | None:
-    return _loaded.get("version")

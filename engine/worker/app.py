@@ -7,6 +7,7 @@ dir and a SQLite result backend. No torch here.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -51,24 +52,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
     url = settings.celery_broker_url
     if url.startswith("filesystem://"):
-        folder = settings.broker_folder
-        try:
-            for sub in ("out", "processed", "control"):
-                (folder / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceUnavailable(
-                f"The broker folder {folder} cannot be created: {exc.strerror or exc}.",
-                detail=str(exc),
-            ) from exc
-        config["broker_transport"] = "engine.worker.broker_files:Transport"  # atomic message files
-        config["broker_transport_options"] = {
-            "data_folder_in": str(folder / "out"),
-            "data_folder_out": str(folder / "out"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-            "polling_interval": settings.broker_polling_interval_s,
-        }
+        config.update(_filesystem_transport(settings))
     elif url.startswith(("redis://", "rediss://")):
         # Long enough for a training run's message; the reaper handles lost generation jobs.
         config["broker_transport_options"] = {
@@ -79,6 +63,32 @@ def celery_config(settings: Settings) -> dict[str, object]:
     if settings.celery_result_backend.startswith("db+sqlite"):
         make_folder(settings.data_dir)
     return config
+
+
+def _filesystem_transport(settings: Settings) -> dict[str, Any]:
+    """The embedded broker: message folders under the data folder, written atomically."""
+    folder = settings.broker_folder
+    try:
+        for sub in ("out", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"The broker folder {folder} cannot be created: {exc.strerror or exc}.",
+            detail=str(exc),
+        ) from exc
+    options = {
+        "data_folder_in": str(folder / "out"),
+        "data_folder_out": str(folder / "out"),
+        "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+        "polling_interval": settings.broker_polling_interval_s,
+    }
+    # atomic message files
+    return {
+        "broker_transport": "engine.worker.broker_files:Transport",
+        "broker_transport_options": options,
+    }
 
 
 def make_app(settings: Settings | None = None) -> Celery:

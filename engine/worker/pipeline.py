@@ -248,7 +248,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     from engine.model.checkpoint import device_label
     from engine.model.generate import GenerationRequest, continue_batch
     from engine.music.midi import to_midi_bytes
-    from engine.store.models import get_model
+    from engine.worker.loaded import get_model
 
     jobs: list[Job] = []
     for rid in request_ids:

@@ -280,11 +280,8 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
     from engine.model.checkpoint import load_checkpoint, pick_device
     from engine.model.corpus import load_corpus
     from engine.model.train import TrainConfig, evaluate_nll, train
-    from engine.store.models import (
-        ensure_default_model,
-        load_version,
-        register_checkpoint,
-    )
+    from engine.store.models import ensure_default_model, register_checkpoint
+    from engine.worker.loaded import load_version
 
     with session_scope(settings.sqlalchemy_url) as session:
         run = session.get(TrainingRun, run_id)

@@ -86,7 +86,7 @@ def _warm_up(sender: object = None, **_: object) -> None:
 
                 torch.set_num_threads(settings.torch_threads)
             from engine.model.checkpoint import device_label
-            from engine.store.models import get_model
+            from engine.worker.loaded import get_model
 
             version, model = get_model(settings)
             device = device_label(next(model.model.parameters()).device)
