@@ -9,7 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # What bot/ may import of engine: the torch-free layers it talks to.
-BOT_MAY_IMPORT = ("engine.music", "engine.store", "engine.service", "engine.settings", "engine.errors")
+BOT_MAY_IMPORT = (
+    "engine.music",
+    "engine.store",
+    "engine.service",
+    "engine.settings",
+    "engine.errors",
+)
 TORCH_PACKAGES = ("engine/model/", "engine/audio/", "engine/worker/")
 # Layers that import nothing from the torch side (model, audio) nor the worker, except dispatch:
 # submitting a request sends a message by task name (engine.worker.dispatch imports no torch).

@@ -2,10 +2,11 @@
 
 An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
 and conditioned on the style and on the seed's estimated key (key classes: see
-`engine.model.generate.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY with one head each, every head seeing
-the fields already chosen for that note. Training runs the decoder as one `nn.LSTM` call (cuDNN on
-GPU); generation runs `BatchDecoder`, the same network rearranged for one note at a time (the
-reference step, `MotifSeq2Seq.step`, runs `nn.LSTMCell`s that share the LSTM's weight tensors).
+`engine.model.generate.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY
+with one head each, every head seeing the fields already chosen for that note. Training runs the
+decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`, the same network
+rearranged for one note at a time (tests/engine/test_model.py keeps the plain reference step, with
+`nn.LSTMCell`s that share the LSTM's weight tensors, as the oracle).
 """
 
 from __future__ import annotations
@@ -170,7 +171,6 @@ class MotifSeq2Seq(nn.Module):
         self.head_key = nn.Embedding(cfg.n_key, H) if cfg.n_key else None
         if self.head_key is not None:
             nn.init.normal_(self.head_key.weight, std=0.1)
-        self._cells: list[nn.LSTMCell] = []  # plain list: not submodules, so no weight copies
         self._step_weights: tuple[tuple, StepWeights] | None = None  # (parameter stamp, tables)
 
     # --- encoder -----------------------------------------------------------------------------
@@ -247,50 +247,6 @@ class MotifSeq2Seq(nn.Module):
             return o
         k = self.head_key(memory.key)  # (B, H)
         return o + (k[:, None, :] if o.dim() == 3 else k)
-
-    # --- generation: one LSTMCell step per note -----------------------------------------------
-    def decoder_cells(self) -> list[nn.LSTMCell]:
-        """LSTMCells whose parameters ARE the decoder LSTM's (same tensors, nothing to sync)."""
-        lstm = self.decoder
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        fresh = len(self._cells) == lstm.num_layers and all(
-            getattr(cell, n) is getattr(lstm, f"{n}_l{layer}")
-            for layer, cell in enumerate(self._cells)
-            for n in names
-        )
-        if not fresh:
-            cells = []
-            for layer in range(lstm.num_layers):
-                in_size = lstm.input_size if layer == 0 else lstm.hidden_size
-                cell = nn.LSTMCell(in_size, lstm.hidden_size, device="meta")
-                for n in names:
-                    setattr(cell, n, getattr(lstm, f"{n}_l{layer}"))
-                cells.append(cell)
-            self._cells = cells
-        return self._cells
-
-    def step(
-        self,
-        prev: torch.Tensor | None,
-        style: torch.Tensor,
-        state: State,
-        memory: Memory,
-    ) -> tuple[torch.Tensor, State]:
-        """One decoder step: prev (B, 5) is the previous note (None: the START step); the key
-        comes from the memory. Returns the heads' input o (B, H) and the new state. Call in eval
-        mode. The plain reference of `BatchDecoder.step`, which generation runs."""
-        cond = self.embed.conditioning(style, memory.key)  # (B, D)
-        if prev is None:
-            x = self.embed.start + cond  # (B, D)
-        else:
-            x = self.embed(prev.clamp_min(0)[:, None, :], cond)[:, 0]  # (B, D)
-        new_state: State = []
-        for cell, hc in zip(self.decoder_cells(), state, strict=True):
-            h, c = cell(x, hc)  # (B, H) each
-            new_state.append((h, c))
-            x = h
-        o = self._head_input(self.attend(x[:, None, :], memory)[:, 0], memory)  # (B, H)
-        return o, new_state
 
     # --- generation, fast: the same network rearranged for one note at a time -----------------
     def step_weights(self) -> StepWeights:

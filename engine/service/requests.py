@@ -38,7 +38,6 @@ from engine.store.db import session_scope
 from engine.store.records import (
     OPEN_STATES,
     Artifact,
-    ArtifactKind,
     Feedback,
     ModelVersion,
     Request,
@@ -860,10 +859,6 @@ def _unsaved_on_outage() -> Iterator[None]:
             "The database is unreachable; nothing was saved. Try again shortly.",
             detail=exc.detail,
         ) from exc
-
-
-def artifact_kind_for(suffix: str) -> ArtifactKind:
-    return {".mid": ArtifactKind.MIDI, ".png": ArtifactKind.IMAGE}.get(suffix, ArtifactKind.AUDIO)
 
 
 __all__ = [

@@ -73,7 +73,6 @@ class RequestStatus(enum.StrEnum):
         return self in (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.CANCELLED)
 
 
-RUNNING_STATES = (RequestStatus.GENERATING, RequestStatus.RENDERING)
 OPEN_STATES = (RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING)
 
 

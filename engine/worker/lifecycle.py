@@ -150,7 +150,3 @@ def live_queues_in(session: Session, settings: Settings) -> set[str]:
         select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
     )
     return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}
-
-
-def default_hostname(queues: str) -> str:
-    return f"motif-{queues.replace(',', '-')}@{socket.gethostname()}:{os.getpid()}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -44,7 +43,6 @@ from engine.worker.lifecycle import process_alive
 
 log = logging.getLogger(__name__)
 
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 MUSICXML_MIME = "application/vnd.recordare.musicxml+xml"
 
 
@@ -546,10 +544,6 @@ def process_request(request_id: int, settings: Settings | None = None) -> Reques
         req = session.get(Request, request_id)
         assert req is not None
         return req.status
-
-
-def new_rng_seed() -> int:
-    return random.randint(0, 2**31 - 1)
 
 
 __all__ = ["RequestKind", "process_request", "run_generation", "run_render"]
