@@ -267,7 +267,7 @@ class Deliveries:
         self.wakeups: RequestWakeups | None = None
 
     @property
-    def jobs(self):  # type: ignore[no-untyped-def]
+    def jobs(self):
         return self.bot.jobs
 
     def for_interaction(
@@ -449,7 +449,7 @@ class Deliveries:
             self._follow_run(run_id, destination, run_info, loss_curve), f"motif-run-{run_id}"
         )
 
-    async def _follow_run(self, run_id, destination, run_info, loss_curve) -> None:  # type: ignore[no-untyped-def]
+    async def _follow_run(self, run_id, destination, run_info, loss_curve) -> None:
         throttle = EditThrottle(
             destination.edit_progress, self.bot.settings.progress_edit_interval_s
         )

@@ -66,7 +66,7 @@ async def start_follow_up(
 
 def _button(
     label: str | None, custom_id: str, emoji: str, style=discord.ButtonStyle.secondary
-) -> Button:  # type: ignore[no-untyped-def]
+) -> Button:
     return Button(label=label, custom_id=custom_id, emoji=emoji, style=style)
 
 
@@ -78,10 +78,10 @@ class RerollButton(DynamicItem[Button], template=r"motif:reroll:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         await guarded(
             interaction, start_follow_up(interaction, self.request_id, RequestKind.REROLL)
         )
@@ -93,10 +93,10 @@ class ExtendButton(DynamicItem[Button], template=r"motif:extend:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         await guarded(
             interaction, start_follow_up(interaction, self.request_id, RequestKind.EXTEND)
         )
@@ -110,10 +110,10 @@ class VariationButton(DynamicItem[Button], template=r"motif:vary:(?P<dir>lo|hi):
         self.direction = direction
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]), match["dir"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         await guarded(
             interaction,
             start_follow_up(interaction, self.request_id, RequestKind.VARIATION, self.direction),
@@ -131,10 +131,10 @@ class ShareButton(DynamicItem[Button], template=r"motif:share:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         view = discord.ui.View(timeout=None)
         view.add_item(ShareConsentButton(self.request_id))
         await guarded(
@@ -155,10 +155,10 @@ class ShareConsentButton(DynamicItem[Button], template=r"motif:consent:(?P<req>\
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async def share() -> None:
             await interaction.response.defer()  # acknowledged before the database is asked
             who = requester_from_interaction(interaction, "button")
@@ -180,10 +180,10 @@ class RateButton(DynamicItem[Button], template=r"motif:rate:(?P<vote>up|down):(?
         self.vote = vote
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]), match["vote"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async def rate() -> None:
             await interaction.response.defer(ephemeral=True, thinking=True)
             who = requester_from_interaction(interaction, "button")
@@ -206,10 +206,10 @@ class CancelButton(DynamicItem[Button], template=r"motif:cancel:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async def cancel() -> None:
             who = requester_from_interaction(interaction, "button")
             done = await asyncio.to_thread(_bot(interaction).jobs.cancel, self.request_id, who)

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    def __repr_args__(self):  # type: ignore[no-untyped-def]
+    def __repr_args__(self):
         # repr(settings) and str(settings) end up in logs and tracebacks: no passwords there.
         for name, value in super().__repr_args__():
             if name in SECRET_URL_FIELDS and isinstance(value, str):

@@ -30,7 +30,7 @@ _METRONOME = re.compile(
 _local = threading.local()
 
 
-def _toolkit():  # type: ignore[no-untyped-def]
+def _toolkit():
     """One verovio toolkit per thread (a toolkit is not thread-safe; making one costs ms)."""
     tk = getattr(_local, "toolkit", None)
     if tk is None:

@@ -817,7 +817,7 @@ class JobService:
                     delivery_claimed_until=now + timedelta(seconds=lease_s),
                 )
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return result.rowcount == 1
 
     def release_delivery(self, request_id: int, owner: str) -> None:
         """Give a claim back before its lease runs out (the owner stopped watching)."""

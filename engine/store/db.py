@@ -78,7 +78,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
             # WAL lets the bot read while a worker writes; foreign keys are off by default.
             cur = dbapi_connection.cursor()
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_S * 1000}")

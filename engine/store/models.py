@@ -64,7 +64,7 @@ def register_checkpoint(
     return version
 
 
-def _insert(session):  # type: ignore[no-untyped-def]
+def _insert(session):
     """INSERT … ON CONFLICT for the session's database (SQLite and PostgreSQL both have it)."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert

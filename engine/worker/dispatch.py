@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=16)
-def _app_for(broker: str, folder: str, backend: str, settings_json: str):  # type: ignore[no-untyped-def]
+def _app_for(broker: str, folder: str, backend: str, settings_json: str):
     return make_app(Settings.model_validate_json(settings_json))
 
 
-def _app(settings: Settings):  # type: ignore[no-untyped-def]
+def _app(settings: Settings):
     if settings is get_settings():
         return get_app()
     return _app_for(
@@ -57,7 +57,7 @@ def _send_errors() -> tuple[type[BaseException], ...]:
     return (*errors, RedisError)
 
 
-def _send(settings: Settings, what: str, fn) -> None:  # type: ignore[no-untyped-def]
+def _send(settings: Settings, what: str, fn) -> None:
     """Hand one message to the broker, or raise QueueUnreachable within the broker timeouts (a
     broker that accepts connections but never answers does not block the caller)."""
     try:
@@ -74,7 +74,7 @@ def dispatch_request(request_id: int, settings: Settings | None = None) -> None:
     """Generation then rendering, as a chain of two thin tasks that take the request id."""
     settings = settings or get_settings()
 
-    def send(app) -> None:  # type: ignore[no-untyped-def]
+    def send(app) -> None:
         chain(
             app.signature(TASK_GENERATE, args=(request_id,), queue=GPU_QUEUE, immutable=True),
             app.signature(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, immutable=True),

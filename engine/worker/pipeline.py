@@ -345,7 +345,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
 
 def _upsert_artifact(
     session, request_id: int, kind: ArtifactKind, key: str, data: bytes, content_type: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     existing = session.scalar(
         select(Artifact).where(Artifact.request_id == request_id, Artifact.kind == kind)
     )
@@ -372,7 +372,7 @@ def split_result(midi: bytes) -> tuple[Piece | None, Piece]:
     signature = (ts.numerator, ts.denominator) if ts else (4, 4)
     spb = 60.0 / tempo
 
-    def piece(inst) -> Piece:  # type: ignore[no-untyped-def]
+    def piece(inst) -> Piece:
         notes = tuple(
             sorted(
                 (

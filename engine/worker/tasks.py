@@ -59,7 +59,7 @@ def retrain(run_id: int) -> str:
 
 
 @signals.task_postrun.connect
-def _wake_the_bot(task=None, args=None, retval=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+def _wake_the_bot(task=None, args=None, retval=None, **_: object) -> None:
     """After a generate or render task (its rows committed): wake bots that follow the request,
     over Redis pub/sub or Postgres NOTIFY where the deployment has them (engine.service.notify)."""
     if task is None or task.name not in (TASK_GENERATE, TASK_RENDER) or not args:
@@ -126,7 +126,7 @@ def consumed_queues() -> set[str] | None:
     return names or None
 
 
-def _render_once(settings) -> None:  # type: ignore[no-untyped-def]
+def _render_once(settings) -> None:
     """One tiny render: the first call pays for imports, the soundfont and font caches (~9 s
     measured on a busy 2-core machine), so no user's request does."""
     from engine.audio.encode import render_audio
@@ -140,7 +140,7 @@ def _render_once(settings) -> None:  # type: ignore[no-untyped-def]
 
 
 @signals.worker_ready.connect
-def _start_presence(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+def _start_presence(sender=None, **_: object) -> None:
     global _presence
     from engine.worker.lifecycle import WorkerPresence
 
@@ -164,7 +164,7 @@ def _stop_presence(**_: object) -> None:
         _presence.stop()
 
 
-def _device_name(settings, queues: str) -> str | None:  # type: ignore[no-untyped-def]
+def _device_name(settings, queues: str) -> str | None:
     """The device known before any child starts: `cpu` for a render-only worker or one set to
     cpu. Otherwise None until a child has loaded the model and recorded the device it
     really uses (`record_device`): the main process must not touch CUDA before it forks."""
