@@ -93,7 +93,7 @@ def _filesystem_transport(settings: Settings) -> dict[str, Any]:
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("motif", include=["engine.worker.tasks"])
+    app = Celery("motif", include=["engine.worker.tasks", "engine.worker.signals"])
     app.conf.update(celery_config(settings))
     return app
 

@@ -64,21 +64,21 @@ def test_sqlite_bots_poll_often_and_woken_bots_rarely(bot_settings, redis_settin
 def test_the_worker_publishes_after_generate_and_render(redis_settings, monkeypatch):
     import redis
 
-    import engine.worker.tasks
+    import engine.worker.signals
 
-    monkeypatch.setattr(engine.worker.tasks, "get_settings", lambda: redis_settings)
+    monkeypatch.setattr(engine.worker.signals, "get_settings", lambda: redis_settings)
     client = redis.Redis.from_url(REDIS_URL)
     pubsub = client.pubsub()
     pubsub.subscribe(channel_name(redis_settings))
     pubsub.get_message(timeout=5)  # the subscription's confirmation
     # a generate task that batched requests 4 and 5, then request 4's render
-    engine.worker.tasks._wake_the_bot(
+    engine.worker.signals._wake_the_bot(
         task=SimpleNamespace(name=TASK_GENERATE), args=(4,), retval=[4, 5]
     )
-    engine.worker.tasks._wake_the_bot(
+    engine.worker.signals._wake_the_bot(
         task=SimpleNamespace(name=TASK_RENDER), args=(4,), retval=True
     )
-    engine.worker.tasks._wake_the_bot(
+    engine.worker.signals._wake_the_bot(
         task=SimpleNamespace(name="motif.other"), args=(9,), retval=None
     )
     got = []
