@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
+from typing import Any, Self
 
 import discord
-from discord.ui import Button, DynamicItem
+from discord.ui import Button, DynamicItem, Item
 
 from bot.errors import guarded
 from bot.requesters import requester_from_interaction
@@ -65,41 +65,39 @@ async def start_follow_up(
 
 
 def _button(
-    label: str | None, custom_id: str, emoji: str, style=discord.ButtonStyle.secondary
-) -> Button:
+    label: str | None,
+    custom_id: str,
+    emoji: str,
+    style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+) -> Button[Any]:
     return Button(label=label, custom_id=custom_id, emoji=emoji, style=style)
 
 
-class RerollButton(DynamicItem[Button], template=r"motif:reroll:(?P<req>\d+)"):
-    def __init__(self, request_id: int) -> None:
-        super().__init__(
-            _button("Reroll", f"motif:reroll:{request_id}", "🎲", discord.ButtonStyle.primary)
-        )
+# label, emoji, style of each follow-up that needs nothing but the parent's id
+_FOLLOW_UPS: dict[RequestKind, tuple[str, str, discord.ButtonStyle]] = {
+    RequestKind.REROLL: ("Reroll", "🎲", discord.ButtonStyle.primary),
+    RequestKind.EXTEND: ("Extend", "➕", discord.ButtonStyle.secondary),
+}
+
+
+class FollowUpButton(DynamicItem[Button], template=r"motif:(?P<kind>reroll|extend):(?P<req>\d+)"):
+    """Reroll or extend: a new request from this one (custom ids `motif:reroll:<id>` and
+    `motif:extend:<id>`, as posted since the first release)."""
+
+    def __init__(self, request_id: int, kind: RequestKind) -> None:
+        label, emoji, style = _FOLLOW_UPS[kind]
+        super().__init__(_button(label, f"motif:{kind.value}:{request_id}", emoji, style))
         self.request_id = request_id
+        self.kind = kind
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(int(match["req"]))
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> FollowUpButton:
+        return cls(int(match["req"]), RequestKind(match["kind"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(
-            interaction, start_follow_up(interaction, self.request_id, RequestKind.REROLL)
-        )
-
-
-class ExtendButton(DynamicItem[Button], template=r"motif:extend:(?P<req>\d+)"):
-    def __init__(self, request_id: int) -> None:
-        super().__init__(_button("Extend", f"motif:extend:{request_id}", "➕"))
-        self.request_id = request_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(int(match["req"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(
-            interaction, start_follow_up(interaction, self.request_id, RequestKind.EXTEND)
-        )
+        await guarded(interaction, start_follow_up(interaction, self.request_id, self.kind))
 
 
 class VariationButton(DynamicItem[Button], template=r"motif:vary:(?P<dir>lo|hi):(?P<req>\d+)"):
@@ -110,7 +108,9 @@ class VariationButton(DynamicItem[Button], template=r"motif:vary:(?P<dir>lo|hi):
         self.direction = direction
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]), match["dir"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -131,7 +131,9 @@ class ShareButton(DynamicItem[Button], template=r"motif:share:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -155,7 +157,9 @@ class ShareConsentButton(DynamicItem[Button], template=r"motif:consent:(?P<req>\
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -180,7 +184,9 @@ class RateButton(DynamicItem[Button], template=r"motif:rate:(?P<vote>up|down):(?
         self.vote = vote
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]), match["vote"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -206,7 +212,9 @@ class CancelButton(DynamicItem[Button], template=r"motif:cancel:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -233,8 +241,7 @@ def progress_view(request_id: int) -> discord.ui.View:
 
 RESULT_BUTTONS = (  # every persistent button, registered in setup_hook
     CancelButton,
-    RerollButton,
-    ExtendButton,
+    FollowUpButton,
     VariationButton,
     ShareButton,
     ShareConsentButton,
@@ -244,8 +251,8 @@ RESULT_BUTTONS = (  # every persistent button, registered in setup_hook
 
 def result_view(request_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(request_id))
-    view.add_item(ExtendButton(request_id))
+    view.add_item(FollowUpButton(request_id, RequestKind.REROLL))
+    view.add_item(FollowUpButton(request_id, RequestKind.EXTEND))
     view.add_item(VariationButton(request_id, "lo"))
     view.add_item(VariationButton(request_id, "hi"))
     view.add_item(ShareButton(request_id))
