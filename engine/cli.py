@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 from engine.errors import MotifError
@@ -29,9 +28,9 @@ def live_workers(settings: Settings) -> list[str]:
     from sqlalchemy import select
 
     from engine.store.db import session_scope
-    from engine.store.records import Worker, utcnow
+    from engine.store.records import Worker, alive_since
 
-    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    since = alive_since(settings.worker_heartbeat_s)
     with session_scope(settings.sqlalchemy_url) as session:
         return [w.queues for w in session.scalars(select(Worker).where(Worker.last_seen >= since))]
 

@@ -21,7 +21,6 @@ Role = Literal["worker", "bot", "db"]
 ROLES: tuple[Role, ...] = ("worker", "bot", "db")
 
 # A presence row older than this many heartbeats means the worker's main process stopped beating.
-STALE_HEARTBEATS = 4
 
 
 class Unhealthy(Exception):
@@ -70,10 +69,10 @@ def check_presence(settings: Settings, hostname: str | None = None) -> str:
     from sqlalchemy import select
 
     from engine.store.db import session_scope
-    from engine.store.records import Worker, utcnow
+    from engine.store.records import ALIVE_HEARTBEATS, Worker, utcnow
 
     host = hostname or socket.gethostname()
-    limit = timedelta(seconds=settings.worker_heartbeat_s * STALE_HEARTBEATS)
+    limit = timedelta(seconds=settings.worker_heartbeat_s * ALIVE_HEARTBEATS)
     try:
         with session_scope(settings.sqlalchemy_url) as session:
             rows = [

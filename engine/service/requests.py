@@ -37,6 +37,7 @@ from engine.store.artifacts import ArtifactStore, store_for
 from engine.store.db import session_scope
 from engine.store.records import (
     OPEN_STATES,
+    RUNNING_STATES,
     Artifact,
     Feedback,
     ModelVersion,
@@ -48,6 +49,9 @@ from engine.store.records import (
     User,
     Worker,
     utcnow,
+)
+from engine.store.records import (
+    alive_since as worker_alive_since,
 )
 
 log = logging.getLogger(__name__)
@@ -475,7 +479,9 @@ class JobService:
                 top_p=options.top_p,
                 instrument=options.instrument,
                 tempo=options.tempo,
-                rng_seed=rng_seed if rng_seed is not None else random.randint(0, 2**31 - 1),
+                rng_seed=rng_seed
+                if rng_seed is not None
+                else random.randint(0, catalog.MAX_RNG_SEED),
                 image=options.image,
                 settings=self.settings,
                 from_bar=from_bar,
@@ -502,7 +508,7 @@ class JobService:
     ) -> int:
         if options.rng_seed is None:
             # Every request records the seed it was sampled with, so any result can be replayed.
-            options = replace(options, rng_seed=random.randint(0, 2**31 - 1))
+            options = replace(options, rng_seed=random.randint(0, catalog.MAX_RNG_SEED))
         request = Request(
             user_id=user.id if user else None,
             guild_id=who.guild_id,
@@ -756,11 +762,9 @@ class JobService:
                 select(func.count(Request.id)).where(Request.status == RequestStatus.QUEUED)
             )
             running = session.scalar(
-                select(func.count(Request.id)).where(
-                    Request.status.in_((RequestStatus.GENERATING, RequestStatus.RENDERING))
-                )
+                select(func.count(Request.id)).where(Request.status.in_(RUNNING_STATES))
             )
-            alive_since = utcnow() - timedelta(seconds=self.settings.worker_heartbeat_s * 4)
+            alive_since = worker_alive_since(self.settings.worker_heartbeat_s)
             alive = list(session.scalars(select(Worker).where(Worker.last_seen >= alive_since)))
             workers = [f"{w.hostname} [{w.queues}] on {w.device or '?'}" for w in alive]
             kinds = Counter((w.queues, w.device or "?") for w in alive)

@@ -7,7 +7,7 @@ No torch here: the bot imports this module.
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -30,6 +30,16 @@ from sqlalchemy.types import TypeDecorator
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# A worker is alive while its presence row is younger than this many heartbeats (the reaper,
+# the outbox, `/stats`, `motif compose` and the health check all ask the same question).
+ALIVE_HEARTBEATS = 4
+
+
+def alive_since(heartbeat_s: float, now: datetime | None = None) -> datetime:
+    """The oldest `last_seen` of a worker still counted alive."""
+    return (now or utcnow()) - timedelta(seconds=heartbeat_s * ALIVE_HEARTBEATS)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -73,7 +83,8 @@ class RequestStatus(enum.StrEnum):
         return self in (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.CANCELLED)
 
 
-OPEN_STATES = (RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING)
+RUNNING_STATES = (RequestStatus.GENERATING, RequestStatus.RENDERING)
+OPEN_STATES = (RequestStatus.QUEUED, *RUNNING_STATES)
 
 
 class TuneSource(enum.StrEnum):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from engine.settings import Settings
 from engine.store.db import ensure_schema, session_scope
-from engine.store.records import Worker, utcnow
+from engine.store.records import Worker, alive_since, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,7 @@ def presence_alive(node: str, pid: int) -> bool:
 def live_queues_in(session: Session, settings: Settings) -> set[str]:
     """The queues that live workers take: fresh presence rows, less those whose process on this
     machine is dead."""
-    from datetime import timedelta
-
-    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    since = alive_since(settings.worker_heartbeat_s)
     rows = session.execute(
         select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
     )

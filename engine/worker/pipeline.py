@@ -29,6 +29,7 @@ from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
 from engine.store.db import session_scope
 from engine.store.records import (
+    OPEN_STATES,
     Artifact,
     ArtifactKind,
     Request,
@@ -37,6 +38,7 @@ from engine.store.records import (
     Tune,
     TuneSource,
     Worker,
+    alive_since,
     utcnow,
 )
 from engine.worker.lifecycle import process_alive
@@ -79,7 +81,7 @@ def claimant_gone(
         return heartbeat_at < now - timedelta(seconds=3 * beat_interval_s(settings))
     if host == socket.gethostname():
         return not (pid.isdigit() and process_alive(int(pid)))
-    since = now - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    since = alive_since(settings.worker_heartbeat_s, now)
     live = session.scalars(select(Worker.hostname).where(Worker.last_seen >= since))
     return not any(name.rpartition("@")[2] == host for name in live)
 
@@ -471,9 +473,7 @@ def fail(request_id: int, settings: Settings, user_message: str, detail: str) ->
             update(Request)
             .where(
                 Request.id == request_id,
-                Request.status.in_(
-                    (RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING)
-                ),
+                Request.status.in_(OPEN_STATES),
             )
             .values(
                 status=RequestStatus.FAILED,
