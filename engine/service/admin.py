@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 
 from engine.errors import BadParams, Busy, NotFound
 from engine.settings import Settings, get_settings
-from engine.store.db import session_scope
+from engine.store.db import dml, session_scope
 from engine.store.records import (
     AuditLog,
     Feedback,
@@ -312,17 +312,19 @@ def cancel_run(run_id: int, settings: Settings | None = None) -> str:
     with session_scope(s.sqlalchemy_url) as session:
         if session.get(TrainingRun, run_id) is None:
             raise NotFound(f"training run #{run_id} does not exist.")
-        queued = session.execute(
+        queued = dml(
+            session,
             update(TrainingRun)
             .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
-            .values(status=RunStatus.CANCELLED, finished_at=utcnow())
+            .values(status=RunStatus.CANCELLED, finished_at=utcnow()),
         ).rowcount
         if queued:
             return "cancelled"
-        running = session.execute(
+        running = dml(
+            session,
             update(TrainingRun)
             .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.RUNNING)
-            .values(cancel_requested=True)  # the training loop checks this between steps
+            .values(cancel_requested=True),  # the training loop checks this between steps
         ).rowcount
         return "stopping" if running else ""
 

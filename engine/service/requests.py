@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from engine.errors import (
     BadParams,
-    NotAllowed,
     NotFound,
     QueueFull,
     QueueUnreachable,
@@ -32,14 +31,16 @@ from engine.errors import (
 )
 from engine.music import catalog
 from engine.music.notes import Piece
+from engine.service.consent import Consent
+from engine.service.delivery import DeliveryLeases
+from engine.service.users import Requester, require_owner, user_for, user_of
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import ArtifactStore, store_for
-from engine.store.db import session_scope
+from engine.store.db import dml, session_scope
 from engine.store.records import (
     OPEN_STATES,
     RUNNING_STATES,
     Artifact,
-    Feedback,
     ModelVersion,
     Request,
     RequestKind,
@@ -162,18 +163,6 @@ def validate_options(
 
 
 @dataclass(frozen=True)
-class Requester:
-    """Who asked and where: enough to answer later, in the channel, after a restart."""
-
-    discord_id: int | None = None
-    name: str = ""
-    guild_id: int | None = None
-    channel_id: int | None = None
-    interaction_id: int | None = None
-    origin: str = "cli"
-
-
-@dataclass(frozen=True)
 class ArtifactInfo:
     kind: str
     key: str
@@ -214,23 +203,6 @@ class QueueStatus:
     worker_counts: list[str] = field(default_factory=list)  # "2 × gpu,train on cuda": for chat
 
 
-def user_for(session: Session, discord_id: int, name: str = "") -> User:
-    """The user row for a Discord id, created on first sight (safe when two requests race)."""
-    user = session.scalar(select(User).where(User.discord_id == discord_id))
-    if user is not None:
-        return user
-    try:
-        with session.begin_nested():
-            user = User(discord_id=discord_id, name=name[:100])
-            session.add(user)
-        return user
-    except IntegrityError:
-        # Another request created it between our read and our insert.
-        user = session.scalar(select(User).where(User.discord_id == discord_id))
-        assert user is not None
-        return user
-
-
 def tune_for(session: Session, new: Tune) -> Tune:
     """Insert-or-get on the content hash: the stored tune with `new`'s hash, or `new` inserted.
     Two uploads of the same file at once both get the one row (no IntegrityError escapes)."""
@@ -258,12 +230,13 @@ def _default_dispatch(settings: Settings) -> Dispatch:
     return lambda request_id: dispatch_request(request_id, settings)
 
 
-class JobService:
-    """The engine's front door for the bot and the CLI, bound to one set of settings."""
+class JobService(Consent, DeliveryLeases):
+    """The engine's front door for the bot and the CLI, bound to one set of settings: submitting
+    and following requests here, consent (engine.service.consent) and delivery leases
+    (engine.service.delivery) from its bases."""
 
     def __init__(self, settings: Settings | None = None, *, dispatch: Dispatch | None = None):
-        self.settings = settings or get_settings()
-        self.url = self.settings.sqlalchemy_url
+        super().__init__(settings)
         self._dispatch = dispatch
 
     @property
@@ -277,12 +250,6 @@ class JobService:
         return store_for(self.settings.artifact_root)
 
     # --- users and tunes ----------------------------------------------------------------------
-    @staticmethod
-    def _user(session: Session, who: Requester) -> User | None:
-        if who.discord_id is None:
-            return None
-        return user_for(session, who.discord_id, who.name)
-
     def store_tune(
         self,
         session: Session,
@@ -426,11 +393,11 @@ class JobService:
         elif options.from_bar is not None:
             raise BadParams("from_bar needs a seed file to cut.")
         with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
-            user = self._user(session, who)
+            user = user_of(session, who)
             self._check_limits(session, user, who.guild_id)
             tune = None
             if piece is not None and seed_midi is not None:
-                owner = user if seed_owner is None else self._user(session, seed_owner)
+                owner = user if seed_owner is None else user_of(session, seed_owner)
                 consent = bool(owner and owner.share_by_default)
                 tune = self.store_tune(
                     session,
@@ -486,7 +453,7 @@ class JobService:
                 settings=self.settings,
                 from_bar=from_bar,
             )
-            user = self._user(session, who)
+            user = user_of(session, who)
             self._check_limits(session, user, who.guild_id)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
             seed_notes = {} if kind is RequestKind.EXTEND else dict(parent.notes or {})
@@ -603,147 +570,18 @@ class JobService:
                 raise NotFound(f"request #{request_id} does not exist.")
             from_cli = who.discord_id is None and who.origin == "cli"
             if not (from_cli and req.user_id is None and req.origin == "cli"):
-                self._require_owner(session, req, who)
-            result = session.execute(
+                require_owner(session, req, who)
+            result = dml(
+                session,
                 update(Request)
                 .where(Request.id == request_id, Request.status == RequestStatus.QUEUED)
-                .values(status=RequestStatus.CANCELLED, finished_at=utcnow())
+                .values(status=RequestStatus.CANCELLED, finished_at=utcnow()),
             )
             return bool(result.rowcount)
 
-    def _require_owner(self, session: Session, req: Request, who: Requester) -> User:
-        user = self._user(session, who)
-        if user is None or req.user_id != user.id:
-            raise NotAllowed("only the person who asked for this tune can do that.")
-        return user
-
-    def rate(self, request_id: int, who: Requester, rating: int) -> None:
-        if rating not in (1, -1):
-            raise BadParams("a rating is +1 or -1.")
-        with session_scope(self.url) as session:
-            if session.get(Request, request_id) is None:
-                raise NotFound(f"request #{request_id} does not exist.")
-            user = self._user(session, who)
-            if user is None:
-                raise BadParams("ratings need a user.")
-            existing = session.scalar(
-                select(Feedback).where(
-                    Feedback.request_id == request_id, Feedback.user_id == user.id
-                )
-            )
-            if existing is None:
-                session.add(Feedback(request_id=request_id, user_id=user.id, rating=rating))
-            else:
-                existing.rating = rating
-                existing.created_at = utcnow()
-
-    # --- consent ------------------------------------------------------------------------------
-    @staticmethod
-    def _sources_of(session: Session, tune: Tune) -> list[Tune]:
-        """The tunes a generated tune was made from, through rerolls, variations and extensions
-        (a result holds its seed's notes): seeds and the results they were extended from."""
-        sources: list[Tune] = []
-        frontier, seen = [tune], {tune.id}
-        while frontier:
-            current = frontier.pop()
-            if current.source is not TuneSource.GENERATION:
-                continue
-            for source in session.scalars(
-                select(Tune)
-                .join(Request, Request.seed_tune_id == Tune.id)
-                .where(Request.result_tune_id == current.id)
-            ):
-                if source.id not in seen:
-                    seen.add(source.id)
-                    sources.append(source)
-                    frontier.append(source)
-        return sources
-
-    @staticmethod
-    def _derived_from(session: Session, tune_ids: set[int]) -> set[int]:
-        """The generated tunes made from these tunes, directly or through other results."""
-        found: set[int] = set()
-        frontier = set(tune_ids)
-        while frontier:
-            results = set(
-                session.scalars(
-                    select(Request.result_tune_id).where(
-                        Request.seed_tune_id.in_(frontier), Request.result_tune_id.is_not(None)
-                    )
-                )
-            )
-            frontier = results - found - tune_ids
-            found |= frontier
-        return found
-
-    def share(self, request_id: int, who: Requester) -> int:
-        """Consent to put this request's seed and result into the training collection.
-
-        A tune made from someone else's seed joins only while that person shares the seed."""
-        with session_scope(self.url) as session:
-            req = session.get(Request, request_id)
-            if req is None:
-                raise NotFound(f"request #{request_id} does not exist.")
-            user = self._require_owner(session, req, who)
-            count = 0
-            blocked = False
-            for tune_id in (req.seed_tune_id, req.result_tune_id):
-                tune = session.get(Tune, tune_id) if tune_id else None
-                if tune is None:
-                    continue
-                if tune.owner_id is None:
-                    tune.owner_id = user.id
-                if tune.owner_id != user.id:
-                    continue
-                if any(
-                    source.owner_id not in (None, user.id)
-                    and not (source.consent and source.withdrawn_at is None)
-                    for source in self._sources_of(session, tune)
-                ):
-                    blocked = True
-                    continue
-                tune.consent = True
-                tune.consent_at = utcnow()
-                tune.withdrawn_at = None
-                count += 1
-            if count == 0 and blocked:
-                raise NotAllowed(
-                    "this tune was made from someone else's seed; it can join the training "
-                    "collection only if they share their seed."
-                )
-            if count == 0:
-                raise BadParams("there is nothing of yours to share in this request yet.")
-            return count
-
-    def set_share_by_default(self, who: Requester, value: bool) -> None:
-        with session_scope(self.url) as session:
-            user = self._user(session, who)
-            if user is None:
-                raise BadParams("this setting needs a user.")
-            user.share_by_default = value
-
-    def forget(self, who: Requester) -> int:
-        """Withdraw every tune of this user from the training collection, and every tune made
-        from their seeds by anyone (rerolls, variations, extensions of their music)."""
-        with session_scope(self.url) as session:
-            user = self._user(session, who)
-            if user is None:
-                return 0
-            user.share_by_default = False
-            own = set(session.scalars(select(Tune.id).where(Tune.owner_id == user.id)))
-            withdraw = own | self._derived_from(session, own)
-            if not withdraw:
-                return 0
-            result = session.execute(
-                update(Tune)
-                .where(Tune.id.in_(withdraw), Tune.consent.is_(True))
-                .values(consent=False, withdrawn_at=utcnow())
-            )
-            return int(result.rowcount or 0)
-
     def history(self, who: Requester, limit: int = 10) -> list[Progress]:
         with session_scope(self.url) as session:
-            user = self._user(session, who)
+            user = user_of(session, who)
             if user is None:
                 return []
             ids = list(
@@ -780,64 +618,6 @@ class JobService:
                 worker_counts=counts,
             )
 
-    def undelivered(self, limit: int = 50) -> list[int]:
-        """Finished requests from chat that were never delivered (e.g. the bot was down) and that
-        no bot process is delivering now (no live claim)."""
-        now = utcnow()
-        with session_scope(self.url) as session:
-            return list(
-                session.scalars(
-                    select(Request.id)
-                    .where(
-                        Request.status.in_((RequestStatus.DONE, RequestStatus.FAILED)),
-                        Request.delivered_at.is_(None),
-                        Request.channel_id.is_not(None),
-                        (Request.delivery_claimed_until.is_(None))
-                        | (Request.delivery_claimed_until < now),
-                    )
-                    .order_by(Request.id)
-                    .limit(limit)
-                )
-            )
-
-    def claim_delivery(self, request_id: int, owner: str, lease_s: float) -> bool:
-        """Take (or renew) the right to post a request's result for `lease_s` seconds.
-
-        Compare-and-set: True for exactly one bot process at a time; a claim whose lease ran out
-        (its bot died) can be taken over; a delivered request cannot be claimed."""
-        now = utcnow()
-        with session_scope(self.url) as session:
-            result = session.execute(
-                update(Request)
-                .where(
-                    Request.id == request_id,
-                    Request.delivered_at.is_(None),
-                    (Request.delivery_claimed_until.is_(None))
-                    | (Request.delivery_claimed_until < now)
-                    | (Request.delivery_claimed_by == owner),
-                )
-                .values(
-                    delivery_claimed_by=owner,
-                    delivery_claimed_until=now + timedelta(seconds=lease_s),
-                )
-            )
-            return result.rowcount == 1
-
-    def release_delivery(self, request_id: int, owner: str) -> None:
-        """Give a claim back before its lease runs out (the owner stopped watching)."""
-        with session_scope(self.url) as session:
-            session.execute(
-                update(Request)
-                .where(Request.id == request_id, Request.delivery_claimed_by == owner)
-                .values(delivery_claimed_until=None)
-            )
-
-    def mark_delivered(self, request_id: int) -> None:
-        with session_scope(self.url) as session:
-            session.execute(
-                update(Request).where(Request.id == request_id).values(delivered_at=utcnow())
-            )
-
 
 def mark_sent(request_ids: list[int], settings: Settings) -> None:
     """Record that these rows' messages reached the broker (best effort: a row left unmarked
@@ -866,6 +646,7 @@ def _unsaved_on_outage() -> Iterator[None]:
 
 
 __all__ = [
+    "user_for",
     "Artifact",
     "ComposeOptions",
     "JobService",

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -274,3 +275,8 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as a placeholder
         return "<database url>"
+
+
+def dml(session: Session, statement: Executable) -> CursorResult[Any]:
+    """Run an INSERT, UPDATE or DELETE: its result is a cursor result, with `rowcount`."""
+    return cast(CursorResult[Any], session.execute(statement))

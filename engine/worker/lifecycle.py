@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from engine.settings import Settings
-from engine.store.db import ensure_schema, session_scope
+from engine.store.db import dml, ensure_schema, session_scope
 from engine.store.records import Worker, alive_since, utcnow
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def record_device(settings: Settings, hostname: str, queues: str, device: str) -
     for _ in range(2):
         try:
             with session_scope(settings.sqlalchemy_url) as session:
-                found = session.execute(
-                    update(Worker).where(Worker.hostname == hostname).values(device=device)
+                found = dml(
+                    session, update(Worker).where(Worker.hostname == hostname).values(device=device)
                 ).rowcount
                 if not found:
                     session.add(

@@ -27,7 +27,7 @@ from engine.music.notes import Note, Piece
 from engine.service.requests import ComposeOptions, content_hash, tune_for
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
-from engine.store.db import session_scope
+from engine.store.db import dml, session_scope
 from engine.store.records import (
     OPEN_STATES,
     Artifact,
@@ -103,10 +103,11 @@ def claim_for_generation(request_id: int, settings: Settings) -> bool:
     gone (see `claimant_gone`) is taken over the same way, so a redelivered message finishes
     the job instead of waiting for the reaper. False when a live worker has it."""
     with session_scope(settings.sqlalchemy_url) as session:
-        result = session.execute(
+        result = dml(
+            session,
             update(Request)
             .where(Request.id == request_id, Request.status == RequestStatus.QUEUED)
-            .values(**_claim_values())
+            .values(**_claim_values()),
         )
         if result.rowcount:
             return True
@@ -120,14 +121,15 @@ def claim_for_generation(request_id: int, settings: Settings) -> bool:
         if row.attempts >= settings.max_attempts:
             return False  # the reaper fails it with its message
         previous = row.worker
-        result = session.execute(
+        result = dml(
+            session,
             update(Request)
             .where(
                 Request.id == request_id,
                 Request.status == RequestStatus.GENERATING,
                 Request.worker.is_(None) if previous is None else Request.worker == previous,
             )
-            .values(**_claim_values())
+            .values(**_claim_values()),
         )
         if result.rowcount:
             log.warning("request %s taken over from %s (gone)", request_id, previous)

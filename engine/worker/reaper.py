@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from engine.errors import QueueUnreachable
 from engine.settings import Settings
-from engine.store.db import session_scope
+from engine.store.db import dml, session_scope
 from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
 from engine.worker.lifecycle import live_queues_in
 from engine.worker.pipeline import claimant_gone
@@ -112,7 +112,8 @@ def _act(
                 or_(Request.heartbeat_at.is_(None), Request.heartbeat_at < cutoff),
             )
         if attempts >= settings.max_attempts:
-            done = session.execute(
+            done = dml(
+                session,
                 update(Request)
                 .where(*guard)
                 .values(
@@ -120,24 +121,26 @@ def _act(
                     finished_at=utcnow(),
                     error_user=GAVE_UP.format(n=attempts),
                     error_detail=f"reaper: stale in {status.value} after {attempts} attempts",
-                )
+                ),
             ).rowcount
             if done:
                 report.failed.append(rid)
         elif status is RequestStatus.GENERATING:
-            done = session.execute(
+            done = dml(
+                session,
                 update(Request)
                 .where(*guard)
-                .values(status=RequestStatus.QUEUED, heartbeat_at=None, worker=None, sent_at=None)
+                .values(status=RequestStatus.QUEUED, heartbeat_at=None, worker=None, sent_at=None),
             ).rowcount
             if done:
                 report.requeued.append(rid)
         else:
             # Rendering restarts from the stored MIDI; count it as an attempt.
-            done = session.execute(
+            done = dml(
+                session,
                 update(Request)
                 .where(*guard)
-                .values(heartbeat_at=utcnow(), attempts=Request.attempts + 1)
+                .values(heartbeat_at=utcnow(), attempts=Request.attempts + 1),
             ).rowcount
             if done:
                 report.rerendered.append(rid)
@@ -237,14 +240,15 @@ def reap_training_runs(settings: Settings) -> list[int]:
     for run_id in ids:
         # compare-and-set: a run that finished (or beat) since the SELECT is left as it is
         with session_scope(settings.sqlalchemy_url) as session:
-            done = session.execute(
+            done = dml(
+                session,
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id, *stale)
                 .values(
                     status=RunStatus.FAILED,
                     finished_at=utcnow(),
                     error="the training worker stopped answering; the run was abandoned",
-                )
+                ),
             ).rowcount
         if done:
             failed.append(run_id)

@@ -25,7 +25,7 @@ from engine.errors import BadMidi, MotifError
 from engine.music.notes import Piece
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
-from engine.store.db import session_scope
+from engine.store.db import dml, session_scope
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, Tune, utcnow
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def claim_run(settings: Settings, run_id: int) -> bool:
     from engine.worker.pipeline import worker_name
 
     with session_scope(settings.sqlalchemy_url) as session:
-        done = session.execute(
+        done = dml(
+            session,
             update(TrainingRun)
             .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
             .values(
@@ -158,7 +159,7 @@ def claim_run(settings: Settings, run_id: int) -> bool:
                 started_at=utcnow(),
                 heartbeat_at=utcnow(),
                 worker=worker_name(),
-            )
+            ),
         ).rowcount
         return bool(done)
 
