@@ -7,6 +7,7 @@ No torch here.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import struct
@@ -429,3 +430,31 @@ def to_midi_bytes(piece: Piece | None, continuation: Piece | None = None) -> byt
 
         score.key_signatures.append(KeySignature(0, key_fifths(*key), int(key[1] == "minor")))
     return bytes(score.dumps_midi())
+
+
+def split_result(midi: bytes) -> tuple[Piece | None, Piece]:
+    """The seed and the continuation back from a result MIDI (tracks named by to_midi_bytes)."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(io.BytesIO(midi))
+    tempo = float(pm.get_tempo_changes()[1][0]) if len(pm.get_tempo_changes()[1]) else 120.0
+    ts = pm.time_signature_changes[0] if pm.time_signature_changes else None
+    signature = (ts.numerator, ts.denominator) if ts else (4, 4)
+    spb = 60.0 / tempo
+
+    def piece(inst) -> Piece:
+        notes = tuple(
+            sorted(
+                (
+                    Note(n.start / spb, (n.end - n.start) / spb, n.pitch, n.velocity)
+                    for n in inst.notes
+                ),
+                key=lambda n: (n.start, n.pitch),
+            )
+        )
+        return Piece(notes, tempo_bpm=tempo, time_signature=signature, program=inst.program)
+
+    seed = next((piece(i) for i in pm.instruments if i.name == "seed"), None)
+    conts = [i for i in pm.instruments if i.name != "seed"]
+    cont = piece(conts[0]) if conts else Piece((), tempo_bpm=tempo, time_signature=signature)
+    return seed, cont

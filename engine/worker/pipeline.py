@@ -7,7 +7,6 @@ nor files. The SQL row is the source of truth.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -23,7 +22,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from engine.errors import MotifError, ServiceUnavailable, public_message
-from engine.music.notes import Note, Piece
+from engine.music.catalog import PROGRAM_NAMES
+from engine.music.midi import load_seed, split_result, to_midi_bytes
+from engine.music.notes import Piece
 from engine.service.requests import ComposeOptions, content_hash, tune_for
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
@@ -225,7 +226,6 @@ class Job:
 
 
 def load_job(request_id: int, settings: Settings) -> Job:
-    from engine.music.midi import load_seed
 
     store = store_for(settings.artifact_root)
     with session_scope(settings.sqlalchemy_url) as session:
@@ -249,7 +249,6 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
     from engine.model.checkpoint import device_label
     from engine.model.generate import GenerationRequest, continue_batch
-    from engine.music.midi import to_midi_bytes
     from engine.worker.loaded import get_model
 
     jobs: list[Job] = []
@@ -366,40 +365,11 @@ def _upsert_artifact(
 # --- rendering ------------------------------------------------------------------------------
 
 
-def split_result(midi: bytes) -> tuple[Piece | None, Piece]:
-    """The seed and the continuation back from a result MIDI (tracks named by to_midi_bytes)."""
-    import pretty_midi
-
-    pm = pretty_midi.PrettyMIDI(io.BytesIO(midi))
-    tempo = float(pm.get_tempo_changes()[1][0]) if len(pm.get_tempo_changes()[1]) else 120.0
-    ts = pm.time_signature_changes[0] if pm.time_signature_changes else None
-    signature = (ts.numerator, ts.denominator) if ts else (4, 4)
-    spb = 60.0 / tempo
-
-    def piece(inst) -> Piece:
-        notes = tuple(
-            sorted(
-                (
-                    Note(n.start / spb, (n.end - n.start) / spb, n.pitch, n.velocity)
-                    for n in inst.notes
-                ),
-                key=lambda n: (n.start, n.pitch),
-            )
-        )
-        return Piece(notes, tempo_bpm=tempo, time_signature=signature, program=inst.program)
-
-    seed = next((piece(i) for i in pm.instruments if i.name == "seed"), None)
-    conts = [i for i in pm.instruments if i.name != "seed"]
-    cont = piece(conts[0]) if conts else Piece((), tempo_bpm=tempo, time_signature=signature)
-    return seed, cont
-
-
 def render_request(request_id: int, settings: Settings) -> bool:
     """rendering → done: audio + piano roll. False when the request is not waiting for it."""
     from engine.audio.encode import render_audio
     from engine.audio.pianoroll import piano_roll_png
     from engine.audio.score import engrave_result
-    from engine.music.catalog import PROGRAM_NAMES
 
     with session_scope(settings.sqlalchemy_url) as session:
         req = session.get(Request, request_id)

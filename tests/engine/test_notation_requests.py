@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine.music.midi import load_seed
+from engine.music.midi import load_seed, split_result
 from engine.music.notation import UnsafeXml
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import Request, RequestStatus, Tune
-from engine.worker.pipeline import process_request, split_result
+from engine.worker.pipeline import process_request
 from tests.conftest import make_settings
 from tests.engine.test_notation_seeds import BILLION_LAUGHS, JIG, TWO_TUNES
 

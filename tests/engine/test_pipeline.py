@@ -10,12 +10,13 @@ from PIL import Image
 from symusic import Score
 
 from engine.audio.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR
+from engine.music.midi import split_result
 from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
 from engine.store import db
 from engine.store.artifacts import store_for
 from engine.store.records import ArtifactKind, RequestStatus
-from engine.worker.pipeline import run_generation, run_render, split_result
+from engine.worker.pipeline import run_generation, run_render
 from tests.conftest import example_seed_bytes, make_settings
 
 
