@@ -224,6 +224,40 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def store_tune(
+    session: Session,
+    store: ArtifactStore,
+    midi: bytes,
+    piece: Piece,
+    *,
+    source: TuneSource,
+    owner_id: int | None,
+    name: str = "",
+    consent: bool = False,
+) -> Tune:
+    """Keep a tune once per content hash (a seed at submission, a result when generated); the
+    MIDI bytes go to the artifact store."""
+    digest = content_hash(midi)
+    key = f"tunes/{digest[:2]}/{digest}.mid"
+    known = session.scalar(select(Tune.id).where(Tune.content_hash == digest)) is not None
+    if not known and not store.exists(key):
+        store.put(key, midi)
+    return tune_for(
+        session,
+        Tune(
+            content_hash=digest,
+            source=source,
+            owner_id=owner_id,
+            name=name[:200],
+            midi_key=key,
+            note_count=len(piece.notes),
+            duration_s=round(piece.duration_s, 3),
+            consent=consent,
+            consent_at=utcnow() if consent else None,
+        ),
+    )
+
+
 def _default_dispatch(settings: Settings) -> Dispatch:
     from engine.worker.dispatch import dispatch_request  # celery only, no torch
 
@@ -250,38 +284,6 @@ class JobService(Consent, DeliveryLeases):
         return store_for(self.settings.artifact_root)
 
     # --- users and tunes ----------------------------------------------------------------------
-    def store_tune(
-        self,
-        session: Session,
-        midi: bytes,
-        piece: Piece,
-        *,
-        source: TuneSource,
-        owner: User | None,
-        name: str = "",
-        consent: bool = False,
-    ) -> Tune:
-        """Keep a tune once per content hash; the MIDI bytes go to the artifact store."""
-        digest = content_hash(midi)
-        key = f"tunes/{digest[:2]}/{digest}.mid"
-        known = session.scalar(select(Tune.id).where(Tune.content_hash == digest)) is not None
-        if not known and not self.store.exists(key):
-            self.store.put(key, midi)
-        return tune_for(
-            session,
-            Tune(
-                content_hash=digest,
-                source=source,
-                owner_id=owner.id if owner else None,
-                name=name[:200],
-                midi_key=key,
-                note_count=len(piece.notes),
-                duration_s=round(piece.duration_s, 3),
-                consent=consent,
-                consent_at=utcnow() if consent else None,
-            ),
-        )
-
     # --- limits -------------------------------------------------------------------------------
     @staticmethod
     def _lock_limits(session: Session, user: User | None, guild_id: int | None) -> None:
@@ -399,12 +401,13 @@ class JobService(Consent, DeliveryLeases):
             if piece is not None and seed_midi is not None:
                 owner = user if seed_owner is None else user_of(session, seed_owner)
                 consent = bool(owner and owner.share_by_default)
-                tune = self.store_tune(
+                tune = store_tune(
                     session,
+                    self.store,
                     seed_midi,
                     piece,
                     source=TuneSource.SEED,
-                    owner=owner,
+                    owner_id=owner.id if owner else None,
                     name=seed_name,
                     consent=consent,
                 )

@@ -25,7 +25,7 @@ from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.catalog import PROGRAM_NAMES
 from engine.music.midi import load_seed, split_result, to_midi_bytes
 from engine.music.notes import Piece
-from engine.service.requests import ComposeOptions, content_hash, tune_for
+from engine.service.requests import ComposeOptions, store_tune
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
 from engine.store.db import dml, session_scope
@@ -299,27 +299,16 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
             req = session.get(Request, job.request_id)
             if req is None or req.status is not RequestStatus.GENERATING:
                 continue  # cancelled or reaped meanwhile: drop this result
-            digest = content_hash(midi)
-            tune = session.scalar(select(Tune).where(Tune.content_hash == digest))
-            if tune is None:
-                tune_key = f"tunes/{digest[:2]}/{digest}.mid"
-                store.put(tune_key, midi)
-                full_notes = (seed.notes if seed else ()) + cont.notes
-                tune = tune_for(
-                    session,
-                    Tune(
-                        content_hash=digest,
-                        source=TuneSource.GENERATION,
-                        owner_id=req.user_id,
-                        name=f"motif-{req.id}",
-                        midi_key=tune_key,
-                        note_count=len(full_notes),
-                        duration_s=round(
-                            max((n.end for n in full_notes), default=0.0) * 60.0 / cont.tempo_bpm,
-                            3,
-                        ),
-                    ),
-                )
+            full = Piece((seed.notes if seed else ()) + cont.notes, tempo_bpm=cont.tempo_bpm)
+            tune = store_tune(
+                session,
+                store,
+                midi,
+                full,
+                source=TuneSource.GENERATION,
+                owner_id=req.user_id,
+                name=f"motif-{req.id}",
+            )
             _upsert_artifact(session, req.id, ArtifactKind.MIDI, key, midi, "audio/midi")
             req.result_tune_id = tune.id
             req.model_version = version
