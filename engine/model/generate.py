@@ -22,7 +22,12 @@ from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.network import DURATION, PITCH, POSITION, SHIFT, VELOCITY, Memory, MotifSeq2Seq
 from engine.model.style_priors import draw_setting
-from engine.music.metrics import relative_key
+from engine.music.keys import MAJOR_PROFILE as _MAJOR_PROFILE
+from engine.music.keys import MAJOR_SCALE as _MAJOR_SCALE
+from engine.music.keys import MINOR_PROFILE as _MINOR_PROFILE
+from engine.music.keys import MINOR_SCALE_WITH_LEADING_NOTE as _MINOR_SCALE
+from engine.music.keys import best_key as _best_key
+from engine.music.keys import relative_key
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -45,12 +50,6 @@ CHUNK = 64  # steps of uniforms drawn at once from each row's generator
 CHECK_EVERY = 8  # on a GPU, steps between reads of how many rows are done (a host sync)
 COMPACT_SHARE = 4  # finished rows leave the batch once they are 1/COMPACT_SHARE of it
 
-# Krumhansl-Kessler key profiles, tonic first.
-_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-_MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
-_MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10, 11)  # natural minor plus the leading note
-
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -67,23 +66,7 @@ class GenerationRequest:
     key_gravity: float = KEY_GRAVITY
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean(axis=-1, keepdims=True)) / x.std(axis=-1, keepdims=True)
-
-
-# (24, 12): the 12 major then the 12 minor profiles, rotated to each tonic, standardised
-_PROFILES = _zscore(
-    np.stack([np.roll(p, t) for p in (_MAJOR_PROFILE, _MINOR_PROFILE) for t in range(12)])
-)
 MIN_KEY_NOTES = 3  # fewer seed notes: key class 0 ("unknown")
-
-
-def _best_key(hist: np.ndarray) -> int | None:
-    """Index 0..23 (major C..B, minor C..B) of the profile best correlated with a 12-bin
-    pitch-class histogram (Krumhansl-Schmuckler); None if the histogram has no contrast."""
-    if hist.std() == 0:
-        return None
-    return int(np.argmax(_PROFILES @ _zscore(hist)))
 
 
 def estimate_key(piece: Piece) -> tuple[int, str] | None:

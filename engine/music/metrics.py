@@ -13,6 +13,8 @@ from statistics import median
 
 import numpy as np
 
+from engine.music import keys
+from engine.music.keys import relative_key
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,6 @@ DEFAULT_LENGTH_BINS: tuple[float, ...] = (
     4.0,
 )
 
-# Krumhansl & Kessler (1982) key profiles, index 0 = the tonic.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
-MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor, as MusPy's scale consistency uses
 
 COLLAPSE_WINDOW = 32
 COLLAPSE_MAX_DISTINCT = 2
@@ -111,22 +108,8 @@ def estimate_key(notes: NotesLike) -> tuple[int, str]:
     hist = pitch_class_histogram(notes, weight_by_duration=True)
     if hist.sum() <= 0:
         raise ValueError("cannot estimate the key of no notes")
-    if np.ptp(hist) == 0:
-        return 0, "major"
-    best: tuple[float, int, str] = (-2.0, 0, "major")
-    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            r = float(np.corrcoef(hist, np.roll(profile, tonic))[0, 1])
-            if r > best[0]:
-                best = (r, tonic, mode)
-    return best[1], best[2]
-
-
-def relative_key(tonic: int, mode: str) -> tuple[int, str]:
-    """C major <-> A minor: same notes, different tonic."""
-    if mode == "major":
-        return (tonic + 9) % 12, "minor"
-    return (tonic + 3) % 12, "major"
+    best = keys.best_key(hist)
+    return (0, "major") if best is None else keys.key_of_index(best)
 
 
 def key_kept(seed: NotesLike, continuation: NotesLike) -> bool:
@@ -165,7 +148,7 @@ def scale_consistency(notes: NotesLike) -> float:
     if total == 0:
         return math.nan
     best = 0.0
-    for scale in (MAJOR_SCALE, MINOR_SCALE):
+    for scale in (keys.MAJOR_SCALE, keys.NATURAL_MINOR_SCALE):
         for tonic in range(12):
             inside = sum(hist[(tonic + d) % 12] for d in scale)
             best = max(best, inside / total)
