@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import MessageDestination
+from bot.destinations import MessageDestination
 from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
 from bot.seeds import check_seed_attachment, find_seed_attachment, pasted_abc, read_seed

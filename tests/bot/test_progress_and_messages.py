@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bot import messages
-from bot.delivery import Upload, fit_uploads
+from bot.destinations import Upload, fit_uploads
 from bot.progress import EditThrottle
 from bot.views import result_view, varied_temperature
 from engine.errors import BadParams
