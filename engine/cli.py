@@ -106,7 +106,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     from engine.music.midi import SeedLimits
     from engine.service.requests import JobService, Requester, validate_options
     from engine.store.db import ensure_schema
-    from engine.store.records import RequestStatus
+    from engine.store.records import RequestOrigin, RequestStatus
     from engine.worker.local import LocalWorker, serving
 
     settings = get_settings()
@@ -158,7 +158,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
         if local is not None:
             local.join()  # concurrent composes share one worker
         service = JobService(settings)
-        rid = service.compose(Requester(origin="cli", name="cli"), options, seed_bytes, seed_name)
+        rid = service.compose(
+            Requester(origin=RequestOrigin.CLI, name="cli"), options, seed_bytes, seed_name
+        )
         print(f"request #{rid} queued ({seed_name or 'no seed'}, {options.bars} bars)")
         last = None
         order = [RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING]
@@ -313,11 +315,12 @@ def cmd_reap(_: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from engine.service.requests import JobService, Requester
     from engine.store.db import ensure_schema
+    from engine.store.records import RequestOrigin
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     rid = args.request
-    if JobService(settings).cancel(rid, Requester(origin="cli", name="cli")):
+    if JobService(settings).cancel(rid, Requester(origin=RequestOrigin.CLI, name="cli")):
         print(f"request #{rid} cancelled")
         return 0
     print(

@@ -44,6 +44,7 @@ from engine.store.records import (
     ModelVersion,
     Request,
     RequestKind,
+    RequestOrigin,
     RequestStatus,
     Tune,
     TuneSource,
@@ -571,8 +572,8 @@ class JobService(Consent, DeliveryLeases):
             req = session.get(Request, request_id)
             if req is None:
                 raise NotFound(f"request #{request_id} does not exist.")
-            from_cli = who.discord_id is None and who.origin == "cli"
-            if not (from_cli and req.user_id is None and req.origin == "cli"):
+            from_cli = who.discord_id is None and who.origin == RequestOrigin.CLI
+            if not (from_cli and req.user_id is None and req.origin == RequestOrigin.CLI):
                 require_owner(session, req, who)
             result = dml(
                 session,

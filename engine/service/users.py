@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.errors import NotAllowed
-from engine.store.records import Request, User
+from engine.store.records import Request, RequestOrigin, User
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Requester:
     guild_id: int | None = None
     channel_id: int | None = None
     interaction_id: int | None = None
-    origin: str = "cli"
+    origin: RequestOrigin = RequestOrigin.CLI
 
 
 def user_for(session: Session, discord_id: int, name: str = "") -> User:

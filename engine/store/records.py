@@ -87,6 +87,16 @@ RUNNING_STATES = (RequestStatus.GENERATING, RequestStatus.RENDERING)
 OPEN_STATES = (RequestStatus.QUEUED, *RUNNING_STATES)
 
 
+class RequestOrigin(enum.StrEnum):
+    """Where a request came from."""
+
+    CLI = "cli"
+    SLASH = "slash"  # /compose
+    MENU = "menu"  # the message context menu
+    MENTION = "mention"  # a message mentioning the bot
+    BUTTON = "button"  # reroll, extend, vary under a result
+
+
 class TuneSource(enum.StrEnum):
     SEED = "seed"
     GENERATION = "generation"
@@ -117,6 +127,19 @@ class RunStatus(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class _OriginColumn(TypeDecorator[RequestOrigin]):
+    """`RequestOrigin` over the plain String(16) column it has always been (no schema change)."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else RequestOrigin(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> RequestOrigin | None:
+        return None if value is None else RequestOrigin(value)
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -159,9 +182,7 @@ class Request(Base):
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
     interaction_id: Mapped[int | None] = mapped_column(BigInteger)
-    origin: Mapped[str] = mapped_column(
-        String(16), default="cli"
-    )  # cli | slash | menu | mention | button
+    origin: Mapped[RequestOrigin] = mapped_column(_OriginColumn(), default=RequestOrigin.CLI)
     kind: Mapped[RequestKind] = mapped_column(_enum(RequestKind))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     seed_tune_id: Mapped[int | None] = mapped_column(ForeignKey("tunes.id"))

@@ -228,3 +228,21 @@ def test_a_writer_that_never_lets_go_is_still_a_bounded_error(tmp_path):
         db.use_wal(cur, wait_s=0.3)
     assert time.monotonic() - started < 1.8  # gave up at its bound, not when the writer let go
     holder.join()
+
+
+def test_origin_is_an_enum_over_the_same_string_column(tmp_path):
+    """`Request.origin` reads back as a RequestOrigin; the column stays String(16) (the schema
+    test above sees no change), so rows written before the enum read the same."""
+    from sqlalchemy import select, text
+
+    from engine.store.records import Request, RequestKind, RequestOrigin, RequestStatus
+
+    url = f"sqlite:///{tmp_path / 'origin.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as session:
+        session.add(
+            Request(origin="menu", kind=RequestKind.COMPOSE, params={}, status=RequestStatus.QUEUED)
+        )
+    with db.session_scope(url) as session:
+        assert session.scalars(select(Request)).one().origin is RequestOrigin.MENU
+        assert session.scalar(text("SELECT origin FROM requests")) == "menu"
