@@ -94,8 +94,7 @@ class Consent:
             user = require_owner(session, req, who)
             count = 0
             blocked = False
-            for tune_id in (req.seed_tune_id, req.result_tune_id):
-                tune = session.get(Tune, tune_id) if tune_id else None
+            for tune in (req.seed_tune, req.result_tune):
                 if tune is None:
                     continue
                 if tune.owner_id is None:

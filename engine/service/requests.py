@@ -527,14 +527,8 @@ class JobService(Consent, DeliveryLeases):
                     )
                 )
                 position = (ahead or 0) + 1
-            seed_name = None
-            if req.seed_tune_id:
-                tune = session.get(Tune, req.seed_tune_id)
-                seed_name = tune.name if tune else None
-            user_discord_id = None
-            if req.user_id:
-                user = session.get(User, req.user_id)
-                user_discord_id = user.discord_id if user else None
+            seed_name = req.seed_tune.name if req.seed_tune else None
+            user_discord_id = req.user.discord_id if req.user else None
             return Progress(
                 request_id=req.id,
                 status=req.status,

@@ -211,6 +211,10 @@ class Request(Base):
     error_detail: Mapped[str | None] = mapped_column(Text)
 
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="request", lazy="selectin")
+    # many-to-one walks (read on first use, from the session's identity map when loaded)
+    user: Mapped[User | None] = relationship(foreign_keys=[user_id])
+    seed_tune: Mapped[Tune | None] = relationship(foreign_keys=[seed_tune_id])
+    result_tune: Mapped[Tune | None] = relationship(foreign_keys=[result_tune_id])
 
 
 class Artifact(Base):

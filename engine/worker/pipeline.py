@@ -36,7 +36,6 @@ from engine.store.records import (
     Request,
     RequestKind,
     RequestStatus,
-    Tune,
     TuneSource,
     Worker,
     alive_since,
@@ -232,7 +231,7 @@ def load_job(request_id: int, settings: Settings) -> Job:
         req = session.get(Request, request_id)
         assert req is not None
         options = ComposeOptions.from_params(req.params)
-        tune = session.get(Tune, req.seed_tune_id) if req.seed_tune_id else None
+        tune = req.seed_tune
         midi_key, name = (tune.midi_key, tune.name) if tune else (None, "")
     seed_midi = store.get(midi_key) if midi_key else None
     seed = (
