@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import NotFound
+from engine.music import catalog
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ def parse_piece(item: WorkItem) -> dict:
     name = title or Path(item.path).stem + ("" if item.number is None else f" #{item.number}")
     return {
         "notes": rows.astype(np.int32),
-        "tempo": min(300.0, max(30.0, bpm)),
+        "tempo": min(catalog.MAX_TEMPO, max(catalog.MIN_TEMPO, bpm)),
         "time_signature": time_signature,
         "name": name,
         "halvings": halvings,

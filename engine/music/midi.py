@@ -18,6 +18,7 @@ from symusic import KeySignature, Score, Tempo, TimeSignature, Track
 from symusic import Note as SymusicNote
 
 from engine.errors import BadMidi
+from engine.music import catalog
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ class SeedLimits:
     max_tracks: int = 64
     max_notes: int = 20_000
     max_duration_s: float = 1200.0
-    min_tempo: float = 20.0
-    max_tempo: float = 400.0
+    min_tempo: float = catalog.SEED_MIN_TEMPO
+    max_tempo: float = catalog.SEED_MAX_TEMPO
     max_seed_notes: int = 512  # a longer seed keeps its last notes: they are what gets continued
 
 
