@@ -82,6 +82,34 @@ class ComposeOptions:
         return cls(**known)
 
 
+def _whole(value: object, low: int, high: int) -> bool:
+    """A whole number (not a bool) within [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _style(style: str | None) -> str | None:
+    if style is None or style in ("", "none"):
+        return None
+    if style not in catalog.STYLES:
+        raise BadParams(f"unknown style {style!r}; choose one of: {', '.join(catalog.STYLES)}.")
+    return style
+
+
+def _program(instrument: str | int | None) -> int:
+    """The General MIDI program of an instrument given by name or program number."""
+    if instrument is None or instrument == "":
+        return 0
+    if isinstance(instrument, int) and not isinstance(instrument, bool):
+        if instrument not in catalog.PROGRAM_NAMES:
+            raise BadParams("unknown instrument; pick one from the list.")
+        return instrument
+    if isinstance(instrument, str) and instrument.strip().lower() in catalog.INSTRUMENTS:
+        return catalog.INSTRUMENTS[instrument.strip().lower()]
+    raise BadParams(
+        f"unknown instrument {instrument!r}; choose one of: {', '.join(catalog.INSTRUMENTS)}."
+    )
+
+
 def validate_options(
     *,
     bars: int | None = None,
@@ -100,11 +128,7 @@ def validate_options(
     bars = s.default_bars if bars is None else bars
     if not isinstance(bars, int) or isinstance(bars, bool) or not 1 <= bars <= s.max_bars:
         raise BadParams(f"bars must be a whole number from 1 to {s.max_bars}.")
-    if style is not None and style not in ("", "none"):
-        if style not in catalog.STYLES:
-            raise BadParams(f"unknown style {style!r}; choose one of: {', '.join(catalog.STYLES)}.")
-    else:
-        style = None
+    style = _style(style)
     temperature = 1.0 if temperature is None else float(temperature)
     if not math.isfinite(temperature) or not (
         catalog.MIN_TEMPERATURE <= temperature <= catalog.MAX_TEMPERATURE
@@ -115,37 +139,18 @@ def validate_options(
     top_p = 0.95 if top_p is None else float(top_p)
     if not math.isfinite(top_p) or not catalog.MIN_TOP_P <= top_p <= catalog.MAX_TOP_P:
         raise BadParams(f"top_p must be between {catalog.MIN_TOP_P} and {catalog.MAX_TOP_P}.")
-    if instrument is None or instrument == "":
-        program = 0
-    elif isinstance(instrument, int) and not isinstance(instrument, bool):
-        if instrument not in catalog.PROGRAM_NAMES:
-            raise BadParams("unknown instrument; pick one from the list.")
-        program = instrument
-    elif isinstance(instrument, str) and instrument.strip().lower() in catalog.INSTRUMENTS:
-        program = catalog.INSTRUMENTS[instrument.strip().lower()]
-    else:
-        raise BadParams(
-            f"unknown instrument {instrument!r}; choose one of: {', '.join(catalog.INSTRUMENTS)}."
-        )
+    program = _program(instrument)
     if tempo is not None:
         tempo = float(tempo)
         if not math.isfinite(tempo) or not catalog.MIN_TEMPO <= tempo <= catalog.MAX_TEMPO:
             raise BadParams(
                 f"tempo must be between {catalog.MIN_TEMPO:g} and {catalog.MAX_TEMPO:g} BPM."
             )
-    if rng_seed is not None and (
-        not isinstance(rng_seed, int)
-        or isinstance(rng_seed, bool)
-        or not 0 <= rng_seed <= catalog.MAX_RNG_SEED
-    ):
+    if rng_seed is not None and not _whole(rng_seed, 0, catalog.MAX_RNG_SEED):
         raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
     if image is not None and image not in catalog.INLINE_IMAGES:
         raise BadParams(f"image must be one of: {', '.join(catalog.INLINE_IMAGES)}.")
-    if from_bar is not None and (
-        not isinstance(from_bar, int)
-        or isinstance(from_bar, bool)
-        or not 2 <= from_bar <= catalog.MAX_FROM_BAR
-    ):
+    if from_bar is not None and not _whole(from_bar, 2, catalog.MAX_FROM_BAR):
         raise BadParams(
             f"from_bar must be a whole number from 2 to {catalog.MAX_FROM_BAR} (the bars before "
             "it are the seed); leave it out to continue from the end."
