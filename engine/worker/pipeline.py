@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -42,6 +43,10 @@ from engine.store.records import (
     utcnow,
 )
 from engine.worker.lifecycle import process_alive
+
+if TYPE_CHECKING:  # the audio side is imported when a render runs
+    from engine.audio.encode import EncodedAudio
+    from engine.audio.score import EngravedResult
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +249,8 @@ def load_job(request_id: int, settings: Settings) -> Job:
     return Job(request_id=request_id, options=options, seed=seed, seed_midi=seed_midi)
 
 
-def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
-    """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
-    from engine.model.checkpoint import device_label
-    from engine.model.generate import GenerationRequest, continue_batch
-    from engine.worker.loaded import get_model
-
+def _load_jobs(request_ids: list[int], settings: Settings) -> list[Job]:
+    """The claimed requests' jobs; a request whose seed cannot be read fails alone."""
     jobs: list[Job] = []
     for rid in request_ids:
         try:
@@ -261,6 +262,53 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
         except Exception as exc:  # noqa: BLE001 - one bad row must not sink the batch
             log.exception("could not load request %s", rid)
             fail(rid, settings, "Something went wrong reading your seed.", repr(exc))
+    return jobs
+
+
+def _generation_timings(req: Request, elapsed: float, batch_size: int, notes: int) -> dict:
+    """The request's timings with this generation's added: the decode, the queue wait, and
+    the time lost to faults when it took more than one attempt."""
+    timings = dict(req.timings or {})
+    timings["generate_s"] = round(elapsed, 3)
+    timings["batch_size"] = batch_size
+    timings["notes"] = notes
+    if req.generating_at is not None:
+        # generating_at is the first start: the time spent waiting in the queue
+        timings["queue_wait_s"] = round((req.generating_at - req.created_at).total_seconds(), 3)
+        if req.attempts > 1:  # the time lost to faults (a dead worker, an outage)
+            timings["recovery_s"] = round(
+                (utcnow() - req.generating_at).total_seconds() - elapsed, 3
+            )
+        timings["attempts"] = req.attempts
+    return timings
+
+
+def _as_asked(job: Job, cont: Piece) -> tuple[Piece | None, Piece]:
+    """The seed and continuation with the instrument (and tempo) the request asked for."""
+    program = job.options.instrument
+    seed = replace(job.seed, program=program) if job.seed is not None else None
+    cont = replace(cont, program=program)
+    if job.options.tempo:
+        cont = replace(cont, tempo_bpm=job.options.tempo)
+    return seed, cont
+
+
+def _title(request_id: int, kind: RequestKind, options: ComposeOptions, version: str | None) -> str:
+    """The piano roll's title line."""
+    return (
+        f"Motif #{request_id} · {kind.value} · {options.bars} bars · "
+        f"{options.style or 'any style'} · T={options.temperature:g} · "
+        f"{PROGRAM_NAMES.get(options.instrument, options.instrument)} · model {version}"
+    )
+
+
+def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
+    """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
+    from engine.model.checkpoint import device_label
+    from engine.model.generate import GenerationRequest, continue_batch
+    from engine.worker.loaded import get_model
+
+    jobs = _load_jobs(request_ids, settings)
     if not jobs:
         return []
     version, model = get_model(settings)
@@ -284,13 +332,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     store = store_for(settings.artifact_root)
     finished: list[int] = []
     for job, cont in zip(jobs, continuations, strict=True):
-        program = job.options.instrument
-        seed = job.seed
-        if seed is not None:
-            seed = replace(seed, program=program)
-        cont = replace(cont, program=program)
-        if job.options.tempo:
-            cont = replace(cont, tempo_bpm=job.options.tempo)
+        seed, cont = _as_asked(job, cont)
         midi = to_midi_bytes(seed, cont)  # no seed: one track, named continuation
         key = f"requests/{job.request_id}/motif-{job.request_id}.mid"
         store.put(key, midi)
@@ -315,21 +357,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
             req.status = RequestStatus.RENDERING
             req.rendering_at = utcnow()
             req.heartbeat_at = utcnow()
-            timings = dict(req.timings or {})
-            timings["generate_s"] = round(elapsed, 3)
-            timings["batch_size"] = len(jobs)
-            timings["notes"] = len(cont.notes)
-            if req.generating_at is not None:
-                # generating_at is the first start: the time spent waiting in the queue
-                timings["queue_wait_s"] = round(
-                    (req.generating_at - req.created_at).total_seconds(), 3
-                )
-                if req.attempts > 1:  # the time lost to faults (a dead worker, an outage)
-                    timings["recovery_s"] = round(
-                        (utcnow() - req.generating_at).total_seconds() - elapsed, 3
-                    )
-                timings["attempts"] = req.attempts
-            req.timings = timings
+            req.timings = _generation_timings(req, elapsed, len(jobs), len(cont.notes))
         finished.append(job.request_id)
     return finished
 
@@ -353,12 +381,25 @@ def _upsert_artifact(
 # --- rendering ------------------------------------------------------------------------------
 
 
-def render_request(request_id: int, settings: Settings) -> bool:
-    """rendering → done: audio + piano roll. False when the request is not waiting for it."""
+def _render_files(
+    midi: bytes, settings: Settings, request_id: int, options: ComposeOptions, title: str
+) -> tuple[EncodedAudio, bytes, EngravedResult, float]:
+    """The audio, the piano roll and the engraved score of a result (and the engraving's
+    seconds)."""
     from engine.audio.encode import render_audio
     from engine.audio.pianoroll import piano_roll_png
     from engine.audio.score import engrave_result
 
+    audio = render_audio(midi, settings, program=options.instrument)
+    seed, cont = split_result(midi)
+    png = piano_roll_png(seed, cont, title=title)
+    engraving_started = time.perf_counter()
+    score = engrave_result(midi, seed, cont, title=f"Motif #{request_id}")
+    return audio, png, score, time.perf_counter() - engraving_started
+
+
+def render_request(request_id: int, settings: Settings) -> bool:
+    """rendering → done: audio + piano roll. False when the request is not waiting for it."""
     with session_scope(settings.sqlalchemy_url) as session:
         req = session.get(Request, request_id)
         if req is None:
@@ -367,7 +408,7 @@ def render_request(request_id: int, settings: Settings) -> bool:
             return False
         midi_art = next((a for a in req.artifacts if a.kind is ArtifactKind.MIDI), None)
         options = ComposeOptions.from_params(req.params)
-        kind, version = req.kind, req.model_version
+        title = _title(request_id, req.kind, options, req.model_version)
         req.heartbeat_at = utcnow()
     if midi_art is None:
         fail(request_id, settings, "The generated music went missing.", "no MIDI artifact")
@@ -376,17 +417,7 @@ def render_request(request_id: int, settings: Settings) -> bool:
     midi = store.get(midi_art.key)
     started = time.perf_counter()
     with heartbeat([request_id], settings):
-        audio = render_audio(midi, settings, program=options.instrument)
-        seed, cont = split_result(midi)
-        title = (
-            f"Motif #{request_id} · {kind.value} · {options.bars} bars · "
-            f"{options.style or 'any style'} · T={options.temperature:g} · "
-            f"{PROGRAM_NAMES.get(options.instrument, options.instrument)} · model {version}"
-        )
-        png = piano_roll_png(seed, cont, title=title)
-        engraving_started = time.perf_counter()
-        score = engrave_result(midi, seed, cont, title=f"Motif #{request_id}")
-        engrave_s = time.perf_counter() - engraving_started
+        audio, png, score, engrave_s = _render_files(midi, settings, request_id, options, title)
     elapsed = time.perf_counter() - started
     audio_key = f"requests/{request_id}/motif-{request_id}.{audio.fmt}"
     image_key = f"requests/{request_id}/motif-{request_id}.png"
@@ -410,18 +441,17 @@ def render_request(request_id: int, settings: Settings) -> bool:
             _upsert_artifact(
                 session, request_id, ArtifactKind.SCORE, score_key, score.png, "image/png"
             )
+        now = utcnow()
         timings = dict(req.timings or {})
         timings["render_s"] = round(elapsed, 3)
         timings["engrave_s"] = round(engrave_s, 3)
         timings["audio_s"] = round(audio.seconds, 2)
+        timings["total_s"] = round((now - req.created_at).total_seconds(), 3)
         req.timings = timings
         notes = dict(req.notes or {})
         if audio.shortened:
             notes["shortened"] = True
         req.notes = notes
-        now = utcnow()
-        timings["total_s"] = round((now - req.created_at).total_seconds(), 3)
-        req.timings = dict(timings)
         req.status = RequestStatus.DONE
         req.finished_at = now
     return True
