@@ -14,6 +14,9 @@ from typing import Literal
 
 from engine.errors import MotifError
 from engine.settings import Settings, get_settings
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import ALIVE_HEARTBEATS, Worker, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,6 @@ class Unhealthy(Exception):
 
 def check_schema(settings: Settings) -> str:
     """The database answers and is migrated to the code's head revision."""
-    from engine.store import db
-
     url = settings.sqlalchemy_url
     try:
         current = db.current_revision(url)
@@ -67,9 +68,6 @@ def host_of(worker_hostname: str) -> str:
 def check_presence(settings: Settings, hostname: str | None = None) -> str:
     """A worker on this host refreshed its row in `workers` within a few heartbeats."""
     from sqlalchemy import select
-
-    from engine.store.db import session_scope
-    from engine.store.records import ALIVE_HEARTBEATS, Worker, utcnow
 
     host = hostname or socket.gethostname()
     limit = timedelta(seconds=settings.worker_heartbeat_s * ALIVE_HEARTBEATS)

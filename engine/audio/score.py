@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from engine.music.metrics import estimate_key
+from engine.music.midi import declared_key
 from engine.music.musicxml import score_xml
 from engine.music.notes import Piece
 
@@ -117,9 +119,6 @@ class EngravedResult:
 def result_key(midi: bytes, seed: Piece | None, continuation: Piece) -> tuple[int, str] | None:
     """The key to write: the one the seed's file declared, else estimated from the seed (from
     the continuation without one); None without notes."""
-    from engine.music.metrics import estimate_key
-    from engine.music.midi import declared_key
-
     declared = declared_key(midi)
     if declared is not None:
         return declared

@@ -19,6 +19,7 @@ from symusic import Note as SymusicNote
 
 from engine.errors import BadMidi
 from engine.music import catalog
+from engine.music.musicxml import key_fifths
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -427,8 +428,6 @@ def to_midi_bytes(piece: Piece | None, continuation: Piece | None = None) -> byt
     score.time_signatures.append(TimeSignature(0, int(num), int(den)))
     key = key_of_meta(piece)
     if key is not None:  # the seed's declared key travels with the result (the score uses it)
-        from engine.music.musicxml import key_fifths
-
         score.key_signatures.append(KeySignature(0, key_fifths(*key), int(key[1] == "minor")))
     return bytes(score.dumps_midi())
 

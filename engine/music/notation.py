@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 from engine.errors import MotifError
-from engine.music.midi import SeedLimits, load_seed, to_midi_bytes
+from engine.music.midi import AbsurdTempo, SeedLimits, load_seed, to_midi_bytes
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -367,8 +367,6 @@ def _piece(parsed: dict, name: str, limits: NotationLimits) -> Piece:
     )
     tempo = parsed["tempo"] or 120.0
     if not math.isfinite(tempo) or not limits.midi.min_tempo <= tempo <= limits.midi.max_tempo:
-        from engine.music.midi import AbsurdTempo
-
         raise AbsurdTempo(tempo, limits.midi.min_tempo, limits.midi.max_tempo)
     num, den = parsed["meter"] or (4, 4)
     if not (1 <= num <= 32 and den in (1, 2, 4, 8, 16, 32)):

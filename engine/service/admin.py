@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from engine.errors import BadParams, Busy, NotFound
+from engine.service.requests import user_for
 from engine.settings import Settings, get_settings
 from engine.store.db import dml, session_scope
 from engine.store.records import (
@@ -244,8 +245,6 @@ def request_retrain(
             )
         user_id = None
         if requested_by is not None:
-            from engine.service.requests import user_for
-
             user_id = user_for(session, requested_by).id
         run = TrainingRun(
             requested_by=user_id,

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
+from engine.store.db import engine_for
+
 if TYPE_CHECKING:
     from engine.settings import Settings
 
@@ -79,8 +81,6 @@ def publish_request_changed(
                 client.publish(channel, str(request_id))
         else:
             from sqlalchemy import text
-
-            from engine.store.db import engine_for
 
             with engine_for(settings.sqlalchemy_url).begin() as conn:
                 for request_id in ids:  # delivered when this transaction commits

@@ -30,6 +30,8 @@ from engine.errors import (
     ServiceUnavailable,
 )
 from engine.music import catalog
+from engine.music.midi import load_seed, seed_notices
+from engine.music.notation import is_notation_name, load_notation_seed
 from engine.music.notes import Piece
 from engine.service.consent import Consent
 from engine.service.delivery import DeliveryLeases
@@ -386,9 +388,6 @@ class JobService(Consent, DeliveryLeases):
         piece = None
         notices: dict[str, Any] = {}
         if seed_midi is not None:
-            from engine.music.midi import load_seed, seed_notices  # no torch
-            from engine.music.notation import is_notation_name, load_notation_seed  # no torch
-
             remarks: tuple[str, ...] = ()
             if is_notation_name(seed_name):
                 notation = load_notation_seed(seed_midi, seed_name)  # a clear MotifError

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from engine.errors import ServiceUnavailable, make_folder
 from engine.settings import Settings
-from engine.worker.lifecycle import process_alive
+from engine.store.db import session_scope
+from engine.store.records import Worker
+from engine.worker.lifecycle import live_queues_in, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,6 @@ NEEDED_QUEUES = ("gpu", "cpu")
 
 
 def live_queues(settings: Settings) -> set[str]:
-    from engine.store.db import session_scope
-    from engine.worker.lifecycle import live_queues_in
-
     with session_scope(settings.sqlalchemy_url) as session:
         return live_queues_in(session, settings)
 
@@ -147,9 +146,6 @@ def stop_pid(settings: Settings, pid: int, timeout: float = 10.0) -> None:
     """Warm-stop a local worker by its pid: SIGTERM, return once it has deregistered (it takes
     no new work from then on), SIGKILL its process group after `timeout` s."""
     from sqlalchemy import select
-
-    from engine.store.db import session_scope
-    from engine.store.records import Worker
 
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

@@ -22,11 +22,23 @@ from typing import Any
 from sqlalchemy import select, update
 
 from engine.errors import BadMidi, MotifError
+from engine.music.metrics import is_collapsed
+from engine.music.midi import load_seed
 from engine.music.notes import Piece
+from engine.service.admin import (
+    RetrainOptions,
+    activate_model,
+    cancel_run,
+    cancel_run_text,
+    request_retrain,
+    run_info,
+)
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
-from engine.store.db import dml, session_scope
+from engine.store.db import dml, ensure_schema, session_scope
+from engine.store.models import checkpoint_key, ensure_default_model, register_checkpoint
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, Tune, utcnow
+from engine.worker.pipeline import worker_name
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +62,6 @@ class CollectedTune:
 
 def collected_tunes(settings: Settings) -> list[CollectedTune]:
     """Tunes whose owners consented and did not withdraw, validated with the seed limits."""
-    from engine.music.midi import load_seed
-
     with session_scope(settings.sqlalchemy_url) as session:
         rows = list(
             session.execute(
@@ -147,8 +157,6 @@ class RunRecorder:
 
 
 def claim_run(settings: Settings, run_id: int) -> bool:
-    from engine.worker.pipeline import worker_name
-
     with session_scope(settings.sqlalchemy_url) as session:
         done = dml(
             session,
@@ -166,7 +174,6 @@ def claim_run(settings: Settings, run_id: int) -> bool:
 
 def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
     from engine.model.generate import GenerationRequest, continue_batch
-    from engine.music.metrics import is_collapsed
 
     if not seeds:
         return 0.0
@@ -281,7 +288,6 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
     from engine.model.checkpoint import load_checkpoint, pick_device
     from engine.model.corpus import load_corpus
     from engine.model.train import TrainConfig, evaluate_nll, train
-    from engine.store.models import ensure_default_model, register_checkpoint
     from engine.worker.loaded import load_version
 
     with session_scope(settings.sqlalchemy_url) as session:
@@ -315,7 +321,6 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
         init_from = None
         if not params.get("from_scratch"):
             init_from = Path(tmp) / "active.pt"
-            from engine.store.models import checkpoint_key
 
             init_from.write_bytes(
                 store_for(settings.artifact_root).get(checkpoint_key(settings, active_version))
@@ -391,7 +396,6 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
         rec.log(f"candidate {version} rejected: {reason}")
         rec.status(RunStatus.REJECTED, metrics=metrics, error=reason)
         return RunStatus.REJECTED.value
-    from engine.service.admin import activate_model
 
     activate_model(version, settings)
     rec.log(f"candidate {version} passed the gate and is now active")
@@ -467,9 +471,6 @@ def prune_checkpoints(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.service.admin import RetrainOptions, request_retrain, run_info
-    from engine.store.db import ensure_schema
-
     p = argparse.ArgumentParser(prog="motif retrain", description=__doc__)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--from-scratch", action="store_true")
@@ -485,8 +486,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if args.cancel is not None:
-        from engine.service.admin import cancel_run, cancel_run_text
-
         outcome = cancel_run(args.cancel, settings)
         print(cancel_run_text(args.cancel, outcome))
         return 0 if outcome else 1

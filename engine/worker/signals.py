@@ -8,6 +8,8 @@ from typing import Any
 
 from celery import signals
 
+from engine.music.midi import to_midi_bytes
+from engine.music.notes import Note, Piece
 from engine.service.notify import publish_request_changed
 from engine.settings import Settings, get_settings
 from engine.worker.app import TASK_GENERATE, TASK_RENDER, app
@@ -87,8 +89,6 @@ def _render_once(settings: Settings) -> None:
     measured on a busy 2-core machine), so no user's request does."""
     from engine.audio.encode import render_audio
     from engine.audio.pianoroll import piano_roll_png
-    from engine.music.midi import to_midi_bytes
-    from engine.music.notes import Note, Piece
 
     piece = Piece((Note(0.0, 1.0, 60, 80), Note(1.0, 1.0, 64, 80)))
     render_audio(to_midi_bytes(piece), settings, program=0)

@@ -11,7 +11,9 @@ import logging
 from engine.errors import QueueUnreachable, ServiceUnavailable
 from engine.settings import get_settings
 from engine.worker.app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
+from engine.worker.dispatch import dispatch_render
 from engine.worker.pipeline import RowNotVisible, run_generation, run_render
+from engine.worker.retrain import run_training
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,6 @@ RETRY = {
 
 @app.task(name=TASK_GENERATE, **RETRY)
 def generate(request_id: int) -> list[int]:
-    from engine.worker.dispatch import dispatch_render
-
     settings = get_settings()
     done = run_generation(request_id, settings)
     # This request's render follows through the chain; batch-mates get their own render.
@@ -50,6 +50,4 @@ def render(request_id: int) -> bool:
 
 @app.task(name=TASK_RETRAIN, autoretry_for=(RowNotVisible,), max_retries=10, retry_backoff=1)
 def retrain(run_id: int) -> str:
-    from engine.worker.retrain import run_training
-
     return run_training(run_id, get_settings())
