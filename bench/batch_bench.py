@@ -9,7 +9,7 @@ from typing import Any
 
 from bench import workload
 from bench.generation_bench import count_steps
-from engine.generate import GenerationRequest, continue_batch
+from engine.model.generate import GenerationRequest, continue_batch
 
 log = logging.getLogger(__name__)
 

@@ -75,8 +75,8 @@ async def _one_request(bot, fake, payloads, settings: Settings, seed: bytes, bar
                        user_id: int, wall_minus_mono: float) -> dict[str, float]:  # type: ignore[no-untyped-def]  # fmt: skip
     from sqlalchemy import func, select
 
-    from engine.db import session_scope
-    from engine.records import Request, RequestStatus
+    from engine.store.db import session_scope
+    from engine.store.records import Request, RequestStatus
 
     with session_scope(settings.sqlalchemy_url) as s:
         last = s.scalar(select(func.max(Request.id))) or 0
@@ -125,7 +125,7 @@ async def _one_request(bot, fake, payloads, settings: Settings, seed: bytes, bar
 async def _session(setups: dict[str, tuple[Settings, float | None]], requests: int, bars: int,
                    seed: bytes) -> dict[str, list[dict[str, float]]]:  # fmt: skip
     from bot.client import MotifBot
-    from engine.jobs import JobService
+    from engine.service.requests import JobService
     from tests.bot.fake_discord import FakeDiscord, Payloads, patched_base
 
     fake = FakeDiscord()

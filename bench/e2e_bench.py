@@ -58,7 +58,7 @@ class Worker:
         self.log_path = self.settings.data_dir / "worker.log"
 
     def start(self) -> Worker:
-        from engine import db
+        from engine.store import db
 
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         db.upgrade(self.settings.sqlalchemy_url)
@@ -94,9 +94,9 @@ class Worker:
 
     def compose(self, bars: int, seed: bytes | None, timeout: float = 600.0) -> dict[str, Any]:
         """Submit one request and wait for it; times in seconds from the moment of submitting."""
-        from engine.db import session_scope
-        from engine.jobs import JobService, Requester, validate_options
-        from engine.records import Request, RequestStatus
+        from engine.service.requests import JobService, Requester, validate_options
+        from engine.store.db import session_scope
+        from engine.store.records import Request, RequestStatus
 
         service = JobService(self.settings)
         options = validate_options(bars=bars, rng_seed=7, settings=self.settings)
@@ -166,7 +166,7 @@ def run(
     """Median over `repeats` interleaved rounds of: queue overhead (submit → `generating`) on
     each broker with `queue_bars`-bar requests; submit → done for each of `bars`, and for enough
     bars that the continuation lasts `music_s` seconds at the seed's tempo (the README seed)."""
-    from engine.midi_io import load_seed
+    from engine.music.midi import load_seed
 
     seed = workload.EXAMPLE_SEED.read_bytes()
     piece = load_seed(seed)

@@ -20,9 +20,9 @@ from bench.baseline import (
     build_vocab,
     onset_symbols,
 )
-from engine.checkpoint import LoadedModel
-from engine.generate import continue_seed
-from engine.music import Piece
+from engine.model.checkpoint import LoadedModel
+from engine.model.generate import continue_seed
+from engine.music.notes import Piece
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def count_calls(obj: Any, method: str, fn: Callable[[], Any]) -> tuple[Any, int]
 def count_steps(lm: LoadedModel, fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run fn() and count Motif's decoder steps (`BatchDecoder.step` calls: one per note of the
     longest row of a batch, plus one)."""
-    from engine.model import BatchDecoder
+    from engine.model.network import BatchDecoder
 
     original, calls = BatchDecoder.step, [0]
 
@@ -73,9 +73,9 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     """The network's own pace at B=1, nothing else: `steps` decoder steps (generation's
     `BatchDecoder`: LSTM layers + attention) from an encoded seed, then the same with the four
     output heads (the whole network cost of one note)."""
-    from engine.generate import MAX_SEED_NOTES, seed_key
-    from engine.model import POSITION, SHIFT
-    from engine.train import encode_pieces
+    from engine.model.generate import MAX_SEED_NOTES, seed_key
+    from engine.model.network import POSITION, SHIFT
+    from engine.model.train import encode_pieces
 
     model, codec = lm.model.eval(), lm.codec
     seed_events = encode_pieces(codec, [seed]).events[0][-MAX_SEED_NOTES:]  # (S, 5)
@@ -135,7 +135,7 @@ def remi_tokens_per_note(pieces: list[Piece]) -> dict[str, float]:
         from miditok import REMI, CPWord, TokenizerConfig
     except ImportError as exc:
         return {"error": f"miditok not installed: {exc}"}
-    from engine.midi_io import to_midi_bytes
+    from engine.music.midi import to_midi_bytes
 
     notes = sum(len(p.notes) for p in pieces)
     out: dict[str, float] = {"pieces": len(pieces), "notes": notes}

@@ -77,7 +77,7 @@ class Run:
 def decode_requests(run: Run) -> dict[str, Any]:
     """Whole requests through `continue_batch` (sampling, grammar, host reads) at each B."""
     from bench.batch_bench import requests
-    from engine.generate import continue_batch
+    from engine.model.generate import continue_batch
 
     reqs, music = requests(max(run.sizes), run.bars)
     out: dict[str, Any] = {"music": music, "bars": run.bars}
@@ -91,7 +91,7 @@ def decode_requests(run: Run) -> dict[str, Any]:
 def _step_loop(run: Run, model: torch.nn.Module, b: int) -> tuple[Callable[[], Any], Any]:
     """`run.steps` decode steps with the four heads at batch `b` (the network's cost per note,
     no sampling), and the decoder it steps."""
-    from engine.model import POSITION, SHIFT
+    from engine.model.network import POSITION, SHIFT
 
     dtype = next(model.parameters()).dtype
     cfg = run.lm.config
@@ -179,12 +179,18 @@ def cuda_graphs(run: Run) -> dict[str, Any]:
 
 
 def train_amp(run: Run) -> dict[str, Any]:
-    """engine.train.train_step on the same batches: fp32 against AMP (bf16 where supported,
+    """engine.model.train.train_step on the same batches: fp32 against AMP (bf16 where supported,
     else fp16 with loss scaling), a fresh model of the default size (a toy one when dry)."""
     import numpy as np
 
-    from engine.model import IGNORE, SHIFT, MotifSeq2Seq
-    from engine.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
+    from engine.model.network import IGNORE, SHIFT, MotifSeq2Seq
+    from engine.model.train import (
+        TrainConfig,
+        encode_pieces,
+        make_optimizer,
+        sample_batch,
+        train_step,
+    )
 
     cfg = TrainConfig(batch_size=4 if run.dry else 64)
     sizes = {"d_embed": 16, "hidden": 32, "layers": 1} if run.dry else {}
@@ -222,7 +228,7 @@ def end_to_end(run: Run) -> dict[str, Any]:
     """A real `motif worker` subprocess on this device (SQLite, filesystem broker), warmed by one
     request: submit → done for `bars`-bar requests with the README seed."""
     from bench.e2e_bench import Worker, _settings
-    from engine.checkpoint import save_checkpoint
+    from engine.model.checkpoint import save_checkpoint
 
     seed = workload.EXAMPLE_SEED.read_bytes()
     with workload.temp_dir("motif-bench-gpu-") as tmp:

@@ -4,7 +4,7 @@
 
 Columns: Motif (one per `--model`), the hobby baseline (bench/baseline.py), the real
 continuation and a chance reference (another held-out piece's real continuation, same length).
-Rows: engine.fidelity's figures (the key by music21's Aarden-Essen, which the generator never
+Rows: engine.model.fidelity's figures (the key by music21's Aarden-Essen, which the generator never
 steers by), how often each of Motif's safety nets changed a note, and the seed information gain
 (NLL without the seed minus with it, in total and with the seed's key label held fixed).
 """
@@ -47,12 +47,12 @@ def judge(
     """Every figure for every system; see the module docstring."""
     import torch
 
-    from engine.checkpoint import load_checkpoint
-    from engine.corpus import load_corpus
-    from engine.evaluate import TOP_P, pick_cases, without_near_duplicates
-    from engine.fidelity import seed_information_gain, summarize_fidelity
-    from engine.generate import KEY_GRAVITY, KEY_PENALTY, SafetyNetCounts, continue_seed
-    from engine.quality import TrainingIndex
+    from bench.evaluate import TOP_P, pick_cases, without_near_duplicates
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.corpus import load_corpus
+    from engine.model.fidelity import seed_information_gain, summarize_fidelity
+    from engine.model.generate import KEY_GRAVITY, KEY_PENALTY, SafetyNetCounts, continue_seed
+    from engine.music.metrics import TrainingIndex
 
     t_start = time.perf_counter()
     corpus = load_corpus(corpus_path)
@@ -138,7 +138,7 @@ def judge(
 
 
 def _fmt(key: str, value: float | None) -> str:
-    from engine.fidelity import FIDELITY_PERCENT
+    from engine.model.fidelity import FIDELITY_PERCENT
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -151,8 +151,8 @@ def _fmt(key: str, value: float | None) -> str:
 
 def format_judge(result: dict[str, Any]) -> str:
     """The judge's Markdown table."""
-    from engine.fidelity import FIDELITY_LABELS
-    from engine.generate import SAFETY_NETS
+    from engine.model.fidelity import FIDELITY_LABELS
+    from engine.model.generate import SAFETY_NETS
 
     s = result["settings"]
     figures = result["figures"]

@@ -28,15 +28,15 @@ def child(model: str, batch: int, bars: int, threads: int | None, render: bool) 
 
     if threads:
         torch.set_num_threads(threads)
-    import engine.tasks  # noqa: F401 - the worker's imports: Celery app, tasks, pipeline
+    import engine.worker.tasks  # noqa: F401 - the worker's imports: Celery app, tasks, pipeline
 
     stages["imports"] = workload.rss_high_water_kib() / 1024
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
 
     lm = load_checkpoint(model, device="cpu")
     stages["model loaded"] = workload.rss_high_water_kib() / 1024
     from bench.batch_bench import requests
-    from engine.generate import continue_batch
+    from engine.model.generate import continue_batch
 
     reqs, _ = requests(batch, bars)
     t0 = time.perf_counter()
@@ -44,8 +44,8 @@ def child(model: str, batch: int, bars: int, threads: int | None, render: bool) 
     decode_s = time.perf_counter() - t0
     stages[f"batch of {batch} decoded"] = workload.rss_high_water_kib() / 1024
     if render:
-        from engine.audio import render_audio
-        from engine.midi_io import to_midi_bytes
+        from engine.audio.encode import render_audio
+        from engine.music.midi import to_midi_bytes
         from engine.settings import Settings
 
         render_audio(to_midi_bytes(reqs[0].seed, pieces[0]), Settings(_env_file=None),

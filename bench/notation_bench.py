@@ -17,13 +17,13 @@ from typing import Any
 
 import pretty_midi
 
-from engine.audio import encode, normalize_loudness
-from engine.midi_io import to_midi_bytes
-from engine.music import Note, Piece
-from engine.musicxml import score_xml
-from engine.pianoroll import piano_roll_png
-from engine.render import get_renderer
-from engine.score_image import engrave_svg, svg_to_png
+from engine.audio.encode import encode, normalize_loudness
+from engine.audio.pianoroll import piano_roll_png
+from engine.audio.score import engrave_svg, svg_to_png
+from engine.audio.synth import get_renderer
+from engine.music.midi import to_midi_bytes
+from engine.music.musicxml import score_xml
+from engine.music.notes import Note, Piece
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The piano roll as engine/pianoroll.py drew it before issue #19: matplotlib's figure machinery
+"""The piano roll as engine/audio/pianoroll.py drew it before issue #19: matplotlib's figure machinery
 on the Agg canvas. Kept only as the bench's before-figure (`render_bench`), not used by Motif."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import logging
 
 import numpy as np
 
-from engine.music import Piece
-from engine.pianoroll import (
+from engine.audio.pianoroll import (
     BLACK_KEYS,
     CONTINUATION_COLOUR,
     FONT,
@@ -18,6 +17,7 @@ from engine.pianoroll import (
     SEED_END_COLOUR,
     note_name,
 )
+from engine.music.notes import Piece
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from engine import db
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.records import Artifact, ArtifactKind, Request, RequestStatus
+from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Artifact, ArtifactKind, Request, RequestStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,12 +33,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from bench.queue_flood import worker_env
-from engine import db
-from engine.celery_app import make_app
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.records import Request, RequestStatus
+from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Request, RequestStatus
+from engine.worker.app import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = (ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid").read_bytes()
@@ -72,7 +72,7 @@ def _settings(folder: Path, **values: object) -> Settings:
 
 
 def _ready(settings: Settings, timeout: float = 180.0) -> None:
-    from engine.local_worker import serving
+    from engine.worker.local import serving
 
     deadline = time.monotonic() + timeout
     while not serving(settings):

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pretty_midi
 
-from engine.audio import encode, integrated_loudness, normalize_loudness, true_peak
-from engine.music import Note, Piece
-from engine.pianoroll import piano_roll_png
-from engine.render import get_renderer
+from engine.audio.encode import encode, integrated_loudness, normalize_loudness, true_peak
+from engine.audio.pianoroll import piano_roll_png
+from engine.audio.synth import get_renderer
+from engine.music.notes import Note, Piece
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
         )
 
     # The whole path a finished request takes, stage by stage: before (pyloudnorm, matplotlib)
-    # and after (engine.audio, engine.pianoroll) in turns.
+    # and after (engine.audio.encode, engine.audio.pianoroll) in turns.
     seed, cont = _pieces(midi)
     title = "Motif bench · 30 s · 4 voices"
     paths = {"after": (normalize_loudness, piano_roll_png, True),
@@ -174,7 +174,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
 def with_score(
     midi_bytes: bytes, seed: Piece, cont: Piece, title: str, settings: Settings, repeats: int
 ) -> dict[str, Any]:
-    """The path as engine.pipeline.render_request takes it: audio (engine.audio.render_audio),
+    """The path as engine.worker.pipeline.render_request takes it: audio (engine.audio.encode.render_audio),
     piano roll and score picture, one after the other, against the pictures drawn in a second
     thread while the audio is made (libvorbis, FluidSynth and resvg run outside the GIL part of
     the time); in turns, medians. Also: two SHA-256s of 64 MiB in two threads against one,
@@ -182,8 +182,8 @@ def with_score(
     import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.audio import render_audio
-    from engine.score_image import engrave_result
+    from engine.audio.encode import render_audio
+    from engine.audio.score import engrave_result
 
     pool = ThreadPoolExecutor(max_workers=2)
 
@@ -225,7 +225,7 @@ def with_score(
 
 
 def _normalize_before(samples: np.ndarray, rate: int) -> np.ndarray:
-    """engine.audio.normalize_loudness as it was: pyloudnorm's meter, then the same peak cap."""
+    """engine.audio.encode.normalize_loudness as it was: pyloudnorm's meter, then the same peak cap."""
     import pyloudnorm
 
     loudness = pyloudnorm.Meter(rate).integrated_loudness(samples.astype(np.float64))

@@ -1,4 +1,4 @@
-"""Training throughput: Motif's training step (`engine.train.train_step`: forward, loss, backward,
+"""Training throughput: Motif's training step (`engine.model.train.train_step`: forward, loss, backward,
 clip, AdamW) against a bare `nn.LSTM` seq2seq of the same width, taking that same step on the same
 batches.
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from bench import workload
-from engine.model import IGNORE, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.train import (
+from engine.model.network import IGNORE, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.train import (
     TrainConfig,
     cpu_has_native_bf16,
     encode_pieces,
@@ -66,7 +66,7 @@ def training_round(
     batches: list[dict[str, torch.Tensor]],
     amp_dtype: torch.dtype | None = None,
 ) -> Callable[[], int]:
-    """One call: one `engine.train.train_step` per batch, exactly as engine/train.py's loop takes
+    """One call: one `engine.model.train.train_step` per batch, exactly as engine/model/train.py's loop takes
     it on CPU (its optimizer, no loss scaling; bf16 autocast as `--cpu-bf16` when `amp_dtype`);
     returns the notes trained on."""
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
@@ -92,7 +92,7 @@ def run(
     """Notes (target tokens) per second of `steps` training steps per round: Motif and bare, each
     in fp32 (today's default) and under bf16 autocast (`--cpu-bf16`), in turns on the same
     batches, median of `repeats` rounds; ratios per round, median. Batches are drawn once by
-    engine.train.sample_batch with TrainConfig's defaults."""
+    engine.model.train.sample_batch with TrainConfig's defaults."""
     choice = workload.motif_model(model_path)
     mcfg = choice.lm.config
     cfg = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from bench import workload
-from engine.model import ModelConfig, MotifSeq2Seq
-from engine.tokens import EventCodec
-from engine.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
+from engine.model.events import EventCodec
+from engine.model.network import ModelConfig, MotifSeq2Seq
+from engine.model.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
 
 log = logging.getLogger(__name__)
 

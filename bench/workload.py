@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
-from engine.model import ModelConfig, MotifSeq2Seq
-from engine.music import Note, Piece
+from engine.model.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from engine.model.events import EventCodec
+from engine.model.network import ModelConfig, MotifSeq2Seq
+from engine.music.notes import Note, Piece
 from engine.settings import DEFAULT_CORPUS_PATH, DEFAULT_MODEL_PATH
-from engine.tokens import EventCodec
 
 EXAMPLE_SEED = (
     Path(__file__).resolve().parent.parent / "engine" / "data" / "examples" / "ode-to-joy.mid"
@@ -79,9 +79,9 @@ def median(values: Sequence[float]) -> float:
 
 # --- the model ----------------------------------------------------------------------------------
 def default_sizes() -> dict[str, Any]:
-    """The model `motif train` builds fresh (engine.train.TrainConfig's defaults)."""
-    from engine.generate import N_KEY
-    from engine.train import TrainConfig
+    """The model `motif train` builds fresh (engine.model.train.TrainConfig's defaults)."""
+    from engine.model.generate import N_KEY
+    from engine.model.train import TrainConfig
 
     d = TrainConfig()
     return {"d_embed": d.d_embed, "hidden": d.hidden, "layers": d.layers, "dropout": d.dropout,
@@ -160,7 +160,7 @@ def music(n: int, corpus_path: str | Path | None = None) -> tuple[list[Piece], s
     (the corpus may be absent: then synthetic tunes), and a label saying which."""
     path = Path(corpus_path) if corpus_path else DEFAULT_CORPUS_PATH
     if path.is_file():
-        from engine.corpus import load_corpus
+        from engine.model.corpus import load_corpus
 
         corpus = load_corpus(path)
         split = "test" if len(corpus.indices("test")) else None

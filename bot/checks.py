@@ -1,7 +1,7 @@
 """`admin_only()`: the one gate in front of every admin command, audited.
 
 `default_permissions` only hides a command (and a server's admins can change it), so the run-time
-check decides, from settings alone (`engine.admin.is_admin`). It defers first: the audit write
+check decides, from settings alone (`engine.service.admin.is_admin`). It defers first: the audit write
 must not make the interaction miss Discord's 3-second deadline.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import discord
 from discord import app_commands
 
-from engine import admin
+from engine.service import admin
 
 log = logging.getLogger(__name__)
 

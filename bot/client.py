@@ -15,8 +15,8 @@ from discord.ext import commands
 from bot.delivery import Deliveries
 from bot.errors import answer_error
 from bot.views import RESULT_BUTTONS
-from engine.jobs import JobService
-from engine.notify import RequestWakeups
+from engine.service.notify import RequestWakeups
+from engine.service.requests import JobService
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class MotifBot(commands.Bot):
         poll_interval_s: float | None = None,
         sweep_interval_s: float = 30.0,
         token_ttl_s: float = 14 * 60,
-        **options,  # type: ignore[no-untyped-def]
+        **options,
     ) -> None:
         # Only what is used: guilds (channels for late results), and messages in guilds and DMs
         # for "@Motif + a MIDI file" (a mention carries its attachments without MESSAGE_CONTENT).
@@ -102,7 +102,7 @@ class MotifBot(commands.Bot):
         log.info("synced %d commands to %s", len(synced), f"guild {guild.id}" if guild else "all")
         return len(synced)
 
-    async def on_command_error(self, context: commands.Context, error: Exception) -> None:  # type: ignore[override]
+    async def on_command_error(self, context: commands.Context, error: Exception) -> None:
         if isinstance(error, commands.CommandNotFound | commands.CheckFailure):
             return  # a mention is usually not a command
         log.error("prefix command %s failed", context.command, exc_info=error)

@@ -10,227 +10,37 @@ processes may share one database: each result is posted by the one holding its d
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import discord
 
 from bot import messages
+from bot.destinations import (
+    PICTURE_KINDS,
+    ChannelDestination,
+    Destination,
+    InteractionDestination,
+    TokenExpired,
+    Upload,
+    fit_uploads,
+    inline_picture,
+)
 from bot.progress import EditThrottle
 from bot.views import progress_view, result_view
-from engine.jobs import ArtifactInfo, Progress
-from engine.notify import RequestWakeups
-from engine.records import RequestStatus
+from engine.service.notify import RequestWakeups
+from engine.service.requests import ArtifactInfo, Progress
+from engine.store.records import RequestStatus
 
 if TYPE_CHECKING:
     from bot.client import MotifBot
 
 log = logging.getLogger(__name__)
-
-REQUEST_LIMIT_BYTES = 25 * 1024 * 1024  # Discord's cap for all files of one message
-ATTACH_ORDER = {"midi": 0, "musicxml": 1, "audio": 2, "image": 3, "score": 4}
-PICTURE_KINDS = {"score": "score", "pianoroll": "image"}  # inline choice -> artifact kind
-
-
-@dataclass(frozen=True)
-class Upload:
-    filename: str
-    data: bytes
-    kind: str
-    spoiler: bool = False  # shown blurred: one click away
-
-    def file(self) -> discord.File:
-        return discord.File(io.BytesIO(self.data), filename=self.filename, spoiler=self.spoiler)
-
-
-def inline_picture(uploads: list[Upload], choice: str) -> list[Upload]:
-    """The uploads with one picture to show inline (`choice`: "score" or "pianoroll", or the
-    other when that one is missing) and every other picture behind a spoiler, one click away."""
-    kinds = {u.kind for u in uploads}
-    wanted = PICTURE_KINDS.get(choice, "score")
-    if wanted not in kinds:
-        wanted = next((k for k in PICTURE_KINDS.values() if k in kinds), wanted)
-    pictures = set(PICTURE_KINDS.values())
-    return [
-        replace(u, spoiler=True) if u.kind in pictures and u.kind != wanted else u for u in uploads
-    ]
-
-
-def fit_uploads(uploads: list[Upload], per_file: int, per_message: int = REQUEST_LIMIT_BYTES):
-    """The uploads that fit Discord's limits, and the kinds left out (largest dropped first)."""
-    kept = [u for u in uploads if len(u.data) <= per_file]
-    left_out = [u.kind for u in uploads if len(u.data) > per_file]
-    while kept and sum(len(u.data) for u in kept) > per_message:
-        largest = max(kept, key=lambda u: len(u.data))
-        kept.remove(largest)
-        left_out.append(largest.kind)
-    return sorted(kept, key=lambda u: ATTACH_ORDER.get(u.kind, 9)), left_out
-
-
-class TokenExpired(Exception):
-    """The interaction token is (about to be) too old to edit or follow up."""
-
-
-# --- where a result goes ----------------------------------------------------------------------
-class ChannelDestination:
-    """A plain channel message that mentions the person who asked (no token needed)."""
-
-    def __init__(
-        self,
-        bot: MotifBot,
-        channel_id: int,
-        user_id: int | None,
-        *,
-        reference: discord.Message | None = None,
-    ) -> None:
-        self.bot = bot
-        self.channel_id = channel_id
-        self.user_id = user_id
-        self.reference = reference
-        self.upload_limit = bot.settings.upload_cap_bytes
-
-    def can_edit_progress(self) -> bool:
-        return False
-
-    async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
-        return None  # nothing to edit
-
-    async def post(
-        self,
-        content: str,
-        *,
-        embed: discord.Embed | None = None,
-        uploads: Sequence[Upload] = (),
-        view: discord.ui.View | None = None,
-        mention: bool = True,
-    ) -> None:
-        channel = self.bot.get_channel(self.channel_id) or self.bot.get_partial_messageable(
-            self.channel_id
-        )
-        if mention and self.user_id and self.reference is None:
-            content = f"<@{self.user_id}> {content}"
-        users = [discord.Object(self.user_id)] if self.user_id else False
-        kwargs = {}
-        if self.reference is not None:
-            kwargs["reference"] = self.reference
-            kwargs["mention_author"] = True
-        await channel.send(  # type: ignore[union-attr]
-            content,
-            embed=embed,
-            files=[u.file() for u in uploads],
-            view=view,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=users),
-            **kwargs,
-        )
-
-
-class MessageDestination(ChannelDestination):
-    """A mention-triggered request: progress in the bot's reply, the result as a reply too."""
-
-    def __init__(self, bot: MotifBot, progress_message: discord.Message, request: discord.Message):
-        super().__init__(bot, request.channel.id, request.author.id, reference=request)
-        self.progress_message = progress_message
-
-    def can_edit_progress(self) -> bool:
-        return True
-
-    async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
-        await self.progress_message.edit(content=text, view=view)
-
-
-class InteractionDestination:
-    """The original response of an interaction while its token lives, then the channel."""
-
-    def __init__(
-        self,
-        bot: MotifBot,
-        interaction: discord.Interaction,
-        *,
-        token_ttl_s: float,
-        ephemeral: bool = False,
-    ) -> None:
-        self.bot = bot
-        self.interaction = interaction
-        self.token_ttl_s = token_ttl_s
-        self.ephemeral = ephemeral
-        self.upload_limit = interaction.filesize_limit or bot.settings.upload_cap_bytes
-        self.fallback = ChannelDestination(bot, interaction.channel_id or 0, interaction.user.id)
-
-    def expired(self) -> bool:
-        age = (discord.utils.utcnow() - self.interaction.created_at).total_seconds()
-        return age >= self.token_ttl_s
-
-    def can_edit_progress(self) -> bool:
-        return not self.expired()
-
-    async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
-        """Show `text` with `view`'s buttons (none: the message keeps no buttons)."""
-        if self.expired():
-            raise TokenExpired
-        await self.interaction.edit_original_response(content=text, view=view)
-
-    async def post(
-        self,
-        content: str,
-        *,
-        embed: discord.Embed | None = None,
-        uploads: Sequence[Upload] = (),
-        view: discord.ui.View | None = None,
-        mention: bool = True,
-    ) -> None:
-        if not self.expired():
-            try:
-                kwargs = {"embed": embed} if embed is not None else {}
-                if view is not None:
-                    kwargs["view"] = view
-                await self.interaction.followup.send(
-                    content,
-                    files=[u.file() for u in uploads],
-                    ephemeral=self.ephemeral,
-                    wait=True,
-                    **kwargs,
-                )
-                return
-            except (discord.NotFound, discord.Forbidden) as exc:
-                # 401/404: the token died early (e.g. the clock is off); fall through to the channel
-                log.info("interaction follow-up refused (%s); posting to the channel", exc.status)
-            except discord.HTTPException as exc:
-                if exc.status != 401:
-                    raise
-        if self.ephemeral:
-            # only the requester was meant to see it: a direct message, never the channel
-            await self._direct_message(content, embed=embed, uploads=uploads)
-            return
-        if not self.fallback.channel_id:
-            raise TokenExpired("no channel to post a late result to")
-        await self.fallback.post(content, embed=embed, uploads=uploads, view=view, mention=mention)
-
-    async def _direct_message(
-        self, content: str, *, embed: discord.Embed | None, uploads: Sequence[Upload]
-    ) -> None:
-        user_id = self.interaction.user.id
-        try:
-            channel = await self.bot.create_dm(discord.Object(user_id))
-            kwargs = {"embed": embed} if embed is not None else {}
-            await channel.send(content, files=[u.file() for u in uploads], **kwargs)
-        except discord.HTTPException as exc:  # DMs closed, or the user left: drop it, log it
-            log.warning(
-                "an ephemeral result for user %s outlived its token and could not be sent by DM "
-                "(%s); dropped: %.200s",
-                user_id,
-                exc,
-                content,
-            )
-
-
-Destination = ChannelDestination | InteractionDestination
 
 
 # --- following jobs ---------------------------------------------------------------------------
@@ -267,7 +77,7 @@ class Deliveries:
         self.wakeups: RequestWakeups | None = None
 
     @property
-    def jobs(self):  # type: ignore[no-untyped-def]
+    def jobs(self):
         return self.bot.jobs
 
     def for_interaction(
@@ -449,7 +259,7 @@ class Deliveries:
             self._follow_run(run_id, destination, run_info, loss_curve), f"motif-run-{run_id}"
         )
 
-    async def _follow_run(self, run_id, destination, run_info, loss_curve) -> None:  # type: ignore[no-untyped-def]
+    async def _follow_run(self, run_id, destination, run_info, loss_curve) -> None:
         throttle = EditThrottle(
             destination.edit_progress, self.bot.settings.progress_edit_interval_s
         )

@@ -92,7 +92,7 @@ async def answer_error(interaction: discord.Interaction, error: BaseException) -
     await send_ephemeral(interaction, reply_text(interaction, error))
 
 
-async def guarded(interaction: discord.Interaction, coro) -> None:  # type: ignore[no-untyped-def]
+async def guarded(interaction: discord.Interaction, coro) -> None:
     """Run a component callback; its errors are answered like command errors."""
     try:
         await coro

@@ -13,9 +13,9 @@ import sys
 import aiohttp
 import discord
 
-from engine.db import ensure_schema
 from engine.errors import SchemaOutOfDate, ServiceUnavailable
 from engine.settings import Settings, get_settings
+from engine.store.db import ensure_schema
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import discord
 
-from engine import catalog
-from engine.admin import ModelInfo, RunInfo, Stats
-from engine.jobs import Progress, QueueStatus
-from engine.records import RequestKind, RequestStatus
+from engine.music import catalog
+from engine.service.admin import ModelInfo, RunInfo, Stats
+from engine.service.requests import Progress, QueueStatus
+from engine.store.records import RequestKind, RequestStatus
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 

@@ -13,8 +13,8 @@ import discord
 
 from bot.messages import quoted
 from engine.errors import BadMidi, MotifError
-from engine.midi_io import SeedLimits
-from engine.notation_seeds import NOTATION_SUFFIXES, abc_from_chat
+from engine.music.midi import SeedLimits
+from engine.music.notation import NOTATION_SUFFIXES, abc_from_chat
 
 log = logging.getLogger(__name__)
 

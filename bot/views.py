@@ -7,16 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
+from typing import Any, Self
 
 import discord
-from discord.ui import Button, DynamicItem
+from discord.ui import Button, DynamicItem, Item
 
 from bot.errors import guarded
 from bot.requesters import requester_from_interaction
-from engine import catalog
 from engine.errors import BadParams
-from engine.records import RequestKind
+from engine.music import catalog
+from engine.store.records import RequestKind
 
 log = logging.getLogger(__name__)
 
@@ -65,41 +65,39 @@ async def start_follow_up(
 
 
 def _button(
-    label: str | None, custom_id: str, emoji: str, style=discord.ButtonStyle.secondary
-) -> Button:  # type: ignore[no-untyped-def]
+    label: str | None,
+    custom_id: str,
+    emoji: str,
+    style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+) -> Button[Any]:
     return Button(label=label, custom_id=custom_id, emoji=emoji, style=style)
 
 
-class RerollButton(DynamicItem[Button], template=r"motif:reroll:(?P<req>\d+)"):
-    def __init__(self, request_id: int) -> None:
-        super().__init__(
-            _button("Reroll", f"motif:reroll:{request_id}", "🎲", discord.ButtonStyle.primary)
-        )
+# label, emoji, style of each follow-up that needs nothing but the parent's id
+_FOLLOW_UPS: dict[RequestKind, tuple[str, str, discord.ButtonStyle]] = {
+    RequestKind.REROLL: ("Reroll", "🎲", discord.ButtonStyle.primary),
+    RequestKind.EXTEND: ("Extend", "➕", discord.ButtonStyle.secondary),
+}
+
+
+class FollowUpButton(DynamicItem[Button], template=r"motif:(?P<kind>reroll|extend):(?P<req>\d+)"):
+    """Reroll or extend: a new request from this one (custom ids `motif:reroll:<id>` and
+    `motif:extend:<id>`, as posted since the first release)."""
+
+    def __init__(self, request_id: int, kind: RequestKind) -> None:
+        label, emoji, style = _FOLLOW_UPS[kind]
+        super().__init__(_button(label, f"motif:{kind.value}:{request_id}", emoji, style))
         self.request_id = request_id
+        self.kind = kind
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
-        return cls(int(match["req"]))
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> FollowUpButton:
+        return cls(int(match["req"]), RequestKind(match["kind"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        await guarded(
-            interaction, start_follow_up(interaction, self.request_id, RequestKind.REROLL)
-        )
-
-
-class ExtendButton(DynamicItem[Button], template=r"motif:extend:(?P<req>\d+)"):
-    def __init__(self, request_id: int) -> None:
-        super().__init__(_button("Extend", f"motif:extend:{request_id}", "➕"))
-        self.request_id = request_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
-        return cls(int(match["req"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        await guarded(
-            interaction, start_follow_up(interaction, self.request_id, RequestKind.EXTEND)
-        )
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await guarded(interaction, start_follow_up(interaction, self.request_id, self.kind))
 
 
 class VariationButton(DynamicItem[Button], template=r"motif:vary:(?P<dir>lo|hi):(?P<req>\d+)"):
@@ -110,10 +108,12 @@ class VariationButton(DynamicItem[Button], template=r"motif:vary:(?P<dir>lo|hi):
         self.direction = direction
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]), match["dir"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         await guarded(
             interaction,
             start_follow_up(interaction, self.request_id, RequestKind.VARIATION, self.direction),
@@ -131,10 +131,12 @@ class ShareButton(DynamicItem[Button], template=r"motif:share:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         view = discord.ui.View(timeout=None)
         view.add_item(ShareConsentButton(self.request_id))
         await guarded(
@@ -155,10 +157,12 @@ class ShareConsentButton(DynamicItem[Button], template=r"motif:consent:(?P<req>\
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async def share() -> None:
             await interaction.response.defer()  # acknowledged before the database is asked
             who = requester_from_interaction(interaction, "button")
@@ -180,10 +184,12 @@ class RateButton(DynamicItem[Button], template=r"motif:rate:(?P<vote>up|down):(?
         self.vote = vote
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]), match["vote"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async def rate() -> None:
             await interaction.response.defer(ephemeral=True, thinking=True)
             who = requester_from_interaction(interaction, "button")
@@ -206,10 +212,12 @@ class CancelButton(DynamicItem[Button], template=r"motif:cancel:(?P<req>\d+)"):
         self.request_id = request_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):  # type: ignore[no-untyped-def, override]
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(int(match["req"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async def cancel() -> None:
             who = requester_from_interaction(interaction, "button")
             done = await asyncio.to_thread(_bot(interaction).jobs.cancel, self.request_id, who)
@@ -233,8 +241,7 @@ def progress_view(request_id: int) -> discord.ui.View:
 
 RESULT_BUTTONS = (  # every persistent button, registered in setup_hook
     CancelButton,
-    RerollButton,
-    ExtendButton,
+    FollowUpButton,
     VariationButton,
     ShareButton,
     ShareConsentButton,
@@ -244,8 +251,8 @@ RESULT_BUTTONS = (  # every persistent button, registered in setup_hook
 
 def result_view(request_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(request_id))
-    view.add_item(ExtendButton(request_id))
+    view.add_item(FollowUpButton(request_id, RequestKind.REROLL))
+    view.add_item(FollowUpButton(request_id, RequestKind.EXTEND))
     view.add_item(VariationButton(request_id, "lo"))
     view.add_item(VariationButton(request_id, "hi"))
     view.add_item(ShareButton(request_id))

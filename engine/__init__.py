@@ -1,5 +1,5 @@
 """Motif's engine: music, model, SQL records, jobs and Celery tasks.
 
-The SQL (`engine.records`, `engine.db`) and job-submission (`engine.jobs`) modules import
-without torch so the Discord bot can use them; torch lives behind `engine.model` and friends.
+The SQL (`engine.store.records`, `engine.store.db`) and job-submission (`engine.service.requests`) modules import
+without torch so the Discord bot can use them; torch lives behind `engine.model.network` and friends.
 """

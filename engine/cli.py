@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 from engine.errors import MotifError
@@ -28,10 +27,10 @@ EXAMPLE_SEED = PACKAGE_DIR / "data" / "examples" / "ode-to-joy.mid"
 def live_workers(settings: Settings) -> list[str]:
     from sqlalchemy import select
 
-    from engine.db import session_scope
-    from engine.records import Worker, utcnow
+    from engine.store.db import session_scope
+    from engine.store.records import Worker, alive_since
 
-    since = utcnow() - timedelta(seconds=settings.worker_heartbeat_s * 4)
+    since = alive_since(settings.worker_heartbeat_s)
     with session_scope(settings.sqlalchemy_url) as session:
         return [w.queues for w in session.scalars(select(Worker).where(Worker.last_seen >= since))]
 
@@ -58,8 +57,8 @@ def wait_worker_ready(
 def _wait_deregistered(settings: Settings, proc: subprocess.Popen, timeout: float) -> bool:
     from sqlalchemy import select
 
-    from engine.db import session_scope
-    from engine.records import Worker
+    from engine.store.db import session_scope
+    from engine.store.records import Worker
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -103,17 +102,17 @@ def stop_worker_process(
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    from engine.db import ensure_schema
     from engine.errors import ServiceUnavailable
-    from engine.jobs import JobService, Requester, validate_options
-    from engine.local_worker import LocalWorker, serving
-    from engine.midi_io import SeedLimits
-    from engine.records import RequestStatus
+    from engine.music.midi import SeedLimits
+    from engine.service.requests import JobService, Requester, validate_options
+    from engine.store.db import ensure_schema
+    from engine.store.records import RequestOrigin, RequestStatus
+    from engine.worker.local import LocalWorker, serving
 
     settings = get_settings()
     if not args.verbose:
         # the one-line message below says it; the log's warning would be a second line
-        logging.getLogger("engine.queueing").setLevel(logging.ERROR)
+        logging.getLogger("engine.worker.dispatch").setLevel(logging.ERROR)
     options = validate_options(
         bars=args.bars,
         style=args.style,
@@ -142,8 +141,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
             return 2
         seed_bytes = path.read_bytes()
         seed_name = path.name
-        from engine.midi_io import load_seed, seed_notices
-        from engine.notation_seeds import is_notation_name, load_notation_seed
+        from engine.music.midi import load_seed, seed_notices
+        from engine.music.notation import is_notation_name, load_notation_seed
 
         # a bad file is refused before anything starts
         if is_notation_name(seed_name):
@@ -159,7 +158,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
         if local is not None:
             local.join()  # concurrent composes share one worker
         service = JobService(settings)
-        rid = service.compose(Requester(origin="cli", name="cli"), options, seed_bytes, seed_name)
+        rid = service.compose(
+            Requester(origin=RequestOrigin.CLI, name="cli"), options, seed_bytes, seed_name
+        )
         print(f"request #{rid} queued ({seed_name or 'no seed'}, {options.bars} bars)")
         last = None
         order = [RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING]
@@ -236,13 +237,13 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.celery_app import get_app
-    from engine.db import ensure_schema
+    from engine.store.db import ensure_schema
+    from engine.worker.app import get_app
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if "cpu" in args.queues.split(","):
-        from engine.render import check_soundfont
+        from engine.audio.synth import check_soundfont
 
         # A missing or corrupt soundfont stops the start, naming the setting. No synthesizer is
         # created here: the parent forks the pool, and each child loads its own.
@@ -266,7 +267,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from engine import db
+    from engine.store import db
 
     url = get_settings().sqlalchemy_url
     if args.action == "upgrade":
@@ -278,13 +279,13 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from engine import admin
-    from engine.db import ensure_schema
+    from engine.service import admin
+    from engine.store.db import ensure_schema
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if args.action == "list":
-        from engine.model_registry import ensure_default_model
+        from engine.store.models import ensure_default_model
 
         ensure_default_model(settings)
         for m in admin.list_models(settings):
@@ -301,7 +302,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(_: argparse.Namespace) -> int:
-    from engine.reaper import reap
+    from engine.worker.reaper import reap
 
     report = reap(get_settings())
     print(
@@ -312,13 +313,14 @@ def cmd_reap(_: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from engine.db import ensure_schema
-    from engine.jobs import JobService, Requester
+    from engine.service.requests import JobService, Requester
+    from engine.store.db import ensure_schema
+    from engine.store.records import RequestOrigin
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     rid = args.request
-    if JobService(settings).cancel(rid, Requester(origin="cli", name="cli")):
+    if JobService(settings).cancel(rid, Requester(origin=RequestOrigin.CLI, name="cli")):
         print(f"request #{rid} cancelled")
         return 0
     print(
@@ -329,8 +331,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(_: argparse.Namespace) -> int:
-    from engine.db import ensure_schema
-    from engine.jobs import JobService
+    from engine.service.requests import JobService
+    from engine.store.db import ensure_schema
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
@@ -338,7 +340,7 @@ def cmd_status(_: argparse.Namespace) -> int:
     # (none registered yet: the first worker registers the shipped default when it starts)
     model = st.active_model or "the shipped default (not registered yet)"
     print(f"queued {st.queued}, running {st.running}, active model {model}")
-    from engine.render import renderer_description
+    from engine.audio.synth import renderer_description
 
     print(f"audio here: {renderer_description(settings)}")
     for w in st.workers:
@@ -349,9 +351,15 @@ def cmd_status(_: argparse.Namespace) -> int:
 def cmd_delegate(module: str, argv: list[str]) -> int:
     import importlib
 
-    if module == "engine.corpus" and argv[:1] == ["build"]:
+    if module == "engine.model.corpus" and argv[:1] == ["build"]:
         argv = argv[1:]  # `motif corpus build …`
-    main = importlib.import_module(module).main
+    try:
+        main = importlib.import_module(module).main
+    except ModuleNotFoundError as exc:
+        if module.startswith("bench.") and exc.name in ("bench", module):
+            # measurements live in the repository's bench/, which the images leave out
+            raise MotifError("this command measures from a checkout: bench/ is not here") from exc
+        raise
     return int(main(argv) or 0)
 
 
@@ -366,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from engine import catalog
-    from engine.jobs import ComposeOptions
+    from engine.music import catalog
+    from engine.service.requests import ComposeOptions
 
     fields, opts = Settings.model_fields, ComposeOptions()
     c = sub.add_parser("compose", help="continue a MIDI seed (or none) through the real queue")
@@ -463,12 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands whose own parser reads everything after the command's name.
 DELEGATED = {
-    "corpus": ("engine.corpus", "`motif corpus build`: cache the music21 training corpus"),
-    "train": ("engine.train", "train a model"),
-    "eval": ("engine.evaluate", "measure a model against the baseline"),
-    "retrain": ("engine.retrain", "queue a retraining run on shared tunes"),
+    "corpus": ("engine.model.corpus", "`motif corpus build`: cache the music21 training corpus"),
+    "train": ("engine.model.train", "train a model"),
+    "eval": ("bench.evaluate", "measure a model against the baseline"),
+    "retrain": ("engine.worker.retrain", "queue a retraining run on shared tunes"),
     "health": ("engine.health", "check this container's health: bot, worker or db"),
-    "setup-audio": ("engine.audio_setup", "install libfluidsynth3 for real FluidSynth audio"),
+    "setup-audio": ("engine.audio.setup", "install libfluidsynth3 for real FluidSynth audio"),
 }
 
 

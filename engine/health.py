@@ -14,6 +14,9 @@ from typing import Literal
 
 from engine.errors import MotifError
 from engine.settings import Settings, get_settings
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import ALIVE_HEARTBEATS, Worker, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,6 @@ Role = Literal["worker", "bot", "db"]
 ROLES: tuple[Role, ...] = ("worker", "bot", "db")
 
 # A presence row older than this many heartbeats means the worker's main process stopped beating.
-STALE_HEARTBEATS = 4
 
 
 class Unhealthy(Exception):
@@ -30,8 +32,6 @@ class Unhealthy(Exception):
 
 def check_schema(settings: Settings) -> str:
     """The database answers and is migrated to the code's head revision."""
-    from engine import db
-
     url = settings.sqlalchemy_url
     try:
         current = db.current_revision(url)
@@ -47,7 +47,7 @@ def check_schema(settings: Settings) -> str:
 
 def check_broker(settings: Settings, timeout_s: float = 3.0) -> str:
     """The Celery broker accepts a connection (the bot sends to it, workers consume from it)."""
-    from engine.celery_app import make_app
+    from engine.worker.app import make_app
 
     app = make_app(settings)
     try:
@@ -69,11 +69,8 @@ def check_presence(settings: Settings, hostname: str | None = None) -> str:
     """A worker on this host refreshed its row in `workers` within a few heartbeats."""
     from sqlalchemy import select
 
-    from engine.db import session_scope
-    from engine.records import Worker, utcnow
-
     host = hostname or socket.gethostname()
-    limit = timedelta(seconds=settings.worker_heartbeat_s * STALE_HEARTBEATS)
+    limit = timedelta(seconds=settings.worker_heartbeat_s * ALIVE_HEARTBEATS)
     try:
         with session_scope(settings.sqlalchemy_url) as session:
             rows = [

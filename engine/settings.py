@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.music.catalog import MAX_BARS_CEILING
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_PATH = PACKAGE_DIR / "data" / "motif-default.pt"
 DEFAULT_CORPUS_PATH = PACKAGE_DIR / "data" / "corpus.npz"
@@ -51,8 +53,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=1, ge=0, le=256)  # per worker process; 0 = torch's default
     default_model_path: Path = DEFAULT_MODEL_PATH
     corpus_path: Path = DEFAULT_CORPUS_PATH
-    max_bars: int = Field(default=64, ge=1, le=256)
-    default_bars: int = Field(default=8, ge=1, le=256)
+    max_bars: int = Field(default=64, ge=1, le=MAX_BARS_CEILING)
+    default_bars: int = Field(default=8, ge=1, le=MAX_BARS_CEILING)
     batch_size: int = Field(default=32, ge=1, le=256)
     batch_wait_ms: int = Field(default=50, ge=0, le=5000)
     keep_checkpoints: int = Field(default=5, ge=1)
@@ -101,7 +103,7 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    def __repr_args__(self):  # type: ignore[no-untyped-def]
+    def __repr_args__(self):
         # repr(settings) and str(settings) end up in logs and tracebacks: no passwords there.
         for name, value in super().__repr_args__():
             if name in SECRET_URL_FIELDS and isinstance(value, str):

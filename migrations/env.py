@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from the caller (engine.db) or from Motif's settings."""
+"""Alembic environment: the URL comes from the caller (engine.store.db) or from Motif's settings."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from engine.records import Base
+from engine.store.records import Base
 
 config = context.config
 if not config.get_main_option("sqlalchemy.url"):

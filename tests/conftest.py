@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from engine import db
 from engine.settings import Settings
+from engine.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("MOTIF_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -151,7 +151,7 @@ def pg_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        from engine.db import _engines
+        from engine.store.db import _engines
 
         for known in [u for u in _engines if u == url]:
             _engines.pop(known).dispose()
@@ -288,7 +288,7 @@ TINY_TRAINING: dict[str, object] = dict(
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained for a few steps with the real training code (not the shipped one)."""
-    from engine.train import TrainConfig, train
+    from engine.model.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-model") / "tiny.pt"
     pieces = synthetic_pieces()
@@ -312,7 +312,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real corpus built by the real corpus code from music21's bundled files."""
-    from engine.corpus import build_corpus
+    from engine.model.corpus import build_corpus
 
     out = tmp_path_factory.mktemp("tiny-corpus") / "corpus.npz"
     build_corpus(
@@ -330,7 +330,7 @@ def tiny_corpus_model_path(
     tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path
 ) -> Path:
     """A tiny model trained briefly on the tiny real corpus: the 'active model' of gate tests."""
-    from engine.train import TrainConfig, train
+    from engine.model.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-corpus-model") / "tiny-corpus.pt"
     train(

@@ -1,6 +1,6 @@
 """Admin commands: `/retrain`, `/model list|activate|rollback`, `/stats`, and the owners' `sync`.
 
-Who counts as an admin is decided by `engine.admin.is_admin` from settings (ids, and Manage Server
+Who counts as an admin is decided by `engine.service.admin.is_admin` from settings (ids, and Manage Server
 or admin roles in the home guild only); `bot.checks.admin_only` writes every attempt to the audit
 log. The slash commands live in the home guild only (`setup`).
 """
@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.checks import admin_only, admin_rights
-from engine import admin
+from engine.service import admin
 
 if TYPE_CHECKING:
     from bot.client import MotifBot

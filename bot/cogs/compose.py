@@ -15,14 +15,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import MessageDestination
+from bot.destinations import MessageDestination
 from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
 from bot.seeds import check_seed_attachment, find_seed_attachment, pasted_abc, read_seed
-from engine import catalog
 from engine.errors import BadMidi, BadParams, MotifError, RateLimited
-from engine.jobs import ComposeOptions, Requester, validate_options
-from engine.notation_seeds import PASTED_NAME, abc_in_code_block
+from engine.music import catalog
+from engine.music.notation import PASTED_NAME, abc_in_code_block
+from engine.service.requests import ComposeOptions, Requester, validate_options
 
 if TYPE_CHECKING:
     from bot.client import MotifBot

@@ -19,7 +19,7 @@ from bench.baseline import (
     train_baseline,
     unigram_nll,
 )
-from engine.music import Note, Piece
+from engine.music.notes import Note, Piece
 from tests.conftest import torch_threads
 
 TINY = dict(width=16, window=8, batch_size=4, seed=0)
@@ -136,7 +136,7 @@ def test_baseline_nll_counts_symbols_notes_and_unk(model):
 
 
 def test_unigram_nll_known_values():
-    from engine.tokens import EventCodec
+    from engine.model.events import EventCodec
 
     codec = EventCodec()
     train = [tune([60] * 9, duration=1.0)]
@@ -155,7 +155,7 @@ def test_unigram_nll_known_values():
 
 
 def test_cli_trains_and_saves(tmp_path, monkeypatch):
-    corpus_module = pytest.importorskip("engine.corpus")
+    corpus_module = pytest.importorskip("engine.model.corpus")
 
     class FakeCorpus:
         def pieces(self, split):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import train_gap, workload
-from engine.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
+from engine.model.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -18,13 +18,13 @@ import discord
 import pytest
 from sqlalchemy import select
 
-from engine import db
-from engine.artifacts import store_for
-from engine.db import session_scope
 from engine.errors import NotFound
-from engine.jobs import JobService
-from engine.records import Artifact, ArtifactKind, Request, RequestStatus, utcnow
+from engine.service.requests import JobService
 from engine.settings import Settings
+from engine.store import db
+from engine.store.artifacts import store_for
+from engine.store.db import session_scope
+from engine.store.records import Artifact, ArtifactKind, Request, RequestStatus, utcnow
 from tests.bot.fake_discord import (
     CHANNEL_ID,
     GUILD_ID,
@@ -96,7 +96,7 @@ class SimulatedWorker:
         self.settings = settings
 
     def _wait_visible(self, request_id: int) -> None:
-        # The job is dispatched before its row commits (as in engine.jobs); a worker waits.
+        # The job is dispatched before its row commits (as in engine.service.requests); a worker waits.
         wait_until(lambda: self._exists(request_id), timeout=10)
 
     def _exists(self, request_id: int) -> bool:
@@ -175,13 +175,13 @@ class SimulatedWorker:
 
 
 class PipelineWorker:
-    """The real thing in-process: `engine.pipeline.process_request` (model + FluidSynth)."""
+    """The real thing in-process: `engine.worker.pipeline.process_request` (model + FluidSynth)."""
 
     def __init__(self, settings: Settings) -> None:
         try:
-            from engine.pipeline import process_request
+            from engine.worker.pipeline import process_request
         except ImportError as exc:
-            pytest.skip(f"engine.pipeline is not importable yet: {exc}")
+            pytest.skip(f"engine.worker.pipeline is not importable yet: {exc}")
         if not default_model_present():
             pytest.skip("the default model (engine/data/motif-default.pt) does not exist yet")
         self.settings = settings

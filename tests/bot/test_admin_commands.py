@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select
 
 from bot.cogs.admin import Admin
-from engine.artifacts import store_for
-from engine.db import session_scope
-from engine.records import AuditLog, ModelStatus, ModelVersion, RunStatus, TrainingRun
+from engine.store.artifacts import store_for
+from engine.store.db import session_scope
+from engine.store.records import AuditLog, ModelStatus, ModelVersion, RunStatus, TrainingRun
 from tests.bot.conftest import discord_harness, png_bytes
 from tests.bot.fake_discord import APP_ID, CHANNEL_ID, GUILD_B_ID, GUILD_ID
 
@@ -198,10 +198,12 @@ def test_model_list_activate_and_rollback(bot_settings, jobs):
 
 
 def test_retrain_reports_progress_and_the_loss_curve(bot_settings, jobs, monkeypatch):
-    import engine.queueing
+    import engine.worker.dispatch
 
     sent: list[int] = []
-    monkeypatch.setattr(engine.queueing, "dispatch_retrain", lambda run_id, s: sent.append(run_id))
+    monkeypatch.setattr(
+        engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: sent.append(run_id)
+    )
     store_for(bot_settings.artifact_root).put("runs/1/loss.png", png_bytes())
 
     def update_run(**values) -> None:  # type: ignore[no-untyped-def]
@@ -245,9 +247,9 @@ def test_retrain_reports_progress_and_the_loss_curve(bot_settings, jobs, monkeyp
 
 
 def test_a_second_retrain_while_one_runs_is_refused_clearly(bot_settings, jobs, monkeypatch):
-    import engine.queueing
+    import engine.worker.dispatch
 
-    monkeypatch.setattr(engine.queueing, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
@@ -263,9 +265,9 @@ def test_a_second_retrain_while_one_runs_is_refused_clearly(bot_settings, jobs, 
 def test_retrain_cancel_stops_a_queued_or_running_run_for_admins_only(
     bot_settings, jobs, monkeypatch
 ):
-    import engine.queueing
+    import engine.worker.dispatch
 
-    monkeypatch.setattr(engine.queueing, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     def run_row(run_id: int) -> TrainingRun:
         with session_scope(bot_settings.sqlalchemy_url) as s:

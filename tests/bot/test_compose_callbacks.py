@@ -14,7 +14,7 @@ from bot.cogs.compose import Compose
 from bot.cogs.info import Info
 from bot.errors import answer_error
 from engine.errors import BadMidi, BadParams, RateLimited
-from engine.records import RequestStatus
+from engine.store.records import RequestStatus
 from tests.bot.conftest import midi_bytes, mock_interaction, real_attachment, until
 
 
@@ -215,8 +215,8 @@ def test_history_and_status_answer_ephemerally(bot_settings, jobs, worker):
 def test_share_default_then_forget(bot_settings, jobs):
     from sqlalchemy import select
 
-    from engine.db import session_scope
-    from engine.records import Tune
+    from engine.store.db import session_scope
+    from engine.store.records import Tune
 
     async def scenario() -> None:
         bot = make_bot(bot_settings, jobs)

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.celery_app import TASK_GENERATE, TASK_RENDER
-from engine.jobs import JobService
-from engine.notify import channel_name, publish_request_changed
+from engine.service.notify import channel_name, publish_request_changed
+from engine.service.requests import JobService
+from engine.worker.app import TASK_GENERATE, TASK_RENDER
 from tests.bot.conftest import SimulatedWorker, discord_harness, midi_bytes, queued, until
 from tests.conftest import REDIS_URL, port_open
 
@@ -64,17 +64,23 @@ def test_sqlite_bots_poll_often_and_woken_bots_rarely(bot_settings, redis_settin
 def test_the_worker_publishes_after_generate_and_render(redis_settings, monkeypatch):
     import redis
 
-    import engine.tasks
+    import engine.worker.signals
 
-    monkeypatch.setattr(engine.tasks, "get_settings", lambda: redis_settings)
+    monkeypatch.setattr(engine.worker.signals, "get_settings", lambda: redis_settings)
     client = redis.Redis.from_url(REDIS_URL)
     pubsub = client.pubsub()
     pubsub.subscribe(channel_name(redis_settings))
     pubsub.get_message(timeout=5)  # the subscription's confirmation
     # a generate task that batched requests 4 and 5, then request 4's render
-    engine.tasks._wake_the_bot(task=SimpleNamespace(name=TASK_GENERATE), args=(4,), retval=[4, 5])
-    engine.tasks._wake_the_bot(task=SimpleNamespace(name=TASK_RENDER), args=(4,), retval=True)
-    engine.tasks._wake_the_bot(task=SimpleNamespace(name="motif.other"), args=(9,), retval=None)
+    engine.worker.signals._wake_the_bot(
+        task=SimpleNamespace(name=TASK_GENERATE), args=(4,), retval=[4, 5]
+    )
+    engine.worker.signals._wake_the_bot(
+        task=SimpleNamespace(name=TASK_RENDER), args=(4,), retval=True
+    )
+    engine.worker.signals._wake_the_bot(
+        task=SimpleNamespace(name="motif.other"), args=(9,), retval=None
+    )
     got = []
     deadline = time.monotonic() + 10
     while len(got) < 3 and time.monotonic() < deadline:

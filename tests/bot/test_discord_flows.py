@@ -12,8 +12,8 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from engine.db import session_scope
-from engine.records import AuditLog, RequestKind, RequestStatus
+from engine.store.db import session_scope
+from engine.store.records import AuditLog, RequestKind, RequestStatus
 from tests.bot.conftest import TOKEN, discord_harness, midi_bytes, queued, until
 from tests.bot.fake_discord import APP_ID, CHANNEL_ID, GUILD_ID
 
@@ -89,7 +89,7 @@ def test_compose_with_an_attachment_defers_edits_progress_and_follows_up_with_fi
 
 
 def test_compose_end_to_end_with_each_worker(bot_settings, jobs, dispatched, any_worker):
-    """The same flow with the simulated worker and with engine.pipeline's real one."""
+    """The same flow with the simulated worker and with engine.worker.pipeline's real one."""
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
@@ -387,7 +387,7 @@ def _callback_of(fake, payload: dict) -> dict:  # type: ignore[no-untyped-def]
 def test_the_owner_cancels_a_queued_request_with_its_button(bot_settings, jobs, dispatched, worker):
     """Queued: a Cancel button under the progress. Someone else's press is refused; the owner's
     cancels; the progress ends on "cancelled" with no buttons; a worker never runs it."""
-    from engine.pipeline import run_generation
+    from engine.worker.pipeline import run_generation
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:

@@ -11,10 +11,10 @@ import time
 import discord
 
 from bot.views import ShareConsentButton, result_view
-from engine import db
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.records import ModelStatus, ModelVersion
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import ModelStatus, ModelVersion
 from tests.bot.conftest import (
     PipelineWorker,
     SimulatedWorker,
@@ -193,10 +193,10 @@ def test_user_text_is_escaped_and_no_one_is_pinged_unless_meant(bot_settings, jo
 def test_an_ephemeral_result_after_the_token_expires_goes_by_dm_never_to_the_channel(
     bot_settings, jobs, monkeypatch
 ):
-    import engine.queueing
-    from engine.records import RunStatus, TrainingRun
+    import engine.worker.dispatch
+    from engine.store.records import RunStatus, TrainingRun
 
-    monkeypatch.setattr(engine.queueing, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     def finish_run(run_id: int) -> None:
         with session_scope(bot_settings.sqlalchemy_url) as s:
@@ -224,7 +224,7 @@ def test_an_ephemeral_result_after_the_token_expires_goes_by_dm_never_to_the_cha
 
 
 def test_status_shows_worker_counts_not_host_names(bot_settings, jobs):
-    from engine.records import Worker
+    from engine.store.records import Worker
 
     with session_scope(bot_settings.sqlalchemy_url) as s:
         for i in range(2):
@@ -266,7 +266,7 @@ def test_operator_errors_never_reach_users(bot_settings, jobs, dispatched):
 
     asyncio.run(scenario())
     with session_scope(settings.sqlalchemy_url) as s:
-        from engine.records import Request
+        from engine.store.records import Request
 
         assert "missing.sf2" in (s.get(Request, 1).error_detail or "")
 
@@ -338,7 +338,7 @@ def test_rate_limited_progress_edits_are_retried_and_end_on_the_final_text(
 def test_continue_this_midi_on_someone_elses_message_makes_them_the_seeds_owner(
     bot_settings, jobs, dispatched
 ):
-    from engine.records import Request, Tune, User
+    from engine.store.records import Request, Tune, User
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
@@ -438,7 +438,7 @@ def test_a_reroll_of_someone_elses_result_cannot_be_shared_by_the_reroller(
 ):
     """Bob rerolls Ann's result (its MIDI holds Ann's seed) and presses Share, then Yes: refused
     while Ann does not share her seed (was: shared under Bob's consent)."""
-    from engine.retrain import collected_tunes
+    from engine.worker.retrain import collected_tunes
 
     worker = PipelineWorker(bot_settings)
 

@@ -10,9 +10,9 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
-from engine.db import session_scope
-from engine.midi_io import load_seed
-from engine.records import Request, Tune
+from engine.music.midi import load_seed
+from engine.store.db import session_scope
+from engine.store.records import Request, Tune
 from tests.bot.conftest import discord_harness, queued
 from tests.bot.fake_discord import APP_ID, CHANNEL_ID
 from tests.bot.test_discord_flows import CALLBACK, CHANNEL_POST, EPHEMERAL, FOLLOWUP, ORIGINAL
@@ -28,7 +28,7 @@ HOSTILE = (
 
 
 def seed_of(settings, request_id: int):  # type: ignore[no-untyped-def]
-    from engine.artifacts import store_for
+    from engine.store.artifacts import store_for
 
     with session_scope(settings.sqlalchemy_url) as s:
         req = s.get(Request, request_id)
@@ -128,8 +128,8 @@ def test_an_abc_code_block_with_a_mention_takes_the_first_tune_and_says_so(
 
 
 def test_continue_this_midi_takes_a_compressed_musicxml(bot_settings, jobs, dispatched):
-    from engine.music import Note, Piece
-    from engine.musicxml import score_xml
+    from engine.music.musicxml import score_xml
+    from engine.music.notes import Note, Piece
 
     xml = score_xml(
         Piece(tuple(Note(float(i), 1.0, 60 + i % 8) for i in range(12)), time_signature=(3, 4)),
@@ -191,7 +191,7 @@ def test_a_file_and_abc_at_once_is_refused(bot_settings, jobs, dispatched):
 
 
 def test_an_abc_seed_end_to_end_with_each_worker(bot_settings, jobs, dispatched, any_worker):
-    """With engine.pipeline's real worker too: audio, MIDI, MusicXML, score and piano roll."""
+    """With engine.worker.pipeline's real worker too: audio, MIDI, MusicXML, score and piano roll."""
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:

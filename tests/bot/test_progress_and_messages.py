@@ -7,12 +7,12 @@ import asyncio
 import pytest
 
 from bot import messages
-from bot.delivery import Upload, fit_uploads
+from bot.destinations import Upload, fit_uploads
 from bot.progress import EditThrottle
 from bot.views import result_view, varied_temperature
 from engine.errors import BadParams
-from engine.jobs import Progress
-from engine.records import RequestKind, RequestStatus
+from engine.service.requests import Progress
+from engine.store.records import RequestKind, RequestStatus
 
 
 class FakeClock:
@@ -166,7 +166,7 @@ def test_result_buttons_carry_the_request_id():
 
 
 def test_a_finished_run_says_its_candidate_is_already_active():
-    from engine.admin import RunInfo
+    from engine.service.admin import RunInfo
 
     info = RunInfo(
         id=4, status="done", progress={}, metrics={"val_nll": 2.5}, error=None,

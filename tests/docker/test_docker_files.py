@@ -325,8 +325,8 @@ def test_services_start_in_order():
 
 
 def test_workers_consume_every_queue_and_the_gpu_worker_reserves_a_gpu():
-    from engine.celery_app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
     from engine.cli import build_parser
+    from engine.worker.app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
 
     parsed = {
         name: build_parser().parse_args(SERVICES[name]["command"][1:])
@@ -426,21 +426,21 @@ def test_every_motif_setting_named_in_the_docker_files_is_documented():
 def test_flower_runs_celery_flower_on_motifs_app():
     cmd = SERVICES["flower"]["command"]
     assert cmd == exec_form(last(FLOWER, "CMD"))
-    assert cmd[:4] == ["celery", "-A", "engine.celery_app", "flower"] and "--port=5555" in cmd
+    assert cmd[:4] == ["celery", "-A", "engine.worker.app", "flower"] and "--port=5555" in cmd
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
     from celery import Celery
 
-    import engine.celery_app
+    import engine.worker.app
 
-    assert isinstance(engine.celery_app.app, Celery)
+    assert isinstance(engine.worker.app.app, Celery)
 
 
 # --- the commands, run here -----------------------------------------------------------------
 
 
 def insert_worker_row(url: str, hostname: str, age_s: float) -> None:
-    from engine.db import session_scope
-    from engine.records import Worker, utcnow
+    from engine.store.db import session_scope
+    from engine.store.records import Worker, utcnow
 
     with session_scope(url) as session:
         session.add(
@@ -455,9 +455,9 @@ def insert_worker_row(url: str, hostname: str, age_s: float) -> None:
 
 
 def test_migration_then_worker_healthcheck_on_sqlite(tmp_path):
-    from engine import db
     from engine.health import health
     from engine.settings import Settings
+    from engine.store import db
 
     url = f"sqlite:///{tmp_path / 'motif.db'}"
     env = {"MOTIF_DATABASE_URL": url, "MOTIF_DATA_DIR": str(tmp_path / "data")}
@@ -477,9 +477,9 @@ def test_migration_then_worker_healthcheck_on_sqlite(tmp_path):
 
 
 def test_health_reasons(tmp_path, capsys):
-    from engine import db
     from engine.health import health
     from engine.settings import Settings
+    from engine.store import db
 
     url = f"sqlite:///{tmp_path / 'h.db'}"
     settings = Settings(_env_file=None, database_url=url, data_dir=tmp_path / "data")
@@ -539,7 +539,7 @@ def pg_database_url():
     try:
         yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        from engine import db
+        from engine.store import db
 
         for url, engine in list(db._engines.items()):
             if name in url:

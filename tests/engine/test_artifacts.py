@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.artifacts import ArtifactStore
+from engine.store.artifacts import ArtifactStore
 
 
 def test_local_store_round_trip_and_atomic_overwrite(tmp_path):

@@ -12,9 +12,15 @@ import soundfile
 from scipy.signal import resample_poly
 
 from bench.render_bench import four_voice_midi
-from engine.audio import encode, integrated_loudness, normalize_loudness, render_audio, true_peak
+from engine.audio.encode import (
+    encode,
+    integrated_loudness,
+    normalize_loudness,
+    render_audio,
+    true_peak,
+)
+from engine.audio.synth import TAIL_MAX_S, fluidsynth_available, get_renderer
 from engine.errors import BadMidi
-from engine.render import TAIL_MAX_S, fluidsynth_available, get_renderer
 from engine.settings import Settings
 
 RATE = 44100

@@ -7,8 +7,8 @@ import shutil
 import subprocess
 import sys
 
-from engine.audio_setup import PACKAGE, plan_audio_setup
-from engine.render import fluidsynth_available
+from engine.audio.setup import PACKAGE, plan_audio_setup
+from engine.audio.synth import fluidsynth_available
 from tests.conftest import ROOT, make_settings, settings_env
 
 FACTS = dict(euid=1000, apt_get="/usr/bin/apt-get", sudo="/usr/bin/sudo", sudo_ok=False, brew=None)

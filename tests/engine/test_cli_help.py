@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from engine import catalog
 from engine.cli import build_parser
+from engine.music import catalog
 from tests.conftest import ROOT
 
 

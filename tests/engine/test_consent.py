@@ -1,7 +1,7 @@
 """Consent follows the seed's owner: someone else's reroll or extension of your music cannot put it
 into the training collection without you, and `/forget` withdraws what was made from it.
 
-The results are made by the real pipeline (`engine.pipeline.process_request`: model + render).
+The results are made by the real pipeline (`engine.worker.pipeline.process_request`: model + render).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine.db import session_scope
 from engine.errors import NotAllowed
-from engine.jobs import JobService, Requester, validate_options
-from engine.records import Request, RequestKind, Tune
-from engine.retrain import collected_tunes
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store.db import session_scope
+from engine.store.records import Request, RequestKind, Tune
+from engine.worker.retrain import collected_tunes
 from tests.bot.conftest import midi_bytes
 from tests.conftest import default_model_present, example_seed_bytes
 
@@ -26,7 +26,7 @@ def made(settings):  # type: ignore[no-untyped-def]
     """A service whose requests are generated and rendered by the real pipeline."""
     if not default_model_present():
         pytest.skip("the default model (engine/data/motif-default.pt) is not there")
-    from engine.pipeline import process_request
+    from engine.worker.pipeline import process_request
 
     service = JobService(settings, dispatch=lambda _: None)
 
@@ -42,7 +42,7 @@ def made(settings):  # type: ignore[no-untyped-def]
 
 def tune_owner(settings, tune_id: int) -> int | None:  # type: ignore[no-untyped-def]
     with session_scope(settings.sqlalchemy_url) as s:
-        from engine.records import User
+        from engine.store.records import User
 
         tune = s.get(Tune, tune_id)
         user = s.get(User, tune.owner_id) if tune and tune.owner_id else None

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.copy_fit import copy_nll, fit
-from engine.copying import (
+from engine.model.checkpoint import load_checkpoint, save_checkpoint
+from engine.model.copy_fit import copy_nll, fit
+from engine.model.copying import (
     COPY_FIELDS,
     LEVELS_PER_KIND,
     N_LEVELS,
@@ -21,12 +21,12 @@ from engine.copying import (
     copy_params_of,
     mix_logits,
 )
-from engine.generate import GenerationRequest, continue_batch, continue_seed
-from engine.model import DURATION, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.music import Note, Piece
+from engine.model.events import EventCodec
+from engine.model.generate import GenerationRequest, continue_batch, continue_seed
+from engine.model.network import DURATION, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.train import collate, cut_window, encode_pieces
+from engine.music.notes import Note, Piece
 from engine.settings import DEFAULT_MODEL_PATH
-from engine.tokens import EventCodec
-from engine.train import collate, cut_window, encode_pieces
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()
@@ -180,7 +180,7 @@ def test_every_model_decodes_with_the_shipped_fit(lm):
 
 
 def test_decoding_with_copy_returns_the_seeds_figures():
-    from engine.fidelity import pattern_reuse
+    from engine.model.fidelity import pattern_reuse
 
     shipped = load_checkpoint(DEFAULT_MODEL_PATH)  # a trained network: real rhythms to match
     seed = _tune(2)

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.corpus import (
+from engine.errors import NotFound
+from engine.model.corpus import (
     COLLECTIONS,
     WorkItem,
     build_corpus,
@@ -16,9 +17,8 @@ from engine.corpus import (
     split_of,
     work_items,
 )
-from engine.errors import NotFound
+from engine.model.events import SHIFT, EventCodec
 from engine.settings import DEFAULT_CORPUS_PATH
-from engine.tokens import SHIFT, EventCodec
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_work_items_find_the_music21_collections():
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
-    with pytest.raises(NotFound, match="python -m engine.corpus"):
+    with pytest.raises(NotFound, match="python -m engine.model.corpus"):
         load_corpus(tmp_path / "nothing.npz")
 
 

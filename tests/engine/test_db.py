@@ -9,8 +9,8 @@ import time
 import pytest
 from sqlalchemy import inspect
 
-from engine import db
 from engine.errors import SchemaOutOfDate, ServiceUnavailable
+from engine.store import db
 from tests.conftest import ROOT
 
 TABLES = {
@@ -71,11 +71,11 @@ def test_unreachable_database_is_a_clear_error():
 
 
 def test_the_migrations_build_exactly_the_orm_schema(tmp_path):
-    """A column added to engine/records.py without a migration (or the reverse) fails here."""
+    """A column added to engine/store/records.py without a migration (or the reverse) fails here."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from engine.records import Base
+    from engine.store.records import Base
 
     url = f"sqlite:///{tmp_path / 'schema.db'}"
     db.upgrade(url)
@@ -116,7 +116,7 @@ def test_the_postgres_fixture_uses_a_database_of_its_own(request):
 
 def _ensure_at_once(url: str, n: int = 4) -> list[subprocess.CompletedProcess[str]]:
     code = (
-        "import sys; from engine.db import ensure_schema; "
+        "import sys; from engine.store.db import ensure_schema; "
         "ensure_schema(sys.argv[1], auto_create=True); print('ok')"
     )
     procs = [
@@ -154,7 +154,7 @@ def test_a_database_server_that_never_answers_is_a_clear_error_after_the_connect
     import threading
     import time
 
-    from engine.jobs import JobService, Requester
+    from engine.service.requests import JobService, Requester
     from tests.conftest import make_settings
 
     server = socket.socket()
@@ -228,3 +228,21 @@ def test_a_writer_that_never_lets_go_is_still_a_bounded_error(tmp_path):
         db.use_wal(cur, wait_s=0.3)
     assert time.monotonic() - started < 1.8  # gave up at its bound, not when the writer let go
     holder.join()
+
+
+def test_origin_is_an_enum_over_the_same_string_column(tmp_path):
+    """`Request.origin` reads back as a RequestOrigin; the column stays String(16) (the schema
+    test above sees no change), so rows written before the enum read the same."""
+    from sqlalchemy import select, text
+
+    from engine.store.records import Request, RequestKind, RequestOrigin, RequestStatus
+
+    url = f"sqlite:///{tmp_path / 'origin.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as session:
+        session.add(
+            Request(origin="menu", kind=RequestKind.COMPOSE, params={}, status=RequestStatus.QUEUED)
+        )
+    with db.session_scope(url) as session:
+        assert session.scalars(select(Request)).one().origin is RequestOrigin.MENU
+        assert session.scalar(text("SELECT origin FROM requests")) == "menu"

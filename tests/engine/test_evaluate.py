@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.evaluate import (
+from bench.evaluate import (
     BASELINE,
     EQUAL_WIDTH,
     MOTIF,
@@ -20,8 +20,8 @@ from engine.evaluate import (
     pick_cases,
     without_near_duplicates,
 )
-from engine.music import Note, Piece
-from engine.quality import TrainingIndex
+from engine.music.metrics import TrainingIndex
+from engine.music.notes import Note, Piece
 
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
@@ -128,11 +128,11 @@ def tiny_files(tmp_path, monkeypatch):
     """A random tiny Motif checkpoint, a tiny baseline and a fake corpus of scale tunes."""
     import torch
 
-    import engine.corpus
+    import engine.model.corpus
     from bench.baseline import save_baseline, train_baseline
-    from engine.checkpoint import save_checkpoint
-    from engine.model import ModelConfig, MotifSeq2Seq
-    from engine.tokens import EventCodec
+    from engine.model.checkpoint import save_checkpoint
+    from engine.model.events import EventCodec
+    from engine.model.network import ModelConfig, MotifSeq2Seq
 
     torch.manual_seed(0)
     codec = EventCodec()
@@ -155,12 +155,12 @@ def tiny_files(tmp_path, monkeypatch):
         def pieces(self, split):
             return splits[split]
 
-    monkeypatch.setattr(engine.corpus, "load_corpus", lambda path=None: FakeCorpus())
+    monkeypatch.setattr(engine.model.corpus, "load_corpus", lambda path=None: FakeCorpus())
     return model_path, baseline_path
 
 
 def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
-    from engine.evaluate import evaluate, main
+    from bench.evaluate import evaluate, main
 
     model_path, baseline_path = tiny_files
     report = evaluate(model_path, baseline_path, "fake.npz", n_seeds=4, bars=2, seed_bars=2)
@@ -180,13 +180,13 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
     assert main([*argv, "--seed-bars", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["baseline"] is None and BASELINE not in data["quality"]
-    from engine.generate import KEY_GRAVITY
+    from engine.model.generate import KEY_GRAVITY
 
     assert data["settings"]["key_gravity"] == KEY_GRAVITY  # the generator's default
 
 
 def test_evaluate_with_another_key_gravity_and_no_likelihoods(tiny_files, tmp_path, capsys):
-    from engine.evaluate import main
+    from bench.evaluate import main
 
     model_path, _ = tiny_files
     out = tmp_path / "report.json"
@@ -206,10 +206,10 @@ def test_half_precision_likelihood_rows(tiny_files, tmp_path, capsys):
     to the float32 figure for a tiny model, and the loaded model itself stays float32."""
     import torch
 
-    from engine.checkpoint import load_checkpoint
-    from engine.corpus import load_corpus
-    from engine.evaluate import main
-    from engine.train import evaluate_nll
+    from bench.evaluate import main
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.corpus import load_corpus
+    from engine.model.train import evaluate_nll
 
     model_path, _ = tiny_files
     lm = load_checkpoint(model_path)
@@ -229,7 +229,7 @@ def test_half_precision_likelihood_rows(tiny_files, tmp_path, capsys):
 
 
 def test_motif_eval_passes_its_options_through_the_motif_command(tiny_files, tmp_path, capsys):
-    """`motif eval --model …` (options first) reaches engine.evaluate's parser; argparse's
+    """`motif eval --model …` (options first) reaches bench.evaluate's parser; argparse's
     REMAINDER alone used to refuse it, and `motif train --help` printed motif's usage."""
     from engine.cli import main
 

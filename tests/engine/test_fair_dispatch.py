@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from engine.jobs import JobService, Requester, validate_options
-from engine.pipeline import claim_for_generation, drain_queued
+from engine.service.requests import JobService, Requester, validate_options
+from engine.worker.pipeline import claim_for_generation, drain_queued
 from tests.conftest import make_settings
 
 
 def test_fair_order_takes_turns_between_guilds_oldest_first():
-    from engine.pipeline import fair_order
+    from engine.worker.pipeline import fair_order
 
     waiting = [(1, 10), (2, 10), (3, 10), (4, 10), (5, 20), (6, None), (7, 20)]
     assert fair_order(waiting) == [1, 5, 6, 2, 7, 3, 4]
@@ -18,7 +18,7 @@ def test_fair_order_takes_turns_between_guilds_oldest_first():
 
 
 def test_one_guilds_flood_does_not_fill_the_batch(tmp_path):
-    from engine import db
+    from engine.store import db
 
     settings = make_settings(tmp_path, user_rate_per_min=100, user_max_concurrent=100)
     db.upgrade(settings.sqlalchemy_url)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from engine import db
-from engine.db import session_scope
 from engine.errors import ServiceUnavailable, StorageUnavailable
-from engine.jobs import JobService, Requester, validate_options
-from engine.pipeline import process_request
-from engine.records import Artifact, Request, RequestStatus
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Artifact, Request, RequestStatus
+from engine.worker.pipeline import process_request
 from tests.conftest import (
     PG_URL,
     ROOT,
@@ -248,7 +248,7 @@ def test_four_first_time_composes_at_once_share_one_worker(tmp_path, tiny_model_
             ".png",
             ".png",
         ]
-    from engine.local_worker import live_queues
+    from engine.worker.local import live_queues
 
     deadline = time.monotonic() + 15
     while live_queues(settings) and time.monotonic() < deadline:

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.fidelity import (
+from engine.model.fidelity import (
     grid_overlap,
     has_bass,
     has_long_run,
@@ -20,7 +20,7 @@ from engine.fidelity import (
     seed_information_gain,
     summarize_fidelity,
 )
-from engine.music import Note, Piece
+from engine.music.notes import Note, Piece
 
 C_MAJOR_TUNE = [60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 72, 67, 64, 60, 60]
 
@@ -100,8 +100,8 @@ def test_summary_of_a_set():
 def test_seed_information_gain_of_a_model_trained_on_tunes_it_must_tell_apart(tmp_path):
     """A tiny model trained on two tunes in different keys: the seed must tell it which tune
     follows (where in the tune, which tune), so both gains are positive."""
-    from engine.checkpoint import load_checkpoint
-    from engine.train import TrainConfig, train
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.train import TrainConfig, train
 
     def tune(offset: int) -> Piece:
         return replace(_line([p + offset for p in C_MAJOR_TUNE] * 10), style="folk")

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import BadParams
-from engine.generate import (
+from engine.model.checkpoint import load_checkpoint, save_checkpoint
+from engine.model.events import EventCodec
+from engine.model.generate import (
     DISTINCT_WINDOW,
     MAX_CHORD,
     MAX_REPEATS,
@@ -25,9 +26,8 @@ from engine.generate import (
     scale_pitch_classes,
     seed_key,
 )
-from engine.model import PITCH, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.music import Note, Piece
-from engine.tokens import EventCodec
+from engine.model.network import PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()
@@ -106,7 +106,7 @@ def test_no_seed_works(lm):
 def test_no_seed_sounds_like_its_style(lm):
     """Metre, tempo and key from the style's corpus counts; key class 0 as training feeds an
     empty seed; the first note at once."""
-    from engine.style_priors import load_style_priors
+    from engine.model.style_priors import load_style_priors
 
     priors = load_style_priors()["folk"]
     pieces = [continue_seed(lm, None, 2, style="folk", seed_rng=i) for i in range(40)]
@@ -246,7 +246,7 @@ def test_bad_params_are_refused(lm):
 
 
 def test_shipped_default_model_continues_in_key():
-    from engine.quality import is_collapsed, key_kept
+    from engine.music.metrics import is_collapsed, key_kept
     from engine.settings import DEFAULT_MODEL_PATH
 
     if not DEFAULT_MODEL_PATH.exists():
@@ -503,7 +503,7 @@ def test_the_gpu_cadence_reads_the_device_once_per_check_not_per_note(lm):
 
 
 def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_result(lm):
-    from engine.generate import _encode
+    from engine.model.generate import _encode
 
     torch.manual_seed(3)
     lengths = [40, 2, 0, 38, 5, 1, 40, 3]  # three groups: (0, 1, 2), (3, 5), (38, 40, 40)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from engine.db import session_scope
 from engine.errors import (
     BadMidi,
     BadParams,
@@ -12,8 +11,9 @@ from engine.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from engine.jobs import ComposeOptions, JobService, Requester, validate_options
-from engine.records import Request, RequestKind, RequestStatus, Tune, TuneSource
+from engine.service.requests import ComposeOptions, JobService, Requester, validate_options
+from engine.store.db import session_scope
+from engine.store.records import Request, RequestKind, RequestStatus, Tune, TuneSource
 from tests.conftest import example_seed_bytes, make_settings
 
 
@@ -91,7 +91,7 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
     extend = service.progress(service.follow_up(who, rid, RequestKind.EXTEND))
     assert extend.params["from_bar"] is None and extend.notes == {}
     # the worker cuts the stored file the same way
-    from engine.pipeline import load_job
+    from engine.worker.pipeline import load_job
 
     job = load_job(rid, settings)
     assert job.seed is not None and max(n.start for n in job.seed.notes) < 2 * 4
@@ -110,7 +110,7 @@ def test_bad_seed_writes_nothing(settings):
 
 
 def test_broker_down_is_a_clear_error_that_says_the_request_is_saved(tmp_path):
-    from engine import db
+    from engine.store import db
 
     s = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")
     db.upgrade(s.sqlalchemy_url)
@@ -134,7 +134,7 @@ def test_database_down_is_a_clear_error(tmp_path):
 
 
 def test_per_user_limits_and_global_cap(tmp_path):
-    from engine import db
+    from engine.store import db
 
     s = make_settings(tmp_path, user_max_concurrent=2, user_rate_per_min=3, queue_cap=3)
     db.upgrade(s.sqlalchemy_url)
@@ -151,7 +151,7 @@ def test_per_user_limits_and_global_cap(tmp_path):
 
 
 def test_rate_limit_per_minute_says_when_to_retry(tmp_path):
-    from engine import db
+    from engine.store import db
 
     s = make_settings(tmp_path, user_max_concurrent=10, user_rate_per_min=2)
     db.upgrade(s.sqlalchemy_url)
@@ -164,7 +164,7 @@ def test_rate_limit_per_minute_says_when_to_retry(tmp_path):
 
 
 def test_follow_ups_rate_share_forget(tmp_path):
-    from engine import db
+    from engine.store import db
 
     settings = make_settings(tmp_path, user_max_concurrent=10)
     db.upgrade(settings.sqlalchemy_url)
@@ -251,8 +251,8 @@ def test_the_same_new_tune_stored_at_once_is_one_row_and_no_error(own_pg_databas
     gets the winner's row (insert-or-get), never an IntegrityError."""
     import threading
 
-    from engine import db
-    from engine.jobs import tune_for
+    from engine.service.requests import tune_for
+    from engine.store import db
 
     url, _ = own_pg_database
     db.upgrade(url)

@@ -12,12 +12,12 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from engine import db
-from engine.db import session_scope
 from engine.errors import QueueFull, RateLimited
-from engine.jobs import JobService, Requester, validate_options
-from engine.records import Request
+from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Request
 from tests.conftest import make_settings
 
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import BadMidi
-from engine.midi_io import (
+from engine.music.midi import (
     AbsurdTempo,
     CorruptMidi,
     DrumOnlyMidi,
@@ -24,7 +24,7 @@ from engine.midi_io import (
     seed_notices,
     to_midi_bytes,
 )
-from engine.music import Note, Piece
+from engine.music.notes import Note, Piece
 
 
 # --- a tiny hand-written SMF builder, so every bad case is a real file ------------------------

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model import FIELDS, POSITION, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.tokens import EventCodec
+from engine.model.events import EventCodec
+from engine.model.network import FIELDS, POSITION, SHIFT, Memory, ModelConfig, MotifSeq2Seq, State
 from tests.tolerance import REARRANGED, SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()
@@ -35,11 +35,49 @@ def test_shapes_and_empty_seeds():
     assert logits[0].shape == (3, 7, CODEC.n_shift) and torch.isfinite(logits[1]).all()
 
 
+# --- the oracle: one plain LSTMCell step per note, the reference of `BatchDecoder.step` ----------
+def decoder_cells(model: MotifSeq2Seq) -> list[torch.nn.LSTMCell]:
+    """LSTMCells whose parameters ARE the decoder LSTM's (same tensors, nothing to sync)."""
+    lstm = model.decoder
+    cells = []
+    for layer in range(lstm.num_layers):
+        in_size = lstm.input_size if layer == 0 else lstm.hidden_size
+        cell = torch.nn.LSTMCell(in_size, lstm.hidden_size, device="meta")
+        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            setattr(cell, n, getattr(lstm, f"{n}_l{layer}"))
+        cells.append(cell)
+    return cells
+
+
+def reference_step(
+    model: MotifSeq2Seq,
+    prev: torch.Tensor | None,
+    style: torch.Tensor,
+    state: State,
+    memory: Memory,
+) -> tuple[torch.Tensor, State]:
+    """One decoder step: prev (B, 5) is the previous note (None: the START step); the key
+    comes from the memory. Returns the heads' input o (B, H) and the new state. Call in eval
+    mode."""
+    cond = model.embed.conditioning(style, memory.key)  # (B, D)
+    if prev is None:
+        x = model.embed.start + cond  # (B, D)
+    else:
+        x = model.embed(prev.clamp_min(0)[:, None, :], cond)[:, 0]  # (B, D)
+    new_state: State = []
+    for cell, hc in zip(decoder_cells(model), state, strict=True):
+        h, c = cell(x, hc)  # (B, H) each
+        new_state.append((h, c))
+        x = h
+    o = model._head_input(model.attend(x[:, None, :], memory)[:, 0], memory)  # (B, H)
+    return o, new_state
+
+
 def _step_logits(model, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:
     memory = model.encode(seed, seed_len, style, key)
     state, prev, out = memory.state, None, [[] for _ in range(4)]
     for t in range(target.size(1)):
-        o, state = model.step(prev, style, state, memory)
+        o, state = reference_step(model, prev, style, state, memory)
         ctx = o
         for f in range(4):
             out[f].append(model.heads.logits(f, ctx))
@@ -69,7 +107,7 @@ def test_step_path_equals_full_lstm_path():
 
 def test_cells_share_the_lstm_weights_and_never_drift():
     model = _model()
-    for layer, cell in enumerate(model.decoder_cells()):
+    for layer, cell in enumerate(decoder_cells(model)):
         assert cell.weight_ih is getattr(model.decoder, f"weight_ih_l{layer}")
         assert cell.bias_hh is getattr(model.decoder, f"bias_hh_l{layer}")
     # no second copy in the state dict

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import event, func, select
 
-from engine.db import engine_for, session_scope
-from engine.model_registry import ensure_default_model, file_version, register_checkpoint
-from engine.records import ModelStatus, ModelVersion
+from engine.store.db import engine_for, session_scope
+from engine.store.models import ensure_default_model, file_version, register_checkpoint
+from engine.store.records import ModelStatus, ModelVersion
 from tests.conftest import make_settings
 
 
@@ -14,7 +14,7 @@ def test_two_workers_registering_the_default_at_once_both_succeed(tmp_path, tiny
     """The first start of two workers: the second registers the same default version between
     the first one's look and its insert (a real second writer, timed by a hook on the
     engine's own statements). Neither fails, and one row stays, active."""
-    from engine import db
+    from engine.store import db
 
     settings = make_settings(tmp_path, default_model_path=tiny_model_path)
     db.upgrade(settings.sqlalchemy_url)
@@ -43,7 +43,7 @@ def test_two_workers_registering_the_default_at_once_both_succeed(tmp_path, tiny
 
 
 def test_registering_a_version_twice_keeps_the_first_row(tmp_path, tiny_model_path):
-    from engine import db
+    from engine.store import db
 
     settings = make_settings(tmp_path)
     db.upgrade(settings.sqlalchemy_url)

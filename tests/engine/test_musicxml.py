@@ -10,10 +10,18 @@ import subprocess
 
 import pytest
 
-from engine.midi_io import load_seed, to_midi_bytes
-from engine.music import Note, Piece
-from engine.musicxml import _VALUES, TICKS, _split, grid_length, key_fifths, score_xml, spelling
-from engine.score_image import result_key
+from engine.audio.score import result_key
+from engine.music.midi import load_seed, to_midi_bytes
+from engine.music.musicxml import (
+    _VALUES,
+    TICKS,
+    _split,
+    grid_length,
+    key_fifths,
+    score_xml,
+    spelling,
+)
+from engine.music.notes import Note, Piece
 
 music21 = pytest.importorskip("music21")
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine import db
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.midi_io import load_seed
-from engine.notation_seeds import UnsafeXml
-from engine.pipeline import process_request, split_result
-from engine.records import Request, RequestStatus, Tune
+from engine.music.midi import load_seed, split_result
+from engine.music.notation import UnsafeXml
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Request, RequestStatus, Tune
+from engine.worker.pipeline import process_request
 from tests.conftest import make_settings
 from tests.engine.test_notation_seeds import BILLION_LAUGHS, JIG, TWO_TUNES
 
@@ -77,7 +77,7 @@ def test_an_abc_seeds_continuation_keeps_the_tunes_key_and_metre(tmp_path):
 
 def test_the_inline_picture_option_is_checked_and_kept_by_follow_ups(tmp_path):
     from engine.errors import BadParams
-    from engine.records import RequestKind
+    from engine.store.records import RequestKind
 
     with pytest.raises(BadParams, match="image must be one of"):
         validate_options(image="banana")

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import notation_seeds
 from engine.errors import BadMidi, MotifError
-from engine.music import Note, Piece
-from engine.musicxml import TICKS, score_xml
-from engine.notation_seeds import (
+from engine.music import notation as notation_seeds
+from engine.music.musicxml import TICKS, score_xml
+from engine.music.notation import (
     PARSER,
     BadNotation,
     NotationLimits,
@@ -27,6 +26,7 @@ from engine.notation_seeds import (
     UnsafeXml,
     load_notation_seed,
 )
+from engine.music.notes import Note, Piece
 
 music21 = pytest.importorskip("music21")
 
@@ -267,7 +267,7 @@ def test_this_process_never_imports_music21():
 
     code = (
         "import sys\n"
-        "from engine.notation_seeds import load_notation_seed\n"
+        "from engine.music.notation import load_notation_seed\n"
         f"s = load_notation_seed({JIG!r}, 'jig.abc')\n"
         "assert len(s.piece.notes) == 41\n"
         "assert 'music21' not in sys.modules, 'music21 imported in the caller'\n"

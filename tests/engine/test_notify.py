@@ -10,7 +10,12 @@ import uuid
 
 import pytest
 
-from engine.notify import RequestWakeups, channel_kind, channel_name, publish_request_changed
+from engine.service.notify import (
+    RequestWakeups,
+    channel_kind,
+    channel_name,
+    publish_request_changed,
+)
 from tests.conftest import PG_URL, REDIS_URL, make_settings, port_open
 
 
@@ -72,7 +77,7 @@ def test_postgres_notify_wakes_the_waiting_request(tmp_path):
 
 def test_an_unreachable_channel_costs_a_warning_not_a_failure(tmp_path, caplog):
     dead = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")  # nothing listens on 1
-    with caplog.at_level(logging.WARNING, logger="engine.notify"):
+    with caplog.at_level(logging.WARNING, logger="engine.service.notify"):
         publish_request_changed(dead, [3])
     assert "could not publish a wake-up" in caplog.text
 

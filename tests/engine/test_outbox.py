@@ -14,14 +14,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from engine import db
-from engine.db import session_scope
 from engine.errors import QueueUnreachable
-from engine.jobs import JobService, Requester, validate_options
-from engine.pipeline import claim_for_generation, process_request, run_generation, run_render
-from engine.queueing import dispatch_request
-from engine.reaper import reap, resend_lost
-from engine.records import Artifact, Request, RequestStatus, Worker, utcnow
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Artifact, Request, RequestStatus, Worker, utcnow
+from engine.worker.dispatch import dispatch_request
+from engine.worker.pipeline import claim_for_generation, process_request, run_generation, run_render
+from engine.worker.reaper import reap, resend_lost
 from tests.conftest import example_seed_bytes, make_settings
 
 
@@ -108,7 +108,7 @@ def test_lost_queued_messages_are_resent_only_when_generation_is_idle(tmp_path):
 
     def resent() -> list[int]:
         sent.clear()
-        import engine.queueing as q
+        import engine.worker.dispatch as q
 
         real = q.dispatch_request
         q.dispatch_request = lambda rid, settings=None: sent.append(rid)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.music import Note, Piece
-from engine.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR, note_name, piano_roll_png
+from engine.audio.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR, note_name, piano_roll_png
+from engine.music.notes import Note, Piece
 
 MAX_BYTES = 300 * 1024
 
@@ -79,7 +79,7 @@ def test_note_names_are_scientific_pitch():
 
 def test_notes_are_drawn_where_they_sound():
     """A note's rectangle is at its beat and pitch, in its part's colour (louder: stronger)."""
-    from engine.pianoroll import BOTTOM, LEFT, RIGHT, TOP
+    from engine.audio.pianoroll import BOTTOM, LEFT, RIGHT, TOP
 
     seed = piece([Note(0, 4, 60, 127), Note(4, 4, 72, 127)])  # one 4/4 bar each
     cont = piece([Note(8, 4, 66, 127), Note(12, 4, 54, 1)])
@@ -112,8 +112,8 @@ def test_the_piano_roll_needs_no_matplotlib_figure():
 
     code = (
         "import sys\n"
-        "from engine.music import Note, Piece\n"
-        "from engine.pianoroll import piano_roll_png\n"
+        "from engine.music.notes import Note, Piece\n"
+        "from engine.audio.pianoroll import piano_roll_png\n"
         "png = piano_roll_png(None, Piece((Note(0, 1, 60),)), title='t')\n"
         "assert png[:4] == b'\\x89PNG'\n"
         "print(sorted(m for m in sys.modules if m.startswith('matplotlib')))\n"

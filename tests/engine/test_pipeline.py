@@ -1,4 +1,4 @@
-"""The generate and render steps of `engine.pipeline`, called directly on a real embedded Motif."""
+"""The generate and render steps of `engine.worker.pipeline`, called directly on a real embedded Motif."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 from PIL import Image
 from symusic import Score
 
-from engine import db
-from engine.artifacts import store_for
-from engine.jobs import JobService, Requester, validate_options
-from engine.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR
-from engine.pipeline import run_generation, run_render, split_result
-from engine.records import ArtifactKind, RequestStatus
+from engine.audio.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR
+from engine.music.midi import split_result
+from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
+from engine.store import db
+from engine.store.artifacts import store_for
+from engine.store.records import ArtifactKind, RequestStatus
+from engine.worker.pipeline import run_generation, run_render
 from tests.conftest import example_seed_bytes, make_settings
 
 

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.music import Note, Piece
-from engine.quality import (
+from engine.music.metrics import (
     TrainingIndex,
     distinct_durations,
     estimate_key,
@@ -25,6 +24,7 @@ from engine.quality import (
     summarize,
     top_line,
 )
+from engine.music.notes import Note, Piece
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71]
 

@@ -10,11 +10,11 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from engine import db
 from engine.cli import live_workers
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.records import Artifact, Request, RequestStatus
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import Artifact, Request, RequestStatus
 from tests.conftest import (
     ROOT,
     example_seed_bytes,
@@ -265,9 +265,9 @@ def test_motif_cancel_withdraws_a_queued_cli_request_and_no_worker_runs_it(
 
 @pytest.mark.parametrize("suffix", [".abc", ".musicxml"])
 def test_motif_compose_cli_takes_abc_and_musicxml_seeds(tmp_path, tiny_model_path, suffix):
-    from engine.midi_io import load_seed
-    from engine.music import Note, Piece
-    from engine.musicxml import score_xml
+    from engine.music.midi import load_seed
+    from engine.music.musicxml import score_xml
+    from engine.music.notes import Note, Piece
     from tests.engine.test_notation_seeds import TWO_TUNES
 
     settings = make_settings(tmp_path, default_model_path=tiny_model_path)

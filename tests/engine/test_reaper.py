@@ -4,11 +4,11 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.pipeline import claim_for_generation, drain_queued
-from engine.reaper import reap
-from engine.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store.db import session_scope
+from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
+from engine.worker.pipeline import claim_for_generation, drain_queued
+from engine.worker.reaper import reap
 
 
 def _age(settings, rid: int, seconds: float, **values) -> None:
@@ -81,7 +81,7 @@ def test_a_run_that_finishes_while_the_reaper_looks_is_left_alone(settings):
     by a hook on the engine's own statements): the finished run must stay done."""
     from sqlalchemy import event
 
-    from engine.db import engine_for
+    from engine.store.db import engine_for
 
     url = settings.sqlalchemy_url
     with session_scope(url) as s:

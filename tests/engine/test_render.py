@@ -9,14 +9,14 @@ import pretty_midi
 import pytest
 
 from bench.render_bench import four_voice_midi
-from engine.errors import BadMidi, BadSoundfont
-from engine.render import (
+from engine.audio.synth import (
     TAIL_MAX_S,
     FluidSynthRenderer,
     TinySoundFontRenderer,
     fluidsynth_available,
     get_renderer,
 )
+from engine.errors import BadMidi, BadSoundfont
 from engine.settings import Settings
 
 needs_fluidsynth = pytest.mark.skipif(
@@ -143,13 +143,13 @@ def test_fluidsynth_is_chosen_and_loaded_once():
 
 
 def test_without_libfluidsynth_the_fallback_is_used_with_one_warning(monkeypatch, caplog):
-    import engine.render as render
+    import engine.audio.synth as render
 
     # As if `import fluidsynth` had raised (the library is not installed).
     monkeypatch.setattr(render, "_pyfluidsynth_tried", True)
     monkeypatch.setattr(render, "_pyfluidsynth_module", None)
     monkeypatch.setattr(render, "_warned_fallback", False)
-    with caplog.at_level("WARNING", logger="engine.render"):
+    with caplog.at_level("WARNING", logger="engine.audio.synth"):
         first = get_renderer(settings())
         second = get_renderer(settings(), prefer="fluidsynth")
     assert isinstance(first, TinySoundFontRenderer) and second is first

@@ -8,13 +8,14 @@ import pretty_midi
 import pytest
 from sqlalchemy import select
 
-from engine import admin, db
-from engine.admin import RetrainOptions, request_retrain, run_info
-from engine.db import session_scope
-from engine.jobs import JobService, Requester, validate_options
-from engine.model_registry import ensure_default_model
-from engine.records import ModelStatus, ModelVersion, RunStatus, Tune
-from engine.retrain import collected_tunes, gate, run_training
+from engine.service import admin
+from engine.service.admin import RetrainOptions, request_retrain, run_info
+from engine.service.requests import JobService, Requester, validate_options
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.models import ensure_default_model
+from engine.store.records import ModelStatus, ModelVersion, RunStatus, Tune
+from engine.worker.retrain import collected_tunes, gate, run_training
 from tests.conftest import make_settings, synthetic_pieces, wait_finished
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ TINY = {
 
 
 def midi_of(piece) -> bytes:
-    from engine.midi_io import to_midi_bytes
+    from engine.music.midi import to_midi_bytes
 
     return to_midi_bytes(piece)
 
@@ -109,7 +110,7 @@ def test_retrain_activates_a_good_candidate_and_rollback_restores(retrain_settin
     assert info.metrics["candidate_base_nll"] <= info.metrics["active_base_nll"] + 0.5
     assert admin.active_version(s) == info.candidate != before
     with session_scope(s.sqlalchemy_url) as session:
-        from engine.records import TrainingRun
+        from engine.store.records import TrainingRun
 
         run = session.get(TrainingRun, run_id)
         assert run.dataset_hash and run.dataset_size > 0 and run.duration_s > 0
@@ -220,7 +221,7 @@ def test_cancel_run_is_a_compare_and_set(retrain_settings):
     run_id = request_retrain(RetrainOptions(model_config=TINY), settings=s, dispatch=False)
     from sqlalchemy import update
 
-    from engine.records import TrainingRun
+    from engine.store.records import TrainingRun
 
     with session_scope(s.sqlalchemy_url) as session:  # a worker claimed it meanwhile
         session.execute(

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from engine.music import Note, Piece
-from engine.musicxml import SEED_COLOUR, score_xml
-from engine.score_image import MAX_PNG_BYTES, WIDTH_PX, engrave_result, score_png
+from engine.audio.score import MAX_PNG_BYTES, WIDTH_PX, engrave_result, score_png
+from engine.music.musicxml import SEED_COLOUR, score_xml
+from engine.music.notes import Note, Piece
 
 pytest.importorskip("verovio")
 pytest.importorskip("resvg_py")
@@ -68,14 +68,14 @@ def test_staff_lines_are_thick_enough_to_read_at_preview_width():
 
 
 def test_a_result_gets_musicxml_and_a_picture_and_survives_a_failed_picture(monkeypatch):
-    from engine.midi_io import to_midi_bytes
+    from engine.music.midi import to_midi_bytes
 
     seed, cont = two_hands(8)
     midi = to_midi_bytes(seed, cont)
     done = engrave_result(midi, seed, cont, title="Motif #1")
     assert done.musicxml.startswith(b"<?xml") and done.png is not None
 
-    import engine.score_image as score_image
+    import engine.audio.score as score_image
 
     def broken(svg: str) -> bytes:
         raise ValueError("resvg refused")

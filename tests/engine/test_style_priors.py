@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.corpus import load_corpus
-from engine.music import Note, Piece
-from engine.style_priors import compute_style_priors, draw_setting, load_style_priors
+from engine.model.corpus import load_corpus
+from engine.model.style_priors import compute_style_priors, draw_setting, load_style_priors
+from engine.music.notes import Note, Piece
 
 
 def _scale_tune(tonic: int, ts: tuple[int, int], style: str, tempo: float) -> Piece:

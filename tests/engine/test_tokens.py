@@ -5,8 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.music import Note, Piece
-from engine.tokens import (
+from engine.model.events import (
     DURATION,
     PITCH,
     POSITION,
@@ -15,6 +14,7 @@ from engine.tokens import (
     EventCodec,
     TokenizerConfig,
 )
+from engine.music.notes import Note, Piece
 
 CODEC = EventCodec()
 

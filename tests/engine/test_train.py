@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import (
+from engine.errors import NotFound
+from engine.model.checkpoint import (
     BadCheckpoint,
     load_checkpoint,
     pick_device,
     read_checkpoint_meta,
     save_checkpoint,
 )
-from engine.errors import NotFound
-from engine.generate import N_KEY
-from engine.model import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.music import Note, Piece
-from engine.tokens import EventCodec, TokenizerConfig
-from engine.train import (
+from engine.model.events import EventCodec, TokenizerConfig
+from engine.model.generate import N_KEY
+from engine.model.network import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.train import (
     TrainConfig,
     cut_window,
     encode_pieces,
@@ -30,6 +29,7 @@ from engine.train import (
     train,
     train_step,
 )
+from engine.music.notes import Note, Piece
 
 CODEC = EventCodec()
 
@@ -357,7 +357,7 @@ def test_cli_takes_cpu_bf16(tmp_path, monkeypatch):
         return SimpleNamespace(checkpoint=cfg.out, steps=0, wall_s=0.0, tokens_per_s=0.0,
                                best_val_nll=None, test={})  # fmt: skip
 
-    monkeypatch.setattr("engine.train.train", fake_train)
+    monkeypatch.setattr("engine.model.train.train", fake_train)
     assert main(["--cpu-bf16", "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
     assert main(["--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
     assert [c.cpu_bf16 for c in seen] == [True, False]  # off unless asked for

@@ -7,10 +7,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from engine import db
-from engine.db import session_scope
-from engine.jobs import JobService
-from engine.records import ModelVersion, Worker
+from engine.service.requests import JobService
+from engine.store import db
+from engine.store.db import session_scope
+from engine.store.records import ModelVersion, Worker
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow

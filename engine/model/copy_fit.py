@@ -1,0 +1,244 @@
+"""Scoring with the copy path, and fitting its lambdas by the likelihood of real music.
+
+`copy_nll`: the NLL per note event of real continuations (teacher forcing, the fixed evaluation
+windows of engine.train) with the copy path mixed in. `fit`: for each field and longest match,
+the lambda that makes the validation split's real continuations most likely; the voter weight
+from a short list, by the same likelihood. Nothing here looks at generated music.
+
+    python -m engine.model.copy_fit --model engine/data/motif-default.pt --out engine/data/copy-params.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.model.copying import (
+    COPY_FIELDS,
+    MAX_MATCH,
+    PARAMS_PATH,
+    CopyMemory,
+    CopyParams,
+)
+from engine.model.network import DURATION, IGNORE, PITCH, POSITION, SHIFT, VELOCITY, MotifSeq2Seq
+
+WEIGHTS = (1.0, 2.0, 4.0)  # voter weights per figure matched tried by `fit`
+EXACTS = (0.0, 2.0, 4.0, 8.0)  # voter weights for an exact (untransposed) match tried by `fit`
+ALIGNED = (0.0, 1.0, 2.0)  # voter weights for the same bar position tried by `fit`
+GRID = tuple((w, e, a) for w in WEIGHTS for e in EXACTS for a in ALIGNED)
+MAX_MATCHES = (4, 6, 8)  # tried by the command; the likeliest wins
+LAMBDAS = np.round(np.arange(0.0, 0.96, 0.01), 2)  # lambdas tried per field and match
+
+
+def _zeros(max_match: int) -> tuple[tuple[float, ...], ...]:
+    return ((0.0,) * (2 * (max_match + 1)),) * len(COPY_FIELDS)
+
+
+def _sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
+    cfg = model.config
+    return cfg.n_shift, cfg.n_pitch, cfg.n_duration
+
+
+@torch.no_grad()
+def _observe(
+    model: MotifSeq2Seq,
+    batch: dict[str, torch.Tensor],
+    grid: Sequence[tuple[float, float, float]],
+    max_match: int,
+) -> dict[str, torch.Tensor]:
+    """Per predicted field of every target note: the model's log-probability of the truth,
+    the votes' probability of it (one column per (weight, exact, aligned) of `grid`) and the best
+    voter's level (-1: no voter; the level does not depend on the weights).
+    Returns flat tensors for the three copy fields, and the velocity NLL summed."""
+    seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
+    logits = model(seed, seed_len, batch["style"], target, batch["key"])
+    logp = [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
+    sizes = _sizes(model)
+    T = target.size(1)
+    out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcb"}
+    memories = [
+        CopyMemory(seed, seed_len, sizes, CopyParams(w, e, _zeros(max_match), a), capacity=T)
+        for w, e, a in grid
+    ]
+    for t in range(T):
+        truth = target[:, t]  # (B, 5)
+        s, p, d = (
+            truth[:, SHIFT : SHIFT + 1],
+            truth[:, PITCH : PITCH + 1],
+            truth[:, DURATION:][:, :1],
+        )
+        for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
+            scored = value[:, 0] != IGNORE  # (B,)
+            if not bool(scored.any()):
+                continue
+            cols, best = [], None
+            for mem in memories:
+                if f == SHIFT:
+                    votes, _ = mem.shift_votes()
+                elif f == PITCH:
+                    votes, _ = mem.pitch_votes(s)
+                else:
+                    votes, _ = mem.duration_votes(s, p)
+                cols.append(votes.gather(1, value.clamp_min(0))[:, 0])
+                if best is None:
+                    best = mem.last_best
+            assert best is not None
+            out[f"m{f}"].append(logp[f][:, t].gather(1, value.clamp_min(0))[:, 0][scored])
+            out[f"c{f}"].append(torch.stack(cols, dim=1)[scored])
+            out[f"b{f}"].append(best[:, 0][scored])
+        for mem in memories:
+            mem.append(s, p, d, truth[:, POSITION : POSITION + 1])
+    velocity = target[..., VELOCITY]
+    vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
+    result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
+    result["velocity_nll"] = (vel_nll * (velocity != IGNORE)).sum().double()
+    result["notes"] = (target[..., SHIFT] != IGNORE).sum()
+    return result
+
+
+def _collect(
+    model: MotifSeq2Seq,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    grid: Sequence[tuple[float, float, float]],
+    max_match: int,
+) -> dict[str, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        for k, v in _observe(model, batch, grid, max_match).items():
+            parts.setdefault(k, []).append(v.cpu().reshape(-1) if v.dim() <= 1 else v.cpu())
+    model.train(was_training)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _mixed_nll(logp_model: torch.Tensor, p_copy: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    p = torch.exp(logp_model.double()) * (1 - lam) + p_copy.double() * lam
+    return -torch.log(p.clamp_min(1e-300))
+
+
+def _nll_of(seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int) -> dict[str, Any]:
+    total = float(seen["velocity_nll"].sum())
+    per_field = {}
+    for i, f in enumerate(COPY_FIELDS):
+        best = seen[f"b{f}"]
+        lam = torch.tensor(params.mix[i], dtype=torch.float64)[best.clamp_min(0)] * (best >= 0)
+        nll = float(_mixed_nll(seen[f"m{f}"], seen[f"c{f}"][:, weight_col], lam).sum())
+        per_field[f] = nll
+        total += nll
+    notes = int(seen["notes"].sum())
+    return {"nll_per_note": total / max(1, notes), "notes": notes, "fields": per_field}
+
+
+def copy_nll(
+    model: MotifSeq2Seq,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    params: CopyParams,
+) -> dict[str, Any]:
+    """NLL per note event (four fields summed) of the batches' real targets with the copy path
+    mixed in (`params`; NO_COPY gives the model's own NLL)."""
+    grid = ((params.weight, params.exact, params.aligned),)
+    seen = _collect(model, batches, device, grid, params.max_match)
+    if int(seen["notes"].sum()) == 0:
+        return {}
+    return _nll_of(seen, params, 0)
+
+
+def fit(
+    model: MotifSeq2Seq,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    grid: Sequence[tuple[float, float, float]] = GRID,
+    max_match: int = MAX_MATCH,
+) -> tuple[CopyParams, dict[str, Any]]:
+    """The lambdas (per field and level, from LAMBDAS) and the voter weights (from `grid`)
+    that minimise the batches' NLL per note; returns them and a report."""
+    seen = _collect(model, batches, device, grid, max_match)
+    levels = 2 * (max_match + 1)
+    lams = torch.tensor(LAMBDAS, dtype=torch.float64)
+    best_total, best_params = math.inf, CopyParams(0.0, 0.0, _zeros(max_match))
+    for w_col, (w, e, a) in enumerate(grid):
+        mix = []
+        for f in COPY_FIELDS:
+            row = []
+            for m in range(levels):
+                here = seen[f"b{f}"] == m
+                if not bool(here.any()):
+                    row.append(0.0)
+                    continue
+                pm, pc = seen[f"m{f}"][here], seen[f"c{f}"][here, w_col]
+                nll = _mixed_nll(pm[None, :], pc[None, :], lams[:, None]).sum(dim=1)
+                row.append(float(lams[int(nll.argmin())]))
+            mix.append(tuple(row))
+        params = CopyParams(float(w), float(e), tuple(mix), float(a))
+        total = _nll_of(seen, params, w_col)["nll_per_note"]
+        if total < best_total:
+            best_total, best_params = total, params
+    w_best = list(grid).index((best_params.weight, best_params.exact, best_params.aligned))
+    report = {
+        "nll_without_copy": _nll_of(seen, CopyParams(0, 0, _zeros(max_match)), 0)["nll_per_note"],
+        "max_match": max_match,
+        "nll_with_copy": best_total,
+        "notes": int(seen["notes"].sum()),
+        "notes_by_level": {
+            str(f): [int((seen[f"b{f}"] == m).sum()) for m in range(-1, levels)]
+            for f in COPY_FIELDS
+        },
+        "weight_column": w_best,
+    }
+    return best_params, report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.corpus import load_corpus
+    from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
+    from engine.settings import DEFAULT_MODEL_PATH
+
+    ap = argparse.ArgumentParser(prog="python -m engine.model.copy_fit", description=__doc__)
+    ap.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    ap.add_argument("--corpus", default=None, help="corpus .npz (default: the shipped one)")
+    ap.add_argument("--out", default=str(PARAMS_PATH))
+    ap.add_argument("--max-windows", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-match", type=int, nargs="+", default=list(MAX_MATCHES))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    lm = load_checkpoint(args.model or DEFAULT_MODEL_PATH)
+    val = load_corpus(Path(args.corpus) if args.corpus else None).pieces("validation")
+    data = encode_pieces(lm.codec, val)
+    batches = list(
+        eval_batches(data, lm.codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, args.max_windows)
+    )
+    fits = [fit(lm.model, batches, lm.device, max_match=m) for m in args.max_match]
+    params, report = min(fits, key=lambda f: f[1]["nll_with_copy"])
+    report["nll_by_max_match"] = {f[1]["max_match"]: f[1]["nll_with_copy"] for f in fits}
+    doc = {
+        "model": lm.meta.get("version"),
+        "fitted_on": f"validation split, {report['notes']} notes",
+        "command": "python -m engine.model.copy_fit " + " ".join(argv or []),
+        "report": report,
+        "params": params.to_dict(),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    with open(args.out, "w") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.write("\n")
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

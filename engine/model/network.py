@@ -1,0 +1,460 @@
+"""The seq2seq LSTM that continues a melody, one compound note event per step.
+
+An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
+and conditioned on the style and on the seed's estimated key (key classes: see
+`engine.model.generate.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY
+with one head each, every head seeing the fields already chosen for that note. Training runs the
+decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`, the same network
+rearranged for one note at a time (tests/engine/test_model.py keeps the plain reference step, with
+`nn.LSTMCell`s that share the LSTM's weight tensors, as the oracle).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Event columns (see docs/events.md); the first four are predicted, in this order.
+SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
+FIELDS = ("shift", "pitch", "duration", "velocity")
+IGNORE = -100  # target value of a field that is not predicted (after EOS, padding)
+
+State = list[tuple[torch.Tensor, torch.Tensor]]  # (h, c) per decoder layer, each (B, H)
+_SQRT_HALF = math.sqrt(0.5)
+
+
+@dataclass
+class ModelConfig:
+    # vocabulary sizes, from the EventCodec
+    n_shift: int  # includes EOS (the last class)
+    n_pitch: int
+    n_duration: int
+    n_velocity: int
+    n_position: int
+    n_style: int
+    n_key: int = 0  # 0: no key conditioning; 25: "unknown" + 12 major + 12 minor keys
+    # width
+    d_embed: int = 256
+    hidden: int = 384
+    layers: int = 2  # encoder and decoder each
+    dropout: float = 0.1
+    attention: bool = True
+
+    @classmethod
+    def for_codec(cls, codec, **sizes) -> ModelConfig:
+        return cls(
+            n_shift=codec.n_shift,
+            n_pitch=codec.n_pitch,
+            n_duration=codec.n_duration,
+            n_velocity=codec.n_velocity,
+            n_position=codec.n_position,
+            n_style=codec.n_style,
+            **sizes,
+        )
+
+
+@dataclass
+class Memory:
+    """What the decoder needs from the encoder."""
+
+    values: torch.Tensor  # (B, S, H) encoder outputs
+    keys: torch.Tensor | None  # (B, S, H) projected for Luong "general" scores; None: no attention
+    mask: torch.Tensor  # (B, S) True where a real seed step is
+    state: State  # the decoder's initial (h, c) per layer
+    key: torch.Tensor  # (B,) key class of the seed (0: unknown)
+
+    def select(self, rows: torch.Tensor) -> Memory:
+        """The memory of some rows only (generation drops rows that have finished)."""
+        return Memory(
+            values=self.values[rows],
+            keys=None if self.keys is None else self.keys[rows],
+            mask=self.mask[rows],
+            state=[(h[rows], c[rows]) for h, c in self.state],
+            key=self.key[rows],
+        )
+
+
+class EventEmbedding(nn.Module):
+    """A note event as the sum of its five column embeddings plus the style and key embeddings."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration, cfg.n_velocity, cfg.n_position)
+        self.columns = nn.ModuleList(nn.Embedding(n, cfg.d_embed) for n in sizes)
+        self.style = nn.Embedding(cfg.n_style, cfg.d_embed)
+        self.key = nn.Embedding(cfg.n_key, cfg.d_embed) if cfg.n_key else None
+        self.start = nn.Parameter(torch.zeros(cfg.d_embed))  # decoder input before the first note
+        self.no_seed = nn.Parameter(torch.zeros(cfg.d_embed))  # the one encoder step of no seed
+        for emb in [*self.columns, self.style, *([self.key] if self.key else [])]:
+            nn.init.normal_(emb.weight, std=0.3)  # seven summed: keep the LSTM gates unsaturated
+        nn.init.normal_(self.start, std=0.3)
+        nn.init.normal_(self.no_seed, std=0.3)
+
+    def conditioning(self, style: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """What every step adds: style (B,) and key (B,) -> (B, D)."""
+        cond = self.style(style)
+        return cond + self.key(key) if self.key is not None else cond
+
+    def forward(self, events: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # events (B, T, 5) int64 (no negative values), cond (B, D) -> (B, T, D)
+        x = cond[:, None, :]  # (B, 1, D)
+        for col, emb in enumerate(self.columns):
+            x = x + emb(events[..., col])
+        return x
+
+
+class NoteHeads(nn.Module):
+    """Factorised output: SHIFT, then PITCH given the shift (and the bar position it lands on),
+    DURATION given both, VELOCITY given all three."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.hidden
+        sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration, cfg.n_velocity)
+        self.out = nn.ModuleList(
+            nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, n)) for n in sizes
+        )
+        # embeddings of chosen fields, added to the context of the later heads
+        self.chosen = nn.ModuleList(
+            nn.Embedding(n, H) for n in (cfg.n_shift, cfg.n_pitch, cfg.n_duration)
+        )
+        self.chosen_position = nn.Embedding(cfg.n_position, H)
+        for emb in [*self.chosen, self.chosen_position]:
+            nn.init.normal_(emb.weight, std=0.1)
+
+    def logits(self, field: int, ctx: torch.Tensor) -> torch.Tensor:
+        return self.out[field](ctx)  # (..., H) -> (..., n_field)
+
+    def condition(self, field: int, ctx: torch.Tensor, note: torch.Tensor) -> torch.Tensor:
+        """The context for the next head once `field` of `note` (..., 5) has been chosen."""
+        ctx = ctx + self.chosen[field](note[..., field])
+        if field == SHIFT:  # the shift fixes the note's bar position too
+            ctx = ctx + self.chosen_position(note[..., POSITION])
+        return ctx
+
+    def forward(self, o: torch.Tensor, note: torch.Tensor) -> list[torch.Tensor]:
+        # o (B, T, H), note (B, T, 5) teacher-forced -> 4 x (B, T, n_field)
+        ctx, out = o, []
+        for field in range(4):
+            out.append(self.logits(field, ctx))
+            if field < 3:
+                ctx = self.condition(field, ctx, note)
+        return out
+
+
+class MotifSeq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        D, H, L = cfg.d_embed, cfg.hidden, cfg.layers
+        drop = cfg.dropout if L > 1 else 0.0
+        self.embed = EventEmbedding(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(
+            nn.LSTM(D if layer == 0 else H, H, batch_first=True) for layer in range(L)
+        )
+        self.bridge_h = nn.Linear(H, H)
+        self.bridge_c = nn.Linear(H, H)
+        self.decoder = nn.LSTM(D, H, L, batch_first=True, dropout=drop)
+        if cfg.attention:
+            self.attn_key = nn.Linear(H, H, bias=False)
+            self.attn_out = nn.Linear(2 * H, H)
+        self.heads = NoteHeads(cfg)
+        # the key also feeds the heads directly: "in this key, these pitches" is one table
+        self.head_key = nn.Embedding(cfg.n_key, H) if cfg.n_key else None
+        if self.head_key is not None:
+            nn.init.normal_(self.head_key.weight, std=0.1)
+        self._step_weights: tuple[tuple, StepWeights] | None = None  # (parameter stamp, tables)
+
+    # --- encoder -----------------------------------------------------------------------------
+    def _key(self, key: torch.Tensor | None, style: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(style) if key is None or self.config.n_key == 0 else key
+
+    def encode(
+        self,
+        seed: torch.Tensor,
+        seed_len: torch.Tensor,
+        style: torch.Tensor,
+        key: torch.Tensor | None = None,
+    ) -> Memory:
+        """seed (B, S, 5) right-padded, seed_len (B,), style (B,), key (B,) (None: unknown).
+        An empty seed (length 0) is encoded as one learned "no seed" step."""
+        B = seed.size(0)
+        key = self._key(key, style)
+        cond = self.embed.conditioning(style, key)  # (B, D)
+        if seed.size(1) == 0:
+            seed = seed.new_zeros(B, 1, 5)
+        x = self.embed(seed.clamp_min(0), cond)  # (B, S, D)
+        empty = (seed_len == 0)[:, None]  # (B, 1)
+        first = torch.where(empty, self.embed.no_seed + cond, x[:, 0])  # (B, D)
+        x = torch.cat([first[:, None, :], x[:, 1:]], dim=1)  # (B, S, D)
+        lengths = seed_len.clamp_min(1)
+        last = (lengths - 1)[:, None, None].expand(B, 1, self.config.hidden)  # (B, 1, H)
+        # Padding comes after the real steps, so running over it changes nothing before; one
+        # LSTM per layer gives every layer's state at each row's last real step without packing
+        # (packed sequences fall off the fast oneDNN/cuDNN kernels).
+        state: State = []
+        for lstm in self.encoder:
+            x, _ = lstm(self.drop(x))  # (B, S, H)
+            h = x.gather(1, last)[:, 0]  # (B, H)
+            state.append((torch.tanh(self.bridge_h(h)), self.bridge_c(h)))
+        mask = torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]  # (B, S)
+        keys = self.attn_key(x) if self.config.attention else None
+        return Memory(values=x, keys=keys, mask=mask, state=state, key=key)
+
+    def attend(self, dec: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """Luong "general" attention over the seed. dec (B, T, H) -> (B, T, H)."""
+        if memory.keys is None:
+            return dec
+        scores = dec @ memory.keys.transpose(1, 2) / math.sqrt(dec.size(-1))  # (B, T, S)
+        scores = scores.masked_fill(~memory.mask[:, None, :], float("-inf"))
+        weights = F.softmax(scores.float(), dim=-1).to(dec.dtype)  # (B, T, S)
+        context = weights @ memory.values  # (B, T, H)
+        return torch.tanh(self.attn_out(torch.cat([dec, context], dim=-1)))  # (B, T, H)
+
+    # --- training: teacher forcing through nn.LSTM ---------------------------------------------
+    def forward(
+        self,
+        seed: torch.Tensor,
+        seed_len: torch.Tensor,
+        style: torch.Tensor,
+        target: torch.Tensor,
+        key: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Logits of every field of every target note, given the seed and the true previous
+        notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS);
+        returns [shift, pitch, duration, velocity] logits, each (B, T, n_field)."""
+        memory = self.encode(seed, seed_len, style, key)
+        cond = self.embed.conditioning(style, memory.key)  # (B, D)
+        note = target.clamp_min(0)  # (B, T, 5)
+        prev = self.embed(note[:, :-1], cond)  # (B, T-1, D)
+        x = torch.cat([(self.embed.start + cond)[:, None, :], prev], dim=1)  # (B, T, D)
+        h0 = torch.stack([h for h, _ in memory.state])  # (L, B, H)
+        c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
+        out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)
+        o = self._head_input(self.drop(self.attend(out, memory)), memory)  # (B, T, H)
+        return self.heads(o, note)
+
+    def _head_input(self, o: torch.Tensor, memory: Memory) -> torch.Tensor:
+        if self.head_key is None:
+            return o
+        k = self.head_key(memory.key)  # (B, H)
+        return o + (k[:, None, :] if o.dim() == 3 else k)
+
+    # --- generation, fast: the same network rearranged for one note at a time -----------------
+    def step_weights(self) -> StepWeights:
+        """The generation tables of the current parameters, rebuilt only when a parameter changed
+        (another tensor, device or dtype, or an in-place update such as an optimiser step)."""
+        stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        if self._step_weights is None or self._step_weights[0] != stamp:
+            with torch.no_grad():
+                self._step_weights = (stamp, StepWeights.of(self))
+        return self._step_weights[1]
+
+    def batch_decoder(self, memory: Memory, style: torch.Tensor) -> BatchDecoder:
+        """Generation's decoder for the rows of `memory` (styles (B,)). Inference only: no
+        dropout, no gradients."""
+        return BatchDecoder(self.step_weights(), memory, style)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _gates_ifog(w: torch.Tensor) -> torch.Tensor:
+    """LSTM gate rows (or entries) from PyTorch's (i, f, g, o) order to (i, f, o, g): the three
+    sigmoid gates side by side, so one call computes them."""
+    i, f, g, o = w.chunk(4, dim=0)
+    return torch.cat([i, f, o, g], dim=0)
+
+
+@dataclass
+class StepWeights:
+    """The decoder's and heads' parameters rearranged for generation, derived (never trained).
+
+    Every lookup that precedes a matrix product is folded into a table: an event column's
+    embedding through the first LSTM layer's input weights, a chosen field's embedding through
+    the later heads' first layers. Matrices are stored transposed, as `addmm` wants them, and the
+    LSTM gates in (i, f, o, g) order."""
+
+    hidden: int
+    offsets: tuple[int, ...]  # row of value 0 of each event column, then of style, then of key
+    event_gates: torch.Tensor  # (rows, 4H) each value's embedding @ layer 0's input weights
+    start_gates: torch.Tensor  # (4H,) the START input
+    hh: list[torch.Tensor]  # per layer (H, 4H)
+    ih: list[torch.Tensor | None]  # per layer (H, 4H); None for layer 0 (tables instead)
+    bias: list[torch.Tensor | None]  # per layer (4H,); None for layer 0 (in the style rows)
+    attn_dec: torch.Tensor | None  # (H, H) attn_out on the decoder state; None: no attention
+    attn_ctx: torch.Tensor | None  # (H, H) attn_out on the attention context
+    attn_bias: torch.Tensor | None  # (H,)
+    head_in: torch.Tensor  # (H, 4H) the four heads' first layers side by side, / sqrt(2)
+    head_in_bias: torch.Tensor  # (4H,) / sqrt(2)
+    head_key: torch.Tensor | None  # (n_key, 4H) the head key embedding through head_in
+    chosen: list[torch.Tensor]  # SHIFT (event rows, 3H), PITCH (n_pitch, 2H), DURATION (n_dur, H)
+    head_out: list[torch.Tensor]  # per field (H, n_field), / sqrt(2)
+    head_out_bias: list[torch.Tensor]  # per field (n_field,)
+
+    @classmethod
+    def of(cls, model: MotifSeq2Seq) -> StepWeights:
+        H, lstm, heads = model.config.hidden, model.decoder, model.heads
+        w_in = _gates_ifog(lstm.weight_ih_l0)  # (4H, D)
+        # The input is the sum of the five column embeddings, style and key (EventEmbedding), so
+        # its gates are the sum of seven table rows; layer 0's biases ride on the style's rows.
+        key = model.embed.key
+        tables = [emb.weight @ w_in.T for emb in model.embed.columns]
+        bias = _gates_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        tables.append(model.embed.style.weight @ w_in.T + bias)
+        tables.append(w_in.new_zeros(1, 4 * H) if key is None else key.weight @ w_in.T)
+        sizes = [t.size(0) for t in tables]
+        offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
+        # The heads' first layers side by side, scaled by 1/sqrt(2): for z = x / sqrt(2),
+        # GELU(x) = (z + z erf(z)) / sqrt(2), and that 1/sqrt(2) goes into the second layers.
+        first = [lin[0] for lin in heads.out]
+        head_in = torch.cat([lin.weight for lin in first]) * _SQRT_HALF  # (4H, H)
+        head_in_bias = torch.cat([lin.bias for lin in first]) * _SQRT_HALF  # (4H,)
+        # Choosing the shift adds the shift's and the position's embeddings to the input of every
+        # later head; rows laid out like `event_gates`, so one index serves both tables.
+        onset = w_in.new_zeros(offsets[POSITION + 1], H)
+        onset[: sizes[SHIFT]] = heads.chosen[SHIFT].weight
+        onset[offsets[POSITION] :] = heads.chosen_position.weight
+        attention = model.config.attention
+        return cls(
+            hidden=H,
+            offsets=offsets,
+            event_gates=torch.cat(tables),
+            start_gates=model.embed.start @ w_in.T,
+            hh=[
+                _gates_ifog(getattr(lstm, f"weight_hh_l{n}")).T.contiguous()
+                for n in range(lstm.num_layers)
+            ],
+            ih=[None]
+            + [
+                _gates_ifog(getattr(lstm, f"weight_ih_l{n}")).T.contiguous()
+                for n in range(1, lstm.num_layers)
+            ],
+            bias=[None]
+            + [
+                _gates_ifog(getattr(lstm, f"bias_ih_l{n}") + getattr(lstm, f"bias_hh_l{n}"))
+                for n in range(1, lstm.num_layers)
+            ],
+            attn_dec=model.attn_out.weight[:, :H].T.contiguous() if attention else None,
+            attn_ctx=model.attn_out.weight[:, H:].T.contiguous() if attention else None,
+            attn_bias=model.attn_out.bias.clone() if attention else None,
+            head_in=head_in.T.contiguous(),
+            head_in_bias=head_in_bias,
+            head_key=None if model.head_key is None else model.head_key.weight @ head_in.T,
+            chosen=[
+                onset @ head_in[H:].T,  # (event rows, 3H)
+                heads.chosen[PITCH].weight @ head_in[2 * H :].T,  # (n_pitch, 2H)
+                heads.chosen[DURATION].weight @ head_in[3 * H :].T,  # (n_duration, H)
+            ],
+            head_out=[(lin[2].weight.T * _SQRT_HALF).contiguous() for lin in heads.out],
+            head_out_bias=[lin[2].bias.clone() for lin in heads.out],
+        )
+
+
+class BatchDecoder:
+    """One batch's decoder during generation: `step` runs the LSTM layers and the attention for
+    the previous note, then `logits` and `choose` alternate through the four heads. What stays
+    the same for a row during the whole continuation (style, key, the seed's attention keys) is
+    looked up once here, not every note. Matches the training forward up to float rounding.
+
+        x = decoder.step(events)                      # (B, 4H): every head's input so far
+        shift = sample(decoder.logits(SHIFT, x))      # (B, 1)
+        x = decoder.choose(SHIFT, x, torch.cat([shift, position + offsets[POSITION]], 1))
+        pitch = sample(decoder.logits(PITCH, x)) ...  # then DURATION, then VELOCITY
+    """
+
+    def __init__(self, weights: StepWeights, memory: Memory, style: torch.Tensor) -> None:
+        w = self.weights = weights
+        self.state = memory.state
+        # style and key ride along as the last two event columns of every step
+        extras = torch.stack([style, memory.key], dim=1)  # (B, 2)
+        self.extras = extras + extras.new_tensor(w.offsets[-2:])
+        self.start = w.event_gates[self.extras].sum(dim=1) + w.start_gates  # (B, 4H)
+        self.head_bias = w.head_in_bias.expand(style.size(0), -1)  # (B, 4H)
+        if w.head_key is not None:
+            self.head_bias = self.head_bias + w.head_key[memory.key]
+        self.values = memory.values  # (B, S, H)
+        self._bags(style.size(0), style.device)
+        if w.attn_dec is not None:
+            assert memory.keys is not None
+            scaled = memory.keys / math.sqrt(w.hidden)  # (B, S, H)
+            self.keys_t = scaled.transpose(1, 2).contiguous()  # (B, H, S)
+            pad = torch.zeros_like(memory.mask, dtype=memory.values.dtype)
+            self.pad = pad.masked_fill(~memory.mask, float("-inf"))[:, None, :]  # (B, 1, S)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return self.weights.offsets
+
+    def events(self, note: torch.Tensor) -> torch.Tensor:
+        """`step`'s input for notes (B, 5) of plain column values: (B, 7)."""
+        offsets = note.new_tensor(self.weights.offsets[:5])
+        return torch.cat([note + offsets, self.extras], dim=1)
+
+    def _bags(self, B: int, device: torch.device) -> None:
+        # where each row's indices start in the flat index of `embedding_bag` (which sums the
+        # rows without the (B, n, 4H) copy that embedding + sum makes)
+        self.bag7 = torch.arange(0, 7 * B, 7, device=device)
+        self.bag2 = torch.arange(0, 2 * B, 2, device=device)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep some rows only (generation drops finished rows)."""
+        self._bags(rows.size(0), rows.device)
+        self.state = [(h[rows], c[rows]) for h, c in self.state]
+        self.extras = self.extras[rows]
+        self.start, self.head_bias = self.start[rows], self.head_bias[rows]
+        self.values = self.values[rows]
+        if self.weights.attn_dec is not None:
+            self.keys_t, self.pad = self.keys_t[rows], self.pad[rows]
+
+    def step(self, events: torch.Tensor | None) -> torch.Tensor:
+        """One note: events (B, 7) are the previous note's five columns, then `extras`, each
+        shifted by its `offsets` (see `events`; None: the START step). Returns (B, 4H), the input
+        of the four heads before any field is chosen; advances `state`."""
+        w, H = self.weights, self.weights.hidden
+        # layer 0's input gates (B, 4H): the sum of the seven columns' table rows
+        if events is None:
+            x = self.start
+        else:
+            x = F.embedding_bag(events.view(-1), w.event_gates, self.bag7, mode="sum")
+        state: State = []
+        for layer, (h, c) in enumerate(self.state):
+            if layer == 0:
+                gates = torch.addmm(x, h, w.hh[0])  # (B, 4H)
+            else:
+                gates = torch.addmm(torch.addmm(w.bias[layer], x, w.ih[layer]), h, w.hh[layer])
+            i, f, o = gates[:, : 3 * H].sigmoid().chunk(3, dim=1)  # (B, H) each
+            c = torch.addcmul(f * c, i, gates[:, 3 * H :].tanh())
+            x = o * c.tanh()  # (B, H)
+            state.append((x, c))
+        self.state = state
+        if w.attn_dec is not None:
+            scores = torch.baddbmm(self.pad, x[:, None, :], self.keys_t)  # (B, 1, S)
+            context = torch.bmm(scores.softmax(dim=-1), self.values)[:, 0]  # (B, H)
+            x = torch.addmm(torch.addmm(w.attn_bias, x, w.attn_dec), context, w.attn_ctx).tanh()
+        return torch.addmm(self.head_bias, x, w.head_in)  # (B, 4H)
+
+    def logits(self, field: int, x: torch.Tensor) -> torch.Tensor:
+        """The head of `field` (B, n_field); x: what `step` or the last `choose` returned."""
+        w, H = self.weights, self.weights.hidden
+        z = x[:, :H]  # (B, H) the head's first layer output / sqrt(2)
+        gelu = torch.addcmul(z, z, torch.erf(z))  # GELU x sqrt(2), faster than F.gelu on CPU
+        return torch.addmm(w.head_out_bias[field], gelu, w.head_out[field])
+
+    def choose(self, field: int, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The later heads' input once `field` is chosen: index (B, 1), or for SHIFT (B, 2) the
+        shift and the position + offsets[POSITION]. Returns (B, H x heads left)."""
+        table = self.weights.chosen[field]
+        if field == SHIFT:
+            extra = F.embedding_bag(index.view(-1), table, self.bag2, mode="sum")  # (B, 3H)
+        else:
+            extra = table.index_select(0, index.view(-1))
+        return x[:, self.weights.hidden :] + extra

@@ -1,0 +1,49 @@
+"""One key model: Krumhansl-Kessler profiles and Krumhansl-Schmuckler key finding.
+
+A key is (tonic pitch class, "major" | "minor"), C = 0. Two minor scales are in use, on purpose:
+- `MINOR_SCALE_WITH_LEADING_NOTE` (natural minor plus the raised 7th): generation's out-of-scale
+  penalty, so a continuation in minor may cadence on its leading note as tonal music does;
+- `NATURAL_MINOR_SCALE`: the metrics' scale consistency, as MusPy defines it (so the figures
+  compare with published ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Krumhansl & Kessler (1982) key profiles, index 0 = the tonic.
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+NATURAL_MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)
+MINOR_SCALE_WITH_LEADING_NOTE = (0, 2, 3, 5, 7, 8, 10, 11)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(axis=-1, keepdims=True)) / x.std(axis=-1, keepdims=True)
+
+
+# (24, 12): the 12 major then the 12 minor profiles, rotated to each tonic, standardised
+PROFILES = zscore(
+    np.stack([np.roll(p, t) for p in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])
+)
+
+
+def best_key(hist: np.ndarray) -> int | None:
+    """Index 0..23 (major C..B, minor C..B) of the profile best correlated with a 12-bin
+    pitch-class histogram (Krumhansl-Schmuckler); None if the histogram has no contrast."""
+    if hist.std() == 0:
+        return None
+    return int(np.argmax(PROFILES @ zscore(hist)))
+
+
+def key_of_index(index: int) -> tuple[int, str]:
+    """The (tonic, mode) of a `best_key` index."""
+    return index % 12, "major" if index < 12 else "minor"
+
+
+def relative_key(tonic: int, mode: str) -> tuple[int, str]:
+    """C major <-> A minor: same notes, different tonic."""
+    if mode == "major":
+        return (tonic + 9) % 12, "minor"
+    return (tonic + 3) % 12, "major"

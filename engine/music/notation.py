@@ -1,0 +1,387 @@
+"""ABC and MusicXML seeds: untrusted notation in, a checked MIDI seed out.
+
+Cheap checks run here before any parser: size, the first tune of a multi-tune ABC file, the
+zip layout of .mxl, and XML that declares entities or an internal DTD is refused (defusedxml).
+music21 then parses in another process (`engine.music.notation_parser`, which imports it once and forks
+a child per parse) under a time limit and an address-space limit, so a parser stuck or swelling
+on a hostile file is stopped. Its notes
+become MIDI bytes that pass `load_seed` like any MIDI seed (note, duration and tempo limits).
+Only `MotifError`s leave `load_notation_seed`; this process never imports music21.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+import select
+import subprocess
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass, field
+
+from engine.errors import MotifError
+from engine.music.midi import AbsurdTempo, SeedLimits, load_seed, to_midi_bytes
+from engine.music.notes import Note, Piece
+
+log = logging.getLogger(__name__)
+
+ABC_SUFFIXES = (".abc",)
+MUSICXML_SUFFIXES = (".musicxml", ".xml")
+MXL_SUFFIXES = (".mxl",)
+NOTATION_SUFFIXES = ABC_SUFFIXES + MUSICXML_SUFFIXES + MXL_SUFFIXES
+XML_ROOTS = ("score-partwise", "score-timewise")
+
+
+# --- errors a user can act on ------------------------------------------------------------------
+class BadNotation(MotifError):
+    """An ABC or MusicXML seed that cannot be used; the message says why."""
+
+
+class NotationTooLarge(BadNotation):
+    def __init__(self, what: str, limit: str) -> None:
+        super().__init__(f"The seed is too large: {what} (the limit is {limit}).", detail=what)
+
+
+class UnsafeXml(BadNotation):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "This MusicXML file declares XML entities or an internal DTD, which Motif refuses "
+            "for safety. Export it again from your notation program.",
+            detail=detail,
+        )
+
+
+class UnreadableNotation(BadNotation):
+    def __init__(self, kind: str, detail: str) -> None:
+        hint = (
+            "Check the tune's header (X:, M:, L:, K:) and its notes."
+            if kind == "ABC"
+            else "Export it again as uncompressed (.musicxml) or compressed (.mxl) MusicXML."
+        )
+        super().__init__(f"Motif could not read this {kind}: {hint}", detail=detail)
+
+
+class NotationTimeout(BadNotation):
+    def __init__(self, kind: str, seconds: float) -> None:
+        super().__init__(
+            f"Reading this {kind} took longer than {seconds:g} s, so Motif stopped. "
+            "Send a shorter or simpler file.",
+            detail=f"{kind} parse timed out after {seconds} s",
+        )
+
+
+@dataclass(frozen=True)
+class NotationLimits:
+    max_bytes: int = SeedLimits().max_bytes  # the file as sent (.mxl compressed)
+    max_xml_bytes: int = 4 * 1024 * 1024  # MusicXML once unzipped
+    max_abc_tune_chars: int = 64 * 1024  # the one ABC tune that is parsed
+    max_zip_entries: int = 32
+    max_parts: int = SeedLimits().max_tracks
+    max_notes: int = SeedLimits().max_notes
+    parse_timeout_s: float = 10.0
+    parse_memory_bytes: int = 768 * 1024 * 1024  # address space the parser may add
+    midi: SeedLimits = field(default_factory=SeedLimits)
+
+
+@dataclass(frozen=True)
+class NotationSeed:
+    """A notation seed as Motif stores it: MIDI bytes, the piece, and what to tell the user."""
+
+    midi: bytes
+    piece: Piece
+    title: str
+    remarks: tuple[str, ...] = ()
+
+
+def is_notation_name(filename: str) -> bool:
+    return filename.lower().endswith(NOTATION_SUFFIXES)
+
+
+def notation_kind(filename: str) -> str | None:
+    """ "abc", "musicxml" or "mxl" by the file name; None for anything else."""
+    name = filename.lower()
+    if name.endswith(ABC_SUFFIXES):
+        return "abc"
+    if name.endswith(MXL_SUFFIXES):
+        return "mxl"
+    if name.endswith(MUSICXML_SUFFIXES):
+        return "musicxml"
+    return None
+
+
+# --- the cheap checks, in this process ---------------------------------------------------------
+_TUNE_START = re.compile(r"^X:", re.M)
+_KEY_FIELD = re.compile(r"^K:", re.M)
+
+
+def first_abc_tune(text: str, limits: NotationLimits) -> tuple[str, int]:
+    """The first tune of an ABC text (from its X: line to the next) and how many tunes there are.
+    Without X: lines the whole text is one tune."""
+    starts = [m.start() for m in _TUNE_START.finditer(text)]
+    if not starts:
+        tune, count = text, 1
+    else:
+        end = starts[1] if len(starts) > 1 else len(text)
+        tune, count = text[starts[0] : end], len(starts)
+    if not _KEY_FIELD.search(tune):
+        raise UnreadableNotation("ABC", "no K: field in the first tune")
+    if len(tune) > limits.max_abc_tune_chars:
+        raise NotationTooLarge(
+            f"a tune of {len(tune):,} characters", f"{limits.max_abc_tune_chars:,} characters"
+        )
+    return tune, count
+
+
+_FENCE = re.compile(r"```(?:abc)?[ \t]*\n?(.*?)```", re.S | re.I)
+_KEY_LINE = re.compile(r"(?:^|\s)K:[ \t]*(\S+)")
+PASTED_NAME = "pasted.abc"
+
+
+def abc_in_code_block(text: str) -> str | None:
+    """The ABC in a chat message's first code block (```abc … ``` or ``` … ```) that has a K:
+    field, or None."""
+    for match in _FENCE.finditer(text):
+        if _KEY_FIELD.search(match.group(1)) or _KEY_LINE.search(match.group(1)):
+            return match.group(1).strip()
+    return None
+
+
+def abc_from_chat(text: str) -> str:
+    """ABC typed into chat. A slash command's text option has no line breaks, so a tune pasted
+    there arrives on one line: its header fields get their lines back (the key field must be one
+    word, such as K:Em, for the notes after it to start the body)."""
+    text = abc_in_code_block(text) or text.strip()
+    if "\n" in text:
+        return text
+    key = _KEY_LINE.search(text)
+    if key is None:
+        return text
+    header = [f.strip() for f in re.split(r"\s+(?=[A-Za-z]:)", text[: key.start()]) if f.strip()]
+    return "\n".join([*header, f"K:{key.group(1)}", text[key.end() :].strip()]) + "\n"
+
+
+def _decode(data: bytes) -> str:
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
+
+
+def _unzip_mxl(data: bytes, limits: NotationLimits) -> bytes:
+    """The score inside a compressed MusicXML file, read with its size bounded (zip bombs)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        entries = archive.infolist()
+        if len(entries) > limits.max_zip_entries:
+            raise NotationTooLarge(f"{len(entries)} files inside", f"{limits.max_zip_entries}")
+        names = {e.filename: e for e in entries}
+        root = None
+        if "META-INF/container.xml" in names:
+            container = _read_member(archive, names["META-INF/container.xml"], 64 * 1024)
+            match = re.search(rb'full-path="([^"]+)"', container)
+            root = names.get(match.group(1).decode("utf-8", "replace")) if match else None
+        if root is None:
+            root = next(
+                (
+                    e
+                    for e in entries
+                    if not e.filename.startswith("META-INF/")
+                    and e.filename.lower().endswith(MUSICXML_SUFFIXES)
+                ),
+                None,
+            )
+        if root is None:
+            raise UnreadableNotation("MusicXML", "no score inside the .mxl")
+        return _read_member(archive, root, limits.max_xml_bytes)
+    except BadNotation:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise UnreadableNotation("MusicXML", f"mxl: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.file_size > limit:
+        raise NotationTooLarge(f"{info.file_size:,} bytes unzipped", f"{limit:,} bytes")
+    with archive.open(info) as fh:
+        body = fh.read(limit + 1)
+    if len(body) > limit:  # the header lied about the size
+        raise NotationTooLarge(f"over {limit:,} bytes unzipped", f"{limit:,} bytes")
+    return body
+
+
+_DOCTYPE = re.compile(rb"<!DOCTYPE[^>\[]*>")
+
+
+def checked_xml(data: bytes, limits: NotationLimits) -> bytes:
+    """MusicXML bytes that declare no entities and no internal DTD, whose root is a score, with
+    their DOCTYPE line removed (so nothing ever tries to fetch the external DTD)."""
+    import defusedxml.ElementTree as safe_et
+    from defusedxml import DefusedXmlException
+
+    if len(data) > limits.max_xml_bytes:
+        raise NotationTooLarge(f"{len(data):,} bytes", f"{limits.max_xml_bytes:,} bytes")
+    if b"<!ENTITY" in data or re.search(rb"<!DOCTYPE[^>]*\[", data):
+        raise UnsafeXml("entity declaration or internal DTD subset")
+    try:
+        root = safe_et.fromstring(
+            data, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as exc:
+        raise UnsafeXml(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # ParseError, ValueError from odd encodings, ...
+        raise UnreadableNotation("MusicXML", f"XML: {type(exc).__name__}: {exc}") from exc
+    tag = root.tag.rsplit("}", 1)[-1] if isinstance(root.tag, str) else ""
+    if tag not in XML_ROOTS:
+        raise UnreadableNotation("MusicXML", f"root element <{tag}> is not a MusicXML score")
+    return _DOCTYPE.sub(b"", data, count=1)
+
+
+# --- the parse, in the parser process -----------------------------------------------------------
+class _Parser:
+    """The `engine.music.notation_parser` process, started on first use and restarted when it dies.
+    One parse at a time; it forks a limited child per parse and answers within its time limit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.music.notation_parser"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C of the bot's terminal is the bot's to handle
+            )
+        return self._proc
+
+    def _discard(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.kill()
+        proc.wait(5)
+        self._proc = None
+
+    def _ask(self, message: bytes, limits: NotationLimits, label: str) -> bytes:
+        """Send one request and read its reply line (the caller holds the lock)."""
+        for attempt in (1, 2):
+            proc = self._started()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(message)
+                proc.stdin.flush()
+            except OSError:  # it died after its last answer: start a fresh one, once
+                self._discard(proc)
+                if attempt == 2:
+                    raise UnreadableNotation(label, "the parser process would not start") from None
+                continue
+            # it answers within timeout_s (it kills its child); the margin covers its own start
+            # (importing music21) on a loaded machine
+            if not select.select([proc.stdout], [], [], limits.parse_timeout_s + 30.0)[0]:
+                log.warning("the notation parser did not answer; restarting it")
+                self._discard(proc)
+                raise NotationTimeout(label, limits.parse_timeout_s)
+            line = proc.stdout.readline()
+            if not line:  # it died during this parse (killed, out of memory)
+                self._discard(proc)
+                raise UnreadableNotation(label, "the parser process died")
+            return line
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def parse(self, kind: str, text: bytes, limits: NotationLimits, label: str) -> dict:
+        request = {
+            "kind": kind,
+            "size": len(text),
+            "timeout_s": limits.parse_timeout_s,
+            "memory_bytes": limits.parse_memory_bytes,
+            "max_notes": limits.max_notes,
+            "max_parts": limits.max_parts,
+        }
+        with self._lock:
+            line = self._ask(json.dumps(request).encode() + b"\n" + text, limits, label)
+        reply = json.loads(line)
+        status = reply.get("status")
+        if status == "ok":
+            return reply["result"]
+        if status == "timeout":
+            raise NotationTimeout(label, limits.parse_timeout_s)
+        if status == "too-large":
+            raise NotationTooLarge(reply["what"], reply["limit"])
+        raise UnreadableNotation(label, str(reply.get("detail", status))[:500])
+
+
+PARSER = _Parser()
+
+
+# --- the front door ----------------------------------------------------------------------------
+def load_notation_seed(
+    data: bytes,
+    filename: str,
+    limits: NotationLimits = NotationLimits(),  # noqa: B008
+) -> NotationSeed:
+    """An ABC (.abc) or MusicXML (.musicxml, .xml, .mxl) seed as a checked MIDI seed, or a
+    `MotifError` whose message says what is wrong."""
+    kind = notation_kind(filename)
+    if kind is None:
+        raise BadNotation(f"`{filename}` is not an ABC or MusicXML file.")
+    label = "ABC" if kind == "abc" else "MusicXML"
+    if len(data) > limits.max_bytes:
+        raise NotationTooLarge(f"{len(data):,} bytes", f"{limits.max_bytes:,} bytes")
+    remarks: list[str] = []
+    try:
+        if kind == "abc":
+            tune, count = first_abc_tune(_decode(bytes(data)), limits)
+            if count > 1:
+                remarks.append(f"The ABC held {count} tunes; Motif continued the first one.")
+            text = tune.encode("utf-8")
+        else:
+            xml = _unzip_mxl(bytes(data), limits) if kind == "mxl" else bytes(data)
+            text = checked_xml(xml, limits)
+        parsed = PARSER.parse(kind, text, limits, label)
+        piece = _piece(parsed, filename, limits)
+        midi = to_midi_bytes(piece)
+        seed = load_seed(midi, limits.midi, name=filename)  # the MIDI limits, the same rules
+    except MotifError:
+        raise
+    except Exception as exc:  # never let a surprise from hostile bytes escape as a crash
+        log.warning("unexpected error reading a %s seed: %r", label, exc)
+        raise UnreadableNotation(label, f"{type(exc).__name__}: {exc}") from exc
+    return NotationSeed(midi=midi, piece=seed, title=parsed["title"], remarks=tuple(remarks))
+
+
+def _piece(parsed: dict, name: str, limits: NotationLimits) -> Piece:
+    notes = tuple(
+        sorted(
+            (
+                Note(start=s, duration=d, pitch=min(127, max(0, p)), velocity=min(127, max(1, v)))
+                for s, d, p, v in parsed["notes"]
+                if math.isfinite(s) and math.isfinite(d) and s >= 0
+            ),
+            key=lambda n: (n.start, n.pitch),
+        )
+    )
+    tempo = parsed["tempo"] or 120.0
+    if not math.isfinite(tempo) or not limits.midi.min_tempo <= tempo <= limits.midi.max_tempo:
+        raise AbsurdTempo(tempo, limits.midi.min_tempo, limits.midi.max_tempo)
+    num, den = parsed["meter"] or (4, 4)
+    if not (1 <= num <= 32 and den in (1, 2, 4, 8, 16, 32)):
+        num, den = 4, 4
+    meta = {}
+    fifths = parsed["fifths"]
+    if fifths is not None and -7 <= fifths <= 7:
+        major = 7 * fifths % 12
+        meta["key"] = f"{(major + 9) % 12} minor" if parsed["minor"] else f"{major} major"
+    program = parsed["program"]
+    return Piece(
+        notes=notes,
+        tempo_bpm=float(tempo),
+        time_signature=(num, den),
+        program=int(program) if isinstance(program, int) and 0 <= program <= 127 else 0,
+        name=name,
+        meta=meta,
+    )

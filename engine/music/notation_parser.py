@@ -1,0 +1,165 @@
+"""The process that parses ABC and MusicXML seeds with music21: `python -m engine.music.notation_parser`.
+
+It imports music21 once, then serves requests on stdin (a JSON line, then the text) with one
+JSON line each on stdout. Every parse runs in a forked child with an address-space limit; the
+child is killed when it runs past the time limit. Replies carry plain values only. The checks
+that need no parser (sizes, entities, the first ABC tune) ran before, in `engine.music.notation`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import select
+import signal
+import sys
+import time
+from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
+
+
+class TooLarge(Exception):
+    def __init__(self, what: str, limit: str) -> None:
+        super().__init__(what)
+        self.what, self.limit = what, limit
+
+
+def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict[str, Any]:
+    """music21's reading of an ABC tune or a MusicXML score, as plain values: notes as (onset,
+    length, pitch, velocity) in quarter notes from the first bar line, tempo, metre, key,
+    program, title."""
+    from music21 import converter
+
+    fmt = "abc" if kind == "abc" else "musicxml"
+    score = converter.parse(text.decode("utf-8") if kind == "abc" else text, format=fmt)
+    if hasattr(score, "scores") and len(score.scores):  # an Opus: its first score
+        score = score.scores[0]
+    parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
+    if len(parts) > max_parts:
+        raise TooLarge(f"{len(parts)} parts", f"{max_parts} parts")
+    notes: list[tuple[float, float, int, int]] = []
+    program = None
+    for part in parts:
+        part = part.stripTies()
+        first_bar = part.getElementsByClass("Measure").first()
+        pickup = float(first_bar.paddingLeft) if first_bar is not None else 0.0  # an upbeat
+        if program is None:
+            inst = part.getInstrument(returnDefault=False)
+            program = getattr(inst, "midiProgram", None) if inst is not None else None
+        for n in part.flatten().notes:
+            length = float(n.quarterLength)
+            if length <= 0 or not hasattr(n, "pitches"):
+                continue  # grace notes
+            velocity = n.volume.velocity or 80
+            for p in n.pitches:
+                notes.append((float(n.offset) + pickup, length, int(p.midi), int(velocity)))
+            if len(notes) > max_notes:
+                raise TooLarge(f"over {max_notes:,} notes", f"{max_notes:,} notes")
+    tempo = next(iter(score.recurse().getElementsByClass("MetronomeMark")), None)
+    meter = next(iter(score.recurse().getElementsByClass("TimeSignature")), None)
+    key = next(iter(score.recurse().getElementsByClass("KeySignature")), None)
+    title = score.metadata.title if score.metadata is not None else None
+    return {
+        "notes": notes,
+        "tempo": float(tempo.getQuarterBPM()) if tempo is not None else None,
+        "meter": [int(meter.numerator), int(meter.denominator)] if meter is not None else None,
+        "fifths": int(key.sharps) if key is not None else None,
+        "minor": key is not None and getattr(key, "mode", "major") == "minor",
+        "program": program if isinstance(program, int) else None,
+        "title": str(title or ""),
+    }
+
+
+def _child(request: dict[str, Any], text: bytes, out_fd: int) -> None:
+    """In the forked child: limit memory, parse, write one JSON reply, exit."""
+    try:
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        current = 0
+    limit = current + int(request["memory_bytes"])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # the parser process kills this child at the time limit; should the parser itself die
+    # first, the alarm (whose default action ends the process) still does
+    signal.alarm(int(float(request["timeout_s"])) + 2)
+    try:
+        result = parsed_notes(
+            request["kind"], text, int(request["max_notes"]), int(request["max_parts"])
+        )
+        reply: dict[str, Any] = {"status": "ok", "result": result}
+    except TooLarge as exc:
+        reply = {"status": "too-large", "what": exc.what, "limit": exc.limit}
+    except MemoryError:
+        reply = {"status": "too-large", "what": "more memory than a seed may use", "limit": "-"}
+    except BaseException as exc:  # noqa: BLE001 - whatever the parser raises: unreadable
+        reply = {"status": "error", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    data = json.dumps(reply).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(out_fd, view) :]
+
+
+def serve_one(request: dict[str, Any], text: bytes) -> dict[str, Any]:
+    """Parse in a forked child; its reply, or a timeout after killing it."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0
+        try:
+            os.close(read_fd)
+            _child(request, text, write_fd)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    deadline = time.monotonic() + float(request["timeout_s"])
+    chunks: list[bytes] = []
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                timed_out = True
+                break
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if timed_out:
+        return {"status": "timeout"}
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return {"status": "error", "detail": "the parser died (out of memory or crashed)"}
+
+
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    while True:
+        line = requests.readline()
+        if not line:
+            return
+        request = json.loads(line)
+        text = requests.read(int(request["size"]))
+        replies.write(json.dumps(serve_one(request, text)).encode() + b"\n")
+        replies.flush()
+
+
+def main() -> None:
+    import music21  # noqa: F401 - once, here: every forked child shares it
+
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever music21 prints goes to stderr, never into the replies
+    serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The music Motif works with: notes in beats, a piece with its tempo, metre and instrument.
+
+Everything above MIDI bytes (the model, the renderer, the metrics) speaks this small vocabulary.
+No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# The grid Motif quantises to (the model's events, the MusicXML score): 12 ticks a quarter note,
+# so 16ths and triplets are exact. Note lengths in ticks: straight and triplet values from a
+# 32nd-note triplet to two bars of 4/4.
+TICKS_PER_BEAT = 12
+DURATION_BINS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 30, 36, 42, 48, 60, 72, 96)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One note. Times are in quarter-note beats from the start of the piece."""
+
+    start: float
+    duration: float
+    pitch: int  # MIDI pitch 0..127
+    velocity: int = 80  # 1..127
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A monophonic or polyphonic piece of music (one instrument), sorted by onset then pitch."""
+
+    notes: tuple[Note, ...]
+    tempo_bpm: float = 120.0
+    time_signature: tuple[int, int] = (4, 4)
+    program: int = 0  # General MIDI program 0..127 (0 = Acoustic Grand Piano)
+    name: str = ""
+    style: str | None = None
+    meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def beats_per_bar(self) -> float:
+        num, den = self.time_signature
+        return num * 4.0 / den
+
+    @property
+    def end_beat(self) -> float:
+        return max((n.end for n in self.notes), default=0.0)
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_beat * 60.0 / self.tempo_bpm
+
+    @property
+    def bars(self) -> float:
+        return self.end_beat / self.beats_per_bar
+
+    def sorted(self) -> Piece:
+        return replace(self, notes=tuple(sorted(self.notes, key=lambda n: (n.start, n.pitch))))
+
+    def shifted(self, beats: float) -> Piece:
+        return replace(self, notes=tuple(replace(n, start=n.start + beats) for n in self.notes))
+
+    def transposed(self, semitones: int) -> Piece:
+        return replace(
+            self,
+            notes=tuple(
+                replace(n, pitch=min(127, max(0, n.pitch + semitones))) for n in self.notes
+            ),
+        )

@@ -1,0 +1,105 @@
+"""Sending jobs to the queues by task name, so senders (the bot) never import torch."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import chain
+from celery.exceptions import CeleryError
+from kombu.exceptions import KombuError, OperationalError
+
+from engine.errors import QueueUnreachable
+from engine.settings import Settings, get_settings
+from engine.worker.app import (
+    CPU_QUEUE,
+    GPU_QUEUE,
+    TASK_GENERATE,
+    TASK_RENDER,
+    TASK_RETRAIN,
+    TRAIN_QUEUE,
+    get_app,
+    make_app,
+)
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=16)
+def _app_for(broker: str, folder: str, backend: str, settings_json: str):
+    return make_app(Settings.model_validate_json(settings_json))
+
+
+def _app(settings: Settings):
+    if settings is get_settings():
+        return get_app()
+    return _app_for(
+        settings.celery_broker_url,
+        str(settings.broker_folder),
+        settings.celery_result_backend,
+        settings.model_dump_json(exclude={"discord_token"}),
+    )
+
+
+def _send_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (
+        OperationalError,
+        KombuError,
+        CeleryError,
+        ConnectionError,
+        TimeoutError,
+        OSError,
+    )
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return errors
+    return (*errors, RedisError)
+
+
+def _send(settings: Settings, what: str, fn) -> None:
+    """Hand one message to the broker, or raise QueueUnreachable within the broker timeouts (a
+    broker that accepts connections but never answers does not block the caller)."""
+    try:
+        fn(_app(settings))
+    except _send_errors() as exc:
+        log.warning("broker unreachable while sending %s: %s", what, exc)
+        raise QueueUnreachable(
+            "The job queue is unreachable right now; nothing was queued. Try again shortly.",
+            detail=f"{type(exc).__name__}: {exc}",
+        ) from exc
+
+
+def dispatch_request(request_id: int, settings: Settings | None = None) -> None:
+    """Generation then rendering, as a chain of two thin tasks that take the request id."""
+    settings = settings or get_settings()
+
+    def send(app) -> None:
+        chain(
+            app.signature(TASK_GENERATE, args=(request_id,), queue=GPU_QUEUE, immutable=True),
+            app.signature(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, immutable=True),
+        ).apply_async(retry=False, ignore_result=True)
+
+    _send(settings, f"request {request_id}", send)
+
+
+def dispatch_render(request_id: int, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    _send(
+        settings,
+        f"render {request_id}",
+        lambda app: app.send_task(
+            TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, retry=False, ignore_result=True
+        ),
+    )
+
+
+def dispatch_retrain(run_id: int, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    _send(
+        settings,
+        f"training run {run_id}",
+        lambda app: app.send_task(
+            TASK_RETRAIN, args=(run_id,), queue=TRAIN_QUEUE, retry=False, ignore_result=True
+        ),
+    )

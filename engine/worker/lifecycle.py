@@ -1,0 +1,150 @@
+"""A worker's life: register in SQL, beat, reap stale jobs, warm the model in each child."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from engine.settings import Settings
+from engine.store.db import dml, ensure_schema, session_scope
+from engine.store.records import Worker, alive_since, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPresence:
+    """Keeps this worker's row fresh and runs the reaper on an interval, in a daemon thread."""
+
+    def __init__(self, settings: Settings, hostname: str, queues: str, device: str | None):
+        self.settings = settings
+        self.hostname = hostname
+        self.queues = queues
+        self.device = device
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            row = session.scalar(select(Worker).where(Worker.hostname == self.hostname))
+            if row is None:
+                session.add(
+                    Worker(
+                        hostname=self.hostname,
+                        queues=self.queues,
+                        device=self.device,
+                        pid=os.getpid(),
+                    )
+                )
+            else:
+                row.last_seen = utcnow()
+                row.pid = os.getpid()
+                row.queues = self.queues
+
+    def _loop(self) -> None:
+        from engine.worker.reaper import reap
+
+        last_reap = 0.0
+        import time
+
+        while not self._stop.is_set():
+            try:
+                self.beat()
+                now = time.monotonic()
+                if now - last_reap >= self.settings.reaper_interval_s:
+                    last_reap = now
+                    reap(self.settings)
+            except Exception:  # noqa: BLE001 - presence must never kill the worker
+                log.warning("worker presence loop failed", exc_info=True)
+            self._stop.wait(self.settings.worker_heartbeat_s)
+        self._deregister()  # leaving: no new work is routed here by `motif compose` and /status
+
+    def start(self) -> None:
+        ensure_schema(self.settings.sqlalchemy_url, auto_create=True)
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="motif-presence", daemon=True)
+        self._thread.start()
+
+    def leave(self) -> None:
+        """Stop taking part at once, without waiting: the presence thread deregisters the worker
+        (safe from a signal handler; Celery's `worker_shutting_down` calls it)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._deregister()
+
+    def _deregister(self) -> None:
+        try:
+            with session_scope(self.settings.sqlalchemy_url) as session:
+                session.execute(delete(Worker).where(Worker.hostname == self.hostname))
+        except Exception:  # noqa: BLE001
+            log.warning("could not deregister worker", exc_info=True)
+
+
+def record_device(settings: Settings, hostname: str, queues: str, device: str) -> None:
+    """A pool child that has loaded the model writes the device it really uses (`cpu`,
+    `cuda:0 NVIDIA H200`) into its worker's row. The row may not exist yet (the main process
+    registers when Celery says it is ready): then the child writes it, and the main process's
+    heartbeat adopts it."""
+    from sqlalchemy import update
+    from sqlalchemy.exc import IntegrityError
+
+    for _ in range(2):
+        try:
+            with session_scope(settings.sqlalchemy_url) as session:
+                found = dml(
+                    session, update(Worker).where(Worker.hostname == hostname).values(device=device)
+                ).rowcount
+                if not found:
+                    session.add(
+                        Worker(
+                            hostname=hostname,
+                            queues=queues,
+                            device=device,
+                            pid=os.getppid(),
+                        )
+                    )
+            return
+        except IntegrityError:
+            continue  # the main process registered meanwhile: update its row
+        except Exception:  # noqa: BLE001 - /status shows less, nothing breaks
+            log.warning("could not record the worker's device", exc_info=True)
+            return
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (a zombie awaiting its parent does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
+def presence_alive(node: str, pid: int) -> bool:
+    """A presence row of this machine whose process is dead is not a live worker, however fresh
+    its last beat (a `kill -9` leaves the row behind)."""
+    return node.rpartition("@")[2] != socket.gethostname() or process_alive(pid)
+
+
+def live_queues_in(session: Session, settings: Settings) -> set[str]:
+    """The queues that live workers take: fresh presence rows, less those whose process on this
+    machine is dead."""
+    since = alive_since(settings.worker_heartbeat_s)
+    rows = session.execute(
+        select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
+    )
+    return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}

@@ -1,0 +1,53 @@
+"""Celery tasks: thin wrappers that take ids and call `engine.worker.pipeline`.
+
+Retries are declared here; the work and its idempotence live in the plain functions. The
+worker's life around them (warm-up, presence, wake-ups) is in `engine.worker.signals`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from engine.errors import QueueUnreachable, ServiceUnavailable
+from engine.settings import get_settings
+from engine.worker.app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
+from engine.worker.dispatch import dispatch_render
+from engine.worker.pipeline import RowNotVisible, run_generation, run_render
+from engine.worker.retrain import run_training
+
+log = logging.getLogger(__name__)
+
+# A row not visible yet, or a database that is down: retried with back-off (up to 10 s apart,
+# about 15 minutes in all), never acknowledged as failed.
+RETRY = {
+    "autoretry_for": (RowNotVisible, ServiceUnavailable),
+    "retry_backoff": 0.5,
+    "retry_backoff_max": 10,
+    "max_retries": 100,
+}
+
+
+@app.task(name=TASK_GENERATE, **RETRY)
+def generate(request_id: int) -> list[int]:
+    settings = get_settings()
+    done = run_generation(request_id, settings)
+    # This request's render follows through the chain; batch-mates get their own render.
+    for other in done:
+        if other != request_id:
+            try:
+                dispatch_render(other, settings)
+            except QueueUnreachable:
+                # The row says `rendering`: the reaper re-sends its render when the broker
+                # is back (engine.worker.reaper.resend_lost).
+                log.warning("could not send the render of %s", other)
+    return done
+
+
+@app.task(name=TASK_RENDER, **RETRY)
+def render(request_id: int) -> bool:
+    return run_render(request_id, get_settings())
+
+
+@app.task(name=TASK_RETRAIN, autoretry_for=(RowNotVisible,), max_retries=10, retry_backoff=1)
+def retrain(run_id: int) -> str:
+    return run_training(run_id, get_settings())

@@ -1,0 +1,149 @@
+"""The package rules of the tree (README, "The code"), read from the source with ast: module-level
+and function-level imports alike, so a late import cannot slip past."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What bot/ may import of engine: the torch-free layers it talks to.
+BOT_MAY_IMPORT = (
+    "engine.music",
+    "engine.store",
+    "engine.service",
+    "engine.settings",
+    "engine.errors",
+)
+TORCH_PACKAGES = ("engine/model/", "engine/audio/", "engine/worker/")
+# Layers that import nothing from the torch side (model, audio) nor the worker, except dispatch:
+# submitting a request sends a message by task name (engine.worker.dispatch imports no torch).
+TORCH_FREE_LAYERS = ("engine/music/", "engine/store/", "engine/service/")
+TORCH_FREE_MAY_REACH = ("engine.worker.dispatch", "engine.worker.app")
+
+# Sizes: a module over 400 lines or a function over 60 is split where a name explains a part.
+# These are the ones left, each with its reason (reserved files were moved, not edited, while
+# other changes to them were under way; see docs/layout.md).
+LONG_MODULES = {
+    "engine/model/generate.py",  # reserved: grammar (masks, sampling) to split out
+    "engine/model/train.py",  # reserved: train() into named steps, the CLI from TrainConfig
+    "engine/audio/synth.py",  # reserved: one module per back-end
+    "engine/model/network.py",  # the network and BatchDecoder, its step-by-step rearrangement
+    "engine/model/corpus.py",  # parsing music21's collections and the .npz cache
+    "engine/music/midi.py",  # seeds in (checked by hand), results out
+    "engine/music/musicxml.py",  # voices, measures, beams, spelling
+    "engine/service/requests.py",  # submit, follow-ups, progress, history, queue status
+    "engine/worker/pipeline.py",  # generate and render stages
+    "engine/worker/retrain.py",  # collect, train, gate
+    "engine/cli.py",  # every `motif` command
+}
+LONG_FUNCTIONS = {
+    "engine/model/generate.py",  # reserved: continue_batch, _plan_row, BatchDecoder.__init__
+    "engine/model/train.py",  # reserved: train
+    "engine/audio/pianoroll.py",  # reserved: piano_roll_png
+    "engine/model/corpus.py",  # parse_piece, build_corpus
+    "engine/music/midi.py",  # _piece_from_score
+    "engine/music/musicxml.py",  # score_xml
+    "engine/worker/retrain.py",  # _train_and_gate
+    "engine/cli.py",  # cmd_compose, build_parser
+}
+
+
+def sources(*folders: str) -> list[Path]:
+    return sorted(p for f in folders for p in (ROOT / f).rglob("*.py"))
+
+
+def imported(path: Path) -> list[tuple[int, str]]:
+    """Every module an import statement names, at any depth of the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+            # `from engine import db` names the module engine.db
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def under(name: str, *prefixes: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_bot_imports_only_the_torch_free_layers_of_engine():
+    bad = [
+        f"{rel(p)}:{line} imports {name}"
+        for p in sources("bot")
+        for line, name in imported(p)
+        if under(name, "engine") and name != "engine" and not under(name, *BOT_MAY_IMPORT)
+    ]
+    # `from engine.store import db` also yields "engine.store.db": both are allowed
+    assert not bad, "\n".join(bad)
+
+
+def test_torch_is_imported_only_under_model_audio_and_worker():
+    bad = [
+        f"{rel(p)}:{line} imports {name}"
+        for p in sources("engine", "bot")
+        for line, name in imported(p)
+        if under(name, "torch") and not rel(p).startswith(TORCH_PACKAGES)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_torch_free_layers_do_not_reach_the_torch_side():
+    bad = [
+        f"{rel(p)}:{line} imports {name}"
+        for p in sources(*TORCH_FREE_LAYERS)
+        for line, name in imported(p)
+        if under(name, "engine.model", "engine.audio", "engine.worker")
+        and not under(name, *TORCH_FREE_MAY_REACH)
+        and name not in ("engine.worker", "engine.model", "engine.audio")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_product_never_imports_bench():
+    bad = [
+        f"{rel(p)}:{line} imports {name}"
+        for p in sources("engine", "bot")
+        for line, name in imported(p)
+        if under(name, "bench")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_modules_stay_under_400_lines_but_the_named_ones():
+    long = {rel(p) for p in sources("engine", "bot") if len(p.read_text().splitlines()) > 400}
+    # equal, not a subset: a module that shrank leaves the list too
+    assert long == LONG_MODULES, (sorted(long - LONG_MODULES), sorted(LONG_MODULES - long))
+
+
+def long_functions(path: Path, limit: int = 60) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [
+        f"{node.name} {node.end_lineno - node.lineno + 1}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+def test_functions_stay_under_60_lines_but_in_the_named_modules():
+    offenders = {rel(p): long_functions(p) for p in sources("engine", "bot")}
+    unexpected = {k: v for k, v in offenders.items() if v and k not in LONG_FUNCTIONS}
+    assert not unexpected, unexpected
+    assert {k for k, v in offenders.items() if v} == LONG_FUNCTIONS
+
+
+if __name__ == "__main__":  # `python tests/test_layout.py`: the offenders, longest first
+    for p in sources("engine", "bot"):
+        n = len(p.read_text().splitlines())
+        if n > 400 or long_functions(p):
+            print(f"{rel(p)}: {n} lines; functions over 60: {', '.join(long_functions(p)) or '-'}")
