@@ -5,8 +5,9 @@ Folk tunes and piano pieces repeat and sequence their own figures; an LSTM that 
 hears them only through its state. The copy path looks them up. Every event so far (the seed's,
 then each continuation note) is remembered by its *figure*: (pitch interval from the event
 before, shift). For the next note, every seed event whose preceding figures match the latest
-ones votes for what came after it there, weighted by exp(`weight` x the match length
-(0..MAX_MATCH) + `exact` if it also came at the same pitch as now, not transposed):
+ones votes for what came after it there, weighted by exp(`weight` x the match length (up to
+`max_match` figures) + `exact` if it also came at the same pitch as now, not transposed +
+`aligned` if the note before it sat at the bar position the latest note sits at):
 
 - the shift: the remembered event's shift;
 - the pitch, given the shift just drawn: the remembered interval, applied to the last pitch (so a
@@ -14,11 +15,10 @@ ones votes for what came after it there, weighted by exp(`weight` x the match le
 - the duration, given shift and pitch: voters with the same shift and interval.
 
 Each field's distribution becomes (1 - lambda) x the model's + lambda x the votes', with lambda
-looked up by the best voter's match: its length (0..MAX_MATCH) and whether it is exact (no
-voter: 0). The lambdas and the
-weight are fitted by the likelihood of the *real* continuations of the validation split
-(`python -m engine.model.copying fit`), never by the figures that judge the output (bench.judge, on the
-test split). It is a cache language model (Kuhn & De Mori 1990; Grave et al. 2017 for neural
+looked up by the best voter's match: its length and whether it is exact (no voter: 0). The
+lambdas, the weights and `max_match` are fitted by the likelihood of the *real* continuations of
+the validation split (`python -m engine.model.copy_fit`), never by the figures that judge the
+output (bench.judge, on the test split). It is a cache language model (Kuhn & De Mori 1990; Grave et al. 2017 for neural
 models) over musical figures; see docs/seed-fidelity.md.
 
 Only the seed votes. Letting the continuation's own notes vote too fits real continuations better
@@ -130,9 +130,11 @@ def _shipped_params() -> CopyParams:
 def mix_logits(logits: torch.Tensor, votes: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """log((1 - lam) softmax(logits) + lam votes): logits (B, n), votes (B, n) summing to 1 (or
     0 where lam is 0), lam (B, 1). -inf stays -inf where neither gives the class any weight.
-    Computed for every row even where lam is 0: asking would cost the GPU a host read per note."""
+    Rows where lam is 0 keep their logits bit for bit (so a row without copying samples the
+    same alone or beside rows that copy); chosen per row by `where`, as asking which rows copy
+    would cost the GPU a host read per note."""
     p = torch.softmax(logits.float(), dim=-1) * (1 - lam) + votes * lam
-    return torch.log(p).to(logits.dtype)
+    return torch.where(lam > 0, torch.log(p).to(logits.dtype), logits)
 
 
 class CopyMemory:
@@ -174,7 +176,7 @@ class CopyMemory:
         self.interval = torch.full((B, width), _NONE * 1000, dtype=torch.int64, device=device)
         self.figure = torch.full((B, width), _NONE, dtype=torch.int64, device=device)
         self._figures(0, self.n)
-        self._length: torch.Tensor | None = None  # `_match` at this n: weights and ranks
+        self._length: torch.Tensor | None = None  # `_match` at this n: scores and ranks
         self._rank = torch.empty(0)
 
     # --- memory ---------------------------------------------------------------------------------
@@ -242,10 +244,11 @@ class CopyMemory:
 
     # --- votes ----------------------------------------------------------------------------------
     def _match(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each seed event j (B, W = seed_end): its voting score, exp(weight x m + exact x
-        e) up to a per-row factor, and its rank 2m + e; m: how many figures before it (up to
-        MAX_MATCH) equal the latest ones, figure[j-1-k] == figure[n-1-k] for k < m; e: the
-        match is exact (the event before j has the latest event's pitch). Cached per note."""
+        """For each seed event j (B, W = seed_end): its voting score (log weight), weight x m +
+        exact x e + aligned x a, and its rank 2m + e; m: how many figures before it (up to
+        max_match) equal the latest ones, figure[j-1-k] == figure[n-1-k] for k < m; e: the
+        match is exact (the event before j has the latest event's pitch); a: that event sat at
+        the latest event's bar position. Cached per note."""
         if self._length is not None:
             return self._length, self._rank
         n, W, most = self.n, self.seed_end, self.params.max_match
@@ -265,7 +268,7 @@ class CopyMemory:
         aligned = torch.cat([torch.zeros_like(aligned[:, :1]), aligned], dim=1)
         score = self.params.weight * length.float() + self.params.exact * exact.float()
         score = score + self.params.aligned * aligned.float()
-        self._length = torch.exp(score - score.amax(dim=1, keepdim=True))
+        self._length = score
         self._rank = 2 * length + exact
         return self._length, self._rank
 
@@ -275,10 +278,15 @@ class CopyMemory:
         """Weighted votes (B, n_classes) of the seed's `voters` (B, W) for `values` (B, W),
         normalised, and each row's lambda (B, 1) by its best voter's level. Only the seed votes
         (the module's docstring says why)."""
-        weight, rank = self._match()
+        score, rank = self._match()
         ok = voters & (values >= 0) & (values < n_classes)
+        # weights relative to this field's best voter, so none underflows to 0 for lack of a
+        # better voter that cannot vote here
+        score = score.masked_fill(~ok, float("-inf"))
+        top = score.amax(dim=1, keepdim=True).clamp_min(-1e30)  # a row without voters: finite
+        weight = torch.where(ok, torch.exp(score - top), 0.0)
         votes = torch.zeros(values.size(0), n_classes, device=values.device)
-        votes.scatter_add_(1, values.clamp(0, n_classes - 1), weight * ok)
+        votes.scatter_add_(1, values.clamp(0, n_classes - 1), weight)
         total = votes.sum(dim=1, keepdim=True)
         # the best voter: longest match first, exact before transposed at the same length
         best = torch.where(ok, rank, -1).amax(dim=1, keepdim=True)  # (B, 1)

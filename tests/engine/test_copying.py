@@ -223,3 +223,24 @@ def test_voters_at_the_same_bar_position_weigh_more():
     votes, _ = mem.shift_votes()
     # the latest note sits at position 0, as the first did: the note after it (shift 3) wins
     assert votes[0, 3] > 10 * votes[0, 12]
+
+
+def test_votes_stay_normalised_when_the_best_match_cannot_vote_for_the_field():
+    """A long exact match that votes for another shift must not shrink the other voters'
+    weights to nothing (the weights are relative to this field's best voter)."""
+    params = CopyParams(weight=6.0, exact=8.0, mix=((0.5,) * 34,) * 3)  # max match 16
+    figure = [(6, 30 + 2 * (i % 3), 5) for i in range(20)]
+    seed = figure + [(12, 40, 5)] + figure[:18]
+    mem = CopyMemory(_events(seed), torch.tensor([len(seed)]), SIZES, params)
+    votes, lam = mem.pitch_votes(torch.tensor([[12]]))  # only the one shift-12 note can vote
+    assert float(lam) == 0.5
+    assert float(votes.sum()) == pytest.approx(1.0, rel=SAME_MATH)
+
+
+def test_rows_without_copying_keep_their_logits_bit_for_bit():
+    logits = torch.randn(2, 7)
+    votes = torch.zeros(2, 7)
+    votes[0, 3] = 1.0
+    mixed = mix_logits(logits, votes, torch.tensor([[0.3], [0.0]]))
+    assert torch.equal(mixed[1], logits[1])
+    assert not torch.equal(mixed[0], logits[0])
