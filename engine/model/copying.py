@@ -178,6 +178,15 @@ class CopyMemory:
         self._figures(0, self.n)
         self._length: torch.Tensor | None = None  # `_match` at this n: scores and ranks
         self._rank = torch.empty(0)
+        # What never changes once the seed is in: for each seed column j, the max_match figures
+        # before it, newest first (B, W, max_match; padding columns hold no figure), and the
+        # pitch and bar position of the event before it (B, W; column 0: none).
+        W, most = self.seed_end, params.max_match
+        before = torch.arange(W, device=device)[:, None] - 1 - torch.arange(most, device=device)
+        self._before = self.figure[:, before.clamp_min(0)]  # (B, W, most)
+        self._before[:, :pad] = _NONE - 1  # never equal to a figure, nor to "no figure"
+        self._prev = torch.cat([self.event[:, :1, [1, 3]], self.event[:, : W - 1, [1, 3]]], 1)
+        self._prev[:, 0] = _NONE - 1
 
     # --- memory ---------------------------------------------------------------------------------
     def _figures(self, start: int, stop: int) -> None:
@@ -219,6 +228,7 @@ class CopyMemory:
         self.event, self.interval = self.event[rows], self.interval[rows]
         self.figure = self.figure[rows]
         self.rows_on = None if self.rows_on is None else self.rows_on[rows]
+        self._before, self._prev = self._before[rows], self._prev[rows]
         self._length = None
 
     def mixed(
@@ -251,21 +261,14 @@ class CopyMemory:
         the latest event's bar position. Cached per note."""
         if self._length is not None:
             return self._length, self._rank
-        n, W, most = self.n, self.seed_end, self.params.max_match
-        length = torch.zeros(self.figure.size(0), W, dtype=torch.int64, device=self.figure.device)
-        run = torch.ones_like(length, dtype=torch.bool)
-        lo = self.pad
-        for k in range(most):
-            mine = self.figure[:, n - 1 - k : n - k]  # (B, 1) the k-th latest figure
-            theirs = self.figure[:, lo - 1 - k : W - 1 - k]  # (B, W - lo): before each j
-            same = (theirs == mine) & (mine != _NONE)
-            run[:, lo:] &= same
-            length[:, lo:] += run[:, lo:]
-        exact = self.event[:, n - 1 : n, 1] == self.event[:, : W - 1, 1]  # (B, W - 1): j - 1
-        exact = torch.cat([torch.zeros_like(exact[:, :1]), exact], dim=1) & (length > 0)
+        n, most = self.n, self.params.max_match
+        mine = self.figure[:, n - most : n].flip(1)  # (B, most) the latest figures, newest first
+        same = (self._before == mine[:, None, :]) & (mine != _NONE)[:, None, :]  # (B, W, most)
+        length = same.long().cumprod(dim=2).sum(dim=2)  # (B, W) the run of equal figures
+        last = self.event[:, n - 1 : n, [1, 3]]  # (B, 1, 2) the latest pitch and bar position
+        exact = (self._prev[..., 0] == last[..., 0]) & (length > 0)
         # aligned: the note before j sat at the bar position the latest note sits at
-        aligned = self.event[:, n - 1 : n, 3] == self.event[:, : W - 1, 3]  # (B, W - 1)
-        aligned = torch.cat([torch.zeros_like(aligned[:, :1]), aligned], dim=1)
+        aligned = self._prev[..., 1] == last[..., 1]
         score = self.params.weight * length.float() + self.params.exact * exact.float()
         score = score + self.params.aligned * aligned.float()
         self._length = score
