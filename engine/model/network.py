@@ -2,7 +2,7 @@
 
 An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
 and conditioned on the style and on the seed's estimated key (key classes: see
-`engine.model.generate.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY
+`engine.model.plan.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY
 with one head each, every head seeing the fields already chosen for that note. Training runs the
 decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`, the same network
 rearranged for one note at a time (tests/engine/test_model.py keeps the plain reference step, with

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from engine.errors import BadParams, MotifError
 from engine.model.checkpoint import LoadedModel, load_checkpoint, pick_device, save_checkpoint
 from engine.model.events import EventCodec, TokenizerConfig
-from engine.model.generate import N_KEY, seed_key
 from engine.model.network import IGNORE, PITCH, POSITION, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.plan import N_KEY, seed_key
 from engine.music.notes import Piece
 from engine.settings import DEFAULT_CORPUS_PATH
 
