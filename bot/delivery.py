@@ -34,7 +34,7 @@ from bot.progress import EditThrottle
 from bot.sweep import Sweeper, say_restarting
 from bot.views import progress_view, result_view
 from engine.service.notify import RequestWakeups
-from engine.service.requests import ArtifactInfo, Progress
+from engine.service.progress import ArtifactInfo, Progress
 from engine.store.records import RequestStatus
 
 if TYPE_CHECKING:

@@ -30,7 +30,6 @@ LONG_MODULES = {
     "engine/model/corpus.py",  # parsing music21's collections and the .npz cache
     "engine/music/midi.py",  # seeds in (checked by hand), results out
     "engine/music/musicxml.py",  # voices, measures, beams, spelling
-    "engine/service/requests.py",  # submit, follow-ups, progress, history, queue status
     "engine/worker/pipeline.py",  # generate and render stages
     "engine/worker/retrain.py",  # collect, train, gate
     "engine/cli.py",  # every `motif` command
