@@ -38,7 +38,6 @@ LONG_FUNCTIONS = {
     "engine/model/corpus.py",  # parse_piece, build_corpus
     "engine/music/midi.py",  # _piece_from_score
     "engine/music/musicxml.py",  # score_xml
-    "engine/cli.py",  # cmd_compose, build_parser
 }
 
 
