@@ -53,7 +53,7 @@ def count_calls(obj: Any, method: str, fn: Callable[[], Any]) -> tuple[Any, int]
 def count_steps(lm: LoadedModel, fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run fn() and count Motif's decoder steps (`BatchDecoder.step` calls: one per note of the
     longest row of a batch, plus one)."""
-    from engine.model.network import BatchDecoder
+    from engine.model.batch_decoder import BatchDecoder
 
     original, calls = BatchDecoder.step, [0]
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from engine.model.batch_decoder import BatchDecoder
 from engine.model.checkpoint import LoadedModel
 from engine.model.copying import CopyMemory, copy_params_of
 from engine.model.grammar import Grammar
@@ -22,7 +23,6 @@ from engine.model.network import (
     POSITION,
     SHIFT,
     VELOCITY,
-    BatchDecoder,
     Memory,
     MotifSeq2Seq,
 )
