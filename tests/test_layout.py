@@ -23,8 +23,7 @@ TORCH_FREE_LAYERS = ("engine/music/", "engine/store/", "engine/service/")
 TORCH_FREE_MAY_REACH = ("engine.worker.dispatch", "engine.worker.app")
 
 # Sizes: a module over 400 lines or a function over 60 is split where a name explains a part.
-# These are the ones left, each with its reason (reserved files were moved, not edited, while
-# other changes to them were under way; see docs/layout.md).
+# These are the ones left, each with its reason (docs/layout.md, "Left for later", says how).
 LONG_MODULES = {
     "engine/model/corpus.py",  # parsing music21's collections and the .npz cache
     "engine/music/midi.py",  # seeds in (checked by hand), results out
