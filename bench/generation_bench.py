@@ -53,7 +53,7 @@ def count_calls(obj: Any, method: str, fn: Callable[[], Any]) -> tuple[Any, int]
 def count_steps(lm: LoadedModel, fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run fn() and count Motif's decoder steps (`BatchDecoder.step` calls: one per note of the
     longest row of a batch, plus one)."""
-    from engine.model.network import BatchDecoder
+    from engine.model.batch_decoder import BatchDecoder
 
     original, calls = BatchDecoder.step, [0]
 
@@ -73,8 +73,8 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     """The network's own pace at B=1, nothing else: `steps` decoder steps (generation's
     `BatchDecoder`: LSTM layers + attention) from an encoded seed, then the same with the four
     output heads (the whole network cost of one note)."""
-    from engine.model.generate import MAX_SEED_NOTES, seed_key
     from engine.model.network import POSITION, SHIFT
+    from engine.model.plan import MAX_SEED_NOTES, seed_key
     from engine.model.train import encode_pieces
 
     model, codec = lm.model.eval(), lm.codec

@@ -80,7 +80,7 @@ def median(values: Sequence[float]) -> float:
 # --- the model ----------------------------------------------------------------------------------
 def default_sizes() -> dict[str, Any]:
     """The model `motif train` builds fresh (engine.model.train.TrainConfig's defaults)."""
-    from engine.model.generate import N_KEY
+    from engine.model.plan import N_KEY
     from engine.model.train import TrainConfig
 
     d = TrainConfig()

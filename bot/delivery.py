@@ -2,7 +2,7 @@
 
 Progress goes into the interaction's original response while its token lives (15 minutes);
 results that finish later go to the channel with a mention, and results that finished while the
-bot was down are found in SQL (`JobService.undelivered`) by a background sweep. Several bot
+bot was down are found in SQL by a background sweep (bot/sweep.py). Several bot
 processes may share one database: each result is posted by the one holding its delivery claim
 (`JobService.claim_delivery`, a lease renewed while it watches), so nobody sees it twice.
 """
@@ -23,7 +23,6 @@ import discord
 from bot import messages
 from bot.destinations import (
     PICTURE_KINDS,
-    ChannelDestination,
     Destination,
     InteractionDestination,
     TokenExpired,
@@ -32,9 +31,10 @@ from bot.destinations import (
     inline_picture,
 )
 from bot.progress import EditThrottle
+from bot.sweep import Sweeper, say_restarting
 from bot.views import progress_view, result_view
 from engine.service.notify import RequestWakeups
-from engine.service.requests import ArtifactInfo, Progress
+from engine.service.progress import ArtifactInfo, Progress
 from engine.store.records import RequestStatus
 
 if TYPE_CHECKING:
@@ -64,13 +64,14 @@ class Deliveries:
         # it gives back (a follow cancelled while its claim is in flight)
         self._claims = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motif-claims")
         self.poll_interval_s = poll_interval_s
-        self.sweep_interval_s = sweep_interval_s
         self.token_ttl_s = token_ttl_s
         self.max_follow_s = max_follow_s
-        self._claimed: set[int] = set()
-        self._delivered: set[int] = set()
+        # requests this process follows or sweeps now, and those it has delivered (the sweep
+        # leaves both alone)
+        self.claimed_here: set[int] = set()
+        self.delivered_here: set[int] = set()
         self._tasks: set[asyncio.Task[object]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self.sweeper = Sweeper(self, sweep_interval_s)
         # requests whose progress message this process keeps, until their result is ready
         self._watching: dict[int, Destination] = {}
         # woken as soon as a worker publishes a change (Redis or Postgres); None: poll only
@@ -96,7 +97,7 @@ class Deliveries:
     # --- requests -----------------------------------------------------------------------------
     def follow(self, request_id: int, destination: Destination) -> asyncio.Task[object]:
         """Show the request's progress and post its result; returns the watching task."""
-        self._claimed.add(request_id)
+        self.claimed_here.add(request_id)
         return self._spawn(self._follow(request_id, destination), f"motif-follow-{request_id}")
 
     async def _claim(self, request_id: int) -> bool:
@@ -104,7 +105,7 @@ class Deliveries:
             self._claims, self.jobs.claim_delivery, request_id, self.owner, self.claim_lease_s
         )
 
-    async def _release(self, request_id: int) -> None:
+    async def release(self, request_id: int) -> None:
         await asyncio.get_running_loop().run_in_executor(
             self._claims, self.jobs.release_delivery, request_id, self.owner
         )
@@ -163,9 +164,9 @@ class Deliveries:
             self._watching.pop(request_id, None)
             if self.wakeups is not None:
                 self.wakeups.unwatch(request_id)
-            self._claimed.discard(request_id)
+            self.claimed_here.discard(request_id)
             if not delivered:
-                await asyncio.shield(self._release(request_id))
+                await asyncio.shield(self.release(request_id))
 
     async def deliver(
         self, p: Progress, destination: Destination, throttle: EditThrottle | None = None
@@ -203,7 +204,7 @@ class Deliveries:
         elif not shown and p.status is RequestStatus.FAILED:
             await destination.post(messages.failure_text(p))
         await asyncio.to_thread(self.jobs.mark_delivered, p.request_id)
-        self._delivered.add(p.request_id)
+        self.delivered_here.add(p.request_id)
         log.info("delivered request #%s (%s)", p.request_id, p.status.value)
         return True
 
@@ -212,40 +213,6 @@ class Deliveries:
             return Upload(info.filename, self.jobs.artifact_bytes(info), info.kind)
 
         return [await asyncio.to_thread(load, a) for a in p.artifacts]
-
-    # --- results nobody is watching (restarts, lost tasks) -------------------------------------
-    async def sweep(self) -> list[int]:
-        """Deliver finished requests that were never delivered; returns the ids posted."""
-        posted = []
-        for request_id in await asyncio.to_thread(self.jobs.undelivered):
-            if request_id in self._claimed or request_id in self._delivered:
-                continue
-            self._claimed.add(request_id)
-            try:
-                p = await asyncio.to_thread(self.jobs.progress, request_id)
-                if p.channel_id is None:
-                    continue
-                dest = ChannelDestination(self.bot, p.channel_id, p.user_discord_id)
-                if await self.deliver(p, dest):
-                    posted.append(request_id)
-            except (discord.Forbidden, discord.NotFound) as exc:
-                # The channel is gone or closed to us: retrying forever would not help.
-                log.warning("cannot post request #%s (%s); giving up", request_id, exc)
-                await asyncio.to_thread(self.jobs.mark_delivered, request_id)
-            except Exception:
-                log.exception("late delivery of request #%s failed; will retry", request_id)
-                await self._release(request_id)
-            finally:
-                self._claimed.discard(request_id)
-        return posted
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("the delivery sweep failed; retrying later")
-            await asyncio.sleep(self.sweep_interval_s)
 
     # --- training runs ------------------------------------------------------------------------
     def follow_run(
@@ -299,46 +266,19 @@ class Deliveries:
     def start(self) -> None:
         if self.wakeups is not None:
             self.wakeups.start()
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_forever(), name="motif-delivery-sweep"
-            )
+        self.sweeper.start()
 
     async def stop(self, notice_timeout_s: float = 5.0) -> None:
         watching = list(self._watching.items())  # (the follows forget them when cancelled)
-        tasks = list(self._tasks) + ([self._sweeper] if self._sweeper else [])
+        tasks = list(self._tasks) + self.sweeper.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.wakeups is not None:
             await self.wakeups.stop()
         # after the follows stopped, so no progress edit of theirs lands after this one
-        await self._say_restarting(watching, notice_timeout_s)
-        self._sweeper = None
+        await say_restarting(watching, notice_timeout_s)
         # the claims given back by the cancelled tasks are written before the bot says it stopped
         claims, self._claims = self._claims, ThreadPoolExecutor(1, "motif-claims")
         await asyncio.get_running_loop().run_in_executor(claims, lambda: None)
         claims.shutdown(wait=False)
-
-    async def _say_restarting(
-        self, watching: list[tuple[int, Destination]], timeout_s: float
-    ) -> None:
-        """Progress messages this process kept would otherwise stay at their last stage ("…is
-        queued") after it stops: say that the result will come to the channel (the next bot's
-        sweep posts it there). Bounded by `timeout_s`; a failed edit is only logged."""
-        edits = [
-            destination.edit_progress(messages.restarting_text(request_id))
-            for request_id, destination in watching
-            if destination.can_edit_progress()
-        ]
-        if not edits:
-            return
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*edits, return_exceptions=True), timeout_s
-            )
-        except TimeoutError:
-            log.warning("telling users about the restart took over %.0f s; stopping", timeout_s)
-            return
-        for failed in (r for r in results if isinstance(r, Exception)):
-            log.info("could not tell a user about the restart: %r", failed)

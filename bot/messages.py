@@ -9,7 +9,7 @@ import discord
 
 from engine.music import catalog
 from engine.service.admin import ModelInfo, RunInfo, Stats
-from engine.service.requests import Progress, QueueStatus
+from engine.service.progress import Progress, QueueStatus
 from engine.store.records import RequestKind, RequestStatus
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)

@@ -12,9 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import MotifError
 from engine.settings import PACKAGE_DIR, Settings, get_settings
+
+if TYPE_CHECKING:
+    from engine.service.progress import Progress
+    from engine.service.requests import JobService
+    from engine.worker.local import LocalWorker
 
 log = logging.getLogger("motif")
 
@@ -102,12 +108,10 @@ def stop_worker_process(
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    from engine.errors import ServiceUnavailable
-    from engine.music.midi import SeedLimits
     from engine.service.requests import JobService, Requester, validate_options
     from engine.store.db import ensure_schema
     from engine.store.records import RequestOrigin, RequestStatus
-    from engine.worker.local import LocalWorker, serving
+    from engine.worker.local import LocalWorker
 
     settings = get_settings()
     if not args.verbose:
@@ -124,33 +128,12 @@ def cmd_compose(args: argparse.Namespace) -> int:
         settings=settings,
         from_bar=args.from_bar,
     )
-    seed_bytes = None
-    seed_name = ""
+    seed_bytes, seed_name = None, ""
     if args.seed:
-        path = Path(args.seed)
-        if not path.is_file():
-            print(f"motif: no such seed file: {path}", file=sys.stderr)
+        read = _read_seed(Path(args.seed), options.from_bar)
+        if read is None:
             return 2
-        limit = SeedLimits().max_bytes
-        if path.stat().st_size > limit:  # refused before a byte is read
-            print(
-                f"motif: the seed file is too large: {path.stat().st_size:,} bytes "
-                f"(the limit is {limit:,} bytes)",
-                file=sys.stderr,
-            )
-            return 2
-        seed_bytes = path.read_bytes()
-        seed_name = path.name
-        from engine.music.midi import load_seed, seed_notices
-        from engine.music.notation import is_notation_name, load_notation_seed
-
-        # a bad file is refused before anything starts
-        if is_notation_name(seed_name):
-            load_notation_seed(seed_bytes, seed_name)
-        else:
-            seed = load_seed(seed_bytes, name=seed_name, from_bar=options.from_bar)
-            for notice in seed_notices(seed).values():
-                print(f"  note: {notice}")
+        seed_bytes, seed_name = read
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     started = time.perf_counter()
     local = None if args.no_worker else LocalWorker(settings, keep=args.keep_worker)
@@ -162,75 +145,125 @@ def cmd_compose(args: argparse.Namespace) -> int:
             Requester(origin=RequestOrigin.CLI, name="cli"), options, seed_bytes, seed_name
         )
         print(f"request #{rid} queued ({seed_name or 'no seed'}, {options.bars} bars)")
-        last = None
-        order = [RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING]
-        order.append(RequestStatus.DONE)
-        reached = 0  # how many stages of `order` have been printed
-        deadline = time.monotonic() + args.timeout
-        next_check = time.monotonic() + 2.0
-        outage = False
-        while True:
-            try:
-                prog = service.progress(rid)
-            except ServiceUnavailable as exc:
-                if not outage:
-                    print(f"  {exc.user_message} (request #{rid} is saved; waiting)")
-                outage = True
-                prog = None
-            if prog is not None:
-                outage = False
-                shown = (prog.status, prog.queue_position)
-                if shown != last:
-                    last = shown
-                    now = f"[{time.perf_counter() - started:.1f} s]"
-                    if prog.status in order:  # a stage shorter than one poll gets its line
-                        at = order.index(prog.status)
-                        for skipped in order[reached:at]:
-                            print(f"  {skipped.value}  {now}")
-                        reached = max(reached, at + 1)
-                    where = f" (position {prog.queue_position})" if prog.queue_position else ""
-                    print(f"  {prog.status.value}{where}  {now}")
-                if prog.finished:
-                    break
-                if local is not None and time.monotonic() >= next_check:
-                    # Never wait on a worker that is gone: start one when none is live.
-                    next_check = time.monotonic() + 2.0
-                    if not serving(settings) and local.ensure():
-                        print("  the worker was gone; a new one is running")
-            if time.monotonic() > deadline:
-                print(f"motif: gave up waiting after {args.timeout:.0f} s", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
+        prog = _wait_for(service, rid, settings, local, started, args.timeout)
+        if prog is None:
+            print(f"motif: gave up waiting after {args.timeout:.0f} s", file=sys.stderr)
+            return 1
         if prog.status is not RequestStatus.DONE:
             why = f": {prog.error_user}" if prog.error_user else ""
             print(f"motif: request #{rid} {prog.status.value}{why}", file=sys.stderr)
             return 1
-        out = Path(args.out or settings.output_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            for art in prog.artifacts:
-                target = out / art.filename
-                target.write_bytes(service.artifact_bytes(art))
-                print(f"  wrote {target} ({art.size / 1024:.0f} KiB)")
-        except OSError as exc:
-            print(
-                f"motif: cannot write the result to {out}: {exc.strerror or exc}", file=sys.stderr
-            )
-            return 2
-        t = prog.timings
-        print(
-            f"done in {time.perf_counter() - started:.2f} s "
-            f"(generate {t.get('generate_s', 0):.2f} s, render {t.get('render_s', 0):.2f} s, "
-            f"{t.get('notes', '?')} notes, model {prog.model_version}, device {prog.device})"
-        )
-        for remark in prog.notes.get("seed_remarks", []):
-            print(f"  note: {remark}")
-        if prog.notes.get("shortened"):
-            print("  note: the audio was shortened to fit the upload cap")
-        return 0
+        return _write_result(service, prog, Path(args.out or settings.output_dir), started)
     finally:
         if local is not None:
             local.leave()
+
+
+def _read_seed(path: Path, from_bar: int | None) -> tuple[bytes, str] | None:
+    """The seed file's bytes and name, checked before anything starts (its notices printed);
+    None, with the reason printed, when it is missing or too large."""
+    from engine.music.midi import SeedLimits, load_seed, seed_notices
+    from engine.music.notation import is_notation_name, load_notation_seed
+
+    if not path.is_file():
+        print(f"motif: no such seed file: {path}", file=sys.stderr)
+        return None
+    limit = SeedLimits().max_bytes
+    if path.stat().st_size > limit:  # refused before a byte is read
+        print(
+            f"motif: the seed file is too large: {path.stat().st_size:,} bytes "
+            f"(the limit is {limit:,} bytes)",
+            file=sys.stderr,
+        )
+        return None
+    seed_bytes = path.read_bytes()
+    # a bad file is refused before anything starts
+    if is_notation_name(path.name):
+        load_notation_seed(seed_bytes, path.name)
+    else:
+        seed = load_seed(seed_bytes, name=path.name, from_bar=from_bar)
+        for notice in seed_notices(seed).values():
+            print(f"  note: {notice}")
+    return seed_bytes, path.name
+
+
+def _wait_for(
+    service: JobService,
+    rid: int,
+    settings: Settings,
+    local: LocalWorker | None,
+    started: float,
+    timeout: float,
+) -> Progress | None:
+    """Print each stage the request reaches until it finishes (its last progress); None when
+    `timeout` seconds pass first. A database outage is waited out; a local worker that is gone
+    is replaced."""
+    from engine.errors import ServiceUnavailable
+    from engine.store.records import RequestStatus
+    from engine.worker.local import serving
+
+    last = None
+    order = [RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING]
+    order.append(RequestStatus.DONE)
+    reached = 0  # how many stages of `order` have been printed
+    deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + 2.0
+    outage = False
+    while True:
+        try:
+            prog = service.progress(rid)
+        except ServiceUnavailable as exc:
+            if not outage:
+                print(f"  {exc.user_message} (request #{rid} is saved; waiting)")
+            outage = True
+            prog = None
+        if prog is not None:
+            outage = False
+            shown = (prog.status, prog.queue_position)
+            if shown != last:
+                last = shown
+                now = f"[{time.perf_counter() - started:.1f} s]"
+                if prog.status in order:  # a stage shorter than one poll gets its line
+                    at = order.index(prog.status)
+                    for skipped in order[reached:at]:
+                        print(f"  {skipped.value}  {now}")
+                    reached = max(reached, at + 1)
+                where = f" (position {prog.queue_position})" if prog.queue_position else ""
+                print(f"  {prog.status.value}{where}  {now}")
+            if prog.finished:
+                return prog
+            if local is not None and time.monotonic() >= next_check:
+                # Never wait on a worker that is gone: start one when none is live.
+                next_check = time.monotonic() + 2.0
+                if not serving(settings) and local.ensure():
+                    print("  the worker was gone; a new one is running")
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
+def _write_result(service: JobService, prog: Progress, out: Path, started: float) -> int:
+    """Write the result's files into `out` and say how it went."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for art in prog.artifacts:
+            target = out / art.filename
+            target.write_bytes(service.artifact_bytes(art))
+            print(f"  wrote {target} ({art.size / 1024:.0f} KiB)")
+    except OSError as exc:
+        print(f"motif: cannot write the result to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    t = prog.timings
+    print(
+        f"done in {time.perf_counter() - started:.2f} s "
+        f"(generate {t.get('generate_s', 0):.2f} s, render {t.get('render_s', 0):.2f} s, "
+        f"{t.get('notes', '?')} notes, model {prog.model_version}, device {prog.device})"
+    )
+    for remark in prog.notes.get("seed_remarks", []):
+        print(f"  note: {remark}")
+    if prog.notes.get("shortened"):
+        print("  note: the audio was shortened to fit the upload cap")
+    return 0
 
 
 # --- worker, database, models ---------------------------------------------------------------
@@ -374,6 +407,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _add_compose(sub)
+
+    _add_operations(sub)
+    sub.add_parser("reap", help="re-queue jobs whose worker vanished").set_defaults(func=cmd_reap)
+    x = sub.add_parser("cancel", help="withdraw a queued request made from this command line")
+    x.add_argument("request", type=int, help="the request's number (`motif compose` prints it)")
+    x.set_defaults(func=cmd_cancel)
+    sub.add_parser("status", help="queue length, workers, model").set_defaults(func=cmd_status)
+    sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)").set_defaults(
+        func=cmd_bot
+    )
+    for name, (module, text) in DELEGATED.items():
+        # the arguments after the name are the command's own: `parse_args` puts them in `rest`
+        x = sub.add_parser(name, help=text, add_help=False)
+        x.set_defaults(rest=[], func=lambda a, mod=module: cmd_delegate(mod, a.rest))
+    return p
+
+
+def _add_compose(sub: argparse._SubParsersAction) -> None:
+    """`motif compose`: every option says its range and its default."""
     from engine.music import catalog
     from engine.service.requests import ComposeOptions
 
@@ -419,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"continue from this bar of the seed file (the bars before it are the seed): 2 to "
         f"{catalog.MAX_FROM_BAR}; default the end",
     )  # fmt: skip
+    _add_compose_run_options(c)
+    c.set_defaults(func=cmd_compose)
+
+
+def _add_compose_run_options(c: argparse.ArgumentParser) -> None:
+    """Where the files go, how long to wait, and the local worker."""
     c.add_argument(
         "--out", default=None,
         help="folder for the .mid, audio and .png; default MOTIF_OUTPUT_DIR (out)",
@@ -435,8 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-worker", action="store_true",
         help="leave the worker this command started running afterwards; default: stop it",
     )  # fmt: skip
-    c.set_defaults(func=cmd_compose)
 
+
+def _add_operations(sub: argparse._SubParsersAction) -> None:
+    """`motif worker`, `db` and `model`: running the service."""
     w = sub.add_parser("worker", help="run a Celery worker")
     w.add_argument("-Q", "--queues", default="gpu,cpu,train")
     w.add_argument("-c", "--concurrency", type=int, default=1)
@@ -453,20 +514,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=["list", "activate", "rollback"])
     m.add_argument("version", nargs="?")
     m.set_defaults(func=cmd_model)
-
-    sub.add_parser("reap", help="re-queue jobs whose worker vanished").set_defaults(func=cmd_reap)
-    x = sub.add_parser("cancel", help="withdraw a queued request made from this command line")
-    x.add_argument("request", type=int, help="the request's number (`motif compose` prints it)")
-    x.set_defaults(func=cmd_cancel)
-    sub.add_parser("status", help="queue length, workers, model").set_defaults(func=cmd_status)
-    sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)").set_defaults(
-        func=cmd_bot
-    )
-    for name, (module, text) in DELEGATED.items():
-        # the arguments after the name are the command's own: `parse_args` puts them in `rest`
-        x = sub.add_parser(name, help=text, add_help=False)
-        x.set_defaults(rest=[], func=lambda a, mod=module: cmd_delegate(mod, a.rest))
-    return p
 
 
 # Commands whose own parser reads everything after the command's name.

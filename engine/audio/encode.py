@@ -52,10 +52,6 @@ class EncodedAudio:
     seconds: float
     shortened: bool  # cut to fit the cap (or the renderer's max_seconds, via render_audio)
 
-    @property
-    def filename_ext(self) -> str:
-        return self.fmt
-
 
 # --- loudness ------------------------------------------------------------------------------------
 

@@ -11,11 +11,16 @@ import importlib.util
 import io
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.music.notes import Piece
+from engine.music.notes import Note, Piece
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
 
 log = logging.getLogger(__name__)
 
@@ -83,100 +88,148 @@ def piano_roll_png(
         (seed, SEED_COLOUR, "seed"), (continuation, CONTINUATION_COLOUR, "continuation"))
         if p is not None]  # fmt: skip
     metre = seed if seed is not None else continuation
-    all_notes = [n for p, _, _ in parts for n in p.notes]
-    if all_notes:
-        low = min(n.pitch for n in all_notes) - 2
-        high = max(n.pitch for n in all_notes) + 2
-        end = max(n.end for n in all_notes)
-    else:
-        low, high, end = 58, 72, metre.beats_per_bar
-    if high - low < 12:  # at least an octave, so a few notes do not become huge blocks
-        pad = (12 - (high - low)) / 2
-        low, high = int(low - math.floor(pad)), int(high + math.ceil(pad))
-    bar = metre.beats_per_bar
-    end = max(bar, math.ceil(end / bar) * bar)
-
-    # the plot area in pixels; pitch p's row is centred on y(p), one row per semitone
-    x0, x1 = LEFT, width_px - RIGHT
-    y0, y1 = TOP, height_px - BOTTOM
-    sx = (x1 - x0) / end
-    sy = (y1 - y0) / (high - low + 1)
-
-    def x(beat: float) -> float:
-        return x0 + beat * sx
-
-    def y(pitch: float) -> float:
-        return y1 - (pitch - low + 0.5) * sy
-
+    frame = _Frame.around([n for p, _, _ in parts for n in p.notes], metre, width_px, height_px)
     image = Image.new("RGB", (width_px, height_px), WHITE)
     draw = ImageDraw.Draw(image)
-    # Black-key rows shaded, as on a keyboard: helps reading intervals.
-    for p in range(low, high + 1):
-        if p % 12 in BLACK_KEYS:
-            draw.rectangle((x0, round(y(p + 0.5)), x1, round(y(p - 0.5)) - 1), fill=BLACK_KEY_ROW)
-    n_bars = round(end / bar)
-    if n_bars <= 32:  # beat lines only while they stay visibly apart
-        step = 4 / metre.time_signature[1]  # denominator units
-        for b in np.arange(0, end + 1e-9, step):
-            if b % bar:
-                draw.line((round(x(b)), y0, round(x(b)), y1), fill=BEAT_LINE)
-    for p in range(low, high + 1):
-        if p % 12 == 0:
-            draw.line((x0, round(y(p - 0.5)), x1, round(y(p - 0.5))), fill=OCTAVE_LINE)
-    for i in range(n_bars + 1):
-        draw.line((round(x(i * bar)), y0, round(x(i * bar)), y1), fill=BAR_LINE)
+    _draw_grid(draw, frame, metre)
+    _draw_notes(draw, frame, parts)
+    handles: list[tuple[str, str, bool]] = [(c, label, False) for _, c, label in parts]
+    if seed is not None and seed.notes:
+        _draw_seed_end(draw, frame, seed)
+        handles.append((SEED_END_COLOUR, "seed ends", True))
+    # the frame: left, bottom and right spines (no top, as before)
+    draw.line((frame.x0, frame.y0, frame.x0, frame.y1), fill=SPINE)
+    draw.line((frame.x0, frame.y1, frame.x1, frame.y1), fill=SPINE)
+    draw.line((frame.x1, frame.y0, frame.x1, frame.y1), fill=SPINE)
+    _draw_legend(draw, frame, handles)
+    _draw_axes(image, draw, frame, metre, title)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
+
+@dataclass(frozen=True)
+class _Frame:
+    """The plot area in pixels and what it shows: pitches low..high (one row per semitone,
+    pitch p's row centred on y(p)) and beats 0..end in bars of `bar` beats."""
+
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+    height_px: int
+    low: int
+    high: int
+    end: float
+    bar: float
+
+    @classmethod
+    def around(cls, notes: list[Note], metre: Piece, width_px: int, height_px: int) -> _Frame:
+        """The pitch range with a margin (an octave at least, so a few notes do not become
+        huge blocks), and whole bars up to the last note's end."""
+        if notes:
+            low = min(n.pitch for n in notes) - 2
+            high = max(n.pitch for n in notes) + 2
+            end = max(n.end for n in notes)
+        else:
+            low, high, end = 58, 72, metre.beats_per_bar
+        if high - low < 12:
+            pad = (12 - (high - low)) / 2
+            low, high = int(low - math.floor(pad)), int(high + math.ceil(pad))
+        bar = metre.beats_per_bar
+        end = max(bar, math.ceil(end / bar) * bar)
+        return cls(LEFT, width_px - RIGHT, TOP, height_px - BOTTOM, height_px, low, high, end, bar)
+
+    @property
+    def n_bars(self) -> int:
+        return round(self.end / self.bar)
+
+    def x(self, beat: float) -> float:
+        return self.x0 + beat * ((self.x1 - self.x0) / self.end)
+
+    def y(self, pitch: float) -> float:
+        return self.y1 - (pitch - self.low + 0.5) * (
+            (self.y1 - self.y0) / (self.high - self.low + 1)
+        )
+
+
+def _draw_grid(draw: ImageDraw.ImageDraw, f: _Frame, metre: Piece) -> None:
+    """Black-key rows shaded, as on a keyboard (it helps reading intervals); beat, octave and
+    bar lines."""
+    x, y = f.x, f.y
+    for p in range(f.low, f.high + 1):
+        if p % 12 in BLACK_KEYS:
+            draw.rectangle(
+                (f.x0, round(y(p + 0.5)), f.x1, round(y(p - 0.5)) - 1), fill=BLACK_KEY_ROW
+            )
+    if f.n_bars <= 32:  # beat lines only while they stay visibly apart
+        step = 4 / metre.time_signature[1]  # denominator units
+        for b in np.arange(0, f.end + 1e-9, step):
+            if b % f.bar:
+                draw.line((round(x(b)), f.y0, round(x(b)), f.y1), fill=BEAT_LINE)
+    for p in range(f.low, f.high + 1):
+        if p % 12 == 0:
+            draw.line((f.x0, round(y(p - 0.5)), f.x1, round(y(p - 0.5))), fill=OCTAVE_LINE)
+    for i in range(f.n_bars + 1):
+        draw.line((round(x(i * f.bar)), f.y0, round(x(i * f.bar)), f.y1), fill=BAR_LINE)
+
+
+def _draw_notes(draw: ImageDraw.ImageDraw, f: _Frame, parts: list[tuple[Piece, str, str]]) -> None:
     for piece, colour, _label in parts:
         edge = _rgb(colour)
         for n in piece.notes:
             alpha = 0.45 + 0.55 * min(127, max(1, n.velocity)) / 127  # louder notes darker
             face = tuple(round(255 + (c - 255) * alpha) for c in edge)
-            left, right = round(x(n.start)), round(x(n.start + max(n.duration, 0.05)))
-            top, bottom = round(y(n.pitch + 0.4)), round(y(n.pitch - 0.4))
+            left, right = round(f.x(n.start)), round(f.x(n.start + max(n.duration, 0.05)))
+            top, bottom = round(f.y(n.pitch + 0.4)), round(f.y(n.pitch - 0.4))
             draw.rectangle((left, top, max(left + 1, right), max(top + 1, bottom)), fill=face,
                            outline=edge)  # fmt: skip
 
-    font = _font(_px(FONT))
-    handles: list[tuple[str, str, bool]] = [(c, label, False) for _, c, label in parts]
-    if seed is not None and seed.notes:
-        sx_end = round(x(seed.end_beat))
-        for top in range(y0, y1, 9):  # dashed
-            draw.line((sx_end, top, sx_end, min(top + 5, y1)), fill=_rgb(SEED_END_COLOUR), width=2)
-        handles.append((SEED_END_COLOUR, "seed ends", True))
-    # the frame: left, bottom and right spines (no top, as before)
-    draw.line((x0, y0, x0, y1), fill=SPINE)
-    draw.line((x0, y1, x1, y1), fill=SPINE)
-    draw.line((x1, y0, x1, y1), fill=SPINE)
 
-    # legend, to the right of the plot
+def _draw_seed_end(draw: ImageDraw.ImageDraw, f: _Frame, seed: Piece) -> None:
+    """A dashed line where the seed ends."""
+    sx_end = round(f.x(seed.end_beat))
+    for top in range(f.y0, f.y1, 9):
+        draw.line((sx_end, top, sx_end, min(top + 5, f.y1)), fill=_rgb(SEED_END_COLOUR), width=2)
+
+
+def _draw_legend(
+    draw: ImageDraw.ImageDraw, f: _Frame, handles: list[tuple[str, str, bool]]
+) -> None:
+    """To the right of the plot: a swatch (or a dashed line) and a label each."""
+    font = _font(_px(FONT))
     line_h = _px(FONT) + 8
     for i, (colour, label, dashed) in enumerate(handles):
-        top = y0 + 2 + i * line_h
+        top = f.y0 + 2 + i * line_h
         if dashed:
-            for lx in (x1 + 6, x1 + 20):
+            for lx in (f.x1 + 6, f.x1 + 20):
                 draw.line((lx, top + 7, lx + 9, top + 7), fill=_rgb(colour), width=2)
         else:
-            draw.rectangle((x1 + 6, top + 2, x1 + 30, top + 12), fill=_rgb(colour))
-        draw.text((x1 + 38, top + 7), label, fill=SPINE, font=font, anchor="lm")
+            draw.rectangle((f.x1 + 6, top + 2, f.x1 + 30, top + 12), fill=_rgb(colour))
+        draw.text((f.x1 + 38, top + 7), label, fill=SPINE, font=font, anchor="lm")
 
-    # Pitch axis: every C always; every natural note when the range is narrow.
-    span = high - low
+
+def _draw_axes(
+    image: Image.Image, draw: ImageDraw.ImageDraw, f: _Frame, metre: Piece, title: str
+) -> None:
+    """Pitch names (every C always; every natural note when the range is narrow), bar numbers,
+    the axis labels and the title."""
+    from PIL import Image, ImageDraw
+
+    font = _font(_px(FONT))
+    span = f.high - f.low
     step_pcs = {0} if span > 24 else ({0, 2, 4, 5, 7, 9, 11} if span <= 14 else {0, 4, 7})
-    for p in range(low, high + 1):
+    for p in range(f.low, f.high + 1):
         if p % 12 in step_pcs:
-            draw.text((x0 - 4, y(p)), note_name(p), fill=SPINE, font=font, anchor="rm")
+            draw.text((f.x0 - 4, f.y(p)), note_name(p), fill=SPINE, font=font, anchor="rm")
     label = Image.new("RGB", (60, _px(FONT) + 6), WHITE)
     ImageDraw.Draw(label).text((30, label.height / 2), "pitch", fill=SPINE, font=font, anchor="mm")
-    image.paste(label.rotate(90, expand=True), (2, round((y0 + y1) / 2) - 30))
+    image.paste(label.rotate(90, expand=True), (2, round((f.y0 + f.y1) / 2) - 30))
 
-    every = max(1, math.ceil(n_bars / MAX_BAR_LABELS))
-    for i in range(0, n_bars, every):
-        draw.text((x(i * bar), y1 + 4), str(i + 1), fill=SPINE, font=font, anchor="mt")
-    draw.text(((x0 + x1) / 2, height_px - 6),
+    every = max(1, math.ceil(f.n_bars / MAX_BAR_LABELS))
+    for i in range(0, f.n_bars, every):
+        draw.text((f.x(i * f.bar), f.y1 + 4), str(i + 1), fill=SPINE, font=font, anchor="mt")
+    draw.text(((f.x0 + f.x1) / 2, f.height_px - 6),
               f"bar ({metre.time_signature[0]}/{metre.time_signature[1]}, "
               f"{metre.tempo_bpm:g} BPM)", fill=SPINE, font=font, anchor="md")  # fmt: skip
-    draw.text((x0, TOP - 8), title, fill=SPINE, font=_font(_px(FONT + 2)), anchor="ld")
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
+    draw.text((f.x0, TOP - 8), title, fill=SPINE, font=_font(_px(FONT + 2)), anchor="ld")

@@ -266,13 +266,13 @@ def seed_information_gain(
     generates; False: the network alone."""
     from engine.model.copy_fit import copy_nll
     from engine.model.copying import NO_COPY, copy_params_of
-    from engine.model.train import _evaluate
+    from engine.model.train_step import evaluate_windows
 
     params = copy_params_of(lm) if copy else NO_COPY
 
     def score(batches: Iterator[dict]) -> float:
         if params.off:
-            return _evaluate(lm.model, batches, lm.device).get("nll_per_note", math.nan)
+            return evaluate_windows(lm.model, batches, lm.device).get("nll_per_note", math.nan)
         return copy_nll(lm.model, batches, lm.device, params).get("nll_per_note", math.nan)
 
     windows = _full_seed_windows(lm, pieces, seed_len, target_len, max_windows, batch_size)

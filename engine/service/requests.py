@@ -6,19 +6,16 @@ written; the request row and its queue message are written together or not at al
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.errors import (
@@ -32,18 +29,18 @@ from engine.errors import (
 from engine.music import catalog
 from engine.music.midi import load_seed, seed_notices
 from engine.music.notation import is_notation_name, load_notation_seed
-from engine.music.notes import Piece
 from engine.service.consent import Consent
 from engine.service.delivery import DeliveryLeases
+from engine.service.options import ComposeOptions, validate_options
+from engine.service.progress import ArtifactInfo, Following, Progress, QueueStatus
+from engine.service.tunes import store_tune
 from engine.service.users import Requester, require_owner, user_for, user_of
-from engine.settings import Settings, get_settings
+from engine.settings import Settings
 from engine.store.artifacts import ArtifactStore, store_for
 from engine.store.db import dml, session_scope
 from engine.store.records import (
     OPEN_STATES,
-    RUNNING_STATES,
     Artifact,
-    ModelVersion,
     Request,
     RequestKind,
     RequestOrigin,
@@ -51,219 +48,12 @@ from engine.store.records import (
     Tune,
     TuneSource,
     User,
-    Worker,
     utcnow,
-)
-from engine.store.records import (
-    alive_since as worker_alive_since,
 )
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class ComposeOptions:
-    bars: int = 8
-    style: str | None = None
-    temperature: float = 1.0
-    top_p: float = 0.95
-    instrument: int = 0  # General MIDI program
-    tempo: float | None = None  # BPM override; None keeps the seed's
-    rng_seed: int | None = None
-    image: str | None = None  # the picture shown inline: "score" | "pianoroll"; None: the setting
-    from_bar: int | None = None  # the seed is the file's bars before this one; None: all of it
-
-    def to_params(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ComposeOptions:
-        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
-        return cls(**known)
-
-
-def _whole(value: object, low: int, high: int) -> bool:
-    """A whole number (not a bool) within [low, high]."""
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _style(style: str | None) -> str | None:
-    if style is None or style in ("", "none"):
-        return None
-    if style not in catalog.STYLES:
-        raise BadParams(f"unknown style {style!r}; choose one of: {', '.join(catalog.STYLES)}.")
-    return style
-
-
-def _program(instrument: str | int | None) -> int:
-    """The General MIDI program of an instrument given by name or program number."""
-    if instrument is None or instrument == "":
-        return 0
-    if isinstance(instrument, int) and not isinstance(instrument, bool):
-        if instrument not in catalog.PROGRAM_NAMES:
-            raise BadParams("unknown instrument; pick one from the list.")
-        return instrument
-    if isinstance(instrument, str) and instrument.strip().lower() in catalog.INSTRUMENTS:
-        return catalog.INSTRUMENTS[instrument.strip().lower()]
-    raise BadParams(
-        f"unknown instrument {instrument!r}; choose one of: {', '.join(catalog.INSTRUMENTS)}."
-    )
-
-
-def validate_options(
-    *,
-    bars: int | None = None,
-    style: str | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    instrument: str | int | None = None,
-    tempo: float | None = None,
-    rng_seed: int | None = None,
-    image: str | None = None,
-    settings: Settings | None = None,
-    from_bar: int | None = None,
-) -> ComposeOptions:
-    """Check every option server-side (Discord does not enforce ranges) and normalise it."""
-    s = settings or get_settings()
-    bars = s.default_bars if bars is None else bars
-    if not isinstance(bars, int) or isinstance(bars, bool) or not 1 <= bars <= s.max_bars:
-        raise BadParams(f"bars must be a whole number from 1 to {s.max_bars}.")
-    style = _style(style)
-    temperature = 1.0 if temperature is None else float(temperature)
-    if not math.isfinite(temperature) or not (
-        catalog.MIN_TEMPERATURE <= temperature <= catalog.MAX_TEMPERATURE
-    ):
-        raise BadParams(
-            f"temperature must be between {catalog.MIN_TEMPERATURE} and {catalog.MAX_TEMPERATURE}."
-        )
-    top_p = 0.95 if top_p is None else float(top_p)
-    if not math.isfinite(top_p) or not catalog.MIN_TOP_P <= top_p <= catalog.MAX_TOP_P:
-        raise BadParams(f"top_p must be between {catalog.MIN_TOP_P} and {catalog.MAX_TOP_P}.")
-    program = _program(instrument)
-    if tempo is not None:
-        tempo = float(tempo)
-        if not math.isfinite(tempo) or not catalog.MIN_TEMPO <= tempo <= catalog.MAX_TEMPO:
-            raise BadParams(
-                f"tempo must be between {catalog.MIN_TEMPO:g} and {catalog.MAX_TEMPO:g} BPM."
-            )
-    if rng_seed is not None and not _whole(rng_seed, 0, catalog.MAX_RNG_SEED):
-        raise BadParams(f"rng_seed must be a whole number from 0 to {catalog.MAX_RNG_SEED}.")
-    if image is not None and image not in catalog.INLINE_IMAGES:
-        raise BadParams(f"image must be one of: {', '.join(catalog.INLINE_IMAGES)}.")
-    if from_bar is not None and not _whole(from_bar, 2, catalog.MAX_FROM_BAR):
-        raise BadParams(
-            f"from_bar must be a whole number from 2 to {catalog.MAX_FROM_BAR} (the bars before "
-            "it are the seed); leave it out to continue from the end."
-        )
-    return ComposeOptions(
-        bars=bars,
-        style=style,
-        temperature=temperature,
-        top_p=top_p,
-        instrument=program,
-        tempo=tempo,
-        rng_seed=rng_seed,
-        image=image,
-        from_bar=from_bar,
-    )
-
-
-@dataclass(frozen=True)
-class ArtifactInfo:
-    kind: str
-    key: str
-    size: int
-    content_type: str
-    filename: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    request_id: int
-    status: RequestStatus
-    kind: RequestKind
-    queue_position: int | None
-    params: dict[str, Any]
-    model_version: str | None
-    device: str | None
-    worker: str | None
-    timings: dict[str, float]
-    notes: dict[str, Any]
-    error_user: str | None
-    seed_name: str | None
-    channel_id: int | None
-    user_discord_id: int | None
-    artifacts: list[ArtifactInfo] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return self.status.finished
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    queued: int
-    running: int
-    workers: list[str]  # host names: for operators (`motif status`), not for chat
-    active_model: str | None
-    worker_counts: list[str] = field(default_factory=list)  # "2 × gpu,train on cuda": for chat
-
-
-def tune_for(session: Session, new: Tune) -> Tune:
-    """Insert-or-get on the content hash: the stored tune with `new`'s hash, or `new` inserted.
-    Two uploads of the same file at once both get the one row (no IntegrityError escapes)."""
-    tune = session.scalar(select(Tune).where(Tune.content_hash == new.content_hash))
-    if tune is not None:
-        return tune
-    try:
-        with session.begin_nested():
-            session.add(new)
-        return new
-    except IntegrityError:
-        # Another request stored the same tune between our read and our insert.
-        tune = session.scalar(select(Tune).where(Tune.content_hash == new.content_hash))
-        assert tune is not None
-        return tune
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def store_tune(
-    session: Session,
-    store: ArtifactStore,
-    midi: bytes,
-    piece: Piece,
-    *,
-    source: TuneSource,
-    owner_id: int | None,
-    name: str = "",
-    consent: bool = False,
-) -> Tune:
-    """Keep a tune once per content hash (a seed at submission, a result when generated); the
-    MIDI bytes go to the artifact store."""
-    digest = content_hash(midi)
-    key = f"tunes/{digest[:2]}/{digest}.mid"
-    known = session.scalar(select(Tune.id).where(Tune.content_hash == digest)) is not None
-    if not known and not store.exists(key):
-        store.put(key, midi)
-    return tune_for(
-        session,
-        Tune(
-            content_hash=digest,
-            source=source,
-            owner_id=owner_id,
-            name=name[:200],
-            midi_key=key,
-            note_count=len(piece.notes),
-            duration_s=round(piece.duration_s, 3),
-            consent=consent,
-            consent_at=utcnow() if consent else None,
-        ),
-    )
 
 
 def _default_dispatch(settings: Settings) -> Dispatch:
@@ -272,10 +62,10 @@ def _default_dispatch(settings: Settings) -> Dispatch:
     return lambda request_id: dispatch_request(request_id, settings)
 
 
-class JobService(Consent, DeliveryLeases):
+class JobService(Consent, DeliveryLeases, Following):
     """The engine's front door for the bot and the CLI, bound to one set of settings: submitting
-    and following requests here, consent (engine.service.consent) and delivery leases
-    (engine.service.delivery) from its bases."""
+    requests here; consent (engine.service.consent), delivery leases (engine.service.delivery)
+    and following (engine.service.progress) from its bases."""
 
     def __init__(self, settings: Settings | None = None, *, dispatch: Dispatch | None = None):
         super().__init__(settings)
@@ -517,49 +307,7 @@ class JobService(Consent, DeliveryLeases):
             ) from exc
         mark_sent([request_id], self.settings)
 
-    # --- following ----------------------------------------------------------------------------
-    def progress(self, request_id: int) -> Progress:
-        with session_scope(self.url) as session:
-            req = session.get(Request, request_id)
-            if req is None:
-                raise NotFound(f"request #{request_id} does not exist.")
-            position = None
-            if req.status is RequestStatus.QUEUED:
-                ahead = session.scalar(
-                    select(func.count(Request.id)).where(
-                        Request.status == RequestStatus.QUEUED, Request.id < req.id
-                    )
-                )
-                position = (ahead or 0) + 1
-            seed_name = req.seed_tune.name if req.seed_tune else None
-            user_discord_id = req.user.discord_id if req.user else None
-            return Progress(
-                request_id=req.id,
-                status=req.status,
-                kind=req.kind,
-                queue_position=position,
-                params=dict(req.params),
-                model_version=req.model_version,
-                device=req.device,
-                worker=req.worker,
-                timings=dict(req.timings or {}),
-                notes=dict(req.notes or {}),
-                error_user=req.error_user,
-                seed_name=seed_name,
-                channel_id=req.channel_id,
-                user_discord_id=user_discord_id,
-                artifacts=[
-                    ArtifactInfo(
-                        kind=a.kind.value,
-                        key=a.key,
-                        size=a.size,
-                        content_type=a.content_type,
-                        filename=a.key.rsplit("/", 1)[-1],
-                    )
-                    for a in sorted(req.artifacts, key=lambda a: a.kind.value)
-                ],
-            )
-
+    # --- following (progress, history, queue status: engine.service.progress) ----------------
     def artifact_bytes(self, info: ArtifactInfo) -> bytes:
         return self.store.get(info.key)
 
@@ -580,45 +328,6 @@ class JobService(Consent, DeliveryLeases):
                 .values(status=RequestStatus.CANCELLED, finished_at=utcnow()),
             )
             return bool(result.rowcount)
-
-    def history(self, who: Requester, limit: int = 10) -> list[Progress]:
-        with session_scope(self.url) as session:
-            user = user_of(session, who)
-            if user is None:
-                return []
-            ids = list(
-                session.scalars(
-                    select(Request.id)
-                    .where(Request.user_id == user.id)
-                    .order_by(Request.id.desc())
-                    .limit(max(1, min(limit, 25)))
-                )
-            )
-        return [self.progress(i) for i in ids]
-
-    def queue_status(self) -> QueueStatus:
-        with session_scope(self.url) as session:
-            queued = session.scalar(
-                select(func.count(Request.id)).where(Request.status == RequestStatus.QUEUED)
-            )
-            running = session.scalar(
-                select(func.count(Request.id)).where(Request.status.in_(RUNNING_STATES))
-            )
-            alive_since = worker_alive_since(self.settings.worker_heartbeat_s)
-            alive = list(session.scalars(select(Worker).where(Worker.last_seen >= alive_since)))
-            workers = [f"{w.hostname} [{w.queues}] on {w.device or '?'}" for w in alive]
-            kinds = Counter((w.queues, w.device or "?") for w in alive)
-            counts = [
-                f"{n} × {queues} on {device}" for (queues, device), n in sorted(kinds.items())
-            ]
-            active = session.scalar(select(ModelVersion.version).where(ModelVersion.active))
-            return QueueStatus(
-                queued=queued or 0,
-                running=running or 0,
-                workers=workers,
-                active_model=active,
-                worker_counts=counts,
-            )
 
 
 def mark_sent(request_ids: list[int], settings: Settings) -> None:
@@ -652,6 +361,7 @@ __all__ = [
     "Artifact",
     "ComposeOptions",
     "JobService",
+    "ArtifactInfo",
     "Progress",
     "QueueStatus",
     "Requester",

@@ -26,7 +26,8 @@ from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.catalog import PROGRAM_NAMES
 from engine.music.midi import load_seed, split_result, to_midi_bytes
 from engine.music.notes import Piece
-from engine.service.requests import ComposeOptions, store_tune
+from engine.service.options import ComposeOptions
+from engine.service.tunes import store_tune
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
 from engine.store.db import dml, session_scope

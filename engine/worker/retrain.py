@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
@@ -39,6 +39,11 @@ from engine.store.db import dml, ensure_schema, session_scope
 from engine.store.models import checkpoint_key, ensure_default_model, register_checkpoint
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, Tune, utcnow
 from engine.worker.pipeline import worker_name
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.model.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -285,65 +290,31 @@ def run_training(run_id: int, settings: Settings | None = None) -> str:
 
 
 def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
-    from engine.model.checkpoint import load_checkpoint, pick_device
-    from engine.model.corpus import load_corpus
-    from engine.model.train import TrainConfig, evaluate_nll, train
-    from engine.worker.loaded import load_version
+    """Train a candidate on the corpus and the collected tunes, measure it against the active
+    model, keep it (a candidate or rejected), and activate it if it passed the gate."""
+    from engine.model.checkpoint import pick_device
 
     with session_scope(settings.sqlalchemy_url) as session:
         run = session.get(TrainingRun, run_id)
         assert run is not None
         params = dict(run.params)
     active_version = ensure_default_model(settings)
-    corpus = load_corpus(settings.corpus_path)
-    base_train = corpus.pieces("train")
-    base_val = corpus.pieces("validation") or base_train[:20]
-    base_test = corpus.pieces("test") or base_val
-    tunes = collected_tunes(settings)
-    coll_train, coll_held = split_collected(tunes)
-    share = float(params.get("collected_share", 0.5))
-    digest = dataset_hash(corpus.content_hash, tunes, share)
-    pieces = base_train + [t.piece for t in coll_train]
+    data = _gather(settings, params)
     device = pick_device(settings.device)
     rec.status(
         RunStatus.RUNNING,
-        dataset_hash=digest,
-        dataset_size=len(pieces),
+        dataset_hash=data.digest,
+        dataset_size=len(data.pieces),
         device=device.type,
     )
     rec.log(
-        f"dataset: {len(base_train)} corpus pieces + {len(coll_train)} collected tunes "
-        f"({len(coll_held)} held out), collected share {share:.2f}, device {device.type}"
+        f"dataset: {len(data.base_train)} corpus pieces + {len(data.coll_train)} collected tunes "
+        f"({len(data.coll_held)} held out), collected share {data.share:.2f}, device {device.type}"
     )
     version = f"run{run_id}-{utcnow():%Y%m%d%H%M%S}"
     with tempfile.TemporaryDirectory(prefix="motif-train-") as tmp:
         out = Path(tmp) / f"{version}.pt"
-        init_from = None
-        if not params.get("from_scratch"):
-            init_from = Path(tmp) / "active.pt"
-
-            init_from.write_bytes(
-                store_for(settings.artifact_root).get(checkpoint_key(settings, active_version))
-            )
-        model_kwargs = dict(params.get("model_config") or {})
-        cfg = TrainConfig(
-            out=out,
-            corpus_path=None,
-            pieces=pieces,
-            piece_weights=piece_weights(base_train, [t.piece for t in coll_train], share),
-            val_pieces=base_val,
-            test_pieces=base_test,
-            init_from=init_from,
-            epochs=int(params.get("epochs", 2)),
-            max_minutes=float(params.get("max_minutes", 30.0)),
-            device=settings.device,
-            progress=False,
-            version=version,
-            on_progress=rec.progress,
-            should_stop=rec.should_stop,
-            **model_kwargs,
-        )
-        result = train(cfg)
+        result = _train_candidate(settings, params, data, active_version, out, version, rec)
         if result.stopped == "stopped":
             rec.log("cancelled by an admin; no candidate was kept")
             rec.status(RunStatus.CANCELLED)
@@ -353,45 +324,10 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
             f"trained {result.steps} steps in {result.wall_s:.0f} s "
             f"({result.tokens_per_s:.0f} notes/s); evaluating"
         )
-        candidate = load_checkpoint(out, device=device)
-        active = load_version(settings, active_version)
-        held = [t.piece for t in coll_held]
-        metrics: dict[str, Any] = {
-            "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get(
-                "nll_per_note"
-            ),
-            "active_base_nll": evaluate_nll(active, base_test, max_windows=256).get("nll_per_note"),
-            "candidate_collected_nll": (
-                evaluate_nll(candidate, held).get("nll_per_note") if held else None
-            ),
-            "active_collected_nll": evaluate_nll(active, held).get("nll_per_note")
-            if held
-            else None,
-            "collapse_rate": collapse_rate(candidate, gate_seeds(base_test)),
-            "candidate_fidelity": seed_fidelity(candidate, fidelity_seeds(base_test), base_test),
-            "active_fidelity": seed_fidelity(active, fidelity_seeds(base_test), base_test),
-            "steps": result.steps,
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "best_val_nll": result.best_val_nll,
-            "tolerance": settings.gate_nll_tolerance,
-        }
+        metrics = _measure(settings, out, active_version, data, result, device)
         reason = gate(metrics, settings.gate_nll_tolerance)
-        store = store_for(settings.artifact_root)
-        if result.loss_png and Path(result.loss_png).exists():
-            key = f"training/{run_id}/loss.png"
-            store.put(key, Path(result.loss_png).read_bytes())
-            metrics["loss_curve_key"] = key
-        status = ModelStatus.REJECTED if reason else ModelStatus.CANDIDATE
-        register_checkpoint(
-            settings,
-            out.read_bytes(),
-            version,
-            status=status,
-            metrics={**metrics, "val_nll": result.best_val_nll},
-            parent_version=None if params.get("from_scratch") else active_version,
-            training_run_id=run_id,
-            reject_reason=reason,
-        )
+        parent = None if params.get("from_scratch") else active_version
+        _keep(settings, run_id, out, version, result, metrics, parent, reason)
     if reason:
         rec.log(f"candidate {version} rejected: {reason}")
         rec.status(RunStatus.REJECTED, metrics=metrics, error=reason)
@@ -401,6 +337,145 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
     rec.log(f"candidate {version} passed the gate and is now active")
     rec.status(RunStatus.DONE, metrics=metrics)
     return RunStatus.DONE.value
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """A retraining run's data: the corpus's splits and the collected tunes (some held out)."""
+
+    base_train: list[Piece]
+    base_val: list[Piece]
+    base_test: list[Piece]
+    coll_train: list[CollectedTune]
+    coll_held: list[CollectedTune]
+    share: float  # the collected tunes' share of the training samples
+    digest: str  # `dataset_hash`
+
+    @property
+    def pieces(self) -> list[Piece]:
+        return self.base_train + [t.piece for t in self.coll_train]
+
+
+def _gather(settings: Settings, params: dict[str, Any]) -> _Dataset:
+    from engine.model.corpus import load_corpus
+
+    corpus = load_corpus(settings.corpus_path)
+    base_train = corpus.pieces("train")
+    base_val = corpus.pieces("validation") or base_train[:20]
+    base_test = corpus.pieces("test") or base_val
+    tunes = collected_tunes(settings)
+    coll_train, coll_held = split_collected(tunes)
+    share = float(params.get("collected_share", 0.5))
+    digest = dataset_hash(corpus.content_hash, tunes, share)
+    return _Dataset(base_train, base_val, base_test, coll_train, coll_held, share, digest)
+
+
+def _train_candidate(
+    settings: Settings,
+    params: dict[str, Any],
+    data: _Dataset,
+    active_version: str,
+    out: Path,
+    version: str,
+    rec: RunRecorder,
+) -> TrainResult:
+    """Train into `out`: fine-tuned from the active model unless the run asks for a fresh one."""
+    from engine.model.train import TrainConfig, train
+
+    init_from = None
+    if not params.get("from_scratch"):
+        init_from = out.with_name("active.pt")
+        init_from.write_bytes(
+            store_for(settings.artifact_root).get(checkpoint_key(settings, active_version))
+        )
+    model_kwargs = dict(params.get("model_config") or {})
+    cfg = TrainConfig(
+        out=out,
+        corpus_path=None,
+        pieces=data.pieces,
+        piece_weights=piece_weights(
+            data.base_train, [t.piece for t in data.coll_train], data.share
+        ),
+        val_pieces=data.base_val,
+        test_pieces=data.base_test,
+        init_from=init_from,
+        epochs=int(params.get("epochs", 2)),
+        max_minutes=float(params.get("max_minutes", 30.0)),
+        device=settings.device,
+        progress=False,
+        version=version,
+        on_progress=rec.progress,
+        should_stop=rec.should_stop,
+        **model_kwargs,
+    )
+    return train(cfg)
+
+
+def _measure(
+    settings: Settings,
+    out: Path,
+    active_version: str,
+    data: _Dataset,
+    result: TrainResult,
+    device: torch.device,
+) -> dict[str, Any]:
+    """What the gate compares: NLLs on the corpus's test split and the held-out collected tunes,
+    collapse and seed fidelity, for the candidate and the active model."""
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.train import evaluate_nll
+    from engine.worker.loaded import load_version
+
+    candidate = load_checkpoint(out, device=device)
+    active = load_version(settings, active_version)
+    held = [t.piece for t in data.coll_held]
+    base_test = data.base_test
+    return {
+        "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get(
+            "nll_per_note"
+        ),
+        "active_base_nll": evaluate_nll(active, base_test, max_windows=256).get("nll_per_note"),
+        "candidate_collected_nll": (
+            evaluate_nll(candidate, held).get("nll_per_note") if held else None
+        ),
+        "active_collected_nll": evaluate_nll(active, held).get("nll_per_note") if held else None,
+        "collapse_rate": collapse_rate(candidate, gate_seeds(base_test)),
+        "candidate_fidelity": seed_fidelity(candidate, fidelity_seeds(base_test), base_test),
+        "active_fidelity": seed_fidelity(active, fidelity_seeds(base_test), base_test),
+        "steps": result.steps,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "best_val_nll": result.best_val_nll,
+        "tolerance": settings.gate_nll_tolerance,
+    }
+
+
+def _keep(
+    settings: Settings,
+    run_id: int,
+    out: Path,
+    version: str,
+    result: TrainResult,
+    metrics: dict[str, Any],
+    parent: str | None,
+    reason: str | None,
+) -> None:
+    """Register the candidate (rejected, with the reason, when it failed the gate), its loss
+    curve stored beside it (its key into `metrics`)."""
+    store = store_for(settings.artifact_root)
+    if result.loss_png and Path(result.loss_png).exists():
+        key = f"training/{run_id}/loss.png"
+        store.put(key, Path(result.loss_png).read_bytes())
+        metrics["loss_curve_key"] = key
+    status = ModelStatus.REJECTED if reason else ModelStatus.CANDIDATE
+    register_checkpoint(
+        settings,
+        out.read_bytes(),
+        version,
+        status=status,
+        metrics={**metrics, "val_nll": result.best_val_nll},
+        parent_version=parent,
+        training_run_id=run_id,
+        reject_reason=reason,
+    )
 
 
 def gate(metrics: dict[str, Any], tolerance: float) -> str | None:

@@ -7,26 +7,25 @@ import torch
 from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.events import EventCodec
-from engine.model.generate import (
+from engine.model.generate import GenerationRequest, SafetyNetCounts, continue_batch, continue_seed
+from engine.model.grammar import (
     DISTINCT_WINDOW,
     MAX_CHORD,
     MAX_REPEATS,
     MIN_DISTINCT,
-    GenerationRequest,
-    SafetyNetCounts,
-    _Grammar,
-    _plan_row,
-    _sample,
+    Grammar,
     bar_positions,
-    continue_batch,
-    continue_seed,
+)
+from engine.model.network import PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.plan import (
     estimate_key,
     key_of_class,
     key_profile_bias,
+    plan_row,
     scale_pitch_classes,
     seed_key,
 )
-from engine.model.network import PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.sampling import sample
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
@@ -114,9 +113,9 @@ def test_no_seed_sounds_like_its_style(lm):
     assert metres <= set(priors["time_signatures"]) and len(metres) >= 3  # not always 4/4
     assert {f"{p.tempo_bpm:g}" for p in pieces} <= set(priors["tempi"])
     assert all(p.notes[0].start == 0.0 for p in pieces)  # no leading silence
-    assert _plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=0)).key == 0
+    assert plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=0)).key == 0
     # the result is in the drawn key (or its relative), as the decoder's own estimate hears it
-    rows = [_plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=i)) for i in range(40)]
+    rows = [plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=i)) for i in range(40)]
     in_key = 0
     for row, piece in zip(rows, pieces, strict=True):
         tonic, mode = row.target_key
@@ -277,7 +276,7 @@ def _sample_one(logits, top_k=0, top_p=1.0, u=0.5, allowed=None):
     if allowed is not None:
         scaled = scaled.masked_fill(~torch.tensor([allowed]), float("-inf"))
     last = torch.tensor([[min(top_k or n, n) - 1]])
-    return int(_sample(scaled, last, torch.tensor([[top_p]]), torch.tensor([[u]])))
+    return int(sample(scaled, last, torch.tensor([[top_p]]), torch.tensor([[u]])))
 
 
 def test_sampling_is_the_inverse_cdf_of_the_kept_head():
@@ -375,12 +374,12 @@ def test_grammar_tensors_follow_the_per_row_rules(lm, narrow):
         _seed(C_MAJOR[:5], dur=3.0),  # a long last note: the first onset moves by bars
         _seed([48, 84], ts=(6, 8)),
     ]
-    rows = [_plan_row(lm, GenerationRequest(s, 8, rng_seed=i)) for i, s in enumerate(seeds)]
+    rows = [plan_row(lm, GenerationRequest(s, 8, rng_seed=i)) for i, s in enumerate(seeds)]
     if narrow:  # ranges so small that the pitch fallbacks are needed
         for i, r in enumerate(rows):
             r.pitch_ok[:] = False
             r.pitch_ok[40 + i : 43 + i + i % 2] = True
-    grammar = _Grammar(lm, rows, torch.device("cpu"))
+    grammar = Grammar(lm, rows, torch.device("cpu"))
     assert grammar.fallback == narrow
     refs = [_RulesOfOneRow(r) for r in rows]
     rng = np.random.default_rng(0)
@@ -503,7 +502,7 @@ def test_the_gpu_cadence_reads_the_device_once_per_check_not_per_note(lm):
 
 
 def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_result(lm):
-    from engine.model.generate import _encode
+    from engine.model.decode import encode_in_groups
 
     torch.manual_seed(3)
     lengths = [40, 2, 0, 38, 5, 1, 40, 3]  # three groups: (0, 1, 2), (3, 5), (38, 40, 40)
@@ -514,7 +513,7 @@ def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_res
     key = torch.arange(len(lengths)) * 3 % 25
     with torch.no_grad():
         whole = lm.model.eval().encode(seed, seed_len, style, key)
-        grouped = _encode(lm.model, seed, seed_len, style, key)
+        grouped = encode_in_groups(lm.model, seed, seed_len, style, key)
     assert torch.equal(grouped.mask, whole.mask) and torch.equal(grouped.key, whole.key)
     real = whole.mask[..., None]
     assert_close_to_scale(grouped.values * real, whole.values * real, SAME_MATH)

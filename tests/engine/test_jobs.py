@@ -251,7 +251,7 @@ def test_the_same_new_tune_stored_at_once_is_one_row_and_no_error(own_pg_databas
     gets the winner's row (insert-or-get), never an IntegrityError."""
     import threading
 
-    from engine.service.requests import tune_for
+    from engine.service.tunes import tune_for
     from engine.store import db
 
     url, _ = own_pg_database

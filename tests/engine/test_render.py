@@ -143,11 +143,12 @@ def test_fluidsynth_is_chosen_and_loaded_once():
 
 
 def test_without_libfluidsynth_the_fallback_is_used_with_one_warning(monkeypatch, caplog):
+    import engine.audio.fluidsynth_renderer as fluidsynth_renderer
     import engine.audio.synth as render
 
     # As if `import fluidsynth` had raised (the library is not installed).
-    monkeypatch.setattr(render, "_pyfluidsynth_tried", True)
-    monkeypatch.setattr(render, "_pyfluidsynth_module", None)
+    monkeypatch.setattr(fluidsynth_renderer, "_pyfluidsynth_tried", True)
+    monkeypatch.setattr(fluidsynth_renderer, "_pyfluidsynth_module", None)
     monkeypatch.setattr(render, "_warned_fallback", False)
     with caplog.at_level("WARNING", logger="engine.audio.synth"):
         first = get_renderer(settings())

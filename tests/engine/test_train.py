@@ -15,8 +15,8 @@ from engine.model.checkpoint import (
     save_checkpoint,
 )
 from engine.model.events import EventCodec, TokenizerConfig
-from engine.model.generate import N_KEY
 from engine.model.network import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.plan import N_KEY
 from engine.model.train import (
     TrainConfig,
     cut_window,
