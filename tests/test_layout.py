@@ -30,7 +30,6 @@ LONG_MODULES = {
     "engine/music/musicxml.py",  # voices, measures, beams, spelling
     "engine/worker/pipeline.py",  # generate and render stages
     "engine/worker/retrain.py",  # collect, train, gate
-    "engine/cli.py",  # every `motif` command
 }
 LONG_FUNCTIONS = {
     "engine/model/corpus.py",  # parse_piece, build_corpus
