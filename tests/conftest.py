@@ -312,7 +312,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real corpus built by the real corpus code from music21's bundled files."""
-    from engine.model.corpus import build_corpus
+    from engine.model.corpus_build import build_corpus
 
     out = tmp_path_factory.mktemp("tiny-corpus") / "corpus.npz"
     build_corpus(

@@ -72,7 +72,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
 def _read_seed(path: Path, from_bar: int | None) -> tuple[bytes, str] | None:
     """The seed file's bytes and name, checked before anything starts (its notices printed);
     None, with the reason printed, when it is missing or too large."""
-    from engine.music.midi import SeedLimits, load_seed, seed_notices
+    from engine.music.midi import load_seed, seed_notices
+    from engine.music.midi_check import SeedLimits
     from engine.music.notation import is_notation_name, load_notation_seed
 
     if not path.is_file():
