@@ -11,29 +11,31 @@ from engine.errors import BadMidi
 from engine.music import catalog
 
 
-class EmptyMidi(BadMidi):
+class _Refusal(BadMidi):
+    """A refusal whose message is fixed; `detail` (for the log) says what was found."""
+
+    message = ""
+
     def __init__(self, detail: str | None = None) -> None:
-        super().__init__(
-            "The file has no notes. Send a MIDI file with a melody in it.", detail=detail
-        )
+        super().__init__(self.message, detail=detail)
 
 
-class DrumOnlyMidi(BadMidi):
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(
-            "The file has only drum notes (MIDI channel 10). Motif needs pitched notes: "
-            "send a melody on any other channel.",
-            detail=detail,
-        )
+class EmptyMidi(_Refusal):
+    message = "The file has no notes. Send a MIDI file with a melody in it."
 
 
-class CorruptMidi(BadMidi):
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(
-            "This file is not a valid MIDI file (it may be damaged or truncated). "
-            "Export it again as a standard .mid file.",
-            detail=detail,
-        )
+class DrumOnlyMidi(_Refusal):
+    message = (
+        "The file has only drum notes (MIDI channel 10). Motif needs pitched notes: "
+        "send a melody on any other channel."
+    )
+
+
+class CorruptMidi(_Refusal):
+    message = (
+        "This file is not a valid MIDI file (it may be damaged or truncated). "
+        "Export it again as a standard .mid file."
+    )
 
 
 class UnsupportedMidiType(BadMidi):
@@ -45,13 +47,11 @@ class UnsupportedMidiType(BadMidi):
         )
 
 
-class ZeroLengthMidi(BadMidi):
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(
-            "Every note in the file has zero length (it ends the moment it starts), "
-            "so there is nothing to continue.",
-            detail=detail,
-        )
+class ZeroLengthMidi(_Refusal):
+    message = (
+        "Every note in the file has zero length (it ends the moment it starts), "
+        "so there is nothing to continue."
+    )
 
 
 class AbsurdTempo(BadMidi):
