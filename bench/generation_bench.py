@@ -135,7 +135,7 @@ def remi_tokens_per_note(pieces: list[Piece]) -> dict[str, float]:
         from miditok import REMI, CPWord, TokenizerConfig
     except ImportError as exc:
         return {"error": f"miditok not installed: {exc}"}
-    from engine.music.midi import to_midi_bytes
+    from engine.music.result_midi import to_midi_bytes
 
     notes = sum(len(p.notes) for p in pieces)
     out: dict[str, float] = {"pieces": len(pieces), "notes": notes}

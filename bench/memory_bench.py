@@ -45,7 +45,7 @@ def child(model: str, batch: int, bars: int, threads: int | None, render: bool) 
     stages[f"batch of {batch} decoded"] = workload.rss_high_water_kib() / 1024
     if render:
         from engine.audio.encode import render_audio
-        from engine.music.midi import to_midi_bytes
+        from engine.music.result_midi import to_midi_bytes
         from engine.settings import Settings
 
         render_audio(to_midi_bytes(reqs[0].seed, pieces[0]), Settings(_env_file=None),

@@ -21,9 +21,9 @@ from engine.audio.encode import encode, normalize_loudness
 from engine.audio.pianoroll import piano_roll_png
 from engine.audio.score import engrave_svg, svg_to_png
 from engine.audio.synth import get_renderer
-from engine.music.midi import to_midi_bytes
 from engine.music.musicxml import score_xml
 from engine.music.notes import Note, Piece
+from engine.music.result_midi import to_midi_bytes
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -154,7 +154,7 @@ def whole_worker(folder: Path) -> float:
 
 
 def _live(settings: Settings) -> list[str]:
-    from engine.cli import live_workers
+    from engine.cli.worker_process import live_workers
 
     return live_workers(settings)
 

@@ -174,7 +174,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
 def with_score(
     midi_bytes: bytes, seed: Piece, cont: Piece, title: str, settings: Settings, repeats: int
 ) -> dict[str, Any]:
-    """The path as engine.worker.pipeline.render_request takes it: audio (engine.audio.encode.render_audio),
+    """The path as engine.worker.rendering.render_request takes it: audio (engine.audio.encode.render_audio),
     piano roll and score picture, one after the other, against the pictures drawn in a second
     thread while the audio is made (libvorbis, FluidSynth and resvg run outside the GIL part of
     the time); in turns, medians. Also: two SHA-256s of 64 MiB in two threads against one,

@@ -122,17 +122,12 @@ def result_embed(p: Progress, *, image_filename: str | None, left_out: list[str]
 
 
 def history_embed(items: list[Progress]) -> discord.Embed:
-    embed = discord.Embed(title="Your recent requests", colour=COLOUR)
-    if not items:
-        embed.description = "Nothing yet: try `/compose`."
-        return embed
     lines = []
     for p in items:
         seed = f" from {discord.utils.escape_markdown(p.seed_name)}" if p.seed_name else ""
         bars = p.params.get("bars", "?")
         lines.append(f"**#{p.request_id}** {p.kind.value}{seed}, {bars} bars: {p.status.value}")
-    embed.description = "\n".join(lines)
-    return embed
+    return _list_embed("Your recent requests", lines, "Nothing yet: try `/compose`.")
 
 
 def status_embed(q: QueueStatus) -> discord.Embed:
@@ -167,16 +162,25 @@ def stats_embed(s: Stats) -> discord.Embed:
 
 
 def models_embed(models: list[ModelInfo]) -> discord.Embed:
-    embed = discord.Embed(title="Model versions", colour=COLOUR)
-    if not models:
-        embed.description = "No model versions recorded yet (workers use the default model)."
-        return embed
     lines = []
     for m in models:
         mark = " ← active" if m.active else ""
         why = f" ({m.reject_reason})" if m.reject_reason else ""
         lines.append(f"`{m.version}` {m.status}{why}, {m.created_at}{mark}")
-    embed.description = "\n".join(lines)[:4000]
+    return _list_embed(
+        "Model versions",
+        lines,
+        "No model versions recorded yet (workers use the default model).",
+        limit=4000,
+    )
+
+
+def _list_embed(
+    title: str, lines: list[str], empty: str, limit: int | None = None
+) -> discord.Embed:
+    """An embed listing `lines` (cut at `limit` characters), or saying `empty` when there are none."""
+    embed = discord.Embed(title=title, colour=COLOUR)
+    embed.description = "\n".join(lines)[:limit] if lines else empty
     return embed
 
 

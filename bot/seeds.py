@@ -13,7 +13,7 @@ import discord
 
 from bot.messages import quoted
 from engine.errors import BadMidi, MotifError
-from engine.music.midi import SeedLimits
+from engine.music.midi_check import SeedLimits
 from engine.music.notation import NOTATION_SUFFIXES, abc_from_chat
 
 log = logging.getLogger(__name__)

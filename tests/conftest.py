@@ -215,7 +215,7 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        from engine.cli import wait_worker_ready
+        from engine.cli.worker_process import wait_worker_ready
 
         assert self.proc is not None
         wait_worker_ready(self.settings, self.proc, timeout, self.tail)
@@ -228,7 +228,7 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        from engine.cli import stop_worker_process
+        from engine.cli.worker_process import stop_worker_process
 
         if self.proc is not None:
             stop_worker_process(self.proc)
@@ -312,7 +312,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real corpus built by the real corpus code from music21's bundled files."""
-    from engine.model.corpus import build_corpus
+    from engine.model.corpus_build import build_corpus
 
     out = tmp_path_factory.mktemp("tiny-corpus") / "corpus.npz"
     build_corpus(

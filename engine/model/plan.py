@@ -15,6 +15,7 @@ from engine.model.checkpoint import LoadedModel
 from engine.model.grammar import MAX_REPEATS
 from engine.model.network import DURATION, PITCH
 from engine.model.style_priors import draw_setting
+from engine.music import keys
 from engine.music.keys import MAJOR_PROFILE as _MAJOR_PROFILE
 from engine.music.keys import MAJOR_SCALE as _MAJOR_SCALE
 from engine.music.keys import MINOR_PROFILE as _MINOR_PROFILE
@@ -31,12 +32,9 @@ MIN_KEY_NOTES = 3  # fewer seed notes: key class 0 ("unknown")
 
 
 def estimate_key(piece: Piece) -> tuple[int, str] | None:
-    """(tonic pitch class, "major" | "minor") by Krumhansl-Schmuckler on duration-weighted
-    pitch classes; None for a piece without notes."""
-    pitches = np.array([n.pitch for n in piece.notes], dtype=np.int64)
-    weights = np.maximum(np.array([n.duration for n in piece.notes], dtype=np.float64), 1e-3)
-    best = _best_key(np.bincount(pitches % 12, weights=weights, minlength=12))
-    return None if best is None else (best % 12, "major" if best < 12 else "minor")
+    """The seed's key for generation: every note weighs at least 1e-3 beats; None for a piece
+    without notes or a histogram without contrast (engine.music.keys.estimate_key)."""
+    return keys.estimate_key(piece.notes, min_duration=1e-3)
 
 
 def seed_key(events: np.ndarray, codec) -> int:

@@ -9,7 +9,12 @@ A key is (tonic pitch class, "major" | "minor"), C = 0. Two minor scales are in 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Literal
+
 import numpy as np
+
+from engine.music.notes import Note
 
 # Krumhansl & Kessler (1982) key profiles, index 0 = the tonic.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -35,6 +40,35 @@ def best_key(hist: np.ndarray) -> int | None:
     if hist.std() == 0:
         return None
     return int(np.argmax(PROFILES @ zscore(hist)))
+
+
+def estimate_key(
+    notes: Iterable[Note],
+    *,
+    min_duration: float = 0.0,
+    no_contrast: tuple[int, str] | None = None,
+    no_notes: Literal["none", "raise"] = "none",
+) -> tuple[int, str] | None:
+    """Krumhansl-Schmuckler key finding: (tonic pitch class, "major" | "minor") of the profile
+    best correlated with the duration-weighted pitch-class histogram.
+
+    The callers differ only in these choices:
+    - `min_duration`: each note weighs at least this many beats (generation: 1e-3, so a note of
+      no length still counts);
+    - `no_contrast`: the key for a histogram with no contrast (every pitch class equally long):
+      None (generation) or a fixed key (the metrics: C major);
+    - `no_notes`: no notes, or no length at all, gives None ("none", generation) or raises
+      ValueError ("raise", the metrics).
+    """
+    hist = np.zeros(12)
+    for n in notes:
+        hist[n.pitch % 12] += max(n.duration, min_duration)
+    if hist.sum() <= 0:
+        if no_notes == "raise":
+            raise ValueError("cannot estimate the key of no notes")
+        return None
+    best = best_key(hist)
+    return no_contrast if best is None else key_of_index(best)
 
 
 def key_of_index(index: int) -> tuple[int, str]:

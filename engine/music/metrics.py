@@ -99,17 +99,13 @@ def pitch_class_histogram(notes: NotesLike, *, weight_by_duration: bool = False)
 
 
 def estimate_key(notes: NotesLike) -> tuple[int, str]:
-    """Krumhansl–Schmuckler key finding: (tonic pitch class, "major" | "minor").
-
-    Correlates the duration-weighted pitch-class histogram with the 24 rotated Krumhansl–Kessler
-    profiles and returns the best. Raises ValueError when there are no notes; a histogram with no
-    contrast at all (every pitch class equally long) returns C major.
+    """Krumhansl–Schmuckler key finding on the duration-weighted pitch classes (engine.music.keys):
+    (tonic pitch class, "major" | "minor"). Raises ValueError when there are no notes; a
+    histogram with no contrast at all (every pitch class equally long) returns C major.
     """
-    hist = pitch_class_histogram(notes, weight_by_duration=True)
-    if hist.sum() <= 0:
-        raise ValueError("cannot estimate the key of no notes")
-    best = keys.best_key(hist)
-    return (0, "major") if best is None else keys.key_of_index(best)
+    key = keys.estimate_key(_as_notes(notes), no_contrast=(0, "major"), no_notes="raise")
+    assert key is not None  # no_contrast is a key and no notes raise
+    return key
 
 
 def key_kept(seed: NotesLike, continuation: NotesLike) -> bool:

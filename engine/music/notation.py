@@ -24,8 +24,10 @@ import zipfile
 from dataclasses import dataclass, field
 
 from engine.errors import MotifError
-from engine.music.midi import AbsurdTempo, SeedLimits, load_seed, to_midi_bytes
+from engine.music.midi import load_seed
+from engine.music.midi_check import AbsurdTempo, SeedLimits
 from engine.music.notes import Note, Piece
+from engine.music.result_midi import to_midi_bytes
 
 log = logging.getLogger(__name__)
 

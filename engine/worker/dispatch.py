@@ -84,22 +84,23 @@ def dispatch_request(request_id: int, settings: Settings | None = None) -> None:
 
 
 def dispatch_render(request_id: int, settings: Settings | None = None) -> None:
-    settings = settings or get_settings()
-    _send(
-        settings,
-        f"render {request_id}",
-        lambda app: app.send_task(
-            TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, retry=False, ignore_result=True
-        ),
+    _send_one(
+        settings or get_settings(), f"render {request_id}", TASK_RENDER, request_id, CPU_QUEUE
     )
 
 
 def dispatch_retrain(run_id: int, settings: Settings | None = None) -> None:
-    settings = settings or get_settings()
+    _send_one(
+        settings or get_settings(), f"training run {run_id}", TASK_RETRAIN, run_id, TRAIN_QUEUE
+    )
+
+
+def _send_one(settings: Settings, what: str, task: str, task_id: int, queue: str) -> None:
+    """Send one task by name, with its row's id, to `queue`."""
     _send(
         settings,
-        f"training run {run_id}",
+        what,
         lambda app: app.send_task(
-            TASK_RETRAIN, args=(run_id,), queue=TRAIN_QUEUE, retry=False, ignore_result=True
+            task, args=(task_id,), queue=queue, retry=False, ignore_result=True
         ),
     )

@@ -93,7 +93,7 @@ class LocalWorker:
             return self._ensure(state)
 
     def _ensure(self, state: dict[str, object]) -> bool:
-        from engine.cli import start_worker_process, wait_worker_ready
+        from engine.cli.worker_process import start_worker_process, wait_worker_ready
 
         if serving(self.settings):
             return False

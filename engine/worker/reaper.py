@@ -21,8 +21,8 @@ from engine.errors import QueueUnreachable
 from engine.settings import Settings
 from engine.store.db import dml, session_scope
 from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
+from engine.worker.claims import claimant_gone
 from engine.worker.lifecycle import live_queues_in
-from engine.worker.pipeline import claimant_gone
 
 log = logging.getLogger(__name__)
 

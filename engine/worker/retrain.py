@@ -10,9 +10,7 @@ the reason.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,9 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
-from engine.errors import BadMidi, MotifError
-from engine.music.metrics import is_collapsed
-from engine.music.midi import load_seed
+from engine.errors import MotifError
 from engine.music.notes import Piece
 from engine.service.admin import (
     RetrainOptions,
@@ -35,10 +31,24 @@ from engine.service.admin import (
 )
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
-from engine.store.db import dml, ensure_schema, session_scope
+from engine.store.db import ensure_schema, session_scope
 from engine.store.models import checkpoint_key, ensure_default_model, register_checkpoint
-from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, Tune, utcnow
-from engine.worker.pipeline import worker_name
+from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, utcnow
+from engine.worker.collect import (
+    CollectedTune,
+    collected_tunes,
+    dataset_hash,
+    piece_weights,
+    split_collected,
+)
+from engine.worker.gate import (
+    collapse_rate,
+    fidelity_seeds,
+    gate,
+    gate_seeds,
+    seed_fidelity,
+)
+from engine.worker.training_run import RunRecorder, claim_run
 
 if TYPE_CHECKING:
     import torch
@@ -46,209 +56,6 @@ if TYPE_CHECKING:
     from engine.model.train import TrainResult
 
 log = logging.getLogger(__name__)
-
-GATE_SEEDS = 12  # continuations generated from held-out seeds for the collapse check
-GATE_BARS = 4
-# Seed fidelity (engine.model.fidelity): a candidate may not pass by forgetting its seeds. Measured on
-# the same held-out seeds (4 bars, 8 continued) for the candidate and the active model.
-FIDELITY_SEEDS = 24
-FIDELITY_SEED_BARS, FIDELITY_BARS = 4, 8
-GAIN_TOLERANCE = 0.05  # nats per note the content gain (key held fixed) may fall
-REUSE_TOLERANCE = 0.05  # share of the seed's figures that recur: may fall this much
-LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: may rise this much
-
-
-@dataclass(frozen=True)
-class CollectedTune:
-    tune_id: int
-    content_hash: str
-    piece: Piece
-
-
-def collected_tunes(settings: Settings) -> list[CollectedTune]:
-    """Tunes whose owners consented and did not withdraw, validated with the seed limits."""
-    with session_scope(settings.sqlalchemy_url) as session:
-        rows = list(
-            session.execute(
-                select(Tune.id, Tune.content_hash, Tune.midi_key, Tune.name)
-                .where(Tune.consent.is_(True), Tune.withdrawn_at.is_(None))
-                .order_by(Tune.content_hash)
-            )
-        )
-    store = store_for(settings.artifact_root)
-    tunes = []
-    for tune_id, digest, key, name in rows:
-        try:
-            piece = load_seed(store.get(key), name=name)
-        except (BadMidi, OSError) as exc:
-            log.warning("skipping collected tune %s: %s", tune_id, exc)
-            continue
-        tunes.append(CollectedTune(tune_id, digest, piece))
-    return tunes
-
-
-def split_collected(tunes: list[CollectedTune]) -> tuple[list[CollectedTune], list[CollectedTune]]:
-    """A deterministic held-out slice (about 1 in 5, at least one when there are two or more)."""
-    held = [t for t in tunes if int(t.content_hash[:8], 16) % 5 == 0]
-    if not held and len(tunes) >= 2:
-        held = [tunes[0]]
-    train = [t for t in tunes if t not in held]
-    return train, held
-
-
-def dataset_hash(corpus_hash: str, tunes: list[CollectedTune], share: float) -> str:
-    h = hashlib.sha256(corpus_hash.encode())
-    for t in sorted(tunes, key=lambda t: t.content_hash):
-        h.update(t.content_hash.encode())
-    h.update(f"{share:.4f}".encode())
-    return h.hexdigest()
-
-
-def piece_weights(base: list[Piece], collected: list[Piece], share: float) -> list[float]:
-    """Sampling weights so that `share` of the notes sampled come from the collected tunes."""
-    base_notes = sum(len(p.notes) for p in base) or 1
-    coll_notes = sum(len(p.notes) for p in collected) or 1
-    if not collected:
-        return [float(len(p.notes)) for p in base]
-    w_base = (1.0 - share) / base_notes
-    w_coll = share / coll_notes
-    return [len(p.notes) * w_base for p in base] + [len(p.notes) * w_coll for p in collected]
-
-
-# --- the run --------------------------------------------------------------------------------
-
-
-class RunRecorder:
-    """Writes a run's progress, heartbeat and log lines to SQL, and answers 'was it cancelled?'."""
-
-    def __init__(self, settings: Settings, run_id: int) -> None:
-        self.settings = settings
-        self.run_id = run_id
-        self._last_check = 0.0
-        self._cancelled = False
-        self.lines: list[str] = []
-
-    def log(self, line: str) -> None:
-        log.info("training run %s: %s", self.run_id, line)
-        self.lines.append(f"{utcnow():%H:%M:%S} {line}")
-        self._write(log="\n".join(self.lines[-500:]))
-
-    def _write(self, **values: Any) -> None:
-        with session_scope(self.settings.sqlalchemy_url) as session:
-            session.execute(
-                update(TrainingRun)
-                .where(TrainingRun.id == self.run_id)
-                .values(heartbeat_at=utcnow(), **values)
-            )
-
-    def progress(self, info: dict[str, Any]) -> None:
-        clean = {k: v for k, v in info.items() if isinstance(v, int | float | str | None)}
-        self._write(progress=clean)
-
-    def status(self, status: RunStatus, **values: Any) -> None:
-        self._write(status=status, **values)
-
-    def should_stop(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_check >= 1.0:
-            self._last_check = now
-            with session_scope(self.settings.sqlalchemy_url) as session:
-                self._cancelled = bool(
-                    session.scalar(
-                        select(TrainingRun.cancel_requested).where(TrainingRun.id == self.run_id)
-                    )
-                )
-        return self._cancelled
-
-
-def claim_run(settings: Settings, run_id: int) -> bool:
-    with session_scope(settings.sqlalchemy_url) as session:
-        done = dml(
-            session,
-            update(TrainingRun)
-            .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
-            .values(
-                status=RunStatus.RUNNING,
-                started_at=utcnow(),
-                heartbeat_at=utcnow(),
-                worker=worker_name(),
-            ),
-        ).rowcount
-        return bool(done)
-
-
-def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
-    from engine.model.generate import GenerationRequest, continue_batch
-
-    if not seeds:
-        return 0.0
-    outs = continue_batch(
-        lm,
-        [
-            GenerationRequest(seed=s, bars=GATE_BARS, style=s.style, rng_seed=i)
-            for i, s in enumerate(seeds)
-        ],
-    )
-    return sum(is_collapsed(o.notes) for o in outs) / len(outs)
-
-
-def gate_seeds(pieces: list[Piece], n: int = GATE_SEEDS) -> list[Piece]:
-    """The first two bars of held-out pieces, as seeds."""
-    from dataclasses import replace
-
-    seeds = []
-    for p in pieces:
-        cut = 2 * p.beats_per_bar
-        notes = tuple(x for x in p.notes if x.start < cut)
-        if len(notes) >= 3:
-            seeds.append(replace(p, notes=notes))
-        if len(seeds) >= n:
-            break
-    return seeds
-
-
-def fidelity_seeds(pieces: list[Piece], n: int = FIDELITY_SEEDS) -> list[Piece]:
-    """The first FIDELITY_SEED_BARS bars of held-out pieces with at least 8 notes there."""
-    from dataclasses import replace
-
-    seeds = []
-    for p in pieces:
-        cut = FIDELITY_SEED_BARS * p.beats_per_bar
-        notes = tuple(x for x in p.notes if x.start < cut - 1e-9)
-        if len(notes) >= 8:
-            seeds.append(replace(p, notes=notes))
-        if len(seeds) >= n:
-            break
-    return seeds
-
-
-def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str, float]:
-    """The gate's seed-fidelity figures of one model: engine.model.fidelity's summary of its
-    continuations of `seeds` (fixed rng seeds) and its seed information gain on `pieces`."""
-    from engine.model.fidelity import seed_information_gain, summarize_fidelity
-    from engine.model.generate import GenerationRequest, continue_batch
-
-    styles = lm.codec.config.styles
-    outs = continue_batch(
-        lm,
-        [
-            GenerationRequest(
-                seed=s,
-                bars=FIDELITY_BARS,
-                style=s.style if s.style in styles else None,
-                rng_seed=i,
-            )
-            for i, s in enumerate(seeds)
-        ],
-    )
-    figures = summarize_fidelity(outs, seeds) if seeds else {}
-    gain = seed_information_gain(lm, pieces, max_windows=256)
-    keep = ("pattern_reuse", "long_run_share", "key_kept_independent")
-    return {
-        **{k: figures[k] for k in keep if k in figures},
-        "gain_content": gain.get("gain_content", float("nan")),
-        "gain_total": gain.get("gain_total", float("nan")),
-    }
 
 
 def run_training(run_id: int, settings: Settings | None = None) -> str:
@@ -476,49 +283,6 @@ def _keep(
         training_run_id=run_id,
         reject_reason=reason,
     )
-
-
-def gate(metrics: dict[str, Any], tolerance: float) -> str | None:
-    """None when the candidate may go live; otherwise the reason it may not."""
-    cand, act = metrics.get("candidate_base_nll"), metrics.get("active_base_nll")
-    if cand is None or act is None:
-        return "the candidate could not be evaluated on the base corpus"
-    if cand > act + tolerance:
-        return (
-            f"base-corpus NLL {cand:.3f} is worse than the active model's {act:.3f} "
-            f"by more than {tolerance:g}"
-        )
-    if metrics.get("collapse_rate", 0.0) > 0.0:
-        return f"{metrics['collapse_rate']:.0%} of its continuations collapsed to repeated notes"
-    return fidelity_reason(metrics.get("candidate_fidelity"), metrics.get("active_fidelity"))
-
-
-def fidelity_reason(cand: dict[str, float] | None, act: dict[str, float] | None) -> str | None:
-    """Why the candidate keeps its seeds worse than the active model (None: it does not)."""
-    cand, act = cand or {}, act or {}
-
-    def both(key: str) -> tuple[float, float] | None:
-        c, a = cand.get(key), act.get(key)
-        if c is None or a is None or math.isnan(c) or math.isnan(a):
-            return None
-        return float(c), float(a)
-
-    if (pair := both("gain_content")) and pair[0] < pair[1] - GAIN_TOLERANCE:
-        return (
-            f"it forgets its seeds: the seed's notes tell it {pair[0]:.3f} nats per note beyond "
-            f"the key, the active model {pair[1]:.3f} (tolerance {GAIN_TOLERANCE:g})"
-        )
-    if (pair := both("pattern_reuse")) and pair[0] < pair[1] - REUSE_TOLERANCE:
-        return (
-            f"it develops its seeds less: {pair[0]:.0%} of the seed's figures recur, against "
-            f"{pair[1]:.0%} for the active model"
-        )
-    if (pair := both("long_run_share")) and pair[0] > pair[1] + LONG_RUN_TOLERANCE:
-        return (
-            f"{pair[0]:.0%} of its continuations repeat a pitch 4+ times in a row, against "
-            f"{pair[1]:.0%} for the active model"
-        )
-    return None
 
 
 def prune_checkpoints(settings: Settings) -> list[str]:

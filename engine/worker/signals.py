@@ -8,8 +8,8 @@ from typing import Any
 
 from celery import signals
 
-from engine.music.midi import to_midi_bytes
 from engine.music.notes import Note, Piece
+from engine.music.result_midi import to_midi_bytes
 from engine.service.notify import publish_request_changed
 from engine.settings import Settings, get_settings
 from engine.worker.app import TASK_GENERATE, TASK_RENDER, app

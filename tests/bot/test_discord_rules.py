@@ -438,7 +438,7 @@ def test_a_reroll_of_someone_elses_result_cannot_be_shared_by_the_reroller(
 ):
     """Bob rerolls Ann's result (its MIDI holds Ann's seed) and presses Share, then Yes: refused
     while Ann does not share her seed (was: shared under Bob's consent)."""
-    from engine.worker.retrain import collected_tunes
+    from engine.worker.collect import collected_tunes
 
     worker = PipelineWorker(bot_settings)
 

@@ -13,7 +13,7 @@ from engine.errors import NotAllowed
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store.db import session_scope
 from engine.store.records import Request, RequestKind, Tune
-from engine.worker.retrain import collected_tunes
+from engine.worker.collect import collected_tunes
 from tests.bot.conftest import midi_bytes
 from tests.conftest import default_model_present, example_seed_bytes
 

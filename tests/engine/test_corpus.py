@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 from engine.errors import NotFound
-from engine.model.corpus import (
+from engine.model.corpus import load_corpus
+from engine.model.corpus_build import build_corpus, split_of
+from engine.model.corpus_parse import (
     COLLECTIONS,
     WorkItem,
-    build_corpus,
-    load_corpus,
     normalize_note_values,
     select,
-    split_of,
     work_items,
 )
 from engine.model.events import SHIFT, EventCodec

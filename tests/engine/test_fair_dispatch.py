@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from engine.service.requests import JobService, Requester, validate_options
-from engine.worker.pipeline import claim_for_generation, drain_queued
+from engine.worker.claims import claim_for_generation, drain_queued
 from tests.conftest import make_settings
 
 
 def test_fair_order_takes_turns_between_guilds_oldest_first():
-    from engine.worker.pipeline import fair_order
+    from engine.worker.claims import fair_order
 
     waiting = [(1, 10), (2, 10), (3, 10), (4, 10), (5, 20), (6, None), (7, 20)]
     assert fair_order(waiting) == [1, 5, 6, 2, 7, 3, 4]

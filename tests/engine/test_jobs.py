@@ -91,7 +91,7 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
     extend = service.progress(service.follow_up(who, rid, RequestKind.EXTEND))
     assert extend.params["from_bar"] is None and extend.notes == {}
     # the worker cuts the stored file the same way
-    from engine.worker.pipeline import load_job
+    from engine.worker.generation import load_job
 
     job = load_job(rid, settings)
     assert job.seed is not None and max(n.start for n in job.seed.notes) < 2 * 4

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import BadMidi
-from engine.music.midi import (
+from engine.music.midi import load_seed, midi_note_count, piece_from_midi_file, seed_notices
+from engine.music.midi_check import (
     AbsurdTempo,
     CorruptMidi,
     DrumOnlyMidi,
@@ -18,13 +19,9 @@ from engine.music.midi import (
     SeedLimits,
     UnsupportedMidiType,
     ZeroLengthMidi,
-    load_seed,
-    midi_note_count,
-    piece_from_midi_file,
-    seed_notices,
-    to_midi_bytes,
 )
 from engine.music.notes import Note, Piece
+from engine.music.result_midi import to_midi_bytes
 
 
 # --- a tiny hand-written SMF builder, so every bad case is a real file ------------------------

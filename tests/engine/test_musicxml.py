@@ -11,17 +11,12 @@ import subprocess
 import pytest
 
 from engine.audio.score import result_key
-from engine.music.midi import load_seed, to_midi_bytes
-from engine.music.musicxml import (
-    _VALUES,
-    TICKS,
-    _split,
-    grid_length,
-    key_fifths,
-    score_xml,
-    spelling,
-)
+from engine.music.measures import _VALUES, TICKS, _split, grid_length
+from engine.music.midi import load_seed
+from engine.music.musicxml import score_xml
 from engine.music.notes import Note, Piece
+from engine.music.result_midi import to_midi_bytes
+from engine.music.spelling import key_fifths, spelling
 
 music21 = pytest.importorskip("music21")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine.music.midi import load_seed, split_result
+from engine.music.midi import load_seed
 from engine.music.notation import UnsafeXml
+from engine.music.result_midi import split_result
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from engine.errors import BadMidi, MotifError
 from engine.music import notation as notation_seeds
-from engine.music.musicxml import TICKS, score_xml
+from engine.music.measures import TICKS
+from engine.music.musicxml import score_xml
 from engine.music.notation import (
     PARSER,
     BadNotation,

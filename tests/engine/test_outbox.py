@@ -19,8 +19,9 @@ from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import Artifact, Request, RequestStatus, Worker, utcnow
+from engine.worker.claims import claim_for_generation
 from engine.worker.dispatch import dispatch_request
-from engine.worker.pipeline import claim_for_generation, process_request, run_generation, run_render
+from engine.worker.pipeline import process_request, run_generation, run_render
 from engine.worker.reaper import reap, resend_lost
 from tests.conftest import example_seed_bytes, make_settings
 

@@ -10,7 +10,7 @@ from PIL import Image
 from symusic import Score
 
 from engine.audio.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR
-from engine.music.midi import split_result
+from engine.music.result_midi import split_result
 from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
 from engine.store import db

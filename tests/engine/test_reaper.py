@@ -7,7 +7,7 @@ from sqlalchemy import update
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store.db import session_scope
 from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
-from engine.worker.pipeline import claim_for_generation, drain_queued
+from engine.worker.claims import claim_for_generation, drain_queued
 from engine.worker.reaper import reap
 
 

@@ -15,7 +15,9 @@ from engine.store import db
 from engine.store.db import session_scope
 from engine.store.models import ensure_default_model
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, Tune
-from engine.worker.retrain import collected_tunes, gate, run_training
+from engine.worker.collect import collected_tunes
+from engine.worker.gate import gate
+from engine.worker.retrain import run_training
 from tests.conftest import make_settings, synthetic_pieces, wait_finished
 
 pytestmark = pytest.mark.slow
@@ -35,7 +37,7 @@ TINY = {
 
 
 def midi_of(piece) -> bytes:
-    from engine.music.midi import to_midi_bytes
+    from engine.music.result_midi import to_midi_bytes
 
     return to_midi_bytes(piece)
 

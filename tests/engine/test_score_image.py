@@ -68,7 +68,7 @@ def test_staff_lines_are_thick_enough_to_read_at_preview_width():
 
 
 def test_a_result_gets_musicxml_and_a_picture_and_survives_a_failed_picture(monkeypatch):
-    from engine.music.midi import to_midi_bytes
+    from engine.music.result_midi import to_midi_bytes
 
     seed, cont = two_hands(8)
     midi = to_midi_bytes(seed, cont)

@@ -1,0 +1,138 @@
+"""The retrain gate: a candidate becomes active only if its NLL on the base corpus's held-out
+set is not worse than the active model's beyond a tolerance, its continuations do not collapse
+and it keeps its seeds about as well (engine.model.fidelity)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from engine.music.metrics import is_collapsed
+from engine.music.notes import Piece
+
+GATE_SEEDS = 12  # continuations generated from held-out seeds for the collapse check
+GATE_BARS = 4
+# Seed fidelity (engine.model.fidelity): a candidate may not pass by forgetting its seeds. Measured on
+# the same held-out seeds (4 bars, 8 continued) for the candidate and the active model.
+FIDELITY_SEEDS = 24
+FIDELITY_SEED_BARS, FIDELITY_BARS = 4, 8
+GAIN_TOLERANCE = 0.05  # nats per note the content gain (key held fixed) may fall
+REUSE_TOLERANCE = 0.05  # share of the seed's figures that recur: may fall this much
+LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: may rise this much
+
+
+def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
+    from engine.model.generate import GenerationRequest, continue_batch
+
+    if not seeds:
+        return 0.0
+    outs = continue_batch(
+        lm,
+        [
+            GenerationRequest(seed=s, bars=GATE_BARS, style=s.style, rng_seed=i)
+            for i, s in enumerate(seeds)
+        ],
+    )
+    return sum(is_collapsed(o.notes) for o in outs) / len(outs)
+
+
+def gate_seeds(pieces: list[Piece], n: int = GATE_SEEDS) -> list[Piece]:
+    """The first two bars of held-out pieces, as seeds."""
+    from dataclasses import replace
+
+    seeds = []
+    for p in pieces:
+        cut = 2 * p.beats_per_bar
+        notes = tuple(x for x in p.notes if x.start < cut)
+        if len(notes) >= 3:
+            seeds.append(replace(p, notes=notes))
+        if len(seeds) >= n:
+            break
+    return seeds
+
+
+def fidelity_seeds(pieces: list[Piece], n: int = FIDELITY_SEEDS) -> list[Piece]:
+    """The first FIDELITY_SEED_BARS bars of held-out pieces with at least 8 notes there."""
+    from dataclasses import replace
+
+    seeds = []
+    for p in pieces:
+        cut = FIDELITY_SEED_BARS * p.beats_per_bar
+        notes = tuple(x for x in p.notes if x.start < cut - 1e-9)
+        if len(notes) >= 8:
+            seeds.append(replace(p, notes=notes))
+        if len(seeds) >= n:
+            break
+    return seeds
+
+
+def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str, float]:
+    """The gate's seed-fidelity figures of one model: engine.model.fidelity's summary of its
+    continuations of `seeds` (fixed rng seeds) and its seed information gain on `pieces`."""
+    from engine.model.fidelity import seed_information_gain, summarize_fidelity
+    from engine.model.generate import GenerationRequest, continue_batch
+
+    styles = lm.codec.config.styles
+    outs = continue_batch(
+        lm,
+        [
+            GenerationRequest(
+                seed=s,
+                bars=FIDELITY_BARS,
+                style=s.style if s.style in styles else None,
+                rng_seed=i,
+            )
+            for i, s in enumerate(seeds)
+        ],
+    )
+    figures = summarize_fidelity(outs, seeds) if seeds else {}
+    gain = seed_information_gain(lm, pieces, max_windows=256)
+    keep = ("pattern_reuse", "long_run_share", "key_kept_independent")
+    return {
+        **{k: figures[k] for k in keep if k in figures},
+        "gain_content": gain.get("gain_content", float("nan")),
+        "gain_total": gain.get("gain_total", float("nan")),
+    }
+
+
+def gate(metrics: dict[str, Any], tolerance: float) -> str | None:
+    """None when the candidate may go live; otherwise the reason it may not."""
+    cand, act = metrics.get("candidate_base_nll"), metrics.get("active_base_nll")
+    if cand is None or act is None:
+        return "the candidate could not be evaluated on the base corpus"
+    if cand > act + tolerance:
+        return (
+            f"base-corpus NLL {cand:.3f} is worse than the active model's {act:.3f} "
+            f"by more than {tolerance:g}"
+        )
+    if metrics.get("collapse_rate", 0.0) > 0.0:
+        return f"{metrics['collapse_rate']:.0%} of its continuations collapsed to repeated notes"
+    return fidelity_reason(metrics.get("candidate_fidelity"), metrics.get("active_fidelity"))
+
+
+def fidelity_reason(cand: dict[str, float] | None, act: dict[str, float] | None) -> str | None:
+    """Why the candidate keeps its seeds worse than the active model (None: it does not)."""
+    cand, act = cand or {}, act or {}
+
+    def both(key: str) -> tuple[float, float] | None:
+        c, a = cand.get(key), act.get(key)
+        if c is None or a is None or math.isnan(c) or math.isnan(a):
+            return None
+        return float(c), float(a)
+
+    if (pair := both("gain_content")) and pair[0] < pair[1] - GAIN_TOLERANCE:
+        return (
+            f"it forgets its seeds: the seed's notes tell it {pair[0]:.3f} nats per note beyond "
+            f"the key, the active model {pair[1]:.3f} (tolerance {GAIN_TOLERANCE:g})"
+        )
+    if (pair := both("pattern_reuse")) and pair[0] < pair[1] - REUSE_TOLERANCE:
+        return (
+            f"it develops its seeds less: {pair[0]:.0%} of the seed's figures recur, against "
+            f"{pair[1]:.0%} for the active model"
+        )
+    if (pair := both("long_run_share")) and pair[0] > pair[1] + LONG_RUN_TOLERANCE:
+        return (
+            f"{pair[0]:.0%} of its continuations repeat a pitch 4+ times in a row, against "
+            f"{pair[1]:.0%} for the active model"
+        )
+    return None
