@@ -13,6 +13,7 @@ import sys
 import aiohttp
 import discord
 
+from bot.client import MotifBot
 from engine.errors import SchemaOutOfDate, ServiceUnavailable
 from engine.settings import Settings, get_settings
 from engine.store.db import ensure_schema
@@ -70,7 +71,6 @@ def run(settings: Settings | None = None) -> int:
         )
     logging.getLogger("discord.client").addFilter(_no_voice_warning)
     redact_tokens_in_logs()
-    from bot.client import MotifBot
 
     bot = MotifBot(settings)
     try:

@@ -4,6 +4,8 @@ and function-level imports alike, so a late import cannot slip past."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +120,50 @@ def test_functions_stay_under_60_lines_but_in_the_named_modules():
     unexpected = {k: v for k, v in offenders.items() if v and k not in LONG_FUNCTIONS}
     assert not unexpected, unexpected
     assert {k for k, v in offenders.items() if v} == LONG_FUNCTIONS
+
+
+DEFERRABLE = ("engine", "bot", "torch")
+
+
+def function_level_imports(path: Path) -> list[tuple[int, str]]:
+    """Imports of engine, bot or torch inside a function: (line, module)."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                found += [(node.lineno, n) for n in names if under(n, *DEFERRABLE)]
+    return sorted(set(found))
+
+
+def says_why(lines: list[str], lineno: int) -> bool:
+    """A `# deferred:` comment on the import's line, or above the run of imports it is in."""
+    i = lineno - 1
+    if "# deferred:" in lines[i]:
+        return True
+    while i > 0 and lines[i - 1].strip().startswith(("from ", "import ")):
+        i -= 1
+    return i > 0 and lines[i - 1].strip().startswith("# deferred:")
+
+
+def test_every_function_level_import_says_why_it_is_deferred():
+    # imports belong at the top (issue 17); one left in a function says why (docs/layout.md)
+    bad = []
+    for p in sources("engine", "bot"):
+        lines = p.read_text().splitlines()
+        bad += [f"{rel(p)}:{n} {m}" for n, m in function_level_imports(p) if not says_why(lines, n)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_cli_and_the_bot_import_no_torch():
+    # `motif --help`, `motif status` and `motif bot` import engine.cli, then bot.main and
+    # bot.client: none of them may load torch (the bot image has none)
+    code = "import sys, engine.cli, bot.main, bot.client; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 if __name__ == "__main__":  # `python tests/test_layout.py`: the offenders, longest first

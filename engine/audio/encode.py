@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from engine.audio.synth import get_renderer
 from engine.errors import BadMidi
 
 if TYPE_CHECKING:
@@ -292,8 +293,6 @@ def render_audio(midi_bytes: bytes, settings: Settings, program: int | None = No
     """MIDI bytes to an attachment: render (capped at settings.max_audio_s), normalise, encode
     in settings.audio_format under settings.upload_cap_bytes."""
     import pretty_midi
-
-    from engine.audio.synth import get_renderer
 
     renderer = get_renderer(settings)
     try:

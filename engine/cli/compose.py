@@ -9,19 +9,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.errors import ServiceUnavailable
+from engine.music import catalog
+from engine.music.midi import load_seed, seed_notices
+from engine.music.midi_check import SeedLimits
+from engine.music.notation import is_notation_name, load_notation_seed
+from engine.service.requests import ComposeOptions, JobService, Requester, validate_options
 from engine.settings import Settings, get_settings
+from engine.store.db import ensure_schema
+from engine.store.records import RequestOrigin, RequestStatus
+from engine.worker.local import LocalWorker, serving
 
 if TYPE_CHECKING:
     from engine.service.progress import Progress
-    from engine.service.requests import JobService
-    from engine.worker.local import LocalWorker
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    from engine.service.requests import JobService, Requester, validate_options
-    from engine.store.db import ensure_schema
-    from engine.store.records import RequestOrigin, RequestStatus
-    from engine.worker.local import LocalWorker
 
     settings = get_settings()
     if not args.verbose:
@@ -72,9 +75,6 @@ def cmd_compose(args: argparse.Namespace) -> int:
 def _read_seed(path: Path, from_bar: int | None) -> tuple[bytes, str] | None:
     """The seed file's bytes and name, checked before anything starts (its notices printed);
     None, with the reason printed, when it is missing or too large."""
-    from engine.music.midi import load_seed, seed_notices
-    from engine.music.midi_check import SeedLimits
-    from engine.music.notation import is_notation_name, load_notation_seed
 
     if not path.is_file():
         print(f"motif: no such seed file: {path}", file=sys.stderr)
@@ -109,9 +109,6 @@ def _wait_for(
     """Print each stage the request reaches until it finishes (its last progress); None when
     `timeout` seconds pass first. A database outage is waited out; a local worker that is gone
     is replaced."""
-    from engine.errors import ServiceUnavailable
-    from engine.store.records import RequestStatus
-    from engine.worker.local import serving
 
     last = None
     order = [RequestStatus.QUEUED, RequestStatus.GENERATING, RequestStatus.RENDERING]
@@ -179,8 +176,6 @@ def _write_result(service: JobService, prog: Progress, out: Path, started: float
 
 def add_compose(sub: argparse._SubParsersAction) -> None:
     """`motif compose`: every option says its range and its default."""
-    from engine.music import catalog
-    from engine.service.requests import ComposeOptions
 
     fields, opts = Settings.model_fields, ComposeOptions()
     c = sub.add_parser("compose", help="continue a MIDI seed (or none) through the real queue")

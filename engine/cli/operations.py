@@ -6,22 +6,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from engine.errors import MotifError
+from engine.service import admin
+from engine.service.requests import JobService, Requester
 from engine.settings import get_settings
-
-if TYPE_CHECKING:
-    pass
+from engine.store import db
+from engine.store.db import ensure_schema
+from engine.store.models import ensure_default_model
+from engine.store.records import RequestOrigin
+from engine.worker.app import get_app
+from engine.worker.reaper import reap
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.store.db import ensure_schema
-    from engine.worker.app import get_app
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if "cpu" in args.queues.split(","):
+        # deferred: engine.audio needs the `worker` extra, absent from the bot image
         from engine.audio.synth import check_soundfont
 
         # A missing or corrupt soundfont stops the start, naming the setting. No synthesizer is
@@ -46,7 +49,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from engine.store import db
 
     url = get_settings().sqlalchemy_url
     if args.action == "upgrade":
@@ -58,14 +60,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from engine.service import admin
-    from engine.store.db import ensure_schema
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if args.action == "list":
-        from engine.store.models import ensure_default_model
-
         ensure_default_model(settings)
         for m in admin.list_models(settings):
             mark = "*" if m.active else " "
@@ -81,7 +79,6 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(_: argparse.Namespace) -> int:
-    from engine.worker.reaper import reap
 
     report = reap(get_settings())
     print(
@@ -92,9 +89,6 @@ def cmd_reap(_: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from engine.service.requests import JobService, Requester
-    from engine.store.db import ensure_schema
-    from engine.store.records import RequestOrigin
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
@@ -110,8 +104,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(_: argparse.Namespace) -> int:
-    from engine.service.requests import JobService
-    from engine.store.db import ensure_schema
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
@@ -119,6 +111,7 @@ def cmd_status(_: argparse.Namespace) -> int:
     # (none registered yet: the first worker registers the shipped default when it starts)
     model = st.active_model or "the shipped default (not registered yet)"
     print(f"queued {st.queued}, running {st.running}, active model {model}")
+    # deferred: engine.audio needs the `worker` extra, absent from the bot image
     from engine.audio.synth import renderer_description
 
     print(f"audio here: {renderer_description(settings)}")
@@ -143,6 +136,7 @@ def cmd_delegate(module: str, argv: list[str]) -> int:
 
 
 def cmd_bot(_: argparse.Namespace) -> int:
+    # deferred: one lazy import per command: discord loads only for `motif bot`
     from bot.main import run
 
     return int(run(get_settings()) or 0)

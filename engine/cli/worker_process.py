@@ -9,19 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from engine.settings import Settings
-
-if TYPE_CHECKING:
-    pass
+from engine.store.db import session_scope
+from engine.store.records import Worker, alive_since
 
 
 def live_workers(settings: Settings) -> list[str]:
     from sqlalchemy import select
-
-    from engine.store.db import session_scope
-    from engine.store.records import Worker, alive_since
 
     since = alive_since(settings.worker_heartbeat_s)
     with session_scope(settings.sqlalchemy_url) as session:
@@ -49,9 +44,6 @@ def wait_worker_ready(
 
 def _wait_deregistered(settings: Settings, proc: subprocess.Popen, timeout: float) -> bool:
     from sqlalchemy import select
-
-    from engine.store.db import session_scope
-    from engine.store.records import Worker
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

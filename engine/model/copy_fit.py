@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.model.checkpoint import load_checkpoint
 from engine.model.copying import (
     COPY_FIELDS,
     MAX_MATCH,
@@ -28,7 +29,10 @@ from engine.model.copying import (
     CopyMemory,
     CopyParams,
 )
+from engine.model.corpus import load_corpus
 from engine.model.network import DURATION, IGNORE, PITCH, POSITION, SHIFT, VELOCITY, MotifSeq2Seq
+from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
+from engine.settings import DEFAULT_MODEL_PATH
 
 WEIGHTS = (1.0, 2.0, 4.0)  # voter weights per figure matched tried by `fit`
 EXACTS = (0.0, 2.0, 4.0, 8.0)  # voter weights for an exact (untransposed) match tried by `fit`
@@ -201,10 +205,6 @@ def fit(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.model.checkpoint import load_checkpoint
-    from engine.model.corpus import load_corpus
-    from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
-    from engine.settings import DEFAULT_MODEL_PATH
 
     ap = argparse.ArgumentParser(prog="python -m engine.model.copy_fit", description=__doc__)
     ap.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")

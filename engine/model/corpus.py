@@ -19,6 +19,7 @@ import numpy as np
 from engine.errors import NotFound
 from engine.model.corpus_parse import COLLECTIONS
 from engine.music.notes import Note, Piece
+from engine.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,6 @@ class Corpus:
 def load_corpus(path: Path | None = None) -> Corpus:
     """The corpus file at `path` (default: the `corpus_path` setting)."""
     if path is None:
-        from engine.settings import get_settings
-
         path = get_settings().corpus_path
     path = Path(path)
     if not path.is_file():
@@ -169,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.limit:
             name, _, n = spec.partition("=")
             limits[name] = int(n)
-    from engine.model.corpus_build import build_corpus  # it imports this module
+    # deferred: corpus_build imports this module (cycle)
+    from engine.model.corpus_build import build_corpus
 
     stats = build_corpus(
         args.out, collections=args.collections, max_per_collection=limits, workers=args.workers

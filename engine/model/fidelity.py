@@ -225,6 +225,7 @@ def _full_seed_windows(
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """The fixed evaluation windows of engine.model.train that have a whole seed before them."""
+    # deferred: fidelity stays numpy-only until the model is asked for (module docstring)
     from engine.model.train import encode_pieces, eval_batches
 
     data = encode_pieces(lm.codec, list(pieces))
@@ -264,6 +265,7 @@ def seed_information_gain(
     the seed's key class held fixed in both, so only what the seed's notes add beyond the
     25-way key label counts. `copy`: the model with its copy path (engine.model.copying), as it
     generates; False: the network alone."""
+    # deferred: fidelity stays numpy-only until the model is asked for (module docstring)
     from engine.model.copy_fit import copy_nll
     from engine.model.copying import NO_COPY, copy_params_of
     from engine.model.train_step import evaluate_windows

@@ -257,6 +257,7 @@ class MotifSeq2Seq(nn.Module):
     def step_weights(self) -> StepWeights:
         """The generation tables of the current parameters, rebuilt only when a parameter changed
         (another tensor, device or dtype, or an in-place update such as an optimiser step)."""
+        # deferred: batch_decoder imports this module (cycle)
         from engine.model.batch_decoder import StepWeights
 
         stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
@@ -268,6 +269,7 @@ class MotifSeq2Seq(nn.Module):
     def batch_decoder(self, memory: Memory, style: torch.Tensor) -> BatchDecoder:
         """Generation's decoder for the rows of `memory` (styles (B,)). Inference only: no
         dropout, no gradients."""
+        # deferred: batch_decoder imports this module (cycle)
         from engine.model.batch_decoder import BatchDecoder
 
         return BatchDecoder(self.step_weights(), memory, style)

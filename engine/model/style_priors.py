@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.model.corpus import load_corpus
 from engine.music.metrics import estimate_key
 from engine.music.notes import Piece
 
@@ -84,7 +85,6 @@ def draw_setting(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.model.corpus import load_corpus
 
     parser = argparse.ArgumentParser(
         prog="python -m engine.model.style_priors", description=__doc__

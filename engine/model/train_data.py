@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from engine.errors import BadParams
+from engine.model.corpus import load_corpus
 from engine.model.events import EventCodec
 from engine.model.network import IGNORE, PITCH, POSITION, SHIFT
 from engine.model.plan import seed_key
@@ -232,8 +233,6 @@ def load_data(cfg: TrainConfig, codec: EventCodec) -> tuple[Encoded, Encoded, En
     corpus = None
     need_corpus = cfg.pieces is None or cfg.val_pieces is None or cfg.test_pieces is None
     if need_corpus and cfg.corpus_path is not None and Path(cfg.corpus_path).exists():
-        from engine.model.corpus import load_corpus
-
         corpus = load_corpus(cfg.corpus_path)
     if cfg.pieces is not None:
         train_pieces = cfg.pieces

@@ -29,6 +29,7 @@ from engine.store.records import (
     User,
     utcnow,
 )
+from engine.worker.dispatch import dispatch_retrain
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,6 @@ def request_retrain(
         session.add(run)
         session.flush()
         if dispatch:
-            from engine.worker.dispatch import dispatch_retrain
-
             dispatch_retrain(run.id, s)
         return run.id
 

@@ -50,6 +50,7 @@ from engine.store.records import (
     User,
     utcnow,
 )
+from engine.worker.dispatch import dispatch_request
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ Dispatch = Callable[[int], None]
 
 
 def _default_dispatch(settings: Settings) -> Dispatch:
-    from engine.worker.dispatch import dispatch_request  # celery only, no torch
 
     return lambda request_id: dispatch_request(request_id, settings)
 

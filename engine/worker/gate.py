@@ -22,6 +22,7 @@ LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: ma
 
 
 def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.generate import GenerationRequest, continue_batch
 
     if not seeds:
@@ -69,6 +70,7 @@ def fidelity_seeds(pieces: list[Piece], n: int = FIDELITY_SEEDS) -> list[Piece]:
 def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str, float]:
     """The gate's seed-fidelity figures of one model: engine.model.fidelity's summary of its
     continuations of `seeds` (fixed rng seeds) and its seed information gain on `pieces`."""
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.fidelity import seed_information_gain, summarize_fidelity
     from engine.model.generate import GenerationRequest, continue_batch
 

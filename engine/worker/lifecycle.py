@@ -46,6 +46,7 @@ class WorkerPresence:
                 row.queues = self.queues
 
     def _loop(self) -> None:
+        # deferred: engine.worker.reaper imports this module (cycle)
         from engine.worker.reaper import reap
 
         last_reap = 0.0

@@ -93,6 +93,7 @@ class LocalWorker:
             return self._ensure(state)
 
     def _ensure(self, state: dict[str, object]) -> bool:
+        # deferred: engine.cli (via compose) imports this module (cycle)
         from engine.cli.worker_process import start_worker_process, wait_worker_ready
 
         if serving(self.settings):

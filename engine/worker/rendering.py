@@ -4,8 +4,10 @@ under keys derived from the request id."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
+from engine.audio.encode import EncodedAudio, render_audio
+from engine.audio.pianoroll import piano_roll_png
+from engine.audio.score import EngravedResult, engrave_result
 from engine.music.catalog import PROGRAM_NAMES
 from engine.music.result_midi import split_result
 from engine.service.options import ComposeOptions
@@ -21,11 +23,6 @@ from engine.store.records import (
 )
 from engine.worker.claims import RowNotVisible, fail, heartbeat, upsert_artifact
 
-if TYPE_CHECKING:  # the audio side is imported when a render runs
-    from engine.audio.encode import EncodedAudio
-    from engine.audio.score import EngravedResult
-
-
 MUSICXML_MIME = "application/vnd.recordare.musicxml+xml"
 
 
@@ -34,9 +31,6 @@ def _render_files(
 ) -> tuple[EncodedAudio, bytes, EngravedResult, float]:
     """The audio, the piano roll and the engraved score of a result (and the engraving's
     seconds)."""
-    from engine.audio.encode import render_audio
-    from engine.audio.pianoroll import piano_roll_png
-    from engine.audio.score import engrave_result
 
     audio = render_audio(midi, settings, program=options.instrument)
     seed, cont = split_result(midi)

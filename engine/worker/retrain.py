@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from engine.errors import MotifError
+from engine.model.corpus import load_corpus
 from engine.music.notes import Piece
 from engine.service.admin import (
     RetrainOptions,
@@ -99,6 +100,7 @@ def run_training(run_id: int, settings: Settings | None = None) -> str:
 def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
     """Train a candidate on the corpus and the collected tunes, measure it against the active
     model, keep it (a candidate or rejected), and activate it if it passed the gate."""
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.checkpoint import pick_device
 
     with session_scope(settings.sqlalchemy_url) as session:
@@ -164,7 +166,6 @@ class _Dataset:
 
 
 def _gather(settings: Settings, params: dict[str, Any]) -> _Dataset:
-    from engine.model.corpus import load_corpus
 
     corpus = load_corpus(settings.corpus_path)
     base_train = corpus.pieces("train")
@@ -187,6 +188,7 @@ def _train_candidate(
     rec: RunRecorder,
 ) -> TrainResult:
     """Train into `out`: fine-tuned from the active model unless the run asks for a fresh one."""
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.train import TrainConfig, train
 
     init_from = None
@@ -228,6 +230,7 @@ def _measure(
 ) -> dict[str, Any]:
     """What the gate compares: NLLs on the corpus's test split and the held-out collected tunes,
     collapse and seed fidelity, for the candidate and the active model."""
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.checkpoint import load_checkpoint
     from engine.model.train import evaluate_nll
     from engine.worker.loaded import load_version

@@ -8,6 +8,9 @@ from typing import Any
 
 from celery import signals
 
+from engine.audio.encode import render_audio
+from engine.audio.pianoroll import piano_roll_png
+from engine.audio.synth import renderer_description
 from engine.music.notes import Note, Piece
 from engine.music.result_midi import to_midi_bytes
 from engine.service.notify import publish_request_changed
@@ -42,9 +45,11 @@ def _warm_up(sender: object = None, **_: object) -> None:
     if queues is None or "gpu" in queues:
         try:
             if settings.torch_threads > 0:
+                # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
                 import torch
 
                 torch.set_num_threads(settings.torch_threads)
+            # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
             from engine.model.checkpoint import device_label
             from engine.worker.loaded import get_model
 
@@ -56,8 +61,6 @@ def _warm_up(sender: object = None, **_: object) -> None:
             model_text = "not loaded (see the warning above)"
     renderer_text = "none (no cpu queue)"
     if queues is None or "cpu" in queues:
-        from engine.audio.synth import renderer_description
-
         try:
             _render_once(settings)
         except Exception:  # noqa: BLE001
@@ -87,8 +90,6 @@ def consumed_queues() -> set[str] | None:
 def _render_once(settings: Settings) -> None:
     """One tiny render: the first call pays for imports, the soundfont and font caches (~9 s
     measured on a busy 2-core machine), so no user's request does."""
-    from engine.audio.encode import render_audio
-    from engine.audio.pianoroll import piano_roll_png
 
     piece = Piece((Note(0.0, 1.0, 60, 80), Note(1.0, 1.0, 64, 80)))
     render_audio(to_midi_bytes(piece), settings, program=0)
