@@ -17,7 +17,6 @@ from engine.settings import Settings, get_settings
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import ALIVE_HEARTBEATS, Worker, utcnow
-from engine.worker.app import make_app
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,8 @@ def check_schema(settings: Settings) -> str:
 
 def check_broker(settings: Settings, timeout_s: float = 3.0) -> str:
     """The Celery broker accepts a connection (the bot sends to it, workers consume from it)."""
+    # deferred: engine.worker.app builds the Celery app from the settings on import
+    from engine.worker.app import make_app
 
     app = make_app(settings)
     try:

@@ -15,11 +15,12 @@ from engine.store import db
 from engine.store.db import ensure_schema
 from engine.store.models import ensure_default_model
 from engine.store.records import RequestOrigin
-from engine.worker.app import get_app
 from engine.worker.reaper import reap
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # deferred: engine.worker.app builds the Celery app from the settings on import
+    from engine.worker.app import get_app
 
     settings = get_settings()
     ensure_schema(settings.sqlalchemy_url, auto_create=True)

@@ -29,7 +29,6 @@ from engine.store.records import (
     User,
     utcnow,
 )
-from engine.worker.dispatch import dispatch_retrain
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +263,9 @@ def request_retrain(
         session.add(run)
         session.flush()
         if dispatch:
+            # deferred: engine.worker.app builds the Celery app from the settings on import
+            from engine.worker.dispatch import dispatch_retrain
+
             dispatch_retrain(run.id, s)
         return run.id
 

@@ -50,7 +50,6 @@ from engine.store.records import (
     User,
     utcnow,
 )
-from engine.worker.dispatch import dispatch_request
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ Dispatch = Callable[[int], None]
 
 
 def _default_dispatch(settings: Settings) -> Dispatch:
+    # deferred: engine.worker.app builds the Celery app from the settings on import
+    from engine.worker.dispatch import dispatch_request
 
     return lambda request_id: dispatch_request(request_id, settings)
 

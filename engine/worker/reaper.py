@@ -23,7 +23,6 @@ from engine.settings import Settings
 from engine.store.db import dml, session_scope
 from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
 from engine.worker.claims import claimant_gone
-from engine.worker.dispatch import dispatch_render, dispatch_request
 from engine.worker.lifecycle import live_queues_in
 
 log = logging.getLogger(__name__)
@@ -151,6 +150,8 @@ def _act(
 def _send(settings: Settings, report: ReapReport, ids: list[int], *, render: bool) -> list[int]:
     """Send one message per id, stopping at the first refusal (a broker that is down would
     refuse them all, each after its timeout). Returns the ids sent."""
+    # deferred: engine.worker.app builds the Celery app from the settings on import
+    from engine.worker.dispatch import dispatch_render, dispatch_request
 
     sent: list[int] = []
     for rid in ids:

@@ -202,7 +202,7 @@ def test_retrain_reports_progress_and_the_loss_curve(bot_settings, jobs, monkeyp
 
     sent: list[int] = []
     monkeypatch.setattr(
-        engine.service.admin, "dispatch_retrain", lambda run_id, s: sent.append(run_id)
+        engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: sent.append(run_id)
     )
     store_for(bot_settings.artifact_root).put("runs/1/loss.png", png_bytes())
 
@@ -249,7 +249,7 @@ def test_retrain_reports_progress_and_the_loss_curve(bot_settings, jobs, monkeyp
 def test_a_second_retrain_while_one_runs_is_refused_clearly(bot_settings, jobs, monkeypatch):
     import engine.worker.dispatch
 
-    monkeypatch.setattr(engine.service.admin, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
@@ -267,7 +267,7 @@ def test_retrain_cancel_stops_a_queued_or_running_run_for_admins_only(
 ):
     import engine.worker.dispatch
 
-    monkeypatch.setattr(engine.service.admin, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     def run_row(run_id: int) -> TrainingRun:
         with session_scope(bot_settings.sqlalchemy_url) as s:

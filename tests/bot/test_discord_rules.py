@@ -196,7 +196,7 @@ def test_an_ephemeral_result_after_the_token_expires_goes_by_dm_never_to_the_cha
     import engine.worker.dispatch
     from engine.store.records import RunStatus, TrainingRun
 
-    monkeypatch.setattr(engine.service.admin, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     def finish_run(run_id: int) -> None:
         with session_scope(bot_settings.sqlalchemy_url) as s:
