@@ -105,26 +105,16 @@ class CopyParams:
 NO_COPY = CopyParams(weight=0.0, exact=0.0, mix=((0.0,) * N_LEVELS,) * len(COPY_FIELDS))
 
 
-def default_params() -> CopyParams:
-    """The fitted lambdas shipped beside the default model (none fitted yet: no copying)."""
+@lru_cache(maxsize=1)
+def shipped_params() -> CopyParams:
+    """The lambdas every model decodes with: the shipped fit (made for the default model by
+    `python -m engine.model.copy_fit`; no file: no copying). A retrained model uses them too:
+    they describe how music like the corpus repeats its seed more than they describe one
+    network; refit with `python -m engine.model.copy_fit --model NEW.pt` to check."""
     try:
         return CopyParams.from_dict(json.loads(PARAMS_PATH.read_text())["params"])
     except FileNotFoundError:
         return NO_COPY
-
-
-def copy_params_of(lm: Any) -> CopyParams:
-    """The lambdas a model decodes with: the shipped fit (made for the default model by
-    `python -m engine.model.copy_fit`). A retrained model uses them too: they describe how music like
-    the corpus repeats its seed more than they describe one network; refit with
-    `python -m engine.model.copy_fit --model NEW.pt` to check."""
-    del lm
-    return _shipped_params()
-
-
-@lru_cache(maxsize=1)
-def _shipped_params() -> CopyParams:
-    return default_params()
 
 
 def mix_logits(logits: torch.Tensor, votes: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -176,7 +166,7 @@ class CopyMemory:
         self.interval = torch.full((B, width), _NONE * 1000, dtype=torch.int64, device=device)
         self.figure = torch.full((B, width), _NONE, dtype=torch.int64, device=device)
         self._figures(0, self.n)
-        self._length: torch.Tensor | None = None  # `_match` at this n: scores and ranks
+        self._score: torch.Tensor | None = None  # `_match` at this n: scores and ranks
         self._rank = torch.empty(0)
         # What never changes once the seed is in: for each seed column j, the max_match figures
         # before it, newest first (B, W, max_match; padding columns hold no figure), and the
@@ -216,7 +206,7 @@ class CopyMemory:
         self.event[:, self.n] = torch.where(eos | (ev < 0), _NONE, ev)
         self.n += 1
         self._figures(self.n - 1, self.n)
-        self._length = None
+        self._score = None
 
     def _grow(self) -> None:
         extra = self.event.size(1)
@@ -229,7 +219,7 @@ class CopyMemory:
         self.figure = self.figure[rows]
         self.rows_on = None if self.rows_on is None else self.rows_on[rows]
         self._before, self._prev = self._before[rows], self._prev[rows]
-        self._length = None
+        self._score = None
 
     def mixed(
         self,
@@ -259,8 +249,8 @@ class CopyMemory:
         max_match) equal the latest ones, figure[j-1-k] == figure[n-1-k] for k < m; e: the
         match is exact (the event before j has the latest event's pitch); a: that event sat at
         the latest event's bar position. Cached per note."""
-        if self._length is not None:
-            return self._length, self._rank
+        if self._score is not None:
+            return self._score, self._rank
         n, most = self.n, self.params.max_match
         mine = self.figure[:, n - most : n].flip(1)  # (B, most) the latest figures, newest first
         same = (self._before == mine[:, None, :]) & (mine != _NONE)[:, None, :]  # (B, W, most)
@@ -271,9 +261,9 @@ class CopyMemory:
         aligned = self._prev[..., 1] == last[..., 1]
         score = self.params.weight * length.float() + self.params.exact * exact.float()
         score = score + self.params.aligned * aligned.float()
-        self._length = score
+        self._score = score
         self._rank = 2 * length + exact
-        return self._length, self._rank
+        return self._score, self._rank
 
     def _votes(
         self, field: int, values: torch.Tensor, voters: torch.Tensor, n_classes: int

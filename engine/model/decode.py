@@ -15,7 +15,7 @@ import torch
 
 from engine.model.batch_decoder import BatchDecoder
 from engine.model.checkpoint import LoadedModel
-from engine.model.copying import CopyMemory, copy_params_of
+from engine.model.copying import CopyMemory, shipped_params
 from engine.model.grammar import Grammar
 from engine.model.network import (
     DURATION,
@@ -257,7 +257,7 @@ def _copy_memory(
     lm: LoadedModel, rows: list[Row], seed: torch.Tensor, seed_len: torch.Tensor
 ) -> CopyMemory | None:
     """The copy path's memory of each row's seed; None when no row copies."""
-    params = copy_params_of(lm)
+    params = shipped_params()
     on = [r.req.copy for r in rows]
     if params.off or not any(on):
         return None

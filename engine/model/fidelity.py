@@ -267,10 +267,10 @@ def seed_information_gain(
     generates; False: the network alone."""
     # deferred: fidelity stays numpy-only until the model is asked for (module docstring)
     from engine.model.copy_fit import copy_nll
-    from engine.model.copying import NO_COPY, copy_params_of
+    from engine.model.copying import NO_COPY, shipped_params
     from engine.model.train_step import evaluate_windows
 
-    params = copy_params_of(lm) if copy else NO_COPY
+    params = shipped_params() if copy else NO_COPY
 
     def score(batches: Iterator[dict]) -> float:
         if params.off:

@@ -18,8 +18,8 @@ from engine.model.copying import (
     PARAMS_PATH,
     CopyMemory,
     CopyParams,
-    copy_params_of,
     mix_logits,
+    shipped_params,
 )
 from engine.model.events import EventCodec
 from engine.model.generate import GenerationRequest, continue_batch, continue_seed
@@ -175,8 +175,8 @@ def test_fitting_never_scores_worse_than_no_copy_and_copying_helps_a_repeating_t
     assert mixed == pytest.approx(report["nll_with_copy"], rel=SAME_MATH)
 
 
-def test_every_model_decodes_with_the_shipped_fit(lm):
-    assert copy_params_of(lm) == CopyParams.from_dict(json.loads(PARAMS_PATH.read_text())["params"])
+def test_every_model_decodes_with_the_shipped_fit():
+    assert shipped_params() == CopyParams.from_dict(json.loads(PARAMS_PATH.read_text())["params"])
 
 
 def test_decoding_with_copy_returns_the_seeds_figures():
