@@ -15,6 +15,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from engine.model.copying import (
 )
 from engine.model.corpus import load_corpus
 from engine.model.network import DURATION, IGNORE, PITCH, POSITION, SHIFT, VELOCITY, MotifSeq2Seq
+from engine.model.repeats import REPEAT_BINS, REPEAT_RUNS
 from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
 from engine.settings import DEFAULT_MODEL_PATH
 
@@ -40,6 +42,7 @@ ALIGNED = (0.0, 1.0, 2.0)  # voter weights for the same bar position tried by `f
 GRID = tuple((w, e, a) for w in WEIGHTS for e in EXACTS for a in ALIGNED)
 MAX_MATCHES = (4, 6, 8)  # tried by the command; the likeliest wins
 LAMBDAS = np.round(np.arange(0.0, 0.96, 0.01), 2)  # lambdas tried per field and match
+BIASES = tuple(np.round(np.arange(-4.0, 4.001, 0.05), 2))  # repeat biases tried per cell
 
 
 def _zeros(max_match: int) -> tuple[tuple[float, ...], ...]:
@@ -68,6 +71,7 @@ def _observe(
     sizes = _sizes(model)
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcb"}
+    out.update({k: [] for k in ("rm", "rc", "rcell", "ris")})
     memories = [
         CopyMemory(seed, seed_len, sizes, CopyParams(w, e, _zeros(max_match), a), capacity=T)
         for w, e, a in grid
@@ -83,12 +87,14 @@ def _observe(
             scored = value[:, 0] != IGNORE  # (B,)
             if not bool(scored.any()):
                 continue
-            cols, best = [], None
+            cols, best, rep_cols = [], None, []
+            cell, last = memories[0].repeat_cell(s)
             for mem in memories:
                 if f == SHIFT:
                     votes, _ = mem.shift_votes()
                 elif f == PITCH:
                     votes, _ = mem.pitch_votes(s)
+                    rep_cols.append(votes.gather(1, last.clamp_min(0)[:, None])[:, 0])
                 else:
                     votes, _ = mem.duration_votes(s, p)
                 cols.append(votes.gather(1, value.clamp_min(0))[:, 0])
@@ -98,6 +104,11 @@ def _observe(
             out[f"m{f}"].append(logp[f][:, t].gather(1, value.clamp_min(0))[:, 0][scored])
             out[f"c{f}"].append(torch.stack(cols, dim=1)[scored])
             out[f"b{f}"].append(best[:, 0][scored])
+            if f == PITCH:  # the latest pitch again: what the repeat bias acts on
+                out["rm"].append(logp[f][:, t].gather(1, last.clamp_min(0)[:, None])[:, 0][scored])
+                out["rc"].append(torch.stack(rep_cols, dim=1)[scored])
+                out["rcell"].append(cell[scored])
+                out["ris"].append((p[:, 0] == last)[scored])
         for mem in memories:
             mem.append(s, p, d, truth[:, POSITION : POSITION + 1])
     velocity = target[..., VELOCITY]
@@ -137,11 +148,60 @@ def _nll_of(seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int) 
     for i, f in enumerate(COPY_FIELDS):
         best = seen[f"b{f}"]
         lam = torch.tensor(params.mix[i], dtype=torch.float64)[best.clamp_min(0)] * (best >= 0)
-        nll = float(_mixed_nll(seen[f"m{f}"], seen[f"c{f}"][:, weight_col], lam).sum())
+        nll_each = _mixed_nll(seen[f"m{f}"], seen[f"c{f}"][:, weight_col], lam)
+        if f == PITCH and params.repeats:
+            nll_each = nll_each + _repeat_nll(seen, lam, weight_col, _bias_of(seen, params))
+        nll = float(nll_each.sum())
         per_field[f] = nll
         total += nll
     notes = int(seen["notes"].sum())
     return {"nll_per_note": total / max(1, notes), "notes": notes, "fields": per_field}
+
+
+def _bias_of(seen: dict[str, torch.Tensor], params: CopyParams) -> torch.Tensor:
+    """Each scored pitch's repeat bias (0 where none applies)."""
+    table = torch.tensor(params.repeat, dtype=torch.float64).reshape(-1)
+    cell = seen["rcell"]
+    return torch.where(cell >= 0, table[cell.clamp_min(0)], 0.0)
+
+
+def _p_repeat(seen: dict[str, torch.Tensor], lam: torch.Tensor, weight_col: int) -> torch.Tensor:
+    """The mixed probability of the latest pitch, per scored pitch."""
+    return torch.exp(-_mixed_nll(seen["rm"], seen["rc"][:, weight_col], lam))
+
+
+def _repeat_nll(
+    seen: dict[str, torch.Tensor], lam: torch.Tensor, weight_col: int, bias: torch.Tensor
+) -> torch.Tensor:
+    """What the repeat bias adds to each pitch's NLL: -bias if the truth repeats the latest
+    pitch, plus the log of the renormalisation 1 - p + p e^bias."""
+    p_rep = _p_repeat(seen, lam, weight_col)
+    return -bias * seen["ris"].double() + torch.log1p(p_rep * torch.expm1(bias))
+
+
+def fit_repeat(
+    seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int
+) -> tuple[tuple[tuple[float, ...], ...], list[dict[str, Any]]]:
+    """The repeat biases (engine.model.repeats), cell by cell, that make the pitches most likely
+    with `params`' lambdas, under a standard normal prior (a sparse cell stays near 0)."""
+    best = seen[f"b{PITCH}"]
+    lam = torch.tensor(params.mix[1], dtype=torch.float64)[best.clamp_min(0)] * (best >= 0)
+    p_rep, is_rep, cell = _p_repeat(seen, lam, weight_col), seen["ris"].double(), seen["rcell"]
+    grid = torch.tensor(BIASES, dtype=torch.float64)
+    biases, report = [], []
+    for c in range(REPEAT_BINS * REPEAT_RUNS):
+        here = cell == c
+        pr, ir = p_rep[here][None, :], is_rep[here][None, :]
+        cost = (-grid[:, None] * ir + torch.log1p(pr * torch.expm1(grid[:, None]))).sum(1)
+        b = float(grid[int((cost + grid**2 / 2).argmin())])
+        biases.append(b)
+        n = int(here.sum())
+        real, expected = (float(ir.mean()), float(pr.mean())) if n else (math.nan, math.nan)
+        report.append({"cell": c, "notes": n, "real": real, "expected": expected, "bias": b})
+    table = tuple(
+        tuple(biases[r * REPEAT_RUNS : (r + 1) * REPEAT_RUNS]) for r in range(REPEAT_BINS)
+    )
+    return table, report
 
 
 def copy_nll(
@@ -165,9 +225,11 @@ def fit(
     device: torch.device,
     grid: Sequence[tuple[float, float, float]] = GRID,
     max_match: int = MAX_MATCH,
+    repeat: bool = True,
 ) -> tuple[CopyParams, dict[str, Any]]:
     """The lambdas (per field and level, from LAMBDAS) and the voter weights (from `grid`)
-    that minimise the batches' NLL per note; returns them and a report."""
+    that minimise the batches' NLL per note, then (`repeat`) the repeat biases with those
+    lambdas (`fit_repeat`); returns them and a report."""
     seen = _collect(model, batches, device, grid, max_match)
     levels = 2 * (max_match + 1)
     lams = torch.tensor(LAMBDAS, dtype=torch.float64)
@@ -190,10 +252,17 @@ def fit(
         if total < best_total:
             best_total, best_params = total, params
     w_best = list(grid).index((best_params.weight, best_params.exact, best_params.aligned))
+    nll_before_repeat = best_total
+    if repeat:
+        table, repeat_report = fit_repeat(seen, best_params, w_best)
+        best_params = replace(best_params, repeat=table)
+        best_total = _nll_of(seen, best_params, w_best)["nll_per_note"]
     report = {
         "nll_without_copy": _nll_of(seen, CopyParams(0, 0, _zeros(max_match)), 0)["nll_per_note"],
         "max_match": max_match,
         "nll_with_copy": best_total,
+        "nll_with_copy_before_repeat": nll_before_repeat,
+        "repeat": repeat_report if repeat else [],
         "notes": int(seen["notes"].sum()),
         "notes_by_level": {
             str(f): [int((seen[f"b{f}"] == m).sum()) for m in range(-1, levels)]

@@ -42,6 +42,13 @@ from typing import Any
 import torch
 
 from engine.model.network import DURATION, PITCH, POSITION, SHIFT
+from engine.model.repeats import (
+    NO_REPEAT_BIAS,
+    add_repeat_bias,
+    check_table,
+    repeat_cell,
+    seed_repeat_bin,
+)
 
 MAX_MATCH = 4  # default: figures compared back from the latest one (longer count as this)
 MAX_MATCH_LIMIT = 16
@@ -60,12 +67,14 @@ class CopyParams:
     its match length m (0..max_match), plus max_match + 1 if it is exact (at the same pitch);
     a voter weighs exp(`weight` x m + `exact` x (1 if exact) + `aligned` x (1 if the note
     before it sat at the bar position the latest note sits at)). Each row of `mix` holds
-    2 x (max_match + 1) lambdas."""
+    2 x (max_match + 1) lambdas. `repeat`: the bias on the latest pitch by the seed's repeat bin
+    and the current run (engine.model.repeats), added after the mixing."""
 
     weight: float
     exact: float
     mix: tuple[tuple[float, ...], ...]
     aligned: float = 0.0
+    repeat: tuple[tuple[float, ...], ...] = NO_REPEAT_BIAS
 
     @property
     def max_match(self) -> int:
@@ -82,10 +91,15 @@ class CopyParams:
             raise ValueError("each lambda must lie in [0, 1)")
         if not all(map(math.isfinite, (self.weight, self.exact, self.aligned))):
             raise ValueError("weight, exact and aligned must be finite")
+        check_table(self.repeat)
 
     @property
     def off(self) -> bool:
-        return not any(lam for row in self.mix for lam in row)
+        return not any(lam for row in self.mix for lam in row) and not self.repeats
+
+    @property
+    def repeats(self) -> bool:
+        return any(b for row in self.repeat for b in row)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,13 +107,15 @@ class CopyParams:
             "exact": self.exact,
             "aligned": self.aligned,
             "mix": [list(r) for r in self.mix],
+            "repeat": [list(r) for r in self.repeat],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CopyParams:
         mix = tuple(tuple(map(float, r)) for r in d["mix"])
         aligned = float(d.get("aligned", 0.0))
-        return cls(weight=float(d["weight"]), exact=float(d["exact"]), mix=mix, aligned=aligned)
+        repeat = tuple(tuple(map(float, r)) for r in d.get("repeat", NO_REPEAT_BIAS))
+        return cls(float(d["weight"]), float(d["exact"]), mix, aligned, repeat)
 
 
 NO_COPY = CopyParams(weight=0.0, exact=0.0, mix=((0.0,) * N_LEVELS,) * len(COPY_FIELDS))
@@ -148,6 +164,8 @@ class CopyMemory:
         self.params = params
         self.mix = torch.tensor(params.mix, dtype=torch.float32, device=device)  # (3, N_LEVELS)
         self.rows_on = rows_on  # (B, 1) 1.0 where a row copies, 0.0 where not; None: all
+        self.repeat = torch.tensor(params.repeat, dtype=torch.float32, device=device)
+        self.repeat_bin = seed_repeat_bin(seed, seed_len)  # (B,)
         self.last_best = torch.full((B, 1), -1, dtype=torch.int64, device=device)
         pad = params.max_match + 1  # leading columns never real, so no index goes below 0
         self.pad = pad
@@ -219,6 +237,7 @@ class CopyMemory:
         self.figure = self.figure[rows]
         self.rows_on = None if self.rows_on is None else self.rows_on[rows]
         self._before, self._prev = self._before[rows], self._prev[rows]
+        self.repeat_bin = self.repeat_bin[rows]
         self._score = None
 
     def mixed(
@@ -240,7 +259,18 @@ class CopyMemory:
             votes, lam = self.duration_votes(shift, pitch)
         if self.rows_on is not None:
             lam = lam * self.rows_on
-        return mix_logits(logits, votes, lam)
+        mixed = mix_logits(logits, votes, lam)
+        if field != PITCH or not self.params.repeats:
+            return mixed
+        cell, last = self.repeat_cell(shift)
+        if self.rows_on is not None:
+            cell = torch.where(self.rows_on[:, 0] > 0, cell, -1)
+        return add_repeat_bias(mixed, self.repeat, cell, last)
+
+    def repeat_cell(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The repeat cell (B,) of the note about to be drawn with `shift` (B, 1), and the latest
+        pitch (B,); see engine.model.repeats."""
+        return repeat_cell(self.event, self.n, shift, self.repeat_bin, self.sizes[0])
 
     # --- votes ----------------------------------------------------------------------------------
     def _match(self) -> tuple[torch.Tensor, torch.Tensor]:
