@@ -260,7 +260,7 @@ class CopyMemory:
         if self.rows_on is not None:
             lam = lam * self.rows_on
         mixed = mix_logits(logits, votes, lam)
-        if field != PITCH or not self.params.repeats:
+        if field != PITCH or shift is None or not self.params.repeats:
             return mixed
         cell, last = self.repeat_cell(shift)
         if self.rows_on is not None:
