@@ -31,6 +31,7 @@ from engine.model.copying import (
     CopyParams,
 )
 from engine.model.corpus import load_corpus
+from engine.model.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
 from engine.model.network import DURATION, IGNORE, PITCH, POSITION, SHIFT, VELOCITY, MotifSeq2Seq
 from engine.model.repeats import REPEAT_BINS, REPEAT_RUNS
 from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
@@ -54,6 +55,19 @@ def _sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
     return cfg.n_shift, cfg.n_pitch, cfg.n_duration
 
 
+def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    if f == SHIFT:
+        return mem.shift_votes()[0]
+    if f == PITCH:
+        return mem.pitch_votes(s)[0]
+    return mem.duration_votes(s, p)[0]
+
+
+def _at(probs: torch.Tensor, index: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """probs (B, n) at index (B, 1), the scored rows only."""
+    return probs.gather(1, index.clamp_min(0))[:, 0][scored]
+
+
 @torch.no_grad()
 def _observe(
     model: MotifSeq2Seq,
@@ -61,21 +75,24 @@ def _observe(
     grid: Sequence[tuple[float, float, float]],
     max_match: int,
 ) -> dict[str, torch.Tensor]:
-    """Per predicted field of every target note: the model's log-probability of the truth,
-    the votes' probability of it (one column per (weight, exact, aligned) of `grid`) and the best
-    voter's level (-1: no voter; the level does not depend on the weights).
-    Returns flat tensors for the three copy fields, and the velocity NLL summed."""
+    """Per predicted field of every target note: the model's log-probability of the truth
+    ("m"), the votes' probability of it ("c", one column per (weight, exact, aligned) of `grid`),
+    the best voter's level ("b"; -1: no voter; it does not depend on the weights), the lookback's
+    vote for it and its level ("g", "l"); for pitches, the same for the latest pitch and the
+    repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Returns flat tensors,
+    and the velocity NLL summed."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
     logits = model(seed, seed_len, batch["style"], target, batch["key"])
     logp = [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
     sizes = _sizes(model)
     T = target.size(1)
-    out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcb"}
-    out.update({k: [] for k in ("rm", "rc", "rcell", "ris")})
+    out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
+    out.update({k: [] for k in ("rm", "rc", "rg", "rcell", "ris")})
     memories = [
         CopyMemory(seed, seed_len, sizes, CopyParams(w, e, _zeros(max_match), a), capacity=T)
         for w, e, a in grid
     ]
+    first = memories[0]
     for t in range(T):
         truth = target[:, t]  # (B, 5)
         s, p, d = (
@@ -83,30 +100,23 @@ def _observe(
             truth[:, PITCH : PITCH + 1],
             truth[:, DURATION:][:, :1],
         )
+        cell, last = first.repeat_cell(s)
         for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
             scored = value[:, 0] != IGNORE  # (B,)
             if not bool(scored.any()):
                 continue
-            cols, best, rep_cols = [], None, []
-            cell, last = memories[0].repeat_cell(s)
-            for mem in memories:
-                if f == SHIFT:
-                    votes, _ = mem.shift_votes()
-                elif f == PITCH:
-                    votes, _ = mem.pitch_votes(s)
-                    rep_cols.append(votes.gather(1, last.clamp_min(0)[:, None])[:, 0])
-                else:
-                    votes, _ = mem.duration_votes(s, p)
-                cols.append(votes.gather(1, value.clamp_min(0))[:, 0])
-                if best is None:
-                    best = mem.last_best
-            assert best is not None
-            out[f"m{f}"].append(logp[f][:, t].gather(1, value.clamp_min(0))[:, 0][scored])
-            out[f"c{f}"].append(torch.stack(cols, dim=1)[scored])
-            out[f"b{f}"].append(best[:, 0][scored])
+            votes = [_field_votes(mem, f, s, p) for mem in memories]
+            out[f"b{f}"].append(first.last_best[:, 0][scored])
+            out[f"m{f}"].append(_at(logp[f][:, t], value, scored))
+            out[f"c{f}"].append(torch.stack([_at(v, value, scored) for v in votes], dim=1))
+            vote, _ = first.lookback_votes(f, s, p)
+            out[f"g{f}"].append(_at(vote, value, scored))
+            out[f"l{f}"].append(first.lookback.last_level[scored])
             if f == PITCH:  # the latest pitch again: what the repeat bias acts on
-                out["rm"].append(logp[f][:, t].gather(1, last.clamp_min(0)[:, None])[:, 0][scored])
-                out["rc"].append(torch.stack(rep_cols, dim=1)[scored])
+                again = last[:, None]
+                out["rm"].append(_at(logp[f][:, t], again, scored))
+                out["rc"].append(torch.stack([_at(v, again, scored) for v in votes], dim=1))
+                out["rg"].append(_at(vote, again, scored))
                 out["rcell"].append(cell[scored])
                 out["ris"].append((p[:, 0] == last)[scored])
         for mem in memories:
@@ -142,15 +152,40 @@ def _mixed_nll(logp_model: torch.Tensor, p_copy: torch.Tensor, lam: torch.Tensor
     return -torch.log(p.clamp_min(1e-300))
 
 
+def _by_level(table: Sequence[float], level: torch.Tensor) -> torch.Tensor:
+    """table[level] per note, 0 where the level is -1."""
+    values = torch.tensor(table, dtype=torch.float64)
+    return torch.where(level >= 0, values[level.clamp_min(0)], 0.0)
+
+
+def _p(
+    seen: dict[str, torch.Tensor], f: int, params: CopyParams, col: int, key: str = ""
+) -> torch.Tensor:
+    """The mixed probability (network, copy votes, lookback) of each scored note's true value of
+    field f, or (key "r") of the latest pitch."""
+    i = COPY_FIELDS.index(f)
+    lam = _by_level(params.mix[i], seen[f"b{f}"])
+    mu = _by_level(params.lookback[i], seen[f"l{f}"])
+    m, c, g = (
+        (seen["rm"], seen["rc"], seen["rg"])
+        if key
+        else (seen[f"m{f}"], seen[f"c{f}"], seen[f"g{f}"])
+    )
+    p_copy = torch.exp(-_mixed_nll(m, c[:, col], lam))
+    return p_copy * (1 - mu) + g.double() * mu
+
+
 def _nll_of(seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int) -> dict[str, Any]:
     total = float(seen["velocity_nll"].sum())
     per_field = {}
-    for i, f in enumerate(COPY_FIELDS):
-        best = seen[f"b{f}"]
-        lam = torch.tensor(params.mix[i], dtype=torch.float64)[best.clamp_min(0)] * (best >= 0)
-        nll_each = _mixed_nll(seen[f"m{f}"], seen[f"c{f}"][:, weight_col], lam)
+    for f in COPY_FIELDS:
+        nll_each = -torch.log(_p(seen, f, params, weight_col).clamp_min(1e-300))
         if f == PITCH and params.repeats:
-            nll_each = nll_each + _repeat_nll(seen, lam, weight_col, _bias_of(seen, params))
+            p_rep = _p(seen, f, params, weight_col, "r")
+            bias = _by_level(tuple(b for row in params.repeat for b in row), seen["rcell"])
+            nll_each = (
+                nll_each - bias * seen["ris"].double() + torch.log1p(p_rep * torch.expm1(bias))
+            )
         nll = float(nll_each.sum())
         per_field[f] = nll
         total += nll
@@ -158,35 +193,34 @@ def _nll_of(seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int) 
     return {"nll_per_note": total / max(1, notes), "notes": notes, "fields": per_field}
 
 
-def _bias_of(seen: dict[str, torch.Tensor], params: CopyParams) -> torch.Tensor:
-    """Each scored pitch's repeat bias (0 where none applies)."""
-    table = torch.tensor(params.repeat, dtype=torch.float64).reshape(-1)
-    cell = seen["rcell"]
-    return torch.where(cell >= 0, table[cell.clamp_min(0)], 0.0)
-
-
-def _p_repeat(seen: dict[str, torch.Tensor], lam: torch.Tensor, weight_col: int) -> torch.Tensor:
-    """The mixed probability of the latest pitch, per scored pitch."""
-    return torch.exp(-_mixed_nll(seen["rm"], seen["rc"][:, weight_col], lam))
-
-
-def _repeat_nll(
-    seen: dict[str, torch.Tensor], lam: torch.Tensor, weight_col: int, bias: torch.Tensor
-) -> torch.Tensor:
-    """What the repeat bias adds to each pitch's NLL: -bias if the truth repeats the latest
-    pitch, plus the log of the renormalisation 1 - p + p e^bias."""
-    p_rep = _p_repeat(seen, lam, weight_col)
-    return -bias * seen["ris"].double() + torch.log1p(p_rep * torch.expm1(bias))
+def fit_lookback(
+    seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int
+) -> tuple[tuple[tuple[float, ...], ...], list[list[int]]]:
+    """The lookback mus (engine.model.lookback), field by field and level by level, that make
+    the real notes most likely with `params`' lambdas; and the notes at each level."""
+    mus = torch.tensor(LAMBDAS, dtype=torch.float64)[:, None]
+    table, counts = [], []
+    for f in COPY_FIELDS:
+        p_copy = _p(seen, f, replace(params, lookback=NO_LOOKBACK), weight_col)
+        level, g = seen[f"l{f}"], seen[f"g{f}"].double()
+        row, count = [], []
+        for lv in range(LOOKBACK_LEVELS):
+            here = level == lv
+            nll = -torch.log((p_copy[here] * (1 - mus) + g[here] * mus).clamp_min(1e-300)).sum(1)
+            row.append(float(mus[int(nll.argmin()), 0]) if bool(here.any()) else 0.0)
+            count.append(int(here.sum()))
+        table.append(tuple(row))
+        counts.append(count)
+    return tuple(table), counts
 
 
 def fit_repeat(
     seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int
 ) -> tuple[tuple[tuple[float, ...], ...], list[dict[str, Any]]]:
     """The repeat biases (engine.model.repeats), cell by cell, that make the pitches most likely
-    with `params`' lambdas, under a standard normal prior (a sparse cell stays near 0)."""
-    best = seen[f"b{PITCH}"]
-    lam = torch.tensor(params.mix[1], dtype=torch.float64)[best.clamp_min(0)] * (best >= 0)
-    p_rep, is_rep, cell = _p_repeat(seen, lam, weight_col), seen["ris"].double(), seen["rcell"]
+    with `params`' lambdas and mus, under a standard normal prior (a sparse cell stays near 0)."""
+    p_rep = _p(seen, PITCH, params, weight_col, "r")
+    is_rep, cell = seen["ris"].double(), seen["rcell"]
     grid = torch.tensor(BIASES, dtype=torch.float64)
     biases, report = [], []
     for c in range(REPEAT_BINS * REPEAT_RUNS):
@@ -219,21 +253,13 @@ def copy_nll(
     return _nll_of(seen, params, 0)
 
 
-def fit(
-    model: MotifSeq2Seq,
-    batches: Iterable[dict[str, torch.Tensor]],
-    device: torch.device,
-    grid: Sequence[tuple[float, float, float]] = GRID,
-    max_match: int = MAX_MATCH,
-    repeat: bool = True,
-) -> tuple[CopyParams, dict[str, Any]]:
-    """The lambdas (per field and level, from LAMBDAS) and the voter weights (from `grid`)
-    that minimise the batches' NLL per note, then (`repeat`) the repeat biases with those
-    lambdas (`fit_repeat`); returns them and a report."""
-    seen = _collect(model, batches, device, grid, max_match)
+def _fit_lambdas(
+    seen: dict[str, torch.Tensor], grid: Sequence[tuple[float, float, float]], max_match: int
+) -> tuple[CopyParams, float, int]:
+    """The lambdas and voter weights of the likeliest grid column: params, NLL per note, column."""
     levels = 2 * (max_match + 1)
     lams = torch.tensor(LAMBDAS, dtype=torch.float64)
-    best_total, best_params = math.inf, CopyParams(0.0, 0.0, _zeros(max_match))
+    best_total, best_params, best_col = math.inf, CopyParams(0.0, 0.0, _zeros(max_match)), 0
     for w_col, (w, e, a) in enumerate(grid):
         mix = []
         for f in COPY_FIELDS:
@@ -250,8 +276,31 @@ def fit(
         params = CopyParams(float(w), float(e), tuple(mix), float(a))
         total = _nll_of(seen, params, w_col)["nll_per_note"]
         if total < best_total:
-            best_total, best_params = total, params
-    w_best = list(grid).index((best_params.weight, best_params.exact, best_params.aligned))
+            best_total, best_params, best_col = total, params, w_col
+    return best_params, best_total, best_col
+
+
+def fit(
+    model: MotifSeq2Seq,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    grid: Sequence[tuple[float, float, float]] = GRID,
+    max_match: int = MAX_MATCH,
+    repeat: bool = True,
+    lookback: bool = True,
+) -> tuple[CopyParams, dict[str, Any]]:
+    """The lambdas (per field and level, from LAMBDAS) and the voter weights (from `grid`)
+    that minimise the batches' NLL per note, then with those the lookback mus (`lookback`,
+    `fit_lookback`), then the repeat biases (`repeat`, `fit_repeat`); returns them and a
+    report."""
+    seen = _collect(model, batches, device, grid, max_match)
+    best_params, best_total, w_best = _fit_lambdas(seen, grid, max_match)
+    nll_before_lookback = best_total
+    lookback_counts: list[list[int]] = []
+    if lookback:
+        mus, lookback_counts = fit_lookback(seen, best_params, w_best)
+        best_params = replace(best_params, lookback=mus)
+        best_total = _nll_of(seen, best_params, w_best)["nll_per_note"]
     nll_before_repeat = best_total
     if repeat:
         table, repeat_report = fit_repeat(seen, best_params, w_best)
@@ -261,11 +310,13 @@ def fit(
         "nll_without_copy": _nll_of(seen, CopyParams(0, 0, _zeros(max_match)), 0)["nll_per_note"],
         "max_match": max_match,
         "nll_with_copy": best_total,
+        "nll_with_copy_before_lookback": nll_before_lookback,
         "nll_with_copy_before_repeat": nll_before_repeat,
+        "lookback_notes_by_level": lookback_counts,
         "repeat": repeat_report if repeat else [],
         "notes": int(seen["notes"].sum()),
         "notes_by_level": {
-            str(f): [int((seen[f"b{f}"] == m).sum()) for m in range(-1, levels)]
+            str(f): [int((seen[f"b{f}"] == m).sum()) for m in range(-1, 2 * max_match + 2)]
             for f in COPY_FIELDS
         },
         "weight_column": w_best,

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from engine.model.lookback import NO_LOOKBACK, Lookback, check_mu
 from engine.model.network import DURATION, PITCH, POSITION, SHIFT
 from engine.model.repeats import (
     NO_REPEAT_BIAS,
@@ -68,13 +69,15 @@ class CopyParams:
     a voter weighs exp(`weight` x m + `exact` x (1 if exact) + `aligned` x (1 if the note
     before it sat at the bar position the latest note sits at)). Each row of `mix` holds
     2 x (max_match + 1) lambdas. `repeat`: the bias on the latest pitch by the seed's repeat bin
-    and the current run (engine.model.repeats), added after the mixing."""
+    and the current run (engine.model.repeats), added after the mixing. `lookback[f][level]`: mu
+    of field f by the lookback level (engine.model.lookback), mixed in after the lambdas."""
 
     weight: float
     exact: float
     mix: tuple[tuple[float, ...], ...]
     aligned: float = 0.0
     repeat: tuple[tuple[float, ...], ...] = NO_REPEAT_BIAS
+    lookback: tuple[tuple[float, ...], ...] = NO_LOOKBACK
 
     @property
     def max_match(self) -> int:
@@ -92,10 +95,12 @@ class CopyParams:
         if not all(map(math.isfinite, (self.weight, self.exact, self.aligned))):
             raise ValueError("weight, exact and aligned must be finite")
         check_table(self.repeat)
+        check_mu(self.lookback)
 
     @property
     def off(self) -> bool:
-        return not any(lam for row in self.mix for lam in row) and not self.repeats
+        mixes = any(lam for row in self.mix + self.lookback for lam in row)
+        return not mixes and not self.repeats
 
     @property
     def repeats(self) -> bool:
@@ -108,6 +113,7 @@ class CopyParams:
             "aligned": self.aligned,
             "mix": [list(r) for r in self.mix],
             "repeat": [list(r) for r in self.repeat],
+            "lookback": [list(r) for r in self.lookback],
         }
 
     @classmethod
@@ -115,7 +121,8 @@ class CopyParams:
         mix = tuple(tuple(map(float, r)) for r in d["mix"])
         aligned = float(d.get("aligned", 0.0))
         repeat = tuple(tuple(map(float, r)) for r in d.get("repeat", NO_REPEAT_BIAS))
-        return cls(float(d["weight"]), float(d["exact"]), mix, aligned, repeat)
+        lookback = tuple(tuple(map(float, r)) for r in d.get("lookback", NO_LOOKBACK))
+        return cls(float(d["weight"]), float(d["exact"]), mix, aligned, repeat, lookback)
 
 
 NO_COPY = CopyParams(weight=0.0, exact=0.0, mix=((0.0,) * N_LEVELS,) * len(COPY_FIELDS))
@@ -195,6 +202,7 @@ class CopyMemory:
         self._before[:, :pad] = _NONE - 1  # never equal to a figure, nor to "no figure"
         self._prev = torch.cat([self.event[:, :1, [1, 3]], self.event[:, : W - 1, [1, 3]]], 1)
         self._prev[:, 0] = _NONE - 1
+        self.lookback = Lookback(self.event, self.n, params.lookback)
 
     # --- memory ---------------------------------------------------------------------------------
     def _figures(self, start: int, stop: int) -> None:
@@ -224,6 +232,7 @@ class CopyMemory:
         self.event[:, self.n] = torch.where(eos | (ev < 0), _NONE, ev)
         self.n += 1
         self._figures(self.n - 1, self.n)
+        self.lookback.append(self.n - 1, self.event[:, self.n - 1])
         self._score = None
 
     def _grow(self) -> None:
@@ -238,6 +247,7 @@ class CopyMemory:
         self.rows_on = None if self.rows_on is None else self.rows_on[rows]
         self._before, self._prev = self._before[rows], self._prev[rows]
         self.repeat_bin = self.repeat_bin[rows]
+        self.lookback.select(rows)
         self._score = None
 
     def mixed(
@@ -260,12 +270,26 @@ class CopyMemory:
         if self.rows_on is not None:
             lam = lam * self.rows_on
         mixed = mix_logits(logits, votes, lam)
+        if self.lookback_on:
+            vote, mu = self.lookback_votes(field, shift, pitch)
+            mixed = mix_logits(mixed, vote, mu if self.rows_on is None else mu * self.rows_on)
         if field != PITCH or shift is None or not self.params.repeats:
             return mixed
         cell, last = self.repeat_cell(shift)
         if self.rows_on is not None:
             cell = torch.where(self.rows_on[:, 0] > 0, cell, -1)
         return add_repeat_bias(mixed, self.repeat, cell, last)
+
+    @property
+    def lookback_on(self) -> bool:
+        return any(mu for row in self.params.lookback for mu in row)
+
+    def lookback_votes(
+        self, field: int, shift: torch.Tensor | None = None, pitch: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lookback's vote (B, n) for `field` and its mu (B, 1); engine.model.lookback."""
+        i = COPY_FIELDS.index(field)
+        return self.lookback.votes(self.event, self.n, i, self.sizes[i], shift, pitch)
 
     def repeat_cell(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The repeat cell (B,) of the note about to be drawn with `shift` (B, 1), and the latest

@@ -1,0 +1,163 @@
+"""Lookback: what the seed played whole bars ago, at the same moment of the bar.
+
+Folk tunes are built of strains that come back: a reel's first four bars return four or eight
+bars later, often note for note. The figure matching of the copy path (engine.model.copying)
+finds a figure only once the continuation has already started it, and never votes for a seed's
+first notes (nothing comes before them). Lookback asks the other way round: for each lag of 2, 4
+or 8 bars, which seed note sat exactly that many bars before the note about to be drawn (same
+onset tick, same place in its chord)? It votes for that note's shift, pitch and duration (the
+same pitch, not transposed: a strain returns as it was).
+
+How far to trust a lag is read from the music so far: its *phase*, how many of the latest notes
+(up to `PHASE`) equal, pitch and onset, the notes that lag earlier in the seed. The lag with the
+longest phase votes (the shorter lag on a tie); its level is (lag, phase), and each field's
+distribution becomes (1 - mu) x the copy path's + mu x the vote, mu looked up by field and level.
+The mus are fitted, like the copy path's lambdas, by the likelihood of the validation split's
+real continuations (`python -m engine.model.copy_fit`). Only the seed votes, as in the copy path.
+
+Bar lengths are read from the seed's own bar positions: where a shift crosses a bar line, the
+previous position plus the shift minus the new position is the bar's length in ticks. A seed that
+crosses no bar line has no lookback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAG_BARS = (2, 4, 8)
+PHASE = 4  # the latest notes compared with the lagged ones
+LOOKBACK_LEVELS = len(LAG_BARS) * (PHASE + 1)  # level: lag index x (PHASE + 1) + phase
+NO_LOOKBACK: tuple[tuple[float, ...], ...] = ((0.0,) * LOOKBACK_LEVELS,) * 3
+_NEVER = -(10**12)  # the time of a column that is no note
+
+
+def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
+    """ValueError unless `table` is 3 rows (shift, pitch, duration) of LOOKBACK_LEVELS in [0, 1)."""
+    if len(table) != 3 or any(len(row) != LOOKBACK_LEVELS for row in table):
+        raise ValueError(f"lookback must be 3 rows of {LOOKBACK_LEVELS} mus")
+    if any(not 0.0 <= mu < 1.0 for row in table for mu in row):
+        raise ValueError("each lookback mu must lie in [0, 1)")
+
+
+def bar_ticks(event: torch.Tensor, stop: int) -> torch.Tensor:
+    """(B,) each row's bar length in ticks, read from columns before `stop` of `event`
+    (B, W, 4: shift, pitch, duration, bar position; -1 where no note); 0 where no bar line is
+    crossed."""
+    prev, cur = event[:, : stop - 1], event[:, 1:stop]
+    real = (prev[..., 1] >= 0) & (cur[..., 1] >= 0) & (cur[..., 0] >= 0)
+    length = prev[..., 3] + cur[..., 0] - cur[..., 3]  # 0 within a bar, k bars across k lines
+    length = torch.where(real & (length > 0), length, 10**9)
+    found = length.amin(dim=1) if length.size(1) else torch.full_like(event[:, 0, 0], 10**9)
+    return torch.where(found < 10**9, found, 0)
+
+
+class Lookback:
+    """The times and chord ranks of every column of a CopyMemory's events, and the votes of the
+    seed's notes whole bars back. Columns before `seed_end` are the seed's."""
+
+    def __init__(self, event: torch.Tensor, n: int, mu: tuple[tuple[float, ...], ...]) -> None:
+        B, width = event.size(0), event.size(1)
+        device = event.device
+        self.seed_end = n
+        self.mu = torch.tensor(mu, dtype=torch.float32, device=device)  # (3, LOOKBACK_LEVELS)
+        self.lags = bar_ticks(event, n)[:, None] * torch.tensor(LAG_BARS, device=device)  # (B, L)
+        self.time = torch.full((B, width), _NEVER, dtype=torch.int64, device=device)
+        self.rank = torch.zeros((B, width), dtype=torch.int64, device=device)
+        shift = event[:, :n, 0]
+        real = event[:, :n, 1] >= 0
+        self.time[:, :n] = torch.where(real, torch.cumsum(shift.clamp_min(0), dim=1), _NEVER)
+        for j in range(1, n):  # a chord's notes: 0, 1, 2, ... in event order
+            same = real[:, j] & real[:, j - 1] & (shift[:, j] == 0)
+            self.rank[:, j] = torch.where(same, self.rank[:, j - 1] + 1, 0)
+        self._phase: torch.Tensor | None = None
+
+    def append(self, column: int, event: torch.Tensor) -> None:
+        """The time and rank of the event (B, 4) just written at `column`."""
+        if column >= self.time.size(1):
+            extra = self.time.size(1)
+            self.time = torch.cat([self.time, torch.full_like(self.time, _NEVER)[:, :extra]], 1)
+            self.rank = torch.cat([self.rank, torch.zeros_like(self.rank)[:, :extra]], 1)
+        real = event[:, 1] >= 0
+        before = self.time[:, column - 1]
+        shift = event[:, 0].clamp_min(0)
+        self.time[:, column] = torch.where(real & (before > _NEVER), before + shift, _NEVER)
+        chord = real & (event[:, 0] == 0)
+        self.rank[:, column] = torch.where(chord, self.rank[:, column - 1] + 1, 0)
+        self._phase = None
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.time, self.rank, self.lags = self.time[rows], self.rank[rows], self.lags[rows]
+        self._phase = None
+
+    def _at(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) True at the seed's note that sits at `time` (B, L), chord rank `rank`
+        (B, L) (at most one per row and lag)."""
+        W = self.seed_end
+        hit = self.time[:, None, :W] == time[..., None]
+        return hit & (self.rank[:, None, :W] == rank[..., None]) & (self.lags[..., None] > 0)
+
+    def phase(self, event: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, L) how many of the latest notes (up to PHASE) equal the seed's notes a lag earlier,
+        pitch and onset."""
+        if self._phase is not None:
+            return self._phase
+        run = torch.ones_like(self.lags, dtype=torch.bool)
+        phase = torch.zeros_like(self.lags)
+        for back in range(1, PHASE + 1):
+            col = n - back
+            if col < 0:
+                break
+            rank = self.rank[:, col, None].expand_as(self.lags)
+            at = self._at(self.time[:, col, None] - self.lags, rank)
+            pitch = event[:, : self.seed_end, 1][:, None, :]
+            same = (at & (pitch == event[:, col, 1][:, None, None])).any(dim=2)
+            run = run & same & (event[:, col, 1] >= 0)[:, None]
+            phase = phase + run.long()
+        self._phase = phase
+        return phase
+
+    def _pick(self, voters: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lag that votes: among lags with a voter, the longest phase, the shorter lag on a
+        tie. Returns each row's voter column mask (B, W) (all False: none) and level (B,) (-1)."""
+        has = voters.any(dim=2)  # (B, L)
+        L = self.lags.size(1)
+        order = torch.arange(L, 0, -1, device=phase.device)  # shorter lags first on a tie
+        score = torch.where(has, phase * (L + 1) + order, -1)
+        best = score.argmax(dim=1)  # (B,)
+        ok = score.gather(1, best[:, None])[:, 0] >= 0
+        level = torch.where(ok, best * (PHASE + 1) + phase.gather(1, best[:, None])[:, 0], -1)
+        chosen = voters.gather(1, best[:, None, None].expand(-1, 1, voters.size(2)))[:, 0]
+        return chosen & ok[:, None], level
+
+    def votes(
+        self,
+        event: torch.Tensor,
+        n: int,
+        field: int,
+        n_classes: int,
+        shift: torch.Tensor | None = None,
+        pitch: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One field's lookback vote (B, n_classes, one-hot or all 0) and mu (B, 1); `field` 0
+        shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and `pitch` (B, 1))."""
+        W = self.seed_end
+        now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
+        phase = self.phase(event, n)
+        if field == 0:  # the shift of the note after the lagged one, which must be the seed's
+            voters = self._at(now - self.lags, rank.expand_as(self.lags))
+            values = torch.cat([event[:, 1:W, 0], torch.full_like(event[:, :1, 0], -1)], dim=1)
+        else:
+            assert shift is not None
+            then = now + shift - self.lags  # (B, L)
+            rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
+            voters = self._at(then, rank_then)
+            values = event[:, :W, 1 if field == 1 else 2]
+            if field == 2:
+                assert pitch is not None
+                voters = voters & (event[:, :W, 1] == pitch)[:, None, :]
+        chosen, level = self._pick(voters & (values >= 0)[:, None, :], phase)
+        vote = torch.zeros(event.size(0), n_classes, device=event.device)
+        vote.scatter_add_(1, values.clamp(0, n_classes - 1), chosen.float())
+        mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
+        self.last_level = level
+        return vote, mu
