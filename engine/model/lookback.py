@@ -29,6 +29,7 @@ PHASE = 4  # the latest notes compared with the lagged ones
 LOOKBACK_LEVELS = len(LAG_BARS) * (PHASE + 1)  # level: lag index x (PHASE + 1) + phase
 NO_LOOKBACK: tuple[tuple[float, ...], ...] = ((0.0,) * LOOKBACK_LEVELS,) * 3
 _NEVER = -(10**12)  # the time of a column that is no note
+_RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
 
 
 def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
@@ -53,7 +54,8 @@ def bar_ticks(event: torch.Tensor, stop: int) -> torch.Tensor:
 
 class Lookback:
     """The times and chord ranks of every column of a CopyMemory's events, and the votes of the
-    seed's notes whole bars back. Columns before `seed_end` are the seed's."""
+    seed's notes whole bars back. Columns before `seed_end` are the seed's; their (time, rank)
+    keys ascend, so a lagged note is found by binary search."""
 
     def __init__(self, event: torch.Tensor, n: int, mu: tuple[tuple[float, ...], ...]) -> None:
         B, width = event.size(0), event.size(1)
@@ -66,10 +68,27 @@ class Lookback:
         shift = event[:, :n, 0]
         real = event[:, :n, 1] >= 0
         self.time[:, :n] = torch.where(real, torch.cumsum(shift.clamp_min(0), dim=1), _NEVER)
-        for j in range(1, n):  # a chord's notes: 0, 1, 2, ... in event order
-            same = real[:, j] & real[:, j - 1] & (shift[:, j] == 0)
-            self.rank[:, j] = torch.where(same, self.rank[:, j - 1] + 1, 0)
-        self._phase: torch.Tensor | None = None
+        # a chord's notes: 0, 1, 2, ... in event order (the distance to the chord's first note)
+        chord = real & (shift == 0) & torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], 1)
+        column = torch.arange(n, device=device).expand(B, n)
+        first = torch.where(chord, 0, column).cummax(dim=1).values
+        self.rank[:, :n] = column - first
+        self.keys = self.time[:, :n] * _RANKS + self.rank[:, :n].clamp_max(_RANKS - 1)  # (B, W)
+        self.seed_pitch = event[:, :n, 1]
+        self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
+        for col in range(max(0, n - PHASE), n):
+            self._grow_phase(col, event[:, col])
+        self.last_level = torch.full((B,), -1, dtype=torch.int64, device=device)
+        self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
+
+    def _grow_phase(self, column: int, event: torch.Tensor) -> None:
+        """`phase`, (B, L): how many of the latest notes (up to PHASE) equal the seed's notes a
+        lag earlier, pitch and onset; updated for the note (B, 4) at `column`."""
+        rank = self.rank[:, column, None].expand_as(self.lags)
+        at = self._find(self.time[:, column, None] - self.lags, rank)
+        pitch = self.seed_pitch.gather(1, at.clamp_min(0))
+        same = (at >= 0) & (pitch == event[:, 1, None]) & (pitch >= 0)
+        self.phase = torch.where(same, (self.phase + 1).clamp_max(PHASE), 0)
 
     def append(self, column: int, event: torch.Tensor) -> None:
         """The time and rank of the event (B, 4) just written at `column`."""
@@ -83,51 +102,25 @@ class Lookback:
         self.time[:, column] = torch.where(real & (before > _NEVER), before + shift, _NEVER)
         chord = real & (event[:, 0] == 0)
         self.rank[:, column] = torch.where(chord, self.rank[:, column - 1] + 1, 0)
-        self._phase = None
+        self._grow_phase(column, event)
+        self._then = None
 
     def select(self, rows: torch.Tensor) -> None:
         self.time, self.rank, self.lags = self.time[rows], self.rank[rows], self.lags[rows]
-        self._phase = None
+        self.keys, self.seed_pitch, self.phase = (
+            self.keys[rows],
+            self.seed_pitch[rows],
+            self.phase[rows],
+        )
+        self._then = None
 
-    def _at(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-        """(B, L, W) True at the seed's note that sits at `time` (B, L), chord rank `rank`
-        (B, L) (at most one per row and lag)."""
-        W = self.seed_end
-        hit = self.time[:, None, :W] == time[..., None]
-        return hit & (self.rank[:, None, :W] == rank[..., None]) & (self.lags[..., None] > 0)
-
-    def phase(self, event: torch.Tensor, n: int) -> torch.Tensor:
-        """(B, L) how many of the latest notes (up to PHASE) equal the seed's notes a lag earlier,
-        pitch and onset."""
-        if self._phase is not None:
-            return self._phase
-        run = torch.ones_like(self.lags, dtype=torch.bool)
-        phase = torch.zeros_like(self.lags)
-        for back in range(1, PHASE + 1):
-            col = n - back
-            if col < 0:
-                break
-            rank = self.rank[:, col, None].expand_as(self.lags)
-            at = self._at(self.time[:, col, None] - self.lags, rank)
-            pitch = event[:, : self.seed_end, 1][:, None, :]
-            same = (at & (pitch == event[:, col, 1][:, None, None])).any(dim=2)
-            run = run & same & (event[:, col, 1] >= 0)[:, None]
-            phase = phase + run.long()
-        self._phase = phase
-        return phase
-
-    def _pick(self, voters: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lag that votes: among lags with a voter, the longest phase, the shorter lag on a
-        tie. Returns each row's voter column mask (B, W) (all False: none) and level (B,) (-1)."""
-        has = voters.any(dim=2)  # (B, L)
-        L = self.lags.size(1)
-        order = torch.arange(L, 0, -1, device=phase.device)  # shorter lags first on a tie
-        score = torch.where(has, phase * (L + 1) + order, -1)
-        best = score.argmax(dim=1)  # (B,)
-        ok = score.gather(1, best[:, None])[:, 0] >= 0
-        level = torch.where(ok, best * (PHASE + 1) + phase.gather(1, best[:, None])[:, 0], -1)
-        chosen = voters.gather(1, best[:, None, None].expand(-1, 1, voters.size(2)))[:, 0]
-        return chosen & ok[:, None], level
+    def _find(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """(B, L) the seed's column of the note at `time` (B, L) with chord rank `rank` (B, L);
+        -1 where there is none (or the row has no bar length)."""
+        key = time * _RANKS + rank.clamp_max(_RANKS - 1)
+        at = torch.searchsorted(self.keys, key).clamp_max(self.seed_end - 1)
+        found = (self.keys.gather(1, at) == key) & (self.lags > 0) & (time > _NEVER // 2)
+        return torch.where(found, at, -1)
 
     def votes(
         self,
@@ -142,22 +135,40 @@ class Lookback:
         shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and `pitch` (B, 1))."""
         W = self.seed_end
         now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
-        phase = self.phase(event, n)
-        if field == 0:  # the shift of the note after the lagged one, which must be the seed's
-            voters = self._at(now - self.lags, rank.expand_as(self.lags))
-            values = torch.cat([event[:, 1:W, 0], torch.full_like(event[:, :1, 0], -1)], dim=1)
+        if field == 0:  # the shift of the note after the lagged one (a note of the seed's)
+            at = self._find(now - self.lags, rank.expand_as(self.lags))
+            after = (at + 1).clamp_max(W - 1)
+            value = torch.where((at >= 0) & (at + 1 < W), event[:, :W, 0].gather(1, after), -1)
         else:
             assert shift is not None
-            then = now + shift - self.lags  # (B, L)
-            rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
-            voters = self._at(then, rank_then)
-            values = event[:, :W, 1 if field == 1 else 2]
+            if self._then is not None and self._then[0] is shift:  # duration after pitch
+                at = self._then[1]
+            else:
+                rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
+                at = self._find(now + shift - self.lags, rank_then)
+                self._then = (shift, at)
+            value = event[:, :W, 1 if field == 1 else 2].gather(1, at.clamp_min(0))
             if field == 2:
                 assert pitch is not None
-                voters = voters & (event[:, :W, 1] == pitch)[:, None, :]
-        chosen, level = self._pick(voters & (values >= 0)[:, None, :], phase)
+                same = event[:, :W, 1].gather(1, at.clamp_min(0)) == pitch
+                value = torch.where(same, value, -1)
+            value = torch.where(at >= 0, value, -1)
+        value = torch.where(value < n_classes, value, -1)
+        chosen, level = self._pick(value, self.phase)
         vote = torch.zeros(event.size(0), n_classes, device=event.device)
-        vote.scatter_add_(1, values.clamp(0, n_classes - 1), chosen.float())
+        vote.scatter_(1, chosen.clamp_min(0)[:, None], (chosen >= 0).float()[:, None])
         mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
         self.last_level = level
         return vote, mu
+
+    @staticmethod
+    def _pick(value: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lag that votes: among lags with a value (B, L; -1: none), the longest phase, the
+        shorter lag on a tie. Returns each row's voted class (B,) and level (B,) (-1: none)."""
+        L = value.size(1)
+        order = torch.arange(L, 0, -1, device=value.device)  # shorter lags first on a tie
+        score = torch.where(value >= 0, phase * (L + 1) + order, -1)
+        best = score.argmax(dim=1, keepdim=True)  # (B, 1)
+        ok = score.gather(1, best)[:, 0] >= 0
+        level = torch.where(ok, best[:, 0] * (PHASE + 1) + phase.gather(1, best)[:, 0], -1)
+        return torch.where(ok, value.gather(1, best)[:, 0], -1), level
