@@ -231,8 +231,8 @@ def fit_repeat(
     lambdas and mus: bias(bin, run) = a[bin] + r[run] (r of a first sounding 0), each a and r
     under a standard normal prior, fitted in turn for `rounds`. Additive rather than one bias per
     cell: the runs of 2 and 3 are rare in most bins, and in a two-fold split of the validation
-    windows the additive form scored the held-out half better (0.0115 against 0.0111 nats per
-    note; docs/seed-fidelity.md)."""
+    windows the additive form gained more on the held-out half (0.0079 against 0.0076 nats per
+    note; docs/seed-fidelity.md). No seed (bin 0): no bias (engine.model.repeats says why)."""
     p_rep = _p(seen, PITCH, params, weight_col, "r")
     is_rep, cell = seen["ris"].double(), seen["rcell"]
     ok = cell >= 0
@@ -249,6 +249,7 @@ def fit_repeat(
             h = runs == k
             r[k] = _best_offset(p_rep[h], is_rep[h], a[bins[h]], grid) if bool(h.any()) else 0.0
     table = a[:, None] + r[None, :]
+    table[0] = 0.0  # no seed: no bias applies (engine.model.repeats)
     report = []
     for c in range(REPEAT_BINS * REPEAT_RUNS):
         h = cell == c

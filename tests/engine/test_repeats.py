@@ -81,7 +81,7 @@ def test_the_cell_follows_the_run_and_skips_chord_notes_and_the_first_note():
     assert int(empty.repeat_cell(torch.tensor([[6]]))[0]) == -1  # nothing before
     one = torch.tensor([[6]])
     empty.append(one, torch.tensor([[30]]), one, torch.tensor([[0]]))
-    assert int(empty.repeat_cell(one)[0]) == 0  # no seed, the latest pitch once
+    assert int(empty.repeat_cell(one)[0]) == -1  # no seed: nothing of the user's to follow
 
 
 def test_the_bias_moves_only_the_latest_pitch_and_rows_without_copying_keep_their_logits():
@@ -95,7 +95,7 @@ def test_the_bias_moves_only_the_latest_pitch_and_rows_without_copying_keep_thei
     assert torch.equal(out[1], logits[1])  # cell -1: bit for bit
 
     params = CopyParams(0.0, 0.0, NO_COPY.mix, repeat=_table(-3.0))
-    seed = [(6, 30 + i) for i in range(8)]
+    seed = [(6, 30 + i) for i in range(8)]  # no repeat: bin 1
     seeds = torch.cat([_events(seed), _events(seed)])
     mem = CopyMemory(
         seeds, torch.tensor([8, 8]), SIZES, params, rows_on=torch.tensor([[1.0], [0.0]])
