@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engine.model.checkpoint import load_checkpoint, save_checkpoint
+from engine.model.checkpoint import load_checkpoint
 from engine.model.copy_fit import copy_nll, fit
 from engine.model.copying import (
     COPY_FIELDS,
@@ -23,7 +23,7 @@ from engine.model.copying import (
 )
 from engine.model.events import EventCodec
 from engine.model.generate import GenerationRequest, continue_batch, continue_seed
-from engine.model.network import DURATION, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.network import DURATION, PITCH, SHIFT
 from engine.model.train import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from engine.settings import DEFAULT_MODEL_PATH
@@ -139,14 +139,6 @@ def test_the_shipped_fit_is_valid_and_was_fitted_on_the_validation_split():
     assert doc["report"]["nll_with_copy"] < doc["report"]["nll_without_copy"]
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=1, n_key=25)
-    path = tmp_path_factory.mktemp("copy") / "m.pt"
-    return load_checkpoint(save_checkpoint(path, MotifSeq2Seq(cfg), cfg, CODEC.config, {}))
-
-
 def _tune(repeats: int = 4) -> Piece:
     phrase = [62, 64, 66, 67, 69, 67, 66, 64]
     notes = [Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * repeats)]
@@ -163,15 +155,17 @@ def _batches(pieces: list[Piece]) -> list[dict[str, torch.Tensor]]:
     return [collate(windows, 16, CODEC)]
 
 
-def test_fitting_never_scores_worse_than_no_copy_and_copying_helps_a_repeating_tune(lm):
+def test_fitting_never_scores_worse_than_no_copy_and_copying_helps_a_repeating_tune(tiny_lm):
     batches = _batches([_tune()])
-    params, report = fit(lm.model, batches, lm.device, grid=((0.0, 0.0, 0.0), (2.0, 4.0, 1.0)))
-    plain = copy_nll(lm.model, batches, lm.device, NO_COPY)["nll_per_note"]
+    params, report = fit(
+        tiny_lm.model, batches, tiny_lm.device, grid=((0.0, 0.0, 0.0), (2.0, 4.0, 1.0))
+    )
+    plain = copy_nll(tiny_lm.model, batches, tiny_lm.device, NO_COPY)["nll_per_note"]
     assert report["nll_without_copy"] == pytest.approx(plain, rel=SAME_MATH)
     # an untrained network, a tune that repeats its phrase: the seed predicts it
     assert report["nll_with_copy"] < plain - 1.0
     assert params.mix[COPY_FIELDS.index(PITCH)][-1] > 0.5
-    mixed = copy_nll(lm.model, batches, lm.device, params)["nll_per_note"]
+    mixed = copy_nll(tiny_lm.model, batches, tiny_lm.device, params)["nll_per_note"]
     assert mixed == pytest.approx(report["nll_with_copy"], rel=SAME_MATH)
 
 
@@ -192,16 +186,16 @@ def test_decoding_with_copy_returns_the_seeds_figures():
     assert reuse_on > reuse_off + 0.2  # the phrase's figures come back
 
 
-def test_copy_and_no_copy_rows_in_one_batch_decode_as_alone(lm):
+def test_copy_and_no_copy_rows_in_one_batch_decode_as_alone(tiny_lm):
     seed = _tune(2)
     reqs = [
         GenerationRequest(seed, 2, rng_seed=1),
         GenerationRequest(seed, 3, rng_seed=2, copy=False),
         GenerationRequest(None, 2, rng_seed=3, style="folk"),
     ]
-    together = continue_batch(lm, reqs)
+    together = continue_batch(tiny_lm, reqs)
     for req, made in zip(reqs, together, strict=True):
-        assert continue_batch(lm, [req])[0].notes == made.notes
+        assert continue_batch(tiny_lm, [req])[0].notes == made.notes
 
 
 def test_shift_and_duration_votes_follow_the_seeds_rhythm():

@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 
-from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.copy_fit import copy_nll, fit
 from engine.model.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
 from engine.model.events import EventCodec
 from engine.model.generate import continue_seed
 from engine.model.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks
-from engine.model.network import DURATION, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.network import DURATION, PITCH, SHIFT
 from engine.model.train import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH
@@ -125,14 +124,6 @@ def test_params_keep_the_mus_and_refuse_bad_ones():
         replace_lookback(((0.1,) * 4,) * 3)
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=1, n_key=25)
-    path = tmp_path_factory.mktemp("lookback") / "m.pt"
-    return load_checkpoint(save_checkpoint(path, MotifSeq2Seq(cfg), cfg, CODEC.config, {}))
-
-
 def _reel(bars: int = 12, start: int = 62) -> Piece:
     """A strain of two bars (eighth notes, 4/4) played over and over."""
     strain = [0, 2, 4, 5, 7, 5, 4, 2, 0, 4, 7, 12, 7, 4, 2, 0]
@@ -140,7 +131,7 @@ def _reel(bars: int = 12, start: int = 62) -> Piece:
     return Piece(tuple(notes))
 
 
-def test_the_fit_trusts_the_lookback_for_a_tune_that_repeats_its_strain(lm):
+def test_the_fit_trusts_the_lookback_for_a_tune_that_repeats_its_strain(tiny_lm):
     data = encode_pieces(CODEC, [_reel(start=s) for s in (60, 62, 65)])
     windows = []
     for ev, style in zip(data.events, data.styles, strict=True):
@@ -148,21 +139,23 @@ def test_the_fit_trusts_the_lookback_for_a_tune_that_repeats_its_strain(lm):
             seed, target = cut_window(ev, cut, 32, 16, CODEC.eos)
             windows.append((seed, target, int(style)))
     batches = [collate(windows, 16, CODEC)]
-    params, report = fit(lm.model, batches, lm.device, grid=((0.0, 0.0, 0.0),), repeat=False)
+    params, report = fit(
+        tiny_lm.model, batches, tiny_lm.device, grid=((0.0, 0.0, 0.0),), repeat=False
+    )
     assert report["nll_with_copy"] < report["nll_with_copy_before_lookback"] - 0.5
     in_phase = 0 * (PHASE + 1) + PHASE  # lag 2 bars, every latest note matched
     assert params.lookback[COPY_FIELDS.index(PITCH)][in_phase] > 0.8
-    scored = copy_nll(lm.model, batches, lm.device, params)["nll_per_note"]
+    scored = copy_nll(tiny_lm.model, batches, tiny_lm.device, params)["nll_per_note"]
     assert scored == pytest.approx(report["nll_with_copy"], rel=SAME_MATH)
 
 
-def test_decoding_with_the_lookback_brings_the_strain_back(lm, monkeypatch):
+def test_decoding_with_the_lookback_brings_the_strain_back(tiny_lm, monkeypatch):
     import engine.model.decode as decode
 
     strong = CopyParams(0.0, 0.0, NO_COPY.mix, lookback=((0.95,) * LOOKBACK_LEVELS,) * 3)
     monkeypatch.setattr(decode, "shipped_params", lambda: strong)
     seed = Piece(_reel(bars=4).notes)
-    made = continue_seed(lm, seed, 4, seed_rng=3, key_penalty=0.0)
+    made = continue_seed(tiny_lm, seed, 4, seed_rng=3, key_penalty=0.0)
     expected = {round(n.start + 16.0, 3): n.pitch for n in seed.notes}  # 4 bars later
     expected.update({round(n.start + 24.0, 3): n.pitch for n in seed.notes})
     hits = [expected.get(round(n.start, 3)) == n.pitch for n in made.notes]

@@ -9,12 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.copy_fit import copy_nll, fit
 from engine.model.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
 from engine.model.events import EventCodec
 from engine.model.generate import continue_seed
-from engine.model.network import PITCH, ModelConfig, MotifSeq2Seq
+from engine.model.network import PITCH
 from engine.model.repeats import (
     NO_REPEAT_BIAS,
     REPEAT_BINS,
@@ -118,14 +117,6 @@ def test_params_keep_the_biases_and_refuse_a_bad_table():
         CopyParams(1.0, 2.0, NO_COPY.mix, repeat=_table(float("inf")))
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=1, n_key=25)
-    path = tmp_path_factory.mktemp("repeat") / "m.pt"
-    return load_checkpoint(save_checkpoint(path, MotifSeq2Seq(cfg), cfg, CODEC.config, {}))
-
-
 def _batches(pieces: list[Piece]) -> list[dict[str, torch.Tensor]]:
     data = encode_pieces(CODEC, pieces)
     windows = []
@@ -136,7 +127,7 @@ def _batches(pieces: list[Piece]) -> list[dict[str, torch.Tensor]]:
     return [collate(windows, 16, CODEC)]
 
 
-def test_the_fit_learns_that_a_tune_without_repeats_does_not_repeat(lm):
+def test_the_fit_learns_that_a_tune_without_repeats_does_not_repeat(tiny_lm):
     """An untrained network gives the latest pitch its share like any other; a scale that never
     repeats a pitch makes every seeded cell's bias negative, and the fit is likelier."""
     scale = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62]
@@ -145,7 +136,7 @@ def test_the_fit_learns_that_a_tune_without_repeats_does_not_repeat(lm):
         for k in range(12)  # in every key: enough notes for the likelihood to outweigh the prior
     ]
     batches = _batches(tunes)
-    params, report = fit(lm.model, batches, lm.device, grid=((0.0, 0.0, 0.0),))
+    params, report = fit(tiny_lm.model, batches, tiny_lm.device, grid=((0.0, 0.0, 0.0),))
     assert report["nll_with_copy"] < report["nll_with_copy_before_repeat"]
     seen = [c for c in report["repeat"] if c["notes"]]
     assert seen and all(c["real"] == 0.0 for c in seen)
@@ -158,17 +149,17 @@ def test_the_fit_learns_that_a_tune_without_repeats_does_not_repeat(lm):
         assert row[1] == row[2] == row[0]
         if not any(c["notes"] for c in cells):
             assert row == (0.0, 0.0, 0.0)
-    scored = copy_nll(lm.model, batches, lm.device, params)["nll_per_note"]
+    scored = copy_nll(tiny_lm.model, batches, tiny_lm.device, params)["nll_per_note"]
     assert scored == pytest.approx(report["nll_with_copy"], rel=SAME_MATH)
 
 
-def test_decoding_with_a_strong_negative_bias_never_repeats_at_a_new_onset(lm, monkeypatch):
+def test_decoding_with_a_strong_negative_bias_never_repeats_at_a_new_onset(tiny_lm, monkeypatch):
     import engine.model.decode as decode
 
     seed = Piece(tuple(Note(i * 0.5, 0.5, 60 + (i * 5) % 12, 90) for i in range(16)))
     mix = ((0.0,) * N_LEVELS,) * len(COPY_FIELDS)
     monkeypatch.setattr(decode, "shipped_params", lambda: CopyParams(0, 0, mix, 0, _table(-40.0)))
-    made = [continue_seed(lm, seed, 4, seed_rng=i) for i in range(4)]
+    made = [continue_seed(tiny_lm, seed, 4, seed_rng=i) for i in range(4)]
     pairs = 0
     for m in made:
         onsets: dict[float, list[int]] = {}
