@@ -55,6 +55,11 @@ def _sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
     return cfg.n_shift, cfg.n_pitch, cfg.n_duration
 
 
+def _weights(w: float, e: float, a: float, max_match: int) -> CopyParams:
+    """Voter weights with every lambda 0: the votes alone, to score."""
+    return CopyParams(w, e, _zeros(max_match), a)
+
+
 def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     if f == SHIFT:
         return mem.shift_votes()[0]
@@ -88,8 +93,9 @@ def _observe(
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
     out.update({k: [] for k in ("rm", "rc", "rg", "rcell", "ris")})
+    n_position = model.config.n_position
     memories = [
-        CopyMemory(seed, seed_len, sizes, CopyParams(w, e, _zeros(max_match), a), capacity=T)
+        CopyMemory(seed, seed_len, sizes, _weights(w, e, a, max_match), T, n_position=n_position)
         for w, e, a in grid
     ]
     first = memories[0]

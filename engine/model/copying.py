@@ -154,7 +154,8 @@ class CopyMemory:
     """The events so far of B rows, right-aligned so every row's newest event is at `n - 1`.
 
     seed (B, S, 5) right-padded class indices with `seed_len` (B,) real events (0: no seed);
-    `capacity`: how many more events will be appended at most (more grows the buffers)."""
+    `capacity`: how many more events will be appended at most (more grows the buffers);
+    `n_position`: the codec's bar positions (the last is a clamp), for the lookback's bar length."""
 
     def __init__(
         self,
@@ -164,6 +165,7 @@ class CopyMemory:
         params: CopyParams,
         capacity: int = 256,
         rows_on: torch.Tensor | None = None,
+        n_position: int | None = None,
     ) -> None:
         B, S = seed.size(0), seed.size(1)
         device = seed.device
@@ -202,7 +204,9 @@ class CopyMemory:
         self._before[:, :pad] = _NONE - 1  # never equal to a figure, nor to "no figure"
         self._prev = torch.cat([self.event[:, :1, [1, 3]], self.event[:, : W - 1, [1, 3]]], 1)
         self._prev[:, 0] = _NONE - 1
-        self.lookback = Lookback(self.event, self.n, params.lookback)
+        # the largest shift class and bar position are clamped values (engine.model.lookback)
+        top = None if n_position is None else n_position - 1
+        self.lookback = Lookback(self.event, self.n, params.lookback, sizes[0] - 2, top)
 
     # --- memory ---------------------------------------------------------------------------------
     def _figures(self, start: int, stop: int) -> None:

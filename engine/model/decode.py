@@ -264,4 +264,4 @@ def _copy_memory(
     codec = lm.codec
     sizes = (codec.n_shift, codec.n_pitch, codec.n_duration)
     copying = torch.tensor(on, dtype=torch.float32, device=seed.device)[:, None]
-    return CopyMemory(seed, seed_len, sizes, params, rows_on=copying)
+    return CopyMemory(seed, seed_len, sizes, params, rows_on=copying, n_position=codec.n_position)

@@ -40,12 +40,19 @@ def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
         raise ValueError("each lookback mu must lie in [0, 1)")
 
 
-def bar_ticks(event: torch.Tensor, stop: int) -> torch.Tensor:
+def bar_ticks(
+    event: torch.Tensor, stop: int, max_shift: int | None = None, max_position: int | None = None
+) -> torch.Tensor:
     """(B,) each row's bar length in ticks, read from columns before `stop` of `event`
     (B, W, 4: shift, pitch, duration, bar position; -1 where no note); 0 where no bar line is
-    crossed."""
+    crossed. Pairs whose positions reach `max_position` (clamped in bars that long) or whose
+    shift is `max_shift` (a longer gap, clamped) tell nothing and are skipped."""
     prev, cur = event[:, : stop - 1], event[:, 1:stop]
     real = (prev[..., 1] >= 0) & (cur[..., 1] >= 0) & (cur[..., 0] >= 0)
+    if max_shift is not None:
+        real = real & (cur[..., 0] < max_shift)
+    if max_position is not None:
+        real = real & (prev[..., 3] < max_position) & (cur[..., 3] < max_position)
     length = prev[..., 3] + cur[..., 0] - cur[..., 3]  # 0 within a bar, k bars across k lines
     length = torch.where(real & (length > 0), length, 10**9)
     found = length.amin(dim=1) if length.size(1) else torch.full_like(event[:, 0, 0], 10**9)
@@ -57,12 +64,20 @@ class Lookback:
     seed's notes whole bars back. Columns before `seed_end` are the seed's; their (time, rank)
     keys ascend, so a lagged note is found by binary search."""
 
-    def __init__(self, event: torch.Tensor, n: int, mu: tuple[tuple[float, ...], ...]) -> None:
+    def __init__(
+        self,
+        event: torch.Tensor,
+        n: int,
+        mu: tuple[tuple[float, ...], ...],
+        max_shift: int | None = None,
+        max_position: int | None = None,
+    ) -> None:
         B, width = event.size(0), event.size(1)
         device = event.device
         self.seed_end = n
         self.mu = torch.tensor(mu, dtype=torch.float32, device=device)  # (3, LOOKBACK_LEVELS)
-        self.lags = bar_ticks(event, n)[:, None] * torch.tensor(LAG_BARS, device=device)  # (B, L)
+        bar = bar_ticks(event, n, max_shift, max_position)
+        self.lags = bar[:, None] * torch.tensor(LAG_BARS, device=device)  # (B, L)
         self.time = torch.full((B, width), _NEVER, dtype=torch.int64, device=device)
         self.rank = torch.zeros((B, width), dtype=torch.int64, device=device)
         shift = event[:, :n, 0]

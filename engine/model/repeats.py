@@ -79,4 +79,5 @@ def add_repeat_bias(
     """Pitch logits (B, n) with table's bias (REPEAT_BINS, REPEAT_RUNS) added at the latest
     pitch; rows whose cell is -1 are returned bit for bit."""
     bias = torch.where(cell >= 0, table.reshape(-1)[cell.clamp_min(0)], 0.0).to(logits.dtype)
-    return logits.scatter_add(1, last.clamp_min(0)[:, None], bias[:, None])
+    moved = logits.scatter_add(1, last.clamp_min(0)[:, None], bias[:, None])
+    return torch.where((cell >= 0)[:, None], moved, logits)

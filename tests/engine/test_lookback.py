@@ -160,3 +160,26 @@ def test_decoding_with_the_lookback_brings_the_strain_back(tiny_lm, monkeypatch)
     expected.update({round(n.start + 24.0, 3): n.pitch for n in seed.notes})
     hits = [expected.get(round(n.start, 3)) == n.pitch for n in made.notes]
     assert len(hits) >= 16 and sum(hits) >= 0.8 * len(hits)
+
+
+def test_clamped_bar_positions_and_gaps_give_no_false_bar_length():
+    """In bars over 8 beats the bar position stops at the codec's last class, and a gap over
+    max_shift is clamped: neither may pass for a bar line (a 9/4 seed once got lags of 2, 4 and
+    8 ticks, so its "bars back" was the note before)."""
+    top = CODEC.n_position - 1
+    nine_four = [
+        [0 if i == 0 else 12, 30 + i % 5, 5, 0, min((12 * i) % 108, top)] for i in range(20)
+    ]
+    mem = CopyMemory(
+        torch.tensor([nine_four]), torch.tensor([20]), SIZES, LOOK, n_position=CODEC.n_position
+    )
+    assert mem.lookback.lags.tolist() in ([[0, 0, 0]], [[216, 432, 864]])
+    # 6/4 (72 ticks): quarters, then a 5-beat rest clamped to a shift of 48 (30 + 48 - 18 = 60)
+    times = [0, 12, 24, 30, 90, 102, 114, 126, 138, 150]
+    rows = [[0, 30, 5, 0, 0]]
+    for a, b in zip(times, times[1:], strict=False):
+        rows.append([min(b - a, CODEC.n_shift - 2), 32, 5, 0, b % 72])
+    mem = CopyMemory(
+        torch.tensor([rows]), torch.tensor([len(rows)]), SIZES, LOOK, n_position=CODEC.n_position
+    )
+    assert mem.lookback.lags.tolist() == [[144, 288, 576]]
