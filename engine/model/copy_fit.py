@@ -204,20 +204,33 @@ def fit_lookback(
 ) -> tuple[tuple[tuple[float, ...], ...], list[list[int]]]:
     """The lookback mus (engine.model.lookback), field by field and level by level, that make
     the real notes most likely with `params`' lambdas; and the notes at each level."""
-    mus = torch.tensor(LAMBDAS, dtype=torch.float64)[:, None]
-    table, counts = [], []
+    table: list[tuple[float, ...]] = []
+    counts: list[list[int]] = []
     for f in COPY_FIELDS:
         p_copy = _p(seen, f, replace(params, lookback=NO_LOOKBACK), weight_col)
         level, g = seen[f"l{f}"], seen[f"g{f}"].double()
-        row, count = [], []
-        for lv in range(LOOKBACK_LEVELS):
-            here = level == lv
-            nll = -torch.log((p_copy[here] * (1 - mus) + g[here] * mus).clamp_min(1e-300)).sum(1)
-            row.append(float(mus[int(nll.argmin()), 0]) if bool(here.any()) else 0.0)
-            count.append(int(here.sum()))
-        table.append(tuple(row))
-        counts.append(count)
+        table.append(_likeliest_by_level(p_copy, g, level, LOOKBACK_LEVELS))
+        counts.append([int((level == lv).sum()) for lv in range(LOOKBACK_LEVELS)])
     return tuple(table), counts
+
+
+def _likeliest_by_level(
+    p_base: torch.Tensor, p_vote: torch.Tensor, level: torch.Tensor, levels: int
+) -> tuple[float, ...]:
+    """For each level, the weight w from LAMBDAS that makes the notes at that level likeliest
+    under (1 - w) x p_base + w x p_vote (probabilities of each note's truth); 0 for a level
+    with no notes."""
+    weights = torch.tensor(LAMBDAS, dtype=torch.float64)[:, None]
+    row = []
+    for lv in range(levels):
+        here = level == lv
+        if not bool(here.any()):
+            row.append(0.0)
+            continue
+        p = p_base[here] * (1 - weights) + p_vote[here] * weights
+        nll = -torch.log(p.clamp_min(1e-300)).sum(dim=1)
+        row.append(float(weights[int(nll.argmin()), 0]))
+    return tuple(row)
 
 
 def _best_offset(
@@ -287,22 +300,16 @@ def _fit_lambdas(
 ) -> tuple[CopyParams, float, int]:
     """The lambdas and voter weights of the likeliest grid column: params, NLL per note, column."""
     levels = 2 * (max_match + 1)
-    lams = torch.tensor(LAMBDAS, dtype=torch.float64)
     best_total, best_params, best_col = math.inf, CopyParams(0.0, 0.0, _zeros(max_match)), 0
     for w_col, (w, e, a) in enumerate(grid):
-        mix = []
-        for f in COPY_FIELDS:
-            row = []
-            for m in range(levels):
-                here = seen[f"b{f}"] == m
-                if not bool(here.any()):
-                    row.append(0.0)
-                    continue
-                pm, pc = seen[f"m{f}"][here], seen[f"c{f}"][here, w_col]
-                nll = _mixed_nll(pm[None, :], pc[None, :], lams[:, None]).sum(dim=1)
-                row.append(float(lams[int(nll.argmin())]))
-            mix.append(tuple(row))
-        params = CopyParams(float(w), float(e), tuple(mix), float(a))
+        mix = tuple(
+            _likeliest_by_level(
+                torch.exp(seen[f"m{f}"].double()), seen[f"c{f}"][:, w_col].double(),
+                seen[f"b{f}"], levels,
+            )
+            for f in COPY_FIELDS
+        )  # fmt: skip
+        params = CopyParams(float(w), float(e), mix, float(a))
         total = _nll_of(seen, params, w_col)["nll_per_note"]
         if total < best_total:
             best_total, best_params, best_col = total, params, w_col

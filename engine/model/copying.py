@@ -174,6 +174,8 @@ class CopyMemory:
         self.mix = torch.tensor(params.mix, dtype=torch.float32, device=device)  # (3, N_LEVELS)
         self.rows_on = rows_on  # (B, 1) 1.0 where a row copies, 0.0 where not; None: all
         self.repeat = torch.tensor(params.repeat, dtype=torch.float32, device=device)
+        self.repeats_on = params.repeats
+        self.lookback_on = any(mu for row in params.lookback for mu in row)
         self.repeat_bin = seed_repeat_bin(seed, seed_len)  # (B,)
         self.last_best = torch.full((B, 1), -1, dtype=torch.int64, device=device)
         pad = params.max_match + 1  # leading columns never real, so no index goes below 0
@@ -277,16 +279,12 @@ class CopyMemory:
         if self.lookback_on:
             vote, mu = self.lookback_votes(field, shift, pitch)
             mixed = mix_logits(mixed, vote, mu if self.rows_on is None else mu * self.rows_on)
-        if field != PITCH or shift is None or not self.params.repeats:
+        if field != PITCH or shift is None or not self.repeats_on:
             return mixed
         cell, last = self.repeat_cell(shift)
         if self.rows_on is not None:
             cell = torch.where(self.rows_on[:, 0] > 0, cell, -1)
         return add_repeat_bias(mixed, self.repeat, cell, last)
-
-    @property
-    def lookback_on(self) -> bool:
-        return any(mu for row in self.params.lookback for mu in row)
 
     def lookback_votes(
         self, field: int, shift: torch.Tensor | None = None, pitch: torch.Tensor | None = None
