@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from engine.model.network import DURATION, PITCH, POSITION, SHIFT, Memory, State
+from engine.model.network import DURATION, PHRASE, PITCH, POSITION, SHIFT, Memory, State
 
 if TYPE_CHECKING:
     from engine.model.network import MotifSeq2Seq
@@ -39,7 +39,7 @@ class StepWeights:
     LSTM gates in (i, f, o, g) order."""
 
     hidden: int
-    offsets: tuple[int, ...]  # row of value 0 of each event column, then of style, then of key
+    offsets: tuple[int, ...]  # row of value 0 of each event column (PHRASE too), style, key
     event_gates: torch.Tensor  # (rows, 4H) each value's embedding @ layer 0's input weights
     start_gates: torch.Tensor  # (4H,) the START input
     hh: list[torch.Tensor]  # per layer (H, 4H)
@@ -59,10 +59,12 @@ class StepWeights:
     def of(cls, model: MotifSeq2Seq) -> StepWeights:
         H, lstm, heads = model.config.hidden, model.decoder, model.heads
         w_in = _gates_ifog(lstm.weight_ih_l0)  # (4H, D)
-        # The input is the sum of the five column embeddings, style and key (EventEmbedding), so
-        # its gates are the sum of seven table rows; layer 0's biases ride on the style's rows.
-        key = model.embed.key
+        # The input is the sum of the six column embeddings, style and key (EventEmbedding), so
+        # its gates are the sum of eight table rows; layer 0's biases ride on the style's rows.
+        # A model without the PHRASE input gets one zero row for it.
+        key, phrase = model.embed.key, model.embed.phrase
         tables = [emb.weight @ w_in.T for emb in model.embed.columns]
+        tables.append(w_in.new_zeros(1, 4 * H) if phrase is None else phrase.weight @ w_in.T)
         bias = _gates_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0)
         tables.append(model.embed.style.weight @ w_in.T + bias)
         tables.append(w_in.new_zeros(1, 4 * H) if key is None else key.weight @ w_in.T)
@@ -73,11 +75,13 @@ class StepWeights:
         first = [lin[0] for lin in heads.out]
         head_in = torch.cat([lin.weight for lin in first]) * _SQRT_HALF  # (4H, H)
         head_in_bias = torch.cat([lin.bias for lin in first]) * _SQRT_HALF  # (4H,)
-        # Choosing the shift adds the shift's and the position's embeddings to the input of every
-        # later head; rows laid out like `event_gates`, so one index serves both tables.
-        onset = w_in.new_zeros(offsets[POSITION + 1], H)
+        # Choosing the shift adds the shift's, the position's and the phrase bar's embeddings to
+        # the input of every later head; rows laid out like `event_gates`, so one index serves both.
+        onset = w_in.new_zeros(offsets[PHRASE + 1], H)
         onset[: sizes[SHIFT]] = heads.chosen[SHIFT].weight
-        onset[offsets[POSITION] :] = heads.chosen_position.weight
+        onset[offsets[POSITION] : offsets[PHRASE]] = heads.chosen_position.weight
+        if heads.chosen_phrase is not None:
+            onset[offsets[PHRASE] :] = heads.chosen_phrase.weight
         attention = model.config.attention
         return cls(
             hidden=H,
@@ -122,7 +126,8 @@ class BatchDecoder:
 
         x = decoder.step(events)                      # (B, 4H): every head's input so far
         shift = sample(decoder.logits(SHIFT, x))      # (B, 1)
-        x = decoder.choose(SHIFT, x, torch.cat([shift, position + offsets[POSITION]], 1))
+        x = decoder.choose(SHIFT, x, torch.cat([shift, position + offsets[POSITION],
+                                                 phrase + offsets[PHRASE]], 1))
         pitch = sample(decoder.logits(PITCH, x)) ...  # then DURATION, then VELOCITY
     """
 
@@ -150,15 +155,18 @@ class BatchDecoder:
         return self.weights.offsets
 
     def events(self, note: torch.Tensor) -> torch.Tensor:
-        """`step`'s input for notes (B, 5) of plain column values: (B, 7)."""
-        offsets = note.new_tensor(self.weights.offsets[:5])
+        """`step`'s input for notes (B, 6) of plain column values (PHRASE last; (B, 5): phrase
+        bar 0): (B, 8)."""
+        if note.size(1) == PHRASE:
+            note = torch.cat([note, torch.zeros_like(note[:, :1])], dim=1)
+        offsets = note.new_tensor(self.weights.offsets[:6])
         return torch.cat([note + offsets, self.extras], dim=1)
 
     def _bags(self, B: int, device: torch.device) -> None:
         # where each row's indices start in the flat index of `embedding_bag` (which sums the
         # rows without the (B, n, 4H) copy that embedding + sum makes)
-        self.bag7 = torch.arange(0, 7 * B, 7, device=device)
-        self.bag2 = torch.arange(0, 2 * B, 2, device=device)
+        self.bag8 = torch.arange(0, 8 * B, 8, device=device)
+        self.bag3 = torch.arange(0, 3 * B, 3, device=device)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep some rows only (generation drops finished rows)."""
@@ -171,15 +179,15 @@ class BatchDecoder:
             self.keys_t, self.pad = self.keys_t[rows], self.pad[rows]
 
     def step(self, events: torch.Tensor | None) -> torch.Tensor:
-        """One note: events (B, 7) are the previous note's five columns, then `extras`, each
+        """One note: events (B, 8) are the previous note's six columns, then `extras`, each
         shifted by its `offsets` (see `events`; None: the START step). Returns (B, 4H), the input
         of the four heads before any field is chosen; advances `state`."""
         w, H = self.weights, self.weights.hidden
-        # layer 0's input gates (B, 4H): the sum of the seven columns' table rows
+        # layer 0's input gates (B, 4H): the sum of the eight columns' table rows
         if events is None:
             x = self.start
         else:
-            x = F.embedding_bag(events.view(-1), w.event_gates, self.bag7, mode="sum")
+            x = F.embedding_bag(events.view(-1), w.event_gates, self.bag8, mode="sum")
         state: State = []
         for layer, (h, c) in enumerate(self.state):
             if layer == 0:
@@ -205,11 +213,12 @@ class BatchDecoder:
         return torch.addmm(w.head_out_bias[field], gelu, w.head_out[field])
 
     def choose(self, field: int, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The later heads' input once `field` is chosen: index (B, 1), or for SHIFT (B, 2) the
-        shift and the position + offsets[POSITION]. Returns (B, H x heads left)."""
+        """The later heads' input once `field` is chosen: index (B, 1), or for SHIFT (B, 3) the
+        shift, the position + offsets[POSITION] and the phrase bar + offsets[PHRASE]. Returns
+        (B, H x heads left)."""
         table = self.weights.chosen[field]
         if field == SHIFT:
-            extra = F.embedding_bag(index.view(-1), table, self.bag2, mode="sum")  # (B, 3H)
+            extra = F.embedding_bag(index.view(-1), table, self.bag3, mode="sum")  # (B, 3H)
         else:
             extra = table.index_select(0, index.view(-1))
         return x[:, self.weights.hidden :] + extra

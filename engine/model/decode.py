@@ -19,6 +19,7 @@ from engine.model.copying import CopyMemory, shipped_params
 from engine.model.grammar import Grammar
 from engine.model.network import (
     DURATION,
+    PHRASE,
     PITCH,
     POSITION,
     SHIFT,
@@ -41,7 +42,7 @@ class Batch:
     grammar: Grammar
     sampling: Sampling
     copy: CopyMemory | None
-    column_offsets: torch.Tensor  # (7,) added to a step's classes to make the next input
+    column_offsets: torch.Tensor  # (8,) added to a step's classes to make the next input
 
     @classmethod
     def start(cls, lm: LoadedModel, rows: list[Row]) -> Batch:
@@ -49,20 +50,21 @@ class Batch:
         model, device = lm.model, lm.device
         B = len(rows)
         S = max(1, max(len(r.seed_events) for r in rows))
-        seed = np.zeros((B, S, 5), dtype=np.int64)
+        seed = np.zeros((B, S, 6), dtype=np.int64)  # the five columns and PHRASE
         for i, r in enumerate(rows):
-            seed[i, : len(r.seed_events)] = r.seed_events
+            seed[i, : len(r.seed_events), :5] = r.seed_events
+            seed[i, : len(r.seed_events), PHRASE] = r.seed_phrase
         seed_len = torch.tensor([len(r.seed_events) for r in rows], device=device)
         style = torch.tensor([r.style for r in rows], device=device)
         key = torch.tensor([r.key for r in rows], device=device)
         memory = encode_in_groups(model, torch.from_numpy(seed).to(device), seed_len, style, key)
         decoder = model.batch_decoder(memory, style)
         grammar, sampling = Grammar(lm, rows, device), Sampling(lm, rows, device)
-        copy = _copy_memory(lm, rows, torch.from_numpy(seed).to(device), seed_len)
+        copy = _copy_memory(lm, rows, torch.from_numpy(seed[..., :5]).to(device), seed_len)
         offsets = decoder.offsets
         column_offsets = torch.tensor(
-            [0, offsets[PITCH], offsets[DURATION], offsets[VELOCITY], 0, 0, 0], device=device
-        )  # (7,) position and the extras are offset already
+            [0, offsets[PITCH], offsets[DURATION], offsets[VELOCITY], 0, 0, 0, 0], device=device
+        )  # (8,) position, phrase and the extras are offset already
         return cls(decoder, grammar, sampling, copy, column_offsets)
 
     def select(self, keep: torch.Tensor, kept: list[int]) -> None:
@@ -78,7 +80,7 @@ class Segment(NamedTuple):
     """A stretch of steps between two compactions of the batch."""
 
     members: list[int]  # the rows (indices of the request list) in this stretch, in batch order
-    made: list[torch.Tensor]  # (B', 7) events, one per step
+    made: list[torch.Tensor]  # (B', 8) events, one per step
     done: list[torch.Tensor]  # (B', 1) done flags, one per step
 
 
@@ -125,7 +127,7 @@ def _note(
     batch: Batch, t: int, events: torch.Tensor | None, counted: torch.Tensor | None
 ) -> torch.Tensor:
     """Step t: one note per row, field by field, each sampled under the grammar. Returns the
-    (B', 7) events, the next step's input. `counted`: add the safety nets' changes to it."""
+    (B', 8) events, the next step's input. `counted`: add the safety nets' changes to it."""
     decoder, grammar, sampling, copy = batch.decoder, batch.grammar, batch.sampling, batch.copy
     offsets = decoder.offsets
     u = sampling.uniforms(t)  # (4, B', 1)
@@ -139,7 +141,8 @@ def _note(
     shift_scaled = torch.addcmul(grammar.shift_mask(t), shift_logits, inv_temp)
     shift = sample(shift_scaled, last_rank[SHIFT], top_p, u[SHIFT])  # (B', 1)
     position = grammar.place(t, shift) + offsets[POSITION]
-    x = decoder.choose(SHIFT, x, torch.cat([shift, position], dim=1))
+    phrase = grammar.phrase() + offsets[PHRASE]
+    x = decoder.choose(SHIFT, x, torch.cat([shift, position, phrase], dim=1))
 
     # PITCH: range, repetition guards, key bias
     pitch_logits = decoder.logits(PITCH, x)
@@ -172,8 +175,8 @@ def _note(
     scaled = decoder.logits(VELOCITY, x) * inv_temp
     velocity = sample(scaled, last_rank[VELOCITY], top_p, u[VELOCITY])
 
-    events = torch.cat([shift, pitch, duration, velocity, position, decoder.extras], dim=1)
-    events += batch.column_offsets  # (B', 7)
+    events = torch.cat([shift, pitch, duration, velocity, position, phrase, decoder.extras], 1)
+    events += batch.column_offsets  # (B', 8)
     return events
 
 

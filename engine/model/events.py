@@ -17,6 +17,22 @@ log = logging.getLogger(__name__)
 
 SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
 N_COLUMNS = 5
+# The bar-in-phrase column that training and generation append to the five (docs/events.md):
+# the onset's bar counted from the piece's first full bar, modulo PHRASE_BARS (a pickup is the
+# last bar of the phrase before). It is derived from the onsets, never stored in the corpus.
+PHRASE = 5
+PHRASE_BARS = 16
+
+
+def phrase_bars(onsets: np.ndarray, bar: int, first_onset: int, classes: int) -> np.ndarray:
+    """(N,) the bar-in-phrase class of each onset tick: the bar counted from the first full bar
+    (the one after a pickup that starts at `first_onset`), modulo `classes`; zeros when the model
+    has no phrase classes (`classes` 0)."""
+    onsets = np.asarray(onsets, dtype=np.int64)
+    if classes <= 0:
+        return np.zeros(len(onsets), dtype=np.int64)
+    origin = -(-int(first_onset) // max(1, bar))  # a pickup's bar is bar -1
+    return (onsets // max(1, bar) - origin) % classes
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def _to_pieces(
     timeline (`_finish`)."""
     notes: list[list[np.ndarray]] = [[] for _ in rows]
     for members, seg_made, seg_done in segments:
-        ev = torch.stack(seg_made).cpu().numpy()  # (T, B', 7)
+        ev = torch.stack(seg_made).cpu().numpy()  # (T, B', 8)
         keep = ~torch.stack(seg_done)[..., 0].cpu().numpy()  # (T, B'): before the row finished
         for j, i in enumerate(members):
             notes[i].append(ev[keep[:, j], j, :5])

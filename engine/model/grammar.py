@@ -34,6 +34,8 @@ class Grammar:
             return torch.tensor(values, dtype=torch.int64)[:, None].to(device)  # (B, 1)
 
         self.max_position = cfg.max_position
+        self.n_phrase = lm.config.n_phrase
+        self.phrase_origin = column([r.phrase_origin for r in rows])  # (B, 1) bars
         # bars longer than the position classes need the clamp (EventCodec.position)
         self.long_bars = max(r.bar for r in rows) > cfg.max_position + 1
         self.bar = column([r.bar for r in rows])
@@ -87,6 +89,7 @@ class Grammar:
     def select(self, rows: torch.Tensor) -> None:
         for name in (
             "bar", "seed_end", "end_tick", "tick", "onset", "sound_end", "done", "code",
+            "phrase_origin",
             "outside", "last", "run", "soft", "last_seen", "chord", "chord_size",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name)[rows])
@@ -112,6 +115,14 @@ class Grammar:
         self.same_onset = shift == 0
         # (a done row's position is never used: no need to stop its onset at the end)
         return bar_positions(onset, self.bar, self.max_position if self.long_bars else None)
+
+    def phrase(self) -> torch.Tensor:
+        """(B, 1) the bar in the phrase of this step's onset (events.PHRASE); 0 for a model
+        without the phrase input."""
+        if not self.n_phrase:
+            return torch.zeros_like(self.onset)
+        bars = torch.div(self.onset, self.bar, rounding_mode="floor") - self.phrase_origin
+        return bars.remainder(self.n_phrase)
 
     def pitch_forbidden(self, t: int) -> torch.Tensor:
         """(B, n_pitch) True where this step's pitch may not go: outside the range, a repeat too

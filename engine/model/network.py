@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Event columns (see docs/events.md); the first four are predicted, in this order.
-SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
+SHIFT, PITCH, DURATION, VELOCITY, POSITION, PHRASE = range(6)
 FIELDS = ("shift", "pitch", "duration", "velocity")
 IGNORE = -100  # target value of a field that is not predicted (after EOS, padding)
 
@@ -44,6 +44,7 @@ class ModelConfig:
     n_position: int
     n_style: int
     n_key: int = 0  # 0: no key conditioning; 25: "unknown" + 12 major + 12 minor keys
+    n_phrase: int = 0  # 0: no PHRASE input; else bar-in-phrase classes (events.PHRASE_BARS)
     # width
     d_embed: int = 256
     hidden: int = 384
@@ -94,6 +95,11 @@ class EventEmbedding(nn.Module):
         self.columns = nn.ModuleList(nn.Embedding(n, cfg.d_embed) for n in sizes)
         self.style = nn.Embedding(cfg.n_style, cfg.d_embed)
         self.key = nn.Embedding(cfg.n_key, cfg.d_embed) if cfg.n_key else None
+        # where the note's bar sits in the phrase (events.PHRASE); zero-initialised, so adding it
+        # to a trained model changes nothing until it is trained
+        self.phrase = nn.Embedding(cfg.n_phrase, cfg.d_embed) if cfg.n_phrase else None
+        if self.phrase is not None:
+            nn.init.zeros_(self.phrase.weight)
         self.start = nn.Parameter(torch.zeros(cfg.d_embed))  # decoder input before the first note
         self.no_seed = nn.Parameter(torch.zeros(cfg.d_embed))  # the one encoder step of no seed
         for emb in [*self.columns, self.style, *([self.key] if self.key else [])]:
@@ -107,10 +113,12 @@ class EventEmbedding(nn.Module):
         return cond + self.key(key) if self.key is not None else cond
 
     def forward(self, events: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        # events (B, T, 5) int64 (no negative values), cond (B, D) -> (B, T, D)
+        # events (B, T, 5 or 6) int64 (no negative values), cond (B, D) -> (B, T, D)
         x = cond[:, None, :]  # (B, 1, D)
         for col, emb in enumerate(self.columns):
             x = x + emb(events[..., col])
+        if self.phrase is not None and events.size(-1) > PHRASE:
+            x = x + self.phrase(events[..., PHRASE])
         return x
 
 
@@ -132,6 +140,10 @@ class NoteHeads(nn.Module):
         self.chosen_position = nn.Embedding(cfg.n_position, H)
         for emb in [*self.chosen, self.chosen_position]:
             nn.init.normal_(emb.weight, std=0.1)
+        # the bar-in-phrase the shift lands on (zero-initialised, as EventEmbedding.phrase)
+        self.chosen_phrase = nn.Embedding(cfg.n_phrase, H) if cfg.n_phrase else None
+        if self.chosen_phrase is not None:
+            nn.init.zeros_(self.chosen_phrase.weight)
 
     def logits(self, field: int, ctx: torch.Tensor) -> torch.Tensor:
         return self.out[field](ctx)  # (..., H) -> (..., n_field)
@@ -139,12 +151,14 @@ class NoteHeads(nn.Module):
     def condition(self, field: int, ctx: torch.Tensor, note: torch.Tensor) -> torch.Tensor:
         """The context for the next head once `field` of `note` (..., 5) has been chosen."""
         ctx = ctx + self.chosen[field](note[..., field])
-        if field == SHIFT:  # the shift fixes the note's bar position too
+        if field == SHIFT:  # the shift fixes the note's bar position (and bar in the phrase) too
             ctx = ctx + self.chosen_position(note[..., POSITION])
+            if self.chosen_phrase is not None and note.size(-1) > PHRASE:
+                ctx = ctx + self.chosen_phrase(note[..., PHRASE])
         return ctx
 
     def forward(self, o: torch.Tensor, note: torch.Tensor) -> list[torch.Tensor]:
-        # o (B, T, H), note (B, T, 5) teacher-forced -> 4 x (B, T, n_field)
+        # o (B, T, H), note (B, T, 5 or 6) teacher-forced -> 4 x (B, T, n_field)
         ctx, out = o, []
         for field in range(4):
             out.append(self.logits(field, ctx))
@@ -188,13 +202,13 @@ class MotifSeq2Seq(nn.Module):
         style: torch.Tensor,
         key: torch.Tensor | None = None,
     ) -> Memory:
-        """seed (B, S, 5) right-padded, seed_len (B,), style (B,), key (B,) (None: unknown).
+        """seed (B, S, 5 or 6) right-padded, seed_len (B,), style (B,), key (B,) (None: unknown).
         An empty seed (length 0) is encoded as one learned "no seed" step."""
         B = seed.size(0)
         key = self._key(key, style)
         cond = self.embed.conditioning(style, key)  # (B, D)
         if seed.size(1) == 0:
-            seed = seed.new_zeros(B, 1, 5)
+            seed = seed.new_zeros(B, 1, seed.size(2))
         x = self.embed(seed.clamp_min(0), cond)  # (B, S, D)
         empty = (seed_len == 0)[:, None]  # (B, 1)
         first = torch.where(empty, self.embed.no_seed + cond, x[:, 0])  # (B, D)

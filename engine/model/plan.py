@@ -12,8 +12,9 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
+from engine.model.events import phrase_bars
 from engine.model.grammar import MAX_REPEATS
-from engine.model.network import DURATION, PITCH
+from engine.model.network import DURATION, PITCH, SHIFT
 from engine.model.style_priors import draw_setting
 from engine.music import keys
 from engine.music.keys import MAJOR_PROFILE as _MAJOR_PROFILE
@@ -97,6 +98,8 @@ class Row:
     pitch_bias: np.ndarray  # (n_pitch,) float: key-keeping bias
     history: list[int]  # the seed's last pitches (the repetition guard looks back into them)
     key: int  # the model's key class (see `seed_key`)
+    seed_phrase: np.ndarray  # (S,) each seed event's bar in the phrase (events.PHRASE)
+    phrase_origin: int  # the seed's first full bar (1 after a pickup): phrase bars count from it
     tempo_bpm: float | None = None  # no seed: drawn from the style's corpus
     target_key: tuple[int, str] | None = None  # no seed: the key drawn for the result
 
@@ -144,6 +147,8 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
         pitch_bias=rules.pitch_bias,
         history=rules.history,
         key=rules.key,
+        seed_phrase=rules.phrase,
+        phrase_origin=rules.phrase_origin,
         tempo_bpm=drawn_tempo,
         target_key=target_key,
     )
@@ -168,6 +173,8 @@ class _SeedRules(NamedTuple):
     pitch_bias: np.ndarray
     history: list[int]
     key: int
+    phrase: np.ndarray  # (S,)
+    phrase_origin: int
 
 
 def _no_seed_rules(lm: LoadedModel) -> _SeedRules:
@@ -182,6 +189,8 @@ def _no_seed_rules(lm: LoadedModel) -> _SeedRules:
         pitch_bias=np.zeros(n_pitch, dtype=np.float32),
         history=[],
         key=0,
+        phrase=np.zeros(0, dtype=np.int64),
+        phrase_origin=0,
     )
 
 
@@ -192,7 +201,12 @@ def _seed_rules(
     pitch classes outside its estimated key's scale (and, with gravity, towards its tonic)."""
     codec = lm.codec
     onsets, durations, pitches, velocities = codec.note_ticks(seed)
-    events = codec.encode_ticks(onsets, durations, pitches, velocities, ts)[-MAX_SEED_NOTES:]
+    whole = codec.encode_ticks(onsets, durations, pitches, velocities, ts)
+    # bar in the phrase as training counts it: from the encoded shifts, pickups padded
+    bar = codec.bar_ticks(ts)
+    ticks = np.cumsum(whole[:, SHIFT])
+    phrase = phrase_bars(ticks, bar, int(ticks[0]), lm.config.n_phrase)[-MAX_SEED_NOTES:]
+    events = whole[-MAX_SEED_NOTES:]
     low = max(0, int(events[:, PITCH].min()) - PITCH_MARGIN)
     high = min(codec.n_pitch - 1, int(events[:, PITCH].max()) + PITCH_MARGIN)
     pitch_ok = np.zeros(codec.n_pitch, dtype=bool)
@@ -214,4 +228,6 @@ def _seed_rules(
         pitch_bias=pitch_bias,
         history=[int(p) for p in events[-MAX_REPEATS:, PITCH]],
         key=seed_key(events, codec) if lm.config.n_key else 0,
+        phrase=phrase,
+        phrase_origin=-(-int(ticks[0]) // bar),
     )

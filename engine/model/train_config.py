@@ -33,6 +33,8 @@ class TrainConfig:
     dropout: float = 0.1
     attention: bool = True
     key_conditioning: bool = True  # condition on the seed's estimated key
+    # the bar-in-phrase input (events.PHRASE); fine-tuning a model without it adds it
+    phrase: bool = True
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64

@@ -13,7 +13,7 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.corpus import load_corpus
-from engine.model.events import EventCodec
+from engine.model.events import PHRASE_BARS, EventCodec, phrase_bars
 from engine.model.network import IGNORE, PITCH, POSITION, SHIFT
 from engine.model.plan import seed_key
 from engine.model.train_config import TrainConfig
@@ -24,7 +24,7 @@ from engine.music.notes import Piece
 class Encoded:
     """Pieces as event arrays, ready to cut windows from."""
 
-    events: list[np.ndarray]  # (N_i, 5) each
+    events: list[np.ndarray]  # (N_i, 6) each: the five columns and PHRASE
     styles: np.ndarray  # (P,) style index per piece
     weights: np.ndarray  # (P,) sampling probability per piece
     reuse_gaps: list[np.ndarray] | None = None  # (N_i,) each, `reuse_gaps`; built on first use
@@ -34,16 +34,27 @@ class Encoded:
         return int(sum(len(e) for e in self.events))
 
 
+def with_phrase(
+    codec: EventCodec, events: np.ndarray, time_signature: tuple[int, int]
+) -> np.ndarray:
+    """Events (N, 5) of a whole piece with the PHRASE column appended: (N, 6)."""
+    ticks = np.cumsum(events[:, SHIFT])  # the piece's onsets (it was encoded from tick 0)
+    first = int(ticks[0]) if len(ticks) else 0
+    phrase = phrase_bars(ticks, codec.bar_ticks(time_signature), first, PHRASE_BARS)
+    return np.concatenate([events, phrase[:, None]], axis=1)
+
+
 def encode_pieces(
     codec: EventCodec, pieces: list[Piece], weights: list[float] | None = None
 ) -> Encoded:
-    """Encode pieces with at least two notes; unknown styles become "none"."""
+    """Encode pieces with at least two notes, each with its PHRASE column (N, 6); unknown styles
+    become "none"."""
     events, styles, w = [], [], []
     for i, piece in enumerate(pieces):
         ev = codec.encode(piece)
         if len(ev) < 2:
             continue
-        events.append(ev)
+        events.append(with_phrase(codec, ev, piece.time_signature))
         styles.append(
             codec.config.styles.index(piece.style) if piece.style in codec.config.styles else 0
         )
@@ -114,9 +125,9 @@ def cut_window(
     seed = events[max(0, cut - seed_len) : cut]
     target = events[cut : cut + target_len]
     if len(target) < target_len:
-        end = np.full((1, 5), IGNORE, dtype=np.int64)
+        end = np.full((1, events.shape[1]), IGNORE, dtype=np.int64)
         end[0, SHIFT] = eos
-        end[0, POSITION] = 0
+        end[0, POSITION:] = 0
         target = np.concatenate([target, end])
     return seed, target
 
@@ -144,12 +155,13 @@ def transpose_window(
 def collate(
     windows: list[tuple[np.ndarray, np.ndarray, int]], target_len: int, codec: EventCodec
 ) -> dict[str, torch.Tensor]:
-    """Right-padded batch: seed (B, S, 5) + seed_len (B,), target (B, T, 5) IGNORE-padded,
-    style (B,) and the seeds' key classes (B,)."""
+    """Right-padded batch: seed (B, S, C) + seed_len (B,), target (B, T, C) IGNORE-padded
+    (C: 5, or 6 with PHRASE), style (B,) and the seeds' key classes (B,)."""
     B = len(windows)
     S = max(1, max(len(s) for s, _, _ in windows))
-    seed = np.zeros((B, S, 5), dtype=np.int64)
-    target = np.full((B, target_len, 5), IGNORE, dtype=np.int64)
+    C = windows[0][1].shape[1] if windows[0][1].ndim == 2 else 5
+    seed = np.zeros((B, S, C), dtype=np.int64)
+    target = np.full((B, target_len, C), IGNORE, dtype=np.int64)
     for i, (s, t, _) in enumerate(windows):
         seed[i, : len(s)] = s
         target[i, : len(t)] = t

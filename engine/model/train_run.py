@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, pick_device, save_checkpoint
-from engine.model.events import EventCodec, TokenizerConfig
+from engine.model.events import PHRASE_BARS, EventCodec, TokenizerConfig
 from engine.model.network import IGNORE, SHIFT, ModelConfig, MotifSeq2Seq
 from engine.model.plan import N_KEY
 from engine.model.train_config import TrainConfig, TrainResult, plain_config
@@ -88,6 +89,8 @@ class Run:
         elif cfg.init_from is not None:
             base = load_checkpoint(cfg.init_from)
             tok_cfg, model_cfg = base.codec.config, base.config
+            if cfg.phrase and not model_cfg.n_phrase:  # learn the phrase input from here on
+                model_cfg = replace(model_cfg, n_phrase=PHRASE_BARS)
         else:
             tok_cfg = TokenizerConfig()
             model_cfg = None
@@ -101,10 +104,14 @@ class Run:
                 dropout=cfg.dropout,
                 attention=cfg.attention,
                 n_key=N_KEY if cfg.key_conditioning else 0,
+                n_phrase=PHRASE_BARS if cfg.phrase else 0,
             )
         self.model_cfg, self.model = model_cfg, MotifSeq2Seq(model_cfg)
         if cfg.init_from is not None and resume is None:
-            self.model.load_state_dict(base.model.state_dict())
+            # strict but for the phrase embeddings a model without them lacks (zero: no change)
+            missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
+            if unexpected or any("phrase" not in name for name in missing):
+                raise BadParams(f"{cfg.init_from} does not fit: {missing + unexpected}")
         self.model.to(device)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.amp_dtype = None

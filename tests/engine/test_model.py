@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from engine.model.events import EventCodec
-from engine.model.network import FIELDS, POSITION, SHIFT, Memory, ModelConfig, MotifSeq2Seq, State
+from engine.model.network import (
+    FIELDS,
+    PHRASE,
+    POSITION,
+    SHIFT,
+    Memory,
+    ModelConfig,
+    MotifSeq2Seq,
+    State,
+)
 from tests.tolerance import REARRANGED, SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()
@@ -147,15 +156,18 @@ def test_without_attention_and_one_layer():
 def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:
     """Teacher-forced logits through generation's fast path, `BatchDecoder`."""
     decoder = model.batch_decoder(model.encode(seed, seed_len, style, key), style)
-    position = decoder.offsets[POSITION]
+    position, phrase = decoder.offsets[POSITION], decoder.offsets[PHRASE]
     events, out = None, [[] for _ in range(4)]
     for t in range(target.size(1)):
-        note = target[:, t]  # (B, 5)
+        note = target[:, t]  # (B, 5 or 6)
+        bar = note[:, PHRASE] if note.size(1) > PHRASE else torch.zeros_like(note[:, 0])
         x = decoder.step(events)  # (B, 4H)
         for f in range(4):
             out[f].append(decoder.logits(f, x))
             if f == SHIFT:
-                onset = torch.stack([note[:, SHIFT], note[:, POSITION] + position], dim=1)
+                onset = torch.stack(
+                    [note[:, SHIFT], note[:, POSITION] + position, bar + phrase], dim=1
+                )
                 x = decoder.choose(SHIFT, x, onset)
             elif f < 3:
                 x = decoder.choose(f, x, note[:, f : f + 1])
@@ -164,11 +176,18 @@ def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.T
 
 
 @pytest.mark.parametrize(
-    "sizes", [{}, {"attention": False, "layers": 1}, {"n_key": 0}, {"layers": 3}]
+    "sizes",
+    [{}, {"attention": False, "layers": 1}, {"n_key": 0}, {"layers": 3}, {"n_phrase": 16}],
 )
 def test_generation_fast_path_equals_the_training_forward(sizes):
     model = _model(**sizes).eval()
     seed, target, seed_len, style, key = _three_rows()
+    if model.config.n_phrase:  # trained phrase tables (they start at zero) and a PHRASE column
+        with torch.no_grad():
+            model.embed.phrase.weight.normal_(std=0.3)
+            model.heads.chosen_phrase.weight.normal_(std=0.3)
+        seed = torch.cat([seed, torch.randint(0, 16, seed.shape[:2])[..., None]], dim=-1)
+        target = torch.cat([target, torch.randint(0, 16, target.shape[:2])[..., None]], dim=-1)
     with torch.no_grad():
         full = model(seed, seed_len, style, target, key)
         fast = _fast_logits(model, seed, seed_len, style, target, key)

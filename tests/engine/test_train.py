@@ -14,8 +14,9 @@ from engine.model.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from engine.model.events import EventCodec, TokenizerConfig
+from engine.model.events import PHRASE_BARS, EventCodec, TokenizerConfig
 from engine.model.network import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.network import PHRASE as PHRASE_COL
 from engine.model.plan import N_KEY
 from engine.model.train import (
     TrainConfig,
@@ -70,11 +71,26 @@ def test_windows_seeds_and_augmentation():
     assert (lengths == 0).any() and ((lengths >= 1) & (lengths <= 8)).any() and (lengths > 8).any()
     batch = sample_batch(rng, data, CODEC, cfg)
     target = batch["target"]
-    assert target.shape == (256, 12, 5)
+    assert target.shape == (256, 12, 6)  # the five columns and PHRASE
+    notes = (target[..., SHIFT] != IGNORE) & (target[..., SHIFT] != CODEC.eos)
+    phrase = target[..., PHRASE_COL][notes]
+    assert phrase.min() >= 0 and phrase.max() < PHRASE_BARS
     pitches = target[..., PITCH][target[..., PITCH] != IGNORE]
     assert pitches.min() >= 0 and pitches.max() < CODEC.n_pitch
     assert len(set(pitches.tolist())) > 8  # transposed
     assert set(batch["style"].tolist()) == {0, CODEC.style_index("folk")}  # style dropout
+
+
+def test_phrase_column_counts_bars_from_the_first_full_bar():
+    # 3/4 with a one-beat pickup: the pickup is the last bar of the phrase before, the first
+    # full bar is bar 0 of the phrase, and bar 16 starts the next phrase
+    notes = [Note(2.0, 1.0, 67, 80)] + [Note(3.0 + 3 * b, 3.0, 60 + b % 5, 80) for b in range(17)]
+    piece = Piece(tuple(notes), time_signature=(3, 4))
+    ev = encode_pieces(CODEC, [piece]).events[0]
+    assert ev[:, PHRASE_COL].tolist() == [PHRASE_BARS - 1, *range(PHRASE_BARS), 0]
+    # no pickup: bar 0 is the phrase's first bar
+    plain = Piece(tuple(Note(4.0 * b, 4.0, 60, 80) for b in range(3)))
+    assert encode_pieces(CODEC, [plain]).events[0][:, PHRASE_COL].tolist() == [0, 1, 2]
 
 
 def test_reuse_gaps_find_a_figure_that_returns_transposed():
@@ -156,7 +172,9 @@ def test_cut_window_appends_eos_at_the_end():
 def _tiny_model(seed: int = 0) -> MotifSeq2Seq:
     torch.manual_seed(seed)
     return MotifSeq2Seq(
-        ModelConfig.for_codec(CODEC, d_embed=16, hidden=32, layers=1, dropout=0.0, n_key=N_KEY)
+        ModelConfig.for_codec(
+            CODEC, d_embed=16, hidden=32, layers=1, dropout=0.0, n_key=N_KEY, n_phrase=PHRASE_BARS
+        )
     )
 
 
