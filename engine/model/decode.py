@@ -16,6 +16,7 @@ import torch
 from engine.model.batch_decoder import BatchDecoder
 from engine.model.checkpoint import LoadedModel
 from engine.model.copying import CopyMemory, shipped_params
+from engine.model.ending import Closing
 from engine.model.grammar import Grammar
 from engine.model.network import (
     DURATION,
@@ -42,6 +43,7 @@ class Batch:
     grammar: Grammar
     sampling: Sampling
     copy: CopyMemory | None
+    closing: Closing
     column_offsets: torch.Tensor  # (8,) added to a step's classes to make the next input
 
     @classmethod
@@ -65,13 +67,15 @@ class Batch:
         column_offsets = torch.tensor(
             [0, offsets[PITCH], offsets[DURATION], offsets[VELOCITY], 0, 0, 0, 0], device=device
         )  # (8,) position, phrase and the extras are offset already
-        return cls(decoder, grammar, sampling, copy, column_offsets)
+        closing = Closing(lm, rows, device)
+        return cls(decoder, grammar, sampling, copy, closing, column_offsets)
 
     def select(self, keep: torch.Tensor, kept: list[int]) -> None:
         """Keep only the rows `keep` (B'',) (the same as the list `kept`)."""
         self.decoder.select(keep)
         self.grammar.select(keep)
         self.sampling.select(keep, kept)
+        self.closing.select(keep)
         if self.copy is not None:
             self.copy.select(keep)
 
@@ -129,6 +133,7 @@ def _note(
     """Step t: one note per row, field by field, each sampled under the grammar. Returns the
     (B', 8) events, the next step's input. `counted`: add the safety nets' changes to it."""
     decoder, grammar, sampling, copy = batch.decoder, batch.grammar, batch.sampling, batch.copy
+    closing = batch.closing
     offsets = decoder.offsets
     u = sampling.uniforms(t)  # (4, B', 1)
     inv_temp, top_p, last_rank = sampling.inv_temp, sampling.top_p, sampling.last_rank
@@ -138,9 +143,11 @@ def _note(
     shift_logits = decoder.logits(SHIFT, x)
     if copy is not None:
         shift_logits = copy.mixed(SHIFT, shift_logits)
-    shift_scaled = torch.addcmul(grammar.shift_mask(t), shift_logits, inv_temp)
+    shift_mask = closing.shift_mask(grammar, grammar.shift_mask(t))
+    shift_scaled = torch.addcmul(shift_mask, shift_logits, inv_temp)
     shift = sample(shift_scaled, last_rank[SHIFT], top_p, u[SHIFT])  # (B', 1)
     position = grammar.place(t, shift) + offsets[POSITION]
+    closing.placed(grammar)
     phrase = grammar.phrase() + offsets[PHRASE]
     x = decoder.choose(SHIFT, x, torch.cat([shift, position, phrase], dim=1))
 
@@ -149,7 +156,7 @@ def _note(
     if copy is not None:
         pitch_logits = copy.mixed(PITCH, pitch_logits, shift)
     scaled = torch.addcmul(sampling.pitch_bias, pitch_logits, inv_temp)
-    forbidden = grammar.pitch_forbidden(t)
+    forbidden = closing.pitch_forbidden(grammar.pitch_forbidden(t))
     biased = scaled.clone() if counted is not None else None
     scaled = scaled.masked_fill_(forbidden, float("-inf"))
     pitch = sample(scaled, last_rank[PITCH], top_p, u[PITCH])
@@ -166,9 +173,10 @@ def _note(
     duration_logits = decoder.logits(DURATION, x)
     if copy is not None:
         duration_logits = copy.mixed(DURATION, duration_logits, shift, pitch)
-    scaled = duration_logits * inv_temp
+    scaled = closing.duration_mask(grammar, duration_logits * inv_temp)
     duration = sample(scaled, last_rank[DURATION], top_p, u[DURATION])
     grammar.add_duration(duration)
+    closing.add_note(pitch, grammar.duration_ticks.take(duration))
     if copy is not None:
         copy.append(shift, pitch, duration, position - offsets[POSITION])
     x = decoder.choose(DURATION, x, duration)

@@ -20,6 +20,7 @@ import torch
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.decode import Batch, Segment, decode
+from engine.model.ending import ENDINGS, Ending
 from engine.model.plan import Row, estimate_key, plan_row
 from engine.music.keys import relative_key
 from engine.music.notes import Note, Piece
@@ -51,6 +52,7 @@ class GenerationRequest:
     key_penalty: float = KEY_PENALTY
     key_gravity: float = KEY_GRAVITY
     copy: bool = True  # the copy path (engine.model.copying), with the model's fitted lambdas
+    ending: Ending = "close"  # engine.model.ending: a held tonic-chord note, or "open"
 
 
 def _check(req: GenerationRequest) -> None:
@@ -68,6 +70,8 @@ def _check(req: GenerationRequest) -> None:
         raise BadParams(f"key_gravity must be between 0 and 10, not {req.key_gravity}")
     if req.tempo_bpm is not None and not 1.0 <= req.tempo_bpm <= 1000.0:
         raise BadParams(f"tempo must be between 1 and 1000 bpm, not {req.tempo_bpm}")
+    if req.ending not in ENDINGS:
+        raise BadParams(f"ending must be one of {', '.join(ENDINGS)}, not {req.ending!r}")
     if req.program is not None and not 0 <= req.program <= 127:
         raise BadParams(f"program must be a General MIDI program 0..127, not {req.program}")
 
@@ -206,6 +210,7 @@ def continue_seed(
     key_penalty: float = KEY_PENALTY,
     key_gravity: float = KEY_GRAVITY,
     copy: bool = True,
+    ending: Ending = "close",
     nets: SafetyNetCounts | None = None,
 ) -> Piece:
     """The continuation only (absolute beats, starting where the seed's sound stops), in the
@@ -224,5 +229,6 @@ def continue_seed(
         key_penalty=key_penalty,
         key_gravity=key_gravity,
         copy=copy,
+        ending=ending,
     )
     return continue_batch(lm, [req], nets=nets)[0]

@@ -100,6 +100,7 @@ class Row:
     key: int  # the model's key class (see `seed_key`)
     seed_phrase: np.ndarray  # (S,) each seed event's bar in the phrase (events.PHRASE)
     phrase_origin: int  # the seed's first full bar (1 after a pickup): phrase bars count from it
+    tonal: tuple[int, str] | None  # the seed's estimated key (the closing ending's tonic)
     tempo_bpm: float | None = None  # no seed: drawn from the style's corpus
     target_key: tuple[int, str] | None = None  # no seed: the key drawn for the result
 
@@ -149,6 +150,7 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
         key=rules.key,
         seed_phrase=rules.phrase,
         phrase_origin=rules.phrase_origin,
+        tonal=rules.tonal,
         tempo_bpm=drawn_tempo,
         target_key=target_key,
     )
@@ -175,6 +177,7 @@ class _SeedRules(NamedTuple):
     key: int
     phrase: np.ndarray  # (S,)
     phrase_origin: int
+    tonal: tuple[int, str] | None
 
 
 def _no_seed_rules(lm: LoadedModel) -> _SeedRules:
@@ -191,6 +194,7 @@ def _no_seed_rules(lm: LoadedModel) -> _SeedRules:
         key=0,
         phrase=np.zeros(0, dtype=np.int64),
         phrase_origin=0,
+        tonal=None,
     )
 
 
@@ -230,4 +234,5 @@ def _seed_rules(
         key=seed_key(events, codec) if lm.config.n_key else 0,
         phrase=phrase,
         phrase_origin=-(-int(ticks[0]) // bar),
+        tonal=seed_tonal,
     )

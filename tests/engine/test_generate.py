@@ -138,7 +138,9 @@ def test_collapse_guard_on_a_model_that_wants_one_pitch(lm):
         pitch_bias[65 - CODEC.config.pitch_low] += 45.0  # then F4
         shift_bias[6] += 50.0  # eighth notes: many notes per bar
     try:
-        pieces = continue_batch(lm, [GenerationRequest(_seed(), 8, rng_seed=i) for i in range(2)])
+        pieces = continue_batch(
+            lm, [GenerationRequest(_seed(), 8, rng_seed=i, ending="open") for i in range(2)]
+        )
     finally:
         with torch.no_grad():
             pitch_bias.copy_(saved[0])

@@ -1,0 +1,102 @@
+"""How continuations end: "close" holds a tonic-chord note to the bar line, "open" does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import BadParams
+from engine.model.ending import closing_hold
+from engine.model.generate import GenerationRequest, continue_batch, continue_seed
+from engine.music.notes import Note, Piece
+
+TRIAD_G_MAJOR = {7, 11, 2}
+TRIAD_A_MINOR = {9, 0, 4}
+
+
+def _jig_in_g() -> Piece:
+    """Two bars of 6/8 in G major, ending mid-phrase."""
+    pitches = [67, 71, 74, 72, 71, 69, 67, 66, 67, 71, 69, 67]
+    notes = tuple(Note(0.5 * i, 0.5, p, 80) for i, p in enumerate(pitches))
+    return Piece(notes, time_signature=(6, 8), tempo_bpm=120.0)
+
+
+def _reel_in_a_minor() -> Piece:
+    pitches = [69, 72, 76, 72, 69, 71, 72, 74, 76, 74, 72, 71, 69, 67, 69, 72]
+    notes = tuple(Note(0.5 * i, 0.5, p, 80) for i, p in enumerate(pitches))
+    return Piece(notes, time_signature=(4, 4), tempo_bpm=120.0)
+
+
+def _last_onset(piece: Piece) -> list[Note]:
+    last = max(n.start for n in piece.notes)
+    return [n for n in piece.notes if n.start == last]
+
+
+def test_closing_hold_follows_the_metre():
+    tpb = 12
+    assert closing_hold((6, 8), tpb) == 18  # a dotted quarter
+    assert closing_hold((9, 8), tpb) == 18
+    assert closing_hold((3, 4), tpb) == 36  # the whole bar
+    assert closing_hold((2, 4), tpb) == 24
+    assert closing_hold((4, 4), tpb) == 24  # the second half
+    assert closing_hold((5, 4), tpb) == 36  # the last three beats
+
+
+@pytest.mark.parametrize(
+    ("seed", "triad", "hold_beats"),
+    [(_jig_in_g(), TRIAD_G_MAJOR, 1.5), (_reel_in_a_minor(), TRIAD_A_MINOR, 2.0)],
+)
+def test_a_closed_ending_holds_a_tonic_chord_note_to_the_bar_line(tiny_lm, seed, triad, hold_beats):
+    # an untrained network: the rules alone must close every draw
+    for rng in range(6):
+        made = continue_seed(tiny_lm, seed, 2, seed_rng=rng, copy=False)
+        end = max(n.end for n in made.notes)
+        bar = seed.beats_per_bar
+        assert end == pytest.approx(seed.notes[-1].end + 2 * bar)  # whole bars, as ever
+        last = _last_onset(made)
+        assert last[0].start == pytest.approx(end - hold_beats)
+        assert all(n.end == pytest.approx(end) for n in last)
+        assert {n.pitch % 12 for n in last} <= triad
+
+
+def test_an_open_ending_is_left_to_the_notes(tiny_lm):
+    seed = _jig_in_g()
+    closed = [
+        _last_onset(continue_seed(tiny_lm, seed, 2, seed_rng=r, copy=False)) for r in range(8)
+    ]
+    opened = [
+        _last_onset(continue_seed(tiny_lm, seed, 2, seed_rng=r, copy=False, ending="open"))
+        for r in range(8)
+    ]
+    assert closed != opened
+    outside = [notes for notes in opened if {n.pitch % 12 for n in notes} - TRIAD_G_MAJOR]
+    assert outside  # an untrained network does not close by itself
+
+
+def test_batched_rows_close_or_stay_open_as_each_asked(tiny_lm):
+    seed = _jig_in_g()
+    reqs = [
+        GenerationRequest(seed=seed, bars=2, rng_seed=5, copy=False, ending=e)
+        for e in ("close", "open", "close")
+    ]
+    batch = continue_batch(tiny_lm, reqs)
+    alone = [continue_batch(tiny_lm, [r])[0] for r in reqs]
+    assert [p.notes for p in batch] == [p.notes for p in alone]
+    assert {n.pitch % 12 for n in _last_onset(batch[0])} <= TRIAD_G_MAJOR
+
+
+def test_no_seed_closes_on_the_key_its_notes_chose(tiny_lm):
+    from engine.music.keys import estimate_key
+
+    for rng in range(4):
+        made = continue_seed(tiny_lm, None, 2, style="folk", seed_rng=rng, copy=False)
+        key = estimate_key(made.notes, min_duration=1e-3)
+        assert key is not None
+        tonic, mode = key
+        triad = {tonic, (tonic + (4 if mode == "major" else 3)) % 12, (tonic + 7) % 12}
+        # the closing note was chosen before it counted in the key: most draws still agree
+        assert {n.pitch % 12 for n in _last_onset(made)} & triad
+
+
+def test_an_unknown_ending_is_refused(tiny_lm):
+    with pytest.raises(BadParams, match="ending"):
+        continue_seed(tiny_lm, _jig_in_g(), 2, ending="fade")  # type: ignore[arg-type]
