@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 STYLE_CHOICES = [app_commands.Choice(name=s, value=s) for s in catalog.STYLES]
 INSTRUMENT_CHOICES = [app_commands.Choice(name=n, value=n) for n in list(catalog.INSTRUMENTS)[:25]]
+ENDING_CHOICES = [
+    app_commands.Choice(name="close (a held note of the key's home chord)", value="close"),
+    app_commands.Choice(name="open (to extend it later)", value="open"),
+]
 IMAGE_CHOICES = [
     app_commands.Choice(name="score (notation)", value="score"),
     app_commands.Choice(name="piano roll", value="pianoroll"),
@@ -114,8 +118,14 @@ class Compose(commands.Cog):
         rng_seed="A number that makes the result repeatable",
         image="The picture shown with the result (the other is one click away)",
         from_bar="Continue from this bar of the seed: the bars before it are the seed (default: the end)",
+        ending="How the continuation ends (default: close)",
     )
-    @app_commands.choices(style=STYLE_CHOICES, instrument=INSTRUMENT_CHOICES, image=IMAGE_CHOICES)
+    @app_commands.choices(
+        style=STYLE_CHOICES,
+        instrument=INSTRUMENT_CHOICES,
+        image=IMAGE_CHOICES,
+        ending=ENDING_CHOICES,
+    )
     async def compose(
         self,
         interaction: discord.Interaction,
@@ -129,6 +139,7 @@ class Compose(commands.Cog):
         abc: str | None = None,
         image: str | None = None,
         from_bar: FromBar | None = None,
+        ending: str | None = None,
     ) -> None:
         """Continue a melody with Motif's model: attach a MIDI, ABC or MusicXML seed, paste ABC,
         or start from scratch."""
@@ -144,6 +155,7 @@ class Compose(commands.Cog):
             image=image,
             settings=self.bot.settings,
             from_bar=from_bar,
+            ending=ending,
         )
         await self.start(interaction, options, seed, "slash", abc=abc)
 

@@ -40,6 +40,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
         rng_seed=args.rng_seed,
         settings=settings,
         from_bar=args.from_bar,
+        ending=args.ending,
     )
     seed_bytes, seed_name = None, ""
     if args.seed:
@@ -218,6 +219,11 @@ def add_compose(sub: argparse._SubParsersAction) -> None:
         "--from-bar", type=int, default=None,
         help=f"continue from this bar of the seed file (the bars before it are the seed): 2 to "
         f"{catalog.MAX_FROM_BAR}; default the end",
+    )  # fmt: skip
+    c.add_argument(
+        "--ending", choices=catalog.ENDINGS, default=None,
+        help="close: end on a held note of the key's tonic chord; open: stop where the notes "
+        f"reach the last bar line (to extend it later); default {catalog.DEFAULT_ENDING}",
     )  # fmt: skip
     _add_compose_run_options(c)
     c.set_defaults(func=cmd_compose)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import LoadedModel
+from engine.music.catalog import ENDINGS as _ENDINGS
+from engine.music.endings import closing_hold
 from engine.music.keys import PROFILES
 
 if TYPE_CHECKING:
@@ -23,21 +25,8 @@ if TYPE_CHECKING:
     from engine.model.plan import Row
 
 Ending = Literal["close", "open"]
-ENDINGS: tuple[Ending, ...] = ("close", "open")
+ENDINGS: tuple[str, ...] = _ENDINGS
 NEVER = 1 << 40  # a tick no row reaches: the open ending's closing beat
-
-
-def closing_hold(time_signature: tuple[int, int], ticks_per_beat: int) -> int:
-    """Ticks from the closing beat to the bar line: the last dotted beat of a compound metre
-    (6/8, 9/8, 12/8), the whole bar of 2 or 3 beats, the second half of a 4/4 bar (and of other
-    even metres), the last three beats of other odd ones."""
-    num, den = time_signature
-    beat = max(1, ticks_per_beat * 4 // max(1, den))
-    if den == 8 and num % 3 == 0 and num >= 6:
-        return 3 * beat
-    if num <= 3:
-        return num * beat
-    return (num // 2) * beat if num % 2 == 0 else 3 * beat
 
 
 def _triads(n_pitch: int, pitch_low: int) -> np.ndarray:

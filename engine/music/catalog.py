@@ -48,6 +48,9 @@ MAX_RNG_SEED = 2**31 - 1
 
 # The picture a result shows inline; the other one is attached behind a spoiler (one click).
 INLINE_IMAGES: tuple[str, ...] = ("score", "pianoroll")
+# How a continuation ends (engine.music.endings): a held tonic-chord note, or left open to extend
+ENDINGS: tuple[str, ...] = ("close", "open")
+DEFAULT_ENDING = "close"
 MAX_FROM_BAR = 100_000  # /compose from_bar: the bars before it are the seed
 # request notes (engine.music.midi.seed_notices) that a reply shows the user, in this order
 SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out")

@@ -23,6 +23,8 @@ class ComposeOptions:
     rng_seed: int | None = None
     image: str | None = None  # the picture shown inline: "score" | "pianoroll"; None: the setting
     from_bar: int | None = None  # the seed is the file's bars before this one; None: all of it
+    ending: str = catalog.DEFAULT_ENDING  # "close" | "open" (engine.music.endings)
+    reopen_seed: bool = False  # an extension of a closed result: continue before its cadence
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +75,8 @@ def validate_options(
     image: str | None = None,
     settings: Settings | None = None,
     from_bar: int | None = None,
+    ending: str | None = None,
+    reopen_seed: bool = False,
 ) -> ComposeOptions:
     """Check every option server-side (Discord does not enforce ranges) and normalise it."""
     s = settings or get_settings()
@@ -106,6 +110,9 @@ def validate_options(
             f"from_bar must be a whole number from 2 to {catalog.MAX_FROM_BAR} (the bars before "
             "it are the seed); leave it out to continue from the end."
         )
+    ending = catalog.DEFAULT_ENDING if ending is None else ending
+    if ending not in catalog.ENDINGS:
+        raise BadParams(f"ending must be one of: {', '.join(catalog.ENDINGS)}.")
     return ComposeOptions(
         bars=bars,
         style=style,
@@ -116,4 +123,6 @@ def validate_options(
         rng_seed=rng_seed,
         image=image,
         from_bar=from_bar,
+        ending=ending,
+        reopen_seed=bool(reopen_seed),
     )

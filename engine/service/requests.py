@@ -251,6 +251,9 @@ class JobService(Consent, DeliveryLeases, Following):
                 image=options.image,
                 settings=self.settings,
                 from_bar=from_bar,
+                ending=options.ending,
+                # an extension continues a closed result from before its cadence
+                reopen_seed=kind is RequestKind.EXTEND and options.ending == "close",
             )
             user = user_of(session, who)
             self._check_limits(session, user, who.guild_id)

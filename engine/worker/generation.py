@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, replace
 
 from engine.errors import MotifError, ServiceUnavailable, public_message
+from engine.music.endings import reopened
 from engine.music.midi import load_seed
 from engine.music.notes import Piece
 from engine.music.result_midi import to_midi_bytes
@@ -51,6 +52,8 @@ def load_job(request_id: int, settings: Settings) -> Job:
         if seed_midi is not None
         else None
     )
+    if seed is not None and options.reopen_seed:
+        seed = reopened(seed)
     if seed is not None and options.tempo:
         seed = replace(seed, tempo_bpm=options.tempo)
     return Job(request_id=request_id, options=options, seed=seed, seed_midi=seed_midi)
@@ -123,6 +126,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
             rng_seed=job.options.rng_seed,
             program=job.options.instrument,
             tempo_bpm=job.options.tempo,
+            ending="open" if job.options.ending == "open" else "close",
         )
         for job in jobs
     ]

@@ -63,6 +63,18 @@ def test_compose_from_a_bar_of_a_whole_song(bot_settings, jobs):
     asyncio.run(scenario())
 
 
+def test_compose_asks_for_an_open_ending(bot_settings, jobs):
+    async def scenario() -> None:
+        bot = make_bot(bot_settings, jobs)
+        cog = Compose(bot)
+        it = mock_interaction(bot)
+        await cog.compose.callback(cog, it, rng_seed=3, ending="open")
+        assert jobs.progress(it.extras["request_id"]).params["ending"] == "open"
+        await bot.deliveries.stop()
+
+    asyncio.run(scenario())
+
+
 def test_compose_without_a_seed_starts_from_scratch(bot_settings, jobs, dispatched):
     async def scenario() -> None:
         bot = make_bot(bot_settings, jobs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import BadParams
-from engine.model.ending import closing_hold
 from engine.model.generate import GenerationRequest, continue_batch, continue_seed
+from engine.music.endings import closing_hold, reopened
 from engine.music.notes import Note, Piece
 
 TRIAD_G_MAJOR = {7, 11, 2}
@@ -95,6 +95,14 @@ def test_no_seed_closes_on_the_key_its_notes_chose(tiny_lm):
         triad = {tonic, (tonic + (4 if mode == "major" else 3)) % 12, (tonic + 7) % 12}
         # the closing note was chosen before it counted in the key: most draws still agree
         assert {n.pitch % 12 for n in _last_onset(made)} & triad
+
+
+def test_a_closed_result_reopens_before_its_cadence():
+    jig = _jig_in_g()  # two bars of 6/8 eighths: the closing beat is the last dotted quarter
+    cut = reopened(jig)
+    assert [n.pitch for n in cut.notes] == [n.pitch for n in jig.notes[:-3]]
+    held = Piece((Note(0.0, 1.0, 60, 80), Note(1.0, 3.0, 64, 80)), time_signature=(4, 4))
+    assert reopened(held).notes == (Note(0.0, 1.0, 60, 80), Note(1.0, 1.0, 64, 80))
 
 
 def test_an_unknown_ending_is_refused(tiny_lm):

@@ -102,6 +102,38 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
         service.compose(who, validate_options(from_bar=99), example_seed_bytes(), "ode.mid")
 
 
+def test_ending_is_kept_by_follow_ups_and_an_extension_continues_before_the_cadence(settings):
+    service = JobService(settings, dispatch=lambda _: None)
+    who = Requester(discord_id=9)
+    rid = service.compose(who, validate_options(bars=2), example_seed_bytes(), "ode.mid")
+    assert service.progress(rid).params["ending"] == "close"  # the default
+    who2, who3 = Requester(discord_id=10), Requester(discord_id=11)  # (two requests per user)
+    opened = service.compose(who2, validate_options(ending="open"), example_seed_bytes(), "o.mid")
+    with session_scope(settings.sqlalchemy_url) as s:
+        for r in (rid, opened):
+            request = s.get(Request, r)
+            request.status, request.result_tune_id = RequestStatus.DONE, request.seed_tune_id
+    reroll = service.progress(service.follow_up(who, rid, RequestKind.REROLL))
+    assert reroll.params["ending"] == "close" and not reroll.params["reopen_seed"]
+    extend = service.progress(service.follow_up(who2, rid, RequestKind.EXTEND))
+    assert extend.params["ending"] == "close" and extend.params["reopen_seed"]
+    # an open result is extended as it is
+    assert not service.progress(service.follow_up(who3, opened, RequestKind.EXTEND)).params[
+        "reopen_seed"
+    ]
+    from engine.worker.generation import load_job
+
+    whole = load_job(rid, settings).seed
+    cut = load_job(extend.request_id, settings).seed
+    assert whole is not None and cut is not None
+    # the last half bar (the closing beat of 4/4) is gone, the rest kept
+    end = max(n.end for n in whole.notes)
+    assert max(n.end for n in cut.notes) <= end - 2 + 1e-9
+    assert all(n in cut.notes for n in whole.notes if n.end <= end - 2)
+    with pytest.raises(BadParams, match="ending must be one of"):
+        validate_options(ending="fade")
+
+
 def test_bad_seed_writes_nothing(settings):
     service = JobService(settings, dispatch=lambda _: None)
     with pytest.raises(BadMidi):
