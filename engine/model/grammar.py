@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import LoadedModel
+from engine.model.network import SHIFT
 
 if TYPE_CHECKING:
     from engine.model.plan import Row
@@ -53,6 +54,10 @@ class Grammar:
         self.duration_ticks = torch.tensor(cfg.duration_bins, dtype=torch.int64, device=device)
 
         self.first_shift, self.later_shift = _shift_masks(lm, rows, device)
+        # texture: no onset holds more notes than the seed's fullest one (a melody over a bass
+        # stays two voices, a chordal seed stays chordal); no seed: MAX_CHORD
+        self.chord_cap = column([seed_chord_cap(r.seed_events) for r in rows])
+        self.capped = any(seed_chord_cap(r.seed_events) < MAX_CHORD for r in rows)
         self.code = torch.zeros_like(self.tick)
 
         # PITCH state. `soft`: what the range and the repetition guard forbid for the next note.
@@ -89,7 +94,7 @@ class Grammar:
     def select(self, rows: torch.Tensor) -> None:
         for name in (
             "bar", "seed_end", "end_tick", "tick", "onset", "sound_end", "done", "code",
-            "phrase_origin",
+            "phrase_origin", "chord_cap",
             "outside", "last", "run", "soft", "last_seen", "chord", "chord_size",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name)[rows])
@@ -98,7 +103,11 @@ class Grammar:
         """(B, n_shift) 0 or -inf, for step t."""
         if t == 0:
             return self.first_shift
-        return self.later_shift.index_select(0, self.code.view(-1))
+        mask = self.later_shift.index_select(0, self.code.view(-1))
+        if self.capped:  # a zero shift would add a note to a chord already as full as the seed's
+            full = (self.chord_size >= self.chord_cap)[:, 0]
+            mask[:, 0] = mask[:, 0].masked_fill(full, float("-inf"))
+        return mask
 
     def place(self, t: int, shift: torch.Tensor) -> torch.Tensor:
         """The onset of a note `shift` (B, 1) after the last one; rows that reach the end (or
@@ -162,6 +171,16 @@ class Grammar:
         self.tick = self.onset
         filled = self.sound_end >= self.end_tick
         self.code = torch.add(self.chord_size, filled, alpha=MAX_CHORD + 1)
+
+
+def seed_chord_cap(events: np.ndarray) -> int:
+    """The most notes on one onset of the seed events (N, 5) (its texture), 1 to MAX_CHORD;
+    MAX_CHORD without a seed."""
+    if not len(events):
+        return MAX_CHORD
+    onset_starts = np.flatnonzero(np.concatenate(([True], events[1:, SHIFT] != 0)))
+    sizes = np.diff(np.concatenate((onset_starts, [len(events)])))
+    return int(min(MAX_CHORD, max(1, sizes.max())))
 
 
 def _shift_masks(

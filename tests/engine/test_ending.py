@@ -1,8 +1,12 @@
-"""How continuations end: "close" holds a tonic-chord note to the bar line, "open" does not."""
+"""How continuations end ("close" holds a tonic-chord note to the bar line, "open" does not)
+and keep their seed's texture."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
+import torch
 
 from engine.errors import BadParams
 from engine.model.generate import GenerationRequest, continue_batch, continue_seed
@@ -108,3 +112,30 @@ def test_a_closed_result_reopens_before_its_cadence():
 def test_an_unknown_ending_is_refused(tiny_lm):
     with pytest.raises(BadParams, match="ending"):
         continue_seed(tiny_lm, _jig_in_g(), 2, ending="fade")  # type: ignore[arg-type]
+
+
+def _melody_over_bass() -> Piece:
+    melody = [Note(0.5 * i, 0.5, 72 + (i * 5) % 9, 80) for i in range(16)]
+    bass = [Note(2.0 * i, 2.0, 48 + (i % 2) * 7, 70) for i in range(4)]
+    return Piece(tuple(sorted(melody + bass, key=lambda n: (n.start, n.pitch))))
+
+
+def _chorale() -> Piece:
+    chords = [(48, 64, 67, 72), (53, 65, 69, 72), (55, 62, 67, 71), (48, 64, 67, 72)]
+    notes = [Note(1.0 * i, 1.0, p, 80) for i, chord in enumerate(chords * 2) for p in chord]
+    return Piece(tuple(notes))
+
+
+@pytest.mark.parametrize(("seed", "voices"), [(_melody_over_bass(), 2), (_chorale(), 4)])
+def test_no_onset_holds_more_notes_than_the_seeds_fullest(tiny_lm, seed, voices):
+    bias = tiny_lm.model.heads.out[0][-1].bias  # the SHIFT head: make it want chords
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias[0] += 8.0
+    try:
+        made = [continue_seed(tiny_lm, seed, 2, seed_rng=r, copy=False) for r in range(3)]
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    sizes = [Counter(n.start for n in piece.notes).most_common(1)[0][1] for piece in made]
+    assert max(sizes) == voices  # as full as the seed's onsets, never fuller
