@@ -73,23 +73,24 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     """The network's own pace at B=1, nothing else: `steps` decoder steps (generation's
     `BatchDecoder`: LSTM layers + attention) from an encoded seed, then the same with the four
     output heads (the whole network cost of one note)."""
-    from engine.model.network import POSITION, SHIFT
+    from engine.model.events import PHRASE, POSITION, SHIFT
     from engine.model.plan import MAX_SEED_NOTES, seed_key
     from engine.model.train import encode_pieces
 
     model, codec = lm.model.eval(), lm.codec
-    seed_events = encode_pieces(codec, [seed]).events[0][-MAX_SEED_NOTES:]  # (S, 5)
-    events = torch.from_numpy(seed_events)[None]  # (1, S, 5)
+    seed_events = encode_pieces(codec, [seed]).events[0][-MAX_SEED_NOTES:]  # (S, 6)
+    events = torch.from_numpy(seed_events)[None]  # (1, S, 6)
     style = torch.zeros(1, dtype=torch.int64)
     key = torch.tensor([seed_key(seed_events, codec)])
     memory = model.encode(events, torch.tensor([events.size(1)]), style, key)
-    last = events[:, -1]  # (1, 5): every step's previous note
+    last = events[:, -1]  # (1, 6): every step's previous note
 
     def run(heads: bool) -> None:
         decoder = model.batch_decoder(memory, style)
-        offsets = torch.tensor(decoder.offsets[:5])
-        prev = torch.cat([last + offsets, decoder.extras], dim=1)  # (1, 7)
-        chosen = [prev[:, [SHIFT, POSITION]], *(prev[:, f : f + 1] - offsets[f] for f in (1, 2))]
+        offsets = torch.tensor(decoder.offsets[:6])
+        prev = torch.cat([last + offsets, decoder.extras], dim=1)  # (1, 8)
+        onset = prev[:, [SHIFT, POSITION, PHRASE]]
+        chosen = [onset, *(prev[:, f : f + 1] - offsets[f] for f in (1, 2))]
         for _ in range(steps):
             x = decoder.step(prev)  # (1, 4H)
             if heads:

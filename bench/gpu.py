@@ -91,7 +91,7 @@ def decode_requests(run: Run) -> dict[str, Any]:
 def _step_loop(run: Run, model: torch.nn.Module, b: int) -> tuple[Callable[[], Any], Any]:
     """`run.steps` decode steps with the four heads at batch `b` (the network's cost per note,
     no sampling), and the decoder it steps."""
-    from engine.model.network import POSITION, SHIFT
+    from engine.model.events import POSITION, SHIFT
 
     dtype = next(model.parameters()).dtype
     cfg = run.lm.config
@@ -183,7 +183,8 @@ def train_amp(run: Run) -> dict[str, Any]:
     else fp16 with loss scaling), a fresh model of the default size (a toy one when dry)."""
     import numpy as np
 
-    from engine.model.network import IGNORE, SHIFT, MotifSeq2Seq
+    from engine.model.events import SHIFT
+    from engine.model.network import IGNORE, MotifSeq2Seq
     from engine.model.train import (
         TrainConfig,
         encode_pieces,

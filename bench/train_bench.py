@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from bench import workload
-from engine.model.network import IGNORE, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.events import SHIFT
+from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
 from engine.model.train import (
     TrainConfig,
     cpu_has_native_bf16,

@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import workload
 from bench.train_bench import BareSeq2Seq
-from engine.model.network import IGNORE, SHIFT, MotifSeq2Seq
+from engine.model.events import SHIFT
+from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train import TrainConfig, encode_pieces, field_nll, make_optimizer, sample_batch
 
 log = logging.getLogger(__name__)

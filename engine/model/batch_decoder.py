@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from engine.model.network import DURATION, PHRASE, PITCH, POSITION, SHIFT, Memory, State
+from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT
+from engine.model.network import Memory, State
 
 if TYPE_CHECKING:
     from engine.model.network import MotifSeq2Seq

@@ -23,16 +23,11 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import load_checkpoint
-from engine.model.copying import (
-    COPY_FIELDS,
-    MAX_MATCH,
-    PARAMS_PATH,
-    CopyMemory,
-    CopyParams,
-)
+from engine.model.copying import COPY_FIELDS, MAX_MATCH, PARAMS_PATH, CopyMemory, CopyParams
 from engine.model.corpus import load_corpus
+from engine.model.events import DURATION, PITCH, POSITION, SHIFT, VELOCITY
 from engine.model.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
-from engine.model.network import DURATION, IGNORE, PITCH, POSITION, SHIFT, VELOCITY, MotifSeq2Seq
+from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.repeats import REPEAT_BINS, REPEAT_RUNS
 from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
 from engine.settings import DEFAULT_MODEL_PATH

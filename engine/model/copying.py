@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
+from engine.model.events import DURATION, PITCH, POSITION, SHIFT
 from engine.model.lookback import NO_LOOKBACK, Lookback, check_mu
-from engine.model.network import DURATION, PITCH, POSITION, SHIFT
 from engine.model.repeats import (
     NO_REPEAT_BIAS,
     add_repeat_bias,

@@ -17,17 +17,9 @@ from engine.model.batch_decoder import BatchDecoder
 from engine.model.checkpoint import LoadedModel
 from engine.model.copying import CopyMemory, shipped_params
 from engine.model.ending import Closing
+from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT, VELOCITY
 from engine.model.grammar import Grammar
-from engine.model.network import (
-    DURATION,
-    PHRASE,
-    PITCH,
-    POSITION,
-    SHIFT,
-    VELOCITY,
-    Memory,
-    MotifSeq2Seq,
-)
+from engine.model.network import Memory, MotifSeq2Seq
 from engine.model.plan import Row
 from engine.model.sampling import Sampling, changed_share, sample
 

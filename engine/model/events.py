@@ -15,12 +15,12 @@ from engine.music.notes import DURATION_BINS, TICKS_PER_BEAT, Note, Piece
 
 log = logging.getLogger(__name__)
 
-SHIFT, PITCH, DURATION, VELOCITY, POSITION = range(5)
+# The event columns, the one home of these names. PHRASE is the bar-in-phrase column that
+# training and generation append to the N_COLUMNS the codec writes (docs/events.md): the onset's
+# bar counted from the piece's first full bar, modulo PHRASE_BARS (a pickup is the last bar of the
+# phrase before); derived from the onsets, never stored in the corpus.
+SHIFT, PITCH, DURATION, VELOCITY, POSITION, PHRASE = range(6)
 N_COLUMNS = 5
-# The bar-in-phrase column that training and generation append to the five (docs/events.md):
-# the onset's bar counted from the piece's first full bar, modulo PHRASE_BARS (a pickup is the
-# last bar of the phrase before). It is derived from the onsets, never stored in the corpus.
-PHRASE = 5
 PHRASE_BARS = 16
 
 

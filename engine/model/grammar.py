@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import LoadedModel
-from engine.model.network import SHIFT
+from engine.model.events import SHIFT
 
 if TYPE_CHECKING:
     from engine.model.plan import Row

@@ -21,13 +21,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.model.events import PHRASE, POSITION, SHIFT
+
 if TYPE_CHECKING:
     from engine.model.batch_decoder import BatchDecoder, StepWeights
 
 log = logging.getLogger(__name__)
 
-# Event columns (see docs/events.md); the first four are predicted, in this order.
-SHIFT, PITCH, DURATION, VELOCITY, POSITION, PHRASE = range(6)
+# Event columns: one home, engine.model.events (docs/events.md); the first four are predicted,
+# in this order.
 FIELDS = ("shift", "pitch", "duration", "velocity")
 IGNORE = -100  # target value of a field that is not predicted (after EOS, padding)
 

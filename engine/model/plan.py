@@ -12,9 +12,8 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
-from engine.model.events import phrase_bars
+from engine.model.events import DURATION, PITCH, SHIFT, phrase_bars
 from engine.model.grammar import MAX_REPEATS
-from engine.model.network import DURATION, PITCH, SHIFT
 from engine.model.style_priors import draw_setting
 from engine.music import keys
 from engine.music.keys import MAJOR_PROFILE as _MAJOR_PROFILE

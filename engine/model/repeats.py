@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.model.network import PITCH, SHIFT
+from engine.model.events import PITCH, SHIFT
 
 REPEAT_BINS = 6  # no seed, then the share of repeats: 0, (0, .05], (.05, .1], (.1, .2], more
 REPEAT_RUNS = 3  # the latest pitch sounded once, twice, 3+ times in a row

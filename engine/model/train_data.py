@@ -13,8 +13,8 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.corpus import load_corpus
-from engine.model.events import PHRASE_BARS, EventCodec, phrase_bars
-from engine.model.network import IGNORE, PITCH, POSITION, SHIFT
+from engine.model.events import PHRASE_BARS, PITCH, POSITION, SHIFT, EventCodec, phrase_bars
+from engine.model.network import IGNORE
 from engine.model.plan import seed_key
 from engine.model.train_config import TrainConfig
 from engine.music.notes import Piece

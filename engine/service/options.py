@@ -63,6 +63,14 @@ def _program(instrument: str | int | None) -> int:
     )
 
 
+def _ending(ending: str | None) -> str:
+    if ending is None:
+        return catalog.DEFAULT_ENDING
+    if ending not in catalog.ENDINGS:
+        raise BadParams(f"ending must be one of: {', '.join(catalog.ENDINGS)}.")
+    return ending
+
+
 def validate_options(
     *,
     bars: int | None = None,
@@ -110,9 +118,6 @@ def validate_options(
             f"from_bar must be a whole number from 2 to {catalog.MAX_FROM_BAR} (the bars before "
             "it are the seed); leave it out to continue from the end."
         )
-    ending = catalog.DEFAULT_ENDING if ending is None else ending
-    if ending not in catalog.ENDINGS:
-        raise BadParams(f"ending must be one of: {', '.join(catalog.ENDINGS)}.")
     return ComposeOptions(
         bars=bars,
         style=style,
@@ -123,6 +128,6 @@ def validate_options(
         rng_seed=rng_seed,
         image=image,
         from_bar=from_bar,
-        ending=ending,
+        ending=_ending(ending),
         reopen_seed=bool(reopen_seed),
     )

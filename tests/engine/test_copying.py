@@ -21,9 +21,8 @@ from engine.model.copying import (
     mix_logits,
     shipped_params,
 )
-from engine.model.events import EventCodec
+from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate import GenerationRequest, continue_batch, continue_seed
-from engine.model.network import DURATION, PITCH, SHIFT
 from engine.model.train import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from engine.settings import DEFAULT_MODEL_PATH

@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, save_checkpoint
-from engine.model.events import EventCodec
+from engine.model.events import PITCH, SHIFT, EventCodec
 from engine.model.generate import GenerationRequest, SafetyNetCounts, continue_batch, continue_seed
 from engine.model.grammar import (
     DISTINCT_WINDOW,
@@ -16,7 +16,7 @@ from engine.model.grammar import (
     Grammar,
     bar_positions,
 )
-from engine.model.network import PITCH, SHIFT, ModelConfig, MotifSeq2Seq
+from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.model.plan import (
     estimate_key,
     key_of_class,

@@ -10,10 +10,9 @@ import torch
 
 from engine.model.copy_fit import copy_nll, fit
 from engine.model.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
-from engine.model.events import EventCodec
+from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate import continue_seed
 from engine.model.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks
-from engine.model.network import DURATION, PITCH, SHIFT
 from engine.model.train import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH

@@ -3,17 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model.events import EventCodec
-from engine.model.network import (
-    FIELDS,
-    PHRASE,
-    POSITION,
-    SHIFT,
-    Memory,
-    ModelConfig,
-    MotifSeq2Seq,
-    State,
-)
+from engine.model.events import PHRASE, POSITION, SHIFT, EventCodec
+from engine.model.network import FIELDS, Memory, ModelConfig, MotifSeq2Seq, State
 from tests.tolerance import REARRANGED, SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()

@@ -11,9 +11,8 @@ import torch
 
 from engine.model.copy_fit import copy_nll, fit
 from engine.model.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
-from engine.model.events import EventCodec
+from engine.model.events import PITCH, EventCodec
 from engine.model.generate import continue_seed
-from engine.model.network import PITCH
 from engine.model.repeats import (
     NO_REPEAT_BIAS,
     REPEAT_BINS,

@@ -14,9 +14,9 @@ from engine.model.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from engine.model.events import PHRASE_BARS, EventCodec, TokenizerConfig
-from engine.model.network import IGNORE, PITCH, SHIFT, ModelConfig, MotifSeq2Seq
-from engine.model.network import PHRASE as PHRASE_COL
+from engine.model.events import PHRASE as PHRASE_COL
+from engine.model.events import PHRASE_BARS, PITCH, SHIFT, EventCodec, TokenizerConfig
+from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
 from engine.model.plan import N_KEY
 from engine.model.train import (
     TrainConfig,
