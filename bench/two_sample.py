@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.form import (
+    bar_index,
     bar_notes,
     beat_length,
     ends_on_tonic,
@@ -99,9 +100,11 @@ def _pc_hist(notes: Sequence[Note]) -> np.ndarray:
     return hist
 
 
-def _notes_per_bar(notes: Sequence[Note], span_beats: float, bpb: float) -> float:
-    bars = max(1.0, span_beats / bpb)
-    return len(notes) / bars
+def _notes_per_bar(notes: Sequence[Note], bar_start: float, bpb: float) -> float:
+    """Notes per bar over the bars up to the last onset's (a long last note adds no bar)."""
+    if not notes:
+        return 0.0
+    return len(notes) / max(1, bar_index(notes[-1].start, bar_start, bpb))
 
 
 def alone_features(continuation: Piece, bar_start: float) -> dict[str, float]:
@@ -111,9 +114,8 @@ def alone_features(continuation: Piece, bar_start: float) -> dict[str, float]:
     beat = beat_length(continuation.time_signature)
     pitches = [n.pitch for n in notes]
     top = [n.pitch for n in top_line(notes)]
-    end = max((n.end for n in notes), default=bar_start)
     f: dict[str, float] = {
-        "notes per bar": _notes_per_bar(notes, end - bar_start, bpb),
+        "notes per bar": _notes_per_bar(notes, bar_start, bpb),
         "range": float(max(pitches) - min(pitches)) if pitches else 0.0,
         "distinct pitches": float(len(set(pitches))),
         "longest repeat": float(longest_repeat(top)),
@@ -158,9 +160,6 @@ def relative_features(seed: Piece, continuation: Piece, bar_start: float) -> dic
         return dict.fromkeys(RELATIVE_NAMES, math.nan)
     pitches, seed_pitches = [n.pitch for n in notes], [n.pitch for n in seed_notes]
     verbatim, moved, bars = replayed_bars(seed, notes, bar_start)
-    seed_span = seed_notes[-1].end - seed_notes[0].start
-    cont_span = max(n.end for n in notes) - bar_start
-    bpb = continuation.beats_per_bar
     reuse = pattern_reuse(seed_notes, notes)
     seed_spo = sounding_per_onset(seed_notes)
     return {
@@ -177,8 +176,8 @@ def relative_features(seed: Piece, continuation: Piece, bar_start: float) -> dic
         "ends on tonic": float(
             ends_on_tonic(notes, seed_key(seed_notes), beat_length(continuation.time_signature))
         ),
-        "notes per bar ratio": _notes_per_bar(notes, cont_span, bpb)
-        / _notes_per_bar(seed_notes, seed_span, seed.beats_per_bar),
+        "notes per bar ratio": _notes_per_bar(notes, bar_start, continuation.beats_per_bar)
+        / _notes_per_bar(seed_notes, 0.0, seed.beats_per_bar),
         "texture ratio": sounding_per_onset(notes) / seed_spo,
         "grid overlap": _nan0(grid_overlap(seed_notes, notes)),
         "outside range": float(
@@ -263,6 +262,9 @@ def out_of_fold(
     proba = np.full(len(y), np.nan)
     n_folds = min(folds, len(np.unique(groups)))
     for train, test in GroupKFold(n_splits=n_folds).split(x, y, groups):
+        if len(np.unique(y[train])) < 2:  # a tiny set: nothing to learn but the base rate
+            proba[test] = float(np.mean(y[train]))
+            continue
         fitted = clone(model).fit(x[train], y[train])  # type: ignore[attr-defined]
         proba[test] = fitted.predict_proba(x[test])[:, 1]
     return proba
@@ -352,6 +354,8 @@ def two_sample_test(rows: Sequence[Row], *, seed: int = 0) -> dict[str, TestResu
     """Feature set -> the better classifier's result on these rows."""
     y = np.array([r.label for r in rows])
     groups = np.array([r.group for r in rows])
+    if len(np.unique(groups)) < 2 * FOLDS or len(np.unique(y)) < 2:
+        raise ValueError(f"a two-sample test needs both labels and {2 * FOLDS}+ pieces")
     out = {}
     for fs in FEATURE_SETS:
         x, names = feature_matrix(rows, fs)

@@ -143,3 +143,10 @@ def test_auc_matches_sklearn_with_ties():
     p = rng.integers(0, 5, 60) / 4  # many ties
     assert _auc(y, p) == pytest.approx(roc_auc_score(y, p))
     assert math.isnan(_auc(np.zeros(3), np.ones(3)))
+
+
+def test_too_few_pieces_is_refused_with_a_message():
+    seeds = [Piece(notes=(Note(0.0, 1.0, 60),))] * 4
+    real = [Piece(notes=(Note(16.0, 1.0, 62),))] * 4
+    with pytest.raises(ValueError, match="10\\+ pieces"):
+        two_sample_test(paired_rows(seeds, real, real, [16.0] * 4))
