@@ -10,8 +10,9 @@ generator never steers by.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -182,7 +183,7 @@ def form_of(seed: Piece, continuation: Piece, bar_start: float) -> Form:
     verbatim, moved, bars = replayed_bars(seed, cont, bar_start)
     key = seed_key(seed_notes)
 
-    def lift(values: list[int], seed_values: list[int], fn) -> float:  # type: ignore[no-untyped-def]
+    def lift(values: list[int], seed_values: list[int], fn: Callable[[list[int]], Any]) -> float:
         return float(fn(values) - fn(seed_values)) if values and seed_values else math.nan
 
     pitches, seed_pitches = [n.pitch for n in cont], [n.pitch for n in seed_notes]

@@ -265,7 +265,7 @@ def out_of_fold(
         if len(np.unique(y[train])) < 2:  # a tiny set: nothing to learn but the base rate
             proba[test] = float(np.mean(y[train]))
             continue
-        fitted = clone(model).fit(x[train], y[train])  # type: ignore[attr-defined]
+        fitted = clone(model).fit(x[train], y[train])
         proba[test] = fitted.predict_proba(x[test])[:, 1]
     return proba
 
@@ -316,7 +316,7 @@ def _top_features(model: object, x: np.ndarray, y: np.ndarray, names: list[str])
     """The three features the model, fitted on every row, leans on most."""
     from sklearn.base import clone
 
-    fitted = clone(model).fit(x, y)  # type: ignore[attr-defined]
+    fitted = clone(model).fit(x, y)
     last = fitted.steps[-1][1]
     weights = (
         np.abs(last.coef_[0]) if hasattr(last, "coef_") else np.asarray(last.feature_importances_)
