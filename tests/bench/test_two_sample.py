@@ -150,3 +150,13 @@ def test_too_few_pieces_is_refused_with_a_message():
     real = [Piece(notes=(Note(16.0, 1.0, 62),))] * 4
     with pytest.raises(ValueError, match="10\\+ pieces"):
         two_sample_test(paired_rows(seeds, real, real, [16.0] * 4))
+
+
+def test_folds_keep_the_labels_balanced_where_a_piece_has_one_row():
+    # Features that say nothing: a model can only learn its training folds' base rate. Folds
+    # that are unbalanced would turn that into predictions against the test fold's labels.
+    from bench.two_sample import _auc, _classifiers, out_of_fold
+
+    y = np.random.default_rng(5).permutation(np.repeat([0, 1], 50))
+    p = out_of_fold(_classifiers(0)["logistic regression"], np.zeros((100, 1)), y, np.arange(100))
+    assert _auc(y, p) == pytest.approx(0.5)  # GroupKFold alone gave 0.40
