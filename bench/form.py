@@ -145,7 +145,8 @@ _KEYS: dict[tuple[Note, ...], tuple[int, str] | None] = {}
 
 
 def seed_key(seed: NotesLike) -> tuple[int, str] | None:
-    """The seed's key by Aarden-Essen, remembered (every system shares the seed)."""
+    """The key of these notes by Aarden-Essen, remembered: every system shares the seed, and
+    the classifier's controls meet each real continuation several times."""
     notes = tuple(_as_notes(seed))
     if notes not in _KEYS:
         if len(_KEYS) > 4096:

@@ -186,7 +186,13 @@ def classifier_tests(
     real against real, the chance column real against another piece's real continuation."""
     from dataclasses import asdict
 
-    from bench.two_sample import FOLDS, control_rows, paired_rows, two_sample_test
+    from bench.two_sample import (
+        CONTROL_REPEATS,
+        FOLDS,
+        control_test,
+        paired_rows,
+        two_sample_test,
+    )
 
     if len(seeds) < 2 * FOLDS:
         log.warning("classifier test skipped: %d seeds, it needs %d", len(seeds), 2 * FOLDS)
@@ -197,12 +203,14 @@ def classifier_tests(
         for name, made in conts.items()
         if name not in (REAL, CHANCE)
     }
-    rows[REAL] = control_rows(seeds, real, starts[REAL], shuffled=False, seed=seed)
-    rows[CHANCE] = control_rows(seeds, real, starts[REAL], shuffled=True, seed=seed)
     out = {}
     for name, these in rows.items():
         log.info("classifier test: %s (%d rows)", name, len(these))
         out[name] = {fs: asdict(r) for fs, r in two_sample_test(these, seed=seed).items()}
+    for name, shuffled in ((REAL, False), (CHANCE, True)):
+        log.info("classifier control: %s (%d splits)", name, CONTROL_REPEATS)
+        found = control_test(seeds, real, starts[REAL], shuffled=shuffled, seed=seed)
+        out[name] = {fs: asdict(r) for fs, r in found.items()}
     return out
 
 

@@ -160,3 +160,21 @@ def test_folds_keep_the_labels_balanced_where_a_piece_has_one_row():
     y = np.random.default_rng(5).permutation(np.repeat([0, 1], 50))
     p = out_of_fold(_classifiers(0)["logistic regression"], np.zeros((100, 1)), y, np.arange(100))
     assert _auc(y, p) == pytest.approx(0.5)  # GroupKFold alone gave 0.40
+
+
+def test_controls_real_against_real_and_against_a_shuffled_real():
+    from bench.two_sample import control_test
+
+    rng = np.random.default_rng(6)
+    n = 40
+    keys = rng.integers(-6, 6, n)  # each tune in its own key: a shuffled continuation is not
+    seeds = [tune(rng, 0.0, phrased=True).transposed(int(k)) for k in keys]
+    real = [tune(rng, 32.0, phrased=True).transposed(int(k)) for k in keys]
+    starts = [32.0] * n
+    same = control_test(seeds, real, starts, shuffled=False, seed=0, repeats=3)
+    for fs in ("A", "B"):
+        assert 0.3 < same[fs].accuracy < 0.7, fs
+        assert same[fs].groups == n and same[fs].rows == n
+    shuffled = control_test(seeds, real, starts, shuffled=True, seed=0, repeats=3)
+    assert 0.3 < shuffled["A"].accuracy < 0.7
+    assert shuffled["B"].accuracy > 0.75 and shuffled["B"].auc > 0.8
