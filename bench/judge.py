@@ -7,6 +7,12 @@ continuation and a chance reference (another held-out piece's real continuation,
 Rows: engine.model.fidelity's figures (the key by music21's Aarden-Essen, which the generator never
 steers by), how often each of Motif's safety nets changed a note, and the seed information gain
 (NLL without the seed minus with it, in total and with the seed's key label held fixed).
+
+`--form` adds bench.form's figures (phrase ends, register lift, replayed bars, endings, texture);
+`--classifier` adds bench.two_sample's classifier test of each system against the real
+continuation, with its two controls in the real and chance columns; `--set airds` judges on
+Aird's Airs (bench.airds), a collection the model never trained on, instead of the test split.
+See docs/form-judge.md.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BASELINE, REAL, CHANCE = "hobby LSTM baseline", "real continuation", "chance (another piece's)"
+SETS = ("test", "airds")
+SET_LABELS = {
+    "test": "held-out test pieces",
+    "airds": "tunes of Aird's Airs (1782-1803, music21's airdsAirs; not in the training corpus)",
+}
 GAIN_LABELS = {
     "gain_total": "seed information gain, nats/note (total)",
     "gain_content": "seed information gain, nats/note (key label held fixed)",
@@ -43,6 +54,9 @@ def judge(
     key_penalty: float | None = None,
     gain_windows: int | None = 2000,
     without_copy: bool = False,
+    seed_set: str = "test",
+    form: bool = False,
+    classifier: bool = False,
 ) -> dict[str, Any]:
     """Every figure for every system; see the module docstring."""
     import torch
@@ -58,10 +72,11 @@ def judge(
     corpus = load_corpus(corpus_path)
     train = corpus.pieces("train")
     index = TrainingIndex.from_pieces(train)
-    test, dups = without_near_duplicates(corpus.pieces("test"), index)
+    test, dups = without_near_duplicates(set_pieces(seed_set, corpus), index)
     cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed)
     seeds = [c.seed for c in cases]
     bpb = [c.piece.beats_per_bar for c in cases]
+    bar_starts = [seed_bars * b for b in bpb]  # where cut_seed cut: continuation bar 1
     conts: dict[str, list] = {}
     nets: dict[str, dict[str, float]] = {}
     gains: dict[str, dict[str, float]] = {}
@@ -113,14 +128,25 @@ def judge(
     figures = {
         name: summarize_fidelity(pieces, seeds, beats_per_bar=bpb) for name, pieces in conts.items()
     }
+    # the chance continuation keeps its own piece's time frame: its bars start where its seed ends
+    starts = {name: bar_starts for name in conts}
+    starts[CHANCE] = [bar_starts[(i + 1) % len(cases)] for i in range(len(cases))]
+    if form:
+        from bench.form import summarize_form
+
+        for name, pieces in conts.items():
+            figures[name] |= summarize_form(pieces, seeds, starts[name])
+    tests = classifier_tests(conts, seeds, starts, seed=seed) if classifier else {}
     return {
         "figures": figures,
+        "classifier": tests,
         "safety_nets": nets,
         "gain": gains,
         "settings": {
             "models": {label: str(path) for label, path, _ in runs},
             "baseline": str(baseline_path) if baseline_path else None,
             "corpus": str(corpus.path),
+            "set": seed_set,
             "n_seeds": len(cases),
             "near_duplicates_left_out": dups,
             "seed_bars": seed_bars,
@@ -137,20 +163,73 @@ def judge(
     }
 
 
+def set_pieces(seed_set: str, corpus: Any) -> list[Any]:
+    """The pieces whose openings seed the judge: the corpus's test split, or Aird's Airs."""
+    if seed_set == "test":
+        return corpus.pieces("test")
+    if seed_set == "airds":
+        from bench.airds import airds_pieces
+
+        return airds_pieces()
+    raise ValueError(f"unknown seed set {seed_set!r}; use one of {', '.join(SETS)}")
+
+
+def classifier_tests(
+    conts: dict[str, list[Any]],
+    seeds: Sequence[Any],
+    starts: dict[str, list[float]],
+    *,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """System -> feature set -> the better classifier's result (bench.two_sample), as dicts.
+    Every made system is tested against the real continuation; the real column holds the control
+    real against real, the chance column real against another piece's real continuation."""
+    from dataclasses import asdict
+
+    from bench.two_sample import (
+        CONTROL_REPEATS,
+        FOLDS,
+        control_test,
+        paired_rows,
+        two_sample_test,
+    )
+
+    if len(seeds) < 2 * FOLDS:
+        log.warning("classifier test skipped: %d seeds, it needs %d", len(seeds), 2 * FOLDS)
+        return {}
+    real = conts[REAL]
+    rows = {
+        name: paired_rows(seeds, real, made, starts[name])
+        for name, made in conts.items()
+        if name not in (REAL, CHANCE)
+    }
+    out = {}
+    for name, these in rows.items():
+        log.info("classifier test: %s (%d rows)", name, len(these))
+        out[name] = {fs: asdict(r) for fs, r in two_sample_test(these, seed=seed).items()}
+    for name, shuffled in ((REAL, False), (CHANCE, True)):
+        log.info("classifier control: %s (%d splits)", name, CONTROL_REPEATS)
+        found = control_test(seeds, real, starts[REAL], shuffled=shuffled, seed=seed)
+        out[name] = {fs: asdict(r) for fs, r in found.items()}
+    return out
+
+
 def _fmt(key: str, value: float | None) -> str:
+    from bench.form import FORM_COUNT, FORM_PERCENT
     from engine.model.fidelity import FIDELITY_PERCENT
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    if key in FIDELITY_PERCENT or key == "net":
+    if key in FIDELITY_PERCENT or key in FORM_PERCENT or key == "net":
         return f"{100 * value:.1f}%"
-    if key in ("pieces", "polyphonic_seeds", "bass_seeds"):
+    if key in ("pieces", "polyphonic_seeds", "bass_seeds", *FORM_COUNT):
         return f"{value:.0f}"
     return f"{value:.2f}"
 
 
 def format_judge(result: dict[str, Any]) -> str:
     """The judge's Markdown table."""
+    from bench.form import FORM_LABELS
     from engine.model.fidelity import FIDELITY_LABELS
     from engine.model.generate import SAFETY_NETS
 
@@ -158,8 +237,9 @@ def format_judge(result: dict[str, Any]) -> str:
     figures = result["figures"]
     systems = list(figures)
     models = list(s["models"])
+    seed_set = SET_LABELS[s.get("set", "test")]
     lines = [
-        f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} held-out test pieces "
+        f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} {seed_set} "
         f"({s['near_duplicates_left_out']} near-duplicates of training pieces left out); "
         f"{s['bars']} bars continued; Motif at temperature 1.0, top-p {s['top_p']}, tonal gravity "
         f"{s['key_gravity']}, key penalty {s.get('key_penalty', '?')}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
@@ -184,7 +264,47 @@ def format_judge(result: dict[str, Any]) -> str:
             for name in systems
         ]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
+    if any(k in f for f in figures.values() for k in FORM_LABELS):
+        for key, label in FORM_LABELS.items():
+            row = [_fmt(key, figures[name].get(key)) for name in systems]
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
+    if result.get("classifier"):
+        lines += _classifier_rows(result["classifier"], systems)
     return "\n".join(lines) + "\n"
+
+
+def _pct_ci(value: float, ci: Sequence[float]) -> str:
+    if math.isnan(value):
+        return "—"
+    return f"{100 * value:.0f}% ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})"
+
+
+def _classifier_rows(tests: dict[str, dict[str, Any]], systems: list[str]) -> list[str]:
+    """Rows of the classifier two-sample test: per feature set, accuracy and AUC with their 95%
+    intervals, which classifier and the features it leans on most."""
+    from bench.two_sample import FEATURE_SET_LABELS
+
+    lines = []
+    for fs, what in FEATURE_SET_LABELS.items():
+        cells = [tests.get(name, {}).get(fs) for name in systems]
+        lines.append(
+            f"| classifier test, {what} (set {fs}): accuracy, 95% interval | "
+            + " | ".join(_pct_ci(c["accuracy"], c["accuracy_ci"]) if c else "—" for c in cells)
+            + " |"
+        )
+        lines.append(
+            "| … ROC AUC, 95% interval | "
+            + " | ".join(_pct_ci(c["auc"], c["auc_ci"]) if c else "—" for c in cells)
+            + " |"
+        )
+        lines.append(
+            "| … the better classifier; features it leans on most | "
+            + " | ".join(
+                f"{c['classifier']}: {', '.join(c['top_features'])}" if c else "—" for c in cells
+            )
+            + " |"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,6 +327,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gain-windows", type=int, default=2000)
     parser.add_argument(
         "--without-copy", action="store_true", help="also judge each model with copying off"
+    )
+    parser.add_argument(
+        "--set",
+        choices=SETS,
+        default="test",
+        dest="seed_set",
+        help="the seeds: the corpus's test split, or Aird's Airs (not in the corpus)",
+    )
+    parser.add_argument("--form", action="store_true", help="add the form figures (bench.form)")
+    parser.add_argument(
+        "--classifier",
+        action="store_true",
+        help="add the classifier two-sample test and its controls (bench.two_sample)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None)
@@ -236,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_penalty=args.key_penalty,
         gain_windows=args.gain_windows,
         without_copy=args.without_copy,
+        seed_set=args.seed_set,
+        form=args.form,
+        classifier=args.classifier,
     )
     text = format_judge(result)
     print(text)

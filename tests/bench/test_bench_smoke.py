@@ -198,6 +198,39 @@ def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
     assert "Motif (tiny)" in out.read_text()
 
 
+def test_judge_form_and_classifier_on_airds(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
+    from bench import judge
+
+    r = judge.judge(
+        [("Motif (tiny)", tiny_corpus_model_path)],
+        None,
+        tiny_corpus_path,
+        n_seeds=12,
+        seed_bars=2,
+        bars=2,
+        gain_windows=8,
+        seed_set="airds",
+        form=True,
+        classifier=True,
+    )
+    assert r["settings"]["set"] == "airds" and r["settings"]["n_seeds"] == 12
+    real = r["figures"][judge.REAL]
+    assert 0.0 <= real["held_bar4"] <= 1.0 and 0.0 <= real["bars_verbatim"] <= 1.0
+    tests = r["classifier"]
+    assert set(tests) == {"Motif (tiny)", judge.REAL, judge.CHANCE}
+    for fs in ("A", "B"):
+        for name in tests:
+            assert 0.0 <= tests[name][fs]["accuracy"] <= 1.0
+            assert tests[name][fs]["groups"] == 12
+    table = judge.format_judge(r)
+    assert (
+        "Aird's Airs" in table and "| ends on a held note of the seed key's tonic triad |" in table
+    )
+    assert "classifier test, continuation alone (set A): accuracy" in table
+    with pytest.raises(ValueError, match="unknown seed set"):
+        judge.set_pieces("unheard-of", None)
+
+
 def test_model_speed_side_by_side(tiny_model_path):
     from bench import model_speed
 
