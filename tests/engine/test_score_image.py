@@ -1,4 +1,5 @@
-"""The score picture: engraved by verovio, rasterised by resvg, on white, small enough for chat."""
+"""The score pictures and PDF: engraved by verovio into pages, rasterised by resvg, on white,
+small enough for chat, readable on a phone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import random
 import numpy as np
 import pytest
 
-from engine.audio.score import MAX_PNG_BYTES, WIDTH_PX, engrave_result, score_png
+from engine.audio.score import (
+    CHAT_PAGES,
+    MAX_PNG_BYTES,
+    PAGE_HEIGHT_PX,
+    PAGE_WIDTH_PX,
+    engrave_result,
+    engrave_score,
+    score_png,
+)
 from engine.music.musicxml import SEED_COLOUR, score_xml
 from engine.music.notes import Note, Piece
 
@@ -47,7 +56,7 @@ def test_32_bars_of_two_hands_fit_on_white_under_the_size_limit():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < MAX_PNG_BYTES
     img = pixels(png)
     height, width, _ = img.shape
-    assert width == WIDTH_PX and height > width  # several systems, stacked
+    assert width == PAGE_WIDTH_PX and width < height <= PAGE_HEIGHT_PX  # a page, not a strip
     assert (img[:5, :5] == 255).all() and (img[-5:, -5:] == 255).all()  # white, not transparent
     white = (img > 240).all(axis=2).mean()
     assert 0.6 < white < 0.98  # ink on paper: neither blank nor black
@@ -64,7 +73,8 @@ def test_staff_lines_are_thick_enough_to_read_at_preview_width():
     rows = np.flatnonzero((img.mean(axis=2) < 200).mean(axis=1) > 0.3)  # staff lines
     lines = [rows[0]] + [r for a, r in zip(rows, rows[1:], strict=False) if r > a + 1]
     assert len(lines) == 5  # one staff
-    assert np.diff(lines).min() >= 10  # >= 5 px between lines at half size
+    # a phone shows the 1,400 px page about 360 px wide: >= 3.5 px between its lines there
+    assert np.diff(lines).min() >= 14
 
 
 def test_a_result_gets_musicxml_and_a_picture_and_survives_a_failed_picture(monkeypatch):
@@ -82,7 +92,7 @@ def test_a_result_gets_musicxml_and_a_picture_and_survives_a_failed_picture(monk
 
     monkeypatch.setattr(score_image, "svg_to_png", broken)
     done = engrave_result(midi, seed, cont, title="Motif #1")
-    assert done.png is None and b"<score-partwise" in done.musicxml
+    assert done.png is None and done.pdf is None and b"<score-partwise" in done.musicxml
 
 
 def test_engraving_works_in_any_thread_after_the_first():
@@ -106,3 +116,66 @@ def test_engraving_works_in_any_thread_after_the_first():
         thread.start()
         thread.join(60)
     assert all(isinstance(r, bytes) and r[:4] == b"\x89PNG" for r in results), results
+
+
+def folk_tune(bars: int) -> tuple[Piece, Piece]:
+    """One line of eighths and quarters in 4/4, with a 4-bar seed."""
+    rng = random.Random(bars)
+    notes, t, pitch = [], 0.0, 67
+    while t < bars * 4:
+        d = min(rng.choice([0.5, 0.5, 1.0, 1.0, 1.5, 2.0]), bars * 4 - t)
+        pitch = max(60, min(81, pitch + rng.choice([-4, -3, -2, -1, 1, 2, 3, 5])))
+        notes.append(Note(t, d, pitch))
+        t += d
+    return (
+        Piece(tuple(n for n in notes if n.start < 16)),
+        Piece(tuple(n for n in notes if n.start >= 16)),
+    )
+
+
+def pdf_pages(pdf: bytes) -> list[tuple[int, int]]:
+    """(width, height) in pixels of each page's picture, read back from the PDF's objects."""
+    import re
+
+    assert pdf.startswith(b"%PDF-1.4") and pdf.rstrip().endswith(b"%%EOF")
+    count = int(re.search(rb"/Type /Pages /Kids \[[^\]]*\] /Count (\d+)", pdf)[1])
+    sizes = [(int(w), int(h)) for w, h in re.findall(rb"/Width (\d+) /Height (\d+)", pdf)]
+    assert len(sizes) == count == len(re.findall(rb"/Type /Page ", pdf))
+    return sizes
+
+
+@pytest.mark.parametrize("bars", [8, 64, 256])
+def test_any_length_reads_as_pages_and_chat_gets_the_first_few(bars):
+    """A 64-bar result was one 327 px wide strip 16,012 px tall. Now: pages of a fixed width,
+    A4-shaped at most, the first CHAT_PAGES for chat, every page in the PDF, and the bars on
+    the chat pages counted so the reply can say which bars it shows."""
+    seed, cont = folk_tune(bars + 4)
+    score = engrave_score(score_xml(seed, cont, key=(7, "major")))
+    assert score.bars_total == bars + 4
+    shapes = [pixels(page).shape for page in score.pages]
+    assert all(w == PAGE_WIDTH_PX and h <= PAGE_HEIGHT_PX for h, w, _ in shapes), shapes
+    assert all(len(page) <= MAX_PNG_BYTES for page in score.pages)
+    assert len(score.pages) == min(CHAT_PAGES, score.page_count)
+    sizes = pdf_pages(score.pdf)
+    assert len(sizes) == score.page_count and all(w == PAGE_WIDTH_PX for w, _ in sizes)
+    assert score.pages[0][:8] == b"\x89PNG\r\n\x1a\n"
+    if bars == 8:
+        assert score.page_count == 1 and score.bars_shown == score.bars_total
+    else:
+        assert score.page_count >= 2  # several pages, not one strip
+        assert shapes[0][0] > 1.2 * PAGE_WIDTH_PX  # the first page is page-shaped
+    if bars == 256:
+        assert 0 < score.bars_shown < score.bars_total
+        assert len(score.pages) == CHAT_PAGES
+
+
+def test_the_pdf_keeps_each_page_losslessly_in_colour():
+    import zlib
+
+    seed, cont = two_hands(6)
+    score = engrave_score(score_xml(seed, cont, key=(0, "major")))
+    start = score.pdf.index(b"stream\n") + len(b"stream\n")
+    (w, h), *_ = pdf_pages(score.pdf)
+    raw = np.frombuffer(zlib.decompressobj().decompress(score.pdf[start:]), np.uint8)
+    assert raw.size == w * h * 3
+    assert (raw.reshape(h, w, 3) == pixels(score.pages[0])).all()
