@@ -3,8 +3,9 @@
 Both are PyPI wheels with no system libraries. Every page is `PAGE_WIDTH_PX` wide and at most
 A4-shaped (`PAGE_HEIGHT_PX`), on white (verovio's SVG is transparent, unreadable on Discord's dark
 theme), at a music size a phone can read. Chat gets the first `CHAT_PAGES` pages as PNGs, each
-under `MAX_PNG_BYTES`; the PDF (engine.audio.score_pdf) has every page. verovio lays the whole
-score out once and each page is rasterised once, so the cost grows linearly with the bars.
+under `MAX_PNG_BYTES`; the PDF (engine.audio.score_pdf, vector) has every page. verovio lays the
+whole score out once; only the chat pages are rasterised, so the cost grows slowly and linearly
+with the bars.
 """
 
 from __future__ import annotations
@@ -162,14 +163,12 @@ class EngravedScore:
 
 
 def engrave_score(xml: str, *, chat_pages: int = CHAT_PAGES) -> EngravedScore:
-    """Every page of a score rasterised once: the first `chat_pages` as PNGs for chat, all of
-    them in the PDF."""
+    """A score laid out once: its first `chat_pages` pages rasterised for chat, every page
+    drawn as vectors in the PDF."""
     svgs = engrave_pages(xml)
-    rasters = [svg_to_png(svg) for svg in svgs]
-    shown = rasters[:chat_pages]
     return EngravedScore(
-        pages=tuple(small_png(png) for png in shown),
-        pdf=pages_pdf(rasters, page_width_px=PAGE_WIDTH_PX),
+        pages=tuple(small_png(svg_to_png(svg)) for svg in svgs[:chat_pages]),
+        pdf=pages_pdf(svgs, page_width_px=PAGE_WIDTH_PX),
         bars_shown=sum(page_bars(svg) for svg in svgs[:chat_pages]),
         bars_total=sum(page_bars(svg) for svg in svgs),
         page_count=len(svgs),
