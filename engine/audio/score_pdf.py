@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from xml.etree import ElementTree
 
+from engine.audio.svg_path import n as _n
+from engine.audio.svg_path import path_ops
+
 A4_PT = (595.28, 841.89)  # PDF points (1/72 in)
 _SVG = "{http://www.w3.org/2000/svg}"
 _XLINK = "{http://www.w3.org/1999/xlink}href"
-_NUMBER = re.compile(r"[A-Za-z]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _TRANSFORM = re.compile(r"(\w+)\s*\(([^)]*)\)")
 _NAMED = {"black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}
 # the fonts of the standard 14 every PDF viewer has: regular, bold, italic
@@ -74,91 +76,8 @@ def _times(inner: Matrix, outer: Matrix) -> Matrix:
             e * A + f * C + E, e * B + f * D + F)  # fmt: skip
 
 
-def _n(x: float, digits: int = 2) -> bytes:
-    text = (b"%.*f" % (digits, x)).rstrip(b"0").rstrip(b".")
-    return b"0" if text in (b"", b"-", b"-0") else text
-
-
 def _cm(m: Matrix) -> bytes:
     return b"%s %s %s %s %s %s cm" % tuple(_n(v, 6) for v in m)
-
-
-def path_ops(d: str) -> bytes:
-    """SVG path data as PDF path construction operators (M L H V C S Q T Z, either case)."""
-    tokens = _NUMBER.findall(d)
-    out: list[bytes] = []
-    i, cmd = 0, ""
-    x = y = sx = sy = 0.0
-    last_c: tuple[float, float] | None = None  # the previous curve's second control point
-
-    def nums(k: int) -> list[float]:
-        nonlocal i
-        vals = [float(t) for t in tokens[i : i + k]]
-        i += k
-        return vals
-
-    def curve(x1: float, y1: float, x2: float, y2: float, x3: float, y3: float) -> None:
-        out.append(b"%s %s %s %s %s %s c" % tuple(_n(v) for v in (x1, y1, x2, y2, x3, y3)))
-
-    while i < len(tokens):
-        if tokens[i].isalpha():
-            cmd = tokens[i]
-            i += 1
-            if cmd in "zZ":
-                out.append(b"h")
-                x, y, last_c = sx, sy, None
-                continue
-        rel = cmd.islower()
-        ox, oy = (x, y) if rel else (0.0, 0.0)
-        op = cmd.upper()
-        if op == "M":
-            px, py = nums(2)
-            x, y = ox + px, oy + py
-            sx, sy = x, y
-            out.append(b"%s %s m" % (_n(x), _n(y)))
-            cmd = "l" if rel else "L"  # further pairs are lines
-            last_c = None
-        elif op == "L":
-            px, py = nums(2)
-            x, y = ox + px, oy + py
-            out.append(b"%s %s l" % (_n(x), _n(y)))
-            last_c = None
-        elif op == "H":
-            (px,) = nums(1)
-            x = ox + px
-            out.append(b"%s %s l" % (_n(x), _n(y)))
-            last_c = None
-        elif op == "V":
-            (py,) = nums(1)
-            y = oy + py
-            out.append(b"%s %s l" % (_n(x), _n(y)))
-            last_c = None
-        elif op == "C":
-            x1, y1, x2, y2, px, py = nums(6)
-            curve(ox + x1, oy + y1, ox + x2, oy + y2, ox + px, oy + py)
-            last_c = (ox + x2, oy + y2)
-            x, y = ox + px, oy + py
-        elif op == "S":
-            x2, y2, px, py = nums(4)
-            x1, y1 = (2 * x - last_c[0], 2 * y - last_c[1]) if last_c else (x, y)
-            curve(x1, y1, ox + x2, oy + y2, ox + px, oy + py)
-            last_c = (ox + x2, oy + y2)
-            x, y = ox + px, oy + py
-        elif op in "QT":
-            if op == "Q":
-                qx, qy, px, py = nums(4)
-                qx, qy = ox + qx, oy + qy
-            else:
-                px, py = nums(2)
-                qx, qy = (2 * x - last_c[0], 2 * y - last_c[1]) if last_c else (x, y)
-            ex, ey = ox + px, oy + py
-            curve(x + 2 / 3 * (qx - x), y + 2 / 3 * (qy - y),
-                  ex + 2 / 3 * (qx - ex), ey + 2 / 3 * (qy - ey), ex, ey)  # fmt: skip
-            last_c = (qx, qy)  # (T reflects the quadratic control point)
-            x, y = ex, ey
-        else:  # an arc or an unknown command: verovio draws neither; skip its numbers
-            i += 7 if op == "A" else 1
-    return b" ".join(out)
 
 
 def _ellipse_ops(cx: float, cy: float, rx: float, ry: float) -> bytes:

@@ -214,3 +214,17 @@ def test_the_pdf_looks_like_the_picture_where_a_pdf_renderer_is_installed(tmp_pa
         return ink[:bands].reshape(-1, 20, ink.shape[1]).mean(axis=(1, 2))
 
     assert np.corrcoef(ink_by_band(pdf_ink), ink_by_band(png_ink))[0, 1] > 0.9
+
+
+def test_svg_path_data_becomes_pdf_path_operators():
+    """Absolute and relative commands, and the curves whose control point is implied."""
+    from engine.audio.svg_path import path_ops
+
+    ops = path_ops("M0 0 L10 10 l5 5 h3 v-2 C1 2 3 4 5 6 s1 1 2 2 Q 1 1 2 2 t 3 3 z M1 1 2 2")
+    assert ops.decode().split(" l ") == [
+        "0 0 m 10 10",
+        "15 15",
+        "18 15",
+        "18 13",
+        "1 2 3 4 5 6 c 7 8 6 7 7 8 c 3 3.33 1.33 1.33 2 2 c 2.67 2.67 3.67 3.67 5 5 c h 1 1 m 2 2 l",
+    ]
