@@ -129,7 +129,7 @@ def _admins(s: Settings) -> list[Finding]:
             "warn",
             "home server",
             "MOTIF_HOME_GUILD_ID is not set: the admin "
-            "commands (/motif model, retrain) are nowhere",
+            "commands (/model, /retrain, /stats) are nowhere",
         )  # fmt: skip
     )
     admins = len(s.admin_users) + len(s.admin_roles)
@@ -143,7 +143,17 @@ def _admins(s: Settings) -> list[Finding]:
             "empty: nobody may run the admin commands",
         )  # fmt: skip
     )
-    return [home, who]
+    commands = (
+        Finding("ok", "commands", f"/compose is published to server {s.dev_guild_id} at start")
+        if s.dev_guild_id
+        else Finding(
+            "warn",
+            "commands",
+            "MOTIF_DEV_GUILD_ID is empty: /compose shows only "
+            "after an owner's `@Motif sync global` (up to an hour)",
+        )  # fmt: skip
+    )
+    return [home, who, commands]
 
 
 CHECKS: tuple[Callable[[Settings], Finding | list[Finding]], ...] = (

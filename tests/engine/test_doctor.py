@@ -46,21 +46,21 @@ def test_a_fresh_setup_fails_and_says_what_is_missing(tmp_path):
     assert got["settings"] == "ok" and got["broker"] == "ok"
     assert got["database"] == "FAIL" and "motif db upgrade" in done.stdout
     assert got["workers"] == "FAIL" and got["token"] == "FAIL"
-    assert got["home server"] == "warn" and got["admins"] == "warn"
+    assert got["home server"] == got["admins"] == got["commands"] == "warn"
     assert done.stdout.splitlines()[-1].startswith("/compose cannot work: fix database")
 
 
 def test_a_ready_setup_passes_with_one_line_per_item(tmp_path, tiny_model_path):
     # (a heartbeat a minute: the row stays fresh while the command starts on a busy machine)
     settings = make_settings(tmp_path, default_model_path=tiny_model_path, home_guild_id=42,
-                             admin_user_ids="7", worker_heartbeat_s=60.0)  # fmt: skip
+                             dev_guild_id=42, admin_user_ids="7", worker_heartbeat_s=60.0)  # fmt: skip
     db.upgrade(settings.sqlalchemy_url)
     WorkerPresence(settings, "motif-1@here", "gpu,cpu,train", "cpu").beat()  # a live worker
     done = motif(settings, "doctor", token=TOKEN)
     assert done.returncode == 0, done.stdout + done.stderr
     got = lines(done.stdout)
     assert set(got) == {"settings", "database", "broker", "workers", "model", "FluidSynth",
-                        "SoundFont", "token", "home server", "admins"}  # fmt: skip
+                        "SoundFont", "token", "home server", "admins", "commands"}  # fmt: skip
     assert all(v == "ok" for k, v in got.items() if k != "FluidSynth"), done.stdout
     assert f"client_id={APP_ID}" in done.stdout  # the token's application, and its invite
     assert done.stdout.splitlines()[-1] == "/compose is ready."
