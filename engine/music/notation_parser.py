@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, BinaryIO
 
+from engine.music.timewise import partwise
+
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +36,8 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
     from music21 import converter
 
     fmt = "abc" if kind == "abc" else "musicxml"
+    if kind != "abc":
+        text = partwise(text)  # music21 reads partwise only: a timewise score is turned first
     score = converter.parse(text.decode("utf-8") if kind == "abc" else text, format=fmt)
     if hasattr(score, "scores") and len(score.scores):  # an Opus: its first score
         score = score.scores[0]
