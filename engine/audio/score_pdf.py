@@ -166,8 +166,8 @@ class _Page:
         elif tag == "rect":
             x, y = float(el.get("x", 0)), float(el.get("y", 0))
             w, h = float(el.get("width", 0)), float(el.get("height", 0))
-            ops = b"%s %s %s %s re" % (_n(x), _n(y), _n(w), _n(h))
-            self._shape(ops, el, style, fill=el.get("fill-opacity") != "0")
+            box = b"%s %s %s %s re" % (_n(x), _n(y), _n(w), _n(h))
+            self._shape(box, el, style, fill=el.get("fill-opacity") != "0")
         elif tag == "text":
             self._text(el, style)
         if matrix is not None:
