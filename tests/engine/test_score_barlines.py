@@ -110,3 +110,28 @@ def test_a_seed_that_ends_on_a_bar_line_keeps_its_double_bar_and_rehearsal_mark(
     assert "<rehearsal>Motif</rehearsal>" in ET.tostring(bars[2], encoding="unicode")
     assert "light-light" in ET.tostring(bars[1], encoding="unicode")
     assert mark_position(bars[2]) == (0, False, True)
+
+
+# a tune with no metre whose first bar has five beats: music21 reads it from beat 0, so every
+# later bar line fell two beats off (mod 4) the score's
+NO_METRE = """X:6
+T:Long first bar
+L:1/4
+K:C
+C D E F G|A B c d|c B A G|F E D C|]
+"""
+LONG_FIRST_BAR = NO_METRE.replace("L:1/4", "M:4/4\nL:1/4")
+
+
+@pytest.mark.parametrize("abc", [NO_METRE, LONG_FIRST_BAR], ids=["no metre", "M:4/4"])
+def test_an_irregular_first_bar_is_barred_from_the_real_downbeat(abc):
+    """The tune's own bar lines (before A, c and F) are the score's; the first bar's extra beat
+    becomes an upbeat."""
+    seed, cont, cont_start = result(abc, "long.abc", 4)
+    assert seed.time_signature == (4, 4)
+    notes = sorted(seed.notes, key=lambda n: n.start)
+    assert [notes[i].pitch for i in (5, 9, 13)] == [69, 72, 65]  # A, c, F: bars 2, 3, 4 begin
+    assert [notes[i].start % 4 for i in (0, 5, 9, 13)] == [3, 0, 0, 0]
+    bars = measures(score_xml(seed, cont, key=(0, "major")))
+    assert bars[0].get("implicit") == "yes" and length(bars[0]) == 12  # C: the upbeat
+    assert all(length(m) == 48 for m in bars[1:])
