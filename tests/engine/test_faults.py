@@ -245,6 +245,7 @@ def test_four_first_time_composes_at_once_share_one_worker(tmp_path, tiny_model_
             ".mid",
             ".musicxml",
             ".ogg",
+            ".pdf",
             ".png",
             ".png",
         ]
