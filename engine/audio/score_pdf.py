@@ -112,7 +112,8 @@ def _text(el: ElementTree.Element) -> Iterator[tuple[str, float]]:
 
 
 def _pdf_string(text: str) -> bytes:
-    text = text.replace("♩", "Quarter")  # not in the standard fonts' character set
+    # the tempo's note is not in the standard fonts' character set: said in words
+    text = text.replace("♩.", "Dotted quarter").replace("♩", "Quarter")
     raw = text.encode("cp1252", errors="replace")
     return b"(" + raw.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
 

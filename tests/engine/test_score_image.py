@@ -183,6 +183,7 @@ def test_the_pdf_draws_every_page_as_vectors_with_the_seed_in_its_colour():
     assert first.replace(b"0.", b".").count(blue) > 50  # the seed's noteheads and stems
     assert first.count(b" c ") > 100 and first.count(b" l B Q") > 50  # outlines and lines
     assert b"(Motif) Tj" in first and b"/Image" not in score.pdf
+    assert b"(Quarter = 120) Tj" in first  # the tempo, its note in words
     assert len(score.pdf) < 30 * 1024 * score.page_count
 
 
@@ -228,3 +229,15 @@ def test_svg_path_data_becomes_pdf_path_operators():
         "18 13",
         "1 2 3 4 5 6 c 7 8 6 7 7 8 c 3 3.33 1.33 1.33 2 2 c 2.67 2.67 3.67 3.67 5 5 c h 1 1 m 2 2 l",
     ]
+
+
+def test_a_page_over_the_size_limit_is_stored_in_16_colours():
+    from engine.audio.score import small_png
+
+    seed, cont = two_hands(24)
+    page = engrave_score(score_xml(seed, cont, key=(0, "major"))).pages[0]
+    smaller = small_png(page, limit=len(page) - 1)
+    assert len(smaller) < len(page) * 0.6
+    img = Image.open(io.BytesIO(smaller))
+    assert img.mode == "P" and img.size == Image.open(io.BytesIO(page)).size
+    assert small_png(page, limit=len(page)) is page  # under the limit: untouched
