@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.delivery import Deliveries
 from bot.errors import answer_error
+from bot.invite import invite_url
 from bot.views import RESULT_BUTTONS
 from engine.service.notify import RequestWakeups
 from engine.service.requests import JobService
@@ -60,6 +61,7 @@ class MotifBot(commands.Bot):
         self.settings = settings
         self.jobs = jobs or JobService(settings)
         self.sync_on_start = sync_on_start
+        self._said_ready = False
         # Woken by the workers over Redis / Postgres where deployed: then the SQL poll is only
         # the fallback. SQLite polls often instead (one indexed read; docs/benchmarks.md).
         wakeups = RequestWakeups(settings)
@@ -101,6 +103,18 @@ class MotifBot(commands.Bot):
             return 0
         log.info("synced %d commands to %s", len(synced), f"guild {guild.id}" if guild else "all")
         return len(synced)
+
+    async def on_ready(self) -> None:
+        """Say where the bot is, and the invite URL: a new bot is in no server yet, and its
+        owner needs that URL to add it (on_ready fires again on reconnects: said once)."""
+        if self._said_ready or self.application_id is None:
+            return
+        self._said_ready = True
+        url = invite_url(self.application_id)
+        if not self.guilds:
+            log.warning("Motif is in no server yet. Add it to yours with this link: %s", url)
+        else:
+            log.info("Motif is in %d server(s); invite link: %s", len(self.guilds), url)
 
     async def on_command_error(self, context: commands.Context, error: Exception) -> None:
         if isinstance(error, commands.CommandNotFound | commands.CheckFailure):

@@ -17,8 +17,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUEST_LIMIT_BYTES = 25 * 1024 * 1024  # Discord's cap for all files of one message
-ATTACH_ORDER = {"midi": 0, "musicxml": 1, "audio": 2, "image": 3, "score": 4}
+ATTACH_ORDER = {
+    "midi": 0,
+    "musicxml": 1,
+    "pdf": 2,
+    "audio": 3,
+    "image": 4,
+    "score": 5,
+    "score-2": 6,
+}
 PICTURE_KINDS = {"score": "score", "pianoroll": "image"}  # inline choice -> artifact kind
+LATER_PAGES = {"score-2": "score"}  # a score's later pages show (or hide) with its first
+
+
+def _picture(kind: str) -> str:
+    return LATER_PAGES.get(kind, kind)
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,10 @@ def inline_picture(uploads: list[Upload], choice: str) -> list[Upload]:
         wanted = next((k for k in PICTURE_KINDS.values() if k in kinds), wanted)
     pictures = set(PICTURE_KINDS.values())
     return [
-        replace(u, spoiler=True) if u.kind in pictures and u.kind != wanted else u for u in uploads
+        replace(u, spoiler=True)
+        if _picture(u.kind) in pictures and _picture(u.kind) != wanted
+        else u
+        for u in uploads
     ]
 
 

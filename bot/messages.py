@@ -111,6 +111,12 @@ def result_embed(p: Progress, *, image_filename: str | None, left_out: list[str]
     notes += [p.notes[k] for k in catalog.SEED_NOTICES if isinstance(p.notes.get(k), str)]
     if p.notes.get("shortened"):
         notes.append("The audio was shortened to fit the upload limit; the MIDI file has it all.")
+    score_bars = p.notes.get("score_bars")
+    if isinstance(score_bars, list) and len(score_bars) == 2:
+        notes.append(
+            f"Score: bars 1–{score_bars[0]} of {score_bars[1]}; the full score is in the PDF "
+            "and the MusicXML."
+        )
     if left_out:
         notes.append(f"Not attached (too large for this channel): {', '.join(left_out)}.")
     if notes:
@@ -239,7 +245,8 @@ HELP_TEXT = """\
 instrument, tempo, a random seed for repeatable results, and the picture shown (score or piano roll).
 • Right-click a message with a seed file → **Apps → Continue this MIDI**, or mention me in a \
 message with a seed file or an ABC tune in a code block.
-• Each result brings the MIDI, MusicXML (opens in MuseScore), audio, the score and the piano roll.
+• Each result brings the MIDI, MusicXML (opens in MuseScore), a PDF of the score, audio, \
+the score's first pages and the piano roll.
 • Under each result: 🎲 Reroll (same settings, new take), ➕ Extend (continue the result), \
 🧊/🔥 Variation (cooler/hotter), 🤝 Share (let Motif learn from it), 👍/👎 feedback.
 • ✖️ Cancel under a request still in the queue withdraws it.

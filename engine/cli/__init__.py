@@ -8,6 +8,7 @@ import logging
 import sys
 
 from engine.cli.compose import add_compose
+from engine.cli.doctor import add_setup_commands
 from engine.cli.operations import (
     DELEGATED,
     add_operations,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compose(sub)
 
     add_operations(sub)
+    add_setup_commands(sub)
     sub.add_parser("reap", help="re-queue jobs whose worker vanished").set_defaults(func=cmd_reap)
     x = sub.add_parser("cancel", help="withdraw a queued request made from this command line")
     x.add_argument("request", type=int, help="the request's number (`motif compose` prints it)")

@@ -172,6 +172,10 @@ def _write_result(service: JobService, prog: Progress, out: Path, started: float
         print(f"  note: {remark}")
     if prog.notes.get("shortened"):
         print("  note: the audio was shortened to fit the upload cap")
+    shown = prog.notes.get("score_bars")
+    if isinstance(shown, list) and len(shown) == 2:
+        print(f"  note: the score pictures show bars 1–{shown[0]} of {shown[1]}; the PDF and the "
+              "MusicXML have them all")  # fmt: skip
     return 0
 
 

@@ -29,7 +29,7 @@ from engine.music.spelling import Speller, key_fifths
 log = logging.getLogger(__name__)
 
 SEED_COLOUR = "#2F5F9E"  # the piano roll's seed blue, darker to read as ink (MusicXML: upper case)
-MARK = "Motif"  # the rehearsal mark over the first bar of the continuation
+MARK = "Motif"  # the mark over the continuation's first note
 MIDDLE_C = 60
 
 
@@ -126,23 +126,26 @@ def score_xml(
     end = max((s + d for s, d, _, _ in notes), default=bar)
     n_bars = max(1, -(-end // bar))
     cont_start = min((s for s, _, _, is_seed in notes if not is_seed), default=None)
-    mark_bar = cont_start // bar if seed is not None and cont_start is not None else None
+    # the mark sits on the continuation's first note, mid-bar when the seed ends mid-bar (a
+    # shortened last bar that balances a pickup); the double bar only where the join is a bar line
+    mark = divmod(cont_start, bar) if seed is not None and cont_start is not None else None
+    # a seed that starts after its first downbeat opens with a pickup: written as a short
+    # (implicit) measure of its own notes, not a bar of rests and an upbeat
+    first_onset = min((s for s, _, _, _ in notes), default=0)
+    pickup = first_onset if seed is not None and 0 < first_onset < bar else 0
     measures = _staff_measures(notes, layout, bar, n_bars, beat)
 
     out = _header(first, title)
     speller = Speller(fifths)
     for m in range(n_bars):
         speller.new_measure()
-        out.append(f'<measure number="{m + 1}">')
+        short = pickup if m == 0 else 0
+        out.append(f'<measure number="{m + 1 - bool(pickup)}"{_IMPLICIT if short else ""}>')
         if m == 0:
             out += _opening(first, fifths, key[1] if key else "major", layout)
-        if m == mark_bar:
-            out.append(
-                '<direction placement="above"><direction-type>'
-                f"<rehearsal>{MARK}</rehearsal></direction-type></direction>"
-            )
-        out += _measure_notes(measures, m, bar, beat, speller)
-        if mark_bar is not None and m == mark_bar - 1:
+        mark_at = mark[1] if mark is not None and m == mark[0] else None
+        out += _measure_notes(measures, m, bar, beat, speller, mark_at=mark_at, skip=short)
+        if mark is not None and mark[1] == 0 and m == mark[0] - 1:
             out.append('<barline location="right"><bar-style>light-light</bar-style></barline>')
         if m == n_bars - 1:
             out.append('<barline location="right"><bar-style>light-heavy</bar-style></barline>')
@@ -227,21 +230,50 @@ def _opening(first: Piece, fifths: int, mode: str, layout: Layout) -> list[str]:
     ]
 
 
+_IMPLICIT = ' implicit="yes"'  # a pickup measure: shorter than the metre, not counted
+
+
+def _mark(mid_bar: bool) -> str:
+    """The *Motif* mark, written before the continuation's first note. At a bar line it is a
+    rehearsal mark; mid-bar, a boxed bold direction (engravers put rehearsal marks at the bar
+    line whatever their place in the measure)."""
+    if mid_bar:
+        text = f'<words enclosure="rectangle" font-weight="bold" font-style="normal">{MARK}</words>'
+    else:
+        text = f"<rehearsal>{MARK}</rehearsal>"
+    return f'<direction placement="above"><direction-type>{text}</direction-type></direction>'
+
+
 def _measure_notes(
-    measures: list[list[dict[int, list[Event]]]], m: int, bar: int, beat: int, speller: Speller
+    measures: list[list[dict[int, list[Event]]]],
+    m: int,
+    bar: int,
+    beat: int,
+    speller: Speller,
+    *,
+    mark_at: int | None = None,
+    skip: int = 0,
 ) -> list[str]:
-    """Measure `m`'s notes, voice after voice (each later voice backs up a bar)."""
+    """Measure `m`'s notes, voice after voice (each later voice backs up a bar), with the mark
+    `mark_at` ticks into the bar; `skip`: a pickup measure, whose rests before it are left out."""
     out = []
     voice_no = 0
     for staff_index, staff_voices in enumerate(measures):
         for voice_measures in staff_voices:
             voice_no += 1
-            events = voice_measures[m]
+            events = [
+                e
+                for e in voice_measures[m]
+                if e.pitches or (e.start + e.value[0] > skip and not (skip and e.whole_bar))
+            ]
             if voice_no > 1:
-                out.append(f"<backup><duration>{bar}</duration></backup>")
+                out.append(f"<backup><duration>{bar - skip}</duration></backup>")
             beams = beam_marks(events, beat)
             tuplets = tuplet_marks(events)
             for ev, beam, tuplet in zip(events, beams, tuplets, strict=True):
+                if mark_at is not None and ev.start >= mark_at:
+                    out.append(_mark(mid_bar=mark_at > 0))
+                    mark_at = None
                 if not ev.pitches:
                     out.append(
                         _note_xml(ev, None, False, voice_no, staff_index + 1, speller, {}, None)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from engine.errors import MotifError
 from engine.music.midi import load_seed
 from engine.music.midi_check import AbsurdTempo, SeedLimits
+from engine.music.notation_terms import abc_problem, dropped_remark, no_notes
 from engine.music.notes import Note, Piece
 from engine.music.result_midi import to_midi_bytes
 
@@ -64,7 +65,13 @@ class UnreadableNotation(BadNotation):
             if kind == "ABC"
             else "Export it again as uncompressed (.musicxml) or compressed (.mxl) MusicXML."
         )
-        super().__init__(f"Motif could not read this {kind}: {hint}", detail=detail)
+        problem = abc_problem(detail) if kind == "ABC" else None  # the construct, when named
+        message = (
+            f"Motif could not read this ABC at {problem}."
+            if problem
+            else f"Motif could not read this {kind}: {hint}"
+        )
+        super().__init__(message, detail=detail)
 
 
 class NotationTimeout(BadNotation):
@@ -345,6 +352,10 @@ def load_notation_seed(
             xml = _unzip_mxl(bytes(data), limits) if kind == "mxl" else bytes(data)
             text = checked_xml(xml, limits)
         parsed = PARSER.parse(kind, text, limits, label)
+        if not parsed["notes"]:  # (not "send a MIDI file": the seed is notation)
+            raise BadNotation(no_notes(label))
+        if dropped := dropped_remark(kind, text):
+            remarks.append(dropped)
         piece = _piece(parsed, filename, limits)
         midi = to_midi_bytes(piece)
         seed = load_seed(midi, limits.midi, name=filename)  # the MIDI limits, the same rules

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, BinaryIO
 
+from engine.music.timewise import partwise
+
 log = logging.getLogger(__name__)
 
 
@@ -27,6 +29,22 @@ class TooLarge(Exception):
         self.what, self.limit = what, limit
 
 
+def downbeat_shift(part: Any, score: Any) -> float:
+    """How far to move a part's notes so that its bar lines fall on the metre's: the phase most
+    of its later measures start at. A pickup moves them by what it lacks of a bar; so does a
+    first bar longer than the metre (or than 4/4 in a tune without one), which music21 leaves
+    at offset 0 with every later bar line off the beat."""
+    measures = list(part.getElementsByClass("Measure"))
+    first = measures[0] if measures else None
+    meter = next(iter(score.recurse().getElementsByClass("TimeSignature")), None)
+    bar = float(meter.barDuration.quarterLength) if meter is not None else 4.0
+    starts = [round(float(m.offset) % bar, 4) for m in measures[1:]] if bar > 0 else []
+    if not starts:
+        return float(first.paddingLeft) if first is not None else 0.0
+    phase = max(set(starts), key=lambda p: (starts.count(p), -starts.index(p)))
+    return (-phase) % bar
+
+
 def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict[str, Any]:
     """music21's reading of an ABC tune or a MusicXML score, as plain values: notes as (onset,
     length, pitch, velocity) in quarter notes from the first bar line, tempo, metre, key,
@@ -34,6 +52,8 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
     from music21 import converter
 
     fmt = "abc" if kind == "abc" else "musicxml"
+    if kind != "abc":
+        text = partwise(text)  # music21 reads partwise only: a timewise score is turned first
     score = converter.parse(text.decode("utf-8") if kind == "abc" else text, format=fmt)
     if hasattr(score, "scores") and len(score.scores):  # an Opus: its first score
         score = score.scores[0]
@@ -44,8 +64,7 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
     program = None
     for part in parts:
         part = part.stripTies()
-        first_bar = part.getElementsByClass("Measure").first()
-        pickup = float(first_bar.paddingLeft) if first_bar is not None else 0.0  # an upbeat
+        pickup = downbeat_shift(part, score)  # an upbeat, or an irregular first bar
         if program is None:
             inst = part.getInstrument(returnDefault=False)
             program = getattr(inst, "midiProgram", None) if inst is not None else None

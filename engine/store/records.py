@@ -108,8 +108,10 @@ class ArtifactKind(enum.StrEnum):
     MIDI = "midi"
     AUDIO = "audio"
     IMAGE = "image"  # the piano roll
-    SCORE = "score"  # the engraved score (PNG)
+    SCORE = "score"  # the engraved score's first page (PNG)
+    SCORE_2 = "score-2"  # its second page, when it has one
     MUSICXML = "musicxml"
+    PDF = "pdf"  # the whole engraved score
 
 
 class ModelStatus(enum.StrEnum):

@@ -66,10 +66,10 @@ def render_request(request_id: int, settings: Settings) -> bool:
     store.put(audio_key, audio.data)
     store.put(image_key, png)
     xml_key = f"requests/{request_id}/motif-{request_id}.musicxml"
-    score_key = f"requests/{request_id}/motif-{request_id}-score.png"
     store.put(xml_key, score.musicxml)
-    if score.png is not None:
-        store.put(score_key, score.png)
+    score_files = _score_files(request_id, score)
+    for key, data, _kind, _mime in score_files:
+        store.put(key, data)
     with session_scope(settings.sqlalchemy_url) as session:
         req = session.get(Request, request_id)
         if req is None or req.status is not RequestStatus.RENDERING:
@@ -79,10 +79,8 @@ def render_request(request_id: int, settings: Settings) -> bool:
         upsert_artifact(
             session, request_id, ArtifactKind.MUSICXML, xml_key, score.musicxml, MUSICXML_MIME
         )
-        if score.png is not None:
-            upsert_artifact(
-                session, request_id, ArtifactKind.SCORE, score_key, score.png, "image/png"
-            )
+        for key, data, kind, mime in score_files:
+            upsert_artifact(session, request_id, kind, key, data, mime)
         now = utcnow()
         timings = dict(req.timings or {})
         timings["render_s"] = round(elapsed, 3)
@@ -93,10 +91,30 @@ def render_request(request_id: int, settings: Settings) -> bool:
         notes = dict(req.notes or {})
         if audio.shortened:
             notes["shortened"] = True
+        if score.bars_shown < score.bars_total:
+            notes["score_bars"] = [score.bars_shown, score.bars_total]
         req.notes = notes
         req.status = RequestStatus.DONE
         req.finished_at = now
     return True
+
+
+SCORE_PAGE_KINDS = (ArtifactKind.SCORE, ArtifactKind.SCORE_2)  # the pages chat shows, in order
+
+
+def _score_files(
+    request_id: int, score: EngravedResult
+) -> list[tuple[str, bytes, ArtifactKind, str]]:
+    """(key, bytes, kind, MIME type) of the score's pages for chat and its PDF: none when
+    engraving failed."""
+    stem = f"requests/{request_id}/motif-{request_id}"
+    files = [
+        (f"{stem}-score{'' if i == 0 else f'-{i + 1}'}.png", page, kind, "image/png")
+        for i, (page, kind) in enumerate(zip(score.pages, SCORE_PAGE_KINDS, strict=False))
+    ]
+    if score.pdf is not None:
+        files.append((f"{stem}.pdf", score.pdf, ArtifactKind.PDF, "application/pdf"))
+    return files
 
 
 def _title(request_id: int, kind: RequestKind, options: ComposeOptions, version: str | None) -> str:

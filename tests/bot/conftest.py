@@ -90,6 +90,7 @@ def jobs(bot_settings: Settings, dispatched: list[int]) -> JobService:
 class SimulatedWorker:
     """Plays a GPU worker's part in SQL and the artifact store, one state at a time."""
 
+    writes_pdf = False  # it stores the five files a chat result always has
     model_version = "test-model-1"
 
     def __init__(self, settings: Settings) -> None:
@@ -176,6 +177,8 @@ class SimulatedWorker:
 
 class PipelineWorker:
     """The real thing in-process: `engine.worker.pipeline.process_request` (model + FluidSynth)."""
+
+    writes_pdf = True  # the real render stage adds the whole score as a PDF
 
     def __init__(self, settings: Settings) -> None:
         try:

@@ -104,3 +104,26 @@ def test_discord_out_of_reach_is_a_clear_message_not_a_traceback(
     logged = [r.getMessage() for r in caplog.records if r.name == "discord.client"]
     assert "logging in using static token" in logged  # discord.client's records get through …
     assert not any("voice will NOT be supported" in m for m in logged)  # … but not this noise
+
+
+def test_the_bot_logs_its_invite_url_once_when_it_is_ready(bot_settings, jobs, caplog):
+    """A new bot is in no server: its first start says how to add it, with the URL
+    `motif invite` prints (and not again on a reconnect's READY)."""
+    import asyncio
+    import logging
+
+    from bot.client import MotifBot
+    from bot.invite import invite_url
+
+    bot = MotifBot(bot_settings, jobs, sync_on_start=False)
+    bot._connection.application_id = 1234567890123456789  # what READY tells a logged-in bot
+
+    async def ready_twice() -> None:
+        await bot.on_ready()
+        await bot.on_ready()
+
+    with caplog.at_level(logging.INFO, logger="bot.client"):
+        asyncio.run(ready_twice())
+    said = [r for r in caplog.records if invite_url(1234567890123456789) in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert "no server yet" in said[0].getMessage()

@@ -209,6 +209,8 @@ def test_an_abc_seed_end_to_end_with_each_worker(bot_settings, jobs, dispatched,
                     f"SPOILER_motif-{rid}.png",
                     f"motif-{rid}-score.png",
                 ]
+                # the real render stage also writes the whole score as a PDF
+                + ([f"motif-{rid}.pdf"] if any_worker.writes_pdf else [])
             )
             assert result.json["embeds"][0]["image"]["url"] == f"attachment://motif-{rid}-score.png"
 

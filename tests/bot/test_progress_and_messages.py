@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bot import messages
-from bot.destinations import Upload, fit_uploads
+from bot.destinations import Upload, fit_uploads, inline_picture
 from bot.progress import EditThrottle
 from bot.views import result_view, varied_temperature
 from engine.errors import BadParams
@@ -142,6 +142,33 @@ def test_result_embed_tells_how_the_file_became_the_seed():
     )
     note = {f.name: f.value for f in embed.fields}["Note"]
     assert note.splitlines() == [notices[k] for k in ("from_bar", "seed_cropped", "drums_left_out")]
+
+
+def test_a_long_score_says_which_bars_chat_shows_and_where_the_rest_is():
+    embed = messages.result_embed(
+        progress(RequestStatus.DONE, notes={"score_bars": [24, 64]}),
+        image_filename="motif-12-score.png",
+        left_out=[],
+    )
+    note = {f.name: f.value for f in embed.fields}["Note"]
+    assert note == "Score: bars 1–24 of 64; the full score is in the PDF and the MusicXML."
+
+
+def test_a_scores_pages_show_together_and_hide_together_and_the_pdf_comes_first():
+    files = [
+        Upload("m-score-2.png", b"2", "score-2"),
+        Upload("m.png", b"r", "image"),
+        Upload("m-score.png", b"1", "score"),
+        Upload("m.pdf", b"p", "pdf"),
+        Upload("m.musicxml", b"x", "musicxml"),
+    ]
+    kept, _ = fit_uploads(files, per_file=100)
+    assert [u.kind for u in kept] == ["musicxml", "pdf", "image", "score", "score-2"]
+    shown = {u.kind: u.spoiler for u in inline_picture(kept, "score")}
+    assert shown == {"musicxml": False, "pdf": False, "image": True, "score": False,
+                     "score-2": False}  # fmt: skip
+    shown = {u.kind: u.spoiler for u in inline_picture(kept, "pianoroll")}
+    assert shown["image"] is False and shown["score"] is True and shown["score-2"] is True
 
 
 def test_variation_temperature_moves_within_the_allowed_range():

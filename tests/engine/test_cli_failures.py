@@ -112,6 +112,7 @@ def test_compose_starts_a_new_worker_when_its_worker_is_gone(tmp_path, tiny_mode
         ".mid",
         ".musicxml",
         ".ogg",
+        ".pdf",
         ".png",
         ".png",
     ]

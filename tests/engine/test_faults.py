@@ -54,12 +54,12 @@ def _one_set_of_artifacts(settings, rid: int) -> None:
         kinds = sorted(
             a.kind.value for a in s.scalars(select(Artifact).where(Artifact.request_id == rid))
         )
-    assert kinds == ["audio", "image", "midi", "musicxml", "score"]
+    assert kinds == ["audio", "image", "midi", "musicxml", "pdf", "score"]
     files = sorted(
         p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
     )
     assert files == sorted(
-        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml", ".pdf")
     )
 
 
@@ -245,6 +245,7 @@ def test_four_first_time_composes_at_once_share_one_worker(tmp_path, tiny_model_
             ".mid",
             ".musicxml",
             ".ogg",
+            ".pdf",
             ".png",
             ".png",
         ]

@@ -194,8 +194,9 @@ def test_a_seed_files_key_signature_travels_into_the_result_file():
 
 
 def test_compound_metre_shows_its_beats_in_rests_and_tempo():
-    upbeat = Piece((Note(2.5, 0.5, 71), Note(3.0, 1.5, 64)), tempo_bpm=150.0, time_signature=(6, 8))
-    score = parse(score_xml(upbeat, Piece(()), key=(4, "minor")))
+    # (music after a rest, not a seed: a seed starting late is a pickup, written without rests)
+    late = Piece((Note(2.5, 0.5, 71), Note(3.0, 1.5, 64)), tempo_bpm=150.0, time_signature=(6, 8))
+    score = parse(score_xml(None, late, key=(4, "minor")))
     first = score.parts[0].getElementsByClass("Measure").first()
     rests = [float(r.quarterLength) for r in first.recurse().getElementsByClass("Rest")]
     assert rests == [1.5, 1.0]  # a dotted quarter rest (the first beat), then a quarter

@@ -177,7 +177,7 @@ def test_a_zip_whose_header_lies_about_its_size_is_still_bounded():
     ("data", "name", "error"),
     [
         (b"T:no key field\nCDEF|\n", "nokey.abc", UnreadableNotation),
-        (b"X:1\nK:C\n", "empty.abc", BadMidi),  # no notes: the MIDI seed's "no notes" error
+        (b"X:1\nK:C\n", "empty.abc", BadNotation),  # no notes, said of the ABC (not of MIDI)
         (b"<html><body>hi</body></html>", "page.xml", UnreadableNotation),
         (b"<score-partwise><part", "cut.musicxml", UnreadableNotation),
         (b"PK\x03\x04 not really a zip", "fake.mxl", UnreadableNotation),

@@ -143,7 +143,7 @@ def test_a_double_send_is_harmless(settings, tiny_model_path):
     assert after.status is RequestStatus.DONE and after.attempts == before.attempts == 1
     assert after.finished_at == before.finished_at
     with session_scope(s.sqlalchemy_url) as session:
-        assert session.scalar(select(func.count(Artifact.id))) == 5  # one set
+        assert session.scalar(select(func.count(Artifact.id))) == 6  # one set (with the PDF)
 
 
 def _dead_pid() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 from symusic import Score
 
 from engine.audio.pianoroll import CONTINUATION_COLOUR, SEED_COLOUR
+from engine.cli.compose import _write_result
 from engine.music.result_midi import split_result
 from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
@@ -70,3 +72,31 @@ def test_a_result_with_seed_keeps_both_tracks(tmp_path, tiny_model_path):
     assert seed is not None and len(seed.notes) > 0 and len(cont.notes) > 0
     assert _pixels_near(files[ArtifactKind.IMAGE], SEED_COLOUR) > 100
     assert store_for(settings.artifact_root).exists(f"requests/{rid}/motif-{rid}.mid")
+
+
+def test_a_long_result_brings_two_score_pages_a_pdf_and_says_which_bars_it_shows(
+    tmp_path, tiny_model_path, capsys
+):
+    """The render stage stores the score's first pages for chat, the PDF of all of them, and
+    notes the bars the pages show when there are more."""
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, max_bars=128)
+    db.upgrade(settings.sqlalchemy_url)
+    service = JobService(settings, dispatch=lambda _rid: None)
+    options = validate_options(bars=128, style="folk", rng_seed=5, settings=settings)
+    rid = service.compose(Requester(origin="cli", name="test"), options, None, "")
+    assert run_generation(rid, settings) == [rid]
+    assert run_render(rid, settings)
+    files = _artifacts(service, rid)
+    assert files[ArtifactKind.PDF][:5] == b"%PDF-"
+    for page in (ArtifactKind.SCORE, ArtifactKind.SCORE_2):
+        assert Image.open(io.BytesIO(files[page])).width == 1400
+    names = {a.kind: a.filename for a in service.progress(rid).artifacts}
+    assert names["score-2"] == f"motif-{rid}-score-2.png" and names["pdf"] == f"motif-{rid}.pdf"
+    shown, total = service.progress(rid).notes["score_bars"]
+    assert 0 < shown < total and total >= 128
+    assert files[ArtifactKind.PDF].count(b"/Type /Page ") > 2
+    # `motif compose` writes them all and says which bars the pictures show
+    _write_result(service, service.progress(rid), tmp_path / "out", time.perf_counter())
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert f"motif-{rid}.pdf" in written and f"motif-{rid}-score-2.png" in written
+    assert f"the score pictures show bars 1–{shown} of {total}" in capsys.readouterr().out

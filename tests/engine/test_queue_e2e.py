@@ -34,7 +34,7 @@ def check_artifacts(service: JobService, rid: int) -> None:
     prog = service.progress(rid)
     assert prog.status is RequestStatus.DONE, prog.error_user
     kinds = {a.kind: a for a in prog.artifacts}
-    assert set(kinds) == {"midi", "audio", "image", "score", "musicxml"}
+    assert set(kinds) == {"midi", "audio", "image", "score", "musicxml", "pdf"}
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.artifact_bytes(kinds["midi"])))
     assert sum(len(i.notes) for i in midi.instruments) > 0
     data, rate = soundfile.read(io.BytesIO(service.artifact_bytes(kinds["audio"])))
@@ -42,12 +42,14 @@ def check_artifacts(service: JobService, rid: int) -> None:
     assert service.artifact_bytes(kinds["image"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert service.artifact_bytes(kinds["score"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert kinds["score"].filename == f"motif-{rid}-score.png"
+    assert service.artifact_bytes(kinds["pdf"])[:5] == b"%PDF-"
+    assert kinds["pdf"].filename == f"motif-{rid}.pdf"
     xml = service.artifact_bytes(kinds["musicxml"])
     assert b"<score-partwise" in xml and kinds["musicxml"].filename == f"motif-{rid}.musicxml"
     assert prog.model_version == "tiny-test" or prog.model_version.startswith("default-")
     assert prog.timings["generate_s"] > 0 and prog.timings["render_s"] > 0
     with session_scope(service.url) as s:
-        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 5
+        assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 6
 
 
 def _compose(service: JobService, seed: bool = True, **options) -> int:
@@ -135,7 +137,7 @@ def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(
         p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
     )
     assert files == sorted(
-        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+        f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml", ".pdf")
     )
 
 
@@ -155,7 +157,7 @@ def test_motif_compose_cli_writes_midi_audio_pictures_and_musicxml(tmp_path, tin
     # nothing from the libraries' chatter: alembic's dialect lines, kombu's missing host name
     assert "alembic" not in proc.stderr and "kombu" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"motif-1{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml")
+        f"motif-1{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml", ".pdf")
     )
     # the CLI's own worker left before the CLI returned: a next `motif compose` starts its own
     assert live_workers(settings) == []
