@@ -18,7 +18,13 @@ from discord.ext import commands
 from bot.destinations import MessageDestination
 from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
-from bot.seeds import check_seed_attachment, find_seed_attachment, pasted_abc, read_seed
+from bot.seeds import (
+    check_pasted_abc,
+    check_seed_attachment,
+    find_seed_attachment,
+    pasted_abc,
+    read_seed,
+)
 from engine.errors import BadMidi, BadParams, MotifError, RateLimited
 from engine.music import catalog
 from engine.music.notation import PASTED_NAME, abc_in_code_block
@@ -81,26 +87,37 @@ class Compose(commands.Cog):
         abc: str | None = None,
     ) -> int:
         seed, seed_name = None, ""
+        # before deferring: these refusals stay ephemeral
         if attachment is not None:
-            check_seed_attachment(attachment)  # before deferring: the refusal stays ephemeral
+            check_seed_attachment(attachment)
         elif abc:
-            seed, seed_name = pasted_abc(abc), PASTED_NAME
+            check_pasted_abc(abc)
         await interaction.response.defer(thinking=True)
         who = requester_from_interaction(interaction, origin)
         if attachment is not None:
             await asyncio.to_thread(self.bot.jobs.precheck, who)  # refused: nothing downloaded
             seed, seed_name = await read_seed(attachment), attachment.filename
-        request_id = await asyncio.to_thread(
-            self.bot.jobs.compose,
-            who,
-            options,
-            seed,
-            seed_name,
-            seed_owner,
-        )
+        elif abc:
+            seed, seed_name = await asyncio.to_thread(pasted_abc, abc), PASTED_NAME
+        request_id = await self.submit(who, options, seed, seed_name, seed_owner)
         interaction.extras["request_id"] = request_id
         self.bot.deliveries.follow(request_id, self.bot.deliveries.for_interaction(interaction))
         return request_id
+
+    async def submit(
+        self,
+        who: Requester,
+        options: ComposeOptions,
+        seed: bytes | None,
+        seed_name: str,
+        seed_owner: Requester | None = None,
+    ) -> int:
+        """`jobs.compose`, in the seed threads when there is a seed to parse."""
+        if seed is None:
+            return await asyncio.to_thread(self.bot.jobs.compose, who, options)
+        return await self.bot.seed_threads.run(
+            self.bot.jobs.compose, who, options, seed, seed_name, seed_owner
+        )
 
     @app_commands.command(name="compose")
     @app_commands.describe(
@@ -188,11 +205,9 @@ class Compose(commands.Cog):
                 if attachment is not None:
                     data, name = await read_seed(attachment), attachment.filename
                 else:
-                    data, name = pasted_abc(abc or ""), PASTED_NAME
+                    data, name = await asyncio.to_thread(pasted_abc, abc or ""), PASTED_NAME
                 options = validate_options(settings=self.bot.settings)
-                request_id = await asyncio.to_thread(
-                    self.bot.jobs.compose, who, options, data, name
-                )
+                request_id = await self.submit(who, options, data, name)
         except MotifError as exc:
             if self._answered_recently(message.author.id, exc):
                 log.info("not answering another refusal to %s: %s", message.author.id, exc)

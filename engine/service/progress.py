@@ -67,6 +67,21 @@ class QueueStatus:
     worker_counts: list[str] = field(default_factory=list)  # "2 × gpu,train on cuda": for chat
 
 
+SEED_NAME = "seed_name"  # in a request's notes: the seed's name as its requester gave it
+
+
+def seed_name_of(req: Request) -> str | None:
+    """The seed's name as this request's requester gave it. A tune is stored once per content
+    hash, so its own name is the first uploader's: shown only to that uploader."""
+    name = (req.notes or {}).get(SEED_NAME)
+    if isinstance(name, str):
+        return name
+    tune = req.seed_tune
+    if tune is None:
+        return None
+    return tune.name if tune.owner_id is not None and tune.owner_id == req.user_id else "a seed"
+
+
 class Following:
     """Progress, history and queue status, bound to one set of settings (JobService includes
     it)."""
@@ -88,7 +103,7 @@ class Following:
                     )
                 )
                 position = (ahead or 0) + 1
-            seed_name = req.seed_tune.name if req.seed_tune else None
+            seed_name = seed_name_of(req)
             user_discord_id = req.user.discord_id if req.user else None
             return Progress(
                 request_id=req.id,
