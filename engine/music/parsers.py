@@ -2,7 +2,7 @@
 processes, shared fairly between users.
 
 Each process starts with a scrubbed environment (no token, no database URL) in an empty folder
-of its own, and turns its network off. Waiting parses queue per user and are served round-robin;
+of its own, and turns its network off. Waiting parses queue per user and users are served in turns (round-robin);
 one user holds at most `per_user_running` parsers, so a flood from one user leaves a parser to
 everyone else. A wait is bounded: past `max_wait_s` the caller hears "busy, try again". Failed
 and timed-out parses are charged to their user's budget (`failure_budget_s` of parser time per
@@ -22,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,11 @@ class ParserPool:
     def __init__(self, limits: PoolLimits = PoolLimits()) -> None:  # noqa: B008
         self.limits = limits
         self._cond = threading.Condition()
-        self._free = [ParserProcess() for _ in range(max(1, limits.parsers))]
-        self._waiting: OrderedDict[str, deque[_Ticket]] = OrderedDict()  # round-robin order
+        self._all = tuple(ParserProcess() for _ in range(max(1, limits.parsers)))
+        self._free = list(self._all)
+        self._waiting: dict[str, deque[_Ticket]] = {}  # in order of arrival
+        self._served: dict[str, int] = {}  # when each user was last given a parser
+        self._serial = 0
         self._running: dict[str, int] = {}
         self._budgets: dict[str, _Budget] = {}
         self.parses = 0  # parses handed to a process, for tests and benches
@@ -180,22 +184,36 @@ class ParserPool:
 
     # --- the fair queue ----------------------------------------------------------------------
     def _assign(self) -> None:
-        """Hand free parsers to waiting tickets, one user after another (caller holds the lock)."""
+        """Hand free parsers to waiting tickets: the user served longest ago goes first, so
+        users take turns however many seeds each sent (the caller holds the lock)."""
         while self._free:
-            for user, tickets in self._waiting.items():
-                if self._running.get(user, 0) < self.limits.per_user_running:
-                    break
-            else:
+            eligible = [
+                user
+                for user in self._waiting
+                if self._running.get(user, 0) < self.limits.per_user_running
+            ]
+            if not eligible:
                 return
+            user = min(eligible, key=lambda u: self._served.get(u, -1))
+            tickets = self._waiting[user]
             ticket = tickets.popleft()
-            self._waiting.pop(user)
-            if tickets:  # to the back of the round
-                self._waiting[user] = tickets
+            if not tickets:
+                del self._waiting[user]
             ticket.parser = self._free.pop()
             self._running[user] = self._running.get(user, 0) + 1
+            self._serial += 1
+            self._served[user] = self._serial
+            if len(self._served) > 10_000:  # only the users still here matter
+                self._served = {
+                    u: n for u, n in self._served.items() if u in self._waiting or u in self._running
+                }
             self._cond.notify_all()
 
-    def _acquire(self, user: str) -> ParserProcess:
+    @contextmanager
+    def turn(self, user: str) -> Iterator[ParserProcess]:
+        """Wait for `user`'s turn at a parser (round-robin between users, at most
+        `per_user_running` at once each) and hold it; ParserBusy when the wait is too long or
+        the user already has too many seeds waiting."""
         limits = self.limits
         ticket = _Ticket(user)
         with self._cond:
@@ -221,34 +239,30 @@ class ParserPool:
                         retry_after_s=30,
                     )
                 self._cond.wait(left)
-            return ticket.parser
-
-    def _release(self, user: str, parser: ParserProcess) -> None:
-        with self._cond:
-            self._running[user] -= 1
-            if not self._running[user]:
-                del self._running[user]
-            self._free.append(parser)
-            self._assign()
+            parser = ticket.parser
+        try:
+            yield parser
+        finally:
+            with self._cond:
+                self._running[user] -= 1
+                if not self._running[user]:
+                    del self._running[user]
+                self._free.append(parser)
+                self._assign()
 
     def parse(
         self, user: str, request: dict[str, Any], text: bytes, timeout_s: float
     ) -> dict[str, Any]:
         """One parse for `user`, when the queue reaches them: the parser's reply (a dict with a
         "status"). Raises ParserBusy when the wait would be too long."""
-        parser = self._acquire(user)
-        try:
+        with self.turn(user) as parser:
             self.parses += 1
             return parser.ask(request, text, timeout_s + self.limits.answer_margin_s)
-        finally:
-            self._release(user, parser)
 
     def close(self) -> None:
-        with self._cond:
-            for parser in self._free:
-                parser.discard()
+        for parser in self._all:
+            parser.discard()
 
-    def pids(self) -> list[int]:
+    def processes(self) -> list[subprocess.Popen[bytes]]:
         """The running parser processes (for tests: their environment and folder)."""
-        with self._cond:
-            return [p.proc.pid for p in self._free if p.proc is not None and p.proc.poll() is None]
+        return [p.proc for p in self._all if p.proc is not None and p.proc.poll() is None]
