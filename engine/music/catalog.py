@@ -50,4 +50,4 @@ MAX_RNG_SEED = 2**31 - 1
 INLINE_IMAGES: tuple[str, ...] = ("score", "pianoroll")
 MAX_FROM_BAR = 100_000  # /compose from_bar: the bars before it are the seed
 # request notes (engine.music.midi.seed_notices) that a reply shows the user, in this order
-SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out")
+SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out", "metre_clamped")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from engine.errors import MotifError
 from engine.music.midi import load_seed
 from engine.music.midi_check import AbsurdTempo, SeedLimits
-from engine.music.notes import Note, Piece
+from engine.music.notes import Note, Piece, notated_metre
 from engine.music.parsers import ParserBusy, ParserPool
 from engine.music.result_midi import to_midi_bytes
 
@@ -33,7 +33,6 @@ ABC_SUFFIXES = (".abc",)
 MUSICXML_SUFFIXES = (".musicxml", ".xml")
 MXL_SUFFIXES = (".mxl",)
 NOTATION_SUFFIXES = ABC_SUFFIXES + MUSICXML_SUFFIXES + MXL_SUFFIXES
-NOTATED_DENOMINATORS = (1, 2, 4, 8, 16)
 
 
 # --- errors a user can act on ------------------------------------------------------------------
@@ -327,15 +326,13 @@ def _piece(parsed: dict, name: str, limits: NotationLimits, remarks: list[str]) 
     tempo = parsed["tempo"] or 120.0
     if not math.isfinite(tempo) or not limits.midi.min_tempo <= tempo <= limits.midi.max_tempo:
         raise AbsurdTempo(tempo, limits.midi.min_tempo, limits.midi.max_tempo)
-    num, den = parsed["meter"] or (4, 4)
-    if not (1 <= num <= 32 and den in NOTATED_DENOMINATORS):
-        # notation (and the score picture) stops at sixteenths: 3/32 or 1/64 would make bars
-        # too short to engrave
+    metre = tuple(parsed["meter"] or (4, 4))
+    num, den = notated_metre((int(metre[0]), int(metre[-1])))
+    if (num, den) != metre:
         remarks.append(
-            f"The seed's metre {num}/{den} is beyond what Motif writes (denominators up to 16); "
-            "it was read in 4/4."
+            f"The seed's metre {metre[0]}/{metre[-1]} is beyond what a score writes (a "
+            "sixteenth-note beat at the shortest), so Motif read it in 4/4."
         )
-        num, den = 4, 4
     meta = {}
     fifths = parsed["fifths"]
     if fifths is not None and -7 <= fifths <= 7:
