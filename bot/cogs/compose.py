@@ -6,6 +6,7 @@ A seed is a MIDI, ABC or MusicXML file, or ABC text (`/compose abc:`, or a code 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -16,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.destinations import MessageDestination
+from bot.discord_limits import fitted_content
 from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
 from bot.seeds import (
@@ -43,7 +45,8 @@ IMAGE_CHOICES = [
 ]
 
 # Discord shows these ranges in the client but does not enforce them: validate_options does.
-Bars = app_commands.Range[int, 1, 256]
+# The bars' upper end is the settings' (MOTIF_MAX_BARS), set when the cog is made.
+Bars = app_commands.Range[int, 1, catalog.MAX_BARS_CEILING]
 Temperature = app_commands.Range[float, catalog.MIN_TEMPERATURE, catalog.MAX_TEMPERATURE]
 Tempo = app_commands.Range[float, catalog.MIN_TEMPO, catalog.MAX_TEMPO]
 RngSeed = app_commands.Range[int, 0, catalog.MAX_RNG_SEED]
@@ -58,6 +61,10 @@ class Compose(commands.Cog):
             name="Continue this MIDI", callback=self.continue_this_midi
         )
         bot.tree.add_command(self.menu)
+        # the client offers the bars the settings allow, not the ceiling: a replaced parameter
+        # on this cog's own copy of the command (discord.py has no public setter)
+        bars = self.compose._params["bars"]
+        self.compose._params["bars"] = dataclasses.replace(bars, max_value=bot.settings.max_bars)
         self._mention_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -130,7 +137,7 @@ class Compose(commands.Cog):
         tempo="Tempo in BPM (default: the seed's)",
         rng_seed="A number that makes the result repeatable",
         image="The picture shown with the result (the other is one click away)",
-        from_bar="Continue from this bar of the seed: the bars before it are the seed (default: the end)",
+        from_bar="Continue from this bar: the bars before it are the seed (default: the end)",
     )
     @app_commands.choices(style=STYLE_CHOICES, instrument=INSTRUMENT_CHOICES, image=IMAGE_CHOICES)
     async def compose(
@@ -147,8 +154,7 @@ class Compose(commands.Cog):
         image: str | None = None,
         from_bar: FromBar | None = None,
     ) -> None:
-        """Continue a melody with Motif's model: attach a MIDI, ABC or MusicXML seed, paste ABC,
-        or start from scratch."""
+        """Continue a melody: attach a MIDI, ABC or MusicXML seed, paste ABC, or start from scratch"""
         if seed is not None and abc:
             raise BadParams("give one seed: a file or ABC text, not both.")
         options = validate_options(
@@ -212,7 +218,7 @@ class Compose(commands.Cog):
             if self._answered_recently(message.author.id, exc):
                 log.info("not answering another refusal to %s: %s", message.author.id, exc)
                 return
-            await message.reply(user_text(exc), mention_author=False)
+            await message.reply(fitted_content(user_text(exc)), mention_author=False)
             return
         except Exception:
             error_id = new_error_id()

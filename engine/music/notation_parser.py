@@ -46,7 +46,9 @@ def check_xml_tree(text: bytes) -> None:
     from defusedxml import DefusedXmlException
 
     try:
-        root = safe_et.fromstring(text, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+        root = safe_et.fromstring(
+            text, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
     except DefusedXmlException as exc:
         raise Unsafe(f"{type(exc).__name__}: {exc}") from exc
     tag = root.tag.rsplit("}", 1)[-1] if isinstance(root.tag, str) else ""

@@ -52,6 +52,7 @@ class PoolLimits:
     failure_budget_s: float = 30.0  # parser seconds of failed parses per user and window
     failure_window_s: float = 600.0
     answer_margin_s: float = 30.0  # over the parse limit: the process's own start (music21)
+    in_turns: bool = True  # False: first come, first served (for comparison in the bench)
 
 
 def parser_environment(environ: Mapping[str, str], home: str) -> dict[str, str]:
@@ -127,6 +128,7 @@ class ParserProcess:
 @dataclass
 class _Ticket:
     user: str
+    arrived: int
     parser: ParserProcess | None = None
 
 
@@ -194,7 +196,10 @@ class ParserPool:
             ]
             if not eligible:
                 return
-            user = min(eligible, key=lambda u: self._served.get(u, -1))
+            if self.limits.in_turns:
+                user = min(eligible, key=lambda u: self._served.get(u, -1))
+            else:
+                user = min(eligible, key=lambda u: self._waiting[u][0].arrived)
             tickets = self._waiting[user]
             ticket = tickets.popleft()
             if not tickets:
@@ -205,7 +210,9 @@ class ParserPool:
             self._served[user] = self._serial
             if len(self._served) > 10_000:  # only the users still here matter
                 self._served = {
-                    u: n for u, n in self._served.items() if u in self._waiting or u in self._running
+                    u: n
+                    for u, n in self._served.items()
+                    if u in self._waiting or u in self._running
                 }
             self._cond.notify_all()
 
@@ -215,8 +222,9 @@ class ParserPool:
         `per_user_running` at once each) and hold it; ParserBusy when the wait is too long or
         the user already has too many seeds waiting."""
         limits = self.limits
-        ticket = _Ticket(user)
         with self._cond:
+            self._serial += 1
+            ticket = _Ticket(user, self._serial)
             waiting = self._waiting.get(user, deque())
             if len(waiting) + self._running.get(user, 0) >= (
                 limits.per_user_running + limits.per_user_waiting

@@ -20,7 +20,6 @@ from tests.bot.conftest import (
     midi_bytes,
     mock_interaction,
     queued,
-    until,
 )
 from tests.bot.fake_discord import CHANNEL_ID, user_payload
 from tests.bot.test_discord_flows import EPHEMERAL, ORIGINAL, answer_text
@@ -38,9 +37,7 @@ def parsers(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     pool.close()
 
 
-def test_pasted_abc_at_the_cap_is_refused_before_any_parse(
-    bot_settings, jobs, dispatched, parsers
-):
+def test_pasted_abc_at_the_cap_is_refused_before_any_parse(bot_settings, jobs, dispatched, parsers):
     settings = bot_settings.model_copy(update={"user_max_concurrent": 1})
     jobs.settings = settings
 
@@ -82,7 +79,9 @@ def test_seeds_are_read_on_the_seed_threads_not_the_default_executor(
     assert threads[0].startswith("motif-seed") and not threads[1].startswith("motif-seed")
 
 
-def test_pasted_abc_is_scanned_after_the_deferral_off_the_event_loop(bot_settings, jobs, monkeypatch):
+def test_pasted_abc_is_scanned_after_the_deferral_off_the_event_loop(
+    bot_settings, jobs, monkeypatch
+):
     from bot.client import MotifBot
     from bot.cogs import compose as compose_cog
 
@@ -161,7 +160,7 @@ def test_a_forged_reroll_of_someone_elses_dm_request_is_refused(bot_settings, jo
 
 
 def test_a_bots_message_seed_cannot_be_claimed_with_share(bot_settings, jobs, dispatched, worker):
-    """"Continue this MIDI" on a bridge's message: the seed belongs to nobody, and the presser
+    """ "Continue this MIDI" on a bridge's message: the seed belongs to nobody, and the presser
     cannot make it theirs by sharing (was: claimed and shared)."""
 
     async def scenario() -> None:
@@ -185,4 +184,3 @@ def test_a_bots_message_seed_cannot_be_claimed_with_share(bot_settings, jobs, di
     with session_scope(bot_settings.sqlalchemy_url) as s:
         seed = s.get(Tune, s.get(Request, 1).seed_tune_id)
         assert seed.owner_id is None and not seed.consent
-

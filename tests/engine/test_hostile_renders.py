@@ -23,7 +23,9 @@ def midi_in(numerator: int, denominator: int) -> bytes:
     pm.time_signature_changes.append(pretty_midi.TimeSignature(numerator, denominator, 0))
     inst = pretty_midi.Instrument(program=0)
     for i in range(8):
-        inst.notes.append(pretty_midi.Note(velocity=90, pitch=60 + i, start=i * 0.25, end=i * 0.25 + 0.2))
+        inst.notes.append(
+            pretty_midi.Note(velocity=90, pitch=60 + i, start=i * 0.25, end=i * 0.25 + 0.2)
+        )
     pm.instruments.append(inst)
     buf = io.BytesIO()
     pm.write(buf)

@@ -114,7 +114,9 @@ def test_a_user_at_the_cap_costs_no_parse_with_pasted_abc(tmp_path, monkeypatch)
 
 def test_the_same_bytes_from_someone_else_show_their_own_name(tmp_path):
     service, _ = _service(tmp_path)
-    first = service.compose(Requester(discord_id=5), validate_options(bars=4), JIG, "ann-secret.abc")
+    first = service.compose(
+        Requester(discord_id=5), validate_options(bars=4), JIG, "ann-secret.abc"
+    )
     second = service.compose(Requester(discord_id=6), validate_options(bars=4), JIG, "bob.abc")
     assert service.progress(first).seed_name == "ann-secret.abc"
     assert service.progress(second).seed_name == "bob.abc"

@@ -167,9 +167,8 @@ def test_one_user_never_takes_every_parser():
     _wait_for(lambda: got == ["ann"] and len(pool._waiting.get("ann", ())) == 2)
     with pool.turn("bob"):  # the second parser was kept for someone else
         pass
-    with pytest.raises(ParserBusy):  # a fourth from ann: one running, two waiting already
-        with pool.turn("ann"):
-            pass
+    with pytest.raises(ParserBusy), pool.turn("ann"):  # a fourth: one running, two waiting
+        pass
     release.set()
     for t in threads:
         t.join(10)
@@ -193,7 +192,8 @@ def test_waiting_users_take_turns():
     for name, user in (("a2", "ann"), ("a3", "ann"), ("b1", "bob")):  # bob asks last
         threads.append(threading.Thread(target=take, args=(name, user)))
         threads[-1].start()
-        _wait_for(lambda n=len(threads) - 1: sum(len(q) for q in pool._waiting.values()) == n)
+        waiting = len(threads) - 1
+        _wait_for(lambda n=waiting: sum(len(q) for q in pool._waiting.values()) == n)
     while len(order) < 4 or not releases[order[-1]].is_set():
         current = order[-1]
         releases[current].set()
@@ -209,9 +209,8 @@ def test_a_long_wait_says_busy():
     holder = threading.Thread(target=_take, args=(pool, "ann", [], hold))
     holder.start()
     _wait_for(lambda: not pool._free)
-    with pytest.raises(ParserBusy):
-        with pool.turn("bob"):
-            pass
+    with pytest.raises(ParserBusy), pool.turn("bob"):
+        pass
     assert not pool._waiting  # the ticket that gave up is gone
     hold.set()
     holder.join(10)
