@@ -250,3 +250,14 @@ def test_a_timed_out_parse_is_charged_its_time(monkeypatch: pytest.MonkeyPatch):
         assert pool.parses == 1
     finally:
         pool.close()
+
+
+def test_pasted_abc_reads_the_same_with_linear_scans():
+    from engine.music.notation import abc_from_chat, abc_in_code_block
+
+    one_line = "X:1   T:Jig \t M:6/8  L:1/8   K:Em B|EFG BAG|"
+    assert abc_from_chat(one_line) == "X:1\nT:Jig\nM:6/8\nL:1/8\nK:Em\nB|EFG BAG|\n"
+    assert abc_from_chat("x" + " " * 5990 + "K:C") == "x\nK:C\n\n"
+    assert abc_in_code_block("```" * 2000) is None
+    assert abc_in_code_block("hi ```abc\nK:G\nGAB|``` and ```\nK:D\n```") == "K:G\nGAB|"
+    assert abc_in_code_block("```no key``` ```ABC K:D d2|```") == "K:D d2|"
