@@ -29,22 +29,22 @@ RETRY = {
 }
 
 
-class _Bounded(Task):  # type: ignore[misc]
+class _Bounded(Task):
     """A task with time limits: when the hard one kills it, its request fails with a clear
     message (the soft one is handled in `engine.worker.pipeline`)."""
 
     stage = ""
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         if args:
             fail_timed_out(self.stage, int(args[0]), get_settings(), exc)
 
 
-class _Generating(_Bounded):  # type: ignore[misc]
+class _Generating(_Bounded):
     stage = "Generating"
 
 
-class _Rendering(_Bounded):  # type: ignore[misc]
+class _Rendering(_Bounded):
     stage = "Rendering"
 
 
