@@ -181,7 +181,8 @@ class JobService(Consent, DeliveryLeases, Following):
         if seed_midi is not None:
             # the limits before any parse, for every kind of seed (pasted ABC too): a user at
             # the cap costs one query, not a parse
-            self.precheck(who)
+            with _unsaved_on_outage():
+                self.precheck(who)
             remarks: tuple[str, ...] = ()
             if is_notation_name(seed_name):
                 notation = load_notation_seed(  # a clear MotifError
