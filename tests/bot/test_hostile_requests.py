@@ -9,6 +9,7 @@ import threading
 
 import discord
 import pytest
+from sqlalchemy import select
 
 from bot.views import ShareConsentButton, result_view
 from engine.music import notation
@@ -184,3 +185,47 @@ def test_a_bots_message_seed_cannot_be_claimed_with_share(bot_settings, jobs, di
     with session_scope(bot_settings.sqlalchemy_url) as s:
         seed = s.get(Tune, s.get(Request, 1).seed_tune_id)
         assert seed.owner_id is None and not seed.consent
+
+
+# --- the same findings by direct callback calls (layer 1) --------------------------------------
+def test_cancel_callback_defers_before_the_database(bot_settings, jobs, monkeypatch):
+    from bot.client import MotifBot
+    from bot.views import CancelButton
+    from engine.service.requests import Requester, validate_options
+
+    bot = MotifBot(bot_settings, jobs, sync_on_start=False)
+    rid = jobs.compose(Requester(discord_id=42), validate_options(bars=2))
+    interaction = mock_interaction(bot, user_id=42)
+    seen: list[bool] = []
+    cancel = jobs.cancel
+
+    def recorded(*args):  # type: ignore[no-untyped-def]
+        seen.append(interaction.response.is_done())
+        return cancel(*args)
+
+    monkeypatch.setattr(jobs, "cancel", recorded)
+    asyncio.run(CancelButton(rid).callback(interaction))
+    interaction.response.defer.assert_awaited_once_with(ephemeral=True, thinking=True)
+    assert seen == [True]
+    text = interaction.edit_original_response.await_args.kwargs["content"]
+    assert text == f"Request #{rid} is cancelled."
+    bot.seed_threads.close()
+
+
+def test_follow_up_callbacks_refuse_a_request_the_clicker_cannot_see(bot_settings, jobs):
+    from bot.client import MotifBot
+    from bot.views import FollowUpButton, VariationButton
+    from engine.service.requests import Requester, validate_options
+    from engine.store.records import RequestKind
+
+    bot = MotifBot(bot_settings, jobs, sync_on_start=False)
+    # Ann's request, made in a DM channel (9001)
+    ann = jobs.compose(Requester(discord_id=41, channel_id=9001), validate_options(bars=2))
+    for button in (FollowUpButton(ann, RequestKind.REROLL), VariationButton(ann, "hi")):
+        bob = mock_interaction(bot, user_id=43)  # in the server's channel
+        asyncio.run(button.callback(bob))
+        text = bob.followup.send.await_args.args[0]
+        assert f"#{ann} does not exist" in text
+    with session_scope(bot_settings.sqlalchemy_url) as s:
+        assert list(s.scalars(select(Request.id))) == [ann]
+    bot.seed_threads.close()
