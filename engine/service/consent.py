@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine.errors import BadParams, NotAllowed, NotFound
-from engine.service.users import Requester, require_owner, user_of
+from engine.service.users import Requester, require_owner, require_visible, user_of
 from engine.settings import Settings, get_settings
 from engine.store.db import dml, session_scope
 from engine.store.records import Feedback, Request, Tune, TuneSource, utcnow
@@ -27,8 +27,10 @@ class Consent:
         if rating not in (1, -1):
             raise BadParams("a rating is +1 or -1.")
         with session_scope(self.url) as session:
-            if session.get(Request, request_id) is None:
+            req = session.get(Request, request_id)
+            if req is None:
                 raise NotFound(f"request #{request_id} does not exist.")
+            require_visible(session, req, who)  # a forged button id learns nothing
             user = user_of(session, who)
             if user is None:
                 raise BadParams("ratings need a user.")

@@ -149,6 +149,9 @@ def test_a_forged_reroll_of_someone_elses_dm_request_is_refused(bot_settings, jo
             vary = h.payloads.button(f"motif:vary:hi:{ann}", decoy, user_id=43)
             h.inject(vary)
             assert f"#{ann} does not exist" in (await answer_text(h.fake, vary))[1]
+            rate = h.payloads.button(f"motif:rate:up:{ann}", decoy, user_id=43)
+            h.inject(rate)
+            assert f"#{ann} does not exist" in (await answer_text(h.fake, rate))[1]
             assert dispatched == [ann]
             # Ann herself, in her DM, still rerolls
             mine = h.payloads.button(f"motif:reroll:{ann}", decoy, user_id=41)
