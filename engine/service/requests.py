@@ -359,7 +359,7 @@ def parse_queue_key(who: Requester) -> str:
     """Whose turn a seed's parse is in the parsers' fair queue (and whose budget it uses)."""
     if who.discord_id is not None:
         return f"discord:{who.discord_id}"
-    return f"{who.origin.value}:{who.name}"
+    return f"{who.origin}:{who.name}"
 
 
 def mark_sent(request_ids: list[int], settings: Settings) -> None:
