@@ -21,6 +21,7 @@ from tests.bot.conftest import (
     midi_bytes,
     mock_interaction,
     queued,
+    until,
 )
 from tests.bot.fake_discord import CHANNEL_ID, user_payload
 from tests.bot.test_discord_flows import EPHEMERAL, ORIGINAL, answer_text
@@ -232,3 +233,23 @@ def test_follow_up_callbacks_refuse_a_request_the_clicker_cannot_see(bot_setting
     with session_scope(bot_settings.sqlalchemy_url) as s:
         assert list(s.scalars(select(Request.id))) == [ann]
     bot.seed_threads.close()
+
+
+def test_seed_threads_answer_busy_when_all_are_taken():
+    from bot.seeds import SeedThreads
+    from engine.music.parsers import ParserBusy
+
+    threads = SeedThreads(threads=1)
+    release = threading.Event()
+
+    async def scenario() -> None:
+        first = asyncio.create_task(threads.run(release.wait, 10))
+        await until(lambda: threads.in_flight == 1)
+        with pytest.raises(ParserBusy):
+            await threads.run(len, "x")
+        release.set()
+        assert await first is True
+        assert await threads.run(len, "abc") == 3  # free again
+
+    asyncio.run(scenario())
+    threads.close()
