@@ -271,11 +271,12 @@ def load_notation_seed(
     filename: str,
     limits: NotationLimits = NotationLimits(),  # noqa: B008
     *,
-    user: str = "",
+    user: str | None = None,
 ) -> NotationSeed:
     """An ABC (.abc) or MusicXML (.musicxml, .xml, .mxl) seed as a checked MIDI seed, or a
     `MotifError` whose message says what is wrong. `user` is whose turn it is in the parsers'
-    fair queue; a seed that fails after the parse is charged to their budget."""
+    fair queue; a seed that fails after the parse is charged to their budget. None (tools and
+    tests, never a request): a turn of its own and no budget."""
     kind = notation_kind(filename)
     if kind is None:
         raise BadNotation(f"`{filename}` is not an ABC or MusicXML file.")
@@ -283,7 +284,8 @@ def load_notation_seed(
     if len(data) > limits.max_bytes:
         raise NotationTooLarge(f"{len(data):,} bytes", f"{limits.max_bytes:,} bytes")
     remarks: list[str] = []
-    PARSERS.check_budget(user)
+    if user is not None:
+        PARSERS.check_budget(user)
     started = None
     try:
         if kind == "abc":
@@ -295,14 +297,14 @@ def load_notation_seed(
             xml = _unzip_mxl(bytes(data), limits) if kind == "mxl" else bytes(data)
             text = checked_xml(xml, limits)
         started = time.monotonic()
-        reading = parsed(kind, text, limits, label, user)
+        reading = parsed(kind, text, limits, label, user or "")
         piece = _piece(reading, filename, limits, remarks)
         midi = to_midi_bytes(piece)
         seed = load_seed(midi, limits.midi, name=filename)  # the MIDI limits, the same rules
     except ParserBusy:
         raise  # nothing was parsed: not the seed's fault
     except Exception as exc:
-        if started is not None:  # the parser's time was spent on a seed that is no use
+        if started is not None and user is not None:  # parser time spent on a useless seed
             PARSERS.charge_failure(user, time.monotonic() - started)
         if isinstance(exc, MotifError):
             raise

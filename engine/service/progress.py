@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from engine.errors import NotFound
-from engine.service.users import Requester, user_of
+from engine.service.users import Requester, require_visible, user_of
 from engine.settings import Settings, get_settings
 from engine.store.db import session_scope
 from engine.store.records import (
@@ -131,6 +131,16 @@ class Following:
                     for a in sorted(req.artifacts, key=lambda a: a.kind.value)
                 ],
             )
+
+    def visible_progress(self, request_id: int, who: Requester) -> Progress:
+        """A request's progress for someone who may see it (their own, or posted where they
+        are); NotFound otherwise."""
+        with session_scope(self.url) as session:
+            req = session.get(Request, request_id)
+            if req is None:
+                raise NotFound(f"request #{request_id} does not exist.")
+            require_visible(session, req, who)
+        return self.progress(request_id)
 
     def history(self, who: Requester, limit: int = 10) -> list[Progress]:
         with session_scope(self.url) as session:

@@ -34,7 +34,14 @@ from engine.service.delivery import DeliveryLeases
 from engine.service.options import ComposeOptions, validate_options
 from engine.service.progress import SEED_NAME, ArtifactInfo, Following, Progress, QueueStatus
 from engine.service.tunes import store_tune
-from engine.service.users import Requester, require_owner, require_visible, user_for, user_of
+from engine.service.users import (
+    Requester,
+    parse_queue_key,
+    require_owner,
+    require_visible,
+    user_for,
+    user_of,
+)
 from engine.settings import Settings
 from engine.store.artifacts import ArtifactStore, store_for
 from engine.store.db import dml, session_scope
@@ -323,16 +330,6 @@ class JobService(Consent, DeliveryLeases, Following):
         mark_sent([request_id], self.settings)
 
     # --- following (progress, history, queue status: engine.service.progress) ----------------
-    def visible_progress(self, request_id: int, who: Requester) -> Progress:
-        """A request's progress for someone who may see it (their own, or posted where they
-        are); NotFound otherwise."""
-        with session_scope(self.url) as session:
-            req = session.get(Request, request_id)
-            if req is None:
-                raise NotFound(f"request #{request_id} does not exist.")
-            require_visible(session, req, who)
-        return self.progress(request_id)
-
     def artifact_bytes(self, info: ArtifactInfo) -> bytes:
         return self.store.get(info.key)
 
@@ -353,13 +350,6 @@ class JobService(Consent, DeliveryLeases, Following):
                 .values(status=RequestStatus.CANCELLED, finished_at=utcnow()),
             )
             return bool(result.rowcount)
-
-
-def parse_queue_key(who: Requester) -> str:
-    """Whose turn a seed's parse is in the parsers' fair queue (and whose budget it uses)."""
-    if who.discord_id is not None:
-        return f"discord:{who.discord_id}"
-    return f"{who.origin}:{who.name}"
 
 
 def mark_sent(request_ids: list[int], settings: Settings) -> None:

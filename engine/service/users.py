@@ -67,3 +67,10 @@ def require_visible(session: Session, req: Request, who: Requester) -> None:
     if who.discord_id is None and who.origin == RequestOrigin.CLI:
         return  # the command line is the operator's
     raise NotFound(f"request #{req.id} does not exist.")
+
+
+def parse_queue_key(who: Requester) -> str:
+    """Whose turn a seed's parse is in the parsers' fair queue (and whose budget it uses)."""
+    if who.discord_id is not None:
+        return f"discord:{who.discord_id}"
+    return f"{who.origin}:{who.name}"
