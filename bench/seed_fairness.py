@@ -53,13 +53,13 @@ async def _answered(fake, token: str, pattern: str, start: float, timeout: float
 
 
 async def _round(
-    settings: Settings, limits: PoolLimits, user_a: int, user_b: int
+    settings: Settings, limits: PoolLimits, user_a: int, user_b: int, flood: int, slow: bytes
 ) -> dict[str, Any]:
     from bot.client import MotifBot
     from engine.service.requests import JobService
     from tests.bot.fake_discord import FakeDiscord, Payloads, patched_base
 
-    pool = ParserPool(limits)
+    pool, previous = ParserPool(limits), notation.PARSERS
     notation.PARSERS = pool
     fake = FakeDiscord()
     await fake.start()
@@ -75,11 +75,11 @@ async def _round(
                 asyncio.to_thread(notation.load_notation_seed, warm, "w.abc", user=f"warm-{i}")
                 for i in range(limits.parsers)
             ))  # fmt: skip
-            flood = []
-            for i in range(FLOOD):
-                seed = payloads.attachment(f"slow-{i}.abc", SLOW_TUNE)
-                flood.append(payloads.slash("compose", {"seed": seed}, user_id=user_a))
-            for payload in flood:
+            sent = []
+            for i in range(flood):
+                seed = payloads.attachment(f"slow-{i}.abc", slow)
+                sent.append(payloads.slash("compose", {"seed": seed}, user_id=user_a))
+            for payload in sent:
                 bot._connection.parse_interaction_create(payload)
             await asyncio.sleep(0.5)
             history = payloads.slash("history", {}, user_id=user_b)
@@ -92,7 +92,7 @@ async def _round(
                 _answered(fake, compose["token"], "queued", start),
             )
             answers = []
-            for payload in flood:  # what A was told (refusals come as ephemeral follow-ups)
+            for payload in sent:  # what A was told (refusals come as ephemeral follow-ups)
                 token = re.escape(payload["token"])
                 said = [str(c.json.get("content") or "queued")[:60]
                         for c in fake.find("POST", rf"/webhooks/\d+/{token}")]  # fmt: skip
@@ -105,9 +105,10 @@ async def _round(
             await bot.close()
         await fake.stop()
         pool.close()
+        notation.PARSERS = previous
 
 
-def run(rounds: int = 2) -> dict[str, Any]:
+def run(rounds: int = 2, flood: int = FLOOD, slow: bytes = SLOW_TUNE) -> dict[str, Any]:
     """Per set-up: the median over `rounds` of B's `/history` and `/compose` times."""
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in SETUPS}
     user = 50_000
@@ -118,14 +119,15 @@ def run(rounds: int = 2) -> dict[str, Any]:
                     _env_file=None,  # type: ignore[call-arg]
                     data_dir=Path(tmp) / f"{r}-{len(results[name])}-{user}" / "var",
                     output_dir=Path(tmp) / "out",
-                    user_rate_per_min=FLOOD + 2,
-                    user_max_concurrent=FLOOD + 2,
+                    user_rate_per_min=flood + 2,
+                    user_max_concurrent=flood + 2,
                 )
                 from engine.store import db
 
                 db.upgrade(settings.sqlalchemy_url)
                 user += 2
-                results[name].append(asyncio.run(_round(settings, limits, user, user + 1)))
+                figures = asyncio.run(_round(settings, limits, user, user + 1, flood, slow))
+                results[name].append(figures)
     out: dict[str, Any] = {"rounds": rounds, "history_target_s": HISTORY_TARGET_S,
                            "compose_target_s": COMPOSE_TARGET_S, "setups": {}}  # fmt: skip
     for name, runs in results.items():
