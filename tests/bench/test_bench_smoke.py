@@ -206,7 +206,9 @@ def test_model_speed_side_by_side(tiny_model_path):
     assert all(positive(v) for v in r["ms_per_note"].values())
 
 
-@pytest.mark.skipif(not version_supported(), reason="the fake Discord is written for discord.py 2.7")
+@pytest.mark.skipif(
+    not version_supported(), reason="the fake Discord is written for discord.py 2.7"
+)
 def test_seed_fairness_bench():
     pytest.importorskip("music21")
     from bench import seed_fairness
