@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.delivery import Deliveries
 from bot.errors import answer_error
 from bot.invite import invite_url
+from bot.seeds import SeedThreads
 from bot.views import RESULT_BUTTONS
 from engine.service.notify import RequestWakeups
 from engine.service.requests import JobService
@@ -74,6 +75,7 @@ class MotifBot(commands.Bot):
             token_ttl_s=token_ttl_s,
         )
         self.deliveries.wakeups = wakeups if wakeups.available else None
+        self.seed_threads = SeedThreads()  # submissions with a seed: parses wait here
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -123,6 +125,7 @@ class MotifBot(commands.Bot):
 
     async def close(self) -> None:
         await self.deliveries.stop()
+        self.seed_threads.close()
         await super().close()
 
     def close_on_sigterm(self) -> None:

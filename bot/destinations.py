@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import discord
 
+from bot.discord_limits import fitted_content, fitted_embed, upload_budget
+
 if TYPE_CHECKING:
     from bot.client import MotifBot
 
@@ -61,8 +63,12 @@ def inline_picture(uploads: list[Upload], choice: str) -> list[Upload]:
     ]
 
 
-def fit_uploads(uploads: list[Upload], per_file: int, per_message: int = REQUEST_LIMIT_BYTES):
-    """The uploads that fit Discord's limits, and the kinds left out (largest dropped first)."""
+FILES_PER_REQUEST = upload_budget(REQUEST_LIMIT_BYTES)  # the request's cap less its framing
+
+
+def fit_uploads(uploads: list[Upload], per_file: int, per_message: int = FILES_PER_REQUEST):
+    """The uploads that fit Discord's limits, and the kinds left out (largest dropped first).
+    `per_message`: the bytes of files one request may carry (its framing counted)."""
     kept = [u for u in uploads if len(u.data) <= per_file]
     left_out = [u.kind for u in uploads if len(u.data) > per_file]
     while kept and sum(len(u.data) for u in kept) > per_message:
@@ -114,6 +120,8 @@ class ChannelDestination:
         )
         if mention and self.user_id and self.reference is None:
             content = f"<@{self.user_id}> {content}"
+        content = fitted_content(content) or ""
+        embed = fitted_embed(embed) if embed is not None else None
         users = [discord.Object(self.user_id)] if self.user_id else False
         kwargs = {}
         if self.reference is not None:
@@ -140,7 +148,7 @@ class MessageDestination(ChannelDestination):
         return True
 
     async def edit_progress(self, text: str, view: discord.ui.View | None = None) -> None:
-        await self.progress_message.edit(content=text, view=view)
+        await self.progress_message.edit(content=fitted_content(text), view=view)
 
 
 class InteractionDestination:
@@ -172,7 +180,7 @@ class InteractionDestination:
         """Show `text` with `view`'s buttons (none: the message keeps no buttons)."""
         if self.expired():
             raise TokenExpired
-        await self.interaction.edit_original_response(content=text, view=view)
+        await self.interaction.edit_original_response(content=fitted_content(text), view=view)
 
     async def post(
         self,
@@ -183,6 +191,8 @@ class InteractionDestination:
         view: discord.ui.View | None = None,
         mention: bool = True,
     ) -> None:
+        content = fitted_content(content) or ""
+        embed = fitted_embed(embed) if embed is not None else None
         if not self.expired():
             try:
                 kwargs = {"embed": embed} if embed is not None else {}

@@ -13,6 +13,7 @@ import secrets
 import discord
 from discord import app_commands
 
+from bot.discord_limits import CONTENT_CHARS, clipped
 from bot.messages import retry_hint
 from engine.errors import MotifError, RateLimited, public_message
 
@@ -74,6 +75,7 @@ def reply_text(interaction: discord.Interaction, error: BaseException) -> str:
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
+    text = clipped(text, CONTENT_CHARS)
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)

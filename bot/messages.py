@@ -181,12 +181,24 @@ def models_embed(models: list[ModelInfo]) -> discord.Embed:
     )
 
 
-def _list_embed(
-    title: str, lines: list[str], empty: str, limit: int | None = None
-) -> discord.Embed:
-    """An embed listing `lines` (cut at `limit` characters), or saying `empty` when there are none."""
+def _list_embed(title: str, lines: list[str], empty: str, limit: int = 4000) -> discord.Embed:
+    """An embed listing whole `lines` up to `limit` characters (Discord's description limit is
+    4,096) and how many more there are, or saying `empty` when there are none."""
     embed = discord.Embed(title=title, colour=COLOUR)
-    embed.description = "\n".join(lines)[:limit] if lines else empty
+    if not lines:
+        embed.description = empty
+        return embed
+    shown: list[str] = []
+    size = 0
+    for i, line in enumerate(lines):
+        line = line if len(line) <= 400 else line[:399] + "…"
+        more = f"\n…and {len(lines) - i} more" if i < len(lines) else ""
+        if size + len(line) + 1 + len(more) > limit:
+            shown.append(more.strip())
+            break
+        shown.append(line)
+        size += len(line) + 1
+    embed.description = "\n".join(shown)
     return embed
 
 

@@ -49,16 +49,14 @@ async def start_follow_up(
     """Reroll, extend or vary a request: a new job whose progress replaces a new message."""
     bot = _bot(interaction)
     await interaction.response.defer(thinking=True)
+    who = requester_from_interaction(interaction, "button")
     temperature = None
     if kind is RequestKind.VARIATION:
-        parent = await asyncio.to_thread(bot.jobs.progress, parent_id)
+        # only a request the clicker may see (a custom id can be forged)
+        parent = await asyncio.to_thread(bot.jobs.visible_progress, parent_id, who)
         temperature = varied_temperature(float(parent.params.get("temperature", 1.0)), direction)
     request_id = await asyncio.to_thread(
-        bot.jobs.follow_up,
-        requester_from_interaction(interaction, "button"),
-        parent_id,
-        kind,
-        temperature=temperature,
+        bot.jobs.follow_up, who, parent_id, kind, temperature=temperature
     )
     interaction.extras["request_id"] = request_id
     bot.deliveries.follow(request_id, bot.deliveries.for_interaction(interaction))
@@ -219,6 +217,8 @@ class CancelButton(DynamicItem[Button], template=r"motif:cancel:(?P<req>\d+)"):
 
     async def callback(self, interaction: discord.Interaction) -> None:
         async def cancel() -> None:
+            # acknowledged before the database is asked: Discord's 3 s pass on a slow database
+            await interaction.response.defer(ephemeral=True, thinking=True)
             who = requester_from_interaction(interaction, "button")
             done = await asyncio.to_thread(_bot(interaction).jobs.cancel, self.request_id, who)
             text = (
@@ -227,7 +227,7 @@ class CancelButton(DynamicItem[Button], template=r"motif:cancel:(?P<req>\d+)"):
                 else f"Request #{self.request_id} has already started or ended; "
                 "it can no longer be cancelled."
             )
-            await interaction.response.send_message(text, ephemeral=True)
+            await interaction.edit_original_response(content=text)
 
         await guarded(interaction, cancel())
 

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     broker_timeout_s: float = Field(default=5.0, gt=0)  # connect and socket timeouts on sends
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
     broker_polling_interval_s: float = Field(default=0.1, gt=0)
+    # Celery's soft limit (the task fails with a clear message); the hard one, a little later,
+    # kills a task stuck in C code (verovio, FluidSynth). Rendering stays under stale_after_s.
+    render_time_limit_s: float = Field(default=90.0, gt=0)
+    generate_time_limit_s: float = Field(default=600.0, gt=0)
 
     # --- Discord -----------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(

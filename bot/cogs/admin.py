@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.checks import admin_only, admin_rights
+from bot.discord_limits import CHOICES, clipped, fitted_content, fitted_embed
 from engine.service import admin
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class Admin(commands.Cog):
         """Train a new candidate model, or cancel a run (admins only); progress is reported here."""
         if cancel is not None:
             outcome = await asyncio.to_thread(admin.cancel_run, cancel, self.bot.settings)
-            await interaction.edit_original_response(content=admin.cancel_run_text(cancel, outcome))
+            text = admin.cancel_run_text(cancel, outcome)
+            await interaction.edit_original_response(content=fitted_content(text))
             return
         options = admin.RetrainOptions(
             epochs=epochs, from_scratch=from_scratch, collected_share=collected_share
@@ -83,7 +85,7 @@ class Admin(commands.Cog):
     async def model_list(self, interaction: discord.Interaction) -> None:
         """Recent model versions and which one is active."""
         models = await asyncio.to_thread(admin.list_models, self.bot.settings)
-        await interaction.edit_original_response(embed=messages.models_embed(models))
+        await interaction.edit_original_response(embed=fitted_embed(messages.models_embed(models)))
 
     @model.command(name="activate")
     @admin_only()
@@ -91,7 +93,9 @@ class Admin(commands.Cog):
     async def model_activate(self, interaction: discord.Interaction, version: str) -> None:
         """Make a model version the active one; workers switch at their next job."""
         active = await asyncio.to_thread(admin.activate_model, version, self.bot.settings)
-        await interaction.edit_original_response(content=f"✅ `{active}` is now active.")
+        await interaction.edit_original_response(
+            content=fitted_content(f"✅ `{active}` is now active.")
+        )
 
     @model_activate.autocomplete("version")
     async def _versions(
@@ -100,11 +104,11 @@ class Admin(commands.Cog):
         if not admin_rights(interaction):
             return []  # the list of versions is for admins too
         models = await asyncio.to_thread(admin.list_models, self.bot.settings)
-        return [
-            app_commands.Choice(name=f"{m.version} ({m.status})", value=m.version)
+        return [  # a choice's name and value: 1-100 characters
+            app_commands.Choice(name=clipped(f"{m.version} ({m.status})", 100), value=m.version)
             for m in models
-            if current.lower() in m.version.lower()
-        ][:25]
+            if current.lower() in m.version.lower() and len(m.version) <= 100
+        ][:CHOICES]
 
     @model.command(name="rollback")
     @admin_only()
@@ -112,7 +116,7 @@ class Admin(commands.Cog):
         """Go back to the model that was active before the current one."""
         active = await asyncio.to_thread(admin.rollback, self.bot.settings)
         await interaction.edit_original_response(
-            content=f"↩️ Rolled back: `{active}` is active again."
+            content=fitted_content(f"↩️ Rolled back: `{active}` is active again.")
         )
 
     @app_commands.command(name="stats")
@@ -120,7 +124,7 @@ class Admin(commands.Cog):
     async def stats(self, interaction: discord.Interaction) -> None:
         """Usage, feedback and timing statistics (admins only)."""
         result = await asyncio.to_thread(admin.stats, self.bot.settings)
-        await interaction.edit_original_response(embed=messages.stats_embed(result))
+        await interaction.edit_original_response(embed=fitted_embed(messages.stats_embed(result)))
 
     @commands.command(name="sync", hidden=True)
     async def sync(

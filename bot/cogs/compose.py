@@ -6,6 +6,7 @@ A seed is a MIDI, ABC or MusicXML file, or ABC text (`/compose abc:`, or a code 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -16,9 +17,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.destinations import MessageDestination
+from bot.discord_limits import fitted_content
 from bot.errors import apology, new_error_id, user_text
 from bot.requesters import requester_from_interaction, requester_from_message
-from bot.seeds import check_seed_attachment, find_seed_attachment, pasted_abc, read_seed
+from bot.seeds import (
+    check_pasted_abc,
+    check_seed_attachment,
+    find_seed_attachment,
+    pasted_abc,
+    read_seed,
+)
 from engine.errors import BadMidi, BadParams, MotifError, RateLimited
 from engine.music import catalog
 from engine.music.notation import PASTED_NAME, abc_in_code_block
@@ -41,7 +49,8 @@ IMAGE_CHOICES = [
 ]
 
 # Discord shows these ranges in the client but does not enforce them: validate_options does.
-Bars = app_commands.Range[int, 1, 256]
+# The bars' upper end is the settings' (MOTIF_MAX_BARS), set when the cog is made.
+Bars = app_commands.Range[int, 1, catalog.MAX_BARS_CEILING]
 Temperature = app_commands.Range[float, catalog.MIN_TEMPERATURE, catalog.MAX_TEMPERATURE]
 Tempo = app_commands.Range[float, catalog.MIN_TEMPO, catalog.MAX_TEMPO]
 RngSeed = app_commands.Range[int, 0, catalog.MAX_RNG_SEED]
@@ -56,6 +65,10 @@ class Compose(commands.Cog):
             name="Continue this MIDI", callback=self.continue_this_midi
         )
         bot.tree.add_command(self.menu)
+        # the client offers the bars the settings allow, not the ceiling: a replaced parameter
+        # on this cog's own copy of the command (discord.py has no public setter)
+        bars = self.compose._params["bars"]
+        self.compose._params["bars"] = dataclasses.replace(bars, max_value=bot.settings.max_bars)
         self._mention_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -85,26 +98,37 @@ class Compose(commands.Cog):
         abc: str | None = None,
     ) -> int:
         seed, seed_name = None, ""
+        # before deferring: these refusals stay ephemeral
         if attachment is not None:
-            check_seed_attachment(attachment)  # before deferring: the refusal stays ephemeral
+            check_seed_attachment(attachment)
         elif abc:
-            seed, seed_name = pasted_abc(abc), PASTED_NAME
+            check_pasted_abc(abc)
         await interaction.response.defer(thinking=True)
         who = requester_from_interaction(interaction, origin)
         if attachment is not None:
             await asyncio.to_thread(self.bot.jobs.precheck, who)  # refused: nothing downloaded
             seed, seed_name = await read_seed(attachment), attachment.filename
-        request_id = await asyncio.to_thread(
-            self.bot.jobs.compose,
-            who,
-            options,
-            seed,
-            seed_name,
-            seed_owner,
-        )
+        elif abc:
+            seed, seed_name = await asyncio.to_thread(pasted_abc, abc), PASTED_NAME
+        request_id = await self.submit(who, options, seed, seed_name, seed_owner)
         interaction.extras["request_id"] = request_id
         self.bot.deliveries.follow(request_id, self.bot.deliveries.for_interaction(interaction))
         return request_id
+
+    async def submit(
+        self,
+        who: Requester,
+        options: ComposeOptions,
+        seed: bytes | None,
+        seed_name: str,
+        seed_owner: Requester | None = None,
+    ) -> int:
+        """`jobs.compose`, in the seed threads when there is a seed to parse."""
+        if seed is None:
+            return await asyncio.to_thread(self.bot.jobs.compose, who, options)
+        return await self.bot.seed_threads.run(
+            self.bot.jobs.compose, who, options, seed, seed_name, seed_owner
+        )
 
     @app_commands.command(name="compose")
     @app_commands.describe(
@@ -117,7 +141,7 @@ class Compose(commands.Cog):
         tempo="Tempo in BPM (default: the seed's)",
         rng_seed="A number that makes the result repeatable",
         image="The picture shown with the result (the other is one click away)",
-        from_bar="Continue from this bar of the seed: the bars before it are the seed (default: the end)",
+        from_bar="Continue from this bar: the bars before it are the seed (default: the end)",
         ending="How the continuation ends (default: close)",
     )
     @app_commands.choices(
@@ -141,8 +165,7 @@ class Compose(commands.Cog):
         from_bar: FromBar | None = None,
         ending: str | None = None,
     ) -> None:
-        """Continue a melody with Motif's model: attach a MIDI, ABC or MusicXML seed, paste ABC,
-        or start from scratch."""
+        """Continue a melody: attach a MIDI, ABC or MusicXML seed, paste ABC, or start from scratch"""
         if seed is not None and abc:
             raise BadParams("give one seed: a file or ABC text, not both.")
         options = validate_options(
@@ -200,16 +223,14 @@ class Compose(commands.Cog):
                 if attachment is not None:
                     data, name = await read_seed(attachment), attachment.filename
                 else:
-                    data, name = pasted_abc(abc or ""), PASTED_NAME
+                    data, name = await asyncio.to_thread(pasted_abc, abc or ""), PASTED_NAME
                 options = validate_options(settings=self.bot.settings)
-                request_id = await asyncio.to_thread(
-                    self.bot.jobs.compose, who, options, data, name
-                )
+                request_id = await self.submit(who, options, data, name)
         except MotifError as exc:
             if self._answered_recently(message.author.id, exc):
                 log.info("not answering another refusal to %s: %s", message.author.id, exc)
                 return
-            await message.reply(user_text(exc), mention_author=False)
+            await message.reply(fitted_content(user_text(exc)), mention_author=False)
             return
         except Exception:
             error_id = new_error_id()

@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
+from bot.discord_limits import fitted_embed
 from bot.requesters import requester_from_interaction
 
 if TYPE_CHECKING:
@@ -26,14 +27,14 @@ class Info(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the database
         who = requester_from_interaction(interaction, "slash")
         items = await asyncio.to_thread(self.bot.jobs.history, who)
-        await interaction.edit_original_response(embed=messages.history_embed(items))
+        await interaction.edit_original_response(embed=fitted_embed(messages.history_embed(items)))
 
     @app_commands.command(name="status")
     async def status(self, interaction: discord.Interaction) -> None:
         """The queue, the workers and the active model."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         status = await asyncio.to_thread(self.bot.jobs.queue_status)
-        await interaction.edit_original_response(embed=messages.status_embed(status))
+        await interaction.edit_original_response(embed=fitted_embed(messages.status_embed(status)))
 
     @app_commands.command(name="help")
     async def help(self, interaction: discord.Interaction) -> None:
@@ -42,8 +43,7 @@ class Info(commands.Cog):
 
     @app_commands.command(name="forget")
     async def forget(self, interaction: discord.Interaction) -> None:
-        """Withdraw every tune you shared, and what others made from your seeds, from Motif's
-        training collection."""
+        """Withdraw your shared tunes, and what others made from your seeds, from Motif's training"""
         await interaction.response.defer(ephemeral=True, thinking=True)
         who = requester_from_interaction(interaction, "slash")
         count = await asyncio.to_thread(self.bot.jobs.forget, who)

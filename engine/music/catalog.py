@@ -53,4 +53,4 @@ ENDINGS: tuple[str, ...] = ("close", "open")
 DEFAULT_ENDING = "close"
 MAX_FROM_BAR = 100_000  # /compose from_bar: the bars before it are the seed
 # request notes (engine.music.midi.seed_notices) that a reply shows the user, in this order
-SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out")
+SEED_NOTICES = ("from_bar", "seed_cropped", "drums_left_out", "metre_clamped")

@@ -24,7 +24,7 @@ from engine.music.midi_check import (
     ZeroLengthMidi,
     checked_smf,
 )
-from engine.music.notes import Note, Piece
+from engine.music.notes import Note, Piece, notated_metre
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None
         raise DrumOnlyMidi()
     tempos, tempo_bpm = _checked_tempos(score, limits)
     raw, cropped = _cropped_notes(score, pitched, limits, tpq, tempos)
-    time_signature = _time_signature(score)
+    time_signature = notated_metre(_time_signature(score))
+    clamped = time_signature != _time_signature(score)
     bar_beats = time_signature[0] * 4 / time_signature[1]
     if from_bar is not None:  # the bars before `from_bar` (counted from 1) are the seed
         raw = _before_bar(raw, from_bar, tpq, bar_beats)
@@ -102,6 +103,8 @@ def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None
         meta["drum_notes"] = str(drum_notes)
     if from_bar is not None:
         meta["from_bar"] = str(from_bar)
+    if clamped:
+        meta["metre"] = "/".join(map(str, _time_signature(score)))
     return Piece(
         notes=notes,
         tempo_bpm=float(tempo_bpm),
@@ -198,6 +201,11 @@ def seed_notices(piece: Piece) -> dict[str, str]:
         count = int(piece.meta["drum_notes"])
         notices["drums_left_out"] = (
             f"The drums ({count:,} notes) were left out of the seed: Motif continues pitched parts."
+        )
+    if piece.meta.get("metre"):
+        notices["metre_clamped"] = (
+            f"The seed's metre {piece.meta['metre']} is beyond what a score writes (a "
+            "sixteenth-note beat at the shortest), so Motif read it in 4/4."
         )
     if piece.meta.get("from_bar"):
         bar = int(piece.meta["from_bar"])

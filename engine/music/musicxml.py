@@ -10,7 +10,7 @@ output is small, exact and fast enough to write for every result.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape
 
 from engine.music import catalog
@@ -23,7 +23,7 @@ from engine.music.measures import (
     split_voices,
     tuplet_marks,
 )
-from engine.music.notes import Piece
+from engine.music.notes import Piece, notated_metre
 from engine.music.spelling import Speller, key_fifths
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,8 @@ def score_xml(
     writes C major / A minor without a signature. Tempo, metre and instrument are the seed's
     (the continuation's without a seed)."""
     first = seed if seed is not None else continuation
+    # a metre no score writes (1/64: a bar shorter than one tick) is written in 4/4
+    first = replace(first, time_signature=notated_metre(first.time_signature))
     num, den = first.time_signature
     bar = max(1, TICKS * num * 4 // den)
     beat = TICKS * 3 // 2 if den == 8 and num % 3 == 0 and num > 3 else TICKS * 4 // den

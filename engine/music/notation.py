@@ -1,10 +1,11 @@
 """ABC and MusicXML seeds: untrusted notation in, a checked MIDI seed out.
 
 Cheap checks run here before any parser: size, the first tune of a multi-tune ABC file, the
-zip layout of .mxl, and XML that declares entities or an internal DTD is refused (defusedxml).
-music21 then parses in another process (`engine.music.notation_parser`, which imports it once and forks
-a child per parse) under a time limit and an address-space limit, so a parser stuck or swelling
-on a hostile file is stopped. Its notes
+zip layout of .mxl, and XML that declares entities or an internal DTD is refused.
+music21 then parses in another process (`engine.music.notation_parser`, which imports it once and
+forks a child per parse) under a time limit and an address-space limit, so a parser stuck or
+swelling on a hostile file is stopped; the processes are a small pool shared fairly between users
+(`engine.music.parsers`). Its notes
 become MIDI bytes that pass `load_seed` like any MIDI seed (note, duration and tempo limits).
 Only `MotifError`s leave `load_notation_seed`; this process never imports music21.
 """
@@ -12,14 +13,10 @@ Only `MotifError`s leave `load_notation_seed`; this process never imports music2
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import re
-import select
-import subprocess
-import sys
-import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 
@@ -27,7 +24,8 @@ from engine.errors import MotifError
 from engine.music.midi import load_seed
 from engine.music.midi_check import AbsurdTempo, SeedLimits
 from engine.music.notation_terms import abc_problem, dropped_remark, no_notes
-from engine.music.notes import Note, Piece
+from engine.music.notes import Note, Piece, notated_metre
+from engine.music.parsers import ParserBusy, ParserPool
 from engine.music.result_midi import to_midi_bytes
 
 log = logging.getLogger(__name__)
@@ -36,7 +34,6 @@ ABC_SUFFIXES = (".abc",)
 MUSICXML_SUFFIXES = (".musicxml", ".xml")
 MXL_SUFFIXES = (".mxl",)
 NOTATION_SUFFIXES = ABC_SUFFIXES + MUSICXML_SUFFIXES + MXL_SUFFIXES
-XML_ROOTS = ("score-partwise", "score-timewise")
 
 
 # --- errors a user can act on ------------------------------------------------------------------
@@ -145,17 +142,27 @@ def first_abc_tune(text: str, limits: NotationLimits) -> tuple[str, int]:
     return tune, count
 
 
-_FENCE = re.compile(r"```(?:abc)?[ \t]*\n?(.*?)```", re.S | re.I)
 _KEY_LINE = re.compile(r"(?:^|\s)K:[ \t]*(\S+)")
+_FIELD_START = re.compile(r"\s(?=[A-Za-z]:)")  # one space, not a run: linear on any text
+_FENCE_LANG = re.compile(r"(?:abc)?[ \t]*\n?", re.I)
 PASTED_NAME = "pasted.abc"
 
 
 def abc_in_code_block(text: str) -> str | None:
     """The ABC in a chat message's first code block (```abc … ``` or ``` … ```) that has a K:
-    field, or None."""
-    for match in _FENCE.finditer(text):
-        if _KEY_FIELD.search(match.group(1)) or _KEY_LINE.search(match.group(1)):
-            return match.group(1).strip()
+    field, or None. Fences are found with str.find: a regex over unclosed fences backtracks
+    (a 6,000-character option of them took 0.3 s)."""
+    at = 0
+    while (start := text.find("```", at)) != -1:
+        end = text.find("```", start + 3)
+        if end == -1:
+            return None
+        body = text[start + 3 : end]
+        fence = _FENCE_LANG.match(body)
+        body = body[fence.end() if fence else 0 :]
+        if _KEY_FIELD.search(body) or _KEY_LINE.search(body):
+            return body.strip()
+        at = end + 3
     return None
 
 
@@ -169,7 +176,7 @@ def abc_from_chat(text: str) -> str:
     key = _KEY_LINE.search(text)
     if key is None:
         return text
-    header = [f.strip() for f in re.split(r"\s+(?=[A-Za-z]:)", text[: key.start()]) if f.strip()]
+    header = [f.strip() for f in _FIELD_START.split(text[: key.start()]) if f.strip()]
     return "\n".join([*header, f"K:{key.group(1)}", text[key.end() :].strip()]) + "\n"
 
 
@@ -228,103 +235,41 @@ _DOCTYPE = re.compile(rb"<!DOCTYPE[^>\[]*>")
 
 
 def checked_xml(data: bytes, limits: NotationLimits) -> bytes:
-    """MusicXML bytes that declare no entities and no internal DTD, whose root is a score, with
-    their DOCTYPE line removed (so nothing ever tries to fetch the external DTD)."""
-    import defusedxml.ElementTree as safe_et
-    from defusedxml import DefusedXmlException
-
+    """MusicXML bytes that declare no entities and no internal DTD, with their DOCTYPE line
+    removed (so nothing ever tries to fetch the external DTD). No tree is built here: that
+    happens in the limited parser child (a small .mxl can unpack to megabytes of elements)."""
     if len(data) > limits.max_xml_bytes:
         raise NotationTooLarge(f"{len(data):,} bytes", f"{limits.max_xml_bytes:,} bytes")
     if b"<!ENTITY" in data or re.search(rb"<!DOCTYPE[^>]*\[", data):
         raise UnsafeXml("entity declaration or internal DTD subset")
-    try:
-        root = safe_et.fromstring(
-            data, forbid_dtd=False, forbid_entities=True, forbid_external=True
-        )
-    except DefusedXmlException as exc:
-        raise UnsafeXml(f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # ParseError, ValueError from odd encodings, ...
-        raise UnreadableNotation("MusicXML", f"XML: {type(exc).__name__}: {exc}") from exc
-    tag = root.tag.rsplit("}", 1)[-1] if isinstance(root.tag, str) else ""
-    if tag not in XML_ROOTS:
-        raise UnreadableNotation("MusicXML", f"root element <{tag}> is not a MusicXML score")
     return _DOCTYPE.sub(b"", data, count=1)
 
 
-# --- the parse, in the parser process -----------------------------------------------------------
-class _Parser:
-    """The `engine.music.notation_parser` process, started on first use and restarted when it dies.
-    One parse at a time; it forks a limited child per parse and answers within its time limit."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def _started(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.music.notation_parser"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C of the bot's terminal is the bot's to handle
-            )
-        return self._proc
-
-    def _discard(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.kill()
-        proc.wait(5)
-        self._proc = None
-
-    def _ask(self, message: bytes, limits: NotationLimits, label: str) -> bytes:
-        """Send one request and read its reply line (the caller holds the lock)."""
-        for attempt in (1, 2):
-            proc = self._started()
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
-                proc.stdin.write(message)
-                proc.stdin.flush()
-            except OSError:  # it died after its last answer: start a fresh one, once
-                self._discard(proc)
-                if attempt == 2:
-                    raise UnreadableNotation(label, "the parser process would not start") from None
-                continue
-            # it answers within timeout_s (it kills its child); the margin covers its own start
-            # (importing music21) on a loaded machine
-            if not select.select([proc.stdout], [], [], limits.parse_timeout_s + 30.0)[0]:
-                log.warning("the notation parser did not answer; restarting it")
-                self._discard(proc)
-                raise NotationTimeout(label, limits.parse_timeout_s)
-            line = proc.stdout.readline()
-            if not line:  # it died during this parse (killed, out of memory)
-                self._discard(proc)
-                raise UnreadableNotation(label, "the parser process died")
-            return line
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def parse(self, kind: str, text: bytes, limits: NotationLimits, label: str) -> dict:
-        request = {
-            "kind": kind,
-            "size": len(text),
-            "timeout_s": limits.parse_timeout_s,
-            "memory_bytes": limits.parse_memory_bytes,
-            "max_notes": limits.max_notes,
-            "max_parts": limits.max_parts,
-        }
-        with self._lock:
-            line = self._ask(json.dumps(request).encode() + b"\n" + text, limits, label)
-        reply = json.loads(line)
-        status = reply.get("status")
-        if status == "ok":
-            return reply["result"]
-        if status == "timeout":
-            raise NotationTimeout(label, limits.parse_timeout_s)
-        if status == "too-large":
-            raise NotationTooLarge(reply["what"], reply["limit"])
-        raise UnreadableNotation(label, str(reply.get("detail", status))[:500])
+# --- the parse, in a parser process -----------------------------------------------------------
+PARSERS = ParserPool()
 
 
-PARSER = _Parser()
+def parsed(kind: str, text: bytes, limits: NotationLimits, label: str, user: str) -> dict:
+    """The parser's reading of checked text, when the fair queue reaches `user`, or the
+    `BadNotation` that says why not."""
+    request = {
+        "kind": kind,
+        "timeout_s": limits.parse_timeout_s,
+        "memory_bytes": limits.parse_memory_bytes,
+        "max_notes": limits.max_notes,
+        "max_parts": limits.max_parts,
+    }
+    reply = PARSERS.parse(user, request, text, limits.parse_timeout_s)
+    status = reply.get("status")
+    if status == "ok":
+        return dict(reply["result"])
+    if status == "timeout":
+        raise NotationTimeout(label, limits.parse_timeout_s)
+    if status == "too-large":
+        raise NotationTooLarge(reply["what"], reply["limit"])
+    if status == "unsafe":
+        raise UnsafeXml(str(reply.get("detail", "")))
+    raise UnreadableNotation(label, str(reply.get("detail", status))[:500])
 
 
 # --- the front door ----------------------------------------------------------------------------
@@ -332,9 +277,13 @@ def load_notation_seed(
     data: bytes,
     filename: str,
     limits: NotationLimits = NotationLimits(),  # noqa: B008
+    *,
+    user: str | None = None,
 ) -> NotationSeed:
     """An ABC (.abc) or MusicXML (.musicxml, .xml, .mxl) seed as a checked MIDI seed, or a
-    `MotifError` whose message says what is wrong."""
+    `MotifError` whose message says what is wrong. `user` is whose turn it is in the parsers'
+    fair queue; a seed that fails after the parse is charged to their budget. None (tools and
+    tests, never a request): a turn of its own and no budget."""
     kind = notation_kind(filename)
     if kind is None:
         raise BadNotation(f"`{filename}` is not an ABC or MusicXML file.")
@@ -342,6 +291,9 @@ def load_notation_seed(
     if len(data) > limits.max_bytes:
         raise NotationTooLarge(f"{len(data):,} bytes", f"{limits.max_bytes:,} bytes")
     remarks: list[str] = []
+    if user is not None:
+        PARSERS.check_budget(user)
+    started = None
     try:
         if kind == "abc":
             tune, count = first_abc_tune(_decode(bytes(data)), limits)
@@ -351,23 +303,29 @@ def load_notation_seed(
         else:
             xml = _unzip_mxl(bytes(data), limits) if kind == "mxl" else bytes(data)
             text = checked_xml(xml, limits)
-        parsed = PARSER.parse(kind, text, limits, label)
-        if not parsed["notes"]:  # (not "send a MIDI file": the seed is notation)
+        started = time.monotonic()
+        reading = parsed(kind, text, limits, label, user or "")
+        if not reading["notes"]:  # (not "send a MIDI file": the seed is notation)
             raise BadNotation(no_notes(label))
         if dropped := dropped_remark(kind, text):
             remarks.append(dropped)
-        piece = _piece(parsed, filename, limits)
+        piece = _piece(reading, filename, limits, remarks)
         midi = to_midi_bytes(piece)
         seed = load_seed(midi, limits.midi, name=filename)  # the MIDI limits, the same rules
-    except MotifError:
-        raise
-    except Exception as exc:  # never let a surprise from hostile bytes escape as a crash
+    except ParserBusy:
+        raise  # nothing was parsed: not the seed's fault
+    except Exception as exc:
+        if started is not None and user is not None:  # parser time spent on a useless seed
+            PARSERS.charge_failure(user, time.monotonic() - started)
+        if isinstance(exc, MotifError):
+            raise
+        # never let a surprise from hostile bytes escape as a crash
         log.warning("unexpected error reading a %s seed: %r", label, exc)
         raise UnreadableNotation(label, f"{type(exc).__name__}: {exc}") from exc
-    return NotationSeed(midi=midi, piece=seed, title=parsed["title"], remarks=tuple(remarks))
+    return NotationSeed(midi=midi, piece=seed, title=reading["title"], remarks=tuple(remarks))
 
 
-def _piece(parsed: dict, name: str, limits: NotationLimits) -> Piece:
+def _piece(parsed: dict, name: str, limits: NotationLimits, remarks: list[str]) -> Piece:
     notes = tuple(
         sorted(
             (
@@ -381,9 +339,13 @@ def _piece(parsed: dict, name: str, limits: NotationLimits) -> Piece:
     tempo = parsed["tempo"] or 120.0
     if not math.isfinite(tempo) or not limits.midi.min_tempo <= tempo <= limits.midi.max_tempo:
         raise AbsurdTempo(tempo, limits.midi.min_tempo, limits.midi.max_tempo)
-    num, den = parsed["meter"] or (4, 4)
-    if not (1 <= num <= 32 and den in (1, 2, 4, 8, 16, 32)):
-        num, den = 4, 4
+    metre = tuple(parsed["meter"] or (4, 4))
+    num, den = notated_metre((int(metre[0]), int(metre[-1])))
+    if (num, den) != metre:
+        remarks.append(
+            f"The seed's metre {metre[0]}/{metre[-1]} is beyond what a score writes (a "
+            "sixteenth-note beat at the shortest), so Motif read it in 4/4."
+        )
     meta = {}
     fifths = parsed["fifths"]
     if fifths is not None and -7 <= fifths <= 7:

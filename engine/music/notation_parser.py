@@ -3,7 +3,12 @@
 It imports music21 once, then serves requests on stdin (a JSON line, then the text) with one
 JSON line each on stdout. Every parse runs in a forked child with an address-space limit; the
 child is killed when it runs past the time limit. Replies carry plain values only. The checks
-that need no parser (sizes, entities, the first ABC tune) ran before, in `engine.music.notation`.
+that need no parser (sizes, entity declarations, the first ABC tune) ran before, in
+`engine.music.notation`; the XML tree check runs here, inside the limited child.
+
+The bot starts it with a scrubbed environment in an empty folder (`engine.music.notation`), and
+it turns its own network off: the text is data, read with `parseData` and an explicit format,
+never a path or a URL.
 """
 
 from __future__ import annotations
@@ -45,16 +50,43 @@ def downbeat_shift(part: Any, score: Any) -> float:
     return (-phase) % bar
 
 
+class Unsafe(Exception):
+    """XML that declares entities, or is not a MusicXML score."""
+
+
+XML_ROOTS = ("score-partwise", "score-timewise")
+
+
+def check_xml_tree(text: bytes) -> None:
+    """The MusicXML's tree, built with defusedxml here in the limited child (a small .mxl can
+    unpack to megabytes of nested elements): no entities, a score at the root."""
+    import defusedxml.ElementTree as safe_et
+    from defusedxml import DefusedXmlException
+
+    try:
+        root = safe_et.fromstring(
+            text, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as exc:
+        raise Unsafe(f"{type(exc).__name__}: {exc}") from exc
+    tag = root.tag.rsplit("}", 1)[-1] if isinstance(root.tag, str) else ""
+    if tag not in XML_ROOTS:
+        raise ValueError(f"root element <{tag}> is not a MusicXML score")
+
+
 def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict[str, Any]:
     """music21's reading of an ABC tune or a MusicXML score, as plain values: notes as (onset,
     length, pitch, velocity) in quarter notes from the first bar line, tempo, metre, key,
     program, title."""
     from music21 import converter
 
-    fmt = "abc" if kind == "abc" else "musicxml"
-    if kind != "abc":
+    if kind == "abc":
+        # parseData, never parse: parse() reads a string that names a file or a URL as that file
+        score = converter.parseData(text.decode("utf-8"), format="abc")
+    else:
+        check_xml_tree(text)
         text = partwise(text)  # music21 reads partwise only: a timewise score is turned first
-    score = converter.parse(text.decode("utf-8") if kind == "abc" else text, format=fmt)
+        score = converter.parseData(text, format="musicxml")
     if hasattr(score, "scores") and len(score.scores):  # an Opus: its first score
         score = score.scores[0]
     parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
@@ -111,6 +143,8 @@ def _child(request: dict[str, Any], text: bytes, out_fd: int) -> None:
         reply: dict[str, Any] = {"status": "ok", "result": result}
     except TooLarge as exc:
         reply = {"status": "too-large", "what": exc.what, "limit": exc.limit}
+    except Unsafe as exc:
+        reply = {"status": "unsafe", "detail": str(exc)[:300]}
     except MemoryError:
         reply = {"status": "too-large", "what": "more memory than a seed may use", "limit": "-"}
     except BaseException as exc:  # noqa: BLE001 - whatever the parser raises: unreadable
@@ -172,8 +206,25 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         replies.flush()
 
 
+def no_network() -> None:
+    """Turn this process's sockets off: nothing a seed names is ever fetched (music21 can
+    download), whatever the parser does with it."""
+    import socket
+
+    def refused(*args: object, **kwargs: object) -> Any:
+        raise OSError("the notation parser has no network")
+
+    for name in ("create_connection", "getaddrinfo", "socketpair"):
+        setattr(socket, name, refused)
+    socket.socket.connect = refused  # type: ignore[method-assign]
+    socket.socket.connect_ex = refused  # type: ignore[method-assign]
+
+
 def main() -> None:
+    import defusedxml.ElementTree  # noqa: F401 - imported once, here, like music21
     import music21  # noqa: F401 - once, here: every forked child shares it
+
+    no_network()
 
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever music21 prints goes to stderr, never into the replies

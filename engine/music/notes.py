@@ -13,6 +13,15 @@ from dataclasses import dataclass, field, replace
 # 32nd-note triplet to two bars of 4/4.
 TICKS_PER_BEAT = 12
 DURATION_BINS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 30, 36, 42, 48, 60, 72, 96)
+# Metres as a score writes them: a sixteenth-note beat at the shortest (a 1/64 bar is less than
+# one tick of the grid above), 1 to 32 beats a bar. Anything else is written in 4/4.
+NOTATED_DENOMINATORS = (1, 2, 4, 8, 16)
+
+
+def notated_metre(metre: tuple[int, int]) -> tuple[int, int]:
+    """`metre` when a score can write it, else 4/4."""
+    num, den = metre
+    return (num, den) if 1 <= num <= 32 and den in NOTATED_DENOMINATORS else (4, 4)
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,12 +262,24 @@ def request_retrain(
         )
         session.add(run)
         session.flush()
-        if dispatch:
-            # deferred: engine.worker.app builds the Celery app from the settings on import
-            from engine.worker.dispatch import dispatch_retrain
+        run_id = run.id
+    if dispatch:
+        # sent after the commit: a hung broker must not hold the database's write lock
+        # deferred: engine.worker.app builds the Celery app from the settings on import
+        from engine.worker.dispatch import dispatch_retrain
 
-            dispatch_retrain(run.id, s)
-        return run.id
+        try:
+            dispatch_retrain(run_id, s)
+        except Exception:
+            # never sent: the row must not block the next request as "already queued"
+            with session_scope(s.sqlalchemy_url) as session:
+                session.execute(
+                    update(TrainingRun)
+                    .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
+                    .values(status=RunStatus.FAILED, error="the job queue was unreachable")
+                )
+            raise
+    return run_id
 
 
 @dataclass(frozen=True)

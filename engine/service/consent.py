@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine.errors import BadParams, NotAllowed, NotFound
-from engine.service.users import Requester, require_owner, user_of
+from engine.service.users import Requester, require_owner, require_visible, user_of
 from engine.settings import Settings, get_settings
 from engine.store.db import dml, session_scope
 from engine.store.records import Feedback, Request, Tune, TuneSource, utcnow
@@ -27,8 +27,10 @@ class Consent:
         if rating not in (1, -1):
             raise BadParams("a rating is +1 or -1.")
         with session_scope(self.url) as session:
-            if session.get(Request, request_id) is None:
+            req = session.get(Request, request_id)
+            if req is None:
                 raise NotFound(f"request #{request_id} does not exist.")
+            require_visible(session, req, who)  # a forged button id learns nothing
             user = user_of(session, who)
             if user is None:
                 raise BadParams("ratings need a user.")
@@ -86,7 +88,8 @@ class Consent:
     def share(self, request_id: int, who: Requester) -> int:
         """Consent to put this request's seed and result into the training collection.
 
-        A tune made from someone else's seed joins only while that person shares the seed."""
+        A tune made from someone else's seed joins only while that person shares the seed; a
+        tune nobody owns, or one made from it, never joins this way."""
         with session_scope(self.url) as session:
             req = session.get(Request, request_id)
             if req is None:
@@ -97,12 +100,12 @@ class Consent:
             for tune in (req.seed_tune, req.result_tune):
                 if tune is None:
                     continue
-                if tune.owner_id is None:
-                    tune.owner_id = user.id
+                # a tune nobody owns (seeded from a bot's or webhook's message, made on the
+                # command line) is nobody's to give: it is never claimed here
                 if tune.owner_id != user.id:
                     continue
                 if any(
-                    source.owner_id not in (None, user.id)
+                    source.owner_id != user.id
                     and not (source.consent and source.withdrawn_at is None)
                     for source in self._sources_of(session, tune)
                 ):
@@ -114,8 +117,8 @@ class Consent:
                 count += 1
             if count == 0 and blocked:
                 raise NotAllowed(
-                    "this tune was made from someone else's seed; it can join the training "
-                    "collection only if they share their seed."
+                    "this tune was made from someone else's seed (or one nobody owns); it can "
+                    "join the training collection only if they share their seed."
                 )
             if count == 0:
                 raise BadParams("there is nothing of yours to share in this request yet.")

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from engine.errors import NotFound
-from engine.service.users import Requester, user_of
+from engine.service.users import Requester, require_visible, user_of
 from engine.settings import Settings, get_settings
 from engine.store.db import session_scope
 from engine.store.records import (
@@ -67,6 +67,21 @@ class QueueStatus:
     worker_counts: list[str] = field(default_factory=list)  # "2 × gpu,train on cuda": for chat
 
 
+SEED_NAME = "seed_name"  # in a request's notes: the seed's name as its requester gave it
+
+
+def seed_name_of(req: Request) -> str | None:
+    """The seed's name as this request's requester gave it. A tune is stored once per content
+    hash, so its own name is the first uploader's: shown only to that uploader."""
+    name = (req.notes or {}).get(SEED_NAME)
+    if isinstance(name, str):
+        return name
+    tune = req.seed_tune
+    if tune is None:
+        return None
+    return tune.name if tune.owner_id is not None and tune.owner_id == req.user_id else "a seed"
+
+
 class Following:
     """Progress, history and queue status, bound to one set of settings (JobService includes
     it)."""
@@ -88,7 +103,7 @@ class Following:
                     )
                 )
                 position = (ahead or 0) + 1
-            seed_name = req.seed_tune.name if req.seed_tune else None
+            seed_name = seed_name_of(req)
             user_discord_id = req.user.discord_id if req.user else None
             return Progress(
                 request_id=req.id,
@@ -116,6 +131,16 @@ class Following:
                     for a in sorted(req.artifacts, key=lambda a: a.kind.value)
                 ],
             )
+
+    def visible_progress(self, request_id: int, who: Requester) -> Progress:
+        """A request's progress for someone who may see it (their own, or posted where they
+        are); NotFound otherwise."""
+        with session_scope(self.url) as session:
+            req = session.get(Request, request_id)
+            if req is None:
+                raise NotFound(f"request #{request_id} does not exist.")
+            require_visible(session, req, who)
+        return self.progress(request_id)
 
     def history(self, who: Requester, limit: int = 10) -> list[Progress]:
         with session_scope(self.url) as session:

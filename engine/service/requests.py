@@ -32,9 +32,16 @@ from engine.music.notation import is_notation_name, load_notation_seed
 from engine.service.consent import Consent
 from engine.service.delivery import DeliveryLeases
 from engine.service.options import ComposeOptions, validate_options
-from engine.service.progress import ArtifactInfo, Following, Progress, QueueStatus
+from engine.service.progress import SEED_NAME, ArtifactInfo, Following, Progress, QueueStatus
 from engine.service.tunes import store_tune
-from engine.service.users import Requester, require_owner, user_for, user_of
+from engine.service.users import (
+    Requester,
+    parse_queue_key,
+    require_owner,
+    require_visible,
+    user_for,
+    user_of,
+)
 from engine.settings import Settings
 from engine.store.artifacts import ArtifactStore, store_for
 from engine.store.db import dml, session_scope
@@ -179,15 +186,24 @@ class JobService(Consent, DeliveryLeases, Following):
         piece = None
         notices: dict[str, Any] = {}
         if seed_midi is not None:
+            # the limits before any parse, for every kind of seed (pasted ABC too): a user at
+            # the cap costs one query, not a parse
+            with _unsaved_on_outage():
+                self.precheck(who)
             remarks: tuple[str, ...] = ()
             if is_notation_name(seed_name):
-                notation = load_notation_seed(seed_midi, seed_name)  # a clear MotifError
+                notation = load_notation_seed(  # a clear MotifError
+                    seed_midi, seed_name, user=parse_queue_key(who)
+                )
                 seed_midi, remarks = notation.midi, notation.remarks  # kept as MIDI from here
             # raises BadMidi with a clear message
             piece = load_seed(seed_midi, name=seed_name, from_bar=options.from_bar)
             notices = dict(seed_notices(piece))
             if remarks:  # e.g. "the ABC held 3 tunes": the result says so
                 notices["seed_remarks"] = list(remarks)
+            # the name this requester gave: tunes are kept once per content hash, and the same
+            # bytes from someone else must not show the first uploader's file name
+            notices[SEED_NAME] = seed_name[:200]
         elif options.from_bar is not None:
             raise BadParams("from_bar needs a seed file to cut.")
         with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
@@ -228,6 +244,7 @@ class JobService(Consent, DeliveryLeases, Following):
             parent = session.get(Request, parent_id)
             if parent is None:
                 raise NotFound(f"request #{parent_id} does not exist.")
+            require_visible(session, parent, who)
             options = ComposeOptions.from_params(parent.params)
             seed_tune_id = parent.seed_tune_id
             if kind is RequestKind.EXTEND:
@@ -258,7 +275,11 @@ class JobService(Consent, DeliveryLeases, Following):
             user = user_of(session, who)
             self._check_limits(session, user, who.guild_id)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
-            seed_notes = {} if kind is RequestKind.EXTEND else dict(parent.notes or {})
+            seed_notes = (
+                {SEED_NAME: f"the result of #{parent.id}"}
+                if kind is RequestKind.EXTEND
+                else dict(parent.notes or {})
+            )
             seed_notes.pop("shortened", None)  # about the parent's audio, not the seed
             rid = self._enqueue(session, who, user, kind, options, tune, parent.id, seed_notes)
         self._send(rid)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.errors import NotAllowed
+from engine.errors import NotAllowed, NotFound
 from engine.store.records import Request, RequestOrigin, User
 
 
@@ -53,3 +53,24 @@ def require_owner(session: Session, req: Request, who: Requester) -> User:
     if user is None or req.user_id != user.id:
         raise NotAllowed("only the person who asked for this tune can do that.")
     return user
+
+
+def require_visible(session: Session, req: Request, who: Requester) -> None:
+    """A follow-up (reroll, extend, vary) may start from a request its clicker can see: their
+    own, or one posted in the channel they click in. A forged button id naming someone's DM
+    request is refused, and says nothing about it."""
+    if who.channel_id is not None and req.channel_id == who.channel_id:
+        return
+    user = user_of(session, who)
+    if user is not None and req.user_id == user.id:
+        return
+    if who.discord_id is None and who.origin == RequestOrigin.CLI:
+        return  # the command line is the operator's
+    raise NotFound(f"request #{req.id} does not exist.")
+
+
+def parse_queue_key(who: Requester) -> str:
+    """Whose turn a seed's parse is in the parsers' fair queue (and whose budget it uses)."""
+    if who.discord_id is not None:
+        return f"discord:{who.discord_id}"
+    return f"{who.origin}:{who.name}"

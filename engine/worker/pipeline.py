@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
 from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.settings import Settings, get_settings
 from engine.store.db import session_scope
@@ -47,6 +49,11 @@ def run_generation(request_id: int, settings: Settings | None = None) -> list[in
         for rid in batch:
             fail(rid, settings, public_message(exc), exc.detail)
         return []
+    except SoftTimeLimitExceeded as exc:
+        log.warning("generation of %s ran past its time limit", batch)
+        for rid in batch:
+            fail(rid, settings, took_too_long("Generating", rid), repr(exc))
+        return []
     except Exception as exc:
         log.exception("generation failed for %s", batch)
         for rid in batch:
@@ -66,10 +73,27 @@ def run_render(request_id: int, settings: Settings | None = None) -> bool:
         return False
     except RowNotVisible:
         raise
+    except SoftTimeLimitExceeded as exc:
+        log.warning("rendering %s ran past its time limit", request_id)
+        fail(request_id, settings, took_too_long("Rendering", request_id), repr(exc))
+        return False
     except Exception as exc:
         log.exception("rendering failed for %s", request_id)
         fail(request_id, settings, f"Rendering failed (request #{request_id}); sorry!", repr(exc))
         return False
+
+
+def took_too_long(stage: str, request_id: int) -> str:
+    return (
+        f"{stage} request #{request_id} took longer than Motif allows, so it was stopped. "
+        "Try fewer bars or a shorter seed."
+    )
+
+
+def fail_timed_out(stage: str, request_id: int, settings: Settings, exc: BaseException) -> None:
+    """After a hard time limit killed the task (Celery calls on_failure in the worker)."""
+    if isinstance(exc, TimeLimitExceeded):
+        fail(request_id, settings, took_too_long(stage, request_id), repr(exc))
 
 
 def process_request(request_id: int, settings: Settings | None = None) -> RequestStatus:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 
+from celery import Task
+
 from engine.errors import QueueUnreachable, ServiceUnavailable
 from engine.settings import get_settings
 from engine.worker.app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
 from engine.worker.dispatch import dispatch_render
-from engine.worker.pipeline import RowNotVisible, run_generation, run_render
+from engine.worker.pipeline import RowNotVisible, fail_timed_out, run_generation, run_render
 from engine.worker.retrain import run_training
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,39 @@ RETRY = {
 }
 
 
-@app.task(name=TASK_GENERATE, **RETRY)
+class _Bounded(Task):
+    """A task with time limits: when the hard one kills it, its request fails with a clear
+    message (the soft one is handled in `engine.worker.pipeline`)."""
+
+    stage = ""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if args:
+            fail_timed_out(self.stage, int(args[0]), get_settings(), exc)
+
+
+class _Generating(_Bounded):
+    stage = "Generating"
+
+
+class _Rendering(_Bounded):
+    stage = "Rendering"
+
+
+def _limits(seconds: float) -> dict[str, float]:
+    return {"soft_time_limit": seconds, "time_limit": seconds + HARD_MARGIN_S}
+
+
+HARD_MARGIN_S = 15.0
+_settings = get_settings()
+
+
+@app.task(
+    name=TASK_GENERATE,
+    base=_Generating,
+    **RETRY,
+    **_limits(_settings.generate_time_limit_s),
+)
 def generate(request_id: int) -> list[int]:
     settings = get_settings()
     done = run_generation(request_id, settings)
@@ -43,7 +77,7 @@ def generate(request_id: int) -> list[int]:
     return done
 
 
-@app.task(name=TASK_RENDER, **RETRY)
+@app.task(name=TASK_RENDER, base=_Rendering, **RETRY, **_limits(_settings.render_time_limit_s))
 def render(request_id: int) -> bool:
     return run_render(request_id, get_settings())
 

@@ -250,3 +250,18 @@ def test_model_speed_side_by_side(tiny_model_path):
     r = model_speed.run([tiny_model_path, tiny_model_path], repeats=1, n_seeds=2, bars=1)
     assert list(r["ms_per_note"]) == [str(tiny_model_path)]  # one name: the same file twice
     assert all(positive(v) for v in r["ms_per_note"].values())
+
+
+@pytest.mark.skipif(
+    not version_supported(), reason="the fake Discord is written for discord.py 2.7"
+)
+def test_seed_fairness_bench():
+    pytest.importorskip("music21")
+    from bench import seed_fairness
+
+    small = seed_fairness.SMALL_TUNE.replace(" ", "\n").encode()
+    r = seed_fairness.run(rounds=1, flood=2, slow=small)
+    assert set(r["setups"]) == set(seed_fairness.SETUPS)
+    for figures in r["setups"].values():
+        assert positive(figures["history_s"]) and positive(figures["compose_s"])
+        assert math.isfinite(figures["compose_s"])

@@ -33,7 +33,7 @@ GUILD_B_ID = 910000000000000002  # a second server: anyone can add the bot to th
 CHANNEL_B_ID = 920000000000000002
 DM_CHANNEL_BASE = 930000000000000000  # + user id: the DM channel with that user
 UPLOAD_LIMIT = 10 * 1024 * 1024
-REQUEST_LIMIT = 25 * 1024 * 1024  # all files of one message
+REQUEST_LIMIT = 25 * 1024 * 1024  # one request: its files and the multipart framing
 FIRST_RESPONSE_S = 3.0  # an interaction must be answered within 3 s...
 TOKEN_TTL_S = 15 * 60  # ...and its token works for follow-ups and edits for 15 minutes
 CONTENT_LIMIT = 2000
@@ -96,6 +96,36 @@ def pings(body: dict[str, Any], replied_user: int | None = None) -> list[str]:
     if replied_user is not None and (allowed is None or allowed.get("replied_user", True)):
         out.append(f"user:{replied_user}")
     return out
+
+
+def embed_limits_broken(embeds: list[dict[str, Any]]) -> str | None:
+    """What Discord's documented embed limits refuse in these embeds, or None."""
+    total = 0
+    if len(embeds) > 10:
+        return "embeds: at most 10"
+    for e in embeds:
+        fields = e.get("fields") or []
+        parts = {
+            "title": (e.get("title") or "", 256),
+            "description": (e.get("description") or "", 4096),
+            "footer.text": ((e.get("footer") or {}).get("text") or "", 2048),
+            "author.name": ((e.get("author") or {}).get("name") or "", 256),
+        }
+        if len(fields) > 25:
+            return "fields: at most 25"
+        for f in fields:
+            if not 1 <= len(f.get("name") or "") <= 256:
+                return "fields.name: 1 to 256 characters"
+            if not 1 <= len(f.get("value") or "") <= 1024:
+                return "fields.value: 1 to 1024 characters"
+            total += len(f["name"]) + len(f["value"])
+        for name, (text, limit) in parts.items():
+            if len(text) > limit:
+                return f"{name}: at most {limit} characters"
+            total += len(text)
+    if total > 6000:
+        return "embeds: at most 6000 characters in all"
+    return None
 
 
 def user_payload(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -238,8 +268,12 @@ class FakeDiscord:
                 if len(item.get("custom_id") or "") > CUSTOM_ID_LIMIT:
                     return _error(400, 50035, "Invalid Form Body: custom_id too long.")
         sizes = [len(blob) for _, _, blob in call.files]
-        if sizes and (max(sizes) > self.upload_limit or sum(sizes) > REQUEST_LIMIT):
+        size = max(request.content_length or 0, sum(sizes))  # the whole body, when it says
+        if sizes and (max(sizes) > self.upload_limit or size > REQUEST_LIMIT):
             return _error(413, 40005, "Request entity too large")
+        embed_error = embed_limits_broken(body.get("embeds") or [])
+        if embed_error:
+            return _error(400, 50035, f"Invalid Form Body: {embed_error}")
         if call.method == "PATCH" and "/messages/" in call.path:
             key = call.path if not call.path.endswith("@original") else f"original:{token}"
             now = time.monotonic()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import re
 
 import pytest
 from sqlalchemy import select
@@ -385,6 +386,26 @@ def _callback_of(fake, payload: dict) -> dict:  # type: ignore[no-untyped-def]
     return call.json
 
 
+async def answer_text(fake, payload: dict) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """(flags, text) that the person finally sees: the callback's message or, after a deferral,
+    the edit of its original response or its follow-up."""
+    await until(lambda: fake.find("POST", rf"/interactions/{payload['id']}/.*"))
+    callback = _callback_of(fake, payload)
+    data = callback.get("data") or {}
+    if callback["type"] == 4:
+        return data.get("flags", 0), data["content"]
+    token = re.escape(payload["token"])
+    later = await until(
+        lambda: [
+            c
+            for c in fake.calls
+            if c.method in ("PATCH", "POST")
+            and re.fullmatch(rf"/webhooks/\d+/{token}(/messages/@original)?", c.path)
+        ]
+    )
+    return later[-1].json.get("flags", data.get("flags", 0)), later[-1].json["content"]
+
+
 def test_the_owner_cancels_a_queued_request_with_its_button(bot_settings, jobs, dispatched, worker):
     """Queued: a Cancel button under the progress. Someone else's press is refused; the owner's
     cancels; the progress ends on "cancelled" with no buttons; a worker never runs it."""
@@ -392,7 +413,8 @@ def test_the_owner_cancels_a_queued_request_with_its_button(bot_settings, jobs, 
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
-            h.inject(h.payloads.slash("compose", {"bars": 2}, user_id=42))
+            compose = h.payloads.slash("compose", {"bars": 2}, user_id=42)
+            h.inject(compose)
             (rid,) = await queued(jobs, dispatched)
             (first,) = await h.fake.wait_for("PATCH", ORIGINAL)
             assert f"motif:cancel:{rid}" in custom_ids(first.json)
@@ -400,22 +422,21 @@ def test_the_owner_cancels_a_queued_request_with_its_button(bot_settings, jobs, 
 
             stranger = h.payloads.button(f"motif:cancel:{rid}", message, user_id=43)
             h.inject(stranger)
-            await until(lambda: h.fake.find("POST", rf"/interactions/{stranger['id']}/.*"))
-            refused = _callback_of(h.fake, stranger)
-            assert refused["data"]["flags"] == EPHEMERAL and "only" in refused["data"]["content"]
+            flags, text = await answer_text(h.fake, stranger)
+            assert flags == EPHEMERAL and "only" in text
             assert jobs.progress(rid).status is RequestStatus.QUEUED
 
             owner = h.payloads.button(f"motif:cancel:{rid}", message, user_id=42)
             h.inject(owner)
-            await until(lambda: h.fake.find("POST", rf"/interactions/{owner['id']}/.*"))
-            answer = _callback_of(h.fake, owner)
-            assert answer["data"]["flags"] == EPHEMERAL
-            assert answer["data"]["content"] == f"Request #{rid} is cancelled."
+            flags, text = await answer_text(h.fake, owner)
+            assert flags == EPHEMERAL and text == f"Request #{rid} is cancelled."
             assert jobs.progress(rid).status is RequestStatus.CANCELLED
 
             final = await until(
                 lambda: [
-                    e for e in h.fake.find("PATCH", ORIGINAL) if "cancelled" in e.json["content"]
+                    e
+                    for e in h.fake.find("PATCH", ORIGINAL)
+                    if compose["token"] in e.path and "cancelled" in e.json["content"]
                 ]
             )
             assert final[-1].json["components"] == []  # the button is gone
@@ -424,8 +445,7 @@ def test_the_owner_cancels_a_queued_request_with_its_button(bot_settings, jobs, 
             # a press from a view not yet refreshed (a stale client) is answered plainly
             again = h.payloads.button(f"motif:cancel:{rid}", message, user_id=42)
             h.inject(again)
-            await until(lambda: h.fake.find("POST", rf"/interactions/{again['id']}/.*"))
-            assert "can no longer be cancelled" in _callback_of(h.fake, again)["data"]["content"]
+            assert "can no longer be cancelled" in (await answer_text(h.fake, again))[1]
 
     asyncio.run(scenario())
 

@@ -106,3 +106,19 @@ def test_an_extension_of_someone_elses_result_needs_them_too(settings, made):
     assert service.forget(ANN) == 2
     with session_scope(settings.sqlalchemy_url) as s:
         assert not list(s.scalars(select(Tune).where(Tune.consent.is_(True))))
+
+
+def test_a_tune_made_on_the_command_line_cannot_be_claimed_by_sharing(settings):
+    """The CLI stores a seed nobody owns; a Discord user who sends the same bytes gets that tune
+    (one row per content hash) and must not take it over with Share (was: claimed)."""
+    service = JobService(settings, dispatch=lambda _: None)
+    seed = midi_bytes()
+    service.compose(Requester(name="cli"), validate_options(bars=2), seed, "cli.mid")
+    rid = service.compose(ANN, validate_options(bars=2), seed, "mine.mid")
+    seed_id, _ = seed_and_result(settings, rid)
+    assert tune_owner(settings, seed_id) is None
+    with pytest.raises(Exception, match="nothing of yours"):
+        service.share(rid, ANN)
+    assert tune_owner(settings, seed_id) is None
+    with session_scope(settings.sqlalchemy_url) as s:
+        assert not s.get(Tune, seed_id).consent

@@ -81,7 +81,10 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
     rid = service.compose(who, validate_options(from_bar=3), example_seed_bytes(), "ode.mid")
     prog = service.progress(rid)
     assert prog.params["from_bar"] == 3
-    assert prog.notes == {"from_bar": "The seed is bars 1-2; the continuation starts at bar 3."}
+    assert prog.notes == {
+        "from_bar": "The seed is bars 1-2; the continuation starts at bar 3.",
+        "seed_name": "ode.mid",  # the name this requester gave (tunes are shared by hash)
+    }
     with session_scope(settings.sqlalchemy_url) as s:
         request = s.get(Request, rid)
         request.status, request.result_tune_id = RequestStatus.DONE, request.seed_tune_id
@@ -89,7 +92,8 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
     reroll = service.progress(service.follow_up(who, rid, RequestKind.REROLL))
     assert reroll.params["from_bar"] == 3 and reroll.notes == prog.notes
     extend = service.progress(service.follow_up(who, rid, RequestKind.EXTEND))
-    assert extend.params["from_bar"] is None and extend.notes == {}
+    assert extend.params["from_bar"] is None
+    assert extend.notes == {"seed_name": f"the result of #{rid}"}
     # the worker cuts the stored file the same way
     from engine.worker.generation import load_job
 
@@ -98,8 +102,9 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
     assert len(job.seed.notes) < len(load_job(extend.request_id, settings).seed.notes)
     with pytest.raises(BadParams, match="from_bar needs a seed"):
         service.compose(who, validate_options(from_bar=3))
+    other = Requester(discord_id=10)  # `who` is at the cap now, and limits come first
     with pytest.raises(BadMidi, match="from_bar is 99"):
-        service.compose(who, validate_options(from_bar=99), example_seed_bytes(), "ode.mid")
+        service.compose(other, validate_options(from_bar=99), example_seed_bytes(), "ode.mid")
 
 
 def test_ending_is_kept_by_follow_ups_and_an_extension_continues_before_the_cadence(settings):

@@ -87,3 +87,42 @@ def test_the_inline_picture_option_is_checked_and_kept_by_follow_ups(tmp_path):
     rid = service.compose(who, validate_options(image="pianoroll"))
     child = service.follow_up(who, rid, RequestKind.REROLL)
     assert service.progress(child).params["image"] == "pianoroll"
+
+
+def test_a_user_at_the_cap_costs_no_parse_with_pasted_abc(tmp_path, monkeypatch):
+    """The limits come before any parse, for every kind of seed."""
+    from engine.errors import RateLimited
+    from engine.music import notation
+    from engine.music.parsers import ParserPool
+
+    pool = ParserPool()
+    monkeypatch.setattr(notation, "PARSERS", pool)
+    settings = make_settings(tmp_path, user_max_concurrent=1)
+    db.upgrade(settings.sqlalchemy_url)
+    service = JobService(settings, dispatch=lambda rid: None)
+    ann = Requester(discord_id=5)
+    try:
+        service.compose(ann, validate_options(bars=4), JIG, "pasted.abc")
+        assert pool.parses == 1
+        for name in ("pasted.abc", "tune.musicxml", "seed.mid"):
+            with pytest.raises(RateLimited):
+                service.compose(ann, validate_options(bars=4), JIG, name)
+        assert pool.parses == 1
+    finally:
+        pool.close()
+
+
+def test_the_same_bytes_from_someone_else_show_their_own_name(tmp_path):
+    service, _ = _service(tmp_path)
+    first = service.compose(
+        Requester(discord_id=5), validate_options(bars=4), JIG, "ann-secret.abc"
+    )
+    second = service.compose(Requester(discord_id=6), validate_options(bars=4), JIG, "bob.abc")
+    assert service.progress(first).seed_name == "ann-secret.abc"
+    assert service.progress(second).seed_name == "bob.abc"
+    with session_scope(service.url) as s:  # one tune, stored once
+        assert len(list(s.scalars(select(Tune)))) == 1
+    # a row from before the name was kept per request: only the tune's owner sees its name
+    with session_scope(service.url) as s:
+        s.get(Request, second).notes = {}
+    assert service.progress(second).seed_name == "a seed"

@@ -18,7 +18,7 @@ from engine.music import notation as notation_seeds
 from engine.music.measures import TICKS
 from engine.music.musicxml import score_xml
 from engine.music.notation import (
-    PARSER,
+    PARSERS,
     BadNotation,
     NotationLimits,
     NotationTimeout,
@@ -130,7 +130,7 @@ PARAMETER_ENTITY = b"""<?xml version="1.0"?>
 
 @pytest.mark.parametrize("hostile", [BILLION_LAUGHS, EXTERNAL_ENTITY, PARAMETER_ENTITY])
 def test_entities_and_internal_dtds_are_refused_before_parsing(hostile, monkeypatch):
-    monkeypatch.setattr(PARSER, "parse", _never)
+    monkeypatch.setattr(PARSERS, "parse", _never)
     for name in ("evil.musicxml", "evil.xml"):
         with pytest.raises(UnsafeXml):
             load_notation_seed(hostile, name)
@@ -141,7 +141,7 @@ def _never(*args, **kwargs):  # the parser must not be reached
 
 
 def test_files_too_large_are_refused_before_parsing(monkeypatch):
-    monkeypatch.setattr(PARSER, "parse", _never)
+    monkeypatch.setattr(PARSERS, "parse", _never)
     small = NotationLimits(max_bytes=1000)
     with pytest.raises(NotationTooLarge):
         load_notation_seed(JIG * 20, "big.abc", small)
@@ -231,19 +231,19 @@ def test_note_and_part_limits_stop_the_parse():
 
 def test_a_dead_parser_process_is_restarted():
     load_notation_seed(JIG, "jig.abc")
-    proc = PARSER._proc
+    proc = PARSERS._free[-1].proc
     assert proc is not None
     proc.kill()
     proc.wait(5)
     assert len(load_notation_seed(JIG, "jig.abc").piece.notes) == 41
-    assert PARSER._proc is not proc
+    assert PARSERS._free[-1].proc is not proc
 
 
 def test_a_parser_killed_mid_parse_gives_a_clear_error_and_the_next_parse_works():
     import threading
 
     load_notation_seed(JIG, "jig.abc")  # the parser process is up
-    proc = PARSER._proc
+    proc = PARSERS._free[-1].proc
     assert proc is not None
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
 

@@ -14,7 +14,7 @@ from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.models import ensure_default_model
-from engine.store.records import ModelStatus, ModelVersion, RunStatus, Tune
+from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, Tune
 from engine.worker.collect import collected_tunes
 from engine.worker.gate import gate
 from engine.worker.retrain import run_training
@@ -252,3 +252,33 @@ def test_the_gate_rejects_a_candidate_that_forgets_its_seeds():
     unknown = dict(active, gain_content=float("nan"))
     assert gate({**base, "candidate_fidelity": unknown, "active_fidelity": active}, 0.1) is None
     assert gate(base, 0.1) is None
+
+
+def test_the_retrain_message_is_sent_after_its_row_commits(retrain_settings, monkeypatch):
+    """A hung broker must not hold the database's write lock: when the message goes out, the
+    run is committed and the database is free for other writers."""
+    from engine.worker import dispatch
+
+    s = retrain_settings
+    seen: list[str] = []
+
+    def send(run_id: int, settings) -> None:  # type: ignore[no-untyped-def]
+        with session_scope(s.sqlalchemy_url, immediate=True) as other:  # another writer
+            seen.append(other.scalar(select(TrainingRun.status).where(TrainingRun.id == run_id)))
+
+    monkeypatch.setattr(dispatch, "dispatch_retrain", send)
+    run_id = request_retrain(RetrainOptions(model_config=TINY), settings=s)
+    assert seen == [RunStatus.QUEUED] and run_info(run_id, s).status == "queued"
+
+
+def test_a_retrain_that_cannot_be_sent_does_not_block_the_next(retrain_settings, monkeypatch):
+    from engine.errors import QueueUnreachable
+    from engine.worker import dispatch
+
+    def unreachable(run_id: int, settings) -> None:  # type: ignore[no-untyped-def]
+        raise QueueUnreachable("The job queue is unreachable right now.")
+
+    monkeypatch.setattr(dispatch, "dispatch_retrain", unreachable)
+    with pytest.raises(QueueUnreachable):
+        request_retrain(RetrainOptions(model_config=TINY), settings=retrain_settings)
+    assert request_retrain(RetrainOptions(), settings=retrain_settings, dispatch=False)
