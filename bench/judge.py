@@ -54,6 +54,7 @@ def judge(
     key_penalty: float | None = None,
     gain_windows: int | None = 2000,
     without_copy: bool = False,
+    ending: str = "open",
     seed_set: str = "test",
     form: bool = False,
     classifier: bool = False,
@@ -104,6 +105,7 @@ def judge(
                     key_gravity=gravity,
                     key_penalty=penalty,
                     copy=copy,
+                    ending=ending,  # type: ignore[arg-type]
                     nets=counts,
                 )
                 for i, case in enumerate(cases)
@@ -156,6 +158,7 @@ def judge(
             "key_gravity": gravity,
             "key_penalty": penalty,
             "gain_windows": gain_windows,
+            "ending": ending,
             "generate_s": {k: round(v, 1) for k, v in seconds.items()},
             "torch_threads": torch.get_num_threads(),
             "wall_s": round(time.perf_counter() - t_start, 1),
@@ -241,7 +244,7 @@ def format_judge(result: dict[str, Any]) -> str:
     lines = [
         f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} {seed_set} "
         f"({s['near_duplicates_left_out']} near-duplicates of training pieces left out); "
-        f"{s['bars']} bars continued; Motif at temperature 1.0, top-p {s['top_p']}, tonal gravity "
+        f"{s['bars']} bars continued; Motif with the {s.get('ending', 'open')} ending, at temperature 1.0, top-p {s['top_p']}, tonal gravity "
         f"{s['key_gravity']}, key penalty {s.get('key_penalty', '?')}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
         "",
         "| | " + " | ".join(systems) + " |",
@@ -329,6 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--without-copy", action="store_true", help="also judge each model with copying off"
     )
     parser.add_argument(
+        "--ending",
+        choices=("open", "close"),
+        default="open",
+        help="Motif's ending (default open: the real continuation is the middle of a tune, not "
+        "its end; close is what /compose gives by default)",
+    )
+    parser.add_argument(
         "--set",
         choices=SETS,
         default="test",
@@ -369,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_penalty=args.key_penalty,
         gain_windows=args.gain_windows,
         without_copy=args.without_copy,
+        ending=args.ending,
         seed_set=args.seed_set,
         form=args.form,
         classifier=args.classifier,

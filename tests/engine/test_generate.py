@@ -10,11 +10,11 @@ from engine.model.events import PITCH, SHIFT, EventCodec
 from engine.model.generate import GenerationRequest, SafetyNetCounts, continue_batch, continue_seed
 from engine.model.grammar import (
     DISTINCT_WINDOW,
-    MAX_CHORD,
     MAX_REPEATS,
     MIN_DISTINCT,
     Grammar,
     bar_positions,
+    seed_chord_cap,
 )
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.model.plan import (
@@ -316,7 +316,7 @@ class _RulesOfOneRow:
                 ok[1:] = False  # no seed: the first note at once
             elif gap <= CODEC.config.max_shift:
                 ok[: max(0, gap)] = False
-        elif len(self.chord) >= MAX_CHORD:
+        elif len(self.chord) >= seed_chord_cap(r.seed_events):  # the seed's texture, at most
             ok[0] = False
             self.fired.add("chord")
         if not ok.any():

@@ -109,10 +109,11 @@ def test_compose_from_a_bar_records_the_cut_and_what_the_reply_says(settings):
 
 def test_ending_is_kept_by_follow_ups_and_an_extension_continues_before_the_cadence(settings):
     service = JobService(settings, dispatch=lambda _: None)
-    who = Requester(discord_id=9)
+    who = Requester(discord_id=9, channel_id=5)  # (follow-ups are clicked in the same channel)
     rid = service.compose(who, validate_options(bars=2), example_seed_bytes(), "ode.mid")
     assert service.progress(rid).params["ending"] == "close"  # the default
-    who2, who3 = Requester(discord_id=10), Requester(discord_id=11)  # (two requests per user)
+    # (two requests per user at once)
+    who2, who3 = Requester(discord_id=10, channel_id=5), Requester(discord_id=11, channel_id=5)
     opened = service.compose(who2, validate_options(ending="open"), example_seed_bytes(), "o.mid")
     with session_scope(settings.sqlalchemy_url) as s:
         for r in (rid, opened):
