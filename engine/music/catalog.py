@@ -42,7 +42,7 @@ MIN_TEMPO, MAX_TEMPO = 30.0, 300.0  # what a request may ask for (and the corpus
 # (their tempo is kept); beyond this the file is refused as absurd.
 SEED_MIN_TEMPO, SEED_MAX_TEMPO = 20.0, 400.0
 # The most bars an operator may allow per request (MOTIF_MAX_BARS, MOTIF_DEFAULT_BARS); the
-# generator's own sanity bound (engine.model.generate.MAX_BARS) lies above it.
+# generator's own sanity bound (engine.model.generate.request.MAX_BARS) lies above it.
 MAX_BARS_CEILING = 256
 MAX_RNG_SEED = 2**31 - 1
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from engine.model.checkpoint import load_checkpoint
-from engine.model.copy_fit import copy_nll, fit
-from engine.model.copying import (
+from engine.model.copy.copying import (
     COPY_FIELDS,
     LEVELS_PER_KIND,
     N_LEVELS,
@@ -22,8 +21,10 @@ from engine.model.copying import (
     shipped_params,
 )
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
-from engine.model.generate import GenerationRequest, continue_batch, continue_seed
-from engine.model.train import collate, cut_window, encode_pieces
+from engine.model.generate.continuation import continue_batch, continue_seed
+from engine.model.generate.request import GenerationRequest
+from engine.model.train.copy_fit import copy_nll, fit
+from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from engine.settings import DEFAULT_MODEL_PATH
 from tests.tolerance import SAME_MATH, assert_close_to_scale

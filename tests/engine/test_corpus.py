@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from engine.errors import NotFound
-from engine.model.corpus import load_corpus
-from engine.model.corpus_build import build_corpus, split_of
-from engine.model.corpus_parse import (
+from engine.model.corpus.build import build_corpus, split_of
+from engine.model.corpus.load import load_corpus
+from engine.model.corpus.parse import (
     COLLECTIONS,
     WorkItem,
     normalize_note_values,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.errors import BadParams
-from engine.model.generate import GenerationRequest, continue_batch, continue_seed
+from engine.model.generate.continuation import continue_batch, continue_seed
+from engine.model.generate.request import GenerationRequest
 from engine.music.endings import closing_hold, reopened
 from engine.music.notes import Note, Piece
 

@@ -101,7 +101,8 @@ def test_seed_information_gain_of_a_model_trained_on_tunes_it_must_tell_apart(tm
     """A tiny model trained on two tunes in different keys: the seed must tell it which tune
     follows (where in the tune, which tune), so both gains are positive."""
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.train import TrainConfig, train
+    from engine.model.train.config import TrainConfig
+    from engine.model.train.train import train
 
     def tune(offset: int) -> Piece:
         return replace(_line([p + offset for p in C_MAJOR_TUNE] * 10), style="folk")

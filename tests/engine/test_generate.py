@@ -7,8 +7,8 @@ import torch
 from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.events import PITCH, SHIFT, EventCodec
-from engine.model.generate import GenerationRequest, SafetyNetCounts, continue_batch, continue_seed
-from engine.model.grammar import (
+from engine.model.generate.continuation import SafetyNetCounts, continue_batch, continue_seed
+from engine.model.generate.grammar import (
     DISTINCT_WINDOW,
     MAX_CHORD,
     MAX_REPEATS,
@@ -16,8 +16,7 @@ from engine.model.grammar import (
     Grammar,
     bar_positions,
 )
-from engine.model.network import ModelConfig, MotifSeq2Seq
-from engine.model.plan import (
+from engine.model.generate.plan import (
     estimate_key,
     key_of_class,
     key_profile_bias,
@@ -25,7 +24,9 @@ from engine.model.plan import (
     scale_pitch_classes,
     seed_key,
 )
-from engine.model.sampling import sample
+from engine.model.generate.request import GenerationRequest
+from engine.model.generate.sampling import sample
+from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
@@ -105,7 +106,7 @@ def test_no_seed_works(lm):
 def test_no_seed_sounds_like_its_style(lm):
     """Metre, tempo and key from the style's corpus counts; key class 0 as training feeds an
     empty seed; the first note at once."""
-    from engine.model.style_priors import load_style_priors
+    from engine.model.corpus.style_priors import load_style_priors
 
     priors = load_style_priors()["folk"]
     pieces = [continue_seed(lm, None, 2, style="folk", seed_rng=i) for i in range(40)]
@@ -504,7 +505,7 @@ def test_the_gpu_cadence_reads_the_device_once_per_check_not_per_note(lm):
 
 
 def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_result(lm):
-    from engine.model.decode import encode_in_groups
+    from engine.model.generate.decode import encode_in_groups
 
     torch.manual_seed(3)
     lengths = [40, 2, 0, 38, 5, 1, 40, 3]  # three groups: (0, 1, 2), (3, 5), (38, 40, 40)

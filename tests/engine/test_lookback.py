@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from engine.model.copy_fit import copy_nll, fit
-from engine.model.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
+from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
+from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
-from engine.model.generate import continue_seed
-from engine.model.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks
-from engine.model.train import collate, cut_window, encode_pieces
+from engine.model.generate.continuation import continue_seed
+from engine.model.train.copy_fit import copy_nll, fit
+from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH
 
@@ -149,7 +149,7 @@ def test_the_fit_trusts_the_lookback_for_a_tune_that_repeats_its_strain(tiny_lm)
 
 
 def test_decoding_with_the_lookback_brings_the_strain_back(tiny_lm, monkeypatch):
-    import engine.model.decode as decode
+    import engine.model.generate.decode as decode
 
     strong = CopyParams(0.0, 0.0, NO_COPY.mix, lookback=((0.95,) * LOOKBACK_LEVELS,) * 3)
     monkeypatch.setattr(decode, "shipped_params", lambda: strong)

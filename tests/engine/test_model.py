@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.model.events import PHRASE, POSITION, SHIFT, EventCodec
+from engine.model.generate.batch_decoder import batch_decoder, step_weights
 from engine.model.network import FIELDS, Memory, ModelConfig, MotifSeq2Seq, State
 from tests.tolerance import REARRANGED, SAME_MATH, assert_close_to_scale
 
@@ -146,7 +147,7 @@ def test_without_attention_and_one_layer():
 
 def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:
     """Teacher-forced logits through generation's fast path, `BatchDecoder`."""
-    decoder = model.batch_decoder(model.encode(seed, seed_len, style, key), style)
+    decoder = batch_decoder(model, model.encode(seed, seed_len, style, key), style)
     position, phrase = decoder.offsets[POSITION], decoder.offsets[PHRASE]
     events, out = None, [[] for _ in range(4)]
     for t in range(target.size(1)):
@@ -188,7 +189,7 @@ def test_generation_fast_path_equals_the_training_forward(sizes):
 
 def test_fast_path_tables_follow_the_weights():
     model = _model()
-    assert model.step_weights() is model.step_weights()  # cached while nothing changes
+    assert step_weights(model) is step_weights(model)  # cached while nothing changes
     assert not any("step" in k for k in model.state_dict())  # derived, never saved
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     seed, target = _events(2, 4), _events(2, 5)

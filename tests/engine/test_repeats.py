@@ -9,18 +9,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.model.copy_fit import copy_nll, fit
-from engine.model.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
-from engine.model.events import PITCH, EventCodec
-from engine.model.generate import continue_seed
-from engine.model.repeats import (
+from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
+from engine.model.copy.repeats import (
     NO_REPEAT_BIAS,
     REPEAT_BINS,
     REPEAT_RUNS,
     add_repeat_bias,
     seed_repeat_bin,
 )
-from engine.model.train import collate, cut_window, encode_pieces
+from engine.model.events import PITCH, EventCodec
+from engine.model.generate.continuation import continue_seed
+from engine.model.train.copy_fit import copy_nll, fit
+from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH
 
@@ -153,7 +153,7 @@ def test_the_fit_learns_that_a_tune_without_repeats_does_not_repeat(tiny_lm):
 
 
 def test_decoding_with_a_strong_negative_bias_never_repeats_at_a_new_onset(tiny_lm, monkeypatch):
-    import engine.model.decode as decode
+    import engine.model.generate.decode as decode
 
     seed = Piece(tuple(Note(i * 0.5, 0.5, 60 + (i * 5) % 12, 90) for i in range(16)))
     mix = ((0.0,) * N_LEVELS,) * len(COPY_FIELDS)

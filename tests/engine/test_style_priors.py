@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.model.corpus import load_corpus
-from engine.model.style_priors import compute_style_priors, draw_setting, load_style_priors
+from engine.model.corpus.load import load_corpus
+from engine.model.corpus.style_priors import compute_style_priors, draw_setting, load_style_priors
 from engine.music.notes import Note, Piece
 
 

@@ -16,20 +16,12 @@ from engine.model.checkpoint import (
 )
 from engine.model.events import PHRASE as PHRASE_COL
 from engine.model.events import PHRASE_BARS, PITCH, SHIFT, EventCodec, TokenizerConfig
+from engine.model.generate.plan import N_KEY
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
-from engine.model.plan import N_KEY
-from engine.model.train import (
-    TrainConfig,
-    cut_window,
-    encode_pieces,
-    evaluate_nll,
-    main,
-    make_optimizer,
-    reuse_gaps,
-    sample_batch,
-    train,
-    train_step,
-)
+from engine.model.train.config import TrainConfig
+from engine.model.train.data import cut_window, encode_pieces, reuse_gaps, sample_batch
+from engine.model.train.step import evaluate_nll, make_optimizer, train_step
+from engine.model.train.train import main, train
 from engine.music.notes import Note, Piece
 
 CODEC = EventCodec()
@@ -375,7 +367,7 @@ def test_cli_takes_cpu_bf16(tmp_path, monkeypatch):
         return SimpleNamespace(checkpoint=cfg.out, steps=0, wall_s=0.0, tokens_per_s=0.0,
                                best_val_nll=None, test={})  # fmt: skip
 
-    monkeypatch.setattr("engine.model.train.train", fake_train)
+    monkeypatch.setattr("engine.model.train.train.train", fake_train)
     assert main(["--cpu-bf16", "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
     assert main(["--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
     assert [c.cpu_bf16 for c in seen] == [True, False]  # off unless asked for

@@ -19,40 +19,23 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
-from engine.model.decode import Batch, Segment, decode
-from engine.model.ending import ENDINGS, Ending
-from engine.model.plan import Row, estimate_key, plan_row
+from engine.model.generate.decode import Batch, Segment, decode
+from engine.model.generate.ending import ENDINGS
+from engine.model.generate.plan import estimate_key, plan_row
+from engine.model.generate.request import (
+    KEY_GRAVITY,
+    KEY_PENALTY,
+    MAX_BARS,
+    Ending,
+    GenerationRequest,
+    Row,
+)
 from engine.music.keys import relative_key
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
 
-KEY_PENALTY = 1.0  # logits subtracted from pitch classes outside the seed's scale
-# Tonal gravity: logits added to each pitch class, gravity x log of the key's Krumhansl-Kessler
-# profile (0 for the tonic, about -1 for the weakest degree at gravity 1). Off by default since
-# motif-default-v3: judged by an estimator it never steers by (music21's Aarden-Essen, 100 held-out
-# seeds, docs/seed-fidelity.md), gravity 0.75 kept the key no better (64% against 66% at 0) and
-# raised the continuations holding one pitch 4+ times from 38% to 47% (real music: 15%).
-KEY_GRAVITY = 0.0
-MAX_BARS = 1024
 CHECK_EVERY = 8  # on a GPU, steps between reads of how many rows are done (a host sync)
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    seed: Piece | None
-    bars: int
-    style: str | None = None  # None: the seed's style if it has one, else "none"
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = 0  # 0: off
-    rng_seed: int | None = None  # None: a fresh one (written to the result's meta["rng_seed"])
-    program: int | None = None  # None: the seed's
-    tempo_bpm: float | None = None  # None: the seed's
-    key_penalty: float = KEY_PENALTY
-    key_gravity: float = KEY_GRAVITY
-    copy: bool = True  # the copy path (engine.model.copying), with the model's fitted lambdas
-    ending: Ending = "close"  # engine.model.ending: a held tonic-chord note, or "open"
 
 
 def _check(req: GenerationRequest) -> None:

@@ -7,7 +7,6 @@ Build: `python -m engine.model.corpus --out engine/data/corpus.npz [--max-per-co
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -17,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import NotFound
-from engine.model.corpus_parse import COLLECTIONS
 from engine.music.notes import Note, Piece
 from engine.settings import get_settings
 
@@ -146,40 +144,3 @@ def load_corpus(path: Path | None = None) -> Corpus:
             f"No corpus at {path}. Build it with `python -m engine.model.corpus --out {path}`."
         )
     return Corpus(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.model.corpus", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--max-per-collection", type=int, default=None)
-    parser.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="COLLECTION=N",
-        help="cap one collection (repeatable); overrides --max-per-collection for it",
-    )
-    parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    limits: int | dict[str, int] | None = args.max_per_collection
-    if args.limit:
-        limits = {c: args.max_per_collection for c in args.collections}
-        for spec in args.limit:
-            name, _, n = spec.partition("=")
-            limits[name] = int(n)
-    # deferred: corpus_build imports this module (cycle)
-    from engine.model.corpus_build import build_corpus
-
-    stats = build_corpus(
-        args.out, collections=args.collections, max_per_collection=limits, workers=args.workers
-    )
-    print(json.dumps(stats.to_dict(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    # Run through the imported module so worker processes unpickle `engine.model.corpus` functions.
-    from engine.model.corpus import main as _main
-
-    raise SystemExit(_main())

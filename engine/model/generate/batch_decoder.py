@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT
-from engine.model.network import Memory, State
-
-if TYPE_CHECKING:
-    from engine.model.network import MotifSeq2Seq
+from engine.model.network import Memory, MotifSeq2Seq, State
 
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -223,3 +219,19 @@ class BatchDecoder:
         else:
             extra = table.index_select(0, index.view(-1))
         return x[:, self.weights.hidden :] + extra
+
+
+def step_weights(model: MotifSeq2Seq) -> StepWeights:
+    """The generation tables of the model's current parameters, rebuilt only when a parameter
+    changed (another tensor, device or dtype, or an in-place update such as an optimiser step)."""
+    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+    if model._step_weights is None or model._step_weights[0] != stamp:
+        with torch.no_grad():
+            model._step_weights = (stamp, StepWeights.of(model))
+    return model._step_weights[1]
+
+
+def batch_decoder(model: MotifSeq2Seq, memory: Memory, style: torch.Tensor) -> BatchDecoder:
+    """Generation's decoder for the rows of `memory` (styles (B,)). Inference only: no dropout,
+    no gradients."""
+    return BatchDecoder(step_weights(model), memory, style)

@@ -17,7 +17,7 @@ ones votes for what came after it there, weighted by exp(`weight` x the match le
 Each field's distribution becomes (1 - lambda) x the model's + lambda x the votes', with lambda
 looked up by the best voter's match: its length and whether it is exact (no voter: 0). The
 lambdas, the weights and `max_match` are fitted by the likelihood of the *real* continuations of
-the validation split (`python -m engine.model.copy_fit`), never by the figures that judge the
+the validation split (`python -m engine.model.train.copy_fit`), never by the figures that judge the
 output (bench.judge, on the test split). It is a cache language model (Kuhn & De Mori 1990; Grave et al. 2017 for neural
 models) over musical figures; see docs/seed-fidelity.md.
 
@@ -41,15 +41,15 @@ from typing import Any
 
 import torch
 
-from engine.model.events import DURATION, PITCH, POSITION, SHIFT
-from engine.model.lookback import NO_LOOKBACK, Lookback, check_mu
-from engine.model.repeats import (
+from engine.model.copy.lookback import NO_LOOKBACK, Lookback, check_mu
+from engine.model.copy.repeats import (
     NO_REPEAT_BIAS,
     add_repeat_bias,
     check_table,
     repeat_cell,
     seed_repeat_bin,
 )
+from engine.model.events import DURATION, PITCH, POSITION, SHIFT
 
 MAX_MATCH = 4  # default: figures compared back from the latest one (longer count as this)
 MAX_MATCH_LIMIT = 16
@@ -59,7 +59,7 @@ LEVELS_PER_KIND = MAX_MATCH + 1  # transposed voters: levels 0..MAX_MATCH; exact
 N_LEVELS = 2 * LEVELS_PER_KIND
 _NONE = -1  # a figure that matches nothing: padding, the first event, an end
 _SPAN = 256  # figure code = (interval + 128) x _SPAN + shift; intervals lie within +-127
-PARAMS_PATH = Path(__file__).resolve().parent.parent / "data" / "copy-params.json"
+PARAMS_PATH = Path(__file__).resolve().parents[2] / "data" / "copy-params.json"
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class CopyParams:
     a voter weighs exp(`weight` x m + `exact` x (1 if exact) + `aligned` x (1 if the note
     before it sat at the bar position the latest note sits at)). Each row of `mix` holds
     2 x (max_match + 1) lambdas. `repeat`: the bias on the latest pitch by the seed's repeat bin
-    and the current run (engine.model.repeats), added after the mixing. `lookback[f][level]`: mu
-    of field f by the lookback level (engine.model.lookback), mixed in after the lambdas."""
+    and the current run (engine.model.copy.repeats), added after the mixing. `lookback[f][level]`: mu
+    of field f by the lookback level (engine.model.copy.lookback), mixed in after the lambdas."""
 
     weight: float
     exact: float
@@ -131,9 +131,9 @@ NO_COPY = CopyParams(weight=0.0, exact=0.0, mix=((0.0,) * N_LEVELS,) * len(COPY_
 @lru_cache(maxsize=1)
 def shipped_params() -> CopyParams:
     """The lambdas every model decodes with: the shipped fit (made for the default model by
-    `python -m engine.model.copy_fit`; no file: no copying). A retrained model uses them too:
+    `python -m engine.model.train.copy_fit`; no file: no copying). A retrained model uses them too:
     they describe how music like the corpus repeats its seed more than they describe one
-    network; refit with `python -m engine.model.copy_fit --model NEW.pt` to check."""
+    network; refit with `python -m engine.model.train.copy_fit --model NEW.pt` to check."""
     try:
         return CopyParams.from_dict(json.loads(PARAMS_PATH.read_text())["params"])
     except FileNotFoundError:
@@ -206,7 +206,7 @@ class CopyMemory:
         self._before[:, :pad] = _NONE - 1  # never equal to a figure, nor to "no figure"
         self._prev = torch.cat([self.event[:, :1, [1, 3]], self.event[:, : W - 1, [1, 3]]], 1)
         self._prev[:, 0] = _NONE - 1
-        # the largest shift class and bar position are clamped values (engine.model.lookback)
+        # the largest shift class and bar position are clamped values (engine.model.copy.lookback)
         top = None if n_position is None else n_position - 1
         self.lookback = Lookback(self.event, self.n, params.lookback, sizes[0] - 2, top)
 
@@ -289,13 +289,13 @@ class CopyMemory:
     def lookback_votes(
         self, field: int, shift: torch.Tensor | None = None, pitch: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lookback's vote (B, n) for `field` and its mu (B, 1); engine.model.lookback."""
+        """The lookback's vote (B, n) for `field` and its mu (B, 1); engine.model.copy.lookback."""
         i = COPY_FIELDS.index(field)
         return self.lookback.votes(self.event, self.n, i, self.sizes[i], shift, pitch)
 
     def repeat_cell(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The repeat cell (B,) of the note about to be drawn with `shift` (B, 1), and the latest
-        pitch (B,); see engine.model.repeats."""
+        pitch (B,); see engine.model.copy.repeats."""
         return repeat_cell(self.event, self.n, shift, self.repeat_bin, self.sizes[0])
 
     # --- votes ----------------------------------------------------------------------------------

@@ -13,15 +13,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from engine.model.batch_decoder import BatchDecoder
 from engine.model.checkpoint import LoadedModel
-from engine.model.copying import CopyMemory, shipped_params
-from engine.model.ending import Closing
+from engine.model.copy.copying import CopyMemory, shipped_params
 from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT, VELOCITY
-from engine.model.grammar import Grammar
+from engine.model.generate.batch_decoder import BatchDecoder, batch_decoder
+from engine.model.generate.ending import Closing
+from engine.model.generate.grammar import Grammar
+from engine.model.generate.request import Row
+from engine.model.generate.sampling import Sampling, changed_share, sample
 from engine.model.network import Memory, MotifSeq2Seq
-from engine.model.plan import Row
-from engine.model.sampling import Sampling, changed_share, sample
 
 COMPACT_SHARE = 4  # finished rows leave the batch once they are 1/COMPACT_SHARE of it
 
@@ -52,7 +52,7 @@ class Batch:
         style = torch.tensor([r.style for r in rows], device=device)
         key = torch.tensor([r.key for r in rows], device=device)
         memory = encode_in_groups(model, torch.from_numpy(seed).to(device), seed_len, style, key)
-        decoder = model.batch_decoder(memory, style)
+        decoder = batch_decoder(model, memory, style)
         grammar, sampling = Grammar(lm, rows, device), Sampling(lm, rows, device)
         copy = _copy_memory(lm, rows, torch.from_numpy(seed[..., :5]).to(device), seed_len)
         offsets = decoder.offsets

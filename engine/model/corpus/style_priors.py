@@ -2,7 +2,7 @@
 training corpus. A no-seed request draws all three from its style's counts (a folk tune in 2/4 or
 6/8, mostly in G or D), not 4/4 at 120 in any of 24 keys.
 
-Built once: `python -m engine.model.style_priors --out engine/data/style-priors.json`; numpy only.
+Built once: `python -m engine.model.corpus.style_priors --out engine/data/style-priors.json`; numpy only.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.model.corpus import load_corpus
+from engine.model.corpus.load import load_corpus
 from engine.music.metrics import estimate_key
 from engine.music.notes import Piece
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRIORS_PATH = Path(__file__).resolve().parent.parent / "data" / "style-priors.json"
+DEFAULT_PRIORS_PATH = Path(__file__).resolve().parents[2] / "data" / "style-priors.json"
 ALL_STYLES = "none"  # the pooled counts, for a request without a style
 
 
@@ -87,7 +87,7 @@ def draw_setting(
 def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
-        prog="python -m engine.model.style_priors", description=__doc__
+        prog="python -m engine.model.corpus.style_priors", description=__doc__
     )
     parser.add_argument("--corpus", type=Path, default=None, help="default: the shipped corpus")
     parser.add_argument("--out", type=Path, default=DEFAULT_PRIORS_PATH)

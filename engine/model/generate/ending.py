@@ -5,12 +5,12 @@ wherever the notes reach the bar line (for music that will be extended).
 The rules act on the decoder's distributions, like the grammar's: before the closing beat no
 shift may jump past it; at or after it the pitch is a tonic-chord tone, the duration reaches the
 end, and nothing follows but notes of the same chord. The key is the seed's (the generator's own
-estimate, engine.model.plan); without a seed, the notes made so far choose it.
+estimate, engine.model.generate.plan); without a seed, the notes made so far choose it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,10 +21,9 @@ from engine.music.endings import closing_hold
 from engine.music.keys import PROFILES
 
 if TYPE_CHECKING:
-    from engine.model.grammar import Grammar
-    from engine.model.plan import Row
+    from engine.model.generate.grammar import Grammar
+    from engine.model.generate.request import Row
 
-Ending = Literal["close", "open"]
 ENDINGS: tuple[str, ...] = _ENDINGS
 NEVER = 1 << 40  # a tick no row reaches: the open ending's closing beat
 

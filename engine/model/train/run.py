@@ -17,11 +17,11 @@ import torch
 from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, pick_device, save_checkpoint
 from engine.model.events import PHRASE_BARS, SHIFT, EventCodec, TokenizerConfig
+from engine.model.generate.plan import N_KEY
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
-from engine.model.plan import N_KEY
-from engine.model.train_config import TrainConfig, TrainResult, plain_config
-from engine.model.train_data import data_hash, eval_batches, load_data, sample_batch
-from engine.model.train_step import (
+from engine.model.train.config import TrainConfig, TrainResult, plain_config
+from engine.model.train.data import data_hash, eval_batches, load_data, sample_batch
+from engine.model.train.step import (
     EVAL_SEED_LEN,
     EVAL_TARGET_LEN,
     evaluate_windows,

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from engine.errors import BadParams
-from engine.model.corpus import load_corpus
+from engine.model.corpus.load import load_corpus
 from engine.model.events import PHRASE_BARS, PITCH, POSITION, SHIFT, EventCodec, phrase_bars
+from engine.model.generate.plan import seed_key
 from engine.model.network import IGNORE
-from engine.model.plan import seed_key
-from engine.model.train_config import TrainConfig
+from engine.model.train.config import TrainConfig
 from engine.music.notes import Piece
 
 

@@ -4,17 +4,17 @@ and end, in ticks of the seed's timeline (no seed: metre, tempo and key drawn fr
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
+from engine.model.corpus.style_priors import draw_setting
 from engine.model.events import DURATION, PITCH, SHIFT, phrase_bars
-from engine.model.grammar import MAX_REPEATS
-from engine.model.style_priors import draw_setting
+from engine.model.generate.grammar import MAX_REPEATS
+from engine.model.generate.request import GenerationRequest, Row
 from engine.music import keys
 from engine.music.keys import MAJOR_PROFILE as _MAJOR_PROFILE
 from engine.music.keys import MAJOR_SCALE as _MAJOR_SCALE
@@ -22,9 +22,6 @@ from engine.music.keys import MINOR_PROFILE as _MINOR_PROFILE
 from engine.music.keys import MINOR_SCALE_WITH_LEADING_NOTE as _MINOR_SCALE
 from engine.music.keys import best_key as _best_key
 from engine.music.notes import Piece
-
-if TYPE_CHECKING:
-    from engine.model.generate import GenerationRequest
 
 PITCH_MARGIN = 12  # generated pitches stay within the seed's range widened by this much
 MAX_SEED_NOTES = 256  # the encoder reads the seed's last notes only
@@ -75,33 +72,6 @@ def scale_pitch_classes(piece: Piece, key: tuple[int, str] | None = None) -> fro
     tonic, mode = key
     steps = _MAJOR_SCALE if mode == "major" else _MINOR_SCALE
     return frozenset((tonic + s) % 12 for s in steps) | {n.pitch % 12 for n in piece.notes}
-
-
-@dataclass
-class Row:
-    """One request, planned for decoding: its settings and grammar, in ticks of the seed's
-    timeline."""
-
-    req: GenerationRequest
-    seed_events: np.ndarray  # (S, 5)
-    style: int
-    style_name: str | None
-    rng_seed: int
-    generator: torch.Generator
-    time_signature: tuple[int, int]
-    bar: int
-    ref_tick: int  # the seed's last onset: the first shift counts from here
-    seed_end: int  # where the seed's sound stops; the continuation starts here or later
-    end_tick: int  # nothing sounds at or after this tick
-    pitch_ok: np.ndarray  # (n_pitch,) bool: the allowed range
-    pitch_bias: np.ndarray  # (n_pitch,) float: key-keeping bias
-    history: list[int]  # the seed's last pitches (the repetition guard looks back into them)
-    key: int  # the model's key class (see `seed_key`)
-    seed_phrase: np.ndarray  # (S,) each seed event's bar in the phrase (events.PHRASE)
-    phrase_origin: int  # the seed's first full bar (1 after a pickup): phrase bars count from it
-    tonal: tuple[int, str] | None  # the seed's estimated key (the closing ending's tonic)
-    tempo_bpm: float | None = None  # no seed: drawn from the style's corpus
-    target_key: tuple[int, str] | None = None  # no seed: the key drawn for the result
 
 
 def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:

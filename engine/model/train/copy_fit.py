@@ -5,7 +5,7 @@ windows of engine.train) with the copy path mixed in. `fit`: for each field and 
 the lambda that makes the validation split's real continuations most likely; the voter weight
 from a short list, by the same likelihood. Nothing here looks at generated music.
 
-    python -m engine.model.copy_fit --model engine/data/motif-default.pt --out engine/data/copy-params.json
+    python -m engine.model.train.copy_fit --model engine/data/motif-default.pt --out engine/data/copy-params.json
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import load_checkpoint
-from engine.model.copying import COPY_FIELDS, MAX_MATCH, PARAMS_PATH, CopyMemory, CopyParams
-from engine.model.corpus import load_corpus
+from engine.model.copy.copying import COPY_FIELDS, MAX_MATCH, PARAMS_PATH, CopyMemory, CopyParams
+from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
+from engine.model.copy.repeats import REPEAT_BINS, REPEAT_RUNS
+from engine.model.corpus.load import load_corpus
 from engine.model.events import DURATION, PITCH, POSITION, SHIFT, VELOCITY
-from engine.model.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
 from engine.model.network import IGNORE, MotifSeq2Seq
-from engine.model.repeats import REPEAT_BINS, REPEAT_RUNS
-from engine.model.train import EVAL_SEED_LEN, EVAL_TARGET_LEN, encode_pieces, eval_batches
+from engine.model.train.data import encode_pieces, eval_batches
+from engine.model.train.step import EVAL_SEED_LEN, EVAL_TARGET_LEN
 from engine.settings import DEFAULT_MODEL_PATH
 
 WEIGHTS = (1.0, 2.0, 4.0)  # voter weights per figure matched tried by `fit`
@@ -197,7 +198,7 @@ def _nll_of(seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int) 
 def fit_lookback(
     seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int
 ) -> tuple[tuple[tuple[float, ...], ...], list[list[int]]]:
-    """The lookback mus (engine.model.lookback), field by field and level by level, that make
+    """The lookback mus (engine.model.copy.lookback), field by field and level by level, that make
     the real notes most likely with `params`' lambdas; and the notes at each level."""
     table: list[tuple[float, ...]] = []
     counts: list[list[int]] = []
@@ -241,12 +242,12 @@ def _best_offset(
 def fit_repeat(
     seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int, rounds: int = 6
 ) -> tuple[tuple[tuple[float, ...], ...], list[dict[str, Any]]]:
-    """The repeat biases (engine.model.repeats) that make the pitches most likely with `params`'
+    """The repeat biases (engine.model.copy.repeats) that make the pitches most likely with `params`'
     lambdas and mus: bias(bin, run) = a[bin] + r[run] (r of a first sounding 0), each a and r
     under a standard normal prior, fitted in turn for `rounds`. Additive rather than one bias per
     cell: the runs of 2 and 3 are rare in most bins, and in a two-fold split of the validation
     windows the additive form gained more on the held-out half (0.0079 against 0.0076 nats per
-    note; docs/seed-fidelity.md). No seed (bin 0): no bias (engine.model.repeats says why)."""
+    note; docs/seed-fidelity.md). No seed (bin 0): no bias (engine.model.copy.repeats says why)."""
     p_rep = _p(seen, PITCH, params, weight_col, "r")
     is_rep, cell = seen["ris"].double(), seen["rcell"]
     ok = cell >= 0
@@ -263,7 +264,7 @@ def fit_repeat(
             h = runs == k
             r[k] = _best_offset(p_rep[h], is_rep[h], a[bins[h]], grid) if bool(h.any()) else 0.0
     table = a[:, None] + r[None, :]
-    table[0] = 0.0  # no seed: no bias applies (engine.model.repeats)
+    table[0] = 0.0  # no seed: no bias applies (engine.model.copy.repeats)
     report = []
     for c in range(REPEAT_BINS * REPEAT_RUNS):
         h = cell == c
@@ -357,7 +358,7 @@ def fit(
 
 def main(argv: Sequence[str] | None = None) -> int:
 
-    ap = argparse.ArgumentParser(prog="python -m engine.model.copy_fit", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m engine.model.train.copy_fit", description=__doc__)
     ap.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     ap.add_argument("--corpus", default=None, help="corpus .npz (default: the shipped one)")
     ap.add_argument("--out", default=str(PARAMS_PATH))
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {
         "model": lm.meta.get("version"),
         "fitted_on": f"validation split, {report['notes']} notes",
-        "command": "python -m engine.model.copy_fit " + " ".join(argv or []),
+        "command": "python -m engine.model.train.copy_fit " + " ".join(argv or []),
         "report": report,
         "params": params.to_dict(),
         "seconds": round(time.monotonic() - started, 1),

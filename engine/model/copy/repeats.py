@@ -16,7 +16,7 @@ gets a bias looked up by
 - the current *run*: the latest pitch has sounded once, twice, or 3+ times in a row.
 
 The biases, a[bin] + r[run], are fitted by the likelihood of the validation split's real
-continuations, with the copy path's lambdas already in (`python -m engine.model.copy_fit`), each
+continuations, with the copy path's lambdas already in (`python -m engine.model.train.copy_fit`), each
 with a standard normal prior. Nothing here looks at generated music; the judge
 (bench.judge, test split) reports what it does.
 """

@@ -11,7 +11,7 @@ import torch
 from engine.model.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
-    from engine.model.plan import Row
+    from engine.model.generate.request import Row
 
 CHUNK = 64  # steps of uniforms drawn at once from each row's generator
 

@@ -3,8 +3,8 @@
 `train(TrainConfig)` is what `motif train` (`main`, below) and the retraining job call: a run is
 set up (model, optimizer, data, resumed state), takes steps, evaluates and saves at each epoch's
 end, and scores the best checkpoint on the test split. The parts, each readable top to bottom:
-`train_config` (the config and its flags), `train_data` (windows and batches), `train_step` (loss,
-one step, evaluation), `train_run` (the run's steps).
+`config` (the config and its flags), `data` (windows and batches), `step` (loss, one step,
+evaluation), `run` (the run's steps), all in engine.model.train.
 """
 
 from __future__ import annotations
@@ -12,46 +12,8 @@ from __future__ import annotations
 import logging
 
 from engine.errors import MotifError
-from engine.model.train_config import TrainConfig, TrainResult, build_parser, config_from_args
-from engine.model.train_data import (
-    collate,
-    cut_window,
-    encode_pieces,
-    eval_batches,
-    reuse_gaps,
-    sample_batch,
-)
-from engine.model.train_run import Run, cpu_has_native_bf16, resume_path_for
-from engine.model.train_step import (
-    EVAL_SEED_LEN,
-    EVAL_TARGET_LEN,
-    evaluate_nll,
-    field_nll,
-    make_optimizer,
-    train_step,
-)
-
-# The names other modules, bench/ and the tests take from here: the training API in one place.
-__all__ = [
-    "EVAL_SEED_LEN",
-    "EVAL_TARGET_LEN",
-    "TrainConfig",
-    "TrainResult",
-    "collate",
-    "cpu_has_native_bf16",
-    "cut_window",
-    "encode_pieces",
-    "eval_batches",
-    "evaluate_nll",
-    "field_nll",
-    "main",
-    "make_optimizer",
-    "resume_path_for",
-    "reuse_gaps",
-    "sample_batch",
-    "train",
-    "train_step",
-]
+from engine.model.train.config import TrainConfig, TrainResult, build_parser, config_from_args
+from engine.model.train.run import Run
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from engine.model.checkpoint import LoadedModel
 from engine.model.events import SHIFT
 from engine.model.network import IGNORE, MotifSeq2Seq
-from engine.model.train_config import TrainConfig
-from engine.model.train_data import encode_pieces, eval_batches
+from engine.model.train.config import TrainConfig
+from engine.model.train.data import encode_pieces, eval_batches
 from engine.music.notes import Piece
 
 FIELD_NAMES = ("shift", "pitch", "duration", "velocity")

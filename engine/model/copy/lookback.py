@@ -1,7 +1,7 @@
 """Lookback: what the seed played whole bars ago, at the same moment of the bar.
 
 Folk tunes are built of strains that come back: a reel's first four bars return four or eight
-bars later, often note for note. The figure matching of the copy path (engine.model.copying)
+bars later, often note for note. The figure matching of the copy path (engine.model.copy.copying)
 finds a figure only once the continuation has already started it, and never votes for a seed's
 first notes (nothing comes before them). Lookback asks the other way round: for each lag of 2, 4
 or 8 bars, which seed note sat exactly that many bars before the note about to be drawn (same
@@ -13,7 +13,7 @@ How far to trust a lag is read from the music so far: its *phase*, how many of t
 longest phase votes (the shorter lag on a tie); its level is (lag, phase), and each field's
 distribution becomes (1 - mu) x the copy path's + mu x the vote, mu looked up by field and level.
 The mus are fitted, like the copy path's lambdas, by the likelihood of the validation split's
-real continuations (`python -m engine.model.copy_fit`). Only the seed votes, as in the copy path.
+real continuations (`python -m engine.model.train.copy_fit`). Only the seed votes, as in the copy path.
 
 Bar lengths are read from the seed's own bar positions: where a shift crosses a bar line, the
 previous position plus the shift minus the new position is the bar's length in ticks. A seed that

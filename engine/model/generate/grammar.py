@@ -12,7 +12,7 @@ from engine.model.checkpoint import LoadedModel
 from engine.model.events import SHIFT
 
 if TYPE_CHECKING:
-    from engine.model.plan import Row
+    from engine.model.generate.request import Row
 
 MAX_REPEATS = 4  # the same pitch at most this many times in a row
 DISTINCT_WINDOW = 32  # any this many consecutive generated notes ...
