@@ -15,11 +15,10 @@ import numpy as np
 
 from engine.music import keys
 from engine.music.keys import relative_key
-from engine.music.notes import Note, Piece
+from engine.music.notes import TICKS_PER_BEAT, Note, Piece
 
 log = logging.getLogger(__name__)
 
-TICKS_PER_BEAT = 12  # the event representation's grid: 16ths and triplets are exact
 
 # Bin centres in beats (1/12 = a triplet 16th ... 4 = a whole note). Values fall into the nearest
 # centre on a log scale, so 0.45 beats lands in 1/2 and anything past 4 beats in 4.

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model.corpus.load import FORMAT_VERSION, SPLITS, CorpusStats, file_sha256
+from engine.model.corpus.load import CORPUS_FORMAT_VERSION, SPLITS, CorpusStats, file_sha256
 from engine.model.corpus.parse import (
     COLLECTIONS,
-    TICKS_PER_BEAT,
     WorkItem,
     init_worker,
     parse_piece,
     select,
     work_items,
 )
+from engine.music.notes import TICKS_PER_BEAT
 
 
 def split_of(key: str) -> str:
@@ -138,7 +138,7 @@ def _arrays(
     stats.total_notes = int(len(notes))
     stats.build_seconds = round(time.perf_counter() - started, 1)
     return {
-        "format_version": np.array(FORMAT_VERSION),
+        "format_version": np.array(CORPUS_FORMAT_VERSION),
         "ticks_per_beat": np.array(TICKS_PER_BEAT),
         "notes": notes,  # (M, 4) int32: onset_tick, duration_tick, pitch, velocity
         "offsets": offsets,  # (P + 1,) piece p is notes[offsets[p]:offsets[p + 1]]

@@ -22,7 +22,7 @@ from engine.settings import get_settings
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Corpus:
         self.path = Path(path)
         with np.load(self.path, allow_pickle=False) as data:
             self._a = {key: data[key] for key in data.files}
-        if int(self._a["format_version"]) != FORMAT_VERSION:
+        if int(self._a["format_version"]) != CORPUS_FORMAT_VERSION:
             raise ValueError(f"{self.path}: corpus format {int(self._a['format_version'])}")
         self.ticks_per_beat = int(self._a["ticks_per_beat"])
         self.stats = CorpusStats.from_dict(json.loads(str(self._a["stats"])))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.music import catalog
+from engine.music.notes import TICKS_PER_BEAT
 
 # music21 corpus folder -> Motif style label (a conditioning class in engine.model.events).
 COLLECTIONS: dict[str, str] = {
@@ -25,7 +26,6 @@ COLLECTIONS: dict[str, str] = {
 }
 # Quarter-note tempo where a score has no metronome mark: typical performance tempi.
 DEFAULT_TEMPO = {"folk": 100.0, "celtic": 160.0, "chorale": 80.0, "renaissance": 120.0}
-TICKS_PER_BEAT = 12
 PARSE_TIMEOUT_S = 60
 _MAX_TICK = np.iinfo(np.int32).max
 
