@@ -17,7 +17,6 @@ from engine.model.generate.grammar import (
     bar_positions,
 )
 from engine.model.generate.plan import (
-    estimate_key,
     key_of_class,
     key_profile_bias,
     plan_row,
@@ -27,6 +26,7 @@ from engine.model.generate.plan import (
 from engine.model.generate.request import GenerationRequest
 from engine.model.generate.sampling import sample
 from engine.model.network import ModelConfig, MotifSeq2Seq
+from engine.music.keys import key_for_generation
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
@@ -121,7 +121,7 @@ def test_no_seed_sounds_like_its_style(lm):
     for row, piece in zip(rows, pieces, strict=True):
         tonic, mode = row.target_key
         relative = ((tonic + 9) % 12, "minor") if mode == "major" else ((tonic + 3) % 12, "major")
-        in_key += estimate_key(piece) in {(tonic, mode), relative}
+        in_key += key_for_generation(piece.notes) in {(tonic, mode), relative}
     assert in_key == len(pieces)
     # the drawn keys follow the corpus: G, F, D and C major are the commonest folk keys
     drawn = [row.target_key for row in rows]
@@ -193,10 +193,10 @@ def test_safety_net_counts_say_how_often_each_net_changes_a_note(lm):
 
 
 def test_key_estimate_and_key_bias(lm):
-    assert estimate_key(_seed(C_MAJOR)) == (0, "major")
+    assert key_for_generation(_seed(C_MAJOR).notes) == (0, "major")
     a_minor = [57, 59, 60, 62, 64, 65, 67, 69, 64, 60, 57, 57]
-    assert estimate_key(_seed(a_minor)) == (9, "minor")
-    assert estimate_key(Piece(notes=())) is None
+    assert key_for_generation(_seed(a_minor).notes) == (9, "minor")
+    assert key_for_generation(()) is None
     assert scale_pitch_classes(_seed(C_MAJOR)) == {0, 2, 4, 5, 7, 9, 11}
     # the model's key class: 1 + tonic (major), 13 + tonic (minor), 0 unknown
     assert seed_key(CODEC.encode(_seed(C_MAJOR)), CODEC) == 1

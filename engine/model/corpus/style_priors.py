@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine.model.corpus.load import load_corpus
-from engine.music.metrics import estimate_key
+from engine.music.keys import key_for_metrics
 from engine.music.notes import Piece
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _counts(pieces: Iterable[Piece]) -> dict[str, dict[str, int]]:
             continue
         metres[f"{piece.time_signature[0]}/{piece.time_signature[1]}"] += 1
         tempi[f"{piece.tempo_bpm:g}"] += 1
-        tonic, mode = estimate_key(piece)
+        tonic, mode = key_for_metrics(piece.notes)
         keys[f"{tonic} {mode}"] += 1
     return {
         "time_signatures": dict(metres.most_common()),

@@ -21,7 +21,7 @@ from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.generate.decode import Batch, Segment, decode
 from engine.model.generate.ending import ENDINGS
-from engine.model.generate.plan import estimate_key, plan_row
+from engine.model.generate.plan import plan_row
 from engine.model.generate.request import (
     KEY_GRAVITY,
     KEY_PENALTY,
@@ -30,7 +30,7 @@ from engine.model.generate.request import (
     GenerationRequest,
     Row,
 )
-from engine.music.keys import relative_key
+from engine.music.keys import key_for_generation, relative_key
 from engine.music.notes import Note, Piece
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def to_key(lm: LoadedModel, notes: tuple[Note, ...], target: tuple[int, str]) ->
     """The notes moved by at most a tritone so that their estimated key becomes `target` (or
     its relative, when the notes are in the other mode: the same key signature), folded by
     octaves into the model's pitch range."""
-    found = estimate_key(Piece(notes))
+    found = key_for_generation(Piece(notes).notes)
     if found is None:
         return notes
     tonic, mode = target if target[1] == found[1] else relative_key(*target)

@@ -28,12 +28,6 @@ MAX_SEED_NOTES = 256  # the encoder reads the seed's last notes only
 MIN_KEY_NOTES = 3  # fewer seed notes: key class 0 ("unknown")
 
 
-def estimate_key(piece: Piece) -> tuple[int, str] | None:
-    """The seed's key for generation: every note weighs at least 1e-3 beats; None for a piece
-    without notes or a histogram without contrast (engine.music.keys.estimate_key)."""
-    return keys.estimate_key(piece.notes, min_duration=1e-3)
-
-
 def seed_key(events: np.ndarray, codec) -> int:
     """The model's key class of seed events (N, 5): 0 = unknown (fewer than MIN_KEY_NOTES
     notes), 1 + tonic for major keys, 13 + tonic for minor ones. Training computes it on each
@@ -66,7 +60,7 @@ def key_of_class(key: int) -> tuple[int, str] | None:
 def scale_pitch_classes(piece: Piece, key: tuple[int, str] | None = None) -> frozenset[int]:
     """The estimated key's scale (or `key`'s), plus every pitch class the seed itself uses
     (modes, accidentals)."""
-    key = key or estimate_key(piece)
+    key = key or keys.key_for_generation(piece.notes)
     if key is None:
         return frozenset(range(12))
     tonic, mode = key
@@ -185,7 +179,7 @@ def _seed_rules(
     pitch_ok = np.zeros(codec.n_pitch, dtype=bool)
     pitch_ok[low : high + 1] = True
     pcs = (np.arange(codec.n_pitch) + codec.config.pitch_low) % 12  # each pitch row's class
-    seed_tonal = estimate_key(seed)
+    seed_tonal = keys.key_for_generation(seed.notes)
     in_scale = np.zeros(12, dtype=bool)
     in_scale[list(scale_pitch_classes(seed, seed_tonal))] = True
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)

@@ -30,7 +30,7 @@ from bot.destinations import (
     fit_uploads,
     inline_picture,
 )
-from bot.progress import EditThrottle
+from bot.edit_throttle import EditThrottle
 from bot.sweep import Sweeper, say_restarting
 from bot.views import progress_view, result_view
 from engine.service.notify import RequestWakeups
