@@ -309,6 +309,17 @@ def test_one_definition_per_public_function_or_class():
     assert set(twins) == set(ALLOWED_TWIN_NAMES), twins
 
 
+def test_the_tests_mirror_the_packages():
+    # tests/engine/model/copy/ holds the tests of engine/model/copy/, and so on (issue 27)
+    folders = [
+        p
+        for p in (ROOT / "tests" / "engine").rglob("*")
+        if p.is_dir() and p.name != "__pycache__" and any(p.glob("test_*.py"))
+    ]
+    stray = [rel(p) for p in folders if not (ROOT / p.relative_to(ROOT / "tests")).is_dir()]
+    assert folders and not stray, stray
+
+
 if __name__ == "__main__":  # `python tests/test_layout.py`: the offenders, longest first
     for p in sources("engine", "bot"):
         n = len(p.read_text().splitlines())

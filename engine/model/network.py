@@ -2,12 +2,12 @@
 
 An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
 and conditioned on the style and on the seed's estimated key (key classes: see
-`engine.model.generate.plan.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY
-with one head each, every head seeing the fields already chosen for that note. Training runs the
-decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`
-(engine.model.generate.batch_decoder), the same network
-rearranged for one note at a time (tests/engine/test_model.py keeps the plain reference step, with
-`nn.LSTMCell`s that share the LSTM's weight tensors, as the oracle).
+`engine.model.generate.plan.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and
+VELOCITY with one head each, every head seeing the fields already chosen for that note. Training
+runs the decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`
+(engine.model.generate.batch_decoder), the same network rearranged for one note at a time
+(tests/engine/model/test_network.py keeps the plain reference step, with `nn.LSTMCell`s that
+share the LSTM's weight tensors, as the oracle).
 """
 
 from __future__ import annotations
