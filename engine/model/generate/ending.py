@@ -56,8 +56,10 @@ class Closing:
         self.triads = torch.from_numpy(_triads(codec.n_pitch, cfg.pitch_low)).to(device)
         self.profiles = torch.from_numpy(PROFILES.astype(np.float32)).to(device)  # (24, 12)
         # the seed's key (plan's estimate) where there is one; -1: the notes made choose it
-        keys = [-1 if r.tonal is None else r.tonal[0] + (12 if r.tonal[1] == "minor" else 0)
-                for r in rows]  # fmt: skip
+        keys = [
+            -1 if r.tonal is None else r.tonal[0] + (12 if r.tonal[1] == "minor" else 0)
+            for r in rows
+        ]
         self.key = torch.tensor(keys, dtype=torch.int64, device=device)[:, None]  # (B, 1)
         self.hist = torch.zeros(len(rows), 12, device=device)  # pitch-class ticks made so far
         self.duration_ticks = torch.tensor(cfg.duration_bins, dtype=torch.int64, device=device)

@@ -93,10 +93,24 @@ class Grammar:
 
     def select(self, rows: torch.Tensor) -> None:
         for name in (
-            "bar", "seed_end", "end_tick", "tick", "onset", "sound_end", "done", "code",
-            "phrase_origin", "chord_cap",
-            "outside", "last", "run", "soft", "last_seen", "chord", "chord_size",
-        ):  # fmt: skip
+            "bar",
+            "seed_end",
+            "end_tick",
+            "tick",
+            "onset",
+            "sound_end",
+            "done",
+            "code",
+            "phrase_origin",
+            "chord_cap",
+            "outside",
+            "last",
+            "run",
+            "soft",
+            "last_seen",
+            "chord",
+            "chord_size",
+        ):
             setattr(self, name, getattr(self, name)[rows])
 
     def shift_mask(self, t: int) -> torch.Tensor:

@@ -300,11 +300,13 @@ def _fit_lambdas(
     for w_col, (w, e, a) in enumerate(grid):
         mix = tuple(
             _likeliest_by_level(
-                torch.exp(seen[f"m{f}"].double()), seen[f"c{f}"][:, w_col].double(),
-                seen[f"b{f}"], levels,
+                torch.exp(seen[f"m{f}"].double()),
+                seen[f"c{f}"][:, w_col].double(),
+                seen[f"b{f}"],
+                levels,
             )
             for f in COPY_FIELDS
-        )  # fmt: skip
+        )
         params = CopyParams(float(w), float(e), mix, float(a))
         total = _nll_of(seen, params, w_col)["nll_per_note"]
         if total < best_total:

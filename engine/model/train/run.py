@@ -160,8 +160,13 @@ class Run:
         if cfg.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
-                       dynamic_ncols=True)  # fmt: skip
+            bar = tqdm(
+                total=self.total_steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
         self.model.train()
         clock = _Clock(step_at_start=self.step)
         while self.step < self.total_steps:
@@ -195,9 +200,15 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         clock.unread.append(
-            train_step(self.model, batch, self.optimizer, self.scaler, amp_dtype=self.amp_dtype,
-                       grad_clip=cfg.grad_clip)
-        )  # fmt: skip
+            train_step(
+                self.model,
+                batch,
+                self.optimizer,
+                self.scaler,
+                amp_dtype=self.amp_dtype,
+                grad_clip=cfg.grad_clip,
+            )
+        )
         self.step += 1
         log_now = self.step % cfg.log_every == 0 or self.step == self.total_steps
         if log_now or self.step % self.steps_per_epoch == 0:  # one wait: train_s covers the work
@@ -377,8 +388,9 @@ def cpu_has_native_bf16() -> bool:
     makes LSTM training about twice as fast; elsewhere it emulates bf16 and is slower."""
     try:
         with open("/proc/cpuinfo") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh
-                          if line.startswith("flags")), [])  # fmt: skip
+            flags = next(
+                (line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []
+            )
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
