@@ -49,7 +49,7 @@ from engine.model.copy.repeats import (
     repeat_cell,
     seed_repeat_bin,
 )
-from engine.model.events import DURATION, PITCH, POSITION, SHIFT
+from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT
 
 MAX_MATCH = 4  # default: figures compared back from the latest one (longer count as this)
 MAX_MATCH_LIMIT = 16
@@ -187,10 +187,12 @@ class CopyMemory:
         col = torch.arange(S, device=device)[None, :] + (S - seed_len)[:, None] + pad  # (B, S)
         real = torch.arange(S, device=device)[None, :] < seed_len[:, None]  # (B, S)
         col = torch.where(real, col, torch.zeros_like(col))  # padding lands on column 0
-        self.event = torch.full((B, width, 4), _NONE, dtype=torch.int64, device=device)
-        fields = seed[..., [SHIFT, PITCH, DURATION, POSITION]].clamp_min(_NONE)  # (B, S, 4)
+        self.event = torch.full(
+            (B, width, len(COPY_COLUMNS)), _NONE, dtype=torch.int64, device=device
+        )
+        fields = seed[..., list(COPY_COLUMNS)].clamp_min(_NONE)  # (B, S, 4)
         fields = fields.masked_fill(~real[..., None], _NONE)
-        self.event.scatter_(1, col[..., None].expand(B, S, 4), fields)
+        self.event.scatter_(1, col[..., None].expand_as(fields), fields)
         self.event[:, 0] = _NONE
         self.interval = torch.full((B, width), _NONE * 1000, dtype=torch.int64, device=device)
         self.figure = torch.full((B, width), _NONE, dtype=torch.int64, device=device)
@@ -204,7 +206,10 @@ class CopyMemory:
         before = torch.arange(W, device=device)[:, None] - 1 - torch.arange(most, device=device)
         self._before = self.figure[:, before.clamp_min(0)]  # (B, W, most)
         self._before[:, :pad] = _NONE - 1  # never equal to a figure, nor to "no figure"
-        self._prev = torch.cat([self.event[:, :1, [1, 3]], self.event[:, : W - 1, [1, 3]]], 1)
+        pitch_position = [PITCH, COPY_POSITION]
+        self._prev = torch.cat(
+            [self.event[:, :1, pitch_position], self.event[:, : W - 1, pitch_position]], 1
+        )
         self._prev[:, 0] = _NONE - 1
         # the largest shift class and bar position are clamped values (engine.model.copy.lookback)
         top = None if n_position is None else n_position - 1
@@ -214,10 +219,10 @@ class CopyMemory:
     def _figures(self, start: int, stop: int) -> None:
         """Intervals and figure codes of columns start..stop-1 (from the events before them)."""
         lo = max(1, start)
-        pitch = self.event[:, lo - 1 : stop, 1]  # (B, stop - lo + 1)
+        pitch = self.event[:, lo - 1 : stop, PITCH]  # (B, stop - lo + 1)
         ok = (pitch[:, 1:] >= 0) & (pitch[:, :-1] >= 0)
         interval = torch.where(ok, pitch[:, 1:] - pitch[:, :-1], _NONE * 1000)
-        shift = self.event[:, lo:stop, 0]
+        shift = self.event[:, lo:stop, SHIFT]
         figure = torch.where(ok & (shift >= 0), (interval + 128) * _SPAN + shift, _NONE)
         self.interval[:, lo:stop] = interval
         self.figure[:, lo:stop] = figure
@@ -311,7 +316,8 @@ class CopyMemory:
         mine = self.figure[:, n - most : n].flip(1)  # (B, most) the latest figures, newest first
         same = (self._before == mine[:, None, :]) & (mine != _NONE)[:, None, :]  # (B, W, most)
         length = same.long().cumprod(dim=2).sum(dim=2)  # (B, W) the run of equal figures
-        last = self.event[:, n - 1 : n, [1, 3]]  # (B, 1, 2) the latest pitch and bar position
+        # (B, 1, 2) the latest pitch and bar position
+        last = self.event[:, n - 1 : n, [PITCH, COPY_POSITION]]
         exact = (self._prev[..., 0] == last[..., 0]) & (length > 0)
         # aligned: the note before j sat at the bar position the latest note sits at
         aligned = self._prev[..., 1] == last[..., 1]
@@ -346,16 +352,16 @@ class CopyMemory:
 
     def shift_votes(self) -> tuple[torch.Tensor, torch.Tensor]:
         ev = self.event[:, : self.seed_end]
-        return self._votes(SHIFT, ev[..., 0], ev[..., 0] >= 0, self.sizes[0])
+        return self._votes(SHIFT, ev[..., SHIFT], ev[..., SHIFT] >= 0, self.sizes[SHIFT])
 
     def pitch_votes(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Given this note's shift (B, 1): the remembered intervals after that shift, applied to
         the last pitch."""
         n, W = self.n, self.seed_end
-        last = self.event[:, n - 1 : n, 1]  # (B, 1)
+        last = self.event[:, n - 1 : n, PITCH]  # (B, 1)
         interval = self.interval[:, :W]
-        voters = (self.event[:, :W, 0] == shift) & (interval > _NONE * 1000) & (last >= 0)
-        return self._votes(PITCH, last + interval, voters, self.sizes[1])
+        voters = (self.event[:, :W, SHIFT] == shift) & (interval > _NONE * 1000) & (last >= 0)
+        return self._votes(PITCH, last + interval, voters, self.sizes[PITCH])
 
     def duration_votes(
         self, shift: torch.Tensor, pitch: torch.Tensor
@@ -363,7 +369,7 @@ class CopyMemory:
         """Given this note's shift and pitch (B, 1): the durations remembered after the same
         shift and interval."""
         n, W = self.n, self.seed_end
-        last = self.event[:, n - 1 : n, 1]
-        same = (self.event[:, :W, 0] == shift) & (self.interval[:, :W] == pitch - last)
+        last = self.event[:, n - 1 : n, PITCH]
+        same = (self.event[:, :W, SHIFT] == shift) & (self.interval[:, :W] == pitch - last)
         voters = same & (last >= 0)
-        return self._votes(DURATION, self.event[:, :W, 2], voters, self.sizes[2])
+        return self._votes(DURATION, self.event[:, :W, DURATION], voters, self.sizes[DURATION])

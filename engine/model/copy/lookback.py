@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.model.events import COPY_POSITION, DURATION, PITCH, SHIFT
+
 LAG_BARS = (2, 4, 8)
 PHASE = 4  # the latest notes compared with the lagged ones
 LOOKBACK_LEVELS = len(LAG_BARS) * (PHASE + 1)  # level: lag index x (PHASE + 1) + phase
@@ -48,12 +50,13 @@ def bar_ticks(
     crossed. Pairs whose positions reach `max_position` (clamped in bars that long) or whose
     shift is `max_shift` (a longer gap, clamped) tell nothing and are skipped."""
     prev, cur = event[:, : stop - 1], event[:, 1:stop]
-    real = (prev[..., 1] >= 0) & (cur[..., 1] >= 0) & (cur[..., 0] >= 0)
+    prev_position, position = prev[..., COPY_POSITION], cur[..., COPY_POSITION]
+    real = (prev[..., PITCH] >= 0) & (cur[..., PITCH] >= 0) & (cur[..., SHIFT] >= 0)
     if max_shift is not None:
-        real = real & (cur[..., 0] < max_shift)
+        real = real & (cur[..., SHIFT] < max_shift)
     if max_position is not None:
-        real = real & (prev[..., 3] < max_position) & (cur[..., 3] < max_position)
-    length = prev[..., 3] + cur[..., 0] - cur[..., 3]  # 0 within a bar, k bars across k lines
+        real = real & (prev_position < max_position) & (position < max_position)
+    length = prev_position + cur[..., SHIFT] - position  # 0 within a bar, k bars across k lines
     length = torch.where(real & (length > 0), length, 10**9)
     found = length.amin(dim=1) if length.size(1) else torch.full_like(event[:, 0, 0], 10**9)
     return torch.where(found < 10**9, found, 0)
@@ -80,8 +83,8 @@ class Lookback:
         self.lags = bar[:, None] * torch.tensor(LAG_BARS, device=device)  # (B, L)
         self.time = torch.full((B, width), _NEVER, dtype=torch.int64, device=device)
         self.rank = torch.zeros((B, width), dtype=torch.int64, device=device)
-        shift = event[:, :n, 0]
-        real = event[:, :n, 1] >= 0
+        shift = event[:, :n, SHIFT]
+        real = event[:, :n, PITCH] >= 0
         self.time[:, :n] = torch.where(real, torch.cumsum(shift.clamp_min(0), dim=1), _NEVER)
         # a chord's notes: 0, 1, 2, ... in event order (the distance to the chord's first note)
         chord = real & (shift == 0) & torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], 1)
@@ -89,7 +92,7 @@ class Lookback:
         first = torch.where(chord, 0, column).cummax(dim=1).values
         self.rank[:, :n] = column - first
         self.keys = self.time[:, :n] * _RANKS + self.rank[:, :n].clamp_max(_RANKS - 1)  # (B, W)
-        self.seed_pitch = event[:, :n, 1]
+        self.seed_pitch = event[:, :n, PITCH]
         self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
         for col in range(max(0, n - PHASE), n):
             self._grow_phase(col, event[:, col])
@@ -102,7 +105,7 @@ class Lookback:
         rank = self.rank[:, column, None].expand_as(self.lags)
         at = self._find(self.time[:, column, None] - self.lags, rank)
         pitch = self.seed_pitch.gather(1, at.clamp_min(0))
-        same = (at >= 0) & (pitch == event[:, 1, None]) & (pitch >= 0)
+        same = (at >= 0) & (pitch == event[:, PITCH, None]) & (pitch >= 0)
         self.phase = torch.where(same, (self.phase + 1).clamp_max(PHASE), 0)
 
     def append(self, column: int, event: torch.Tensor) -> None:
@@ -111,11 +114,11 @@ class Lookback:
             extra = self.time.size(1)
             self.time = torch.cat([self.time, torch.full_like(self.time, _NEVER)[:, :extra]], 1)
             self.rank = torch.cat([self.rank, torch.zeros_like(self.rank)[:, :extra]], 1)
-        real = event[:, 1] >= 0
+        real = event[:, PITCH] >= 0
         before = self.time[:, column - 1]
-        shift = event[:, 0].clamp_min(0)
+        shift = event[:, SHIFT].clamp_min(0)
         self.time[:, column] = torch.where(real & (before > _NEVER), before + shift, _NEVER)
-        chord = real & (event[:, 0] == 0)
+        chord = real & (event[:, SHIFT] == 0)
         self.rank[:, column] = torch.where(chord, self.rank[:, column - 1] + 1, 0)
         self._grow_phase(column, event)
         self._then = None
@@ -150,10 +153,10 @@ class Lookback:
         shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and `pitch` (B, 1))."""
         W = self.seed_end
         now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
-        if field == 0:  # the shift of the note after the lagged one (a note of the seed's)
+        if field == SHIFT:  # the shift of the note after the lagged one (a note of the seed's)
             at = self._find(now - self.lags, rank.expand_as(self.lags))
             after = (at + 1).clamp_max(W - 1)
-            value = torch.where((at >= 0) & (at + 1 < W), event[:, :W, 0].gather(1, after), -1)
+            value = torch.where((at >= 0) & (at + 1 < W), event[:, :W, SHIFT].gather(1, after), -1)
         else:
             assert shift is not None
             if self._then is not None and self._then[0] is shift:  # duration after pitch
@@ -162,10 +165,10 @@ class Lookback:
                 rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
                 at = self._find(now + shift - self.lags, rank_then)
                 self._then = (shift, at)
-            value = event[:, :W, 1 if field == 1 else 2].gather(1, at.clamp_min(0))
-            if field == 2:
+            value = event[:, :W, PITCH if field == PITCH else DURATION].gather(1, at.clamp_min(0))
+            if field == DURATION:
                 assert pitch is not None
-                same = event[:, :W, 1].gather(1, at.clamp_min(0)) == pitch
+                same = event[:, :W, PITCH].gather(1, at.clamp_min(0)) == pitch
                 value = torch.where(same, value, -1)
             value = torch.where(at >= 0, value, -1)
         value = torch.where(value < n_classes, value, -1)

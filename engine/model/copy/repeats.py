@@ -63,7 +63,7 @@ def repeat_cell(
     latest pitch (B,). `event` (B, W, >= 2): the (shift, pitch, ...) classes so far, newest at
     column n - 1 (columns before the first event hold -1)."""
     cols = (n - 1 - torch.arange(REPEAT_RUNS, device=event.device)).clamp_min(0)
-    pitch, onset = event[:, cols, 1], event[:, cols, 0] > 0  # (B, 3) newest first
+    pitch, onset = event[:, cols, PITCH], event[:, cols, SHIFT] > 0  # (B, 3) newest first
     last = pitch[:, 0]
     twice = onset[:, 0] & (pitch[:, 1] == last)
     thrice = twice & onset[:, 1] & (pitch[:, 2] == last)

@@ -20,7 +20,7 @@ from engine.model.copy.copying import (
     mix_logits,
     shipped_params,
 )
-from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
+from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_batch, continue_seed
 from engine.model.generate.request import GenerationRequest
 from engine.model.train.copy_fit import copy_nll, fit
@@ -238,3 +238,13 @@ def test_rows_without_copying_keep_their_logits_bit_for_bit():
     mixed = mix_logits(logits, votes, torch.tensor([[0.3], [0.0]]))
     assert torch.equal(mixed[1], logits[1])
     assert not torch.equal(mixed[0], logits[0])
+
+
+def test_the_memory_holds_the_seeds_shift_pitch_duration_and_bar_position():
+    # one home for the layout (events.COPY_COLUMNS): the memory's columns are named there
+    seed = torch.tensor([[[6, 30, 5, 70, 2], [12, 32, 7, 90, 14]]])  # velocity differs
+    mem = CopyMemory(seed, torch.tensor([2]), SIZES, HALF)
+    held = mem.event[0, mem.n - 2 : mem.n]
+    assert held.tolist() == seed[0][:, list(COPY_COLUMNS)].tolist()
+    assert held[:, COPY_POSITION].tolist() == [2, 14]
+    assert held[:, PITCH].tolist() == [30, 32] and held[:, SHIFT].tolist() == [6, 12]
