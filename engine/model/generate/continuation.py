@@ -30,6 +30,7 @@ from engine.model.generate.request import (
     GenerationRequest,
     Row,
 )
+from engine.music import catalog
 from engine.music.keys import key_for_generation, relative_key
 from engine.music.notes import Note, Piece
 
@@ -183,8 +184,8 @@ def continue_seed(
     seed: Piece | None,
     bars: int,
     style: str | None = None,
-    temperature: float = 1.0,
-    top_p: float = 0.95,
+    temperature: float = catalog.DEFAULT_TEMPERATURE,
+    top_p: float = catalog.DEFAULT_TOP_P,
     top_k: int = 0,
     seed_rng: int | None = None,
     *,

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from engine.music import catalog
 from engine.music.notes import Piece
 
 Ending = Literal["close", "open"]  # engine.model.generate.ending: a held tonic-chord note or not
@@ -27,8 +28,8 @@ class GenerationRequest:
     seed: Piece | None
     bars: int
     style: str | None = None  # None: the seed's style if it has one, else "none"
-    temperature: float = 1.0
-    top_p: float = 0.95
+    temperature: float = catalog.DEFAULT_TEMPERATURE
+    top_p: float = catalog.DEFAULT_TOP_P
     top_k: int = 0  # 0: off
     rng_seed: int | None = None  # None: a fresh one (written to the result's meta["rng_seed"])
     program: int | None = None  # None: the seed's
