@@ -6,7 +6,7 @@ holds only Essen, O'Neill 1850, Ryan's Mammoth, the Bach chorales and Palestrina
 files was trained on; tunes that appear in the training pieces under another name are left out
 by the judge (`bench.evaluate.without_near_duplicates`).
 
-The tunes are parsed by the corpus's own path (`engine.model.corpus_parse.parse_piece`: repeats
+The tunes are parsed by the corpus's own path (`engine.model.corpus.parse.parse_piece`: repeats
 expanded, pickups padded, the 12-tick grid) once, and cached as a small .npz
 (`python -m bench.airds` writes it; the judge builds it when it is missing).
 Never use music21's `nottingham-dataset` here or anywhere: it is kept for independent checks.
@@ -38,7 +38,7 @@ TICKS = 12
 
 def parse_airds(limit: int | None = None) -> tuple[list[Piece], dict[str, int]]:
     """Every tune of Aird's six books (the first `limit`), and failures counted by reason."""
-    from engine.model.corpus_parse import WorkItem, init_worker, parse_piece, work_items
+    from engine.model.corpus.parse import WorkItem, init_worker, parse_piece, work_items
 
     items = work_items(FOLDER)[:limit]
     pieces: list[Piece] = []

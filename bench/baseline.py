@@ -356,7 +356,7 @@ def unigram_nll(
 
     `pitch`: per note, one distribution over the pitches of Motif's codec, ignoring everything
     else. `event`: Motif's four predicted fields (shift, pitch, duration, velocity) as independent
-    unigrams, summed, per note event where, as in `engine.model.train.evaluate_nll`, each piece's end
+    unigrams, summed, per note event where, as in `engine.model.train.step.evaluate_nll`, each piece's end
     (an EOS shift) is one more event: the floor any model that uses context must beat on Motif's
     per-note NLL. Also each field alone, per note. Add-one smoothing over each field's classes;
     pieces of fewer than two notes are skipped, as Motif's evaluation skips them.
@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from engine.model.corpus import load_corpus
+    from engine.model.corpus.load import load_corpus
     from engine.settings import DEFAULT_CORPUS_PATH
 
     torch.set_num_threads(args.threads)

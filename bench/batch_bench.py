@@ -9,7 +9,8 @@ from typing import Any
 
 from bench import workload
 from bench.generation_bench import count_steps
-from engine.model.generate import GenerationRequest, continue_batch
+from engine.model.generate.continuation import continue_batch
+from engine.model.generate.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 

@@ -185,15 +185,18 @@ def evaluate(
 
     from bench.baseline import baseline_continue, baseline_nll, load_baseline, unigram_nll
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.corpus import load_corpus
-    from engine.model.generate import KEY_GRAVITY, continue_seed
+    from engine.model.corpus.load import load_corpus
+    from engine.model.generate.continuation import continue_seed
+    from engine.model.generate.request import KEY_GRAVITY
 
     gravity = KEY_GRAVITY if key_gravity is None else key_gravity
 
     try:
-        from engine.model.train import evaluate_nll
+        from engine.model.train.step import evaluate_nll
     except ImportError as exc:  # training code is optional at evaluation time
-        log.warning("no engine.model.train.evaluate_nll (%s): Motif's NLL from its checkpoint", exc)
+        log.warning(
+            "no engine.model.train.step.evaluate_nll (%s): Motif's NLL from its checkpoint", exc
+        )
         evaluate_nll = None
 
     t_start = time.perf_counter()

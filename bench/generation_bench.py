@@ -21,7 +21,7 @@ from bench.baseline import (
     onset_symbols,
 )
 from engine.model.checkpoint import LoadedModel
-from engine.model.generate import continue_seed
+from engine.model.generate.continuation import continue_seed
 from engine.music.notes import Piece
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def count_calls(obj: Any, method: str, fn: Callable[[], Any]) -> tuple[Any, int]
 def count_steps(lm: LoadedModel, fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run fn() and count Motif's decoder steps (`BatchDecoder.step` calls: one per note of the
     longest row of a batch, plus one)."""
-    from engine.model.batch_decoder import BatchDecoder
+    from engine.model.generate.batch_decoder import BatchDecoder
 
     original, calls = BatchDecoder.step, [0]
 
@@ -74,8 +74,9 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     `BatchDecoder`: LSTM layers + attention) from an encoded seed, then the same with the four
     output heads (the whole network cost of one note)."""
     from engine.model.events import PHRASE, POSITION, SHIFT
-    from engine.model.plan import MAX_SEED_NOTES, seed_key
-    from engine.model.train import encode_pieces
+    from engine.model.generate.batch_decoder import batch_decoder, step_weights
+    from engine.model.generate.plan import MAX_SEED_NOTES, seed_key
+    from engine.model.train.data import encode_pieces
 
     model, codec = lm.model.eval(), lm.codec
     seed_events = encode_pieces(codec, [seed]).events[0][-MAX_SEED_NOTES:]  # (S, 6)
@@ -86,7 +87,7 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
     last = events[:, -1]  # (1, 6): every step's previous note
 
     def run(heads: bool) -> None:
-        decoder = model.batch_decoder(memory, style)
+        decoder = batch_decoder(model, memory, style)
         offsets = torch.tensor(decoder.offsets[:6])
         prev = torch.cat([last + offsets, decoder.extras], dim=1)  # (1, 8)
         onset = prev[:, [SHIFT, POSITION, PHRASE]]
@@ -103,7 +104,7 @@ def decode_steps_per_s(lm: LoadedModel, seed: Piece, steps: int) -> dict[str, fl
         model.encode(events, torch.tensor([events.size(1)]), style, key)
 
     # The floor: one note's matrix products alone, every weight matrix a note reads once (B=1).
-    w = model.step_weights()
+    w = step_weights(model)
     mats = [
         m for m in (*w.hh, *w.ih, w.attn_dec, w.attn_ctx, w.head_in, *w.head_out) if m is not None
     ]

@@ -77,7 +77,7 @@ class Run:
 def decode_requests(run: Run) -> dict[str, Any]:
     """Whole requests through `continue_batch` (sampling, grammar, host reads) at each B."""
     from bench.batch_bench import requests
-    from engine.model.generate import continue_batch
+    from engine.model.generate.continuation import continue_batch
 
     reqs, music = requests(max(run.sizes), run.bars)
     out: dict[str, Any] = {"music": music, "bars": run.bars}
@@ -92,6 +92,7 @@ def _step_loop(run: Run, model: torch.nn.Module, b: int) -> tuple[Callable[[], A
     """`run.steps` decode steps with the four heads at batch `b` (the network's cost per note,
     no sampling), and the decoder it steps."""
     from engine.model.events import POSITION, SHIFT
+    from engine.model.generate.batch_decoder import batch_decoder
 
     dtype = next(model.parameters()).dtype
     cfg = run.lm.config
@@ -104,7 +105,7 @@ def _step_loop(run: Run, model: torch.nn.Module, b: int) -> tuple[Callable[[], A
     key = torch.zeros(b, dtype=torch.int64, device=run.device)
     with torch.no_grad():
         memory = model.encode(events, torch.full((b,), seed_len, device=run.device), style, key)
-        decoder = model.batch_decoder(memory, style)
+        decoder = batch_decoder(model, memory, style)
     prev = decoder.events(events[:, -1])  # (B, 7)
     offsets = decoder.offsets
     chosen = [prev[:, [SHIFT, POSITION]], *(prev[:, f : f + 1] - offsets[f] for f in (1, 2))]
@@ -179,19 +180,15 @@ def cuda_graphs(run: Run) -> dict[str, Any]:
 
 
 def train_amp(run: Run) -> dict[str, Any]:
-    """engine.model.train.train_step on the same batches: fp32 against AMP (bf16 where supported,
+    """engine.model.train.step.train_step on the same batches: fp32 against AMP (bf16 where supported,
     else fp16 with loss scaling), a fresh model of the default size (a toy one when dry)."""
     import numpy as np
 
     from engine.model.events import SHIFT
     from engine.model.network import IGNORE, MotifSeq2Seq
-    from engine.model.train import (
-        TrainConfig,
-        encode_pieces,
-        make_optimizer,
-        sample_batch,
-        train_step,
-    )
+    from engine.model.train.config import TrainConfig
+    from engine.model.train.data import encode_pieces, sample_batch
+    from engine.model.train.step import make_optimizer, train_step
 
     cfg = TrainConfig(batch_size=4 if run.dry else 64)
     sizes = {"d_embed": 16, "hidden": 32, "layers": 1} if run.dry else {}

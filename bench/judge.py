@@ -64,9 +64,10 @@ def judge(
 
     from bench.evaluate import TOP_P, pick_cases, without_near_duplicates
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.corpus import load_corpus
+    from engine.model.corpus.load import load_corpus
     from engine.model.fidelity import seed_information_gain, summarize_fidelity
-    from engine.model.generate import KEY_GRAVITY, KEY_PENALTY, SafetyNetCounts, continue_seed
+    from engine.model.generate.continuation import SafetyNetCounts, continue_seed
+    from engine.model.generate.request import KEY_GRAVITY, KEY_PENALTY
     from engine.music.metrics import TrainingIndex
 
     t_start = time.perf_counter()
@@ -234,7 +235,7 @@ def format_judge(result: dict[str, Any]) -> str:
     """The judge's Markdown table."""
     from bench.form import FORM_LABELS
     from engine.model.fidelity import FIDELITY_LABELS
-    from engine.model.generate import SAFETY_NETS
+    from engine.model.generate.continuation import SAFETY_NETS
 
     s = result["settings"]
     figures = result["figures"]

@@ -22,7 +22,7 @@ from bench import workload
 from engine.audio.encode import render_audio
 from engine.audio.pianoroll import piano_roll_png
 from engine.audio.score import engrave_score, result_key
-from engine.model.generate import continue_seed
+from engine.model.generate.continuation import continue_seed
 from engine.music.midi import piece_from_midi_file
 from engine.music.musicxml import score_xml
 from engine.music.result_midi import split_result, to_midi_bytes

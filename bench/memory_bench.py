@@ -36,7 +36,7 @@ def child(model: str, batch: int, bars: int, threads: int | None, render: bool) 
     lm = load_checkpoint(model, device="cpu")
     stages["model loaded"] = workload.rss_high_water_kib() / 1024
     from bench.batch_bench import requests
-    from engine.model.generate import continue_batch
+    from engine.model.generate.continuation import continue_batch
 
     reqs, _ = requests(batch, bars)
     t0 = time.perf_counter()

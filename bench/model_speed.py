@@ -26,7 +26,7 @@ def run(
     without_copy: bool = False,
 ) -> dict[str, Any]:
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.generate import continue_seed
+    from engine.model.generate.continuation import continue_seed
 
     pieces, music_label = workload.music(max(n_seeds, 16))
     seeds = [workload.first_bars(p, 4) for p in pieces[:n_seeds]]
@@ -42,7 +42,7 @@ def run(
         return go
 
     subjects = {name: subject(lm) for name, lm in models.items()}
-    if without_copy:  # each model again with its copy path off (engine.model.copying)
+    if without_copy:  # each model again with its copy path off (engine.model.copy.copying)
         subjects.update({f"{n} without copying": subject(lm, False) for n, lm in models.items()})
     for go in subjects.values():  # warm
         go()

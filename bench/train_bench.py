@@ -1,4 +1,4 @@
-"""Training throughput: Motif's training step (`engine.model.train.train_step`: forward, loss, backward,
+"""Training throughput: Motif's training step (`engine.model.train.step.train_step`: forward, loss, backward,
 clip, AdamW) against a bare `nn.LSTM` seq2seq of the same width, taking that same step on the same
 batches.
 
@@ -20,14 +20,10 @@ import torch.nn as nn
 from bench import workload
 from engine.model.events import SHIFT
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
-from engine.model.train import (
-    TrainConfig,
-    cpu_has_native_bf16,
-    encode_pieces,
-    make_optimizer,
-    sample_batch,
-    train_step,
-)
+from engine.model.train.config import TrainConfig
+from engine.model.train.data import encode_pieces, sample_batch
+from engine.model.train.run import cpu_has_native_bf16
+from engine.model.train.step import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ def training_round(
     batches: list[dict[str, torch.Tensor]],
     amp_dtype: torch.dtype | None = None,
 ) -> Callable[[], int]:
-    """One call: one `engine.model.train.train_step` per batch, exactly as engine/model/train.py's loop takes
+    """One call: one `engine.model.train.step.train_step` per batch, exactly as engine/model/train/train.py's loop takes
     it on CPU (its optimizer, no loss scaling; bf16 autocast as `--cpu-bf16` when `amp_dtype`);
     returns the notes trained on."""
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
@@ -93,7 +89,7 @@ def run(
     """Notes (target tokens) per second of `steps` training steps per round: Motif and bare, each
     in fp32 (today's default) and under bf16 autocast (`--cpu-bf16`), in turns on the same
     batches, median of `repeats` rounds; ratios per round, median. Batches are drawn once by
-    engine.model.train.sample_batch with TrainConfig's defaults."""
+    engine.model.train.data.sample_batch with TrainConfig's defaults."""
     choice = workload.motif_model(model_path)
     mcfg = choice.lm.config
     cfg = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)

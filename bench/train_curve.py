@@ -19,7 +19,9 @@ import torch
 from bench import workload
 from engine.model.events import EventCodec
 from engine.model.network import ModelConfig, MotifSeq2Seq
-from engine.model.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
+from engine.model.train.config import TrainConfig
+from engine.model.train.data import encode_pieces, sample_batch
+from engine.model.train.step import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 

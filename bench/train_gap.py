@@ -24,7 +24,9 @@ from bench import workload
 from bench.train_bench import BareSeq2Seq
 from engine.model.events import SHIFT
 from engine.model.network import IGNORE, MotifSeq2Seq
-from engine.model.train import TrainConfig, encode_pieces, field_nll, make_optimizer, sample_batch
+from engine.model.train.config import TrainConfig
+from engine.model.train.data import encode_pieces, sample_batch
+from engine.model.train.step import field_nll, make_optimizer
 
 log = logging.getLogger(__name__)
 

@@ -79,9 +79,9 @@ def median(values: Sequence[float]) -> float:
 
 # --- the model ----------------------------------------------------------------------------------
 def default_sizes() -> dict[str, Any]:
-    """The model `motif train` builds fresh (engine.model.train.TrainConfig's defaults)."""
-    from engine.model.plan import N_KEY
-    from engine.model.train import TrainConfig
+    """The model `motif train` builds fresh (engine.model.train.config.TrainConfig's defaults)."""
+    from engine.model.generate.plan import N_KEY
+    from engine.model.train.config import TrainConfig
 
     d = TrainConfig()
     return {"d_embed": d.d_embed, "hidden": d.hidden, "layers": d.layers, "dropout": d.dropout,
@@ -160,7 +160,7 @@ def music(n: int, corpus_path: str | Path | None = None) -> tuple[list[Piece], s
     (the corpus may be absent: then synthetic tunes), and a label saying which."""
     path = Path(corpus_path) if corpus_path else DEFAULT_CORPUS_PATH
     if path.is_file():
-        from engine.model.corpus import load_corpus
+        from engine.model.corpus.load import load_corpus
 
         corpus = load_corpus(path)
         split = "test" if len(corpus.indices("test")) else None

@@ -12,9 +12,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import Deliveries
 from bot.errors import answer_error
 from bot.invite import invite_url
+from bot.posting import Deliveries
 from bot.seeds import SeedThreads
 from bot.views import RESULT_BUTTONS
 from engine.service.notify import RequestWakeups

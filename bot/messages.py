@@ -99,8 +99,10 @@ def result_embed(p: Progress, *, image_filename: str | None, left_out: list[str]
     embed.add_field(name="Bars", value=str(params.get("bars", "?")))
     embed.add_field(name="Style", value=params.get("style") or "any")
     embed.add_field(name="Instrument", value=_instrument(params.get("instrument", 0)))
-    embed.add_field(name="Temperature", value=f"{params.get('temperature', 1.0):g}")
-    embed.add_field(name="Top-p", value=f"{params.get('top_p', 0.95):g}")
+    embed.add_field(
+        name="Temperature", value=f"{params.get('temperature', catalog.DEFAULT_TEMPERATURE):g}"
+    )
+    embed.add_field(name="Top-p", value=f"{params.get('top_p', catalog.DEFAULT_TOP_P):g}")
     tempo = params.get("tempo")
     embed.add_field(name="Tempo", value=f"{tempo:g} BPM" if tempo else "from the seed")
     rng_seed = params.get("rng_seed")

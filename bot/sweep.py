@@ -15,7 +15,7 @@ from bot import messages
 from bot.destinations import ChannelDestination, Destination
 
 if TYPE_CHECKING:
-    from bot.delivery import Deliveries
+    from bot.posting import Deliveries
 
 log = logging.getLogger(__name__)
 

@@ -288,7 +288,8 @@ TINY_TRAINING: dict[str, object] = dict(
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained for a few steps with the real training code (not the shipped one)."""
-    from engine.model.train import TrainConfig, train
+    from engine.model.train.config import TrainConfig
+    from engine.model.train.train import train
 
     out = tmp_path_factory.mktemp("tiny-model") / "tiny.pt"
     pieces = synthetic_pieces()
@@ -312,7 +313,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real corpus built by the real corpus code from music21's bundled files."""
-    from engine.model.corpus_build import build_corpus
+    from engine.model.corpus.build import build_corpus
 
     out = tmp_path_factory.mktemp("tiny-corpus") / "corpus.npz"
     build_corpus(
@@ -330,7 +331,8 @@ def tiny_corpus_model_path(
     tmp_path_factory: pytest.TempPathFactory, tiny_corpus_path: Path
 ) -> Path:
     """A tiny model trained briefly on the tiny real corpus: the 'active model' of gate tests."""
-    from engine.model.train import TrainConfig, train
+    from engine.model.train.config import TrainConfig
+    from engine.model.train.train import train
 
     out = tmp_path_factory.mktemp("tiny-corpus-model") / "tiny-corpus.pt"
     train(

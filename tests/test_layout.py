@@ -4,6 +4,7 @@ and function-level imports alike, so a late import cannot slip past."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,159 @@ def test_the_cli_and_the_bot_import_no_torch():
     # bot.client: none of them may load torch (the bot image has none)
     code = "import sys, engine.cli, bot.main, bot.client; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --- issue 27: cycles, constants -------------------------------------------------------------
+# Import cycles left inside a package, each with its reason (the modules, sorted).
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
+    ("bot.client", "bot.destinations", "bot.posting", "bot.sweep"): (
+        "type-only (TYPE_CHECKING): the destinations and deliveries name the MotifBot that owns"
+        " them, the sweep the Deliveries it serves"
+    ),
+    ("engine.worker.claims", "engine.worker.lifecycle", "engine.worker.reaper"): (
+        "lifecycle starts the reaper in a function (deferred); worker/ is issue 26's while it"
+        " changes the fault handling"
+    ),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(*folders: str) -> dict[str, set[str]]:
+    """module -> the project's modules it imports, by any import statement (module level, in a
+    function or under TYPE_CHECKING: a cycle through any of them is still a tangle to read)."""
+    paths = {module_name(p): p for p in sources(*folders)}
+    return {m: {n for _, n in imported(p) if n in paths and n != m} for m, p in paths.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[tuple[str, ...]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(tuple(sorted(part)))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def packages() -> list[str]:
+    """Every package of engine/ and bot/ (a folder with an __init__.py), as a folder path."""
+    inits = sources("engine", "bot")
+    return sorted({rel(p.parent) for p in inits if p.name == "__init__.py"})
+
+
+def test_no_import_cycles_within_a_package():
+    found = set()
+    for folder in packages():
+        graph = import_graph(folder)
+        top = folder.replace("/", ".")
+        inner = {m: {n for n in deps if n.startswith(top + ".")} for m, deps in graph.items()}
+        found |= set(cycles(inner))
+    assert found == set(ALLOWED_CYCLES), (
+        sorted(found - set(ALLOWED_CYCLES)),
+        sorted(set(ALLOWED_CYCLES) - found),
+    )
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [("a", "b", "c")]
+
+
+UPPER = re.compile(r"[A-Z][A-Z0-9_]*")
+
+# A named constant written in two modules of engine/, each with its reason; none today.
+ALLOWED_TWIN_CONSTANTS: dict[str, str] = {}
+
+
+def constant_definitions(path: Path) -> list[str]:
+    """The module-level UPPER_CASE names a module assigns, but those bound to a name it imports
+    (`ENDINGS = catalog.ENDINGS` reads the other module's definition: one home)."""
+    tree = ast.parse(path.read_text())
+    imports = {
+        (a.asname or a.name).split(".")[0]
+        for n in tree.body
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    names = []
+    for n in tree.body:
+        if isinstance(n, ast.Assign):
+            targets, value = n.targets, n.value
+        elif isinstance(n, ast.AnnAssign) and n.value is not None:
+            targets, value = [n.target], n.value
+        else:
+            continue
+        root = value
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if isinstance(root, ast.Name) and root.id in imports:
+            continue
+        names += [t.id for t in targets if isinstance(t, ast.Name) and UPPER.fullmatch(t.id)]
+    return names
+
+
+def test_one_definition_per_named_constant():
+    homes: dict[str, list[str]] = {}
+    for p in sources("engine"):
+        for name in constant_definitions(p):
+            homes.setdefault(name, []).append(rel(p))
+    twins = {k: v for k, v in homes.items() if len(v) > 1}
+    assert set(twins) == set(ALLOWED_TWIN_CONSTANTS), twins
+
+
+# Public functions and classes defined in more than one module of engine/, each with its reason.
+ALLOWED_TWIN_NAMES = {
+    "main": "a module's command line (`python -m …`); issue 27 would move them to engine/cli/",
+    "build_parser": "`motif`'s parser (engine.cli) and training's flags (engine.model.train.config)",
+}
+
+
+def test_one_definition_per_public_function_or_class():
+    # three `estimate_key`s were one estimator with three sets of choices (music/keys now)
+    homes: dict[str, list[str]] = {}
+    for p in sources("engine"):
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                homes.setdefault(node.name, []).append(rel(p))
+    twins = {k: v for k, v in homes.items() if len(v) > 1}
+    assert set(twins) == set(ALLOWED_TWIN_NAMES), twins
+
+
+def test_the_tests_mirror_the_packages():
+    # tests/engine/model/copy/ holds the tests of engine/model/copy/, and so on (issue 27)
+    folders = [
+        p
+        for p in (ROOT / "tests" / "engine").rglob("*")
+        if p.is_dir() and p.name != "__pycache__" and any(p.glob("test_*.py"))
+    ]
+    stray = [rel(p) for p in folders if not (ROOT / p.relative_to(ROOT / "tests")).is_dir()]
+    assert folders and not stray, stray
 
 
 if __name__ == "__main__":  # `python tests/test_layout.py`: the offenders, longest first

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from engine.audio.score_pdf import pages_pdf
-from engine.music.metrics import estimate_key
+from engine.music.keys import key_for_metrics
 from engine.music.midi import declared_key
 from engine.music.musicxml import score_xml
 from engine.music.notes import Piece
@@ -198,7 +198,7 @@ def result_key(midi: bytes, seed: Piece | None, continuation: Piece) -> tuple[in
     if declared is not None:
         return declared
     source = seed if seed is not None and seed.notes else continuation
-    return estimate_key(source.notes) if source.notes else None
+    return key_for_metrics(source.notes) if source.notes else None
 
 
 def engrave_result(

@@ -124,7 +124,7 @@ def cmd_status(_: argparse.Namespace) -> int:
 def cmd_delegate(module: str, argv: list[str]) -> int:
     import importlib
 
-    if module == "engine.model.corpus" and argv[:1] == ["build"]:
+    if module == "engine.model.corpus.build" and argv[:1] == ["build"]:
         argv = argv[1:]  # `motif corpus build …`
     try:
         main = importlib.import_module(module).main
@@ -165,8 +165,11 @@ def add_operations(sub: argparse._SubParsersAction) -> None:
 
 # Commands whose own parser reads everything after the command's name.
 DELEGATED = {
-    "corpus": ("engine.model.corpus", "`motif corpus build`: cache the music21 training corpus"),
-    "train": ("engine.model.train", "train a model"),
+    "corpus": (
+        "engine.model.corpus.build",
+        "`motif corpus build`: cache the music21 training corpus",
+    ),
+    "train": ("engine.model.train.train", "train a model"),
     "eval": ("bench.evaluate", "measure a model against the baseline"),
     "retrain": ("engine.worker.retrain", "queue a retraining run on shared tunes"),
     "health": ("engine.health", "check this container's health: bot, worker or db"),

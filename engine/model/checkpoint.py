@@ -23,7 +23,7 @@ from engine.model.network import ModelConfig, MotifSeq2Seq
 log = logging.getLogger(__name__)
 
 FORMAT = "motif-checkpoint"
-FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -93,7 +93,7 @@ def save_checkpoint(
     }
     blob = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "model_config": asdict(model_config),
         "tokenizer_config": tokenizer_config.to_dict(),
         "weights_dtype": str(dtype).removeprefix("torch."),
@@ -124,9 +124,9 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise BadCheckpoint(f"{path} is not a Motif checkpoint (no '{FORMAT}' header)")
     version = blob.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
         raise BadCheckpoint(
-            f"{path} has checkpoint format {version!r}; this Motif reads up to {FORMAT_VERSION}"
+            f"{path} has checkpoint format {version!r}; this Motif reads up to {CHECKPOINT_FORMAT_VERSION}"
         )
     for key in ("model_config", "tokenizer_config", "state_dict"):
         if not isinstance(blob.get(key), dict):

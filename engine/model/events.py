@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 # phrase before); derived from the onsets, never stored in the corpus.
 SHIFT, PITCH, DURATION, VELOCITY, POSITION, PHRASE = range(6)
 N_COLUMNS = 5
+# The copy path's compact event (engine.model.copy): shift, pitch and duration at the events'
+# own indices, then the bar position; `COPY_COLUMNS` picks them from an event row.
+COPY_COLUMNS = (SHIFT, PITCH, DURATION, POSITION)
+COPY_POSITION = COPY_COLUMNS.index(POSITION)
+assert COPY_COLUMNS[:3] == (SHIFT, PITCH, DURATION)  # so SHIFT, PITCH, DURATION index both
 PHRASE_BARS = 16
 
 

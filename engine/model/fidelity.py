@@ -226,7 +226,7 @@ def _full_seed_windows(
 ) -> list[dict[str, Any]]:
     """The fixed evaluation windows of engine.model.train that have a whole seed before them."""
     # deferred: fidelity stays numpy-only until the model is asked for (module docstring)
-    from engine.model.train import encode_pieces, eval_batches
+    from engine.model.train.data import encode_pieces, eval_batches
 
     data = encode_pieces(lm.codec, list(pieces))
     windows = []
@@ -263,12 +263,12 @@ def seed_information_gain(
 
     `gain_total`: no seed and key class 0 against the seed with its key class. `gain_content`:
     the seed's key class held fixed in both, so only what the seed's notes add beyond the
-    25-way key label counts. `copy`: the model with its copy path (engine.model.copying), as it
+    25-way key label counts. `copy`: the model with its copy path (engine.model.copy.copying), as it
     generates; False: the network alone."""
     # deferred: fidelity stays numpy-only until the model is asked for (module docstring)
-    from engine.model.copy_fit import copy_nll
-    from engine.model.copying import NO_COPY, shipped_params
-    from engine.model.train_step import evaluate_windows
+    from engine.model.copy.copying import NO_COPY, shipped_params
+    from engine.model.train.copy_fit import copy_nll
+    from engine.model.train.step import evaluate_windows
 
     params = shipped_params() if copy else NO_COPY
 

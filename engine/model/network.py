@@ -2,12 +2,12 @@
 
 An encoder LSTM reads the seed's events; a decoder LSTM, started from the encoder's final state,
 and conditioned on the style and on the seed's estimated key (key classes: see
-`engine.model.plan.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and VELOCITY
-with one head each, every head seeing the fields already chosen for that note. Training runs the
-decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`
-(engine.model.batch_decoder), the same network
-rearranged for one note at a time (tests/engine/test_model.py keeps the plain reference step, with
-`nn.LSTMCell`s that share the LSTM's weight tensors, as the oracle).
+`engine.model.generate.plan.seed_key`), predicts the next note's SHIFT, PITCH, DURATION and
+VELOCITY with one head each, every head seeing the fields already chosen for that note. Training
+runs the decoder as one `nn.LSTM` call (cuDNN on GPU); generation runs `BatchDecoder`
+(engine.model.generate.batch_decoder), the same network rearranged for one note at a time
+(tests/engine/model/test_network.py keeps the plain reference step, with `nn.LSTMCell`s that
+share the LSTM's weight tensors, as the oracle).
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.model.events import PHRASE, POSITION, SHIFT
-
-if TYPE_CHECKING:
-    from engine.model.batch_decoder import BatchDecoder, StepWeights
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +188,8 @@ class MotifSeq2Seq(nn.Module):
         self.head_key = nn.Embedding(cfg.n_key, H) if cfg.n_key else None
         if self.head_key is not None:
             nn.init.normal_(self.head_key.weight, std=0.1)
-        self._step_weights: tuple[tuple, StepWeights] | None = None  # (parameter stamp, tables)
+        # (parameter stamp, tables): generation's cache, kept by engine.model.generate.batch_decoder
+        self._step_weights: tuple[tuple, Any] | None = None
 
     # --- encoder -----------------------------------------------------------------------------
     def _key(self, key: torch.Tensor | None, style: torch.Tensor) -> torch.Tensor:
@@ -267,28 +265,6 @@ class MotifSeq2Seq(nn.Module):
             return o
         k = self.head_key(memory.key)  # (B, H)
         return o + (k[:, None, :] if o.dim() == 3 else k)
-
-    # --- generation, fast: the same network rearranged for one note at a time -----------------
-    # (engine.model.batch_decoder, which imports this module: hence the imports in the methods)
-    def step_weights(self) -> StepWeights:
-        """The generation tables of the current parameters, rebuilt only when a parameter changed
-        (another tensor, device or dtype, or an in-place update such as an optimiser step)."""
-        # deferred: batch_decoder imports this module (cycle)
-        from engine.model.batch_decoder import StepWeights
-
-        stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
-        if self._step_weights is None or self._step_weights[0] != stamp:
-            with torch.no_grad():
-                self._step_weights = (stamp, StepWeights.of(self))
-        return self._step_weights[1]
-
-    def batch_decoder(self, memory: Memory, style: torch.Tensor) -> BatchDecoder:
-        """Generation's decoder for the rows of `memory` (styles (B,)). Inference only: no
-        dropout, no gradients."""
-        # deferred: batch_decoder imports this module (cycle)
-        from engine.model.batch_decoder import BatchDecoder
-
-        return BatchDecoder(self.step_weights(), memory, style)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -37,12 +37,14 @@ PROGRAM_NAMES: dict[int, str] = {v: k for k, v in INSTRUMENTS.items()}
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.1, 2.0
 MIN_TOP_P, MAX_TOP_P = 0.1, 1.0
+# What a request gets when it does not say (the options, generation and the bot's embeds).
+DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 1.0, 0.95
 MIN_TEMPO, MAX_TEMPO = 30.0, 300.0  # what a request may ask for (and the corpus is clamped to)
 # What a seed file may carry: wider than what a request may ask, so odd but real files still load
 # (their tempo is kept); beyond this the file is refused as absurd.
 SEED_MIN_TEMPO, SEED_MAX_TEMPO = 20.0, 400.0
 # The most bars an operator may allow per request (MOTIF_MAX_BARS, MOTIF_DEFAULT_BARS); the
-# generator's own sanity bound (engine.model.generate.MAX_BARS) lies above it.
+# generator's own sanity bound (engine.model.generate.request.MAX_BARS) lies above it.
 MAX_BARS_CEILING = 256
 MAX_RNG_SEED = 2**31 - 1
 

@@ -1,6 +1,6 @@
 """Where a closed ending starts, in any metre, and a closed result reopened for extending.
 
-A closed continuation (engine.model.ending) holds a tonic-chord note from its closing beat to the
+A closed continuation (engine.model.generate.ending) holds a tonic-chord note from its closing beat to the
 bar line; an extension continues the music before that cadence, not after it.
 """
 

@@ -71,6 +71,26 @@ def estimate_key(
     return no_contrast if best is None else key_of_index(best)
 
 
+# Each caller's choices, bound here beside the one estimator.
+GENERATION_MIN_DURATION = 1e-3  # beats: generation counts a note of no length too
+METRICS_NO_CONTRAST = (0, "major")
+
+
+def key_for_generation(notes: Iterable[Note]) -> tuple[int, str] | None:
+    """The generator's key of a seed: every note weighs at least GENERATION_MIN_DURATION beats;
+    None for no notes or a histogram without contrast."""
+    return estimate_key(notes, min_duration=GENERATION_MIN_DURATION)
+
+
+def key_for_metrics(notes: Iterable[Note]) -> tuple[int, str]:
+    """The metrics' key: durations as they are, counted in (onset, pitch) order; C major for a
+    histogram without contrast; ValueError for no notes."""
+    ordered = sorted(notes, key=lambda n: (n.start, n.pitch))
+    key = estimate_key(ordered, no_contrast=METRICS_NO_CONTRAST, no_notes="raise")
+    assert key is not None  # no_contrast is a key and no notes raise
+    return key
+
+
 def key_of_index(index: int) -> tuple[int, str]:
     """The (tonic, mode) of a `best_key` index."""
     return index % 12, "major" if index < 12 else "minor"

@@ -15,11 +15,10 @@ import numpy as np
 
 from engine.music import keys
 from engine.music.keys import relative_key
-from engine.music.notes import Note, Piece
+from engine.music.notes import TICKS_PER_BEAT, Note, Piece
 
 log = logging.getLogger(__name__)
 
-TICKS_PER_BEAT = 12  # the event representation's grid: 16ths and triplets are exact
 
 # Bin centres in beats (1/12 = a triplet 16th ... 4 = a whole note). Values fall into the nearest
 # centre on a log scale, so 0.45 beats lands in 1/2 and anything past 4 beats in 4.
@@ -98,20 +97,10 @@ def pitch_class_histogram(notes: NotesLike, *, weight_by_duration: bool = False)
     return hist
 
 
-def estimate_key(notes: NotesLike) -> tuple[int, str]:
-    """Krumhansl–Schmuckler key finding on the duration-weighted pitch classes (engine.music.keys):
-    (tonic pitch class, "major" | "minor"). Raises ValueError when there are no notes; a
-    histogram with no contrast at all (every pitch class equally long) returns C major.
-    """
-    key = keys.estimate_key(_as_notes(notes), no_contrast=(0, "major"), no_notes="raise")
-    assert key is not None  # no_contrast is a key and no notes raise
-    return key
-
-
 def key_kept(seed: NotesLike, continuation: NotesLike) -> bool:
     """Whether the continuation stays in the seed's key.
 
-    Rule: estimate both keys with `estimate_key`; the key is kept when they are equal or when the
+    Rule: estimate both keys with `keys.key_for_metrics`; the key is kept when they are equal or when the
     continuation's key is the seed's relative major/minor (C major and A minor share every note,
     and K–S often confuses them on short excerpts). Modulating to any other key, including the
     dominant or the parallel mode, counts as not kept. An empty seed or continuation is not kept.
@@ -119,8 +108,8 @@ def key_kept(seed: NotesLike, continuation: NotesLike) -> bool:
     seed_notes, cont_notes = _as_notes(seed), _as_notes(continuation)
     if not seed_notes or not cont_notes:
         return False
-    seed_key = estimate_key(seed_notes)
-    cont_key = estimate_key(cont_notes)
+    seed_key = keys.key_for_metrics(_as_notes(seed_notes))
+    cont_key = keys.key_for_metrics(_as_notes(cont_notes))
     return cont_key == seed_key or cont_key == relative_key(*seed_key)
 
 

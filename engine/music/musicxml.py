@@ -28,7 +28,9 @@ from engine.music.spelling import Speller, key_fifths
 
 log = logging.getLogger(__name__)
 
-SEED_COLOUR = "#2F5F9E"  # the piano roll's seed blue, darker to read as ink (MusicXML: upper case)
+SEED_INK_COLOUR = (
+    "#2F5F9E"  # the piano roll's seed blue, darker to read as ink (MusicXML: upper case)
+)
 MARK = "Motif"  # the mark over the continuation's first note
 MIDDLE_C = 60
 
@@ -44,7 +46,7 @@ def _note_xml(
     tuplet: str | None,
 ) -> str:
     ticks, kind, dots, triplet = ev.value
-    colour = f' color="{SEED_COLOUR}"' if ev.seed and pitch is not None else ""
+    colour = f' color="{SEED_INK_COLOUR}"' if ev.seed and pitch is not None else ""
     hidden = ' print-object="no"' if ev.hidden else ""
     parts = [f"<note{colour}{hidden}>"]
     if chord:

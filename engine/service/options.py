@@ -16,8 +16,8 @@ from engine.settings import Settings, get_settings
 class ComposeOptions:
     bars: int = 8
     style: str | None = None
-    temperature: float = 1.0
-    top_p: float = 0.95
+    temperature: float = catalog.DEFAULT_TEMPERATURE
+    top_p: float = catalog.DEFAULT_TOP_P
     instrument: int = 0  # General MIDI program
     tempo: float | None = None  # BPM override; None keeps the seed's
     rng_seed: int | None = None
@@ -92,14 +92,14 @@ def validate_options(
     if not isinstance(bars, int) or isinstance(bars, bool) or not 1 <= bars <= s.max_bars:
         raise BadParams(f"bars must be a whole number from 1 to {s.max_bars}.")
     style = _style(style)
-    temperature = 1.0 if temperature is None else float(temperature)
+    temperature = catalog.DEFAULT_TEMPERATURE if temperature is None else float(temperature)
     if not math.isfinite(temperature) or not (
         catalog.MIN_TEMPERATURE <= temperature <= catalog.MAX_TEMPERATURE
     ):
         raise BadParams(
             f"temperature must be between {catalog.MIN_TEMPERATURE} and {catalog.MAX_TEMPERATURE}."
         )
-    top_p = 0.95 if top_p is None else float(top_p)
+    top_p = catalog.DEFAULT_TOP_P if top_p is None else float(top_p)
     if not math.isfinite(top_p) or not catalog.MIN_TOP_P <= top_p <= catalog.MAX_TOP_P:
         raise BadParams(f"top_p must be between {catalog.MIN_TOP_P} and {catalog.MAX_TOP_P}.")
     program = _program(instrument)

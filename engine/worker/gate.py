@@ -23,7 +23,8 @@ LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: ma
 
 def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
-    from engine.model.generate import GenerationRequest, continue_batch
+    from engine.model.generate.continuation import continue_batch
+    from engine.model.generate.request import GenerationRequest
 
     if not seeds:
         return 0.0
@@ -72,7 +73,8 @@ def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str,
     continuations of `seeds` (fixed rng seeds) and its seed information gain on `pieces`."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.fidelity import seed_information_gain, summarize_fidelity
-    from engine.model.generate import GenerationRequest, continue_batch
+    from engine.model.generate.continuation import continue_batch
+    from engine.model.generate.request import GenerationRequest
 
     styles = lm.codec.config.styles
     outs = continue_batch(

@@ -107,7 +107,7 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
     """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.checkpoint import device_label
-    from engine.model.generate import GenerationRequest, continue_batch
+    from engine.model.generate.continuation import GenerationRequest, continue_batch
     from engine.worker.loaded import get_model
 
     jobs = _load_jobs(request_ids, settings)

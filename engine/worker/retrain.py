@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from engine.errors import MotifError
-from engine.model.corpus import load_corpus
+from engine.model.corpus.load import load_corpus
 from engine.music.notes import Piece
 from engine.service.admin import (
     RetrainOptions,
@@ -54,7 +54,7 @@ from engine.worker.training_run import RunRecorder, claim_run
 if TYPE_CHECKING:
     import torch
 
-    from engine.model.train import TrainResult
+    from engine.model.train.config import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def _train_candidate(
 ) -> TrainResult:
     """Train into `out`: fine-tuned from the active model unless the run asks for a fresh one."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
-    from engine.model.train import TrainConfig, train
+    from engine.model.train.config import TrainConfig
+    from engine.model.train.train import train
 
     init_from = None
     if not params.get("from_scratch"):
@@ -232,7 +233,7 @@ def _measure(
     collapse and seed fidelity, for the candidate and the active model."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.train import evaluate_nll
+    from engine.model.train.step import evaluate_nll
     from engine.worker.loaded import load_version
 
     candidate = load_checkpoint(out, device=device)

@@ -155,7 +155,7 @@ def test_unigram_nll_known_values():
 
 
 def test_cli_trains_and_saves(tmp_path, monkeypatch):
-    corpus_module = pytest.importorskip("engine.model.corpus")
+    corpus_module = pytest.importorskip("engine.model.corpus.load")
 
     class FakeCorpus:
         def pieces(self, split):

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from bench import train_gap, workload
-from engine.model.train import TrainConfig, encode_pieces, make_optimizer, sample_batch, train_step
+from engine.model.train.config import TrainConfig
+from engine.model.train.data import encode_pieces, sample_batch
+from engine.model.train.step import make_optimizer, train_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ import pytest
 
 from bot import messages
 from bot.destinations import Upload, fit_uploads, inline_picture
-from bot.progress import EditThrottle
+from bot.edit_throttle import EditThrottle
 from bot.views import result_view, varied_temperature
 from engine.errors import BadParams
 from engine.service.requests import Progress

@@ -128,7 +128,7 @@ def tiny_files(tmp_path, monkeypatch):
     """A random tiny Motif checkpoint, a tiny baseline and a fake corpus of scale tunes."""
     import torch
 
-    import engine.model.corpus
+    import engine.model.corpus.load as corpus_load
     from bench.baseline import save_baseline, train_baseline
     from engine.model.checkpoint import save_checkpoint
     from engine.model.events import EventCodec
@@ -155,7 +155,7 @@ def tiny_files(tmp_path, monkeypatch):
         def pieces(self, split):
             return splits[split]
 
-    monkeypatch.setattr(engine.model.corpus, "load_corpus", lambda path=None: FakeCorpus())
+    monkeypatch.setattr(corpus_load, "load_corpus", lambda path=None: FakeCorpus())
     return model_path, baseline_path
 
 
@@ -180,7 +180,7 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_files, tmp_path):
     assert main([*argv, "--seed-bars", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["baseline"] is None and BASELINE not in data["quality"]
-    from engine.model.generate import KEY_GRAVITY
+    from engine.model.generate.request import KEY_GRAVITY
 
     assert data["settings"]["key_gravity"] == KEY_GRAVITY  # the generator's default
 
@@ -208,8 +208,8 @@ def test_half_precision_likelihood_rows(tiny_files, tmp_path, capsys):
 
     from bench.evaluate import main
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.corpus import load_corpus
-    from engine.model.train import evaluate_nll
+    from engine.model.corpus.load import load_corpus
+    from engine.model.train.step import evaluate_nll
 
     model_path, _ = tiny_files
     lm = load_checkpoint(model_path)

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine.music.musicxml import SEED_COLOUR, score_xml
+from engine.music.musicxml import SEED_INK_COLOUR, score_xml
 from engine.music.notation import load_notation_seed
 from engine.music.notes import Note, Piece
 from engine.music.result_midi import split_result, to_midi_bytes
@@ -70,7 +70,7 @@ def mark_position(measure: ET.Element) -> tuple[int, bool, bool]:
             return at, seed_before, after.get("color") is None
         if child.tag == "note" and child.find("chord") is None:
             at += int(child.findtext("duration"))
-            seed_before = seed_before or child.get("color") == SEED_COLOUR
+            seed_before = seed_before or child.get("color") == SEED_INK_COLOUR
     raise AssertionError("no mark in this measure")
 
 

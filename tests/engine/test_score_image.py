@@ -18,7 +18,7 @@ from engine.audio.score import (
     engrave_score,
     score_png,
 )
-from engine.music.musicxml import SEED_COLOUR, score_xml
+from engine.music.musicxml import SEED_INK_COLOUR, score_xml
 from engine.music.notes import Note, Piece
 
 pytest.importorskip("verovio")
@@ -60,7 +60,7 @@ def test_32_bars_of_two_hands_fit_on_white_under_the_size_limit():
     assert (img[:5, :5] == 255).all() and (img[-5:, -5:] == 255).all()  # white, not transparent
     white = (img > 240).all(axis=2).mean()
     assert 0.6 < white < 0.98  # ink on paper: neither blank nor black
-    r, g, b = (int(SEED_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(SEED_INK_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
     seed_ink = (np.abs(img.astype(int) - (r, g, b)).sum(axis=2) < 60).sum()
     assert seed_ink > 500  # the seed's notes are drawn in their colour
 
@@ -178,7 +178,7 @@ def test_the_pdf_draws_every_page_as_vectors_with_the_seed_in_its_colour():
     pages = pdf_pages(score.pdf)
     assert len(pages) == score.page_count >= 3
     first = pages[0]
-    r, g, b = (int(SEED_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    r, g, b = (int(SEED_INK_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5))
     blue = f"{r:.2f} {g:.2f} {b:.2f} rg".replace("0.", ".").encode()
     assert first.replace(b"0.", b".").count(blue) > 50  # the seed's noteheads and stems
     assert first.count(b" c ") > 100 and first.count(b" l B Q") > 50  # outlines and lines

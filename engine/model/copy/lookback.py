@@ -1,0 +1,192 @@
+"""Lookback: what the seed played whole bars ago, at the same moment of the bar.
+
+Folk tunes are built of strains that come back: a reel's first four bars return four or eight
+bars later, often note for note. The figure matching of the copy path (engine.model.copy.copying)
+finds a figure only once the continuation has already started it, and never votes for a seed's
+first notes (nothing comes before them). Lookback asks the other way round: for each lag of 2, 4
+or 8 bars, which seed note sat exactly that many bars before the note about to be drawn (same
+onset tick, same place in its chord)? It votes for that note's shift, pitch and duration (the
+same pitch, not transposed: a strain returns as it was).
+
+How far to trust a lag is read from the music so far: its *phase*, how many of the latest notes
+(up to `PHASE`) equal, pitch and onset, the notes that lag earlier in the seed. The lag with the
+longest phase votes (the shorter lag on a tie); its level is (lag, phase), and each field's
+distribution becomes (1 - mu) x the copy path's + mu x the vote, mu looked up by field and level.
+The mus are fitted, like the copy path's lambdas, by the likelihood of the validation split's
+real continuations (`python -m engine.model.train.copy_fit`). Only the seed votes, as in the copy path.
+
+Bar lengths are read from the seed's own bar positions: where a shift crosses a bar line, the
+previous position plus the shift minus the new position is the bar's length in ticks. A seed that
+crosses no bar line has no lookback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.model.events import COPY_POSITION, DURATION, PITCH, SHIFT
+
+LAG_BARS = (2, 4, 8)
+PHASE = 4  # the latest notes compared with the lagged ones
+LOOKBACK_LEVELS = len(LAG_BARS) * (PHASE + 1)  # level: lag index x (PHASE + 1) + phase
+NO_LOOKBACK: tuple[tuple[float, ...], ...] = ((0.0,) * LOOKBACK_LEVELS,) * 3
+_NEVER = -(10**12)  # the time of a column that is no note
+_RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
+
+
+def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
+    """ValueError unless `table` is 3 rows (shift, pitch, duration) of LOOKBACK_LEVELS in [0, 1)."""
+    if len(table) != 3 or any(len(row) != LOOKBACK_LEVELS for row in table):
+        raise ValueError(f"lookback must be 3 rows of {LOOKBACK_LEVELS} mus")
+    if any(not 0.0 <= mu < 1.0 for row in table for mu in row):
+        raise ValueError("each lookback mu must lie in [0, 1)")
+
+
+def bar_ticks(
+    event: torch.Tensor, stop: int, max_shift: int | None = None, max_position: int | None = None
+) -> torch.Tensor:
+    """(B,) each row's bar length in ticks, read from columns before `stop` of `event`
+    (B, W, 4: shift, pitch, duration, bar position; -1 where no note); 0 where no bar line is
+    crossed. Pairs whose positions reach `max_position` (clamped in bars that long) or whose
+    shift is `max_shift` (a longer gap, clamped) tell nothing and are skipped."""
+    prev, cur = event[:, : stop - 1], event[:, 1:stop]
+    prev_position, position = prev[..., COPY_POSITION], cur[..., COPY_POSITION]
+    real = (prev[..., PITCH] >= 0) & (cur[..., PITCH] >= 0) & (cur[..., SHIFT] >= 0)
+    if max_shift is not None:
+        real = real & (cur[..., SHIFT] < max_shift)
+    if max_position is not None:
+        real = real & (prev_position < max_position) & (position < max_position)
+    length = prev_position + cur[..., SHIFT] - position  # 0 within a bar, k bars across k lines
+    length = torch.where(real & (length > 0), length, 10**9)
+    found = length.amin(dim=1) if length.size(1) else torch.full_like(event[:, 0, 0], 10**9)
+    return torch.where(found < 10**9, found, 0)
+
+
+class Lookback:
+    """The times and chord ranks of every column of a CopyMemory's events, and the votes of the
+    seed's notes whole bars back. Columns before `seed_end` are the seed's; their (time, rank)
+    keys ascend, so a lagged note is found by binary search."""
+
+    def __init__(
+        self,
+        event: torch.Tensor,
+        n: int,
+        mu: tuple[tuple[float, ...], ...],
+        max_shift: int | None = None,
+        max_position: int | None = None,
+    ) -> None:
+        B, width = event.size(0), event.size(1)
+        device = event.device
+        self.seed_end = n
+        self.mu = torch.tensor(mu, dtype=torch.float32, device=device)  # (3, LOOKBACK_LEVELS)
+        bar = bar_ticks(event, n, max_shift, max_position)
+        self.lags = bar[:, None] * torch.tensor(LAG_BARS, device=device)  # (B, L)
+        self.time = torch.full((B, width), _NEVER, dtype=torch.int64, device=device)
+        self.rank = torch.zeros((B, width), dtype=torch.int64, device=device)
+        shift = event[:, :n, SHIFT]
+        real = event[:, :n, PITCH] >= 0
+        self.time[:, :n] = torch.where(real, torch.cumsum(shift.clamp_min(0), dim=1), _NEVER)
+        # a chord's notes: 0, 1, 2, ... in event order (the distance to the chord's first note)
+        chord = real & (shift == 0) & torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], 1)
+        column = torch.arange(n, device=device).expand(B, n)
+        first = torch.where(chord, 0, column).cummax(dim=1).values
+        self.rank[:, :n] = column - first
+        self.keys = self.time[:, :n] * _RANKS + self.rank[:, :n].clamp_max(_RANKS - 1)  # (B, W)
+        self.seed_pitch = event[:, :n, PITCH]
+        self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
+        for col in range(max(0, n - PHASE), n):
+            self._grow_phase(col, event[:, col])
+        self.last_level = torch.full((B,), -1, dtype=torch.int64, device=device)
+        self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
+
+    def _grow_phase(self, column: int, event: torch.Tensor) -> None:
+        """`phase`, (B, L): how many of the latest notes (up to PHASE) equal the seed's notes a
+        lag earlier, pitch and onset; updated for the note (B, 4) at `column`."""
+        rank = self.rank[:, column, None].expand_as(self.lags)
+        at = self._find(self.time[:, column, None] - self.lags, rank)
+        pitch = self.seed_pitch.gather(1, at.clamp_min(0))
+        same = (at >= 0) & (pitch == event[:, PITCH, None]) & (pitch >= 0)
+        self.phase = torch.where(same, (self.phase + 1).clamp_max(PHASE), 0)
+
+    def append(self, column: int, event: torch.Tensor) -> None:
+        """The time and rank of the event (B, 4) just written at `column`."""
+        if column >= self.time.size(1):
+            extra = self.time.size(1)
+            self.time = torch.cat([self.time, torch.full_like(self.time, _NEVER)[:, :extra]], 1)
+            self.rank = torch.cat([self.rank, torch.zeros_like(self.rank)[:, :extra]], 1)
+        real = event[:, PITCH] >= 0
+        before = self.time[:, column - 1]
+        shift = event[:, SHIFT].clamp_min(0)
+        self.time[:, column] = torch.where(real & (before > _NEVER), before + shift, _NEVER)
+        chord = real & (event[:, SHIFT] == 0)
+        self.rank[:, column] = torch.where(chord, self.rank[:, column - 1] + 1, 0)
+        self._grow_phase(column, event)
+        self._then = None
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.time, self.rank, self.lags = self.time[rows], self.rank[rows], self.lags[rows]
+        self.keys, self.seed_pitch, self.phase = (
+            self.keys[rows],
+            self.seed_pitch[rows],
+            self.phase[rows],
+        )
+        self._then = None
+
+    def _find(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """(B, L) the seed's column of the note at `time` (B, L) with chord rank `rank` (B, L);
+        -1 where there is none (or the row has no bar length)."""
+        key = time * _RANKS + rank.clamp_max(_RANKS - 1)
+        at = torch.searchsorted(self.keys, key).clamp_max(self.seed_end - 1)
+        found = (self.keys.gather(1, at) == key) & (self.lags > 0) & (time > _NEVER // 2)
+        return torch.where(found, at, -1)
+
+    def votes(
+        self,
+        event: torch.Tensor,
+        n: int,
+        field: int,
+        n_classes: int,
+        shift: torch.Tensor | None = None,
+        pitch: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One field's lookback vote (B, n_classes, one-hot or all 0) and mu (B, 1); `field` 0
+        shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and `pitch` (B, 1))."""
+        W = self.seed_end
+        now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
+        if field == SHIFT:  # the shift of the note after the lagged one (a note of the seed's)
+            at = self._find(now - self.lags, rank.expand_as(self.lags))
+            after = (at + 1).clamp_max(W - 1)
+            value = torch.where((at >= 0) & (at + 1 < W), event[:, :W, SHIFT].gather(1, after), -1)
+        else:
+            assert shift is not None
+            if self._then is not None and self._then[0] is shift:  # duration after pitch
+                at = self._then[1]
+            else:
+                rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
+                at = self._find(now + shift - self.lags, rank_then)
+                self._then = (shift, at)
+            value = event[:, :W, PITCH if field == PITCH else DURATION].gather(1, at.clamp_min(0))
+            if field == DURATION:
+                assert pitch is not None
+                same = event[:, :W, PITCH].gather(1, at.clamp_min(0)) == pitch
+                value = torch.where(same, value, -1)
+            value = torch.where(at >= 0, value, -1)
+        value = torch.where(value < n_classes, value, -1)
+        chosen, level = self._pick(value, self.phase)
+        vote = torch.zeros(event.size(0), n_classes, device=event.device)
+        vote.scatter_(1, chosen.clamp_min(0)[:, None], (chosen >= 0).float()[:, None])
+        mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
+        self.last_level = level
+        return vote, mu
+
+    @staticmethod
+    def _pick(value: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lag that votes: among lags with a value (B, L; -1: none), the longest phase, the
+        shorter lag on a tie. Returns each row's voted class (B,) and level (B,) (-1: none)."""
+        L = value.size(1)
+        order = torch.arange(L, 0, -1, device=value.device)  # shorter lags first on a tie
+        score = torch.where(value >= 0, phase * (L + 1) + order, -1)
+        best = score.argmax(dim=1, keepdim=True)  # (B, 1)
+        ok = score.gather(1, best)[:, 0] >= 0
+        level = torch.where(ok, best[:, 0] * (PHASE + 1) + phase.gather(1, best)[:, 0], -1)
+        return torch.where(ok, value.gather(1, best)[:, 0], -1), level

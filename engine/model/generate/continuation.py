@@ -1,0 +1,218 @@
+"""Continue a seed melody with a trained model: stateful, batched, reproducible sampling.
+
+The encoder reads each seed once; then one decoder step per note, every row of a batch with its
+own seed, length, temperature and random generator, stopping on its own. A grammar keeps the
+output well formed (no end before the bars are filled, pitches in range, no stuck notes) and a soft
+bias keeps the seed's key. Returns the continuation only, in the seed's timeline.
+
+The parts: `plan` (each request's seed, style, key, range and end), `decode` (the loop, with
+`grammar` and `sampling`), and here the requests in and the pieces out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from engine.errors import BadParams
+from engine.model.checkpoint import LoadedModel
+from engine.model.generate.decode import Batch, Segment, decode
+from engine.model.generate.ending import ENDINGS
+from engine.model.generate.plan import plan_row
+from engine.model.generate.request import (
+    KEY_GRAVITY,
+    KEY_PENALTY,
+    MAX_BARS,
+    Ending,
+    GenerationRequest,
+    Row,
+)
+from engine.music import catalog
+from engine.music.keys import key_for_generation, relative_key
+from engine.music.notes import Note, Piece
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 8  # on a GPU, steps between reads of how many rows are done (a host sync)
+
+
+def _check(req: GenerationRequest) -> None:
+    if not 1 <= req.bars <= MAX_BARS:
+        raise BadParams(f"bars must be between 1 and {MAX_BARS}, not {req.bars}")
+    if not 0.0 < req.temperature <= 10.0:
+        raise BadParams(f"temperature must be above 0 (and at most 10), not {req.temperature}")
+    if not 0.0 < req.top_p <= 1.0:
+        raise BadParams(f"top_p must be in (0, 1], not {req.top_p}")
+    if req.top_k < 0:
+        raise BadParams(f"top_k must be 0 (off) or positive, not {req.top_k}")
+    if not 0 <= req.key_penalty <= 100:
+        raise BadParams(f"key_penalty must be between 0 and 100, not {req.key_penalty}")
+    if not 0 <= req.key_gravity <= 10:
+        raise BadParams(f"key_gravity must be between 0 and 10, not {req.key_gravity}")
+    if req.tempo_bpm is not None and not 1.0 <= req.tempo_bpm <= 1000.0:
+        raise BadParams(f"tempo must be between 1 and 1000 bpm, not {req.tempo_bpm}")
+    if req.ending not in ENDINGS:
+        raise BadParams(f"ending must be one of {', '.join(ENDINGS)}, not {req.ending!r}")
+    if req.program is not None and not 0 <= req.program <= 127:
+        raise BadParams(f"program must be a General MIDI program 0..127, not {req.program}")
+
+
+SAFETY_NETS = ("grammar", "repetition guard", "key bias")
+
+
+@dataclass
+class SafetyNetCounts:
+    """How often each safety net changes a generated note, summed over the calls that were
+    given this object. Per note, a net's share is the total variation distance between the
+    model's tempered distribution with the net and without it (the other nets on): the least
+    share of notes that must differ between the two, however the draws are paired. Grammar: the
+    shift mask, the pitch range and no doubled chord note (either field); repetition guard:
+    MAX_REPEATS and the distinct-pitch window; key bias: the out-of-scale penalty and tonal
+    gravity."""
+
+    notes: int = 0
+    changed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAFETY_NETS, 0.0))
+
+    def rates(self) -> dict[str, float]:
+        return {k: v / self.notes if self.notes else float("nan") for k, v in self.changed.items()}
+
+
+def _finish(lm: LoadedModel, row: Row, events: np.ndarray, first_tick: int) -> Piece:
+    seed = row.req.seed
+    tempo = row.req.tempo_bpm or row.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
+    if row.req.program is not None:
+        program = row.req.program
+    else:
+        program = seed.program if seed is not None else 0
+    piece = lm.codec.decode(
+        events,
+        start_tick=first_tick if len(events) else row.ref_tick,
+        tempo_bpm=tempo,
+        time_signature=row.time_signature,
+        program=program,
+        style=row.style_name,
+    )
+    end_beat = row.end_tick / lm.codec.config.ticks_per_beat
+    notes = tuple(
+        replace(n, duration=end_beat - n.start) if n.end > end_beat else n for n in piece.notes
+    )
+    if row.target_key is not None:
+        notes = to_key(lm, notes, row.target_key)
+    return replace(piece, notes=notes, meta={"rng_seed": str(row.rng_seed)})
+
+
+def to_key(lm: LoadedModel, notes: tuple[Note, ...], target: tuple[int, str]) -> tuple[Note, ...]:
+    """The notes moved by at most a tritone so that their estimated key becomes `target` (or
+    its relative, when the notes are in the other mode: the same key signature), folded by
+    octaves into the model's pitch range."""
+    found = key_for_generation(Piece(notes).notes)
+    if found is None:
+        return notes
+    tonic, mode = target if target[1] == found[1] else relative_key(*target)
+    step = (tonic - found[0] + 6) % 12 - 6
+    if step == 0:
+        return notes
+    moved = (replace(n, pitch=lm.codec.fold_pitch(n.pitch + step)) for n in notes)
+    return tuple(sorted(moved, key=lambda n: (n.start, n.pitch)))
+
+
+@torch.no_grad()
+def continue_batch(
+    lm: LoadedModel,
+    requests: list[GenerationRequest],
+    *,
+    check_every: int | None = None,
+    nets: SafetyNetCounts | None = None,
+) -> list[Piece]:
+    """Decode all requests together; each row's result equals decoding it alone.
+
+    Everything per note stays on the model's device; the host only learns, once per step (every
+    CHECK_EVERY steps on a GPU), how many rows are done, to stop or to drop them. `check_every`
+    overrides that cadence (the tests run the GPU's on the CPU); the notes do not depend on it.
+    `nets`: count how often each safety net changed a note (costs a few more samples a step)."""
+    if check_every is not None and check_every < 1:
+        raise ValueError(f"check_every must be at least 1, not {check_every}")
+    for req in requests:
+        _check(req)
+    if not requests:
+        return []
+    lm.model.eval()
+    rows = [plan_row(lm, req) for req in requests]
+    batch = Batch.start(lm, rows)
+    if check_every is None:
+        check_every = 1 if lm.device.type == "cpu" else CHECK_EVERY
+    counted = None
+    if nets is not None:
+        counted = torch.zeros(1 + len(SAFETY_NETS), dtype=torch.float64, device=lm.device)
+    segments, first_tick = decode(batch, len(rows), check_every, counted)
+    if nets is not None and counted is not None:
+        total, *changed_by = counted.tolist()
+        nets.notes += round(total)
+        for name, value in zip(SAFETY_NETS, changed_by, strict=True):
+            nets.changed[name] += value
+    return _to_pieces(lm, rows, segments, first_tick, batch.decoder.offsets)
+
+
+def _to_pieces(
+    lm: LoadedModel,
+    rows: list[Row],
+    segments: list[Segment],
+    first_tick: torch.Tensor,
+    offsets: tuple[int, ...],
+) -> list[Piece]:
+    """Each row's notes, gathered from the segments it decoded in, as a Piece in the seed's
+    timeline (`_finish`)."""
+    notes: list[list[np.ndarray]] = [[] for _ in rows]
+    for members, seg_made, seg_done in segments:
+        ev = torch.stack(seg_made).cpu().numpy()  # (T, B', 8)
+        keep = ~torch.stack(seg_done)[..., 0].cpu().numpy()  # (T, B'): before the row finished
+        for j, i in enumerate(members):
+            notes[i].append(ev[keep[:, j], j, :5])
+    first = first_tick[:, 0].tolist()
+    offset = np.asarray(offsets[:5], dtype=np.int64)
+    return [
+        _finish(lm, r, np.concatenate(notes[i]).reshape(-1, 5) - offset, first[i])
+        for i, r in enumerate(rows)
+    ]
+
+
+def continue_seed(
+    lm: LoadedModel,
+    seed: Piece | None,
+    bars: int,
+    style: str | None = None,
+    temperature: float = catalog.DEFAULT_TEMPERATURE,
+    top_p: float = catalog.DEFAULT_TOP_P,
+    top_k: int = 0,
+    seed_rng: int | None = None,
+    *,
+    program: int | None = None,
+    tempo_bpm: float | None = None,
+    key_penalty: float = KEY_PENALTY,
+    key_gravity: float = KEY_GRAVITY,
+    copy: bool = True,
+    ending: Ending = "close",
+    nets: SafetyNetCounts | None = None,
+) -> Piece:
+    """The continuation only (absolute beats, starting where the seed's sound stops), in the
+    seed's tempo, time signature and program; the same `seed_rng` gives the same notes.
+    `nets`: count how often each safety net changed a note (see `SafetyNetCounts`)."""
+    req = GenerationRequest(
+        seed=seed,
+        bars=bars,
+        style=style,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        rng_seed=seed_rng,
+        program=program,
+        tempo_bpm=tempo_bpm,
+        key_penalty=key_penalty,
+        key_gravity=key_gravity,
+        copy=copy,
+        ending=ending,
+    )
+    return continue_batch(lm, [req], nets=nets)[0]
