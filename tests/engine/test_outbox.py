@@ -95,6 +95,41 @@ def test_a_hung_broker_does_not_block_dispatch(tmp_path):
         server.close()
 
 
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_send_connects_at_most_1_plus_broker_connect_retries_times(tmp_path, retries):
+    # A server that accepts each connection and closes it at once: every connect fails, and
+    # kombu retried it 8 times (6 s of sleeps) before; MOTIF_BROKER_CONNECT_RETRIES bounds it.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    connects = 0
+    stop = threading.Event()
+
+    def accept() -> None:
+        nonlocal connects
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+                connects += 1
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    s = make_settings(
+        tmp_path, broker_url=f"redis://127.0.0.1:{port}/0", broker_connect_retries=retries
+    )
+    try:
+        with pytest.raises(QueueUnreachable):
+            dispatch_request(1, s)
+        time.sleep(0.3)  # the last connection's accept
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+    assert connects == 1 + retries
+
+
 def test_lost_queued_messages_are_resent_only_when_generation_is_idle(tmp_path):
     s = make_settings(tmp_path, resend_after_s=5.0)
     db.upgrade(s.sqlalchemy_url)
