@@ -202,7 +202,10 @@ class Request(Base):
     delivery_claimed_by: Mapped[str | None] = mapped_column(String(200))
     delivery_claimed_until: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # the claimant of the current stage (`host:pid`; None: nobody holds it) and the queues its
+    # worker takes (`gpu,cpu`): a stage is busy while any worker taking its queue works
     worker: Mapped[str | None] = mapped_column(String(200))
+    worker_queues: Mapped[str | None] = mapped_column(String(100))
     device: Mapped[str | None] = mapped_column(String(32))
     model_version: Mapped[str | None] = mapped_column(String(64))
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

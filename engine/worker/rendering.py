@@ -3,17 +3,22 @@ under keys derived from the request id."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+
+from sqlalchemy import update
 
 from engine.audio.encode import EncodedAudio, render_audio
 from engine.audio.pianoroll import piano_roll_png
 from engine.audio.score import EngravedResult, engrave_result
+from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.catalog import PROGRAM_NAMES
 from engine.music.result_midi import split_result
 from engine.service.options import ComposeOptions
 from engine.settings import Settings
 from engine.store.artifacts import store_for
-from engine.store.db import session_scope
+from engine.store.db import dml, session_scope
 from engine.store.records import (
     ArtifactKind,
     Request,
@@ -21,81 +26,132 @@ from engine.store.records import (
     RequestStatus,
     utcnow,
 )
-from engine.worker.claims import RowNotVisible, fail, heartbeat, upsert_artifact
+from engine.worker.claims import beat_interval_s, claim_for_render, upsert_artifact
+from engine.worker.fencing import Claim, ClaimLost, fail_claimed, heartbeat
+
+log = logging.getLogger(__name__)
 
 MUSICXML_MIME = "application/vnd.recordare.musicxml+xml"
 
 
 def _render_files(
-    midi: bytes, settings: Settings, request_id: int, options: ComposeOptions, title: str
+    midi: bytes,
+    settings: Settings,
+    request_id: int,
+    options: ComposeOptions,
+    title: str,
+    check: Callable[[], None],
 ) -> tuple[EncodedAudio, bytes, EngravedResult, float]:
     """The audio, the piano roll and the engraved score of a result (and the engraving's
-    seconds)."""
+    seconds). `check` raises ClaimLost between the stages once the claim is taken over."""
 
     audio = render_audio(midi, settings, program=options.instrument)
+    check()
     seed, cont = split_result(midi)
     png = piano_roll_png(seed, cont, title=title)
+    check()
     engraving_started = time.perf_counter()
     score = engrave_result(midi, seed, cont, title=f"Motif #{request_id}")
+    check()
     return audio, png, score, time.perf_counter() - engraving_started
 
 
 def render_request(request_id: int, settings: Settings) -> bool:
-    """rendering → done: audio + piano roll. False when the request is not waiting for it."""
-    with session_scope(settings.sqlalchemy_url) as session:
-        req = session.get(Request, request_id)
-        if req is None:
-            raise RowNotVisible(request_id)
-        if req.status is not RequestStatus.RENDERING:
-            return False
-        midi_art = next((a for a in req.artifacts if a.kind is ArtifactKind.MIDI), None)
-        options = ComposeOptions.from_params(req.params)
-        title = _title(request_id, req.kind, options, req.model_version)
-        req.heartbeat_at = utcnow()
-    if midi_art is None:
-        fail(request_id, settings, "The generated music went missing.", "no MIDI artifact")
+    """rendering → done: audio, piano roll and score, by the render's claimant only (fenced,
+    engine.worker.fencing). False when the request is not waiting for it, a live claimant
+    renders it, or this claim was taken over meanwhile (nothing is written then)."""
+    claim = claim_for_render(request_id, settings)
+    if claim is None:
         return False
-    store = store_for(settings.artifact_root)
-    midi = store.get(midi_art.key)
-    started = time.perf_counter()
-    with heartbeat([request_id], settings):
-        audio, png, score, engrave_s = _render_files(midi, settings, request_id, options, title)
-    elapsed = time.perf_counter() - started
-    audio_key = f"requests/{request_id}/motif-{request_id}.{audio.fmt}"
-    image_key = f"requests/{request_id}/motif-{request_id}.png"
-    store.put(audio_key, audio.data)
-    store.put(image_key, png)
-    xml_key = f"requests/{request_id}/motif-{request_id}.musicxml"
-    score_key = f"requests/{request_id}/motif-{request_id}-score.png"
-    store.put(xml_key, score.musicxml)
-    if score.png is not None:
-        store.put(score_key, score.png)
-    with session_scope(settings.sqlalchemy_url) as session:
-        req = session.get(Request, request_id)
-        if req is None or req.status is not RequestStatus.RENDERING:
+    try:
+        return _render_claimed(claim, settings)
+    except ServiceUnavailable:
+        raise  # the task retries once the database is back
+    except ClaimLost:
+        log.warning("render of %s taken over by another claimant: stopped", request_id)
+        return False
+    except MotifError as exc:
+        fail_claimed(claim, settings, public_message(exc), exc.detail)
+        return False
+    except Exception as exc:
+        log.exception("rendering failed for %s", request_id)
+        message = f"Rendering failed (request #{request_id}); sorry!"
+        fail_claimed(claim, settings, message, repr(exc))
+        return False
+
+
+def _render_claimed(claim: Claim, settings: Settings) -> bool:
+    request_id = claim.request_id
+    with heartbeat([claim], settings, beat_interval_s(settings)) as beats:
+        with session_scope(settings.sqlalchemy_url) as session:
+            req = session.get(Request, request_id)
+            assert req is not None
+            midi_art = next((a for a in req.artifacts if a.kind is ArtifactKind.MIDI), None)
+            options = ComposeOptions.from_params(req.params)
+            title = _title(request_id, req.kind, options, req.model_version)
+        if midi_art is None:
+            fail_claimed(claim, settings, "The generated music went missing.", "no MIDI artifact")
             return False
-        upsert_artifact(session, request_id, ArtifactKind.AUDIO, audio_key, audio.data, audio.mime)
-        upsert_artifact(session, request_id, ArtifactKind.IMAGE, image_key, png, "image/png")
-        upsert_artifact(
-            session, request_id, ArtifactKind.MUSICXML, xml_key, score.musicxml, MUSICXML_MIME
+        store = store_for(settings.artifact_root)
+        midi = store.get(midi_art.key)
+        started = time.perf_counter()
+        audio, png, score, engrave_s = _render_files(
+            midi, settings, request_id, options, title, lambda: beats.check(claim)
         )
+        elapsed = time.perf_counter() - started
+        files = [
+            (ArtifactKind.AUDIO, f"motif-{request_id}.{audio.fmt}", audio.data, audio.mime),
+            (ArtifactKind.IMAGE, f"motif-{request_id}.png", png, "image/png"),
+            (ArtifactKind.MUSICXML, f"motif-{request_id}.musicxml", score.musicxml, MUSICXML_MIME),
+        ]
         if score.png is not None:
-            upsert_artifact(
-                session, request_id, ArtifactKind.SCORE, score_key, score.png, "image/png"
+            files.append(
+                (ArtifactKind.SCORE, f"motif-{request_id}-score.png", score.png, "image/png")
             )
+        keys = [claim.key(name) for _, name, _, _ in files]
+        for key, (_, _, data, _) in zip(keys, files, strict=True):
+            store.put(key, data)
+        timings = {"render_s": round(elapsed, 3), "engrave_s": round(engrave_s, 3)}
+        if _finish(claim, settings, files, keys, audio, timings):
+            return True
+        for key in keys:  # taken over meanwhile: this attempt's files are nobody's
+            store.delete(key)
+        raise ClaimLost(request_id)
+
+
+def _finish(
+    claim: Claim,
+    settings: Settings,
+    files: list[tuple[ArtifactKind, str, bytes, str]],
+    keys: list[str],
+    audio: EncodedAudio,
+    timings: dict[str, float],
+) -> bool:
+    """rendering → done with the files, if the claim still holds (one transaction, the
+    conditional UPDATE first: a refused claim writes nothing)."""
+    with session_scope(settings.sqlalchemy_url) as session:
         now = utcnow()
-        timings = dict(req.timings or {})
-        timings["render_s"] = round(elapsed, 3)
-        timings["engrave_s"] = round(engrave_s, 3)
-        timings["audio_s"] = round(audio.seconds, 2)
-        timings["total_s"] = round((now - req.created_at).total_seconds(), 3)
-        req.timings = timings
+        done = dml(
+            session,
+            update(Request)
+            .where(*claim.holds())
+            .values(status=RequestStatus.DONE, finished_at=now, worker_queues=None),
+        ).rowcount
+        if not done:
+            return False
+        req = session.get(Request, claim.request_id, populate_existing=True)
+        assert req is not None
+        for key, (kind, _, data, mime) in zip(keys, files, strict=True):
+            upsert_artifact(session, req.id, kind, key, data, mime)
+        all_timings = dict(req.timings or {})
+        all_timings.update(timings)
+        all_timings["audio_s"] = round(audio.seconds, 2)
+        all_timings["total_s"] = round((now - req.created_at).total_seconds(), 3)
+        req.timings = all_timings
         notes = dict(req.notes or {})
         if audio.shortened:
             notes["shortened"] = True
         req.notes = notes
-        req.status = RequestStatus.DONE
-        req.finished_at = now
     return True
 
 

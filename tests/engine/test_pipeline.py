@@ -69,4 +69,5 @@ def test_a_result_with_seed_keeps_both_tracks(tmp_path, tiny_model_path):
     seed, cont = split_result(midi)
     assert seed is not None and len(seed.notes) > 0 and len(cont.notes) > 0
     assert _pixels_near(files[ArtifactKind.IMAGE], SEED_COLOUR) > 100
-    assert store_for(settings.artifact_root).exists(f"requests/{rid}/motif-{rid}.mid")
+    # under the first attempt's own key (engine.worker.fencing), named for the user
+    assert store_for(settings.artifact_root).exists(f"requests/{rid}/attempt-1/motif-{rid}.mid")
