@@ -191,8 +191,8 @@ class Request(Base):
     status: Mapped[RequestStatus] = mapped_column(_enum(RequestStatus), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     generating_at: Mapped[datetime | None]
-    rendering_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    rendering_at: Mapped[datetime | None] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
     heartbeat_at: Mapped[datetime | None]
     # the outbox: when this row's current message was last handed to the broker (None: never;
     # the reaper sends it). A queued row always has a message on its way.

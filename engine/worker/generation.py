@@ -180,8 +180,7 @@ def _keep(
                 status=RequestStatus.RENDERING,
                 rendering_at=now,
                 heartbeat_at=now,
-                worker=None,
-                worker_queues=None,
+                worker=None,  # worker_queues stays: who generated it (reaper.stage_busy)
                 model_version=version,
                 device=device,
             ),

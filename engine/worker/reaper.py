@@ -173,24 +173,30 @@ def _give_back(settings: Settings, stamps: dict[int, Stamp], *, render: bool) ->
 
 
 def stage_busy(session: Session, queue: str, since: datetime) -> bool:
-    """Whether a worker that takes `queue` is working: any claimed stage that beat since
-    `since`, generating or rendering, whose stage is `queue` or whose worker takes it too (a
-    `gpu,cpu` worker that renders does not consume its `gpu` messages meanwhile)."""
-    stage = RequestStatus.GENERATING if queue == GPU_QUEUE else RequestStatus.RENDERING
+    """Whether a worker that takes `queue` worked at any time since `since`: a claimed stage
+    that beat since then, generating or rendering, whose stage is `queue` or whose worker takes
+    it too (a `gpu,cpu` worker that renders does not consume its `gpu` messages meanwhile); or
+    a stage of that queue finished since then (a batch generated, a render done). Asked over
+    the window, not at one instant: a worker between two short tasks is not idle."""
     takes = (literal(",") + Request.worker_queues + literal(",")).contains(f",{queue},")
-    return (
-        session.scalar(
-            select(Request.id)
-            .where(
-                Request.status.in_((RequestStatus.GENERATING, RequestStatus.RENDERING)),
-                Request.worker.is_not(None),
-                Request.heartbeat_at >= since,
-                or_(Request.status == stage, takes),
-            )
-            .limit(1)
-        )
-        is not None
+    claimed = and_(
+        Request.status.in_((RequestStatus.GENERATING, RequestStatus.RENDERING)),
+        Request.worker.is_not(None),
+        Request.heartbeat_at >= since,
     )
+    if queue == GPU_QUEUE:
+        live = and_(claimed, or_(Request.status == RequestStatus.GENERATING, takes))
+        finished = or_(
+            Request.rendering_at >= since,  # a generation handed over to rendering
+            and_(Request.status == RequestStatus.DONE, Request.finished_at >= since, takes),
+        )
+    else:
+        live = and_(claimed, or_(Request.status == RequestStatus.RENDERING, takes))
+        finished = or_(
+            and_(Request.status == RequestStatus.DONE, Request.finished_at >= since),
+            and_(Request.rendering_at >= since, takes),
+        )
+    return session.scalar(select(Request.id).where(or_(live, finished)).limit(1)) is not None
 
 
 def resend_lost(settings: Settings, report: ReapReport | None = None) -> ReapReport:

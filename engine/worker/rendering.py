@@ -135,7 +135,7 @@ def _finish(
             session,
             update(Request)
             .where(*claim.holds())
-            .values(status=RequestStatus.DONE, finished_at=now, worker_queues=None),
+            .values(status=RequestStatus.DONE, finished_at=now),
         ).rowcount
         if not done:
             return False

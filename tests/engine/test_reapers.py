@@ -124,3 +124,22 @@ def test_a_cpu_worker_that_generates_keeps_the_cpu_queue_busy(tmp_path):
     assert resend_lost(settings).resent_renders == []
     _set(settings, working, worker_queues="gpu")
     assert resend_lost(settings).resent_renders == [waiting]
+
+
+def test_a_worker_between_two_short_tasks_is_not_idle(tmp_path):
+    # Measured in a flood of 200: both workers rendered 0.3 s tasks back to back, and a reaper
+    # that asked "is a stage running right now?" between two of them re-sent 43 queued rows.
+    settings = make_settings(tmp_path, resend_after_s=5.0)
+    db.upgrade(settings.sqlalchemy_url)
+    _worker(settings, "cpu,gpu")
+    lost, rendered, generated = _requests(settings, 3)
+    _set(settings, lost, sent_at=utcnow() - LONG_AGO)
+    just = utcnow() - timedelta(seconds=1)
+    done = dict(status=RequestStatus.DONE, finished_at=just, worker="elsewhere:7")
+    _set(settings, rendered, worker_queues="cpu,gpu", **done)  # a render finished a second ago
+    assert resend_lost(settings).resent == []
+    _set(settings, rendered, worker_queues="cpu")  # ...by a render-only worker: gpu idle
+    _set(settings, generated, status=RequestStatus.RENDERING, rendering_at=just)  # a batch
+    assert resend_lost(settings).resent == []
+    _set(settings, generated, rendering_at=utcnow() - LONG_AGO)
+    assert resend_lost(settings).resent == [lost]
