@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -100,13 +101,23 @@ def svg_to_png(svg: str) -> bytes:
     )
 
 
-def score_png(xml: str, *, width_px: int = WIDTH_PX) -> bytes:
-    """PNG of a MusicXML score on white, under MAX_PNG_BYTES (smaller when it must be)."""
-    png = svg_to_png(engrave_svg(xml, width_px=width_px))
+def score_png(
+    xml: str, *, width_px: int = WIDTH_PX, step: Callable[[], None] | None = None
+) -> bytes:
+    """PNG of a MusicXML score on white, under MAX_PNG_BYTES (smaller when it must be).
+    `step` is called between the engraving's long calls (a worker's heartbeat: verovio and
+    resvg keep the GIL for seconds on a long score, so no other thread runs meanwhile)."""
+    step = step or (lambda: None)
+    svg = engrave_svg(xml, width_px=width_px)
+    step()
+    png = svg_to_png(svg)
     while len(png) > MAX_PNG_BYTES and width_px > 400:
+        step()
         width_px = width_px * 4 // 5
         log.info("score picture %d bytes; engraving it %d px wide", len(png), width_px)
-        png = svg_to_png(engrave_svg(xml, width_px=width_px))
+        svg = engrave_svg(xml, width_px=width_px)
+        step()
+        png = svg_to_png(svg)
     return png
 
 
@@ -127,13 +138,18 @@ def result_key(midi: bytes, seed: Piece | None, continuation: Piece) -> tuple[in
 
 
 def engrave_result(
-    midi: bytes, seed: Piece | None, continuation: Piece, *, title: str
+    midi: bytes,
+    seed: Piece | None,
+    continuation: Piece,
+    *,
+    title: str,
+    step: Callable[[], None] | None = None,
 ) -> EngravedResult:
     """The MusicXML of a result and its score picture. The MusicXML is always written; a
-    picture verovio or resvg fails on is logged and left out."""
+    picture verovio or resvg fails on is logged and left out. `step`: see `score_png`."""
     xml = score_xml(seed, continuation, key=result_key(midi, seed, continuation), title=title)
     try:
-        png: bytes | None = score_png(xml)
+        png: bytes | None = score_png(xml, step=step)
     except Exception:  # noqa: BLE001 - the piano roll still shows the result
         log.exception("engraving the score picture failed")
         png = None

@@ -58,15 +58,47 @@ def attempt_key(request_id: int, attempt: int, name: str) -> str:
 
 @dataclass
 class Beats:
-    """What the heartbeat thread saw: claims refused (taken over), and the longest gap."""
+    """A stage's heartbeat: claims refused (taken over), the longest gap between beats.
+
+    The thread beats on its schedule; the stage also calls `tick` between its steps, which
+    beats when one is due. Both are needed: a C call that keeps the GIL (verovio engraving a
+    256-bar score, resvg drawing it: 2-5 s each, measured) starves the thread, and the steps
+    alone are too far apart in a long decode."""
 
     interval_s: float
+    claims: list[Claim] = field(default_factory=list)
+    settings: Settings | None = None
     lost: set[int] = field(default_factory=set)
     max_gap_s: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, claim: Claim) -> None:
         if claim.request_id in self.lost:
             raise ClaimLost(claim.request_id)
+
+    def beat_now(self) -> None:
+        """One beat for every claim not yet lost (from the thread or the stage)."""
+        if self.settings is None:
+            return
+        with self.lock:
+            live = [c for c in self.claims if c.request_id not in self.lost]
+            self.lost |= beat(live, self.settings)
+            now = time.monotonic()
+            gap, self.last = now - self.last, now
+            self.max_gap_s = max(self.max_gap_s, gap)
+        if gap > 2 * self.interval_s:
+            log.warning("heartbeat gap of %.1f s (interval %.1f s)", gap, self.interval_s)
+
+    def tick(self, claim: Claim | None = None) -> None:
+        """Between two steps of a stage: beat if one is due, then stop if the claim is lost."""
+        if time.monotonic() - self.last >= self.interval_s:
+            try:
+                self.beat_now()
+            except Exception:  # noqa: BLE001 - a missed beat is not fatal; the thread retries
+                log.warning("heartbeat failed for %s", [c.request_id for c in self.claims])
+        if claim is not None:
+            self.check(claim)
 
 
 def beat(claims: list[Claim], settings: Settings) -> set[int]:
@@ -98,23 +130,17 @@ def heartbeat(claims: list[Claim], settings: Settings, every_s: float) -> Iterat
     """Beat every `every_s` from a thread, on a fixed schedule whatever the stage is doing (a
     slow beat does not push the next ones back). `claims` may grow while it runs. A claim
     refused once is lost for good: the stage checks `Beats.check` before each write."""
-    beats = Beats(every_s)
+    beats = Beats(every_s, claims, settings)
     stop = threading.Event()
 
     def run() -> None:
-        last = time.monotonic()
-        due = last + every_s
+        due = time.monotonic() + every_s
         while not stop.wait(max(0.0, due - time.monotonic())):
-            try:
-                beats.lost |= beat([c for c in claims if c.request_id not in beats.lost], settings)
-            except Exception:  # noqa: BLE001 - a missed beat is not fatal; the next one is due
-                log.warning("heartbeat failed for %s", [c.request_id for c in claims])
-            else:
-                now = time.monotonic()
-                beats.max_gap_s = max(beats.max_gap_s, now - last)
-                if now - last > 2 * every_s:
-                    log.warning("heartbeat gap of %.1f s (interval %.1f s)", now - last, every_s)
-                last = now
+            if time.monotonic() - beats.last >= every_s * 0.9:  # not just beaten by `tick`
+                try:
+                    beats.beat_now()
+                except Exception:  # noqa: BLE001 - a missed beat is not fatal; the next is due
+                    log.warning("heartbeat failed for %s", [c.request_id for c in claims])
             # the next beat is due one interval after the last due time, or now if overdue
             due = max(due + every_s, time.monotonic())
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from sqlalchemy import update
 
@@ -27,7 +26,7 @@ from engine.store.records import (
     utcnow,
 )
 from engine.worker.claims import beat_interval_s, claim_for_render, upsert_artifact
-from engine.worker.fencing import Claim, ClaimLost, fail_claimed, heartbeat
+from engine.worker.fencing import Beats, Claim, ClaimLost, fail_claimed, heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +36,24 @@ MUSICXML_MIME = "application/vnd.recordare.musicxml+xml"
 def _render_files(
     midi: bytes,
     settings: Settings,
-    request_id: int,
     options: ComposeOptions,
     title: str,
-    check: Callable[[], None],
+    claim: Claim,
+    beats: Beats,
 ) -> tuple[EncodedAudio, bytes, EngravedResult, float]:
     """The audio, the piano roll and the engraved score of a result (and the engraving's
-    seconds). `check` raises ClaimLost between the stages once the claim is taken over."""
+    seconds). Between the steps it beats when a beat is due (the engraving's long calls keep
+    the GIL from the heartbeat thread) and stops with ClaimLost once the claim is taken over."""
 
     audio = render_audio(midi, settings, program=options.instrument)
-    check()
+    beats.tick(claim)
     seed, cont = split_result(midi)
     png = piano_roll_png(seed, cont, title=title)
-    check()
+    beats.tick(claim)
     engraving_started = time.perf_counter()
-    score = engrave_result(midi, seed, cont, title=f"Motif #{request_id}")
-    check()
+    score_title = f"Motif #{claim.request_id}"
+    score = engrave_result(midi, seed, cont, title=score_title, step=beats.tick)
+    beats.tick(claim)
     return audio, png, score, time.perf_counter() - engraving_started
 
 
@@ -95,9 +96,7 @@ def _render_claimed(claim: Claim, settings: Settings) -> bool:
         store = store_for(settings.artifact_root)
         midi = store.get(midi_art.key)
         started = time.perf_counter()
-        audio, png, score, engrave_s = _render_files(
-            midi, settings, request_id, options, title, lambda: beats.check(claim)
-        )
+        audio, png, score, engrave_s = _render_files(midi, settings, options, title, claim, beats)
         elapsed = time.perf_counter() - started
         files = [
             (ArtifactKind.AUDIO, f"motif-{request_id}.{audio.fmt}", audio.data, audio.mime),

@@ -3,7 +3,9 @@ comes from a thread at a fixed interval. Plain function calls on a real embedded
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -165,3 +167,30 @@ def _set_beat(settings: Settings, rid: int, seconds_ago: float) -> None:
             .where(Request.id == rid)
             .values(heartbeat_at=utcnow() - timedelta(seconds=seconds_ago))
         )
+
+
+def _gil_holding_call(seconds: float) -> Callable[[], object]:
+    """A C call that keeps the GIL for about `seconds` (as verovio and resvg do on a long
+    score): a backtracking regular expression, sized on this machine."""
+    n = 16
+    while True:
+        started = time.monotonic()
+        re.match(r"(a*)*b", "a" * n)
+        if time.monotonic() - started >= seconds / 2 or n > 40:
+            return lambda: re.match(r"(a*)*b", "a" * n)
+        n += 1
+
+
+def test_heartbeats_keep_their_interval_while_a_step_keeps_the_gil(settings):
+    rid = _request(settings)
+    claim = claim_for_generation(rid, settings)
+    assert claim is not None
+    every_s = 1.0
+    step = _gil_holding_call(every_s / 3)
+    with heartbeat([claim], settings, every_s) as beats:
+        end = time.monotonic() + 8 * every_s
+        while time.monotonic() < end:
+            step()  # no other thread runs meanwhile...
+            beats.tick(claim)  # ...so the stage beats between its steps when one is due
+    assert not beats.lost
+    assert 0 < beats.max_gap_s <= 2 * every_s
