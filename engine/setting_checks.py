@@ -29,7 +29,10 @@ BROKER_SCHEMES: dict[str, str | None] = {
 BROKER_ACCEPTED = (
     "empty (filesystem://), redis://HOST:PORT/DB, rediss://…, amqp://USER:PASSWORD@HOST:PORT//"
 )
-BACKEND_ACCEPTED = "empty (db+sqlite:///…), db+sqlite:///PATH, db+postgresql+psycopg://…, redis://HOST:PORT/DB, rediss://…, rpc://"
+BACKEND_ACCEPTED = (
+    "empty (db+sqlite:///…), db+sqlite:///PATH, db+postgresql+psycopg://…, "
+    "redis://HOST:PORT/DB, rediss://…, rpc://"
+)
 
 
 def _scheme(url: str) -> str:
@@ -105,7 +108,10 @@ def check_result_backend(url: str) -> None:
         raise ValueError(f"unknown result backend {scheme}://; accepted: {BACKEND_ACCEPTED}")
 
 
-ARTIFACT_ACCEPTED = "empty (<data dir>/artifacts), a folder, file://PATH, or an fsspec URL such as s3://BUCKET/PREFIX (with its package installed)"
+ARTIFACT_ACCEPTED = (
+    "empty (<data dir>/artifacts), a folder, file://PATH, or an fsspec URL such as "
+    "s3://BUCKET/PREFIX (with its package installed)"
+)
 
 
 def check_artifact_url(url: str) -> None:

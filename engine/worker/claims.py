@@ -1,5 +1,6 @@
-"""A request's row as the stages hold it: claiming it (a compare-and-set on its status), the
-order queued requests are taken in, the heartbeat while working, and failing it."""
+"""A request's row as the stages hold it: claiming it (a compare-and-set on its status), taking
+it over from a claimant that is gone, the order queued requests are taken in, and queuing again
+a batch an outage interrupted. What a claimant may write once it holds it: worker.fencing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from sqlalchemy.orm import Session
 from engine.settings import Settings
 from engine.store.db import dml, session_scope
 from engine.store.records import (
-    OPEN_STATES,
     Artifact,
     ArtifactKind,
     Request,
@@ -110,7 +110,7 @@ def _take_over(
     session: Session, row: Request, status: RequestStatus, settings: Settings
 ) -> Claim | None:
     """Take a row whose claimant is gone (compare-and-set on its claimant and attempt): a new
-    attempt, so whatever the old claimant still tries to write is refused (engine.worker.fencing)."""
+    attempt, so whatever the old claimant still tries to write is refused (worker.fencing)."""
     if not claimant_gone(session, row.worker, row.heartbeat_at, settings, row.id):
         return None
     if row.attempts >= settings.max_attempts:
@@ -263,23 +263,6 @@ def drain_queued(settings: Settings, limit: int, exclude: set[int]) -> list[Clai
         if claim is not None:
             claimed.append(claim)
     return claimed
-
-
-def fail(request_id: int, settings: Settings, user_message: str, detail: str) -> None:
-    with session_scope(settings.sqlalchemy_url) as session:
-        session.execute(
-            update(Request)
-            .where(
-                Request.id == request_id,
-                Request.status.in_(OPEN_STATES),
-            )
-            .values(
-                status=RequestStatus.FAILED,
-                finished_at=utcnow(),
-                error_user=user_message,
-                error_detail=detail[:4000],
-            )
-        )
 
 
 def upsert_artifact(
