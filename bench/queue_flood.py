@@ -8,12 +8,14 @@ Uses the shipped default model (or MOTIF_DEFAULT_MODEL_PATH) on embedded default
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -115,8 +117,11 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
             for t in s.scalars(select(Request.timings).where(Request.id.in_(ids)))
         ]
         workers = Counter(w for w in s.scalars(select(Request.worker).where(Request.id.in_(ids))))
-    files = list((settings.data_dir / "artifacts" / "requests").glob("*/*"))
-    per = len(ArtifactKind)  # MIDI, audio, piano roll, score, MusicXML: one each
+    files = [p for p in (settings.data_dir / "artifacts" / "requests").rglob("*") if p.is_file()]
+    received = tasks_received(settings.data_dir.glob("worker-*.log"))
+    # MIDI, audio, piano roll, score, MusicXML, PDF: one each (a score's second page only
+    # when it has one, which a flood's short requests do not)
+    per = len(set(ArtifactKind) - {ArtifactKind.SCORE_2})
     return {
         "requests": n_requests,
         "workers": n_workers,
@@ -132,7 +137,27 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
         "median_batch": statistics.median(batches) if batches else None,
         "max_batch": max(batches) if batches else None,
         "claiming_processes": len(workers),
+        # messages the workers received, per request (1.0 each when nothing is sent twice)
+        "generate_messages": received["motif.generate"],
+        "render_messages": received["motif.render"],
+        "generate_per_request": round(received["motif.generate"] / n_requests, 3),
+        "render_per_request": round(received["motif.render"] / n_requests, 3),
     }
+
+
+def tasks_received(logs: Iterable[Path]) -> Counter[str]:
+    """How many messages of each task the workers received, from their logs (Celery logs
+    `Task <name>[<id>] received` for each)."""
+    found: Counter[str] = Counter()
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            match = RECEIVED.search(line)
+            if match:
+                found[match.group(1)] += 1
+    return found
+
+
+RECEIVED = re.compile(r"Task ([\w.]+)\[[^\]]+\] received")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,17 @@ Each scenario, on a fresh embedded Motif in a temp folder with the shipped defau
   again → all 4 done (the time counts from the broker's restart)
 - postgres: an own Postgres database made unreachable for 10 s mid-generation (3 requests) →
   all 3 done (the time counts from the database's return)
-Figures: seconds from the fault's end to done, median of the repeats; the default reaper
-interval (5 s), worker heartbeat (5 s), resend age (10 s) and claim lease (30 s) apply.
+- postgres-batch: the same, 15 s, while three 256-bar requests are batched together → all 3
+  done (from the database's return)
+- flood (no fault at all): 200 requests (`--flood-requests`) queued at once, two `gpu,cpu`
+  workers → messages the workers received per request and stage (generate and render; 1.0
+  when nothing is sent twice)
+- stale-claimant: the generating pool child SIGSTOPped for 40 s while a second worker runs,
+  then SIGCONTed once the request is done by the other one → files and row fields the stale
+  claimant changed after the takeover (0 when fenced)
+Figures: seconds from the fault's end to done, median of the repeats (the unit column says
+otherwise); the default reaper interval (5 s), worker heartbeat (5 s), resend age (10 s) and
+claim lease (30 s) apply.
 """
 
 from __future__ import annotations
@@ -81,11 +90,9 @@ def _ready(settings: Settings, timeout: float = 180.0) -> None:
         time.sleep(0.2)
 
 
-def _submit(service: JobService, n: int) -> list[int]:
-    return [
-        service.compose(Requester(discord_id=i), validate_options(bars=4), SEED, "ode.mid")
-        for i in range(n)
-    ]
+def _submit(service: JobService, n: int, bars: int = 4) -> list[int]:
+    options = validate_options(bars=bars, settings=service.settings)
+    return [service.compose(Requester(discord_id=i), options, SEED, "ode.mid") for i in range(n)]
 
 
 def _wait(service: JobService, ids: list[int], timeout: float = 300.0) -> None:
@@ -219,7 +226,7 @@ def _control(call: Callable[[], object], timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def postgres(folder: Path) -> float:
+def postgres(folder: Path, bars: int = 4, outage_s: float = 10.0) -> float:
     name = f"motif_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
@@ -229,17 +236,18 @@ def postgres(folder: Path) -> float:
 
     sql(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    settings = _settings(folder, database_url=url, batch_wait_ms=1500)
+    settings = _settings(folder, database_url=url, batch_wait_ms=1500, max_bars=max(64, bars))
     db.upgrade(url)
     w = Worker(settings, "w1")
     try:
         _ready(settings)
         service = JobService(settings)
-        ids = _submit(service, 3)
+        ids = _submit(service, 3, bars=bars)
         _generating(service, ids[0])
+        time.sleep(2.0)  # the batch wait is over: the three decode together
         sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        time.sleep(10)
+        time.sleep(outage_s)
         sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         t = time.monotonic()
         _wait(service, ids)
@@ -253,31 +261,122 @@ def postgres(folder: Path) -> float:
         admin.dispose()
 
 
+def postgres_batch(folder: Path) -> float:
+    return postgres(folder, bars=256, outage_s=15.0)
+
+
+def flood_messages(folder: Path) -> float:
+    """Messages received per request and stage in a fault-free flood (the larger of the two)."""
+    from bench.queue_flood import flood
+
+    settings = _settings(
+        folder,
+        queue_cap=10_000,
+        user_rate_per_min=10_000,
+        user_max_concurrent=10_000,
+        guild_max_open=10_000,
+    )
+    result = flood(settings, n_requests=FLOOD_REQUESTS[0], n_workers=2, bars=2)
+    if not result["all_done"]:
+        raise RuntimeError(f"flood not all done: {result}")
+    print(
+        f"  flood: {result['requests']} requests, {result['generate_messages']} generate and "
+        f"{result['render_messages']} render messages, {result['requests_per_s']} requests/s, "
+        f"median batch {result['median_batch']}",
+        flush=True,
+    )
+    return max(float(result["generate_per_request"]), float(result["render_per_request"]))
+
+
+FLOOD_REQUESTS = [200]
+
+
+def stale_claimant(folder: Path) -> float:
+    """Writes by a hung claimant after it was taken over: files added or changed, plus the
+    request row's fields that changed, once it runs again."""
+    settings = _settings(folder, batch_wait_ms=2000)
+    db.upgrade(settings.sqlalchemy_url)
+    workers = [Worker(settings, "w1"), Worker(settings, "w2")]
+    child = None
+    try:
+        _ready(settings)
+        while len(_live(settings)) < 2:
+            time.sleep(0.2)
+        service = JobService(settings)
+        (rid,) = _submit(service, 1)
+        child = _generating(service, rid)
+        os.kill(child, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _wait(service, [rid], timeout=300)
+        print(f"  stale-claimant: done by the other worker {time.monotonic() - stopped:.1f} s "
+              "after the stop", flush=True)  # fmt: skip
+        time.sleep(max(0.0, 40.0 - (time.monotonic() - stopped)))
+        files, row = _snapshot(settings, rid)
+        os.kill(child, signal.SIGCONT)
+        child = None
+        time.sleep(25)  # the stale claimant finishes its decode and tries to keep it
+        files_after, row_after = _snapshot(settings, rid)
+        changed = sum(1 for k, v in files_after.items() if files.get(k) != v)
+        return float(changed + sum(1 for k in row if row[k] != row_after[k]))
+    finally:
+        if child is not None:
+            os.kill(child, signal.SIGCONT)
+        for w in workers:
+            w.kill()
+
+
+def _snapshot(settings: Settings, rid: int) -> tuple[dict[str, tuple[int, int]], dict]:
+    base = settings.data_dir / "artifacts" / "requests" / str(rid)
+    files = {
+        str(p.relative_to(base)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in base.rglob("*")
+        if p.is_file()
+    }
+    with session_scope(settings.sqlalchemy_url) as s:
+        req = s.get(Request, rid)
+        assert req is not None
+        row = {
+            "status": req.status,
+            "attempts": req.attempts,
+            "timings": dict(req.timings or {}),
+            "result_tune_id": req.result_tune_id,
+            "artifacts": sorted((a.kind.value, a.key, a.size) for a in req.artifacts),
+        }
+    return files, row
+
+
 SCENARIOS: dict[str, Callable[[Path], float]] = {
     "pool-child": pool_child,
     "worker": whole_worker,
     "broker": broker,
     "postgres": postgres,
+    "postgres-batch": postgres_batch,
+    "flood": flood_messages,
+    "stale-claimant": stale_claimant,
 }
+UNITS = {"flood": "messages per request and stage", "stale-claimant": "writes after takeover"}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+    p.add_argument("--flood-requests", type=int, default=200)
     args = p.parse_args(argv)
+    FLOOD_REQUESTS[0] = args.flood_requests
     names = args.only or list(SCENARIOS)
     with open("/proc/cpuinfo") as fh:
         cpu = next((line.split(":", 1)[1].strip() for line in fh if "model name" in line), "?")
     print(f"cpu: {cpu}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f} at start")
-    print("| fault | recovery s, median | each run |\n|---|---:|---|")
+    print("| fault | median | each run | unit |\n|---|---:|---|---|")
     for name in names:
         runs = []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory(prefix=f"motif-recovery-{name}-") as folder:
                 runs.append(SCENARIOS[name](Path(folder)))
-        each = ", ".join(f"{r:.1f}" for r in runs)
-        print(f"| {name} | {statistics.median(runs):.1f} | {each} |", flush=True)
+        each = ", ".join(f"{r:.2f}" for r in runs)
+        unit = UNITS.get(name, "s from the fault's end to done")
+        print(f"| {name} | {statistics.median(runs):.2f} | {each} | {unit} |", flush=True)
     print(f"load {os.getloadavg()[0]:.2f} at end")
     return 0
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from engine.errors import MotifError
-from engine.settings import Settings, get_settings
+from engine.settings import Settings, bad_setting_line, get_settings, hide_password
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import ALIVE_HEARTBEATS, Worker, utcnow
@@ -51,13 +51,43 @@ def check_broker(settings: Settings, timeout_s: float = 3.0) -> str:
     from engine.worker.app import make_app
 
     app = make_app(settings)
+    url = settings.celery_broker_url
+    shown = f"{url} ({settings.broker_folder})" if url == "filesystem://" else hide_password(url)
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
-            where = conn.as_uri()  # the password is masked
     except Exception as exc:  # noqa: BLE001 - any transport error means "cannot reach it"
-        raise Unhealthy(f"broker unreachable: {type(exc).__name__}: {exc}") from exc
-    return f"broker {where}"
+        raise Unhealthy(f"broker unreachable ({shown}): {type(exc).__name__}: {exc}") from exc
+    return f"broker {shown}"
+
+
+def check_backend(settings: Settings, timeout_s: float = 3.0) -> str:
+    """The Celery result backend answers (a database it can open, a Redis that pings)."""
+    url = settings.celery_result_backend
+    shown = hide_password(url)
+    try:
+        if url.startswith("db+"):
+            from sqlalchemy import text
+
+            with db.engine_for(url[3:]).connect() as conn:
+                conn.execute(text("SELECT 1"))
+        elif url.startswith(("redis://", "rediss://")):
+            import redis
+
+            client = redis.Redis.from_url(
+                url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+            )
+            try:
+                client.ping()
+            finally:
+                client.close()
+        # rpc:// keeps results on the broker, checked by check_broker
+    except Exception as exc:  # noqa: BLE001 - any error means "cannot reach it"
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        raise Unhealthy(
+            f"result backend unreachable ({shown}): {type(exc).__name__}: {reason}"
+        ) from exc
+    return f"result backend {shown}"
 
 
 def host_of(worker_hostname: str) -> str:
@@ -124,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
     except Exception as exc:  # noqa: BLE001 - a bad setting is a reason, not a traceback
-        print(f"unhealthy ({args.role}): invalid settings: {exc}".replace("\n", " "))
+        print(f"unhealthy ({args.role}): {bad_setting_line(exc)}")
         return 1
     return health(settings, args.role)
 

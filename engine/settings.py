@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine import setting_checks as checks
 from engine.music.catalog import MAX_BARS_CEILING
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -80,6 +81,8 @@ class Settings(BaseSettings):
     claim_lease_s: float = Field(default=30.0, gt=0)  # a generating row's claimant beats ≤ 2 s
     resend_after_s: float = Field(default=10.0, gt=0)
     broker_timeout_s: float = Field(default=5.0, gt=0)  # connect and socket timeouts on sends
+    # kombu retries a refused connect with sleeps in between: this bounds them (0: one try)
+    broker_connect_retries: int = Field(default=0, ge=0, le=100)
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
     broker_polling_interval_s: float = Field(default=0.1, gt=0)
     # Celery's soft limit (the task fails with a clear message); the hard one, a little later,
@@ -105,7 +108,57 @@ class Settings(BaseSettings):
     @field_validator("data_dir", "output_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+        value = value.expanduser()
+        checks.check_folder(value)
+        return value
+
+    @field_validator("default_model_path", "corpus_path", mode="after")
+    @classmethod
+    def _file(cls, value: Path) -> Path:
+        value = value.expanduser()
+        checks.check_file(value)
+        return value
+
+    @field_validator("soundfont", mode="after")
+    @classmethod
+    def _soundfont(cls, value: str) -> str:
+        if value:
+            checks.check_file(Path(value).expanduser())
+        return value
+
+    # Each URL is checked by scheme, with its driver or transport installed (engine.setting_checks).
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value:
+            checks.check_database_url(value)
+        return value
+
+    @field_validator("broker_url", mode="after")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value:
+            checks.check_broker_url(value)
+        return value
+
+    @field_validator("result_backend", mode="after")
+    @classmethod
+    def _result_backend(cls, value: str) -> str:
+        if value:
+            checks.check_result_backend(value)
+        return value
+
+    @field_validator("artifact_url", mode="after")
+    @classmethod
+    def _artifact_url(cls, value: str) -> str:
+        if value:
+            checks.check_artifact_url(value)
+        return value
+
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        return checks.check_log_level(value)
 
     def __repr_args__(self):
         # repr(settings) and str(settings) end up in logs and tracebacks: no passwords there.
@@ -164,6 +217,34 @@ class Settings(BaseSettings):
     @property
     def owners(self) -> frozenset[int]:
         return self._ids(self.owner_user_ids)
+
+
+def bad_setting_line(exc: Exception) -> str:
+    """One line for a settings error: the setting, its value (password hidden, a token never
+    shown) and what is accepted. `exc` is pydantic's ValidationError; anything else is shown
+    by its first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ()))
+            msg = str(first.get("msg", "")).removeprefix("Value error, ")
+            value = first.get("input")
+        except Exception:  # noqa: BLE001 - fall back to the text below
+            pass
+        else:
+            name = (
+                field.upper() if field.upper().startswith("DISCORD") else f"MOTIF_{field.upper()}"
+            )
+            if "token" in field.lower():
+                shown = "***"
+            elif isinstance(value, str | int | float | Path):
+                shown = hide_password(str(value))
+            else:
+                shown = ""
+            return f"bad setting {name}={shown!r}: {msg}" if shown else f"bad setting {name}: {msg}"
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ import io
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -148,9 +149,19 @@ def small_png(png: bytes, limit: int = MAX_PNG_BYTES) -> bytes:
     return out.getvalue()
 
 
-def score_png(xml: str, *, width_px: int = PAGE_WIDTH_PX) -> bytes:
-    """The first page of a MusicXML score as a PNG on white, under MAX_PNG_BYTES."""
-    return small_png(svg_to_png(engrave_svg(xml, width_px=width_px)))
+Step = Callable[[], None]
+
+
+def _no_step() -> None:
+    pass
+
+
+def score_png(xml: str, *, width_px: int = PAGE_WIDTH_PX, step: Step | None = None) -> bytes:
+    """The first page of a MusicXML score as a PNG on white, under MAX_PNG_BYTES. `step` is
+    called between the engraving's long calls (see `engrave_score`)."""
+    svg = engrave_svg(xml, width_px=width_px)
+    (step or _no_step)()
+    return small_png(svg_to_png(svg))
 
 
 @dataclass(frozen=True)
@@ -162,13 +173,25 @@ class EngravedScore:
     page_count: int
 
 
-def engrave_score(xml: str, *, chat_pages: int = CHAT_PAGES) -> EngravedScore:
+def engrave_score(
+    xml: str, *, chat_pages: int = CHAT_PAGES, step: Step | None = None
+) -> EngravedScore:
     """A score laid out once: its first `chat_pages` pages rasterised for chat, every page
-    drawn as vectors in the PDF."""
+    drawn as vectors in the PDF. `step` is called between the long calls (the layout, each
+    page's rasterising, the PDF): a worker's heartbeat, since verovio and resvg keep the GIL
+    for seconds on a long score, so no other thread runs meanwhile."""
+    step = step or _no_step
     svgs = engrave_pages(xml)
+    pages: list[bytes] = []
+    for svg in svgs[:chat_pages]:
+        step()
+        pages.append(small_png(svg_to_png(svg)))
+    step()
+    pdf = pages_pdf(svgs, page_width_px=PAGE_WIDTH_PX)
+    step()
     return EngravedScore(
-        pages=tuple(small_png(svg_to_png(svg)) for svg in svgs[:chat_pages]),
-        pdf=pages_pdf(svgs, page_width_px=PAGE_WIDTH_PX),
+        pages=tuple(pages),
+        pdf=pdf,
         bars_shown=sum(page_bars(svg) for svg in svgs[:chat_pages]),
         bars_total=sum(page_bars(svg) for svg in svgs),
         page_count=len(svgs),
@@ -202,13 +225,18 @@ def result_key(midi: bytes, seed: Piece | None, continuation: Piece) -> tuple[in
 
 
 def engrave_result(
-    midi: bytes, seed: Piece | None, continuation: Piece, *, title: str
+    midi: bytes,
+    seed: Piece | None,
+    continuation: Piece,
+    *,
+    title: str,
+    step: Step | None = None,
 ) -> EngravedResult:
     """The MusicXML of a result, its score pages and PDF. The MusicXML is always written; a
-    score verovio or resvg fails on is logged and left out."""
+    score verovio or resvg fails on is logged and left out. `step`: see `engrave_score`."""
     xml = score_xml(seed, continuation, key=result_key(midi, seed, continuation), title=title)
     try:
-        score = engrave_score(xml)
+        score = engrave_score(xml, step=step)
     except Exception:  # noqa: BLE001 - the piano roll and the MusicXML still show the result
         log.exception("engraving the score failed")
         return EngravedResult(musicxml=xml.encode("utf-8"))

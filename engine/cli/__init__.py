@@ -19,7 +19,7 @@ from engine.cli.operations import (
     cmd_status,
 )
 from engine.errors import MotifError
-from engine.settings import get_settings
+from engine.settings import bad_setting_line, get_settings
 
 log = logging.getLogger("motif")
 
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     # Exit codes (docs/cli.md): 0 done; 1 the request failed or timed out; 2 refused or a
     # service unreachable (one line saying which); 70 an unexpected error; 130 interrupted.
     try:
-        level = getattr(logging, get_settings().log_level, 20)
+        level = getattr(logging, get_settings().log_level)
     except Exception as exc:  # noqa: BLE001 - a bad setting in the environment or .env
-        print(f"motif: bad settings: {_first_line(exc)}", file=sys.stderr)
+        print(f"motif: {bad_setting_line(exc)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else level,

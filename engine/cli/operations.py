@@ -118,7 +118,17 @@ def cmd_status(_: argparse.Namespace) -> int:
     print(f"audio here: {renderer_description(settings)}")
     for w in st.workers:
         print(f"  worker {w}")
-    return 0
+    # deferred: engine.health builds a Celery app for the broker check
+    from engine.health import Unhealthy, check_backend, check_broker
+
+    failed = False
+    for check in (check_broker, check_backend):
+        try:
+            print(check(settings, settings.broker_timeout_s))
+        except Unhealthy as exc:
+            print(f"motif: {exc}", file=sys.stderr)
+            failed = True
+    return 2 if failed else 0
 
 
 def cmd_delegate(module: str, argv: list[str]) -> int:

@@ -179,7 +179,17 @@ def migration_lock(url: str) -> Iterator[None]:
     path = _sqlite_path(url)
     if path is not None:
         _prepare_sqlite_folder(url)
-        with open(f"{path}.migrate.lock", "a") as fh:
+        lock = f"{path}.migrate.lock"
+        try:
+            fh = open(lock, "a")  # noqa: SIM115 - closed by the `with` below
+        except OSError as exc:
+            # a read-only (or full) database folder: no database can be written there either
+            raise ServiceUnavailable(
+                f"The database folder {path.parent} cannot be written: {lock} could not be "
+                f"created ({exc.strerror or exc}).",
+                detail=str(exc),
+            ) from exc
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

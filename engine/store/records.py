@@ -193,8 +193,8 @@ class Request(Base):
     status: Mapped[RequestStatus] = mapped_column(_enum(RequestStatus), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     generating_at: Mapped[datetime | None]
-    rendering_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    rendering_at: Mapped[datetime | None] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
     heartbeat_at: Mapped[datetime | None]
     # the outbox: when this row's current message was last handed to the broker (None: never;
     # the reaper sends it). A queued row always has a message on its way.
@@ -204,7 +204,10 @@ class Request(Base):
     delivery_claimed_by: Mapped[str | None] = mapped_column(String(200))
     delivery_claimed_until: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # the claimant of the current stage (`host:pid`; None: nobody holds it) and the queues its
+    # worker takes (`gpu,cpu`): a stage is busy while any worker taking its queue works
     worker: Mapped[str | None] = mapped_column(String(200))
+    worker_queues: Mapped[str | None] = mapped_column(String(100))
     device: Mapped[str | None] = mapped_column(String(32))
     model_version: Mapped[str | None] = mapped_column(String(64))
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

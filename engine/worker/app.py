@@ -60,6 +60,18 @@ def celery_config(settings: Settings) -> dict[str, object]:
             "socket_connect_timeout": settings.broker_timeout_s,
             "socket_timeout": max(settings.broker_timeout_s, 5.0),  # above BRPOP's 1 s wait
         }
+    if not url.startswith("filesystem://"):
+        # A send's connect is retried by kombu (retry_over_time), sleeping between tries: 8
+        # sleeps (6 s) by default, for every send to a broker that is down. Bounded here; a
+        # worker's own reconnect loop is Celery's (broker_connection_max_retries) and unchanged.
+        options = dict(config.get("broker_transport_options") or {})  # type: ignore[call-overload]
+        options.update(
+            max_retries=settings.broker_connect_retries,
+            interval_start=0.2,
+            interval_step=0.5,
+            interval_max=1.0,
+        )
+        config["broker_transport_options"] = options
     if settings.celery_result_backend.startswith("db+sqlite"):
         make_folder(settings.data_dir)
     return config

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from celery import chain
 from celery.exceptions import CeleryError
 from kombu.exceptions import KombuError, OperationalError
 
@@ -71,16 +70,11 @@ def _send(settings: Settings, what: str, fn) -> None:
 
 
 def dispatch_request(request_id: int, settings: Settings | None = None) -> None:
-    """Generation then rendering, as a chain of two thin tasks that take the request id."""
-    settings = settings or get_settings()
-
-    def send(app) -> None:
-        chain(
-            app.signature(TASK_GENERATE, args=(request_id,), queue=GPU_QUEUE, immutable=True),
-            app.signature(TASK_RENDER, args=(request_id,), queue=CPU_QUEUE, immutable=True),
-        ).apply_async(retry=False, ignore_result=True)
-
-    _send(settings, f"request {request_id}", send)
+    """The generate task; it sends the render of each request it generated (engine.worker.tasks),
+    so a request batched by another message gets no second render."""
+    _send_one(
+        settings or get_settings(), f"request {request_id}", TASK_GENERATE, request_id, GPU_QUEUE
+    )
 
 
 def dispatch_render(request_id: int, settings: Settings | None = None) -> None:

@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from sqlalchemy import update
+
 from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.endings import reopened
 from engine.music.midi import load_seed
@@ -15,8 +17,8 @@ from engine.music.result_midi import to_midi_bytes
 from engine.service.options import ComposeOptions
 from engine.service.tunes import store_tune
 from engine.settings import Settings
-from engine.store.artifacts import store_for
-from engine.store.db import session_scope
+from engine.store.artifacts import ArtifactStore, store_for
+from engine.store.db import dml, session_scope
 from engine.store.records import (
     ArtifactKind,
     Request,
@@ -24,7 +26,8 @@ from engine.store.records import (
     TuneSource,
     utcnow,
 )
-from engine.worker.claims import fail, upsert_artifact
+from engine.worker.claims import upsert_artifact
+from engine.worker.fencing import Beats, Claim, fail_claimed
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +62,20 @@ def load_job(request_id: int, settings: Settings) -> Job:
     return Job(request_id=request_id, options=options, seed=seed, seed_midi=seed_midi)
 
 
-def _load_jobs(request_ids: list[int], settings: Settings) -> list[Job]:
+def _load_jobs(claims: list[Claim], settings: Settings) -> list[tuple[Claim, Job]]:
     """The claimed requests' jobs; a request whose seed cannot be read fails alone."""
-    jobs: list[Job] = []
-    for rid in request_ids:
+    jobs: list[tuple[Claim, Job]] = []
+    for claim in claims:
+        rid = claim.request_id
         try:
-            jobs.append(load_job(rid, settings))
+            jobs.append((claim, load_job(rid, settings)))
         except ServiceUnavailable:
             raise  # the task retries once the database is back
         except MotifError as exc:
-            fail(rid, settings, public_message(exc), exc.detail)
+            fail_claimed(claim, settings, public_message(exc), exc.detail)
         except Exception as exc:  # noqa: BLE001 - one bad row must not sink the batch
             log.exception("could not load request %s", rid)
-            fail(rid, settings, "Something went wrong reading your seed.", repr(exc))
+            fail_claimed(claim, settings, "Something went wrong reading your seed.", repr(exc))
     return jobs
 
 
@@ -103,14 +107,18 @@ def _as_asked(job: Job, cont: Piece) -> tuple[Piece | None, Piece]:
     return seed, cont
 
 
-def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
-    """Continue every claimed request's seed in one batched decode. Returns the ids finished."""
+def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> list[int]:
+    """Continue every claimed request's seed in one batched decode. Returns the ids finished.
+
+    Each result is kept only while its claim holds (engine.worker.fencing): its MIDI goes under
+    the attempt's key, and the row moves on to rendering in one transaction conditional on the
+    claim; a claim taken over meanwhile writes nothing (its file is removed)."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.checkpoint import device_label
     from engine.model.generate.continuation import GenerationRequest, continue_batch
     from engine.worker.loaded import get_model
 
-    jobs = _load_jobs(request_ids, settings)
+    jobs = _load_jobs(claims, settings)
     if not jobs:
         return []
     version, model = get_model(settings)
@@ -128,38 +136,73 @@ def generate_batch(request_ids: list[int], settings: Settings) -> list[int]:
             tempo_bpm=job.options.tempo,
             ending="open" if job.options.ending == "open" else "close",
         )
-        for job in jobs
+        for _, job in jobs
     ]
     continuations = continue_batch(model, gen_requests)
     elapsed = time.perf_counter() - started
     store = store_for(settings.artifact_root)
     finished: list[int] = []
-    for job, cont in zip(jobs, continuations, strict=True):
+    for (claim, job), cont in zip(jobs, continuations, strict=True):
+        if claim.request_id in beats.lost:
+            log.warning("request %s was taken over: its result is dropped", claim.request_id)
+            continue
         seed, cont = _as_asked(job, cont)
         midi = to_midi_bytes(seed, cont)  # no seed: one track, named continuation
-        key = f"requests/{job.request_id}/motif-{job.request_id}.mid"
+        key = claim.key(f"motif-{job.request_id}.mid")
         store.put(key, midi)
-        with session_scope(settings.sqlalchemy_url) as session:
-            req = session.get(Request, job.request_id)
-            if req is None or req.status is not RequestStatus.GENERATING:
-                continue  # cancelled or reaped meanwhile: drop this result
-            full = Piece((seed.notes if seed else ()) + cont.notes, tempo_bpm=cont.tempo_bpm)
-            tune = store_tune(
-                session,
-                store,
-                midi,
-                full,
-                source=TuneSource.GENERATION,
-                owner_id=req.user_id,
-                name=f"motif-{req.id}",
-            )
-            upsert_artifact(session, req.id, ArtifactKind.MIDI, key, midi, "audio/midi")
-            req.result_tune_id = tune.id
-            req.model_version = version
-            req.device = device
-            req.status = RequestStatus.RENDERING
-            req.rendering_at = utcnow()
-            req.heartbeat_at = utcnow()
-            req.timings = _generation_timings(req, elapsed, len(jobs), len(cont.notes))
-        finished.append(job.request_id)
+        full = Piece((seed.notes if seed else ()) + cont.notes, tempo_bpm=cont.tempo_bpm)
+        timing = (elapsed, len(jobs), len(cont.notes))
+        if _keep(claim, settings, store, (midi, full, key), version, device, timing):
+            finished.append(job.request_id)
+        else:
+            # cancelled, or taken over meanwhile: this attempt's file is nobody's
+            store.delete(key)
+            beats.lost.add(claim.request_id)
     return finished
+
+
+def _keep(
+    claim: Claim,
+    settings: Settings,
+    store: ArtifactStore,
+    result: tuple[bytes, Piece, str],
+    version: str,
+    device: str,
+    timing: tuple[float, int, int],
+) -> bool:
+    """generating → rendering with the result, if the claim still holds (one transaction: the
+    conditional UPDATE comes first, so nothing else is written when it is refused). The row is
+    handed over with no claimant: the render stage claims it (engine.worker.claims)."""
+    midi, full, key = result
+    with session_scope(settings.sqlalchemy_url) as session:
+        now = utcnow()
+        moved = dml(
+            session,
+            update(Request)
+            .where(*claim.holds())
+            .values(
+                status=RequestStatus.RENDERING,
+                rendering_at=now,
+                heartbeat_at=now,
+                worker=None,  # worker_queues stays: who generated it (reaper.stage_busy)
+                model_version=version,
+                device=device,
+            ),
+        ).rowcount
+        if not moved:
+            return False
+        req = session.get(Request, claim.request_id, populate_existing=True)
+        assert req is not None
+        tune = store_tune(
+            session,
+            store,
+            midi,
+            full,
+            source=TuneSource.GENERATION,
+            owner_id=req.user_id,
+            name=f"motif-{req.id}",
+        )
+        upsert_artifact(session, req.id, ArtifactKind.MIDI, key, midi, "audio/midi")
+        req.result_tune_id = tune.id
+        req.timings = _generation_timings(req, *timing)
+    return True

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -141,11 +142,14 @@ def presence_alive(node: str, pid: int) -> bool:
     return node.rpartition("@")[2] != socket.gethostname() or process_alive(pid)
 
 
-def live_queues_in(session: Session, settings: Settings) -> set[str]:
+def live_queues_in(
+    session: Session, settings: Settings, started_before: datetime | None = None
+) -> set[str]:
     """The queues that live workers take: fresh presence rows, less those whose process on this
-    machine is dead."""
+    machine is dead; with `started_before`, only workers up since then."""
     since = alive_since(settings.worker_heartbeat_s)
-    rows = session.execute(
-        select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
-    )
+    query = select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
+    if started_before is not None:
+        query = query.where(Worker.started_at < started_before)
+    rows = session.execute(query)
     return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}

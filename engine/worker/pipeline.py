@@ -20,9 +20,16 @@ from engine.store.records import (
     RequestKind,
     RequestStatus,
 )
-from engine.worker.claims import RowNotVisible, claim_for_generation, drain_queued, fail, heartbeat
+from engine.worker.claims import (
+    beat_interval_s,
+    claim_for_generation,
+    drain_queued,
+    fail_abandoned,
+    release_stale_own,
+)
+from engine.worker.fencing import Claim, fail_claimed, heartbeat
 from engine.worker.generation import generate_batch
-from engine.worker.rendering import render_request
+from engine.worker.rendering import render_request, took_too_long
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +37,45 @@ log = logging.getLogger(__name__)
 def run_generation(request_id: int, settings: Settings | None = None) -> list[int]:
     """Claim this request, drain more waiting ones into the batch, generate. Returns ids done."""
     settings = settings or get_settings()
-    if not claim_for_generation(request_id, settings):
+    # A batch this process claimed before a database outage is queued again first, so the
+    # claim below takes it up again as a batch (engine.worker.claims.release_stale_own).
+    release_stale_own(settings)
+    claim = claim_for_generation(request_id, settings)
+    if claim is None:
         return []
-    batch = [request_id]
+    claims = [claim]
     try:
         # The heartbeat covers the batching wait too: the list grows as requests are drained.
-        with heartbeat(batch, settings):
+        with heartbeat(claims, settings, beat_interval_s(settings)) as beats:
             if settings.batch_wait_ms:
                 time.sleep(settings.batch_wait_ms / 1000)
-            batch.extend(drain_queued(settings, settings.batch_size - 1, {request_id}))
-            return generate_batch(batch, settings)
+            claims.extend(drain_queued(settings, settings.batch_size - 1, {request_id}))
+            return generate_batch(claims, settings, beats)
     except ServiceUnavailable:
         # The database went away: nothing is failed or acknowledged as failed; the task is
-        # retried with back-off, and the rows claimed here are taken over (claimant_gone).
-        log.warning("database unreachable while generating %s; will retry", batch)
+        # retried with back-off, and its retry queues this batch again (release_stale_own).
+        log.warning("database unreachable while generating %s; will retry", _ids(claims))
         raise
     except MotifError as exc:
-        for rid in batch:
-            fail(rid, settings, public_message(exc), exc.detail)
+        for c in claims:
+            fail_claimed(c, settings, public_message(exc), exc.detail)
         return []
     except SoftTimeLimitExceeded as exc:
-        log.warning("generation of %s ran past its time limit", batch)
-        for rid in batch:
-            fail(rid, settings, took_too_long("Generating", rid), repr(exc))
+        log.warning("generation of %s ran past its time limit", _ids(claims))
+        for c in claims:
+            message = took_too_long("Generating", c.request_id)
+            fail_claimed(c, settings, message, repr(exc))
         return []
     except Exception as exc:
-        log.exception("generation failed for %s", batch)
-        for rid in batch:
-            fail(rid, settings, f"Generation failed (request #{rid}); sorry!", repr(exc))
+        log.exception("generation failed for %s", _ids(claims))
+        for c in claims:
+            rid = c.request_id
+            fail_claimed(c, settings, f"Generation failed (request #{rid}); sorry!", repr(exc))
         return []
+
+
+def _ids(claims: list[Claim]) -> list[int]:
+    return [c.request_id for c in claims]
 
 
 def run_render(request_id: int, settings: Settings | None = None) -> bool:
@@ -68,32 +85,13 @@ def run_render(request_id: int, settings: Settings | None = None) -> bool:
     except ServiceUnavailable:
         log.warning("database unreachable while rendering %s; will retry", request_id)
         raise
-    except MotifError as exc:
-        fail(request_id, settings, public_message(exc), exc.detail)
-        return False
-    except RowNotVisible:
-        raise
-    except SoftTimeLimitExceeded as exc:
-        log.warning("rendering %s ran past its time limit", request_id)
-        fail(request_id, settings, took_too_long("Rendering", request_id), repr(exc))
-        return False
-    except Exception as exc:
-        log.exception("rendering failed for %s", request_id)
-        fail(request_id, settings, f"Rendering failed (request #{request_id}); sorry!", repr(exc))
-        return False
-
-
-def took_too_long(stage: str, request_id: int) -> str:
-    return (
-        f"{stage} request #{request_id} took longer than Motif allows, so it was stopped. "
-        "Try fewer bars or a shorter seed."
-    )
 
 
 def fail_timed_out(stage: str, request_id: int, settings: Settings, exc: BaseException) -> None:
-    """After a hard time limit killed the task (Celery calls on_failure in the worker)."""
+    """After a hard time limit killed the task (Celery calls on_failure in the pool's parent,
+    not in the claimant: see `fail_abandoned` for what it may fail)."""
     if isinstance(exc, TimeLimitExceeded):
-        fail(request_id, settings, took_too_long(stage, request_id), repr(exc))
+        fail_abandoned(request_id, settings, took_too_long(stage, request_id), repr(exc))
 
 
 def process_request(request_id: int, settings: Settings | None = None) -> RequestStatus:

@@ -16,6 +16,7 @@ from engine.music.result_midi import to_midi_bytes
 from engine.service.notify import publish_request_changed
 from engine.settings import Settings, get_settings
 from engine.worker.app import TASK_GENERATE, TASK_RENDER, app
+from engine.worker.claims import set_worker_queues
 from engine.worker.lifecycle import WorkerPresence, record_device
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def _warm_up(sender: object = None, **_: object) -> None:
     one line saying what is in use, and record the model's real device in the worker's row."""
     settings = get_settings()
     queues = consumed_queues()
+    set_worker_queues(queues)  # recorded with each claim: what a busy worker here serves
     device = "cpu"
     model_text = "none (no gpu queue)"
     if queues is None or "gpu" in queues:

@@ -13,8 +13,9 @@ from celery import Task
 from engine.errors import QueueUnreachable, ServiceUnavailable
 from engine.settings import get_settings
 from engine.worker.app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
+from engine.worker.claims import RowNotVisible
 from engine.worker.dispatch import dispatch_render
-from engine.worker.pipeline import RowNotVisible, fail_timed_out, run_generation, run_render
+from engine.worker.pipeline import fail_timed_out, run_generation, run_render
 from engine.worker.retrain import run_training
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,15 @@ _settings = get_settings()
 def generate(request_id: int) -> list[int]:
     settings = get_settings()
     done = run_generation(request_id, settings)
-    # This request's render follows through the chain; batch-mates get their own render.
-    for other in done:
-        if other != request_id:
-            try:
-                dispatch_render(other, settings)
-            except QueueUnreachable:
-                # The row says `rendering`: the reaper re-sends its render when the broker
-                # is back (engine.worker.reaper.resend_lost).
-                log.warning("could not send the render of %s", other)
+    # One render message for each request generated here, this one and its batch-mates alike
+    # (no chain: a generate message whose row was already batched elsewhere sends nothing).
+    for rid in done:
+        try:
+            dispatch_render(rid, settings)
+        except QueueUnreachable:
+            # The row says `rendering`: the reaper re-sends its render when the broker
+            # is back (engine.worker.reaper.resend_lost).
+            log.warning("could not send the render of %s", rid)
     return done
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,99 @@ def test_a_bad_setting_is_one_line_naming_it(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "MOTIF_TORCH_THREADS" in one_line(proc)
+
+
+def motif_with(tmp_path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`motif ARGV…` with the test's settings and the variables `env` on top."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *argv],
+        env=settings_env(make_settings(tmp_path)) | env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Each bad setting of issue #26 (they exited 70, or were accepted), with the commands it broke.
+BAD_SETTINGS = [
+    ("MOTIF_DATABASE_URL", "notaurl", ["db", "upgrade"], "postgresql"),
+    ("MOTIF_DATABASE_URL", "mysql://motif:hunter2@db/motif", ["db", "upgrade"], "sqlite"),
+    ("MOTIF_DATABASE_URL", "postgresql+psycopg2://x@db/m", ["status"], "not installed"),
+    ("MOTIF_BROKER_URL", "foo://bar", ["worker"], "redis://"),
+    ("MOTIF_BROKER_URL", "foo://bar", ["compose", "--no-worker"], "redis://"),
+    ("MOTIF_BROKER_URL", "notaurl", ["compose", "--no-worker"], "amqp://"),
+    ("MOTIF_BROKER_URL", "redis://:hunter2@", ["status"], "no host"),
+    ("MOTIF_RESULT_BACKEND", "foo://bar", ["status"], "db+sqlite"),
+    ("MOTIF_RESULT_BACKEND", "foo://bar", ["worker"], "db+sqlite"),
+    ("MOTIF_ARTIFACT_URL", "nosuch://bucket/x", ["status"], "s3://"),
+    ("MOTIF_LOG_LEVEL", "LOUD", ["status"], "WARNING"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "command", "accepted"), BAD_SETTINGS)
+def test_each_bad_setting_is_exit_2_naming_it_and_what_is_accepted(
+    tmp_path, name, value, command, accepted
+):
+    proc = motif_with(tmp_path, {name: value}, *command)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc)
+    assert line.startswith(f"motif: bad setting {name}=") and "accepted" in line
+    assert accepted in line
+    assert "hunter2" not in proc.stderr  # the value is shown with its password hidden
+    if "hunter2" in value:
+        assert "***" in line
+    else:
+        assert value in line
+    assert not (tmp_path / "var").exists()  # refused before anything was written
+
+
+def test_a_file_where_the_data_folder_goes_is_a_bad_setting(tmp_path):
+    (tmp_path / "a-file").write_text("a file")
+    proc = motif_with(tmp_path, {"MOTIF_DATA_DIR": str(tmp_path / "a-file")}, "status")
+    assert proc.returncode == 2
+    assert "MOTIF_DATA_DIR" in one_line(proc) and "not a folder" in one_line(proc)
+
+
+@pytest.mark.parametrize("which", ["broker_url", "result_backend"])
+def test_status_with_an_unreachable_broker_or_backend_exits_2_saying_which(tmp_path, which):
+    settings = make_settings(tmp_path, **{which: "redis://:hunter2@127.0.0.1:1/0"})
+    proc = motif(settings, "status")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_line(proc)
+    what = "broker" if which == "broker_url" else "result backend"
+    assert line.startswith(f"motif: {what} unreachable") and "127.0.0.1:1" in line
+    assert "hunter2" not in proc.stdout + proc.stderr
+
+
+def test_status_with_everything_reachable_exits_0(tmp_path):
+    proc = motif(make_settings(tmp_path), "status")
+    assert proc.returncode == 0, proc.stderr
+    assert "broker filesystem://" in proc.stdout and "result backend db+sqlite" in proc.stdout
+
+
+def _read_only_folder(tmp_path) -> Path:
+    """A folder this process cannot write to: a 0555 folder, or (as root, who writes there
+    anyway) /sys/fs, which the kernel refuses."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        folder = Path("/sys/fs")
+    try:
+        (folder / "probe").open("a").close()
+    except OSError:
+        return folder
+    pytest.skip(f"no read-only folder to test with ({folder} is writable)")
+
+
+def test_db_upgrade_on_a_read_only_data_folder_is_one_line_rc_2(tmp_path):
+    folder = _read_only_folder(tmp_path)
+    proc = motif(make_settings(tmp_path, data_dir=folder), "db", "upgrade")
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc)
+    assert f"database folder {folder} cannot be written" in line
+    assert not list(folder.glob("motif.db*"))
 
 
 @pytest.mark.slow

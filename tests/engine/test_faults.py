@@ -55,10 +55,11 @@ def _one_set_of_artifacts(settings, rid: int) -> None:
             a.kind.value for a in s.scalars(select(Artifact).where(Artifact.request_id == rid))
         )
     assert kinds == ["audio", "image", "midi", "musicxml", "pdf", "score"]
-    files = sorted(
-        p.name for p in (settings.data_dir / "artifacts" / "requests" / str(rid)).iterdir()
-    )
-    assert files == sorted(
+    # one set of files: an interrupted attempt keeps none (each attempt writes under its own
+    # key, and a refused commit removes what it wrote)
+    base = settings.data_dir / "artifacts" / "requests" / str(rid)
+    files = [p.relative_to(base) for p in base.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == sorted(
         f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml", ".pdf")
     )
 

@@ -69,19 +69,53 @@ def queued_request(tmp_path):  # type: ignore[no-untyped-def]
     return service, settings, service.compose(Requester(discord_id=3), validate_options(bars=2))
 
 
+def _hold(settings, rid, status, worker):  # type: ignore[no-untyped-def]
+    """The row as a stage holds it: `status`, claimed by `worker` (None: handed over)."""
+    from sqlalchemy import update
+
+    from engine.store.db import session_scope
+    from engine.store.records import Request, utcnow
+
+    with session_scope(settings.sqlalchemy_url) as s:
+        s.execute(
+            update(Request)
+            .where(Request.id == rid)
+            .values(status=status, worker=worker, heartbeat_at=utcnow(), attempts=1)
+        )
+
+
 def test_a_render_past_its_soft_limit_fails_with_a_clear_message(queued_request, monkeypatch):
-    from engine.worker import pipeline
+    from engine.store.records import RequestStatus
+    from engine.worker import pipeline, rendering
 
     service, settings, rid = queued_request
+    _hold(settings, rid, RequestStatus.RENDERING, None)  # generated, its render not claimed
 
-    def stuck(request_id, settings):  # type: ignore[no-untyped-def]
+    def stuck(claim, settings):  # type: ignore[no-untyped-def]
         raise SoftTimeLimitExceeded()  # what Celery raises in the task at its soft limit
 
-    monkeypatch.setattr(pipeline, "render_request", stuck)
+    monkeypatch.setattr(rendering, "_render_claimed", stuck)
     assert pipeline.run_render(rid, settings) is False
     progress = service.progress(rid)
     assert progress.status.value == "failed"
     assert progress.error_user.startswith(f"Rendering request #{rid} took longer than Motif allows")
+
+
+def test_a_generation_past_its_soft_limit_fails_its_claim_with_a_clear_message(
+    queued_request, monkeypatch
+):
+    from engine.worker import pipeline
+
+    service, settings, rid = queued_request
+
+    def stuck(claims, settings, beats):  # type: ignore[no-untyped-def]
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(pipeline, "generate_batch", stuck)
+    assert pipeline.run_generation(rid, settings) == []
+    progress = service.progress(rid)
+    assert progress.status.value == "failed"
+    assert progress.error_user.startswith(f"Generating request #{rid} took longer")
 
 
 def test_a_task_killed_at_its_hard_limit_fails_its_request(queued_request, monkeypatch):
@@ -94,5 +128,34 @@ def test_a_task_killed_at_its_hard_limit_fails_its_request(queued_request, monke
     assert tasks.generate.soft_time_limit == settings.generate_time_limit_s
     # Celery calls on_failure in the worker when it kills a task at the hard limit
     tasks.generate.on_failure(TimeLimitExceeded(615), "task-id", (rid,), {}, None)
+    progress = service.progress(rid)
+    assert progress.status.value == "failed" and "took longer" in progress.error_user
+
+
+def test_the_hard_limit_fails_the_killed_childs_claim_but_never_a_live_claimant(
+    queued_request, monkeypatch
+):
+    """on_failure runs in the pool's parent, before it kills the child: the row held by one of
+    its children is failed; a row a live process elsewhere holds (a takeover) is left alone."""
+    import os
+    import socket
+    import subprocess
+
+    from engine.store.records import RequestStatus
+    from engine.worker import tasks
+
+    service, settings, rid = queued_request
+    monkeypatch.setattr(tasks, "get_settings", lambda: settings)
+    host = socket.gethostname()
+    _hold(settings, rid, RequestStatus.RENDERING, f"{host}:{os.getppid()}")  # alive, not ours
+    tasks.render.on_failure(TimeLimitExceeded(105), "task-id", (rid,), {}, None)
+    assert service.progress(rid).status.value == "rendering"
+    child = subprocess.Popen(["sleep", "30"])  # a pool child of this process, still running
+    try:
+        _hold(settings, rid, RequestStatus.RENDERING, f"{host}:{child.pid}")
+        tasks.render.on_failure(TimeLimitExceeded(105), "task-id", (rid,), {}, None)
+    finally:
+        child.kill()
+        child.wait()
     progress = service.progress(rid)
     assert progress.status.value == "failed" and "took longer" in progress.error_user

@@ -40,7 +40,11 @@ def _presence(settings, name: str, queues: str = "gpu,cpu,train", age_s: float =
     with session_scope(settings.sqlalchemy_url) as s:
         s.add(
             Worker(
-                hostname=name, queues=queues, pid=1, last_seen=utcnow() - timedelta(seconds=age_s)
+                hostname=name,
+                queues=queues,
+                pid=1,
+                last_seen=utcnow() - timedelta(seconds=age_s),
+                started_at=utcnow() - timedelta(seconds=age_s + 600),  # up for a while
             )
         )
 
@@ -93,6 +97,41 @@ def test_a_hung_broker_does_not_block_dispatch(tmp_path):
         for c in held:
             c.close()
         server.close()
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_send_connects_at_most_1_plus_broker_connect_retries_times(tmp_path, retries):
+    # A server that accepts each connection and closes it at once: every connect fails, and
+    # kombu retried it 8 times (6 s of sleeps) before; MOTIF_BROKER_CONNECT_RETRIES bounds it.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    connects = 0
+    stop = threading.Event()
+
+    def accept() -> None:
+        nonlocal connects
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+                connects += 1
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    s = make_settings(
+        tmp_path, broker_url=f"redis://127.0.0.1:{port}/0", broker_connect_retries=retries
+    )
+    try:
+        with pytest.raises(QueueUnreachable):
+            dispatch_request(1, s)
+        time.sleep(0.3)  # the last connection's accept
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+    assert connects == 1 + retries
 
 
 def test_lost_queued_messages_are_resent_only_when_generation_is_idle(tmp_path):
@@ -161,23 +200,23 @@ def test_a_job_whose_claimant_is_gone_is_taken_over(settings):
         fresh = {"status": RequestStatus.GENERATING, "heartbeat_at": utcnow(), "attempts": 1}
         # A live claimant on this machine keeps its job.
         _set(settings, rid, worker=f"{host}:{sleeper.pid}", **fresh)
-        assert claim_for_generation(rid, settings) is False
+        assert claim_for_generation(rid, settings) is None
         # Its process died (kill -9 of a pool child): taken over at once, counted as a try.
         _set(settings, rid, worker=f"{host}:{_dead_pid()}", **fresh)
-        assert claim_for_generation(rid, settings) is True
+        assert claim_for_generation(rid, settings) is not None
         row = _row(settings, rid)
         assert row.attempts == 2 and row.worker.endswith(f":{__import__('os').getpid()}")
         # Another machine with a live worker presence keeps its job; without one, it is gone.
         _set(settings, rid, worker="far-away:123", **fresh)
         _presence(settings, "motif-gpu-9@far-away")
-        assert claim_for_generation(rid, settings) is False
+        assert claim_for_generation(rid, settings) is None
         with session_scope(settings.sqlalchemy_url) as session:
             session.execute(update(Worker).values(last_seen=utcnow() - timedelta(seconds=3600)))
-        assert claim_for_generation(rid, settings) is True
+        assert claim_for_generation(rid, settings) is not None
         # A claimant that stopped beating (wedged) loses it after the claim lease.
         stale = utcnow() - timedelta(seconds=settings.claim_lease_s + 1)
         _set(settings, rid, worker=f"{host}:{sleeper.pid}", **{**fresh, "heartbeat_at": stale})
-        assert claim_for_generation(rid, settings) is True
+        assert claim_for_generation(rid, settings) is not None
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -71,14 +71,16 @@ def test_a_result_with_seed_keeps_both_tracks(tmp_path, tiny_model_path):
     seed, cont = split_result(midi)
     assert seed is not None and len(seed.notes) > 0 and len(cont.notes) > 0
     assert _pixels_near(files[ArtifactKind.IMAGE], SEED_COLOUR) > 100
-    assert store_for(settings.artifact_root).exists(f"requests/{rid}/motif-{rid}.mid")
+    # under the first attempt's own key (engine.worker.fencing), named for the user
+    assert store_for(settings.artifact_root).exists(f"requests/{rid}/attempt-1/motif-{rid}.mid")
 
 
 def test_a_long_result_brings_two_score_pages_a_pdf_and_says_which_bars_it_shows(
     tmp_path, tiny_model_path, capsys
 ):
     """The render stage stores the score's first pages for chat, the PDF of all of them, and
-    notes the bars the pages show when there are more."""
+    notes the bars the pages show when there are more; all under the attempt's own key,
+    promoted with the others by the fenced commit."""
     settings = make_settings(tmp_path, default_model_path=tiny_model_path, max_bars=128)
     db.upgrade(settings.sqlalchemy_url)
     service = JobService(settings, dispatch=lambda _rid: None)
@@ -92,6 +94,9 @@ def test_a_long_result_brings_two_score_pages_a_pdf_and_says_which_bars_it_shows
         assert Image.open(io.BytesIO(files[page])).width == 1400
     names = {a.kind: a.filename for a in service.progress(rid).artifacts}
     assert names["score-2"] == f"motif-{rid}-score-2.png" and names["pdf"] == f"motif-{rid}.pdf"
+    store = store_for(settings.artifact_root)
+    for name in names.values():
+        assert store.exists(f"requests/{rid}/attempt-1/{name}")
     shown, total = service.progress(rid).notes["score_bars"]
     assert 0 < shown < total and total >= 128
     assert files[ArtifactKind.PDF].count(b"/Type /Page ") > 2

@@ -20,5 +20,8 @@ def test_many_requests_queued_at_once_all_done_once_by_two_workers(tmp_path, tin
     result = flood(settings, n_requests=40, n_workers=2, bars=1)
     assert result["all_done"], result
     assert result["requests_with_all_artifacts"] == 40
-    assert result["artifact_files"] == 40 * 5 and result["duplicates"] == 0
+    assert result["artifact_files"] == 40 * 6 and result["duplicates"] == 0
     assert result["max_batch"] > 1  # waiting requests were decoded together
+    # No fault, so no message sent twice: one generate and one render task per request (the
+    # two workers' reapers re-sent 350 of 200 before: issue #26)
+    assert result["generate_messages"] == 40 and result["render_messages"] == 40, result

@@ -23,9 +23,9 @@ def _age(settings, rid: int, seconds: float, **values) -> None:
 def test_claim_is_exclusive_and_drain_takes_the_oldest(settings):
     service = JobService(settings, dispatch=lambda _: None)
     ids = [service.compose(Requester(discord_id=i), validate_options(), None) for i in range(4)]
-    assert claim_for_generation(ids[2], settings) is True
-    assert claim_for_generation(ids[2], settings) is False  # a redelivered message is a no-op
-    assert drain_queued(settings, 2, {ids[2]}) == [ids[0], ids[1]]
+    assert claim_for_generation(ids[2], settings) is not None
+    assert claim_for_generation(ids[2], settings) is None  # a redelivered message is a no-op
+    assert [c.request_id for c in drain_queued(settings, 2, {ids[2]})] == [ids[0], ids[1]]
     assert [service.progress(i).status for i in ids] == [RequestStatus.GENERATING] * 3 + [
         RequestStatus.QUEUED
     ]
@@ -57,7 +57,7 @@ def test_stale_jobs_are_requeued_then_failed_after_max_attempts(settings):
 def test_stale_rendering_is_sent_to_render_again(settings):
     service = JobService(settings, dispatch=lambda _: None)
     rid = service.compose(Requester(discord_id=1), validate_options(), None)
-    _age(settings, rid, 999, status=RequestStatus.RENDERING, attempts=1)
+    _age(settings, rid, 999, status=RequestStatus.RENDERING, attempts=1, worker="gone:1")
     report = reap(settings, dispatch=False)
     assert report.rerendered == [rid]
     assert service.progress(rid).status is RequestStatus.RENDERING

@@ -241,3 +241,31 @@ def test_a_page_over_the_size_limit_is_stored_in_16_colours():
     img = Image.open(io.BytesIO(smaller))
     assert img.mode == "P" and img.size == Image.open(io.BytesIO(page)).size
     assert small_png(page, limit=len(page)) is page  # under the limit: untouched
+
+
+def test_the_step_hook_runs_between_the_pages_and_before_the_pdf(monkeypatch):
+    """A worker's heartbeat (issue #26) rides on `step`: verovio and resvg keep the GIL for
+    seconds on a long score, so the engraving calls it between its long calls: after the
+    layout, between the chat pages, before and after the PDF."""
+    from engine.audio import score as score_image
+
+    calls: list[str] = []
+    real_png, real_pdf = score_image.svg_to_png, score_image.pages_pdf
+
+    def png(svg: str) -> bytes:
+        calls.append("png")
+        return real_png(svg)
+
+    def pdf(svgs: list[str], **kw) -> bytes:  # type: ignore[no-untyped-def]
+        calls.append("pdf")
+        return real_pdf(svgs, **kw)
+
+    monkeypatch.setattr(score_image, "svg_to_png", png)
+    monkeypatch.setattr(score_image, "pages_pdf", pdf)
+    from engine.music.result_midi import to_midi_bytes
+
+    seed, cont = two_hands(64)  # three pages or more: two for chat, all in the PDF
+    midi = to_midi_bytes(seed, cont)
+    done = engrave_result(midi, seed, cont, title="Motif #1", step=lambda: calls.append("step"))
+    assert len(done.pages) == CHAT_PAGES and done.pdf is not None
+    assert calls == ["step", "png", "step", "png", "step", "pdf", "step"]
