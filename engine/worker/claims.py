@@ -25,7 +25,7 @@ from engine.store.records import (
     alive_since,
     utcnow,
 )
-from engine.worker.fencing import Claim, active_here
+from engine.worker.fencing import Claim, active_here, failed_values
 from engine.worker.lifecycle import process_alive
 
 log = logging.getLogger(__name__)
@@ -307,12 +307,7 @@ def fail_abandoned(request_id: int, settings: Settings, user_message: str, detai
                     same_claimant,
                     Request.attempts == row.attempts,
                 )
-                .values(
-                    status=RequestStatus.FAILED,
-                    finished_at=utcnow(),
-                    error_user=user_message,
-                    error_detail=detail[:4000],
-                ),
+                .values(**failed_values(user_message, detail)),
             ).rowcount
         )
 

@@ -157,6 +157,16 @@ def heartbeat(claims: list[Claim], settings: Settings, every_s: float) -> Iterat
         thread.join(timeout=5)
 
 
+def failed_values(user_message: str, detail: str) -> dict[str, object]:
+    """The columns a failed request gets (one home for every way a request fails)."""
+    return {
+        "status": RequestStatus.FAILED,
+        "finished_at": utcnow(),
+        "error_user": user_message,
+        "error_detail": detail[:4000],
+    }
+
+
 def fail_claimed(claim: Claim, settings: Settings, user_message: str, detail: str) -> bool:
     """Fail the request, if this claimant still holds it (a stale claimant fails nothing)."""
     with session_scope(settings.sqlalchemy_url) as session:
@@ -165,11 +175,6 @@ def fail_claimed(claim: Claim, settings: Settings, user_message: str, detail: st
                 session,
                 update(Request)
                 .where(*claim.holds(), Request.status.in_(OPEN_STATES))
-                .values(
-                    status=RequestStatus.FAILED,
-                    finished_at=utcnow(),
-                    error_user=user_message,
-                    error_detail=detail[:4000],
-                ),
+                .values(**failed_values(user_message, detail)),
             ).rowcount
         )
