@@ -58,6 +58,7 @@ def judge(
     seed_set: str = "test",
     form: bool = False,
     classifier: bool = False,
+    control_repeats: int | None = None,  # None: bench.two_sample.CONTROL_REPEATS
 ) -> dict[str, Any]:
     """Every figure for every system; see the module docstring."""
     import torch
@@ -139,7 +140,11 @@ def judge(
 
         for name, pieces in conts.items():
             figures[name] |= summarize_form(pieces, seeds, starts[name])
-    tests = classifier_tests(conts, seeds, starts, seed=seed) if classifier else {}
+    tests = (
+        classifier_tests(conts, seeds, starts, seed=seed, control_repeats=control_repeats)
+        if classifier
+        else {}
+    )
     return {
         "figures": figures,
         "classifier": tests,
@@ -184,6 +189,7 @@ def classifier_tests(
     starts: dict[str, list[float]],
     *,
     seed: int = 0,
+    control_repeats: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """System -> feature set -> the better classifier's result (bench.two_sample), as dicts.
     Every made system is tested against the real continuation; the real column holds the control
@@ -211,9 +217,12 @@ def classifier_tests(
     for name, these in rows.items():
         log.info("classifier test: %s (%d rows)", name, len(these))
         out[name] = {fs: asdict(r) for fs, r in two_sample_test(these, seed=seed).items()}
+    repeats = CONTROL_REPEATS if control_repeats is None else control_repeats
     for name, shuffled in ((REAL, False), (CHANCE, True)):
-        log.info("classifier control: %s (%d splits)", name, CONTROL_REPEATS)
-        found = control_test(seeds, real, starts[REAL], shuffled=shuffled, seed=seed)
+        log.info("classifier control: %s (%d splits)", name, repeats)
+        found = control_test(
+            seeds, real, starts[REAL], shuffled=shuffled, seed=seed, repeats=repeats
+        )
         out[name] = {fs: asdict(r) for fs, r in found.items()}
     return out
 

@@ -225,6 +225,7 @@ def test_judge_form_and_classifier_on_airds(tiny_corpus_model_path, tiny_corpus_
         seed_set="airds",
         form=True,
         classifier=True,
+        control_repeats=1,  # (the controls' averaging is bench.two_sample's to test)
     )
     assert r["settings"]["set"] == "airds" and r["settings"]["n_seeds"] == 12
     real = r["figures"][judge.REAL]
