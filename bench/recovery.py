@@ -138,17 +138,22 @@ def pool_child(folder: Path) -> float:
         w.kill()
 
 
+def _one_generating(settings: Settings) -> tuple[JobService, int, int]:
+    """Once both workers are up: one request submitted, and the pool child generating it."""
+    _ready(settings)
+    while len(_live(settings)) < 2:
+        time.sleep(0.2)
+    service = JobService(settings)
+    (rid,) = _submit(service, 1)
+    return service, rid, _generating(service, rid)
+
+
 def whole_worker(folder: Path) -> float:
     settings = _settings(folder, batch_wait_ms=2000)
     db.upgrade(settings.sqlalchemy_url)
     workers = [Worker(settings, "w1"), Worker(settings, "w2")]
     try:
-        _ready(settings)
-        while len(_live(settings)) < 2:
-            time.sleep(0.2)
-        service = JobService(settings)
-        (rid,) = _submit(service, 1)
-        child = _generating(service, rid)
+        service, rid, child = _one_generating(settings)
         with open(f"/proc/{child}/stat") as fh:
             parent = int(fh.read().rsplit(")", 1)[1].split()[1])
         next(w for w in workers if w.proc.pid == parent).kill()
@@ -299,12 +304,7 @@ def stale_claimant(folder: Path) -> float:
     workers = [Worker(settings, "w1"), Worker(settings, "w2")]
     child = None
     try:
-        _ready(settings)
-        while len(_live(settings)) < 2:
-            time.sleep(0.2)
-        service = JobService(settings)
-        (rid,) = _submit(service, 1)
-        child = _generating(service, rid)
+        service, rid, child = _one_generating(settings)
         os.kill(child, signal.SIGSTOP)
         stopped = time.monotonic()
         _wait(service, [rid], timeout=300)
