@@ -48,7 +48,14 @@ def phased_step(
     clock.append(time.perf_counter())
     target = batch["target"]
     with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(batch["seed"], batch["seed_len"], batch["style"], target, batch["key"])
+        logits = model(
+            batch["seed"],
+            batch["seed_len"],
+            batch["style"],
+            target,
+            batch["key"],
+            batch.get("lags"),
+        )
     clock.append(time.perf_counter())
     notes = target[..., SHIFT] != IGNORE  # (B, T)
     loss = field_nll(logits, target).sum() / notes.sum()

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.model.events import PHRASE, POSITION, SHIFT
+from engine.model.lags import lag_sizes
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ModelConfig:
     n_style: int
     n_key: int = 0  # 0: no key conditioning; 25: "unknown" + 12 major + 12 minor keys
     n_phrase: int = 0  # 0: no PHRASE input; else bar-in-phrase classes (events.PHRASE_BARS)
+    lag_inputs: bool = False  # the decoder reads the lag inputs (engine.model.lags)
     # width
     d_embed: int = 256
     hidden: int = 384
@@ -99,6 +101,13 @@ class EventEmbedding(nn.Module):
         self.phrase = nn.Embedding(cfg.n_phrase, cfg.d_embed) if cfg.n_phrase else None
         if self.phrase is not None:
             nn.init.zeros_(self.phrase.weight)
+        # the decoder's lag inputs (engine.model.lags), zero-initialised as `phrase`
+        self.lag = None
+        if cfg.lag_inputs:
+            lags = lag_sizes(cfg.n_shift, cfg.n_pitch, cfg.n_duration)
+            self.lag = nn.ModuleList(nn.Embedding(n, cfg.d_embed) for n in lags)
+            for emb in self.lag:
+                nn.init.zeros_(emb.weight)
         self.start = nn.Parameter(torch.zeros(cfg.d_embed))  # decoder input before the first note
         self.no_seed = nn.Parameter(torch.zeros(cfg.d_embed))  # the one encoder step of no seed
         for emb in [*self.columns, self.style, *([self.key] if self.key else [])]:
@@ -118,6 +127,15 @@ class EventEmbedding(nn.Module):
             x = x + emb(events[..., col])
         if self.phrase is not None and events.size(-1) > PHRASE:
             x = x + self.phrase(events[..., PHRASE])
+        return x
+
+    def lagged(self, x: torch.Tensor, lags: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, D) plus the embeddings of the lag inputs (B, T, columns); x unchanged for a
+        model without them or without `lags`."""
+        if self.lag is None or lags is None:
+            return x
+        for col, emb in enumerate(self.lag):
+            x = x + emb(lags[..., col])
         return x
 
 
@@ -245,15 +263,18 @@ class MotifSeq2Seq(nn.Module):
         style: torch.Tensor,
         target: torch.Tensor,
         key: torch.Tensor | None = None,
+        lags: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Logits of every field of every target note, given the seed and the true previous
-        notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS);
+        notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS); lags
+        (B, T, columns): each step's lag inputs (engine.model.lags; None: none);
         returns [shift, pitch, duration, velocity] logits, each (B, T, n_field)."""
         memory = self.encode(seed, seed_len, style, key)
         cond = self.embed.conditioning(style, memory.key)  # (B, D)
         note = target.clamp_min(0)  # (B, T, 5)
         prev = self.embed(note[:, :-1], cond)  # (B, T-1, D)
         x = torch.cat([(self.embed.start + cond)[:, None, :], prev], dim=1)  # (B, T, D)
+        x = self.embed.lagged(x, lags)
         h0 = torch.stack([h for h, _ in memory.state])  # (L, B, H)
         c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
         out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)

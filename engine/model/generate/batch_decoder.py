@@ -39,6 +39,8 @@ class StepWeights:
     offsets: tuple[int, ...]  # row of value 0 of each event column (PHRASE too), style, key
     event_gates: torch.Tensor  # (rows, 4H) each value's embedding @ layer 0's input weights
     start_gates: torch.Tensor  # (4H,) the START input
+    lag_gates: torch.Tensor | None  # (rows, 4H) the lag inputs' embeddings; None: no lag inputs
+    lag_offsets: tuple[int, ...]  # row of value 0 of each lag input column
     hh: list[torch.Tensor]  # per layer (H, 4H)
     ih: list[torch.Tensor | None]  # per layer (H, 4H); None for layer 0 (tables instead)
     bias: list[torch.Tensor | None]  # per layer (4H,); None for layer 0 (in the style rows)
@@ -80,11 +82,19 @@ class StepWeights:
         if heads.chosen_phrase is not None:
             onset[offsets[PHRASE] :] = heads.chosen_phrase.weight
         attention = model.config.attention
+        lag_gates, lag_offsets = None, ()
+        if model.embed.lag is not None:
+            lag_tables = [emb.weight @ w_in.T for emb in model.embed.lag]
+            lag_sizes = [t.size(0) for t in lag_tables]
+            lag_offsets = tuple(sum(lag_sizes[:i]) for i in range(len(lag_sizes)))
+            lag_gates = torch.cat(lag_tables)
         return cls(
             hidden=H,
             offsets=offsets,
             event_gates=torch.cat(tables),
             start_gates=model.embed.start @ w_in.T,
+            lag_gates=lag_gates,
+            lag_offsets=lag_offsets,
             hh=[
                 _gates_ifog(getattr(lstm, f"weight_hh_l{n}")).T.contiguous()
                 for n in range(lstm.num_layers)
@@ -164,6 +174,9 @@ class BatchDecoder:
         # rows without the (B, n, 4H) copy that embedding + sum makes)
         self.bag8 = torch.arange(0, 8 * B, 8, device=device)
         self.bag3 = torch.arange(0, 3 * B, 3, device=device)
+        n_lag = len(self.weights.lag_offsets)
+        self.bag_lag = torch.arange(0, n_lag * B, max(1, n_lag), device=device)
+        self.lag_offsets = torch.tensor(self.weights.lag_offsets, device=device, dtype=torch.long)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep some rows only (generation drops finished rows)."""
@@ -175,16 +188,25 @@ class BatchDecoder:
         if self.weights.attn_dec is not None:
             self.keys_t, self.pad = self.keys_t[rows], self.pad[rows]
 
-    def step(self, events: torch.Tensor | None) -> torch.Tensor:
+    @property
+    def reads_lags(self) -> bool:
+        """Whether `step` reads lag inputs (the model has them)."""
+        return self.weights.lag_gates is not None
+
+    def step(self, events: torch.Tensor | None, lags: torch.Tensor | None = None) -> torch.Tensor:
         """One note: events (B, 8) are the previous note's six columns, then `extras`, each
-        shifted by its `offsets` (see `events`; None: the START step). Returns (B, 4H), the input
-        of the four heads before any field is chosen; advances `state`."""
+        shifted by its `offsets` (see `events`; None: the START step); lags (B, columns): this
+        step's lag inputs (engine.model.lags; None or a model without them: none). Returns
+        (B, 4H), the input of the four heads before any field is chosen; advances `state`."""
         w, H = self.weights, self.weights.hidden
         # layer 0's input gates (B, 4H): the sum of the eight columns' table rows
         if events is None:
             x = self.start
         else:
             x = F.embedding_bag(events.view(-1), w.event_gates, self.bag8, mode="sum")
+        if w.lag_gates is not None and lags is not None:
+            index = (lags + self.lag_offsets).view(-1)
+            x = x + F.embedding_bag(index, w.lag_gates, self.bag_lag, mode="sum")
         state: State = []
         for layer, (h, c) in enumerate(self.state):
             if layer == 0:

@@ -21,6 +21,7 @@ from engine.model.generate.ending import Closing
 from engine.model.generate.grammar import Grammar
 from engine.model.generate.request import Row
 from engine.model.generate.sampling import Sampling, changed_share, sample
+from engine.model.lags import LagTracker
 from engine.model.network import Memory, MotifSeq2Seq
 
 COMPACT_SHARE = 4  # finished rows leave the batch once they are 1/COMPACT_SHARE of it
@@ -37,6 +38,7 @@ class Batch:
     copy: CopyMemory | None
     closing: Closing
     column_offsets: torch.Tensor  # (8,) added to a step's classes to make the next input
+    lags: LagTracker | None  # the decoder's lag inputs (engine.model.lags); None: not read
 
     @classmethod
     def start(cls, lm: LoadedModel, rows: list[Row]) -> Batch:
@@ -60,7 +62,12 @@ class Batch:
             [0, offsets[PITCH], offsets[DURATION], offsets[VELOCITY], 0, 0, 0, 0], device=device
         )  # (8,) position, phrase and the extras are offset already
         closing = Closing(lm, rows, device)
-        return cls(decoder, grammar, sampling, copy, closing, column_offsets)
+        lags = None
+        if decoder.reads_lags:
+            cfg = lm.codec.config
+            seed_t = torch.from_numpy(seed).to(device)
+            lags = LagTracker(seed_t, seed_len, cfg.max_shift, cfg.max_position)
+        return cls(decoder, grammar, sampling, copy, closing, column_offsets, lags)
 
     def select(self, keep: torch.Tensor, kept: list[int]) -> None:
         """Keep only the rows `keep` (B'',) (the same as the list `kept`)."""
@@ -70,6 +77,8 @@ class Batch:
         self.closing.select(keep)
         if self.copy is not None:
             self.copy.select(keep)
+        if self.lags is not None:
+            self.lags.select(keep)
 
 
 class Segment(NamedTuple):
@@ -129,7 +138,7 @@ def _note(
     offsets = decoder.offsets
     u = sampling.uniforms(t)  # (4, B', 1)
     inv_temp, top_p, last_rank = sampling.inv_temp, sampling.top_p, sampling.last_rank
-    x = decoder.step(events)  # (B', 4H)
+    x = decoder.step(events, None if batch.lags is None else batch.lags.inputs())  # (B', 4H)
 
     # SHIFT (and the bar position it lands on); EOS or passing the end finishes a row
     shift_logits = decoder.logits(SHIFT, x)
@@ -171,6 +180,8 @@ def _note(
     closing.add_note(pitch, grammar.duration_ticks.take(duration))
     if copy is not None:
         copy.append(shift, pitch, duration, position - offsets[POSITION])
+    if batch.lags is not None:
+        batch.lags.append(shift, pitch)
     x = decoder.choose(DURATION, x, duration)
     scaled = decoder.logits(VELOCITY, x) * inv_temp
     velocity = sample(scaled, last_rank[VELOCITY], top_p, u[VELOCITY])

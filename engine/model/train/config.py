@@ -35,6 +35,8 @@ class TrainConfig:
     key_conditioning: bool = True  # condition on the seed's estimated key
     # the bar-in-phrase input (events.PHRASE); fine-tuning a model without it adds it
     phrase: bool = True
+    # the decoder's lag inputs (engine.model.lags); fine-tuning a model without them adds them
+    lags: bool = True
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -111,6 +113,8 @@ HELP = {
     "init_from": "fine-tune from this checkpoint",
     "resume_from": "continue from a .resume.pt file",
     "key_conditioning": "no conditioning on the seed's key",
+    "phrase": "no bar-in-phrase input",
+    "lags": "no lag inputs (the seed's notes whole bars back)",
     "seed_max": "longest seed window (notes)",
     "target_len": "continuation window (notes)",
     "no_seed_prob": "share of batches trained without a seed (default: %(default)s)",

@@ -83,7 +83,7 @@ def _observe(
     repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Returns flat tensors,
     and the velocity NLL summed."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
-    logits = model(seed, seed_len, batch["style"], target, batch["key"])
+    logits = model(seed, seed_len, batch["style"], target, batch["key"], batch.get("lags"))
     logp = [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
     sizes = _sizes(model)
     T = target.size(1)

@@ -15,6 +15,7 @@ from engine.errors import BadParams
 from engine.model.corpus.load import load_corpus
 from engine.model.events import PHRASE_BARS, PITCH, POSITION, SHIFT, EventCodec, phrase_bars
 from engine.model.generate.plan import seed_key
+from engine.model.lags import LAG_BARS, LAG_FIELDS, window_lags
 from engine.model.network import IGNORE
 from engine.model.train.config import TrainConfig
 from engine.music.notes import Piece
@@ -156,21 +157,28 @@ def collate(
     windows: list[tuple[np.ndarray, np.ndarray, int]], target_len: int, codec: EventCodec
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch: seed (B, S, C) + seed_len (B,), target (B, T, C) IGNORE-padded
-    (C: 5, or 6 with PHRASE), style (B,) and the seeds' key classes (B,)."""
+    (C: 5, or 6 with PHRASE), style (B,), the seeds' key classes (B,) and each step's lag inputs
+    (B, T, columns; engine.model.lags)."""
     B = len(windows)
     S = max(1, max(len(s) for s, _, _ in windows))
     C = windows[0][1].shape[1] if windows[0][1].ndim == 2 else 5
     seed = np.zeros((B, S, C), dtype=np.int64)
     target = np.full((B, target_len, C), IGNORE, dtype=np.int64)
+    lags = torch.zeros(B, target_len, len(LAG_BARS) * LAG_FIELDS, dtype=torch.int64)
+    cfg = codec.config
     for i, (s, t, _) in enumerate(windows):
         seed[i, : len(s)] = s
         target[i, : len(t)] = t
+        lags[i, : len(t)] = window_lags(
+            torch.from_numpy(s), torch.from_numpy(t), cfg.max_shift, cfg.max_position
+        )
     return {
         "seed": torch.from_numpy(seed),
         "seed_len": torch.tensor([len(s) for s, _, _ in windows]),
         "style": torch.tensor([st for _, _, st in windows]),
         "target": torch.from_numpy(target),
         "key": torch.tensor([seed_key(s, codec) for s, _, _ in windows]),
+        "lags": lags,
     }
 
 

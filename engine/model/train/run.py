@@ -91,6 +91,8 @@ class Run:
             tok_cfg, model_cfg = base.codec.config, base.config
             if cfg.phrase and not model_cfg.n_phrase:  # learn the phrase input from here on
                 model_cfg = replace(model_cfg, n_phrase=PHRASE_BARS)
+            if cfg.lags and not model_cfg.lag_inputs:  # and the lag inputs
+                model_cfg = replace(model_cfg, lag_inputs=True)
         else:
             tok_cfg = TokenizerConfig()
             model_cfg = None
@@ -105,12 +107,16 @@ class Run:
                 attention=cfg.attention,
                 n_key=N_KEY if cfg.key_conditioning else 0,
                 n_phrase=PHRASE_BARS if cfg.phrase else 0,
+                lag_inputs=cfg.lags,
             )
         self.model_cfg, self.model = model_cfg, MotifSeq2Seq(model_cfg)
         if cfg.init_from is not None and resume is None:
-            # strict but for the phrase embeddings a model without them lacks (zero: no change)
+            # strict but for the phrase and lag embeddings a model without them lacks (zero: no
+            # change)
             missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
-            if unexpected or any("phrase" not in name for name in missing):
+            if unexpected or any(
+                "phrase" not in name and "embed.lag." not in name for name in missing
+            ):
                 raise BadParams(f"{cfg.init_from} does not fit: {missing + unexpected}")
         self.model.to(device)
         self.optimizer = make_optimizer(self.model, cfg, device)

@@ -145,7 +145,7 @@ def test_without_attention_and_one_layer():
     assert_close_to_scale(full[0], stepped[0], SAME_MATH)
 
 
-def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:
+def _fast_logits(model, seed, seed_len, style, target, key=None, lags=None) -> list[torch.Tensor]:
     """Teacher-forced logits through generation's fast path, `BatchDecoder`."""
     decoder = batch_decoder(model, model.encode(seed, seed_len, style, key), style)
     position, phrase = decoder.offsets[POSITION], decoder.offsets[PHRASE]
@@ -153,7 +153,7 @@ def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.T
     for t in range(target.size(1)):
         note = target[:, t]  # (B, 5 or 6)
         bar = note[:, PHRASE] if note.size(1) > PHRASE else torch.zeros_like(note[:, 0])
-        x = decoder.step(events)  # (B, 4H)
+        x = decoder.step(events, None if lags is None else lags[:, t])  # (B, 4H)
         for f in range(4):
             out[f].append(decoder.logits(f, x))
             if f == SHIFT:
@@ -169,11 +169,27 @@ def _fast_logits(model, seed, seed_len, style, target, key=None) -> list[torch.T
 
 @pytest.mark.parametrize(
     "sizes",
-    [{}, {"attention": False, "layers": 1}, {"n_key": 0}, {"layers": 3}, {"n_phrase": 16}],
+    [
+        {},
+        {"attention": False, "layers": 1},
+        {"n_key": 0},
+        {"layers": 3},
+        {"n_phrase": 16},
+        {"lag_inputs": True},
+    ],
 )
 def test_generation_fast_path_equals_the_training_forward(sizes):
     model = _model(**sizes).eval()
     seed, target, seed_len, style, key = _three_rows()
+    lags = None
+    if model.config.lag_inputs:  # trained lag tables (they start at zero) and random inputs
+        with torch.no_grad():
+            for emb in model.embed.lag:
+                emb.weight.normal_(std=0.3)
+        sizes_ = [emb.num_embeddings for emb in model.embed.lag]
+        lags = torch.stack(
+            [torch.randint(0, n, target.shape[:2]) for n in sizes_], dim=-1
+        )  # (B, T, columns)
     if model.config.n_phrase:  # trained phrase tables (they start at zero) and a PHRASE column
         with torch.no_grad():
             model.embed.phrase.weight.normal_(std=0.3)
@@ -181,8 +197,8 @@ def test_generation_fast_path_equals_the_training_forward(sizes):
         seed = torch.cat([seed, torch.randint(0, 16, seed.shape[:2])[..., None]], dim=-1)
         target = torch.cat([target, torch.randint(0, 16, target.shape[:2])[..., None]], dim=-1)
     with torch.no_grad():
-        full = model(seed, seed_len, style, target, key)
-        fast = _fast_logits(model, seed, seed_len, style, target, key)
+        full = model(seed, seed_len, style, target, key, lags)
+        fast = _fast_logits(model, seed, seed_len, style, target, key, lags)
     for a, b in zip(full, fast, strict=True):
         assert_close_to_scale(a, b, REARRANGED)
 
