@@ -8,6 +8,8 @@ import os
 import sys
 
 from engine.errors import MotifError
+from engine.health import Unhealthy, check_backend, check_broker
+from engine.queue.app import configure_now
 from engine.service import admin
 from engine.service.requests import JobService, Requester
 from engine.settings import get_settings
@@ -15,14 +17,14 @@ from engine.store import db
 from engine.store.db import ensure_schema
 from engine.store.models import ensure_default_model
 from engine.store.records import RequestOrigin
+from engine.worker.app import app as worker_app
 from engine.worker.reaper import reap
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    # deferred: engine.worker.app builds the Celery app from the settings on import
-    from engine.worker.app import get_app
-
     settings = get_settings()
+    # before Celery's start takes over: a bad data folder stays a one-line error
+    configure_now(worker_app)
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if "cpu" in args.queues.split(","):
         # deferred: engine.audio needs the `worker` extra, absent from the bot image
@@ -45,7 +47,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
-    get_app().worker_main(argv)
+    worker_app.worker_main(argv)
     return 0
 
 
@@ -118,9 +120,6 @@ def cmd_status(_: argparse.Namespace) -> int:
     print(f"audio here: {renderer_description(settings)}")
     for w in st.workers:
         print(f"  worker {w}")
-    # deferred: engine.health builds a Celery app for the broker check
-    from engine.health import Unhealthy, check_backend, check_broker
-
     failed = False
     for check in (check_broker, check_backend):
         try:
