@@ -291,7 +291,7 @@ def test_one_definition_per_named_constant():
 
 # Public functions and classes defined in more than one module of engine/, each with its reason.
 ALLOWED_TWIN_NAMES = {
-    "main": "a module's command line (`python -m …`); issue 27 would move them to engine/cli/",
+    "main": "`motif`'s, and the commands in model/ and audio/ (their owners') and health's",
     "build_parser": "`motif`'s parser (engine.cli) and training's flags (engine.model.train.config)",
 }
 
