@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Motif's own options and command; everything after a delegated command's name goes to
     that command's parser untouched (`rest`). argparse's REMAINDER would drop a first argument
-    that looks like an option: `motif eval --model m.pt` was refused."""
+    that looks like an option: `motif train --out m.pt` was refused."""
     for i, token in enumerate(argv):
         if not token.startswith("-"):
             if token in DELEGATED:

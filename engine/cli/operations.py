@@ -4,13 +4,11 @@ parse their own arguments (`DELEGATED`): each reached by an import the layout te
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable
 
 from engine.cli.retrain import cmd_retrain
-from engine.errors import MotifError
 from engine.health import Unhealthy, check_backend, check_broker
 from engine.health import main as health_main
 from engine.queue.app import configure_now
@@ -155,17 +153,6 @@ def run_setup_audio(argv: list[str]) -> int:
     return int(main(argv) or 0)
 
 
-def run_eval(argv: list[str]) -> int:
-    try:
-        main = importlib.import_module("bench.evaluate").main
-    except ModuleNotFoundError as exc:
-        if exc.name in ("bench", "bench.evaluate"):
-            # measurements live in the repository's bench/, which the images leave out
-            raise MotifError("this command measures from a checkout: bench/ is not here") from exc
-        raise
-    return int(main(argv) or 0)
-
-
 def run_health(argv: list[str]) -> int:
     return int(health_main(argv) or 0)
 
@@ -201,7 +188,6 @@ def add_operations(sub: argparse._SubParsersAction) -> None:
 DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "corpus": (run_corpus, "`motif corpus build`: cache the music21 training corpus"),
     "train": (run_train, "train a model"),
-    "eval": (run_eval, "measure a model against the baseline"),
     "retrain": (cmd_retrain, "queue a retraining run on shared tunes"),
     "health": (run_health, "check this container's health: bot, worker or db"),
     "setup-audio": (run_setup_audio, "install libfluidsynth3 for real FluidSynth audio"),
