@@ -153,10 +153,6 @@ def run_setup_audio(argv: list[str]) -> int:
     return int(main(argv) or 0)
 
 
-def run_health(argv: list[str]) -> int:
-    return int(health_main(argv) or 0)
-
-
 def cmd_bot(_: argparse.Namespace) -> int:
     # deferred: one lazy import per command: discord loads only for `motif bot`
     from bot.main import run
@@ -189,6 +185,6 @@ DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "corpus": (run_corpus, "`motif corpus build`: cache the music21 training corpus"),
     "train": (run_train, "train a model"),
     "retrain": (cmd_retrain, "queue a retraining run on shared tunes"),
-    "health": (run_health, "check this container's health: bot, worker or db"),
+    "health": (health_main, "check this container's health: bot, worker or db"),
     "setup-audio": (run_setup_audio, "install libfluidsynth3 for real FluidSynth audio"),
 }
