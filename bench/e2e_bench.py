@@ -72,7 +72,7 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        from engine.cli.worker_process import wait_worker_ready
+        from engine.worker.process import wait_worker_ready
 
         assert self.proc is not None
         try:
@@ -81,7 +81,7 @@ class Worker:
             raise type(exc)(f"{self.name} {exc}") from None
 
     def stop(self) -> None:
-        from engine.cli.worker_process import stop_worker_process
+        from engine.worker.process import stop_worker_process
 
         if self.proc is not None:
             stop_worker_process(self.proc)

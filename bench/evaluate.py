@@ -1,4 +1,4 @@
-"""`motif eval`: Motif against the hobby LSTM baseline and real held-out music, side by side.
+"""`python -m bench.evaluate`: Motif against the hobby LSTM baseline and real held-out music, side by side.
 
 Seeds are the opening bars of held-out test pieces; both systems continue them and every figure of
 `engine.music.metrics` is measured on the continuations and on what the pieces really do next.
@@ -407,7 +407,7 @@ def format_report(report: EvalReport) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="motif eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.evaluate", description=__doc__)
     parser.add_argument("--model", type=Path, default=None, help="default: the shipped model")
     parser.add_argument("--baseline", type=Path, default=None, help="bench/data/baseline.pt")
     parser.add_argument("--corpus", type=Path, default=None, help="default: the shipped corpus")

@@ -41,7 +41,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) -> dict[str, object]:
     """Queue `n_requests` at once, let `n_workers` real workers drain them, check the books."""
-    from engine.cli.worker_process import live_workers, stop_worker_process
+    from engine.worker.process import live_workers, stop_worker_process
 
     db.upgrade(settings.sqlalchemy_url)
     service = JobService(settings)

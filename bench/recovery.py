@@ -42,12 +42,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from bench.queue_flood import worker_env
+from engine.queue.app import make_app
 from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import Request, RequestStatus
-from engine.worker.app import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = (ROOT / "engine" / "data" / "examples" / "ode-to-joy.mid").read_bytes()
@@ -166,7 +166,7 @@ def whole_worker(folder: Path) -> float:
 
 
 def _live(settings: Settings) -> list[str]:
-    from engine.cli.worker_process import live_workers
+    from engine.worker.process import live_workers
 
     return live_workers(settings)
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from engine.errors import MotifError
+from engine.queue.app import make_app
 from engine.settings import Settings, bad_setting_line, get_settings, hide_password
 from engine.store import db
 from engine.store.db import session_scope
@@ -47,9 +48,6 @@ def check_schema(settings: Settings) -> str:
 
 def check_broker(settings: Settings, timeout_s: float = 3.0) -> str:
     """The Celery broker accepts a connection (the bot sends to it, workers consume from it)."""
-    # deferred: engine.worker.app builds the Celery app from the settings on import
-    from engine.worker.app import make_app
-
     app = make_app(settings)
     url = settings.celery_broker_url
     shown = f"{url} ({settings.broker_folder})" if url == "filesystem://" else hide_password(url)

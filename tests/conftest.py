@@ -215,7 +215,7 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        from engine.cli.worker_process import wait_worker_ready
+        from engine.worker.process import wait_worker_ready
 
         assert self.proc is not None
         wait_worker_ready(self.settings, self.proc, timeout, self.tail)
@@ -228,7 +228,7 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        from engine.cli.worker_process import stop_worker_process
+        from engine.worker.process import stop_worker_process
 
         if self.proc is not None:
             stop_worker_process(self.proc)

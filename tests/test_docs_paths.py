@@ -14,7 +14,9 @@ DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs"
 DOTTED = re.compile(r"(?<![\w./-])((?:engine|bot|bench)(?:\.\w+)+)")
 SLASHED = re.compile(r"(?<![\w./-])((?:engine|bot|bench|tests)/[\w/]+\.py)\b")
 # a path inside engine/ written from its layer down, as docs/layout.md does: `model/network.py`
-SHORT = re.compile(r"(?<![\w./-])((?:music|model|audio|store|service|worker|cli)/[\w/]+\.py)\b")
+SHORT = re.compile(
+    r"(?<![\w./-])((?:music|model|audio|store|queue|service|worker|cli)/[\w/]+\.py)\b"
+)
 FILE_SUFFIXES = {"json", "md", "py", "txt", "png", "csv", "npz", "pt", "ogg", "mid", "toml", "yml"}
 
 

@@ -14,7 +14,6 @@ from engine.cli.operations import (
     add_operations,
     cmd_bot,
     cmd_cancel,
-    cmd_delegate,
     cmd_reap,
     cmd_status,
 )
@@ -41,17 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bot", help="run the Discord bot (needs DISCORD_TOKEN)").set_defaults(
         func=cmd_bot
     )
-    for name, (module, text) in DELEGATED.items():
+    for name, (run, text) in DELEGATED.items():
         # the arguments after the name are the command's own: `parse_args` puts them in `rest`
         x = sub.add_parser(name, help=text, add_help=False)
-        x.set_defaults(rest=[], func=lambda a, mod=module: cmd_delegate(mod, a.rest))
+        x.set_defaults(rest=[], func=lambda a, run=run: run(a.rest))
     return p
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Motif's own options and command; everything after a delegated command's name goes to
     that command's parser untouched (`rest`). argparse's REMAINDER would drop a first argument
-    that looks like an option: `motif eval --model m.pt` was refused."""
+    that looks like an option: `motif train --out m.pt` was refused."""
     for i, token in enumerate(argv):
         if not token.startswith("-"):
             if token in DELEGATED:

@@ -29,7 +29,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     settings = get_settings()
     if not args.verbose:
         # the one-line message below says it; the log's warning would be a second line
-        logging.getLogger("engine.worker.dispatch").setLevel(logging.ERROR)
+        logging.getLogger("engine.queue.dispatch").setLevel(logging.ERROR)
     options = validate_options(
         bars=args.bars,
         style=args.style,

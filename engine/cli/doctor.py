@@ -14,13 +14,13 @@ from typing import Literal
 
 from sqlalchemy import select
 
-from engine.cli.worker_process import live_workers
 from engine.errors import MotifError
 from engine.health import Unhealthy, check_broker, check_schema
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
 from engine.store.db import session_scope
 from engine.store.records import ModelVersion
+from engine.worker.process import live_workers
 
 Status = Literal["ok", "warn", "FAIL"]
 

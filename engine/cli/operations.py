@@ -1,13 +1,17 @@
 """`motif worker`, `db`, `model`, `reap`, `cancel`, `status`, `bot`, and the commands that
-parse their own arguments (`DELEGATED`)."""
+parse their own arguments (`DELEGATED`): each reached by an import the layout test can see."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
-from engine.errors import MotifError
+from engine.cli.retrain import cmd_retrain
+from engine.health import Unhealthy, check_backend, check_broker
+from engine.health import main as health_main
+from engine.queue.app import configure_now
 from engine.service import admin
 from engine.service.requests import JobService, Requester
 from engine.settings import get_settings
@@ -15,14 +19,14 @@ from engine.store import db
 from engine.store.db import ensure_schema
 from engine.store.models import ensure_default_model
 from engine.store.records import RequestOrigin
+from engine.worker.app import app as worker_app
 from engine.worker.reaper import reap
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    # deferred: engine.worker.app builds the Celery app from the settings on import
-    from engine.worker.app import get_app
-
     settings = get_settings()
+    # before Celery's start takes over: a bad data folder stays a one-line error
+    configure_now(worker_app)
     ensure_schema(settings.sqlalchemy_url, auto_create=True)
     if "cpu" in args.queues.split(","):
         # deferred: engine.audio needs the `worker` extra, absent from the bot image
@@ -45,7 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
-    get_app().worker_main(argv)
+    worker_app.worker_main(argv)
     return 0
 
 
@@ -118,9 +122,6 @@ def cmd_status(_: argparse.Namespace) -> int:
     print(f"audio here: {renderer_description(settings)}")
     for w in st.workers:
         print(f"  worker {w}")
-    # deferred: engine.health builds a Celery app for the broker check
-    from engine.health import Unhealthy, check_backend, check_broker
-
     failed = False
     for check in (check_broker, check_backend):
         try:
@@ -131,18 +132,24 @@ def cmd_status(_: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def cmd_delegate(module: str, argv: list[str]) -> int:
-    import importlib
+def run_corpus(argv: list[str]) -> int:
+    # deferred: engine.model loads music21 and torch; `motif --help` and the bot image load neither
+    from engine.model.corpus.build import main
 
-    if module == "engine.model.corpus.build" and argv[:1] == ["build"]:
-        argv = argv[1:]  # `motif corpus build …`
-    try:
-        main = importlib.import_module(module).main
-    except ModuleNotFoundError as exc:
-        if module.startswith("bench.") and exc.name in ("bench", module):
-            # measurements live in the repository's bench/, which the images leave out
-            raise MotifError("this command measures from a checkout: bench/ is not here") from exc
-        raise
+    return int(main(argv[1:] if argv[:1] == ["build"] else argv) or 0)  # `motif corpus build …`
+
+
+def run_train(argv: list[str]) -> int:
+    # deferred: engine.model loads music21 and torch; `motif --help` and the bot image load neither
+    from engine.model.train.train import main
+
+    return int(main(argv) or 0)
+
+
+def run_setup_audio(argv: list[str]) -> int:
+    # deferred: engine.audio needs the `worker` extra, absent from the bot image
+    from engine.audio.setup import main
+
     return int(main(argv) or 0)
 
 
@@ -173,15 +180,11 @@ def add_operations(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=cmd_model)
 
 
-# Commands whose own parser reads everything after the command's name.
-DELEGATED = {
-    "corpus": (
-        "engine.model.corpus.build",
-        "`motif corpus build`: cache the music21 training corpus",
-    ),
-    "train": ("engine.model.train.train", "train a model"),
-    "eval": ("bench.evaluate", "measure a model against the baseline"),
-    "retrain": ("engine.worker.retrain", "queue a retraining run on shared tunes"),
-    "health": ("engine.health", "check this container's health: bot, worker or db"),
-    "setup-audio": ("engine.audio.setup", "install libfluidsynth3 for real FluidSynth audio"),
+# Commands whose own parser reads everything after the command's name: name -> (run, help).
+DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "corpus": (run_corpus, "`motif corpus build`: cache the music21 training corpus"),
+    "train": (run_train, "train a model"),
+    "retrain": (cmd_retrain, "queue a retraining run on shared tunes"),
+    "health": (health_main, "check this container's health: bot, worker or db"),
+    "setup-audio": (run_setup_audio, "install libfluidsynth3 for real FluidSynth audio"),
 }

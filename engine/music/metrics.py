@@ -1,6 +1,6 @@
 """Measures of generated music: collapse, key, pitch and rhythm statistics, copying from training.
 
-Pure numpy over `Note`s; the figures `motif eval` prints come from `summarize`.
+Pure numpy over `Note`s; the figures `python -m bench.evaluate` prints come from `summarize`.
 """
 
 from __future__ import annotations

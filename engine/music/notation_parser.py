@@ -220,7 +220,9 @@ def no_network() -> None:
     socket.socket.connect_ex = refused  # type: ignore[method-assign]
 
 
-def main() -> None:
+def serve_process() -> None:
+    """The process's body (not a command line: `engine.music.parsers` boots it, and so does
+    `python -m`): music21 once, no network, requests on stdin, replies on stdout."""
     import defusedxml.ElementTree  # noqa: F401 - imported once, here, like music21
     import music21  # noqa: F401 - once, here: every forked child shares it
 
@@ -232,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve_process()

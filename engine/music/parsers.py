@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds `engine`
 # -I: no PYTHON* variables, no user site, no current folder on the path
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from engine.music.notation_parser import main; main()"
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from engine.music.notation_parser import serve_process; serve_process()"
 _KEPT_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
 
 

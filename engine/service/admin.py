@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from engine.errors import BadParams, Busy, NotFound
+from engine.queue import dispatch as queue_dispatch
 from engine.service.requests import user_for
 from engine.settings import Settings, get_settings
 from engine.store.db import dml, session_scope
@@ -265,11 +266,8 @@ def request_retrain(
         run_id = run.id
     if dispatch:
         # sent after the commit: a hung broker must not hold the database's write lock
-        # deferred: engine.worker.app builds the Celery app from the settings on import
-        from engine.worker.dispatch import dispatch_retrain
-
         try:
-            dispatch_retrain(run_id, s)
+            queue_dispatch.dispatch_retrain(run_id, s)
         except Exception:
             # never sent: the row must not block the next request as "already queued"
             with session_scope(s.sqlalchemy_url) as session:

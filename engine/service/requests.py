@@ -29,6 +29,7 @@ from engine.errors import (
 from engine.music import catalog
 from engine.music.midi import load_seed, seed_notices
 from engine.music.notation import is_notation_name, load_notation_seed
+from engine.queue import dispatch as queue_dispatch
 from engine.service.consent import Consent
 from engine.service.delivery import DeliveryLeases
 from engine.service.options import ComposeOptions, validate_options
@@ -64,10 +65,8 @@ Dispatch = Callable[[int], None]
 
 
 def _default_dispatch(settings: Settings) -> Dispatch:
-    # deferred: engine.worker.app builds the Celery app from the settings on import
-    from engine.worker.dispatch import dispatch_request
-
-    return lambda request_id: dispatch_request(request_id, settings)
+    # looked up when called, so a test can replace the module's function
+    return lambda request_id: queue_dispatch.dispatch_request(request_id, settings)
 
 
 class JobService(Consent, DeliveryLeases, Following):

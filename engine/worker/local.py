@@ -24,6 +24,7 @@ from engine.settings import Settings
 from engine.store.db import session_scope
 from engine.store.records import Worker
 from engine.worker.lifecycle import live_queues_in, process_alive
+from engine.worker.process import start_worker_process, wait_worker_ready
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,6 @@ class LocalWorker:
             return self._ensure(state)
 
     def _ensure(self, state: dict[str, object]) -> bool:
-        # deferred: engine.cli (via compose) imports this module (cycle)
-        from engine.cli.worker_process import start_worker_process, wait_worker_ready
-
         if serving(self.settings):
             return False
         if isinstance(state["pid"], int):

@@ -18,6 +18,8 @@ from sqlalchemy import ColumnElement, and_, literal, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from engine.errors import QueueUnreachable
+from engine.queue import dispatch
+from engine.queue.app import CPU_QUEUE, GPU_QUEUE
 from engine.settings import Settings
 from engine.store.db import dml, session_scope
 from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
@@ -32,9 +34,6 @@ GAVE_UP = (
 
 # A send claimed by this reaper: the stamp it wrote, and the value it replaced.
 Stamp = tuple[datetime, datetime | None]
-
-# The queues (engine.worker.app names them; importing it would build the Celery app).
-GPU_QUEUE, CPU_QUEUE = "gpu", "cpu"
 
 # An unsent row this young may be in the middle of its own first send.
 UNSENT_GRACE_S = 2.0
@@ -131,15 +130,12 @@ def _act(settings: Settings, report: ReapReport, rid: int, status: RequestStatus
 def _send(settings: Settings, report: ReapReport, ids: list[int], *, render: bool) -> list[int]:
     """Send one message per id, stopping at the first refusal (a broker that is down would
     refuse them all, each after its timeout). Returns the ids sent."""
-    # deferred: engine.worker.app builds the Celery app from the settings on import
-    from engine.worker.dispatch import dispatch_render, dispatch_request
-
     sent: list[int] = []
     for rid in ids:
         if report.send_failed:
             break
         try:
-            (dispatch_render if render else dispatch_request)(rid, settings)
+            (dispatch.dispatch_render if render else dispatch.dispatch_request)(rid, settings)
             sent.append(rid)
         except QueueUnreachable as exc:
             report.send_failed = True

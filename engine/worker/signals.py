@@ -1,5 +1,6 @@
 """A worker's life, as Celery signals: warm the model and the renderer in each child, keep the
-worker's presence row, wake the bot after each task. Loaded with the tasks (engine.worker.app)."""
+worker's presence row, wake the bot after each task. Loaded with the tasks (the `include` of
+engine.worker.app)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from engine.audio.pianoroll import piano_roll_png
 from engine.audio.synth import renderer_description
 from engine.music.notes import Note, Piece
 from engine.music.result_midi import to_midi_bytes
+from engine.queue.app import TASK_GENERATE, TASK_RENDER
 from engine.service.notify import publish_request_changed
 from engine.settings import Settings, get_settings
-from engine.worker.app import TASK_GENERATE, TASK_RENDER, app
+from engine.worker.app import app
 from engine.worker.claims import set_worker_queues
 from engine.worker.lifecycle import WorkerPresence, record_device
 

@@ -11,10 +11,11 @@ import logging
 from celery import Task
 
 from engine.errors import QueueUnreachable, ServiceUnavailable
+from engine.queue.app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN
+from engine.queue.dispatch import dispatch_render
 from engine.settings import get_settings
-from engine.worker.app import TASK_GENERATE, TASK_RENDER, TASK_RETRAIN, app
+from engine.worker.app import app
 from engine.worker.claims import RowNotVisible
-from engine.worker.dispatch import dispatch_render
 from engine.worker.pipeline import fail_timed_out, run_generation, run_render
 from engine.worker.retrain import run_training
 

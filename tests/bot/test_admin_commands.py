@@ -198,11 +198,11 @@ def test_model_list_activate_and_rollback(bot_settings, jobs):
 
 
 def test_retrain_reports_progress_and_the_loss_curve(bot_settings, jobs, monkeypatch):
-    import engine.worker.dispatch
+    import engine.queue.dispatch
 
     sent: list[int] = []
     monkeypatch.setattr(
-        engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: sent.append(run_id)
+        engine.queue.dispatch, "dispatch_retrain", lambda run_id, s: sent.append(run_id)
     )
     store_for(bot_settings.artifact_root).put("runs/1/loss.png", png_bytes())
 
@@ -247,9 +247,9 @@ def test_retrain_reports_progress_and_the_loss_curve(bot_settings, jobs, monkeyp
 
 
 def test_a_second_retrain_while_one_runs_is_refused_clearly(bot_settings, jobs, monkeypatch):
-    import engine.worker.dispatch
+    import engine.queue.dispatch
 
-    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.queue.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:
@@ -265,9 +265,9 @@ def test_a_second_retrain_while_one_runs_is_refused_clearly(bot_settings, jobs, 
 def test_retrain_cancel_stops_a_queued_or_running_run_for_admins_only(
     bot_settings, jobs, monkeypatch
 ):
-    import engine.worker.dispatch
+    import engine.queue.dispatch
 
-    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.queue.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     def run_row(run_id: int) -> TrainingRun:
         with session_scope(bot_settings.sqlalchemy_url) as s:

@@ -181,9 +181,9 @@ def test_a_long_history_is_delivered_not_refused(bot_settings, jobs, dispatched,
 
 
 def test_a_long_training_failure_still_reaches_the_admin(bot_settings, jobs, monkeypatch):
-    import engine.worker.dispatch
+    import engine.queue.dispatch
 
-    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.queue.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:

@@ -193,10 +193,10 @@ def test_user_text_is_escaped_and_no_one_is_pinged_unless_meant(bot_settings, jo
 def test_an_ephemeral_result_after_the_token_expires_goes_by_dm_never_to_the_channel(
     bot_settings, jobs, monkeypatch
 ):
-    import engine.worker.dispatch
+    import engine.queue.dispatch
     from engine.store.records import RunStatus, TrainingRun
 
-    monkeypatch.setattr(engine.worker.dispatch, "dispatch_retrain", lambda run_id, s: None)
+    monkeypatch.setattr(engine.queue.dispatch, "dispatch_retrain", lambda run_id, s: None)
 
     def finish_run(run_id: int) -> None:
         with session_scope(bot_settings.sqlalchemy_url) as s:

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from engine.queue.app import TASK_GENERATE, TASK_RENDER
 from engine.service.notify import channel_name, publish_request_changed
 from engine.service.requests import JobService
-from engine.worker.app import TASK_GENERATE, TASK_RENDER
 from tests.bot.conftest import SimulatedWorker, discord_harness, midi_bytes, queued, until
 from tests.conftest import REDIS_URL, port_open
 

@@ -326,7 +326,7 @@ def test_services_start_in_order():
 
 def test_workers_consume_every_queue_and_the_gpu_worker_reserves_a_gpu():
     from engine.cli import build_parser
-    from engine.worker.app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
+    from engine.queue.app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
 
     parsed = {
         name: build_parser().parse_args(SERVICES[name]["command"][1:])

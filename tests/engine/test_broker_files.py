@@ -7,8 +7,8 @@ import threading
 from kombu import Connection
 from kombu.transport import filesystem
 
-from engine.worker import broker_files
-from engine.worker.app import celery_config
+from engine.queue import broker_files
+from engine.queue.app import celery_config
 from tests.conftest import make_settings
 
 
@@ -57,4 +57,4 @@ def test_a_reader_racing_a_writer_gets_every_message_whole(tmp_path):
 
 def test_the_embedded_broker_uses_it(tmp_path):
     config = celery_config(make_settings(tmp_path))
-    assert config["broker_transport"] == "engine.worker.broker_files:Transport"
+    assert config["broker_transport"] == "engine.queue.broker_files:Transport"

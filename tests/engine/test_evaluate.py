@@ -202,8 +202,9 @@ def test_evaluate_with_another_key_gravity_and_no_likelihoods(tiny_files, tmp_pa
 
 
 def test_half_precision_likelihood_rows(tiny_files, tmp_path, capsys):
-    """`motif eval --half` scores the same windows with the weights in bfloat16 and float16: close
-    to the float32 figure for a tiny model, and the loaded model itself stays float32."""
+    """`python -m bench.evaluate --half` scores the same windows with the weights in bfloat16 and
+    float16: close to the float32 figure for a tiny model, and the loaded model itself stays
+    float32."""
     import torch
 
     from bench.evaluate import main
@@ -228,15 +229,19 @@ def test_half_precision_likelihood_rows(tiny_files, tmp_path, capsys):
     assert "weights and arithmetic in bfloat16" in capsys.readouterr().out
 
 
-def test_motif_eval_passes_its_options_through_the_motif_command(tiny_files, tmp_path, capsys):
-    """`motif eval --model …` (options first) reaches bench.evaluate's parser; argparse's
-    REMAINDER alone used to refuse it, and `motif train --help` printed motif's usage."""
+def test_bench_evaluate_takes_its_options_first(tiny_files, tmp_path, capsys):
+    """`python -m bench.evaluate --model …` (options first; it was `motif eval`, which loaded
+    bench by name), and `motif train --help` is training's own help, not motif's usage."""
+    from bench.evaluate import main as evaluate_main
     from engine.cli import main
 
     model_path, _ = tiny_files
     out = tmp_path / "report.json"
-    argv = ["eval", "--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2"]
-    assert main([*argv, "--bars", "2", "--seed-bars", "2", "--no-nll", "--json", str(out)]) == 0
+    argv = ["--model", str(model_path), "--corpus", "fake.npz", "--seeds", "2"]
+    assert (
+        evaluate_main([*argv, "--bars", "2", "--seed-bars", "2", "--no-nll", "--json", str(out)])
+        == 0
+    )
     assert json.loads(out.read_text())["settings"]["n_seeds"] == 2
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import func, select, update
 
 from engine.errors import QueueUnreachable
+from engine.queue.dispatch import dispatch_request
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import Artifact, Request, RequestStatus, Worker, utcnow
 from engine.worker.claims import claim_for_generation
-from engine.worker.dispatch import dispatch_request
 from engine.worker.pipeline import process_request, run_generation, run_render
 from engine.worker.reaper import reap, resend_lost
 from tests.conftest import example_seed_bytes, make_settings
@@ -148,7 +148,7 @@ def test_lost_queued_messages_are_resent_only_when_generation_is_idle(tmp_path):
 
     def resent() -> list[int]:
         sent.clear()
-        import engine.worker.dispatch as q
+        import engine.queue.dispatch as q
 
         real = q.dispatch_request
         q.dispatch_request = lambda rid, settings=None: sent.append(rid)

@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from engine.cli.worker_process import live_workers
+from engine.worker.process import live_workers
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope

@@ -257,7 +257,7 @@ def test_the_gate_rejects_a_candidate_that_forgets_its_seeds():
 def test_the_retrain_message_is_sent_after_its_row_commits(retrain_settings, monkeypatch):
     """A hung broker must not hold the database's write lock: when the message goes out, the
     run is committed and the database is free for other writers."""
-    from engine.worker import dispatch
+    from engine.queue import dispatch
 
     s = retrain_settings
     seen: list[str] = []
@@ -273,7 +273,7 @@ def test_the_retrain_message_is_sent_after_its_row_commits(retrain_settings, mon
 
 def test_a_retrain_that_cannot_be_sent_does_not_block_the_next(retrain_settings, monkeypatch):
     from engine.errors import QueueUnreachable
-    from engine.worker import dispatch
+    from engine.queue import dispatch
 
     def unreachable(run_id: int, settings) -> None:  # type: ignore[no-untyped-def]
         raise QueueUnreachable("The job queue is unreachable right now.")

@@ -9,8 +9,7 @@ from celery.exceptions import CeleryError
 from kombu.exceptions import KombuError, OperationalError
 
 from engine.errors import QueueUnreachable
-from engine.settings import Settings, get_settings
-from engine.worker.app import (
+from engine.queue.app import (
     CPU_QUEUE,
     GPU_QUEUE,
     TASK_GENERATE,
@@ -20,13 +19,14 @@ from engine.worker.app import (
     get_app,
     make_app,
 )
+from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=16)
 def _app_for(broker: str, folder: str, backend: str, settings_json: str):
-    return make_app(Settings.model_validate_json(settings_json))
+    return make_app(Settings.model_validate_json(settings_json), set_as_current=False)
 
 
 def _app(settings: Settings):
