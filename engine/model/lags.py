@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.model.copy.lookback import bar_ticks
+from engine.model.copy.lookback import LAG_BARS, bar_ticks
 from engine.model.events import COPY_COLUMNS, DURATION, PITCH, SHIFT
 
-LAG_BARS = (2, 4, 8)
 LAG_FIELDS = 4  # per lag: next shift, next pitch, next duration, repeating now
 _RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
 _FAR = 10**15  # the key of a column that is no seed note (sorts after every real one)

@@ -105,9 +105,10 @@ class EventEmbedding(nn.Module):
         self.lag = None
         if cfg.lag_inputs:
             lags = lag_sizes(cfg.n_shift, cfg.n_pitch, cfg.n_duration)
-            self.lag = nn.ModuleList(nn.Embedding(n, cfg.d_embed) for n in lags)
-            for emb in self.lag:
-                nn.init.zeros_(emb.weight)
+            tables = [nn.Embedding(n, cfg.d_embed) for n in lags]
+            for table in tables:
+                nn.init.zeros_(table.weight)
+            self.lag = nn.ModuleList(tables)
         self.start = nn.Parameter(torch.zeros(cfg.d_embed))  # decoder input before the first note
         self.no_seed = nn.Parameter(torch.zeros(cfg.d_embed))  # the one encoder step of no seed
         for emb in [*self.columns, self.style, *([self.key] if self.key else [])]:

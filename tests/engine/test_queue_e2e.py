@@ -10,11 +10,11 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from engine.worker.process import live_workers
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
 from engine.store.db import session_scope
 from engine.store.records import Artifact, Request, RequestStatus
+from engine.worker.process import live_workers
 from tests.conftest import (
     ROOT,
     example_seed_bytes,

@@ -74,20 +74,9 @@ class StepWeights:
         first = [lin[0] for lin in heads.out]
         head_in = torch.cat([lin.weight for lin in first]) * _SQRT_HALF  # (4H, H)
         head_in_bias = torch.cat([lin.bias for lin in first]) * _SQRT_HALF  # (4H,)
-        # Choosing the shift adds the shift's, the position's and the phrase bar's embeddings to
-        # the input of every later head; rows laid out like `event_gates`, so one index serves both.
-        onset = w_in.new_zeros(offsets[PHRASE + 1], H)
-        onset[: sizes[SHIFT]] = heads.chosen[SHIFT].weight
-        onset[offsets[POSITION] : offsets[PHRASE]] = heads.chosen_position.weight
-        if heads.chosen_phrase is not None:
-            onset[offsets[PHRASE] :] = heads.chosen_phrase.weight
+        onset = _onset_table(model, offsets)
         attention = model.config.attention
-        lag_gates, lag_offsets = None, ()
-        if model.embed.lag is not None:
-            lag_tables = [emb.weight @ w_in.T for emb in model.embed.lag]
-            lag_sizes = [t.size(0) for t in lag_tables]
-            lag_offsets = tuple(sum(lag_sizes[:i]) for i in range(len(lag_sizes)))
-            lag_gates = torch.cat(lag_tables)
+        lag_gates, lag_offsets = _lag_tables(model, w_in)
         return cls(
             hidden=H,
             offsets=offsets,
@@ -123,6 +112,29 @@ class StepWeights:
             head_out=[(lin[2].weight.T * _SQRT_HALF).contiguous() for lin in heads.out],
             head_out_bias=[lin[2].bias.clone() for lin in heads.out],
         )
+
+
+def _onset_table(model: MotifSeq2Seq, offsets: tuple[int, ...]) -> torch.Tensor:
+    """(rows, H): choosing the shift adds the shift's, the position's and the phrase bar's
+    embeddings to the input of every later head; rows laid out like `event_gates` (`offsets`),
+    so one index serves both."""
+    heads = model.heads
+    onset = heads.chosen_position.weight.new_zeros(offsets[PHRASE + 1], model.config.hidden)
+    onset[: offsets[PITCH]] = heads.chosen[SHIFT].weight
+    onset[offsets[POSITION] : offsets[PHRASE]] = heads.chosen_position.weight
+    if heads.chosen_phrase is not None:
+        onset[offsets[PHRASE] :] = heads.chosen_phrase.weight
+    return onset
+
+
+def _lag_tables(model: MotifSeq2Seq, w_in: torch.Tensor) -> tuple[torch.Tensor | None, tuple]:
+    """The lag inputs' embeddings through layer 0's input weights w_in (4H, D), one table of
+    (rows, 4H), and the row of value 0 of each column; (None, ()) for a model without them."""
+    if model.embed.lag is None:
+        return None, ()
+    tables = [emb.weight @ w_in.T for emb in model.embed.lag]
+    sizes = [t.size(0) for t in tables]
+    return torch.cat(tables), tuple(sum(sizes[:i]) for i in range(len(sizes)))
 
 
 class BatchDecoder:

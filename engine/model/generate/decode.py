@@ -80,6 +80,20 @@ class Batch:
         if self.lags is not None:
             self.lags.select(keep)
 
+    def append(
+        self,
+        shift: torch.Tensor,
+        pitch: torch.Tensor,
+        duration: torch.Tensor,
+        position: torch.Tensor,
+    ) -> None:
+        """The note just drawn (each (B', 1), position without its offset), for the copy path's
+        memory and the lag inputs."""
+        if self.copy is not None:
+            self.copy.append(shift, pitch, duration, position)
+        if self.lags is not None:
+            self.lags.append(shift, pitch)
+
 
 class Segment(NamedTuple):
     """A stretch of steps between two compactions of the batch."""
@@ -178,10 +192,7 @@ def _note(
     duration = sample(scaled, last_rank[DURATION], top_p, u[DURATION])
     grammar.add_duration(duration)
     closing.add_note(pitch, grammar.duration_ticks.take(duration))
-    if copy is not None:
-        copy.append(shift, pitch, duration, position - offsets[POSITION])
-    if batch.lags is not None:
-        batch.lags.append(shift, pitch)
+    batch.append(shift, pitch, duration, position - offsets[POSITION])
     x = decoder.choose(DURATION, x, duration)
     scaled = decoder.logits(VELOCITY, x) * inv_temp
     velocity = sample(scaled, last_rank[VELOCITY], top_p, u[VELOCITY])

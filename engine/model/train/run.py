@@ -89,10 +89,11 @@ class Run:
         elif cfg.init_from is not None:
             base = load_checkpoint(cfg.init_from)
             tok_cfg, model_cfg = base.codec.config, base.config
-            if cfg.phrase and not model_cfg.n_phrase:  # learn the phrase input from here on
-                model_cfg = replace(model_cfg, n_phrase=PHRASE_BARS)
-            if cfg.lags and not model_cfg.lag_inputs:  # and the lag inputs
-                model_cfg = replace(model_cfg, lag_inputs=True)
+            model_cfg = replace(  # learn the phrase and lag inputs from here on, if it lacks them
+                model_cfg,
+                n_phrase=model_cfg.n_phrase or (PHRASE_BARS if cfg.phrase else 0),
+                lag_inputs=model_cfg.lag_inputs or cfg.lags,
+            )
         else:
             tok_cfg = TokenizerConfig()
             model_cfg = None
@@ -111,12 +112,9 @@ class Run:
             )
         self.model_cfg, self.model = model_cfg, MotifSeq2Seq(model_cfg)
         if cfg.init_from is not None and resume is None:
-            # strict but for the phrase and lag embeddings a model without them lacks (zero: no
-            # change)
+            # strict but for the phrase and lag embeddings it lacks (zero: no change)
             missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
-            if unexpected or any(
-                "phrase" not in name and "embed.lag." not in name for name in missing
-            ):
+            if unexpected or any("phrase" not in n and "embed.lag." not in n for n in missing):
                 raise BadParams(f"{cfg.init_from} does not fit: {missing + unexpected}")
         self.model.to(device)
         self.optimizer = make_optimizer(self.model, cfg, device)
