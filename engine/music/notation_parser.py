@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import select
 import signal
@@ -36,14 +37,18 @@ class TooLarge(Exception):
 
 def downbeat_shift(part: Any, score: Any) -> float:
     """How far to move a part's notes so that its bar lines fall on the metre's: the phase most
-    of its later measures start at. A pickup moves them by what it lacks of a bar; so does a
-    first bar longer than the metre (or than 4/4 in a tune without one), which music21 leaves
-    at offset 0 with every later bar line off the beat."""
+    of its later measures start at (those before a metre change). A pickup moves them by what
+    it lacks of a bar; so does a first bar longer than the metre (or than 4/4 in a tune without
+    one), which music21 leaves at offset 0 with every later bar line off the beat."""
     measures = list(part.getElementsByClass("Measure"))
     first = measures[0] if measures else None
     meter = next(iter(score.recurse().getElementsByClass("TimeSignature")), None)
     bar = float(meter.barDuration.quarterLength) if meter is not None else 4.0
-    starts = [round(float(m.offset) % bar, 4) for m in measures[1:]] if bar > 0 else []
+    change = next(
+        (float(m.offset) for m in measures[1:] if m.timeSignature is not None), float("inf")
+    )
+    in_first_metre = [m for m in measures[1:] if float(m.offset) < change]
+    starts = [round(float(m.offset) % bar, 4) for m in in_first_metre] if bar > 0 else []
     if not starts:
         return float(first.paddingLeft) if first is not None else 0.0
     phase = max(set(starts), key=lambda p: (starts.count(p), -starts.index(p)))
@@ -82,7 +87,7 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
 
     if kind == "abc":
         # parseData, never parse: parse() reads a string that names a file or a URL as that file
-        score = converter.parseData(text.decode("utf-8"), format="abc")
+        score = converter.parseData(abc_fields_on_lines(text.decode("utf-8")), format="abc")
     else:
         check_xml_tree(text)
         text = partwise(text)  # music21 reads partwise only: a timewise score is turned first
@@ -94,9 +99,13 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
         raise TooLarge(f"{len(parts)} parts", f"{max_parts} parts")
     notes: list[tuple[float, float, int, int]] = []
     program = None
-    for part in parts:
+    metres: list[list[float]] = []
+    keys: list[list[float]] = []
+    for index, part in enumerate(parts):
         part = part.stripTies()
         pickup = downbeat_shift(part, score)  # an upbeat, or an irregular first bar
+        if index == 0:  # the first part's metres and keys stand for the score's
+            metres, keys = _changes(part, pickup)
         if program is None:
             inst = part.getInstrument(returnDefault=False)
             program = getattr(inst, "midiProgram", None) if inst is not None else None
@@ -119,9 +128,52 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
         "meter": [int(meter.numerator), int(meter.denominator)] if meter is not None else None,
         "fifths": int(key.sharps) if key is not None else None,
         "minor": key is not None and getattr(key, "mode", "major") == "minor",
+        "meters": metres,  # [beat, numerator, denominator] where each starts, in time order
+        "keys": keys,  # [beat, fifths, 1 if minor else 0] likewise
         "program": program if isinstance(program, int) else None,
         "title": str(title or ""),
     }
+
+
+def _changes(part: Any, pickup: float) -> tuple[list[list[float]], list[list[float]]]:
+    """A part's time and key signatures where each starts, in beats of the notes' timeline
+    (the first at 0 stays there: a pickup moves the notes after it, not the opening metre)."""
+    metres: list[list[float]] = []
+    keys: list[list[float]] = []
+    flat = part.flatten()
+    for ts in flat.getElementsByClass("TimeSignature"):
+        beat = float(ts.offset) + pickup if float(ts.offset) > 0 else 0.0
+        metres.append([beat, int(ts.numerator), int(ts.denominator)])
+    for ks in flat.getElementsByClass("KeySignature"):
+        beat = float(ks.offset) + pickup if float(ks.offset) > 0 else 0.0
+        minor = getattr(ks, "mode", "major") == "minor"
+        keys.append([beat, int(ks.sharps), int(minor)])
+    return metres, keys
+
+
+# An ABC field inside the tune's body: inline ([M:3/4]) or on a line of its own. music21 reads
+# neither inline fields nor a lone field line between bars (it keeps only the second of two),
+# so each becomes a line of its own after a harmless N: (notes) line.
+_ABC_BODY_FIELD = re.compile(r"\[([KLMQ]):([^\]\n]{0,80})\]|^([KLMQ]):(.*)$", re.M)
+
+
+def abc_fields_on_lines(tune: str) -> str:
+    """An ABC tune whose metre, key, length and tempo fields inside its body all reach
+    music21: each on a line of its own after an N: line. The header is left as it is."""
+    head = re.search(r"^K:.*$", tune, re.M)  # the header ends with its K: field
+    if head is None:
+        return tune
+
+    body = tune[head.end() :]
+
+    def own_line(match: re.Match[str]) -> str:
+        field, value = (match[1], match[2]) if match[1] else (match[3], match[4])
+        before = "" if match.start() == 0 or body[match.start() - 1] == "\n" else "\n"
+        after = "" if match.end() == len(body) or body[match.end()] == "\n" else "\n"
+        # (no empty line may come of it: an empty line ends an ABC tune)
+        return f"{before}N:motif\n{field}:{value.strip()}{after}"
+
+    return tune[: head.end()] + _ABC_BODY_FIELD.sub(own_line, body)
 
 
 def _child(request: dict[str, Any], text: bytes, out_fd: int) -> None:
