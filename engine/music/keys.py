@@ -14,7 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-from engine.music.notes import Note
+from engine.music.metre import last_key
+from engine.music.notes import Note, Piece
 
 # Krumhansl & Kessler (1982) key profiles, index 0 = the tonic.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -80,6 +81,31 @@ def key_for_generation(notes: Iterable[Note]) -> tuple[int, str] | None:
     """The generator's key of a seed: every note weighs at least GENERATION_MIN_DURATION beats;
     None for no notes or a histogram without contrast."""
     return estimate_key(notes, min_duration=GENERATION_MIN_DURATION)
+
+
+# a section after a key change with fewer notes than this is not estimated: its key signature
+# stands for it
+MIN_SECTION_NOTES = 8
+
+
+def last_key_section(piece: Piece) -> Piece:
+    """The piece from its last key change on (the whole piece when its key never changes, or
+    when no note follows the change): the notes in the key a continuation keeps."""
+    if not piece.key_changes:
+        return piece
+    at = piece.key_changes[-1][0]
+    notes = tuple(n for n in piece.notes if n.start >= at - 1e-6)
+    return Piece(notes, piece.tempo_bpm, piece.time_signature, piece.program) if notes else piece
+
+
+def key_in_force(piece: Piece) -> tuple[int, str] | None:
+    """The generator's key of a seed at its end: estimated from the notes after its last key
+    change (all of them when it has none), or that key signature itself when fewer than
+    MIN_SECTION_NOTES notes follow it. A seed that modulates is continued in its last key."""
+    section = last_key_section(piece)
+    if piece.key_changes and len(section.notes) < MIN_SECTION_NOTES:
+        return last_key(piece)
+    return key_for_generation(section.notes)
 
 
 def key_for_metrics(notes: Iterable[Note]) -> tuple[int, str]:
