@@ -12,9 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine.music.notes import KeyChange, MetreChange, Piece, notated_metre
+from engine.music.notes import TICKS_PER_BEAT, KeyChange, MetreChange, Piece, notated_metre
 
 _EPS = 1e-6  # beats: onsets and changes on Motif's grid are 1/12 beat apart at the least
+# Changes closer than one tick of the grid cannot be written apart: the later one holds. A
+# piece with more changes than MAX_CHANGES (a hostile or broken file) keeps none: its metre at
+# the end (or its first key) throughout, and the score stays a score.
+MIN_GAP = 1 / TICKS_PER_BEAT
+MAX_CHANGES = 256
 Change = TypeVar("Change", MetreChange, KeyChange)
 
 
@@ -78,18 +83,19 @@ def in_force(changes: Sequence[Change], beat: float) -> Change | None:
 
 def window(changes: Sequence[Change], start: float, end: float) -> tuple[Change, ...]:
     """The changes that hold between beats `start` and `end` (inclusive), counted from
-    `start`: the one in force at `start` moves to beat 0; a change that repeats the one before
-    it, or is overtaken at the same beat, is left out. `changes` are in time order."""
+    `start`, on Motif's grid: the one in force at `start` moves to beat 0; a change that
+    repeats the one before it, or is overtaken within a tick, is left out. `changes` are in
+    time order."""
     kept: list[Change] = []
     first = in_force(changes, start)
     if first is not None:
         kept.append((0.0, first[1], first[2]))
     for change in changes:
-        beat = change[0] - start
+        beat = round((change[0] - start) * TICKS_PER_BEAT) / TICKS_PER_BEAT  # on the grid
         if beat <= _EPS or beat > end - start + _EPS:
             continue
-        if kept and abs(kept[-1][0] - beat) <= _EPS:
-            kept.pop()  # two at one beat: the later holds
+        if kept and beat - kept[-1][0] < MIN_GAP - _EPS:
+            kept.pop()  # two at one tick: the later holds
         if not kept or kept[-1][1:] != change[1:]:
             kept.append((beat, change[1], change[2]))
     return tuple(kept)
@@ -107,7 +113,8 @@ def metre_changes(
         notated.insert(0, (0.0, 4, 4))
     changes = window(notated, start, end)
     last = changes[-1][1:] if changes else (4, 4)
-    return (changes if len(changes) > 1 else ()), (int(last[0]), int(last[1])), clamped
+    kept = changes if 1 < len(changes) <= MAX_CHANGES else ()
+    return kept, (int(last[0]), int(last[1])), clamped
 
 
 def key_changes(
@@ -117,7 +124,7 @@ def key_changes(
     for one key) and the key in force at `start` (None without one)."""
     changes = window(raw, start, end)
     first = (changes[0][1], changes[0][2]) if changes else None
-    return (changes if len(changes) > 1 else ()), first
+    return (changes if 1 < len(changes) <= MAX_CHANGES else ()), first
 
 
 def last_key(piece: Piece) -> tuple[int, str] | None:

@@ -196,8 +196,23 @@ def test_window_keeps_the_changes_in_force_and_drops_repeats():
     changes = ((0.0, 4, 4), (4.0, 4, 4), (8.0, 3, 4), (8.0, 6, 8), (20.0, 2, 4))
     assert window(changes, 0.0, 16.0) == ((0.0, 4, 4), (8.0, 6, 8))
     assert window(changes, 10.0, 30.0) == ((0.0, 6, 8), (10.0, 2, 4))
+    assert window(((0.0, 4, 4), (8.0, 3, 4), (8.01, 2, 4)), 0.0, 16.0) == ((0.0, 4, 4), (8.0, 2, 4))
     got = [(b.start, b.length) for b in bars(((0.0, 4, 4), (6.0, 3, 4)), 10.0)]
     assert got == [(0.0, 4.0), (4.0, 2.0), (6.0, 3.0), (9.0, 3.0)]  # a bar cut by the change
+
+
+def test_a_file_that_changes_metre_on_every_tick_keeps_one_metre():
+    """A hostile MIDI: a time signature on every tick of a bar, then thousands more. Changes a
+    tick apart cannot be written (the later holds); past MAX_CHANGES none is kept."""
+    score = Score(480)
+    track = Track("t", 0, False)
+    track.notes.append(SymusicNote(0, 480 * 400, 60, 80))
+    score.tracks.append(track)
+    for tick in range(0, 480 * 400, 40):  # a change every twelfth of a beat: 4,800 of them
+        score.time_signatures.append(TimeSignature(tick, 3 + tick // 40 % 2, 4))
+    seed = load_seed(bytes(score.dumps_midi()), name="hostile.mid")
+    assert seed.metre_changes == () and seed.time_signature == (4, 4)  # the last one's
+    assert len(measures(score_xml(seed, Piece(()), key=None))) == 100
 
 
 def test_the_continuation_is_barred_in_the_last_metre(tiny_lm):
