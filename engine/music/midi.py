@@ -252,11 +252,14 @@ def load_seed(
 ) -> Piece:
     """The seed melody in untrusted MIDI bytes, or a `BadMidi` whose message says what is wrong.
 
-    Non-drum tracks merge into one polyphonic piece (program of the busiest track); tempo and time
-    signature are the first ones (120 BPM and 4/4 without); times are in quarter-note beats.
+    Non-drum tracks merge into one polyphonic piece (program of the busiest track); the tempo is
+    the first one (120 BPM without); the time signature is the one in force at the seed's end
+    (4/4 without), and a seed whose metre or key signature changes lists them
+    (`Piece.metre_changes`, `key_changes`); times are in quarter-note beats.
     A file longer than the duration or note limits is cropped to its opening (meta["cropped"]
     says how); drums are left out (meta["drum_notes"] counts them). `from_bar` (2 or more): only
-    the bars before it are the seed (bars of the first time signature); None: the whole file.
+    the bars before it are the seed (the file's bars, across its metre changes); None: the whole
+    file.
     """
     try:
         smf = checked_smf(bytes(data), limits)
