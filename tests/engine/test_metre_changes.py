@@ -243,17 +243,22 @@ def test_the_continuation_is_barred_in_the_last_metre(tiny_lm):
 
 
 def test_a_seed_that_changes_key_is_continued_in_its_last_key(tiny_lm):
-    """Eight bars in C major then eight in D major: the whole seed reads as C (or G); the key
-    in force at its end is D major."""
+    """Twelve bars in C major then eight in D major: the whole seed reads as another key; the
+    key in force at its end is D major, whether a key signature says so or not."""
     c_major = [60, 62, 64, 65, 67, 69, 71, 72, 67, 64, 60, 62]
     d_major = [62, 64, 66, 67, 69, 71, 73, 74, 69, 66, 62, 64, 66, 69, 73, 74]
     notes = [Note(i * 2.0, 2.0, p) for i, p in enumerate(c_major * 2)]
     notes += [Note(48.0 + i * 2.0, 2.0, p) for i, p in enumerate(d_major)]
-    one_key = Piece(tuple(notes))
-    assert key_for_generation(one_key.notes) != (2, "major")
+    undeclared = Piece(tuple(notes))
+    assert key_for_generation(undeclared.notes) != (2, "major")
+    assert key_in_force(undeclared) == (2, "major")  # its last 8 bars are clearly in D
     changed = Piece(tuple(notes), key_changes=((0.0, 0, "major"), (48.0, 2, "major")))
     assert key_in_force(changed) == (2, "major")
-    assert key_in_force(one_key) == key_for_generation(one_key.notes)  # as before
+    # a seed that stays in its key, or is too short to tell, keeps the whole seed's estimate
+    c_only = Piece(tuple(Note(i * 2.0, 2.0, p) for i, p in enumerate(c_major * 4)))
+    assert c_only.bars >= 16 and key_in_force(c_only) == key_for_generation(c_only.notes)
+    short = Piece(tuple(n for n in notes if n.start >= 32.0))  # 12 bars: 4 of C, 8 of D
+    assert key_in_force(short) == key_for_generation(short.notes)
     request = GenerationRequest(seed=changed, bars=1, rng_seed=1, key_gravity=0.0)
     row = plan_row(tiny_lm, request)
     assert row.tonal == (2, "major")
@@ -261,5 +266,5 @@ def test_a_seed_that_changes_key_is_continued_in_its_last_key(tiny_lm):
     penalised = {(p + low) % 12 for p, bias in enumerate(row.pitch_bias) if bias < 0}
     assert penalised == {0, 3, 5, 8, 10}  # C, Eb, F, Ab, Bb: outside D major and the seed's D part
     # a short last section stands on its key signature
-    short = Piece(tuple(notes[:26]), key_changes=((0.0, 0, "major"), (48.0, 2, "major")))
-    assert key_in_force(short) == (2, "major")
+    few = Piece(tuple(notes[:26]), key_changes=((0.0, 0, "major"), (48.0, 2, "major")))
+    assert key_in_force(few) == (2, "major")
