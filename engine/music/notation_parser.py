@@ -195,26 +195,39 @@ def abc_metres(tune: str) -> list[tuple[int, int]]:
 # An ABC field inside the tune's body: inline ([M:3/4]) or on a line of its own. music21 reads
 # neither inline fields nor a lone field line between bars (it keeps only the second of two),
 # so each becomes a line of its own after a harmless N: (notes) line.
-_ABC_BODY_FIELD = re.compile(r"\[([KLMQ]):([^\]\n]{0,80})\]|^([KLMQ]):(.*)$", re.M)
+_ABC_INLINE_FIELD = re.compile(r"\[([KLMQ]):([^\]\n]{0,80})\]")
+_ABC_FIELD_LINE = re.compile(r"[KLMQ]:")
+_ABC_COMMENT = re.compile(r"(?<!\\)%")
 
 
 def abc_fields_on_lines(tune: str) -> str:
     """An ABC tune whose metre, key, length and tempo fields inside its body all reach
-    music21: each on a line of its own after an N: line. The header is left as it is."""
+    music21: each on a line of its own after an N: line. The header, comments and empty lines
+    (the tune's end) are left as they are."""
     head = re.search(r"^K:.*$", tune, re.M)  # the header ends with its K: field
     if head is None:
         return tune
-
-    body = tune[head.end() :]
-
-    def own_line(match: re.Match[str]) -> str:
-        field, value = (match[1], match[2]) if match[1] else (match[3], match[4])
-        before = "" if match.start() == 0 or body[match.start() - 1] == "\n" else "\n"
-        after = "" if match.end() == len(body) or body[match.end()] == "\n" else "\n"
-        # (no empty line may come of it: an empty line ends an ABC tune)
-        return f"{before}N:motif\n{field}:{value.strip()}{after}"
-
-    return tune[: head.end()] + _ABC_BODY_FIELD.sub(own_line, body)
+    out: list[str] = []
+    for line in tune[head.end() :].split("\n"):
+        if _ABC_FIELD_LINE.match(line):
+            out += ["N:motif", line]
+            continue
+        comment = _ABC_COMMENT.search(line)
+        code = line[: comment.start()] if comment else line
+        parts = _ABC_INLINE_FIELD.split(code)  # text, (field, value, text)...
+        if len(parts) == 1:
+            out.append(line)
+            continue
+        text = parts[0]
+        for i in range(1, len(parts), 3):
+            if text.strip():
+                out.append(text)
+            out += ["N:motif", f"{parts[i]}:{parts[i + 1].strip()}"]
+            text = parts[i + 2]
+        rest = text + (line[comment.start() :] if comment else "")
+        if rest.strip():  # never an empty line: that would end the tune
+            out.append(rest)
+    return tune[: head.end()] + "\n".join(out)
 
 
 def _child(request: dict[str, Any], text: bytes, out_fd: int) -> None:

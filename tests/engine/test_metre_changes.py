@@ -152,6 +152,9 @@ def test_abc_body_fields_get_lines_of_their_own_without_ending_the_tune():
     assert "\n\n" not in text  # an empty line would end the tune
     assert "\nN:motif\nM:3/4\n" in text and "\nN:motif\nK:D\n" in text
     assert text.startswith(INLINE[: INLINE.index("K:G") + 3])  # the header as it was
+    # a comment keeps its text (an inline field there is not read), an empty line stays
+    commented = abc_fields_on_lines("X:1\nK:C\nCDE|[M:3/4] F2G % then [K:D]\n\nT:after\n")
+    assert commented == "X:1\nK:C\nCDE|\nN:motif\nM:3/4\n F2G % then [K:D]\n\nT:after\n"
     assert abc_metres(INLINE) == [(4, 4), (3, 4)]
     assert abc_metres("X:1\nM:C|\nK:C\nCDEF|\nM:C\nCDEF|]\n") == [(2, 2), (4, 4)]
 
