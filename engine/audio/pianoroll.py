@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.music.metre import Bar, metres_of, piece_bars
 from engine.music.notes import Note, Piece
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def piano_roll_png(
     """PNG of the seed (blue) and continuation (orange) on one timeline in beats.
 
     Both pieces share the timeline: the continuation's beats count from the start of the seed.
-    Bar lines follow the seed's time signature (the continuation's without a seed)."""
+    Bar lines follow the seed's metres, changes included (the continuation's without a seed)."""
     from PIL import Image, ImageDraw
 
     parts = [(p, c, label) for p, c, label in (
@@ -111,7 +112,7 @@ def piano_roll_png(
 @dataclass(frozen=True)
 class _Frame:
     """The plot area in pixels and what it shows: pitches low..high (one row per semitone,
-    pitch p's row centred on y(p)) and beats 0..end in bars of `bar` beats."""
+    pitch p's row centred on y(p)) and beats 0..end in `bars`."""
 
     x0: int
     x1: int
@@ -121,7 +122,7 @@ class _Frame:
     low: int
     high: int
     end: float
-    bar: float
+    bars: tuple[Bar, ...]
 
     @classmethod
     def around(cls, notes: list[Note], metre: Piece, width_px: int, height_px: int) -> _Frame:
@@ -132,17 +133,17 @@ class _Frame:
             high = max(n.pitch for n in notes) + 2
             end = max(n.end for n in notes)
         else:
-            low, high, end = 58, 72, metre.beats_per_bar
+            low, high, end = 58, 72, 0.0
         if high - low < 12:
             pad = (12 - (high - low)) / 2
             low, high = int(low - math.floor(pad)), int(high + math.ceil(pad))
-        bar = metre.beats_per_bar
-        end = max(bar, math.ceil(end / bar) * bar)
-        return cls(LEFT, width_px - RIGHT, TOP, height_px - BOTTOM, height_px, low, high, end, bar)
+        bars = tuple(piece_bars(metre, end))
+        end = bars[-1].start + bars[-1].length
+        return cls(LEFT, width_px - RIGHT, TOP, height_px - BOTTOM, height_px, low, high, end, bars)
 
     @property
     def n_bars(self) -> int:
-        return round(self.end / self.bar)
+        return len(self.bars)
 
     def x(self, beat: float) -> float:
         return self.x0 + beat * ((self.x1 - self.x0) / self.end)
@@ -163,15 +164,15 @@ def _draw_grid(draw: ImageDraw.ImageDraw, f: _Frame, metre: Piece) -> None:
                 (f.x0, round(y(p + 0.5)), f.x1, round(y(p - 0.5)) - 1), fill=BLACK_KEY_ROW
             )
     if f.n_bars <= 32:  # beat lines only while they stay visibly apart
-        step = 4 / metre.time_signature[1]  # denominator units
-        for b in np.arange(0, f.end + 1e-9, step):
-            if b % f.bar:
+        for bar in f.bars:
+            step = 4 / bar.metre[1]  # denominator units
+            for b in np.arange(bar.start + step, bar.start + bar.length - 1e-9, step):
                 draw.line((round(x(b)), f.y0, round(x(b)), f.y1), fill=BEAT_LINE)
     for p in range(f.low, f.high + 1):
         if p % 12 == 0:
             draw.line((f.x0, round(y(p - 0.5)), f.x1, round(y(p - 0.5))), fill=OCTAVE_LINE)
-    for i in range(f.n_bars + 1):
-        draw.line((round(x(i * f.bar)), f.y0, round(x(i * f.bar)), f.y1), fill=BAR_LINE)
+    for beat in [b.start for b in f.bars] + [f.end]:
+        draw.line((round(x(beat)), f.y0, round(x(beat)), f.y1), fill=BAR_LINE)
 
 
 def _draw_notes(draw: ImageDraw.ImageDraw, f: _Frame, parts: list[tuple[Piece, str, str]]) -> None:
@@ -228,8 +229,9 @@ def _draw_axes(
 
     every = max(1, math.ceil(f.n_bars / MAX_BAR_LABELS))
     for i in range(0, f.n_bars, every):
-        draw.text((f.x(i * f.bar), f.y1 + 4), str(i + 1), fill=SPINE, font=font, anchor="mt")
-    draw.text(((f.x0 + f.x1) / 2, f.height_px - 6),
-              f"bar ({metre.time_signature[0]}/{metre.time_signature[1]}, "
-              f"{metre.tempo_bpm:g} BPM)", fill=SPINE, font=font, anchor="md")  # fmt: skip
+        draw.text((f.x(f.bars[i].start), f.y1 + 4), str(i + 1), fill=SPINE, font=font, anchor="mt")
+    written = [f"{n}/{d}" for _, n, d in metres_of(metre)]
+    metres = " → ".join(written if len(written) <= 3 else [written[0], "…", written[-1]])
+    draw.text(((f.x0 + f.x1) / 2, f.height_px - 6), f"bar ({metres}, {metre.tempo_bpm:g} BPM)",
+              fill=SPINE, font=font, anchor="md")  # fmt: skip
     draw.text((f.x0, TOP - 8), title, fill=SPINE, font=_font(_px(FONT + 2)), anchor="ld")

@@ -4,6 +4,8 @@ triplet marks."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.music.notes import DURATION_BINS, TICKS_PER_BEAT, Piece
@@ -33,6 +35,27 @@ _VALUES: tuple[tuple[int, str, int, bool], ...] = tuple(
     )
 )
 _BEAMS = {"eighth": 1, "16th": 2, "32nd": 3}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A measure of a score on the grid: where it starts, its length and its beat, in ticks."""
+
+    start: int
+    length: int
+    beat: int
+    metre: tuple[int, int]
+
+
+def beat_ticks(metre: tuple[int, int]) -> int:
+    """The beat a reader counts in `metre`, in ticks (6/8, 9/8, 12/8: a dotted quarter)."""
+    num, den = metre
+    return TICKS * 3 // 2 if den == 8 and num % 3 == 0 and num > 3 else TICKS * 4 // den
+
+
+def measure_at(measures: Sequence[Measure], starts: Sequence[int], tick: int) -> int:
+    """The index of the measure that holds `tick` (`starts`: each measure's start)."""
+    return max(0, min(len(measures) - 1, bisect_right(starts, tick) - 1))
 
 
 @dataclass
@@ -134,9 +157,11 @@ def _rest_values(offset: int, span: int, beat: int) -> list[tuple[int, str, int,
     return parts
 
 
-def measure_events(voice: list[_Chord], bar: int, n_bars: int, show_rests: bool, beat: int):
+def measure_events(voice: list[_Chord], measures: Sequence[Measure], show_rests: bool):
     """{measure index: [Event]} of one voice, with rests filling its gaps."""
-    out: dict[int, list[Event]] = {m: [] for m in range(n_bars)}
+    out: dict[int, list[Event]] = {m: [] for m in range(len(measures))}
+    starts = [m.start for m in measures]
+    total = measures[-1].start + measures[-1].length
     cursor = 0
     pieces: list[tuple[int, int, list[int], bool]] = []  # (start, length, pitches, seed)
     for chord in voice:
@@ -144,19 +169,22 @@ def measure_events(voice: list[_Chord], bar: int, n_bars: int, show_rests: bool,
             pieces.append((cursor, chord.start - cursor, [], False))
         pieces.append((chord.start, chord.length, sorted(chord.pitches), chord.seed))
         cursor = chord.start + chord.length
-    if cursor < n_bars * bar:
-        pieces.append((cursor, n_bars * bar - cursor, [], False))
+    if cursor < total:
+        pieces.append((cursor, total - cursor, [], False))
     for start, length, pitches, seed in pieces:
         end = start + length
         pos = start
         while pos < end:
-            measure, offset = divmod(pos, bar)
-            span = min(end, (measure + 1) * bar) - pos
-            if not pitches and span == bar:  # a whole bar's rest
-                out[measure].append(
+            index = measure_at(measures, starts, pos)
+            measure = measures[index]
+            offset = pos - measure.start
+            bar_end = measure.start + measure.length
+            span = min(end, bar_end) - pos if bar_end > pos else end - pos
+            if not pitches and span == measure.length:  # a whole bar's rest
+                out[index].append(
                     Event(
                         0,
-                        (bar, "whole", 0, False),
+                        (measure.length, "whole", 0, False),
                         [],
                         False,
                         hidden=not show_rests,
@@ -165,9 +193,9 @@ def measure_events(voice: list[_Chord], bar: int, n_bars: int, show_rests: bool,
                 )
                 pos += span
                 continue
-            values = _split(span) if pitches else _rest_values(offset, span, beat)
+            values = _split(span) if pitches else _rest_values(offset, span, measure.beat)
             for value in values:
-                out[measure].append(
+                out[index].append(
                     Event(
                         offset,
                         value,

@@ -14,6 +14,7 @@ from pathlib import Path
 from symusic import Score
 
 from engine.errors import BadMidi
+from engine.music.metre import bar_index, bars, key_changes, metre_changes
 from engine.music.midi_check import (
     AbsurdTempo,
     CorruptMidi,
@@ -24,7 +25,7 @@ from engine.music.midi_check import (
     ZeroLengthMidi,
     checked_smf,
 )
-from engine.music.notes import Note, Piece, notated_metre
+from engine.music.notes import KeyChange, MetreChange, Note, Piece
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,15 @@ def _parse_score(smf: bytes) -> Score:
         raise CorruptMidi(f"parser: {type(exc).__name__}: {exc}") from exc
 
 
-def _time_signature(score) -> tuple[int, int]:
+def _time_signatures(score, tpq: int) -> list[tuple[float, int, int]]:
+    """The file's time signatures as (beat, numerator, denominator), in time order (unreadable
+    ones left out)."""
+    found = []
     for ts in sorted(score.time_signatures, key=lambda t: t.time):
         num, den = int(ts.numerator), int(ts.denominator)
-        if 1 <= num <= 32 and den in (1, 2, 4, 8, 16, 32, 64):
-            return (num, den)
-        break
-    return DEFAULT_TIME_SIGNATURE
+        if num >= 1 and den >= 1:
+            found.append((max(0, int(ts.time)) / tpq, num, den))
+    return found
 
 
 def _tick_at_seconds(seconds: float, tpq: int, tempos) -> int:
@@ -72,17 +75,19 @@ def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None
         raise DrumOnlyMidi()
     tempos, tempo_bpm = _checked_tempos(score, limits)
     raw, cropped = _cropped_notes(score, pitched, limits, tpq, tempos)
-    time_signature = notated_metre(_time_signature(score))
-    clamped = time_signature != _time_signature(score)
-    bar_beats = time_signature[0] * 4 / time_signature[1]
+    signatures = _time_signatures(score, tpq)
+    file_end = max(t + d for t, d, _, _ in raw) / tpq
+    metres, metre, clamped = metre_changes(signatures, 0.0, file_end)
+    metres = metres or ((0.0, *metre),)
     if from_bar is not None:  # the bars before `from_bar` (counted from 1) are the seed
-        raw = _before_bar(raw, from_bar, tpq, bar_beats)
+        raw = _before_bar(raw, from_bar, tpq, metres)
     if all(d == 0 for _, d, _, _ in raw):
         raise ZeroLengthMidi()
     raw = raw[-limits.max_seed_notes :]
     # Drop whole empty bars before the first kept note, so bar positions stay where they were.
-    first_beat = raw[0][0] / tpq
-    offset = math.floor(first_beat / bar_beats + 1e-9) * bar_beats
+    end = max(t + d for t, d, _, _ in raw) / tpq
+    grid = bars(metres, end)
+    offset = grid[bar_index(grid, raw[0][0] / tpq)].start
     notes = tuple(
         Note(
             start=t / tpq - offset,
@@ -92,9 +97,10 @@ def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None
         )
         for t, d, p, v in raw
     )
+    metres, time_signature, _ = metre_changes(signatures, offset, end)
+    keys, key = key_changes(_key_signatures(score, tpq), offset, end)
     program = max(pitched, key=lambda t: len(t.notes)).program
     meta = {"source_notes": str(len(raw)), "tracks": str(len(pitched))}
-    key = _key_signature(score)
     if key is not None:
         meta["key"] = f"{key[0]} {key[1]}"
     if cropped:
@@ -104,7 +110,7 @@ def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None
     if from_bar is not None:
         meta["from_bar"] = str(from_bar)
     if clamped:
-        meta["metre"] = "/".join(map(str, _time_signature(score)))
+        meta["metre"] = "/".join(map(str, clamped[0]))
     return Piece(
         notes=notes,
         tempo_bpm=float(tempo_bpm),
@@ -112,6 +118,8 @@ def _piece_from_score(score, limits: SeedLimits, name: str, from_bar: int | None
         program=min(127, max(0, int(program))),
         name=name,
         meta=meta,
+        metre_changes=metres,
+        key_changes=keys,
     )
 
 
@@ -152,17 +160,37 @@ def _cropped_notes(
 
 
 def _before_bar(
-    raw: list[tuple[int, int, int, int]], from_bar: int, tpq: int, bar_beats: float
+    raw: list[tuple[int, int, int, int]],
+    from_bar: int,
+    tpq: int,
+    metres: tuple[MetreChange, ...],
 ) -> list[tuple[int, int, int, int]]:
     """The notes before bar `from_bar` (counted from 1), the last ones cut at its start."""
-    last_bar = max(1, math.ceil(max(t + d for t, d, _, _ in raw) / tpq / bar_beats - 1e-9))
+    grid = bars(metres, max(t + d for t, d, _, _ in raw) / tpq - 1e-9)
+    last_bar = len(grid)
     if not 2 <= from_bar <= last_bar + 1:
         raise FromBarOutsideFile(from_bar, last_bar)
-    cut = round((from_bar - 1) * bar_beats * tpq)
+    cut_beat = (
+        grid[from_bar - 1].start if from_bar <= last_bar else grid[-1].start + grid[-1].length
+    )
+    cut = round(cut_beat * tpq)
     raw = [(t, min(d, cut - t), p, v) for t, d, p, v in raw if t < cut]
     if not raw:
         raise FromBarOutsideFile(from_bar, last_bar)
     return raw
+
+
+def _key_signatures(score, tpq: int) -> list[KeyChange]:
+    """The file's key signatures as (beat, tonic pitch class, mode), in time order."""
+    found: list[KeyChange] = []
+    for ks in sorted(score.key_signatures, key=lambda k: k.time):
+        if -7 <= int(ks.key) <= 7 and int(ks.tonality) in (0, 1):
+            major_tonic = 7 * int(ks.key) % 12
+            tonic, mode = (
+                ((major_tonic + 9) % 12, "minor") if ks.tonality else (major_tonic, "major")
+            )
+            found.append((max(0, int(ks.time)) / tpq, tonic, mode))
+    return found
 
 
 def _key_signature(score) -> tuple[int, str] | None:
@@ -181,14 +209,6 @@ def declared_key(data: bytes) -> tuple[int, str] | None:
         return _key_signature(Score.from_midi(bytes(data)))
     except Exception:  # noqa: BLE001 - no readable key signature: the caller estimates one
         return None
-
-
-def key_of_meta(piece: Piece) -> tuple[int, str] | None:
-    """The key a piece's meta declares (from a key signature in its file), if any."""
-    tonic, _, mode = piece.meta.get("key", "").partition(" ")
-    if tonic.isdigit() and int(tonic) < 12 and mode in ("major", "minor"):
-        return int(tonic), mode
-    return None
 
 
 def seed_notices(piece: Piece) -> dict[str, str]:
@@ -232,11 +252,14 @@ def load_seed(
 ) -> Piece:
     """The seed melody in untrusted MIDI bytes, or a `BadMidi` whose message says what is wrong.
 
-    Non-drum tracks merge into one polyphonic piece (program of the busiest track); tempo and time
-    signature are the first ones (120 BPM and 4/4 without); times are in quarter-note beats.
+    Non-drum tracks merge into one polyphonic piece (program of the busiest track); the tempo is
+    the first one (120 BPM without); the time signature is the one in force at the seed's end
+    (4/4 without), and a seed whose metre or key signature changes lists them
+    (`Piece.metre_changes`, `key_changes`); times are in quarter-note beats.
     A file longer than the duration or note limits is cropped to its opening (meta["cropped"]
     says how); drums are left out (meta["drum_notes"] counts them). `from_bar` (2 or more): only
-    the bars before it are the seed (bars of the first time signature); None: the whole file.
+    the bars before it are the seed (the file's bars, across its metre changes); None: the whole
+    file.
     """
     try:
         smf = checked_smf(bytes(data), limits)

@@ -10,19 +10,23 @@ output is small, exact and fast enough to write for every result.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from engine.music import catalog
 from engine.music.measures import (
     TICKS,
     Event,
+    Measure,
     beam_marks,
+    beat_ticks,
+    measure_at,
     measure_events,
     quantised,
     split_voices,
     tuplet_marks,
 )
+from engine.music.metre import bars
 from engine.music.notes import Piece, notated_metre
 from engine.music.spelling import Speller, key_fifths
 
@@ -116,28 +120,30 @@ def score_xml(
 ) -> str:
     """A MusicXML 4.0 partwise score of the seed followed by its continuation (one timeline in
     beats, as `to_midi_bytes` writes it). `key` is the (tonic pitch class, mode) to write; None
-    writes C major / A minor without a signature. Tempo, metre and instrument are the seed's
-    (the continuation's without a seed)."""
+    writes C major / A minor without a signature. Tempo and instrument are the seed's (the
+    continuation's without a seed); so are the metres and keys: the seed's bars keep each metre
+    and key signature it changes to, and the continuation's bars follow on in the last."""
     first = seed if seed is not None else continuation
-    # a metre no score writes (1/64: a bar shorter than one tick) is written in 4/4
-    first = replace(first, time_signature=notated_metre(first.time_signature))
-    num, den = first.time_signature
-    bar = max(1, TICKS * num * 4 // den)
-    beat = TICKS * 3 // 2 if den == 8 and num % 3 == 0 and num > 3 else TICKS * 4 // den
     notes = quantised(seed, True) + quantised(continuation, False)
     fifths = key_fifths(*key) if key else 0
     layout = layout_for([p for _, _, p, _ in notes], _polyphonic(notes))
-    end = max((s + d for s, d, _, _ in notes), default=bar)
-    n_bars = max(1, -(-end // bar))
+    end = max((s + d for s, d, _, _ in notes), default=0)
+    grid = score_measures(first, end)
+    starts = [g.start for g in grid]
+    n_bars = len(grid)
     cont_start = min((s for s, _, _, is_seed in notes if not is_seed), default=None)
     # the mark sits on the continuation's first note, mid-bar when the seed ends mid-bar (a
     # shortened last bar that balances a pickup); the double bar only where the join is a bar line
-    mark = divmod(cont_start, bar) if seed is not None and cont_start is not None else None
+    mark = None
+    if seed is not None and cont_start is not None:
+        at = measure_at(grid, starts, cont_start)
+        mark = (at, cont_start - grid[at].start)
     # a seed that starts after its first downbeat opens with a pickup: written as a short
     # (implicit) measure of its own notes, not a bar of rests and an upbeat
     first_onset = min((s for s, _, _, _ in notes), default=0)
-    pickup = first_onset if seed is not None and 0 < first_onset < bar else 0
-    measures = _staff_measures(notes, layout, bar, n_bars, beat)
+    pickup = first_onset if seed is not None and 0 < first_onset < grid[0].length else 0
+    measures = _staff_measures(notes, layout, grid)
+    key_at = _key_changes(seed, grid, starts)
 
     out = _header(first, title)
     speller = Speller(fifths)
@@ -146,9 +152,15 @@ def score_xml(
         short = pickup if m == 0 else 0
         out.append(f'<measure number="{m + 1 - bool(pickup)}"{_IMPLICIT if short else ""}>')
         if m == 0:
-            out += _opening(first, fifths, key[1] if key else "major", layout)
+            out += _opening(first, grid[0].metre, fifths, key[1] if key else "major", layout)
+        else:
+            changed = _changed_attributes(grid[m - 1].metre, grid[m].metre, key_at.get(m))
+            if changed:
+                out.append(changed)
+            if m in key_at:
+                speller = Speller(key_at[m][0])
         mark_at = mark[1] if mark is not None and m == mark[0] else None
-        out += _measure_notes(measures, m, bar, beat, speller, mark_at=mark_at, skip=short)
+        out += _measure_notes(measures, m, grid[m], speller, mark_at=mark_at, skip=short)
         if mark is not None and mark[1] == 0 and m == mark[0] - 1:
             out.append('<barline location="right"><bar-style>light-light</bar-style></barline>')
         if m == n_bars - 1:
@@ -158,8 +170,56 @@ def score_xml(
     return "\n".join(line for line in out if line)
 
 
+def score_measures(first: Piece, end: int) -> list[Measure]:
+    """The measures that cover `end` ticks: in the piece's metres where it changes them (the
+    last holds on), else in its one metre (4/4 for one no score writes: 1/64 is a bar shorter
+    than one tick)."""
+    metres = first.metre_changes or ((0.0, *notated_metre(first.time_signature)),)
+    found = bars(metres, end / TICKS)
+    starts = [round(b.start * TICKS) for b in found]
+    return [
+        Measure(
+            start,
+            max(1, starts[i + 1] - start if i + 1 < len(found) else round(b.length * TICKS)),
+            beat_ticks(b.metre),
+            b.metre,
+        )
+        for i, (start, b) in enumerate(zip(starts, found, strict=True))
+    ]
+
+
+def _key_changes(
+    seed: Piece | None, grid: list[Measure], starts: list[int]
+) -> dict[int, tuple[int, str]]:
+    """{measure index: (fifths, mode)} of the seed's key changes after its opening: each from
+    the first bar line at or after it (notes before that bar line take accidentals)."""
+    found: dict[int, tuple[int, str]] = {}
+    for beat, tonic, mode in seed.key_changes if seed is not None else ():
+        tick = round(beat * TICKS)
+        if tick <= 0:
+            continue
+        index = measure_at(grid, starts, tick)
+        index += grid[index].start < tick
+        if index < len(grid):
+            found[index] = (key_fifths(tonic, mode), mode)
+    return found
+
+
+def _changed_attributes(
+    before: tuple[int, int], metre: tuple[int, int], key: tuple[int, str] | None
+) -> str:
+    """The attributes that open a measure whose key or metre changes ("" for neither)."""
+    key_xml = f"<key><fifths>{key[0]}</fifths><mode>{key[1]}</mode></key>" if key else ""
+    time_xml = (
+        f"<time><beats>{metre[0]}</beats><beat-type>{metre[1]}</beat-type></time>"
+        if metre != before
+        else ""
+    )
+    return f"<attributes>{key_xml}{time_xml}</attributes>" if key_xml or time_xml else ""
+
+
 def _staff_measures(
-    notes: list[tuple[int, int, int, bool]], layout: Layout, bar: int, n_bars: int, beat: int
+    notes: list[tuple[int, int, int, bool]], layout: Layout, grid: list[Measure]
 ) -> list[list[dict[int, list[Event]]]]:
     """[staff][voice][measure]: the events of each measure, voice by voice, staff by staff (a
     grand staff splits at middle C); the first voice of a staff shows its rests."""
@@ -172,10 +232,7 @@ def _staff_measures(
     for staff_notes in staves:
         voices = split_voices(staff_notes) or [[]]
         measures.append(
-            [
-                measure_events(v, bar, n_bars, show_rests=(i == 0), beat=beat)
-                for i, v in enumerate(voices)
-            ]
+            [measure_events(v, grid, show_rests=(i == 0)) for i, v in enumerate(voices)]
         )
     return measures
 
@@ -200,9 +257,11 @@ def _header(first: Piece, title: str) -> list[str]:
     ]
 
 
-def _opening(first: Piece, fifths: int, mode: str, layout: Layout) -> list[str]:
+def _opening(
+    first: Piece, metre: tuple[int, int], fifths: int, mode: str, layout: Layout
+) -> list[str]:
     """The first measure's attributes (divisions, key, time, staves, clefs) and tempo mark."""
-    num, den = first.time_signature
+    num, den = metre
     tempo = round(float(first.tempo_bpm), 2)
     compound = den == 8 and num % 3 == 0 and num > 3  # 6/8, 9/8, 12/8: dotted quarter beats
     beat_unit = (
@@ -251,8 +310,7 @@ def _mark(mid_bar: bool) -> str:
 def _measure_notes(
     measures: list[list[dict[int, list[Event]]]],
     m: int,
-    bar: int,
-    beat: int,
+    measure: Measure,
     speller: Speller,
     *,
     mark_at: int | None = None,
@@ -260,6 +318,7 @@ def _measure_notes(
 ) -> list[str]:
     """Measure `m`'s notes, voice after voice (each later voice backs up a bar), with the mark
     `mark_at` ticks into the bar; `skip`: a pickup measure, whose rests before it are left out."""
+    bar, beat = measure.length, measure.beat
     out = []
     voice_no = 0
     for staff_index, staff_voices in enumerate(measures):

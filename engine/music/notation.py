@@ -21,10 +21,11 @@ import zipfile
 from dataclasses import dataclass, field
 
 from engine.errors import MotifError
+from engine.music.metre import key_changes, metre_changes
 from engine.music.midi import load_seed
 from engine.music.midi_check import AbsurdTempo, SeedLimits
 from engine.music.notation_terms import abc_problem, dropped_remark, no_notes
-from engine.music.notes import Note, Piece, notated_metre
+from engine.music.notes import KeyChange, Note, Piece
 from engine.music.parsers import ParserBusy, ParserPool
 from engine.music.result_midi import to_midi_bytes
 
@@ -339,18 +340,27 @@ def _piece(parsed: dict, name: str, limits: NotationLimits, remarks: list[str]) 
     tempo = parsed["tempo"] or 120.0
     if not math.isfinite(tempo) or not limits.midi.min_tempo <= tempo <= limits.midi.max_tempo:
         raise AbsurdTempo(tempo, limits.midi.min_tempo, limits.midi.max_tempo)
-    metre = tuple(parsed["meter"] or (4, 4))
-    num, den = notated_metre((int(metre[0]), int(metre[-1])))
-    if (num, den) != metre:
+    end = max((n.end for n in notes), default=0.0)
+    raw_metres = [(float(b), int(n), int(d)) for b, n, d in parsed.get("meters") or []]
+    if not raw_metres and parsed["meter"]:
+        raw_metres = [(0.0, int(parsed["meter"][0]), int(parsed["meter"][-1]))]
+    metres, (num, den), clamped = metre_changes(raw_metres, 0.0, end)
+    for metre in dict.fromkeys(clamped):
         remarks.append(
             f"The seed's metre {metre[0]}/{metre[-1]} is beyond what a score writes (a "
             "sixteenth-note beat at the shortest), so Motif read it in 4/4."
         )
+    raw_keys = parsed.get("keys") or (
+        [[0.0, parsed["fifths"], int(bool(parsed["minor"]))]]
+        if parsed["fifths"] is not None
+        else []
+    )
+    keys, first_key = key_changes(
+        [_key(float(b), int(f), bool(m)) for b, f, m in raw_keys if -7 <= int(f) <= 7], 0.0, end
+    )
     meta = {}
-    fifths = parsed["fifths"]
-    if fifths is not None and -7 <= fifths <= 7:
-        major = 7 * fifths % 12
-        meta["key"] = f"{(major + 9) % 12} minor" if parsed["minor"] else f"{major} major"
+    if first_key is not None:
+        meta["key"] = f"{first_key[0]} {first_key[1]}"
     program = parsed["program"]
     return Piece(
         notes=notes,
@@ -359,4 +369,12 @@ def _piece(parsed: dict, name: str, limits: NotationLimits, remarks: list[str]) 
         program=int(program) if isinstance(program, int) and 0 <= program <= 127 else 0,
         name=name,
         meta=meta,
+        metre_changes=metres,
+        key_changes=keys,
     )
+
+
+def _key(beat: float, fifths: int, minor: bool) -> KeyChange:
+    """A key signature (sharps, mode) as a key change (tonic pitch class, mode)."""
+    major = 7 * fifths % 12
+    return (beat, (major + 9) % 12, "minor") if minor else (beat, major, "major")

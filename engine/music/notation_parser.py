@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import select
 import signal
@@ -34,16 +35,18 @@ class TooLarge(Exception):
         self.what, self.limit = what, limit
 
 
-def downbeat_shift(part: Any, score: Any) -> float:
+def downbeat_shift(part: Any, score: Any, change_at: float = float("inf")) -> float:
     """How far to move a part's notes so that its bar lines fall on the metre's: the phase most
-    of its later measures start at. A pickup moves them by what it lacks of a bar; so does a
-    first bar longer than the metre (or than 4/4 in a tune without one), which music21 leaves
-    at offset 0 with every later bar line off the beat."""
+    of its later measures start at (those before a metre change). A pickup moves them by what
+    it lacks of a bar; so does a first bar longer than the metre (or than 4/4 in a tune without
+    one), which music21 leaves at offset 0 with every later bar line off the beat. `change_at`:
+    the offset of the first metre change."""
     measures = list(part.getElementsByClass("Measure"))
     first = measures[0] if measures else None
     meter = next(iter(score.recurse().getElementsByClass("TimeSignature")), None)
     bar = float(meter.barDuration.quarterLength) if meter is not None else 4.0
-    starts = [round(float(m.offset) % bar, 4) for m in measures[1:]] if bar > 0 else []
+    in_first_metre = [m for m in measures[1:] if float(m.offset) < change_at - 1e-9]
+    starts = [round(float(m.offset) % bar, 4) for m in in_first_metre] if bar > 0 else []
     if not starts:
         return float(first.paddingLeft) if first is not None else 0.0
     phase = max(set(starts), key=lambda p: (starts.count(p), -starts.index(p)))
@@ -82,7 +85,7 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
 
     if kind == "abc":
         # parseData, never parse: parse() reads a string that names a file or a URL as that file
-        score = converter.parseData(text.decode("utf-8"), format="abc")
+        score = converter.parseData(abc_fields_on_lines(text.decode("utf-8")), format="abc")
     else:
         check_xml_tree(text)
         text = partwise(text)  # music21 reads partwise only: a timewise score is turned first
@@ -94,9 +97,17 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
         raise TooLarge(f"{len(parts)} parts", f"{max_parts} parts")
     notes: list[tuple[float, float, int, int]] = []
     program = None
-    for part in parts:
+    metres: list[list[float]] = []
+    keys: list[list[float]] = []
+    declared = abc_metres(text.decode("utf-8")) if kind == "abc" else None
+    for index, part in enumerate(parts):
         part = part.stripTies()
-        pickup = downbeat_shift(part, score)  # an upbeat, or an irregular first bar
+        written = written_metres(part, declared)  # the first part's stand for the score's
+        change_at = written[1][0] if len(written) > 1 else float("inf")
+        pickup = downbeat_shift(part, score, change_at)  # an upbeat, or an irregular first bar
+        if index == 0:
+            metres = [[b + pickup if b > 0 else 0.0, n, d] for b, n, d in written]
+            keys = _keys(part, pickup)
         if program is None:
             inst = part.getInstrument(returnDefault=False)
             program = getattr(inst, "midiProgram", None) if inst is not None else None
@@ -119,9 +130,104 @@ def parsed_notes(kind: str, text: bytes, max_notes: int, max_parts: int) -> dict
         "meter": [int(meter.numerator), int(meter.denominator)] if meter is not None else None,
         "fifths": int(key.sharps) if key is not None else None,
         "minor": key is not None and getattr(key, "mode", "major") == "minor",
+        "meters": metres,  # [beat, numerator, denominator] where each starts, in time order
+        "keys": keys,  # [beat, fifths, 1 if minor else 0] likewise
         "program": program if isinstance(program, int) else None,
         "title": str(title or ""),
     }
+
+
+def _keys(part: Any, pickup: float) -> list[list[float]]:
+    """A part's key signatures where each starts, [beat, fifths, 1 if minor], in beats of the
+    notes' timeline (one at 0 stays there: a pickup moves the notes after it, not the opening
+    key)."""
+    keys = []
+    for ks in part.flatten().getElementsByClass("KeySignature"):
+        beat = float(ks.offset) + pickup if float(ks.offset) > 0 else 0.0
+        keys.append([beat, int(ks.sharps), int(getattr(ks, "mode", "major") == "minor")])
+    return keys
+
+
+def written_metres(
+    part: Any, declared: list[tuple[int, int]] | None
+) -> list[tuple[float, int, int]]:
+    """The part's time signatures as (offset, numerator, denominator), in order. In ABC only
+    those the tune writes (`declared`: its M: fields in order): music21 adds its own around a
+    bar of the wrong length (a 5-beat first bar in 4/4 becomes 4/4, 1/4, 4/4), and those are
+    left out. None (MusicXML): all of them."""
+    found = [
+        (float(ts.offset), int(ts.numerator), int(ts.denominator))
+        for ts in part.flatten().getElementsByClass("TimeSignature")
+    ]
+    if declared is None:
+        return found
+    if not declared:
+        return []
+    kept = [(0.0, *declared[0])]  # the header's holds from the start
+    for metre in declared[1:]:
+        later = (f for f in found if f[0] > kept[-1][0] and f[1:] == metre)
+        match = next(later, None)
+        if match is not None:
+            kept.append(match)
+    return kept
+
+
+_ABC_METRE = re.compile(r"^M:[ \t]*(C\||C|\d{1,3}[ \t]*/[ \t]*\d{1,3})", re.M)
+
+
+def abc_metres(tune: str) -> list[tuple[int, int]]:
+    """The metres an ABC tune's M: fields write (header and body, inline ones after
+    `abc_fields_on_lines`), in order: C is 4/4, C| is 2/2; M:none and compound numerators
+    such as 2+3/8 are skipped (music21 reads those its own way)."""
+    out = []
+    for match in _ABC_METRE.finditer(abc_fields_on_lines(tune)):
+        value = match[1].replace(" ", "").replace("\t", "")
+        if value == "C":
+            out.append((4, 4))
+        elif value == "C|":
+            out.append((2, 2))
+        else:
+            num, den = value.split("/")
+            out.append((int(num), int(den)))
+    return out
+
+
+# An ABC field inside the tune's body: inline ([M:3/4]) or on a line of its own. music21 reads
+# neither inline fields nor a lone field line between bars (it keeps only the second of two),
+# so each becomes a line of its own after a harmless N: (notes) line.
+_ABC_INLINE_FIELD = re.compile(r"\[([KLMQ]):([^\]\n]{0,80})\]")
+_ABC_FIELD_LINE = re.compile(r"[KLMQ]:")
+_ABC_COMMENT = re.compile(r"(?<!\\)%")
+
+
+def abc_fields_on_lines(tune: str) -> str:
+    """An ABC tune whose metre, key, length and tempo fields inside its body all reach
+    music21: each on a line of its own after an N: line. The header, comments and empty lines
+    (the tune's end) are left as they are."""
+    head = re.search(r"^K:.*$", tune, re.M)  # the header ends with its K: field
+    if head is None:
+        return tune
+    out: list[str] = []
+    for line in tune[head.end() :].split("\n"):
+        if _ABC_FIELD_LINE.match(line):
+            out += ["N:motif", line]
+            continue
+        comment = _ABC_COMMENT.search(line)
+        code = line[: comment.start()] if comment else line
+        parts = _ABC_INLINE_FIELD.split(code)  # text, (field, value, text)...
+        if len(parts) == 1:
+            out.append(line)
+            continue
+        text = parts[0]
+        for i in range(1, len(parts), 3):
+            if text.strip():
+                out.append(text)
+            out += ["N:motif", f"{parts[i]}:{parts[i + 1].strip()}"]
+            text = parts[i + 2]
+        rest = text + (line[comment.start() :] if comment else "")
+        if rest.strip():  # never an empty line: that would end the tune
+            out.append(rest)
+    return tune[: head.end()] + "\n".join(out)
 
 
 def _child(request: dict[str, Any], text: bytes, out_fd: int) -> None:

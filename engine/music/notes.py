@@ -38,9 +38,20 @@ class Note:
         return self.start + self.duration
 
 
+# A metre from the beat it starts at: (beat, numerator, denominator); a key likewise:
+# (beat, tonic pitch class, "major" | "minor").
+MetreChange = tuple[float, int, int]
+KeyChange = tuple[float, int, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A monophonic or polyphonic piece of music (one instrument), sorted by onset then pitch."""
+    """A monophonic or polyphonic piece of music (one instrument), sorted by onset then pitch.
+
+    `time_signature` is the metre in force at the piece's end (what a continuation is written
+    in). A piece whose metre changes lists every metre in `metre_changes`, the first at beat 0
+    and the last `time_signature`; one whose key signature changes lists its keys in
+    `key_changes` (meta["key"] is the first). Both are empty otherwise."""
 
     notes: tuple[Note, ...]
     tempo_bpm: float = 120.0
@@ -49,6 +60,8 @@ class Piece:
     name: str = ""
     style: str | None = None
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    metre_changes: tuple[MetreChange, ...] = ()
+    key_changes: tuple[KeyChange, ...] = ()
 
     @property
     def beats_per_bar(self) -> float:
@@ -71,7 +84,14 @@ class Piece:
         return replace(self, notes=tuple(sorted(self.notes, key=lambda n: (n.start, n.pitch))))
 
     def shifted(self, beats: float) -> Piece:
-        return replace(self, notes=tuple(replace(n, start=n.start + beats) for n in self.notes))
+        """The notes moved by `beats`; a metre or key change moves with them (the first stays
+        at beat 0: it holds from the start)."""
+        return replace(
+            self,
+            notes=tuple(replace(n, start=n.start + beats) for n in self.notes),
+            metre_changes=tuple((_moved(b, beats), n, d) for b, n, d in self.metre_changes),
+            key_changes=tuple((_moved(b, beats), t, m) for b, t, m in self.key_changes),
+        )
 
     def transposed(self, semitones: int) -> Piece:
         return replace(
@@ -80,3 +100,7 @@ class Piece:
                 replace(n, pitch=min(127, max(0, n.pitch + semitones))) for n in self.notes
             ),
         )
+
+
+def _moved(beat: float, beats: float) -> float:
+    return max(0.0, beat + beats) if beat > 0 else 0.0

@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.endings import reopened
+from engine.music.metre import aligned_for_generation
 from engine.music.midi import load_seed
 from engine.music.notes import Piece
 from engine.music.result_midi import to_midi_bytes
@@ -124,9 +125,12 @@ def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> lis
     version, model = get_model(settings)
     device = device_label(next(model.model.parameters()).device)  # cpu, cuda:0 <name>
     started = time.perf_counter()
+    # a seed whose metre changes is given to the model with the last metre's bar lines on its
+    # grid; its continuation comes back to the seed's own timeline
+    aligned = [aligned_for_generation(job.seed) if job.seed else (None, 0.0) for _, job in jobs]
     gen_requests = [
         GenerationRequest(
-            seed=job.seed,
+            seed=seed,
             bars=job.options.bars,
             style=job.options.style,
             temperature=job.options.temperature,
@@ -136,13 +140,14 @@ def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> lis
             tempo_bpm=job.options.tempo,
             ending="open" if job.options.ending == "open" else "close",
         )
-        for _, job in jobs
+        for (_, job), (seed, _) in zip(jobs, aligned, strict=True)
     ]
     continuations = continue_batch(model, gen_requests)
     elapsed = time.perf_counter() - started
     store = store_for(settings.artifact_root)
     finished: list[int] = []
-    for (claim, job), cont in zip(jobs, continuations, strict=True):
+    for (claim, job), cont, (_, shift) in zip(jobs, continuations, aligned, strict=True):
+        cont = cont.shifted(-shift)
         if claim.request_id in beats.lost:
             log.warning("request %s was taken over: its result is dropped", claim.request_id)
             continue

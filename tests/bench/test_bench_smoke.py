@@ -266,3 +266,13 @@ def test_seed_fairness_bench():
     for figures in r["setups"].values():
         assert positive(figures["history_s"]) and positive(figures["compose_s"])
         assert math.isfinite(figures["compose_s"])
+
+
+def test_key_window_bench():
+    from bench import key_window
+
+    result = key_window.run(tunes=12)
+    assert result["tunes"] >= 10 and result["rows"][0]["margin"] is None
+    assert result["rows"][0]["moved"] == 0.0  # the rule before: the whole seed's key
+    assert "(shipped)" in key_window.table(result)
+    assert result["shipped_margin"] == key_window.keys.KEY_SWITCH_MARGIN  # put back

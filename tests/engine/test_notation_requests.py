@@ -126,3 +126,29 @@ def test_the_same_bytes_from_someone_else_show_their_own_name(tmp_path):
     with session_scope(service.url) as s:
         s.get(Request, second).notes = {}
     assert service.progress(second).seed_name == "a seed"
+
+
+def test_a_seed_that_changes_metre_and_key_is_continued_in_the_last(tmp_path):
+    """ABC inline fields through a whole request: the seed's bars keep 4/4 then 3/4 and G then
+    D major in the score; the continuation, by the shipped model, is barred in 3/4 from the
+    seed's change (its closing note holds to a 3/4 bar line) and is mostly in D major (the key
+    bias is soft: the notes from the seed's G major bars still come; the bias itself is
+    tested in test_metre_changes)."""
+    from tests.engine.test_metre_changes import INLINE, key_fifths_at, measures, times
+
+    service, _ = _service(tmp_path)
+    rid = service.compose(
+        Requester(discord_id=5), validate_options(bars=4, rng_seed=3), INLINE.encode(), "x.abc"
+    )
+    assert process_request(rid, service.settings) is RequestStatus.DONE
+    kinds = {a.kind: a for a in service.progress(rid).artifacts}
+    bars = measures(service.artifact_bytes(kinds["musicxml"]).decode())
+    assert times(bars) == {0: "4/4", 2: "3/4"}
+    assert key_fifths_at(bars) == {0: 1, 3: 2}
+    seed, cont = split_result(service.artifact_bytes(kinds["midi"]))
+    assert seed is not None and seed.metre_changes == ((0.0, 4, 4), (8.0, 3, 4))
+    assert cont.time_signature == (3, 4)
+    end = max(n.end for n in cont.notes)
+    assert end > seed.end_beat and (end - 8.0) % 3 == pytest.approx(0.0, abs=1e-6)
+    d_major = {2, 4, 6, 7, 9, 11, 1}
+    assert sum(n.pitch % 12 in d_major for n in cont.notes) / len(cont.notes) >= 0.8

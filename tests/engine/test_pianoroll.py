@@ -120,3 +120,24 @@ def test_the_piano_roll_needs_no_matplotlib_figure():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bar_lines_follow_the_seeds_metre_changes():
+    """Two bars of 4/4, then 3/4: bar lines at beats 0, 4, 8, 11, 14 and 17, the
+    continuation's bar on in 3/4; beat 12 gets a beat line, not a bar line."""
+    from engine.audio.pianoroll import BAR_LINE, BEAT_LINE, LEFT, RIGHT, TOP, _Frame
+
+    metres = ((0.0, 4, 4), (8.0, 3, 4))
+    seed = piece([Note(0, 14, 67)], metre_changes=metres, time_signature=(3, 4))
+    cont = piece([Note(14, 3, 69)], time_signature=(3, 4))
+    frame = _Frame.around([*seed.notes, *cont.notes], seed, 1000, 400)
+    assert [b.start for b in frame.bars] == [0.0, 4.0, 8.0, 11.0, 14.0] and frame.end == 17.0
+    rgb = np.asarray(open_png(piano_roll_png(seed, cont, title="metres")).convert("RGB"), int)
+    sx = (1000 - RIGHT - LEFT) / 17
+    row = rgb[TOP + 3]  # above the notes, on a white key's row
+
+    def colour(beat: float) -> np.ndarray:
+        return row[round(LEFT + beat * sx)]
+
+    bar, beat = np.array(BAR_LINE), np.array(BEAT_LINE)
+    assert np.abs(colour(11) - bar).max() <= 8 and np.abs(colour(12) - beat).max() <= 8

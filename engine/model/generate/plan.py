@@ -179,9 +179,10 @@ def _seed_rules(
     pitch_ok = np.zeros(codec.n_pitch, dtype=bool)
     pitch_ok[low : high + 1] = True
     pcs = (np.arange(codec.n_pitch) + codec.config.pitch_low) % 12  # each pitch row's class
-    seed_tonal = keys.key_for_generation(seed.notes)
+    # the key in force at the seed's end: a seed that changes key is continued in its last
+    seed_tonal = keys.key_in_force(seed)
     in_scale = np.zeros(12, dtype=bool)
-    in_scale[list(scale_pitch_classes(seed, seed_tonal))] = True
+    in_scale[list(scale_pitch_classes(keys.key_section(seed), seed_tonal))] = True
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)
     pitch_bias[~in_scale[pcs]] = -req.key_penalty
     # the key to gravitate to: the seed's estimate
