@@ -165,7 +165,13 @@ def _tiny_model(seed: int = 0) -> MotifSeq2Seq:
     torch.manual_seed(seed)
     return MotifSeq2Seq(
         ModelConfig.for_codec(
-            CODEC, d_embed=16, hidden=32, layers=1, dropout=0.0, n_key=N_KEY, n_phrase=PHRASE_BARS,
+            CODEC,
+            d_embed=16,
+            hidden=32,
+            layers=1,
+            dropout=0.0,
+            n_key=N_KEY,
+            n_phrase=PHRASE_BARS,
             lag_inputs=True,
         )
     )
