@@ -49,6 +49,7 @@ from engine.model.copy.repeats import (
     repeat_cell,
     seed_repeat_bin,
 )
+from engine.model.copy.vote import Vote
 from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT
 
 MAX_MATCH = 4  # default: figures compared back from the latest one (longer count as this)
@@ -177,7 +178,6 @@ class CopyMemory:
         self.repeats_on = params.repeats
         self.lookback_on = any(mu for row in params.lookback for mu in row)
         self.repeat_bin = seed_repeat_bin(seed, seed_len)  # (B,)
-        self.last_best = torch.full((B, 1), -1, dtype=torch.int64, device=device)
         pad = params.max_match + 1  # leading columns never real, so no index goes below 0
         self.pad = pad
         self.n = pad + S
@@ -271,18 +271,18 @@ class CopyMemory:
         """The field's logits (B, n) with the votes mixed in: shift first, then pitch given the
         shift (B, 1), then duration given shift and pitch."""
         if field == SHIFT:
-            votes, lam = self.shift_votes()
+            votes, lam, _ = self.shift_votes()
         elif field == PITCH:
             assert shift is not None
-            votes, lam = self.pitch_votes(shift)
+            votes, lam, _ = self.pitch_votes(shift)
         else:
             assert shift is not None and pitch is not None
-            votes, lam = self.duration_votes(shift, pitch)
+            votes, lam, _ = self.duration_votes(shift, pitch)
         if self.rows_on is not None:
             lam = lam * self.rows_on
         mixed = mix_logits(logits, votes, lam)
         if self.lookback_on:
-            vote, mu = self.lookback_votes(field, shift, pitch)
+            vote, mu, _ = self.lookback_votes(field, shift, pitch)
             mixed = mix_logits(mixed, vote, mu if self.rows_on is None else mu * self.rows_on)
         if field != PITCH or shift is None or not self.repeats_on:
             return mixed
@@ -293,8 +293,9 @@ class CopyMemory:
 
     def lookback_votes(
         self, field: int, shift: torch.Tensor | None = None, pitch: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lookback's vote (B, n) for `field` and its mu (B, 1); engine.model.copy.lookback."""
+    ) -> Vote:
+        """The lookback's vote (B, n) for `field`, its mu (B, 1) and level (B,);
+        engine.model.copy.lookback."""
         i = COPY_FIELDS.index(field)
         return self.lookback.votes(self.event, self.n, i, self.sizes[i], shift, pitch)
 
@@ -329,10 +330,10 @@ class CopyMemory:
 
     def _votes(
         self, field: int, values: torch.Tensor, voters: torch.Tensor, n_classes: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> Vote:
         """Weighted votes (B, n_classes) of the seed's `voters` (B, W) for `values` (B, W),
-        normalised, and each row's lambda (B, 1) by its best voter's level. Only the seed votes
-        (the module's docstring says why)."""
+        normalised, and each row's lambda (B, 1) by its best voter's level (B, 1). Only the seed
+        votes (the module's docstring says why)."""
         score, rank = self._match()
         ok = voters & (values >= 0) & (values < n_classes)
         # weights relative to this field's best voter, so none underflows to 0 for lack of a
@@ -347,14 +348,13 @@ class CopyMemory:
         best = torch.where(ok, rank, -1).amax(dim=1, keepdim=True)  # (B, 1)
         best = torch.where(best >= 0, best // 2 + (self.params.max_match + 1) * (best % 2), -1)
         lam = self.mix[COPY_FIELDS.index(field)][best.clamp_min(0)] * (best >= 0)
-        self.last_best = best
-        return votes / total.clamp_min(1e-30), lam
+        return Vote(votes / total.clamp_min(1e-30), lam, best)
 
-    def shift_votes(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def shift_votes(self) -> Vote:
         ev = self.event[:, : self.seed_end]
         return self._votes(SHIFT, ev[..., SHIFT], ev[..., SHIFT] >= 0, self.sizes[SHIFT])
 
-    def pitch_votes(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pitch_votes(self, shift: torch.Tensor) -> Vote:
         """Given this note's shift (B, 1): the remembered intervals after that shift, applied to
         the last pitch."""
         n, W = self.n, self.seed_end
@@ -363,9 +363,7 @@ class CopyMemory:
         voters = (self.event[:, :W, SHIFT] == shift) & (interval > _NONE * 1000) & (last >= 0)
         return self._votes(PITCH, last + interval, voters, self.sizes[PITCH])
 
-    def duration_votes(
-        self, shift: torch.Tensor, pitch: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def duration_votes(self, shift: torch.Tensor, pitch: torch.Tensor) -> Vote:
         """Given this note's shift and pitch (B, 1): the durations remembered after the same
         shift and interval."""
         n, W = self.n, self.seed_end

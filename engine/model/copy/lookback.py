@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.model.copy.vote import Vote
 from engine.model.events import COPY_POSITION, DURATION, PITCH, SHIFT
 
 LAG_BARS = (2, 4, 8)
@@ -96,7 +97,6 @@ class Lookback:
         self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
         for col in range(max(0, n - PHASE), n):
             self._grow_phase(col, event[:, col])
-        self.last_level = torch.full((B,), -1, dtype=torch.int64, device=device)
         self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
 
     def _grow_phase(self, column: int, event: torch.Tensor) -> None:
@@ -148,8 +148,9 @@ class Lookback:
         n_classes: int,
         shift: torch.Tensor | None = None,
         pitch: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One field's lookback vote (B, n_classes, one-hot or all 0) and mu (B, 1); `field` 0
+    ) -> Vote:
+        """One field's lookback vote (B, n_classes, one-hot or all 0), mu (B, 1) and level (B,;
+        -1: none); `field` 0
         shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and `pitch` (B, 1))."""
         W = self.seed_end
         now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
@@ -176,8 +177,7 @@ class Lookback:
         vote = torch.zeros(event.size(0), n_classes, device=event.device)
         vote.scatter_(1, chosen.clamp_min(0)[:, None], (chosen >= 0).float()[:, None])
         mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
-        self.last_level = level
-        return vote, mu
+        return Vote(vote, mu, level)
 
     @staticmethod
     def _pick(value: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ from engine.model.checkpoint import load_checkpoint
 from engine.model.copy.copying import COPY_FIELDS, MAX_MATCH, PARAMS_PATH, CopyMemory, CopyParams
 from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
 from engine.model.copy.repeats import REPEAT_BINS, REPEAT_RUNS
+from engine.model.copy.vote import Vote
 from engine.model.corpus.load import load_corpus
 from engine.model.events import DURATION, PITCH, POSITION, SHIFT, VELOCITY
 from engine.model.network import IGNORE, MotifSeq2Seq
@@ -56,12 +57,12 @@ def _weights(w: float, e: float, a: float, max_match: int) -> CopyParams:
     return CopyParams(w, e, _zeros(max_match), a)
 
 
-def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> Vote:
     if f == SHIFT:
-        return mem.shift_votes()[0]
+        return mem.shift_votes()
     if f == PITCH:
-        return mem.pitch_votes(s)[0]
-    return mem.duration_votes(s, p)[0]
+        return mem.pitch_votes(s)
+    return mem.duration_votes(s, p)
 
 
 def _at(probs: torch.Tensor, index: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
@@ -107,13 +108,14 @@ def _observe(
             scored = value[:, 0] != IGNORE  # (B,)
             if not bool(scored.any()):
                 continue
-            votes = [_field_votes(mem, f, s, p) for mem in memories]
-            out[f"b{f}"].append(first.last_best[:, 0][scored])
+            each = [_field_votes(mem, f, s, p) for mem in memories]
+            votes = [v.votes for v in each]
+            out[f"b{f}"].append(each[0].level[:, 0][scored])
             out[f"m{f}"].append(_at(logp[f][:, t], value, scored))
             out[f"c{f}"].append(torch.stack([_at(v, value, scored) for v in votes], dim=1))
-            vote, _ = first.lookback_votes(f, s, p)
+            vote, _, level = first.lookback_votes(f, s, p)
             out[f"g{f}"].append(_at(vote, value, scored))
-            out[f"l{f}"].append(first.lookback.last_level[scored])
+            out[f"l{f}"].append(level[scored])
             if f == PITCH:  # the latest pitch again: what the repeat bias acts on
                 again = last[:, None]
                 out["rm"].append(_at(logp[f][:, t], again, scored))

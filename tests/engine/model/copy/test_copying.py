@@ -56,17 +56,17 @@ SEED = [
 
 def test_the_seed_votes_for_what_followed_the_same_figure_transposed():
     mem = CopyMemory(_events(SEED), torch.tensor([len(SEED)]), SIZES, HALF)
-    shift_votes, lam = mem.shift_votes()
+    shift_votes, lam, _ = mem.shift_votes()
     assert float(lam) == 0.5
     # voters: every seed event, weight 1 each: shift 6 from seven of them, 12 from one
     assert float(shift_votes[0, 6]) == pytest.approx(7 / 8, rel=SAME_MATH)
     assert float(shift_votes[0, 12]) == pytest.approx(1 / 8, rel=SAME_MATH)
-    pitch_votes, _ = mem.pitch_votes(torch.tensor([[6]]))
+    pitch_votes, _, best_level = mem.pitch_votes(torch.tensor([[6]]))
     # after the figure (+2, +2) the seed went down 3: from 36 that is 33, the figure transposed
     best = int(pitch_votes.argmax())
     assert pitch_votes[0].sum().item() == pytest.approx(1.0, abs=1e-6)
     assert pitch_votes[0, 33] > 0 and best in (33, 38)  # 38: +2 again, also in the seed
-    level = int(mem.last_best)
+    level = int(best_level)
     assert level == 2  # the two figures before the down-third match; transposed, not exact
 
 
@@ -76,16 +76,16 @@ def test_longer_and_exact_matches_weigh_more():
     seed = [(6, 30, 5), (6, 32, 5), (6, 34, 5), (6, 29, 5), (6, 36, 5), (6, 38, 5), (6, 40, 5)]
     seed += [(6, 41, 5), (6, 36, 5), (6, 38, 5), (6, 40, 5)]
     mem = CopyMemory(_events(seed), torch.tensor([len(seed)]), SIZES, params)
-    votes, _ = mem.pitch_votes(torch.tensor([[6]]))
+    votes, _, best_level = mem.pitch_votes(torch.tensor([[6]]))
     # exact voter (36 38 40 -> 41: +1) beats the transposed one (30 32 34 -> 29: -5 -> 35)
     assert votes[0, 41] > 10 * votes[0, 35] > 0
-    assert int(mem.last_best) >= LEVELS_PER_KIND  # the best voter is exact
+    assert int(best_level) >= LEVELS_PER_KIND  # the best voter is exact
 
 
 def test_no_seed_no_votes_and_appended_notes_only_give_context():
     mem = CopyMemory(torch.zeros(1, 1, 5, dtype=torch.int64), torch.tensor([0]), SIZES, HALF)
     for s, p, d in SEED:
-        votes, lam = mem.shift_votes()
+        votes, lam, _ = mem.shift_votes()
         assert float(lam) == 0.0 and float(votes.sum()) == 0.0  # nothing to copy from
         mem.append(
             torch.tensor([[s]]), torch.tensor([[p]]), torch.tensor([[d]]), torch.tensor([[0]])
@@ -99,8 +99,8 @@ def test_rows_copy_independently_and_select_keeps_the_chosen_rows():
     seed[1, :3] = _events(short)[0]
     both = CopyMemory(seed, torch.tensor([len(SEED), 3]), SIZES, HALF)
     alone = CopyMemory(_events(short), torch.tensor([3]), SIZES, HALF)
-    v_both, _ = both.pitch_votes(torch.tensor([[6], [6]]))
-    v_alone, _ = alone.pitch_votes(torch.tensor([[6]]))
+    v_both, *_ = both.pitch_votes(torch.tensor([[6], [6]]))
+    v_alone, *_ = alone.pitch_votes(torch.tensor([[6]]))
     assert torch.equal(v_both[1], v_alone[0])
     both.select(torch.tensor([1]))
     assert torch.equal(both.pitch_votes(torch.tensor([[6]]))[0], v_alone)
@@ -201,9 +201,9 @@ def test_copy_and_no_copy_rows_in_one_batch_decode_as_alone(tiny_lm):
 def test_shift_and_duration_votes_follow_the_seeds_rhythm():
     rows = [(6, 30, 5), (3, 32, 2), (3, 34, 2), (6, 30, 5), (3, 32, 2), (3, 34, 2), (6, 30, 5)]
     mem = CopyMemory(_events(rows), torch.tensor([len(rows)]), SIZES, HALF)
-    shift_votes, _ = mem.shift_votes()
+    shift_votes, *_ = mem.shift_votes()
     assert int(shift_votes.argmax()) in (3, 6)
-    dur, lam = mem.duration_votes(torch.tensor([[3]]), torch.tensor([[32]]))
+    dur, lam, _ = mem.duration_votes(torch.tensor([[3]]), torch.tensor([[32]]))
     assert int(dur.argmax()) == 2 and float(lam) == 0.5  # long-short-short comes back
     assert SHIFT in COPY_FIELDS and DURATION in COPY_FIELDS
 
@@ -214,7 +214,7 @@ def test_voters_at_the_same_bar_position_weigh_more():
     rows = [(6, 30, 5, 0), (3, 31, 5, 6), (12, 32, 5, 9), (6, 33, 5, 0)]
     seed = torch.tensor([[[s, p, d, 0, pos] for s, p, d, pos in rows]])
     mem = CopyMemory(seed, torch.tensor([4]), SIZES, aligned)
-    votes, _ = mem.shift_votes()
+    votes, *_ = mem.shift_votes()
     # the latest note sits at position 0, as the first did: the note after it (shift 3) wins
     assert votes[0, 3] > 10 * votes[0, 12]
 
@@ -226,7 +226,7 @@ def test_votes_stay_normalised_when_the_best_match_cannot_vote_for_the_field():
     figure = [(6, 30 + 2 * (i % 3), 5) for i in range(20)]
     seed = figure + [(12, 40, 5)] + figure[:18]
     mem = CopyMemory(_events(seed), torch.tensor([len(seed)]), SIZES, params)
-    votes, lam = mem.pitch_votes(torch.tensor([[12]]))  # only the one shift-12 note can vote
+    votes, lam, _ = mem.pitch_votes(torch.tensor([[12]]))  # only the one shift-12 note can vote
     assert float(lam) == 0.5
     assert float(votes.sum()) == pytest.approx(1.0, rel=SAME_MATH)
 

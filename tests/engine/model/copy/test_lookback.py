@@ -52,31 +52,31 @@ def test_the_bar_length_comes_from_the_seeds_bar_lines():
     within = _seed(STRAIN[:4])  # one bar: no bar line crossed, no lookback
     short = CopyMemory(within, torch.tensor([4]), SIZES, LOOK)
     assert short.lookback.lags.tolist() == [[0, 0, 0]]
-    votes, mu = short.lookback_votes(PITCH, torch.tensor([[12]]))
+    votes, mu, level = short.lookback_votes(PITCH, torch.tensor([[12]]))
     assert float(votes.sum()) == 0.0 and float(mu) == 0.0
 
 
 def test_the_seeds_note_two_bars_back_votes_and_the_phase_grows_as_the_strain_returns():
     mem = CopyMemory(_seed(STRAIN), torch.tensor([8]), SIZES, LOOK)
     # the next quarter lands on bar 3, beat 1: two bars after the seed's first note
-    votes, mu = mem.lookback_votes(PITCH, torch.tensor([[12]]))
+    votes, mu, level = mem.lookback_votes(PITCH, torch.tensor([[12]]))
     assert int(votes.argmax()) == 30 and float(votes.sum()) == 1.0 and float(mu) == 0.5
-    assert int(mem.lookback.last_level) == 0  # lag 2 bars, nothing matched yet
+    assert int(level) == 0  # lag 2 bars, nothing matched yet
     _append(mem, 30)
     _append(mem, 32)
-    shift_votes, _ = mem.lookback_votes(SHIFT)
+    shift_votes, _, level = mem.lookback_votes(SHIFT)
     assert int(shift_votes.argmax()) == 12  # the note after the lagged one came a quarter later
-    pitch_votes, _ = mem.lookback_votes(PITCH, torch.tensor([[12]]))
+    pitch_votes, _, level = mem.lookback_votes(PITCH, torch.tensor([[12]]))
     assert int(pitch_votes.argmax()) == 34
-    assert int(mem.lookback.last_level) == 2  # lag 2 bars, phase 2
-    dur, _ = mem.lookback_votes(DURATION, torch.tensor([[12]]), torch.tensor([[34]]))
+    assert int(level) == 2  # lag 2 bars, phase 2
+    dur, _, level = mem.lookback_votes(DURATION, torch.tensor([[12]]), torch.tensor([[34]]))
     assert int(dur.argmax()) == 5
-    other, _ = mem.lookback_votes(DURATION, torch.tensor([[12]]), torch.tensor([[40]]))
+    other, _, level = mem.lookback_votes(DURATION, torch.tensor([[12]]), torch.tensor([[40]]))
     assert float(other.sum()) == 0.0  # another pitch than the lagged note's: no duration vote
     for p in (34, 35, 37):
         _append(mem, p)
-    mem.lookback_votes(PITCH, torch.tensor([[12]]))
-    assert int(mem.lookback.last_level) == PHASE  # the phase stops at PHASE
+    _, _, level = mem.lookback_votes(PITCH, torch.tensor([[12]]))
+    assert int(level) == PHASE  # the phase stops at PHASE
 
 
 def test_a_chord_votes_note_by_note_and_another_rhythm_gets_no_vote():
@@ -84,13 +84,13 @@ def test_a_chord_votes_note_by_note_and_another_rhythm_gets_no_vote():
     rows += [[0, 36, 5, 0, 0], [24, 31, 5, 0, 24]]
     mem = CopyMemory(torch.tensor([rows]), torch.tensor([6]), SIZES, LOOK)
     # the last note sat at time 72; a shift of 24 lands on 96 = time 0 + 2 bars: the chord
-    first, _ = mem.lookback_votes(PITCH, torch.tensor([[24]]))
+    first, _, level = mem.lookback_votes(PITCH, torch.tensor([[24]]))
     assert int(first.argmax()) == 30
     position = torch.tensor([[0]])
     mem.append(torch.tensor([[24]]), torch.tensor([[30]]), torch.tensor([[5]]), position)
-    second, _ = mem.lookback_votes(PITCH, torch.tensor([[0]]))  # the chord's second note
+    second, _, level = mem.lookback_votes(PITCH, torch.tensor([[0]]))  # the chord's second note
     assert int(second.argmax()) == 34
-    offbeat, mu = mem.lookback_votes(PITCH, torch.tensor([[5]]))
+    offbeat, mu, level = mem.lookback_votes(PITCH, torch.tensor([[5]]))
     assert float(offbeat.sum()) == 0.0 and float(mu) == 0.0
 
 
