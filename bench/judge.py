@@ -64,10 +64,11 @@ def judge(
     import torch
 
     from bench.evaluate import TOP_P, pick_cases, without_near_duplicates
+    from bench.safety_nets import SafetyNetCounts
     from engine.model.checkpoint import load_checkpoint
     from engine.model.corpus.load import load_corpus
     from engine.model.fidelity import seed_information_gain, summarize_fidelity
-    from engine.model.generate.continuation import SafetyNetCounts, continue_seed
+    from engine.model.generate.continuation import continue_seed
     from engine.model.generate.request import KEY_GRAVITY, KEY_PENALTY
     from engine.music.metrics import TrainingIndex
 
@@ -108,7 +109,7 @@ def judge(
                     key_penalty=penalty,
                     copy=copy,
                     ending=ending,  # type: ignore[arg-type]
-                    nets=counts,
+                    observer=counts,
                 )
                 for i, case in enumerate(cases)
             ]

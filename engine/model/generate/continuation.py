@@ -12,14 +12,14 @@ The parts: `plan` (each request's seed, style, key, range and end), `decode` (th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
-from engine.model.generate.decode import Batch, Segment, decode
+from engine.model.generate.decode import Batch, Segment, StepObserver, decode
 from engine.model.generate.ending import ENDINGS
 from engine.model.generate.plan import plan_row
 from engine.model.generate.request import (
@@ -58,26 +58,6 @@ def _check(req: GenerationRequest) -> None:
         raise BadParams(f"ending must be one of {', '.join(ENDINGS)}, not {req.ending!r}")
     if req.program is not None and not 0 <= req.program <= 127:
         raise BadParams(f"program must be a General MIDI program 0..127, not {req.program}")
-
-
-SAFETY_NETS = ("grammar", "repetition guard", "key bias")
-
-
-@dataclass
-class SafetyNetCounts:
-    """How often each safety net changes a generated note, summed over the calls that were
-    given this object. Per note, a net's share is the total variation distance between the
-    model's tempered distribution with the net and without it (the other nets on): the least
-    share of notes that must differ between the two, however the draws are paired. Grammar: the
-    shift mask, the pitch range and no doubled chord note (either field); repetition guard:
-    MAX_REPEATS and the distinct-pitch window; key bias: the out-of-scale penalty and tonal
-    gravity."""
-
-    notes: int = 0
-    changed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAFETY_NETS, 0.0))
-
-    def rates(self) -> dict[str, float]:
-        return {k: v / self.notes if self.notes else float("nan") for k, v in self.changed.items()}
 
 
 def _finish(lm: LoadedModel, row: Row, events: np.ndarray, first_tick: int) -> Piece:
@@ -125,14 +105,14 @@ def continue_batch(
     requests: list[GenerationRequest],
     *,
     check_every: int | None = None,
-    nets: SafetyNetCounts | None = None,
+    observer: StepObserver | None = None,
 ) -> list[Piece]:
     """Decode all requests together; each row's result equals decoding it alone.
 
     Everything per note stays on the model's device; the host only learns, once per step (every
     CHECK_EVERY steps on a GPU), how many rows are done, to stop or to drop them. `check_every`
     overrides that cadence (the tests run the GPU's on the CPU); the notes do not depend on it.
-    `nets`: count how often each safety net changed a note (costs a few more samples a step)."""
+    `observer`: shown every pitch draw (a hook of the judge's: engine.model.generate.decode)."""
     if check_every is not None and check_every < 1:
         raise ValueError(f"check_every must be at least 1, not {check_every}")
     for req in requests:
@@ -144,15 +124,7 @@ def continue_batch(
     batch = Batch.start(lm, rows)
     if check_every is None:
         check_every = 1 if lm.device.type == "cpu" else CHECK_EVERY
-    counted = None
-    if nets is not None:
-        counted = torch.zeros(1 + len(SAFETY_NETS), dtype=torch.float64, device=lm.device)
-    segments, first_tick = decode(batch, len(rows), check_every, counted)
-    if nets is not None and counted is not None:
-        total, *changed_by = counted.tolist()
-        nets.notes += round(total)
-        for name, value in zip(SAFETY_NETS, changed_by, strict=True):
-            nets.changed[name] += value
+    segments, first_tick = decode(batch, len(rows), check_every, observer)
     return _to_pieces(lm, rows, segments, first_tick, batch.decoder.offsets)
 
 
@@ -195,11 +167,11 @@ def continue_seed(
     key_gravity: float = KEY_GRAVITY,
     copy: bool = True,
     ending: Ending = "close",
-    nets: SafetyNetCounts | None = None,
+    observer: StepObserver | None = None,
 ) -> Piece:
     """The continuation only (absolute beats, starting where the seed's sound stops), in the
     seed's tempo, time signature and program; the same `seed_rng` gives the same notes.
-    `nets`: count how often each safety net changed a note (see `SafetyNetCounts`)."""
+    `observer`: see `continue_batch`."""
     req = GenerationRequest(
         seed=seed,
         bars=bars,
@@ -215,4 +187,4 @@ def continue_seed(
         copy=copy,
         ending=ending,
     )
-    return continue_batch(lm, [req], nets=nets)[0]
+    return continue_batch(lm, [req], observer=observer)[0]

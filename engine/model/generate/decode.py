@@ -8,7 +8,7 @@ batch on the model's device; the host reads back only how many rows are done.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from engine.model.generate.batch_decoder import BatchDecoder, batch_decoder
 from engine.model.generate.ending import Closing
 from engine.model.generate.grammar import Grammar
 from engine.model.generate.request import Row
-from engine.model.generate.sampling import Sampling, changed_share, sample
+from engine.model.generate.sampling import Sampling, sample
 from engine.model.lags import LagTracker
 from engine.model.network import Memory, MotifSeq2Seq
 
@@ -95,6 +95,28 @@ class Batch:
             self.lags.append(shift, pitch)
 
 
+class PitchStep(NamedTuple):
+    """One step's pitch draw as a `StepObserver` sees it: the tempered logits without any
+    safety net (`shift_raw`, `pitch_raw`, (B', n)), the shift with the grammar's mask
+    (`shift_scaled`), the pitch with the key bias (`biased`) and with every net (`scaled`), the
+    pitches the nets forbid (`forbidden`) and the grammar (what it forbids itself, done rows)."""
+
+    grammar: Grammar
+    forbidden: torch.Tensor
+    shift_raw: torch.Tensor
+    shift_scaled: torch.Tensor
+    pitch_raw: torch.Tensor
+    biased: torch.Tensor
+    scaled: torch.Tensor
+
+
+class StepObserver(Protocol):
+    """A hook the judge passes in to see how generation draws (bench.safety_nets counts how
+    often each safety net changes a note); generation itself never needs one."""
+
+    def pitch_step(self, step: PitchStep) -> None: ...
+
+
 class Segment(NamedTuple):
     """A stretch of steps between two compactions of the batch."""
 
@@ -104,7 +126,7 @@ class Segment(NamedTuple):
 
 
 def decode(
-    batch: Batch, n_rows: int, check_every: int, counted: torch.Tensor | None
+    batch: Batch, n_rows: int, check_every: int, observer: StepObserver | None = None
 ) -> tuple[list[Segment], torch.Tensor]:
     """One note per row per step until every row is done; every `check_every` steps the host
     reads how many are, and drops them once they are a good share of the batch. Returns the
@@ -117,7 +139,7 @@ def decode(
     events: torch.Tensor | None = None
     t = 0
     while True:
-        events = _note(batch, t, events, counted)
+        events = _note(batch, t, events, observer)
         if t == 0:
             first_tick = grammar.first_tick
         made.append(events)
@@ -143,10 +165,10 @@ def decode(
 
 
 def _note(
-    batch: Batch, t: int, events: torch.Tensor | None, counted: torch.Tensor | None
+    batch: Batch, t: int, events: torch.Tensor | None, observer: StepObserver | None
 ) -> torch.Tensor:
     """Step t: one note per row, field by field, each sampled under the grammar. Returns the
-    (B', 8) events, the next step's input. `counted`: add the safety nets' changes to it."""
+    (B', 8) events, the next step's input. `observer`: shown each pitch draw."""
     decoder, grammar, sampling, copy = batch.decoder, batch.grammar, batch.sampling, batch.copy
     closing = batch.closing
     offsets = decoder.offsets
@@ -172,14 +194,13 @@ def _note(
         pitch_logits = copy.mixed(PITCH, pitch_logits, shift)
     scaled = torch.addcmul(sampling.pitch_bias, pitch_logits, inv_temp)
     forbidden = closing.pitch_forbidden(grammar.pitch_forbidden(t))
-    biased = scaled.clone() if counted is not None else None
+    biased = scaled.clone() if observer is not None else None
     scaled = scaled.masked_fill_(forbidden, float("-inf"))
     pitch = sample(scaled, last_rank[PITCH], top_p, u[PITCH])
-    if counted is not None and biased is not None:
-        shift_raw = shift_logits * inv_temp
-        pitch_raw = pitch_logits * inv_temp
-        counted += _nets_changed(
-            grammar, forbidden, shift_raw, shift_scaled, pitch_raw, biased, scaled
+    if observer is not None and biased is not None:
+        raw = (shift_logits * inv_temp, pitch_logits * inv_temp)
+        observer.pitch_step(
+            PitchStep(grammar, forbidden, raw[0], shift_scaled, raw[1], biased, scaled)
         )
     grammar.add_pitch(t, pitch)
     x = decoder.choose(PITCH, x, pitch)
@@ -200,32 +221,6 @@ def _note(
     events = torch.cat([shift, pitch, duration, velocity, position, phrase, decoder.extras], 1)
     events += batch.column_offsets  # (B', 8)
     return events
-
-
-def _nets_changed(
-    grammar: Grammar,
-    forbidden: torch.Tensor,
-    shift_raw: torch.Tensor,
-    shift_scaled: torch.Tensor,
-    pitch_raw: torch.Tensor,
-    biased: torch.Tensor,
-    scaled: torch.Tensor,
-) -> torch.Tensor:
-    """(1 + len(SAFETY_NETS),): this step's live rows, and the share of a note each net
-    changed, summed over them (see `SafetyNetCounts`). shift_raw, pitch_raw (B', n): tempered
-    logits without any net; shift_scaled: with the shift mask; biased: pitch with the key bias;
-    scaled: pitch with every net."""
-    inf = float("-inf")
-    shift_tv = changed_share(shift_raw, shift_scaled)  # the grammar's change to the shift
-    hard = grammar.outside | grammar.chord_kept  # the grammar's part of `forbidden`
-    pitch_tv = changed_share(biased.masked_fill(forbidden & ~hard, inf), scaled)
-    changed = [
-        1 - (1 - shift_tv) * (1 - pitch_tv),  # grammar: shift or pitch
-        changed_share(biased.masked_fill(hard, inf), scaled),  # repetition guard
-        changed_share(pitch_raw.masked_fill(forbidden, inf), scaled),  # key bias
-    ]
-    alive = ~grammar.done  # (B', 1)
-    return torch.cat([alive.sum(0)] + [torch.where(alive, c, 0.0).sum(0) for c in changed])
 
 
 PAD_WASTE = 1.5  # a group of seeds is encoded together while padding costs at most this share

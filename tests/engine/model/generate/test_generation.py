@@ -7,7 +7,7 @@ import torch
 from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.events import PITCH, SHIFT, EventCodec
-from engine.model.generate.continuation import SafetyNetCounts, continue_batch, continue_seed
+from engine.model.generate.continuation import continue_batch, continue_seed
 from engine.model.generate.grammar import (
     DISTINCT_WINDOW,
     MAX_REPEATS,
@@ -157,39 +157,6 @@ def test_collapse_guard_on_a_model_that_wants_one_pitch(lm):
             len(set(pitches[i : i + DISTINCT_WINDOW])) >= 3
             for i in range(len(pitches) - DISTINCT_WINDOW + 1)
         )
-
-
-def test_safety_net_counts_say_how_often_each_net_changes_a_note(lm):
-    seed = _seed()
-    plain = [GenerationRequest(seed, 4, rng_seed=i) for i in range(3)]
-    counts = SafetyNetCounts()
-    counted = continue_batch(lm, plain, nets=counts)
-    assert [_keys(p) for p in counted] == [_keys(p) for p in continue_batch(lm, plain)]
-    assert counts.notes == sum(len(p.notes) for p in counted)
-    rates = counts.rates()
-    assert set(rates) == {"grammar", "repetition guard", "key bias"}
-    assert all(0.0 <= r <= 1.0 for r in rates.values()) and rates["key bias"] > 0.01
-    # no key bias at all: it changes nothing
-    off = SafetyNetCounts()
-    reqs = [
-        GenerationRequest(seed, 4, rng_seed=i, key_gravity=0.0, key_penalty=0.0) for i in range(3)
-    ]
-    continue_batch(lm, reqs, nets=off)
-    assert off.rates()["key bias"] == pytest.approx(0.0, abs=1e-6)
-    # a model that wants one pitch: the repetition guard changes many notes (every fifth E4,
-    # less where a chord note, the grammar's part, takes its place)
-    heads = lm.model.heads
-    pitch_bias = heads.out[PITCH][-1].bias
-    saved = pitch_bias.detach().clone()
-    with torch.no_grad():
-        pitch_bias[64 - CODEC.config.pitch_low] += 50.0
-    stuck = SafetyNetCounts()
-    try:
-        continue_batch(lm, plain, nets=stuck)
-    finally:
-        with torch.no_grad():
-            pitch_bias.copy_(saved)
-    assert stuck.rates()["repetition guard"] > 0.1 > rates["repetition guard"]
 
 
 def test_key_estimate_and_key_bias(lm):
