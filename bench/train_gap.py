@@ -3,7 +3,7 @@ the step timed on its own (data preparation, forward, loss, backward, clipping, 
 turns for both models, and the arithmetic each model does per step (torch's FLOP counter).
 
 `python -m bench.train_gap [--repeats 5] [--bf16]` prints the table; `run()` returns the figures.
-The phases are engine.train.train_step's, in its order, with a clock between them (`phased_step`;
+The phases are engine.model.train.step.train_step's, in its order, with a clock between them (`phased_step`;
 tests check it computes the same loss as train_step).
 """
 
@@ -41,7 +41,7 @@ def phased_step(
     amp_dtype: torch.dtype | None = None,
     grad_clip: float = 1.0,
 ) -> tuple[dict[str, float], torch.Tensor, int]:
-    """engine.train.train_step with the batch drawn inside it and a clock between its phases:
+    """engine.model.train.step.train_step with the batch drawn inside it and a clock between its phases:
     (seconds per phase, the loss, target notes). CPU only: every op has finished when it returns."""
     clock = [time.perf_counter()]
     batch = make_batch()

@@ -1,4 +1,4 @@
-"""bench.train_gap: its phased step is engine.train.train_step, and its run gives every figure."""
+"""bench.train_gap: its phased step is engine.model.train.step.train_step, and its run gives every figure."""
 
 from __future__ import annotations
 

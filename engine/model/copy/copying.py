@@ -24,7 +24,7 @@ models) over musical figures; see docs/seed-fidelity.md.
 Only the seed votes. Letting the continuation's own notes vote too fits real continuations better
 under teacher forcing (validation NLL 2.40 against 2.65), but while generating, a cache of one's
 own draws feeds on itself: on 100 held-out seeds it kept the key less often (60% against 68%) and
-held one pitch 4+ times in more pieces (35% against 29%); docs/seed-fidelity.md has both tables.
+held one pitch 4+ times in more pieces (35% against 29%); docs/history/seed-fidelity-2026-11.md has both tables.
 
 One `CopyMemory` serves both uses: decoding (one note at a time, the drawn notes appended) and
 scoring (the true notes appended, for the NLL with and without the seed).

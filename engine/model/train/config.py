@@ -48,7 +48,7 @@ class TrainConfig:
     # label, must then carry the key (the label alone carried most of the seed's information)
     key_dropout: float = 0.0
     # share of seeded batches cut where the continuation reuses a 4-note figure of its seed
-    # (engine.seed_reuse): pairs that reward developing the seed's material
+    # (engine.model.train.data.reuse_gaps): pairs that reward developing the seed's material
     reuse_prob: float = 0.0
     # optimisation
     batch_size: int = 32

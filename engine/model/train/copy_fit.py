@@ -1,7 +1,7 @@
 """Scoring with the copy path, and fitting its lambdas by the likelihood of real music.
 
 `copy_nll`: the NLL per note event of real continuations (teacher forcing, the fixed evaluation
-windows of engine.train) with the copy path mixed in. `fit`: for each field and longest match,
+windows of engine.model.train.step) with the copy path mixed in. `fit`: for each field and longest match,
 the lambda that makes the validation split's real continuations most likely; the voter weight
 from a short list, by the same likelihood. Nothing here looks at generated music.
 
