@@ -364,6 +364,32 @@ def test_one_definition_per_public_function_or_class():
     assert set(twins) == set(ALLOWED_TWIN_NAMES), twins
 
 
+# Artifact keys have one home (issue 27: they were built by hand in generation, rendering, tunes
+# and models): a string that starts a key's folder, or names an attempt's, is written there only.
+KEYS_HOME = "engine/store/artifacts.py"
+KEY_TEXT = re.compile(r"^(requests|tunes|models|training)/|attempt-")
+
+
+def hand_built_keys(path: Path) -> list[str]:
+    """The string literals (f-strings' literal parts too, docstrings not) that begin a key."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+    return [
+        f"{rel(path)}:{node.lineno} {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and KEY_TEXT.search(node.value)
+    ]
+
+
+def test_artifact_keys_are_built_in_one_module():
+    bad = [k for p in sources("engine", "bot") if rel(p) != KEYS_HOME for k in hand_built_keys(p)]
+    assert not bad, "\n".join(bad)
+    assert hand_built_keys(ROOT / KEYS_HOME)  # the finder finds the home's own
+
+
 def test_the_tests_mirror_the_packages():
     # tests/engine/model/copy/ holds the tests of engine/model/copy/, and so on (issue 27)
     folders = [

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from engine.errors import NotFound
 from engine.service.users import Requester, require_visible, user_of
 from engine.settings import Settings, get_settings
+from engine.store.artifacts import file_name
 from engine.store.db import session_scope
 from engine.store.records import (
     RUNNING_STATES,
@@ -126,7 +127,7 @@ class Following:
                         key=a.key,
                         size=a.size,
                         content_type=a.content_type,
-                        filename=a.key.rsplit("/", 1)[-1],
+                        filename=file_name(a.key),
                     )
                     for a in sorted(req.artifacts, key=lambda a: a.kind.value)
                 ],

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.music.notes import Piece
-from engine.store.artifacts import ArtifactStore
+from engine.store.artifacts import ArtifactStore, tune_key
 from engine.store.records import Tune, TuneSource, utcnow
 
 
@@ -49,7 +49,7 @@ def store_tune(
     """Keep a tune once per content hash (a seed at submission, a result when generated); the
     MIDI bytes go to the artifact store."""
     digest = content_hash(midi)
-    key = f"tunes/{digest[:2]}/{digest}.mid"
+    key = tune_key(digest)
     known = session.scalar(select(Tune.id).where(Tune.content_hash == digest)) is not None
     if not known and not store.exists(key):
         store.put(key, midi)

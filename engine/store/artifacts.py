@@ -1,7 +1,9 @@
 """Where MIDI, audio, pictures and checkpoints are kept: a local folder, or any fsspec URL.
 
 `s3://bucket/prefix` (with the `s3` extra installed) lets the bot and workers on different
-machines share files without sharing a disk. Keys are relative paths like `requests/12/audio.ogg`.
+machines share files without sharing a disk. Keys are relative paths like
+`requests/12/attempt-1/motif-12.ogg`, each built by one function below (`attempt_key`,
+`tune_key`, `model_key`, `training_key`) and nowhere else (tests/test_layout.py checks).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import os
 import tempfile
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import fsspec
 
@@ -109,3 +111,42 @@ class ArtifactStore:
 @lru_cache(maxsize=8)
 def store_for(root: str) -> ArtifactStore:
     return ArtifactStore(root)
+
+
+# --- keys -------------------------------------------------------------------------------------
+# The one home of the store's layout: requests/<id>/attempt-<n>/<file>, tunes/<ab>/<hash>.mid,
+# models/<version>.pt, training/<run>/<file>.
+
+
+def result_stem(request_id: int) -> str:
+    """What a result's files are called before their ending (`motif-12.mid`,
+    `motif-12-score-2.png`): the attachments' names users see, and the result tune's name."""
+    return f"motif-{request_id}"
+
+
+def attempt_key(request_id: int, attempt: int, name: str) -> str:
+    """Where one attempt at a request writes a file: its own folder, so two attempts (a stale
+    claimant and its successor, engine.worker.fencing) never share a key. The file's name,
+    which users see, stays `name` (`file_name` reads it back)."""
+    return f"requests/{request_id}/attempt-{attempt}/{name}"
+
+
+def tune_key(content_hash: str) -> str:
+    """A tune's MIDI, kept once per content hash (fanned out over 256 folders by its first two
+    hex digits)."""
+    return f"tunes/{content_hash[:2]}/{content_hash}.mid"
+
+
+def model_key(version: str) -> str:
+    """A model version's checkpoint."""
+    return f"models/{version}.pt"
+
+
+def training_key(run_id: int, name: str) -> str:
+    """A file a training run keeps (its loss curve)."""
+    return f"training/{run_id}/{name}"
+
+
+def file_name(key: str) -> str:
+    """The file name at the end of a key: what a download or an attachment is called."""
+    return PurePosixPath(key).name

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from engine.errors import NotFound
 from engine.settings import Settings
-from engine.store.artifacts import store_for
+from engine.store.artifacts import model_key, store_for
 from engine.store.db import session_scope
 from engine.store.records import ModelStatus, ModelVersion, utcnow
 
@@ -39,7 +39,7 @@ def register_checkpoint(
     reject_reason: str | None = None,
 ) -> str:
     """Store a checkpoint's bytes and record it (idempotent on `version`)."""
-    key = f"models/{version}.pt"
+    key = model_key(version)
     store = store_for(settings.artifact_root)
     if not store.exists(key):
         store.put(key, data)

@@ -4,7 +4,7 @@ A claim is the row's `(worker, attempts)` when the stage took it. Every takeover
 message whose claimant is gone, the reaper) changes one of the two, so every write a claimant
 makes — heartbeats, artifacts, status — is an UPDATE conditional on both (`Claim.holds`). A
 stale claimant (hung, then resumed) finds its writes refused, and stops. Its files go under the
-attempt's own key (`attempt_key`) and become the request's only when its fenced commit
+attempt's own key (`engine.store.artifacts.attempt_key`) and become the request's only when its fenced commit
 succeeds, so it can never overwrite the winner's.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, update
 
 from engine.settings import Settings
+from engine.store.artifacts import attempt_key
 from engine.store.db import dml, session_scope
 from engine.store.records import OPEN_STATES, Request, RequestStatus, utcnow
 
@@ -48,12 +49,6 @@ class Claim:
 
     def key(self, name: str) -> str:
         return attempt_key(self.request_id, self.attempt, name)
-
-
-def attempt_key(request_id: int, attempt: int, name: str) -> str:
-    """Where an attempt writes a file: its own folder, so attempts never share a key (the file
-    name, which users see, stays `name`)."""
-    return f"requests/{request_id}/attempt-{attempt}/{name}"
 
 
 @dataclass

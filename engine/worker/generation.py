@@ -18,7 +18,7 @@ from engine.music.result_midi import to_midi_bytes
 from engine.service.options import ComposeOptions
 from engine.service.tunes import store_tune
 from engine.settings import Settings
-from engine.store.artifacts import ArtifactStore, store_for
+from engine.store.artifacts import ArtifactStore, result_stem, store_for
 from engine.store.db import dml, session_scope
 from engine.store.records import (
     ArtifactKind,
@@ -153,7 +153,7 @@ def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> lis
             continue
         seed, cont = _as_asked(job, cont)
         midi = to_midi_bytes(seed, cont)  # no seed: one track, named continuation
-        key = claim.key(f"motif-{job.request_id}.mid")
+        key = claim.key(f"{result_stem(job.request_id)}.mid")
         store.put(key, midi)
         full = Piece((seed.notes if seed else ()) + cont.notes, tempo_bpm=cont.tempo_bpm)
         timing = (elapsed, len(jobs), len(cont.notes))
@@ -205,7 +205,7 @@ def _keep(
             full,
             source=TuneSource.GENERATION,
             owner_id=req.user_id,
-            name=f"motif-{req.id}",
+            name=result_stem(req.id),
         )
         upsert_artifact(session, req.id, ArtifactKind.MIDI, key, midi, "audio/midi")
         req.result_tune_id = tune.id

@@ -17,7 +17,7 @@ from engine.music.catalog import PROGRAM_NAMES
 from engine.music.result_midi import split_result
 from engine.service.options import ComposeOptions
 from engine.settings import Settings
-from engine.store.artifacts import store_for
+from engine.store.artifacts import result_stem, store_for
 from engine.store.db import dml, session_scope
 from engine.store.records import (
     ArtifactKind,
@@ -110,10 +110,11 @@ def _render_claimed(claim: Claim, settings: Settings) -> bool:
         started = time.perf_counter()
         audio, png, score, engrave_s = _render_files(midi, settings, options, title, claim, beats)
         elapsed = time.perf_counter() - started
+        stem = result_stem(request_id)
         files = [
-            (ArtifactKind.AUDIO, f"motif-{request_id}.{audio.fmt}", audio.data, audio.mime),
-            (ArtifactKind.IMAGE, f"motif-{request_id}.png", png, "image/png"),
-            (ArtifactKind.MUSICXML, f"motif-{request_id}.musicxml", score.musicxml, MUSICXML_MIME),
+            (ArtifactKind.AUDIO, f"{stem}.{audio.fmt}", audio.data, audio.mime),
+            (ArtifactKind.IMAGE, f"{stem}.png", png, "image/png"),
+            (ArtifactKind.MUSICXML, f"{stem}.musicxml", score.musicxml, MUSICXML_MIME),
             *_score_files(request_id, score),
         ]
         # every file under this attempt's key: the fenced commit below makes them the request's
@@ -173,7 +174,7 @@ def _score_files(
 ) -> list[tuple[ArtifactKind, str, bytes, str]]:
     """(kind, file name, bytes, MIME type) of the score's pages for chat and its PDF: none when
     engraving failed. They go under the attempt's key like the other files."""
-    stem = f"motif-{request_id}"
+    stem = result_stem(request_id)
     files = [
         (kind, f"{stem}-score{'' if i == 0 else f'-{i + 1}'}.png", page, "image/png")
         for i, (page, kind) in enumerate(zip(score.pages, SCORE_PAGE_KINDS, strict=False))

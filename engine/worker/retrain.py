@@ -25,7 +25,7 @@ from engine.service.admin import (
     activate_model,
 )
 from engine.settings import Settings, get_settings
-from engine.store.artifacts import store_for
+from engine.store.artifacts import store_for, training_key
 from engine.store.db import session_scope
 from engine.store.models import checkpoint_key, ensure_default_model, register_checkpoint
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, utcnow
@@ -267,7 +267,7 @@ def _keep(
     curve stored beside it (its key into `metrics`)."""
     store = store_for(settings.artifact_root)
     if result.loss_png and Path(result.loss_png).exists():
-        key = f"training/{run_id}/loss.png"
+        key = training_key(run_id, "loss.png")
         store.put(key, Path(result.loss_png).read_bytes())
         metrics["loss_curve_key"] = key
     status = ModelStatus.REJECTED if reason else ModelStatus.CANDIDATE
