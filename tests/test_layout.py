@@ -390,6 +390,31 @@ def test_artifact_keys_are_built_in_one_module():
     assert hand_built_keys(ROOT / KEYS_HOME)  # the finder finds the home's own
 
 
+# "Which model version is active?" is asked in one function (issue 27: the query was written in
+# the registry, the admin service, the progress service and the doctor): the bare condition
+# `ModelVersion.active` is written in its module only (`.active.is_(False)` lists the others).
+ACTIVE_QUERY_HOME = "engine/store/models.py"
+
+
+def active_version_conditions(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    return [
+        f"{rel(path)}:{n.lineno}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr == "active"
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "ModelVersion"
+        and id(n) not in inner
+    ]
+
+
+def test_one_function_asks_which_model_version_is_active():
+    found = {rel(p): active_version_conditions(p) for p in sources("engine", "bot")}
+    assert {k for k, v in found.items() if v} == {ACTIVE_QUERY_HOME}, found
+
+
 def test_the_tests_mirror_the_packages():
     # tests/engine/model/copy/ holds the tests of engine/model/copy/, and so on (issue 27)
     folders = [

@@ -12,14 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
-
 from engine.errors import MotifError
 from engine.health import Unhealthy, check_broker, check_schema
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for
 from engine.store.db import session_scope
-from engine.store.records import ModelVersion
+from engine.store.models import active_model
 from engine.worker.process import live_workers
 
 Status = Literal["ok", "warn", "FAIL"]
@@ -64,7 +62,7 @@ def _workers(s: Settings) -> Finding:
 def _model(s: Settings) -> Finding:
     try:
         with session_scope(s.sqlalchemy_url) as session:
-            active = session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+            active = active_model(session)
             found = (active.version, active.checkpoint_key) if active else None
     except MotifError as exc:
         return Finding("FAIL", "model", exc.user_message)

@@ -17,6 +17,7 @@ from engine.queue import dispatch as queue_dispatch
 from engine.service.requests import user_for
 from engine.settings import Settings, get_settings
 from engine.store.db import dml, session_scope
+from engine.store.models import activate, active_model
 from engine.store.records import (
     AuditLog,
     Feedback,
@@ -94,7 +95,8 @@ def list_models(settings: Settings | None = None, limit: int = 20) -> list[Model
 def active_version(settings: Settings | None = None) -> str | None:
     s = settings or get_settings()
     with session_scope(s.sqlalchemy_url) as session:
-        return session.scalar(select(ModelVersion.version).where(ModelVersion.active))
+        active = active_model(session)
+        return active.version if active else None
 
 
 def activate_model(version: str, settings: Settings | None = None) -> str:
@@ -109,14 +111,7 @@ def activate_model(version: str, settings: Settings | None = None) -> str:
                 f"model {version} was rejected by the gate ({target.reject_reason}); "
                 "it cannot be activated."
             )
-        session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.active, ModelVersion.id != target.id)
-            .values(active=False, status=ModelStatus.RETIRED)
-        )
-        target.active = True
-        target.status = ModelStatus.ACTIVE
-        target.activated_at = utcnow()
+        activate(session, target)
         return target.version
 
 
@@ -124,7 +119,7 @@ def rollback(settings: Settings | None = None) -> str:
     """Return to the model that was active before the current one."""
     s = settings or get_settings()
     with session_scope(s.sqlalchemy_url) as session:
-        current = session.scalar(select(ModelVersion).where(ModelVersion.active))
+        current = active_model(session)
         if current is None:
             raise NotFound("there is no active model to roll back from.")
         previous = session.scalar(
@@ -182,7 +177,8 @@ def stats(settings: Settings | None = None) -> Stats:
             )
             if t
         ]
-        active = session.scalar(select(ModelVersion.version).where(ModelVersion.active))
+        active = active_model(session)
+        active_name = active.version if active else None
     return Stats(
         requests_total=sum(by_status.values()),
         requests_by_status=by_status,
@@ -193,7 +189,7 @@ def stats(settings: Settings | None = None) -> Stats:
         thumbs_down=down or 0,
         median_generate_s=_median([t.get("generate_s") for t in timings]),
         median_render_s=_median([t.get("render_s") for t in timings]),
-        active_model=active,
+        active_model=active_name,
     )
 
 

@@ -14,9 +14,9 @@ from engine.service.users import Requester, require_visible, user_of
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import file_name
 from engine.store.db import session_scope
+from engine.store.models import active_model
 from engine.store.records import (
     RUNNING_STATES,
-    ModelVersion,
     Request,
     RequestKind,
     RequestStatus,
@@ -173,11 +173,11 @@ class Following:
             counts = [
                 f"{n} × {queues} on {device}" for (queues, device), n in sorted(kinds.items())
             ]
-            active = session.scalar(select(ModelVersion.version).where(ModelVersion.active))
+            active = active_model(session)
             return QueueStatus(
                 queued=queued or 0,
                 running=running or 0,
                 workers=workers,
-                active_model=active,
+                active_model=active.version if active else None,
                 worker_counts=counts,
             )

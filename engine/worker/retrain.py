@@ -27,7 +27,12 @@ from engine.service.admin import (
 from engine.settings import Settings, get_settings
 from engine.store.artifacts import store_for, training_key
 from engine.store.db import session_scope
-from engine.store.models import checkpoint_key, ensure_default_model, register_checkpoint
+from engine.store.models import (
+    checkpoint_key,
+    ensure_default_model,
+    register_checkpoint,
+    run_version,
+)
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, utcnow
 from engine.worker.collect import (
     CollectedTune,
@@ -114,7 +119,7 @@ def _train_and_gate(settings: Settings, run_id: int, rec: RunRecorder) -> str:
         f"dataset: {len(data.base_train)} corpus pieces + {len(data.coll_train)} collected tunes "
         f"({len(data.coll_held)} held out), collected share {data.share:.2f}, device {device.type}"
     )
-    version = f"run{run_id}-{utcnow():%Y%m%d%H%M%S}"
+    version = run_version(run_id, utcnow())
     with tempfile.TemporaryDirectory(prefix="motif-train-") as tmp:
         out = Path(tmp) / f"{version}.pt"
         result = _train_candidate(settings, params, data, active_version, out, version, rec)

@@ -46,7 +46,7 @@ def check_artifacts(service: JobService, rid: int) -> None:
     assert kinds["pdf"].filename == f"motif-{rid}.pdf"
     xml = service.artifact_bytes(kinds["musicxml"])
     assert b"<score-partwise" in xml and kinds["musicxml"].filename == f"motif-{rid}.musicxml"
-    assert prog.model_version == "tiny-test" or prog.model_version.startswith("default-")
+    assert prog.model_version == "tiny-test" or prog.model_version.startswith("motif-default-")
     assert prog.timings["generate_s"] > 0 and prog.timings["render_s"] > 0
     with session_scope(service.url) as s:
         assert s.scalar(select(func.count(Artifact.id)).where(Artifact.request_id == rid)) == 6
