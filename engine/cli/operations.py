@@ -134,23 +134,23 @@ def cmd_status(_: argparse.Namespace) -> int:
 
 def run_corpus(argv: list[str]) -> int:
     # deferred: engine.model loads music21 and torch; `motif --help` and the bot image load neither
-    from engine.model.corpus.build import main
+    from engine.cli.corpus import corpus_main
 
-    return int(main(argv[1:] if argv[:1] == ["build"] else argv) or 0)  # `motif corpus build …`
+    return corpus_main(argv[1:] if argv[:1] == ["build"] else argv)  # `motif corpus build …`
 
 
 def run_train(argv: list[str]) -> int:
     # deferred: engine.model loads music21 and torch; `motif --help` and the bot image load neither
-    from engine.model.train.train import main
+    from engine.cli.training import train_main
 
-    return int(main(argv) or 0)
+    return train_main(argv)
 
 
 def run_setup_audio(argv: list[str]) -> int:
     # deferred: engine.audio needs the `worker` extra, absent from the bot image
-    from engine.audio.setup import main
+    from engine.cli.setup_audio import setup_audio_main
 
-    return int(main(argv) or 0)
+    return setup_audio_main(argv)
 
 
 def cmd_bot(_: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""`python -m engine.model.corpus`: build the corpus cache (engine.model.corpus.build.main)."""
+"""`python -m engine.model.corpus`: build the corpus cache (`motif corpus build`,
+engine.cli.corpus)."""
 
-from engine.model.corpus.build import main
+from engine.cli.corpus import corpus_main
 
-raise SystemExit(main())
+raise SystemExit(corpus_main())

@@ -3,7 +3,6 @@ and written as one .npz with a .json summary beside it."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
@@ -168,30 +167,3 @@ def _write(out_path: Path, arrays: dict[str, np.ndarray], stats: CorpusStats) ->
     stats.file_bytes = out_path.stat().st_size
     meta = {"content_hash": file_sha256(out_path), **stats.to_dict()}
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.model.corpus", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--max-per-collection", type=int, default=None)
-    parser.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="COLLECTION=N",
-        help="cap one collection (repeatable); overrides --max-per-collection for it",
-    )
-    parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    limits: int | dict[str, int] | None = args.max_per_collection
-    if args.limit:
-        limits = {c: args.max_per_collection for c in args.collections}
-        for spec in args.limit:
-            name, _, n = spec.partition("=")
-            limits[name] = int(n)
-    stats = build_corpus(
-        args.out, collections=args.collections, max_per_collection=limits, workers=args.workers
-    )
-    print(json.dumps(stats.to_dict(), indent=2))
-    return 0

@@ -7,7 +7,6 @@ Built once: `python -m engine.model.corpus.style_priors --out engine/data/style-
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import Counter
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.model.corpus.load import load_corpus
 from engine.music.keys import key_for_metrics
 from engine.music.notes import Piece
 
@@ -84,20 +82,7 @@ def draw_setting(
     return (int(num), int(den)), tempo, (int(tonic), mode)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+if __name__ == "__main__":  # the command line is engine.cli.corpus's
+    from engine.cli.corpus import style_priors_main
 
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.model.corpus.style_priors", description=__doc__
-    )
-    parser.add_argument("--corpus", type=Path, default=None, help="default: the shipped corpus")
-    parser.add_argument("--out", type=Path, default=DEFAULT_PRIORS_PATH)
-    args = parser.parse_args(argv)
-    priors = compute_style_priors(load_corpus(args.corpus).pieces("train"))
-    args.out.write_text(json.dumps(priors, indent=1) + "\n")
-    pieces = {style: sum(c["keys"].values()) for style, c in priors.items()}
-    print(f"wrote {args.out}: pieces per style {pieces}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(style_priors_main())

@@ -1,5 +1,5 @@
-"""`python -m engine.model.train`: train a model (engine.model.train.train.main)."""
+"""`python -m engine.model.train`: train a model (`motif train`, engine.cli.training)."""
 
-from engine.model.train.train import main
+from engine.cli.training import train_main
 
-raise SystemExit(main())
+raise SystemExit(train_main())

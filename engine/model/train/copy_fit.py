@@ -10,7 +10,6 @@ from a short list, by the same likelihood. Nothing here looks at generated music
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import load_checkpoint
-from engine.model.copy.copying import COPY_FIELDS, MAX_MATCH, PARAMS_PATH, CopyMemory, CopyParams
+from engine.model.copy.copying import COPY_FIELDS, MAX_MATCH, CopyMemory, CopyParams
 from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
 from engine.model.copy.repeats import REPEAT_BINS, REPEAT_RUNS
 from engine.model.copy.vote import Vote
@@ -360,41 +359,42 @@ def fit(
     return best_params, report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-
-    ap = argparse.ArgumentParser(prog="python -m engine.model.train.copy_fit", description=__doc__)
-    ap.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    ap.add_argument("--corpus", default=None, help="corpus .npz (default: the shipped one)")
-    ap.add_argument("--out", default=str(PARAMS_PATH))
-    ap.add_argument("--max-windows", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-match", type=int, nargs="+", default=list(MAX_MATCHES))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def fit_file(
+    model: Path | None,
+    corpus: Path | None,
+    out: Path,
+    *,
+    max_windows: int,
+    threads: int,
+    max_matches: Sequence[int],
+    command: str,
+) -> dict[str, Any]:
+    """Fit the copy path on the validation split, each `max_matches` tried, and write the
+    likeliest as `out` (the form of the shipped copy-params.json); returns what was written."""
+    torch.set_num_threads(threads)
     started = time.monotonic()
-    lm = load_checkpoint(args.model or DEFAULT_MODEL_PATH)
-    val = load_corpus(Path(args.corpus) if args.corpus else None).pieces("validation")
+    lm = load_checkpoint(model or DEFAULT_MODEL_PATH)
+    val = load_corpus(corpus).pieces("validation")
     data = encode_pieces(lm.codec, val)
-    batches = list(
-        eval_batches(data, lm.codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, args.max_windows)
-    )
-    fits = [fit(lm.model, batches, lm.device, max_match=m) for m in args.max_match]
+    batches = list(eval_batches(data, lm.codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, max_windows))
+    fits = [fit(lm.model, batches, lm.device, max_match=m) for m in max_matches]
     params, report = min(fits, key=lambda f: f[1]["nll_with_copy"])
     report["nll_by_max_match"] = {f[1]["max_match"]: f[1]["nll_with_copy"] for f in fits}
     doc = {
         "model": lm.meta.get("version"),
         "fitted_on": f"validation split, {report['notes']} notes",
-        "command": "python -m engine.model.train.copy_fit " + " ".join(argv or []),
+        "command": command,
         "report": report,
         "params": params.to_dict(),
         "seconds": round(time.monotonic() - started, 1),
     }
-    with open(args.out, "w") as fh:
+    with open(out, "w") as fh:
         json.dump(doc, fh, indent=1)
         fh.write("\n")
-    print(json.dumps(doc, indent=1))
-    return 0
+    return doc
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command line is engine.cli.training's
+    from engine.cli.training import copy_fit_main
+
+    raise SystemExit(copy_fit_main())

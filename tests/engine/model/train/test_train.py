@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.cli.training import train_main
 from engine.errors import NotFound
 from engine.model.checkpoint import (
     BadCheckpoint,
@@ -21,7 +22,7 @@ from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
 from engine.model.train.data import cut_window, encode_pieces, reuse_gaps, sample_batch
 from engine.model.train.step import evaluate_nll, make_optimizer, train_step
-from engine.model.train.train import main, train
+from engine.model.train.train import train
 from engine.music.notes import Note, Piece
 
 CODEC = EventCodec()
@@ -340,7 +341,7 @@ def test_pick_device():
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
+        train_main(["--help"])
     assert exc.value.code == 0
     assert "--max-minutes" in capsys.readouterr().out
 
@@ -374,7 +375,9 @@ def test_cli_takes_cpu_bf16(tmp_path, monkeypatch):
         return SimpleNamespace(checkpoint=cfg.out, steps=0, wall_s=0.0, tokens_per_s=0.0,
                                best_val_nll=None, test={})  # fmt: skip
 
-    monkeypatch.setattr("engine.model.train.train.train", fake_train)
-    assert main(["--cpu-bf16", "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
-    assert main(["--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    monkeypatch.setattr("engine.cli.training.train", fake_train)
+    assert train_main(["--cpu-bf16", "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    assert train_main(["--out", str(tmp_path / "m.pt"), "--quiet", "--version", "mine"]) == 0
     assert [c.cpu_bf16 for c in seen] == [True, False]  # off unless asked for
+    # a run given no --version is named by the one scheme (engine.store.models)
+    assert seen[0].version.startswith("motif-train-") and seen[1].version == "mine"
