@@ -95,6 +95,7 @@ def took_too_long(stage: str, request_id: int) -> str:
 
 def _render_claimed(claim: Claim, settings: Settings) -> bool:
     request_id = claim.request_id
+    stem = result_stem(request_id)  # the files' names, which users see
     with heartbeat([claim], settings, beat_interval_s(settings)) as beats:
         with session_scope(settings.sqlalchemy_url) as session:
             req = session.get(Request, request_id)
@@ -110,7 +111,6 @@ def _render_claimed(claim: Claim, settings: Settings) -> bool:
         started = time.perf_counter()
         audio, png, score, engrave_s = _render_files(midi, settings, options, title, claim, beats)
         elapsed = time.perf_counter() - started
-        stem = result_stem(request_id)
         files = [
             (ArtifactKind.AUDIO, f"{stem}.{audio.fmt}", audio.data, audio.mime),
             (ArtifactKind.IMAGE, f"{stem}.png", png, "image/png"),
