@@ -3,7 +3,8 @@
 The shipped default checkpoint is registered (copied into the artifact store) on first use, so a
 fresh install composes with no setup. A worker notices a newly activated version at its next job.
 `active_model` is the one place that asks which version is active; `default_version`,
-`run_version` and `train_version` name new versions (one scheme, docs/layout.md "Model versions").
+`run_version` and `train_version` name new versions, one scheme (docs/layout.md, "Artifact keys
+and model versions").
 """
 
 from __future__ import annotations
