@@ -245,7 +245,7 @@ def format_judge(result: dict[str, Any]) -> str:
     """The judge's Markdown table."""
     from bench.form import FORM_LABELS
     from engine.model.fidelity import FIDELITY_LABELS
-    from engine.model.generate.continuation import SAFETY_NETS
+    from bench.safety_nets import SAFETY_NETS
 
     s = result["settings"]
     figures = result["figures"]

@@ -240,8 +240,10 @@ def _full_seed_windows(
 def _without(windows: list[dict[str, Any]], drop_seed: bool, drop_key: bool) -> Iterator[dict]:
     for b in windows:
         b = dict(b)
-        if drop_seed:
+        if drop_seed:  # its notes, and what the lag inputs read from them
             b["seed_len"] = b["seed_len"].new_zeros(b["seed_len"].shape)
+            if "lags" in b:
+                b["lags"] = b["lags"].new_zeros(b["lags"].shape)
         if drop_key:
             b["key"] = b["key"].new_zeros(b["key"].shape)
         yield b
