@@ -174,8 +174,10 @@ def _write_result(service: JobService, prog: Progress, out: Path, started: float
         print("  note: the audio was shortened to fit the upload cap")
     shown = prog.notes.get("score_bars")
     if isinstance(shown, list) and len(shown) == 2:
-        print(f"  note: the score pictures show bars 1–{shown[0]} of {shown[1]}; the PDF and the "
-              "MusicXML have them all")  # fmt: skip
+        print(
+            f"  note: the score pictures show bars 1–{shown[0]} of {shown[1]}; the PDF and the "
+            "MusicXML have them all"
+        )
     return 0
 
 
@@ -186,68 +188,94 @@ def add_compose(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compose", help="continue a MIDI seed (or none) through the real queue")
     c.add_argument("seed", nargs="?", help="a .mid, .abc, .musicxml or .mxl file; omit for no seed")
     c.add_argument(
-        "--bars", type=int, default=None,
+        "--bars",
+        type=int,
+        default=None,
         help=f"bars to add: 1 to MOTIF_MAX_BARS ({fields['max_bars'].default}); "
         f"default MOTIF_DEFAULT_BARS ({fields['default_bars'].default})",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--style", default=None,
+        "--style",
+        default=None,
         help=f"style to lean towards: {', '.join(catalog.STYLES)} or none; default none",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--temperature", type=float, default=None,
+        "--temperature",
+        type=float,
+        default=None,
         help=f"lower is safer and more repetitive, higher is wilder: {catalog.MIN_TEMPERATURE:g} "
         f"to {catalog.MAX_TEMPERATURE:g}; default {opts.temperature:g}",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--top-p", type=float, default=None,
+        "--top-p",
+        type=float,
+        default=None,
         help=f"sample only from the likeliest choices making up this share of probability: "
         f"{catalog.MIN_TOP_P:g} to {catalog.MAX_TOP_P:g}; default {opts.top_p:g}",
-    )  # fmt: skip
-    c.add_argument(
-        "--instrument", default=None,
-        help=f"instrument of the audio (and the MIDI): {', '.join(catalog.INSTRUMENTS)}; "
-        f"default {catalog.PROGRAM_NAMES[opts.instrument]}",
-    )  # fmt: skip
-    c.add_argument(
-        "--tempo", type=float, default=None,
-        help=f"tempo in BPM: {catalog.MIN_TEMPO:g} to {catalog.MAX_TEMPO:g}; default the seed's "
-        "(120 without a seed)",
-    )  # fmt: skip
-    c.add_argument(
-        "--rng-seed", type=int, default=None,
-        help=f"makes the result repeatable (same seed, same music): 0 to {catalog.MAX_RNG_SEED}; "
-        "default a new random one each time",
-    )  # fmt: skip
-    c.add_argument(
-        "--from-bar", type=int, default=None,
-        help=f"continue from this bar of the seed file (the bars before it are the seed): 2 to "
-        f"{catalog.MAX_FROM_BAR}; default the end",
-    )  # fmt: skip
-    c.add_argument(
-        "--ending", choices=catalog.ENDINGS, default=None,
-        help="close: end on a held note of the key's tonic chord; open: stop where the notes "
-        f"reach the last bar line (to extend it later); default {catalog.DEFAULT_ENDING}",
-    )  # fmt: skip
+    )
+    _add_compose_shape_options(c, opts)
     _add_compose_run_options(c)
     c.set_defaults(func=cmd_compose)
+
+
+def _add_compose_shape_options(c: argparse.ArgumentParser, opts: ComposeOptions) -> None:
+    """The options that shape the result: instrument, tempo, rng seed, the seed's bar, ending."""
+    c.add_argument(
+        "--instrument",
+        default=None,
+        help=f"instrument of the audio (and the MIDI): {', '.join(catalog.INSTRUMENTS)}; "
+        f"default {catalog.PROGRAM_NAMES[opts.instrument]}",
+    )
+    c.add_argument(
+        "--tempo",
+        type=float,
+        default=None,
+        help=f"tempo in BPM: {catalog.MIN_TEMPO:g} to {catalog.MAX_TEMPO:g}; default the seed's "
+        "(120 without a seed)",
+    )
+    c.add_argument(
+        "--rng-seed",
+        type=int,
+        default=None,
+        help=f"makes the result repeatable (same seed, same music): 0 to {catalog.MAX_RNG_SEED}; "
+        "default a new random one each time",
+    )
+    c.add_argument(
+        "--from-bar",
+        type=int,
+        default=None,
+        help=f"continue from this bar of the seed file (the bars before it are the seed): 2 to "
+        f"{catalog.MAX_FROM_BAR}; default the end",
+    )
+    c.add_argument(
+        "--ending",
+        choices=catalog.ENDINGS,
+        default=None,
+        help="close: end on a held note of the key's tonic chord; open: stop where the notes "
+        f"reach the last bar line (to extend it later); default {catalog.DEFAULT_ENDING}",
+    )
 
 
 def _add_compose_run_options(c: argparse.ArgumentParser) -> None:
     """Where the files go, how long to wait, and the local worker."""
     c.add_argument(
-        "--out", default=None,
+        "--out",
+        default=None,
         help="folder for the .mid, audio and .png; default MOTIF_OUTPUT_DIR (out)",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--timeout", type=float, default=600.0,
+        "--timeout",
+        type=float,
+        default=600.0,
         help="seconds to wait for the result before giving up: any positive number; default 600",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--no-worker", action="store_true",
+        "--no-worker",
+        action="store_true",
         help="never start a local worker (wait for a running one); default: start one if none runs",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--keep-worker", action="store_true",
+        "--keep-worker",
+        action="store_true",
         help="leave the worker this command started running afterwards; default: stop it",
-    )  # fmt: skip
+    )

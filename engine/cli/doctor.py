@@ -54,8 +54,12 @@ def _workers(s: Settings) -> Finding:
         return Finding("FAIL", "workers", exc.user_message)
     missing = [q for q in ("gpu", "cpu") if q not in queues]
     if missing:
-        return Finding("FAIL", "workers", f"no live worker takes the {' and '.join(missing)} "
-                       "queue(s): start one with `motif worker`")  # fmt: skip
+        return Finding(
+            "FAIL",
+            "workers",
+            f"no live worker takes the {' and '.join(missing)} "
+            "queue(s): start one with `motif worker`",
+        )
     return Finding("ok", "workers", f"live workers take {', '.join(sorted(queues))}")
 
 
@@ -73,8 +77,12 @@ def _model(s: Settings) -> Finding:
         return Finding("FAIL", "model", f"active {version}, but its checkpoint {key} is missing")
     if s.default_model_path.is_file():
         return Finding("ok", "model", f"the shipped default {s.default_model_path.name}")
-    return Finding("FAIL", "model", f"no active model and no {s.default_model_path}: train one "
-                   "(`motif train`) or set MOTIF_DEFAULT_MODEL_PATH")  # fmt: skip
+    return Finding(
+        "FAIL",
+        "model",
+        f"no active model and no {s.default_model_path}: train one "
+        "(`motif train`) or set MOTIF_DEFAULT_MODEL_PATH",
+    )
 
 
 def _audio(s: Settings) -> list[Finding]:
@@ -92,7 +100,7 @@ def _audio(s: Settings) -> list[Finding]:
             "FluidSynth",
             "libfluidsynth missing: audio falls back to "
             "TinySoundFont (no reverb); `motif setup-audio` installs it",
-        )  # fmt: skip
+        )
     )
     try:
         check_soundfont(s)
@@ -111,11 +119,16 @@ def _discord(s: Settings) -> list[Finding]:
     if not token:
         found = Finding("FAIL", "token", "DISCORD_TOKEN is not set (docs/discord.md, step 3)")
     elif (app := application_id(token)) is None:
-        found = Finding("FAIL", "token", "DISCORD_TOKEN does not look like a bot token "
-                        "(three parts joined by dots): copy it again from the Bot page")  # fmt: skip
+        found = Finding(
+            "FAIL",
+            "token",
+            "DISCORD_TOKEN does not look like a bot token "
+            "(three parts joined by dots): copy it again from the Bot page",
+        )
     else:
-        found = Finding("ok", "token", f"a bot token of application {app}; invite: "
-                        f"{invite_url(app)}")  # fmt: skip
+        found = Finding(
+            "ok", "token", f"a bot token of application {app}; invite: {invite_url(app)}"
+        )
     return [found, *_admins(s)]
 
 
@@ -128,7 +141,7 @@ def _admins(s: Settings) -> list[Finding]:
             "home server",
             "MOTIF_HOME_GUILD_ID is not set: the admin "
             "commands (/model, /retrain, /stats) are nowhere",
-        )  # fmt: skip
+        )
     )
     admins = len(s.admin_users) + len(s.admin_roles)
     who = (
@@ -139,7 +152,7 @@ def _admins(s: Settings) -> list[Finding]:
             "admins",
             "MOTIF_ADMIN_USER_IDS and MOTIF_ADMIN_ROLE_IDS are "
             "empty: nobody may run the admin commands",
-        )  # fmt: skip
+        )
     )
     commands = (
         Finding("ok", "commands", f"/compose is published to server {s.dev_guild_id} at start")
@@ -149,14 +162,19 @@ def _admins(s: Settings) -> list[Finding]:
             "commands",
             "MOTIF_DEV_GUILD_ID is empty: /compose shows only "
             "after an owner's `@Motif sync global` (up to an hour)",
-        )  # fmt: skip
+        )
     )
     return [home, who, commands]
 
 
 CHECKS: tuple[Callable[[Settings], Finding | list[Finding]], ...] = (
-    _database, _broker, _workers, _model, _audio, _discord,
-)  # fmt: skip
+    _database,
+    _broker,
+    _workers,
+    _model,
+    _audio,
+    _discord,
+)
 
 
 NEEDS_SCHEMA = (_workers, _model)  # they read tables: not asked before the schema is there
@@ -212,6 +230,10 @@ def add_setup_commands(sub: argparse._SubParsersAction) -> None:
         func=cmd_doctor
     )
     x = sub.add_parser("invite", help="print the URL that adds the bot to a server")
-    x.add_argument("--client-id", type=int, default=None,
-                   help="the Application ID (default: read from DISCORD_TOKEN)")  # fmt: skip
+    x.add_argument(
+        "--client-id",
+        type=int,
+        default=None,
+        help="the Application ID (default: read from DISCORD_TOKEN)",
+    )
     x.set_defaults(func=cmd_invite)

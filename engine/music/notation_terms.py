@@ -24,7 +24,7 @@ _XML_COUNTS = {
     "ornaments": re.compile(
         rb"<(?:trill-mark|turn|inverted-turn|mordent|inverted-mordent|"
         rb"tremolo|shake|schleifer)[\s/>]"
-    ),  # fmt: skip
+    ),
 }
 _XML_CHORD_TEXT = re.compile(rb"<root-step>([A-G])</root-step>")
 
@@ -72,13 +72,16 @@ def dropped_remark(kind: str, text: bytes) -> str | None:
 
 # music21's ABC messages that name a construct, and the same in a musician's words
 _ABC_PROBLEMS = (
-    (re.compile(r"Bad chord indicator: \[(\d)"),
-     "its ending [{0}: the ABC reader takes the endings [1, [2 and [3 only"),
-    (re.compile(r"Bad chord indicator: (\[[^\s:|]{0,8})"),
-     "`{0}`, a bracket that is not closed"),
-    (re.compile(r"(?:no|No) (?:closing|matching) .{0,30}?(['\"`\]\)}])"),
-     "a `{0}` that is not closed"),
-)  # fmt: skip
+    (
+        re.compile(r"Bad chord indicator: \[(\d)"),
+        "its ending [{0}: the ABC reader takes the endings [1, [2 and [3 only",
+    ),
+    (re.compile(r"Bad chord indicator: (\[[^\s:|]{0,8})"), "`{0}`, a bracket that is not closed"),
+    (
+        re.compile(r"(?:no|No) (?:closing|matching) .{0,30}?(['\"`\]\)}])"),
+        "a `{0}` that is not closed",
+    ),
+)
 
 
 def abc_problem(detail: str) -> str | None:

@@ -164,8 +164,9 @@ class RequestWakeups:
                 self.connected.clear()
                 delay = _RECONNECT_S[min(attempt, len(_RECONNECT_S) - 1)]
                 attempt += 1
-                log.warning("wake-up listener (%s) lost: %s; retrying in %.1f s", self.kind,
-                            exc, delay)  # fmt: skip
+                log.warning(
+                    "wake-up listener (%s) lost: %s; retrying in %.1f s", self.kind, exc, delay
+                )
                 await asyncio.sleep(delay)
 
     async def _listen_redis(self) -> None:
