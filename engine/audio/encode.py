@@ -17,6 +17,8 @@ from engine.audio.synth import get_renderer
 from engine.errors import BadMidi
 
 if TYPE_CHECKING:
+    import pretty_midi
+
     from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -319,15 +321,27 @@ def encode(
 def render_audio(midi_bytes: bytes, settings: Settings, program: int | None = None) -> EncodedAudio:
     """MIDI bytes to an attachment: render (capped at settings.max_audio_s), normalise, encode
     in settings.audio_format under settings.upload_cap_bytes."""
+    return audio_of(read_midi(midi_bytes), settings, program)
+
+
+def read_midi(midi_bytes: bytes) -> pretty_midi.PrettyMIDI:
+    """The MIDI to render; BadMidi when it cannot be read."""
     import pretty_midi
 
-    renderer = get_renderer(settings)
     try:
-        midi = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
+        return pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
     except Exception as exc:  # pretty_midi/mido raise many types for corrupt files
         raise BadMidi(
             "could not read the MIDI file", detail=f"{type(exc).__name__}: {exc}"
         ) from exc
+
+
+def audio_of(
+    midi: pretty_midi.PrettyMIDI, settings: Settings, program: int | None = None
+) -> EncodedAudio:
+    """`render_audio` after the MIDI is read. Its long calls (the synthesizer, the loudness
+    filter, the encoder) run outside the GIL, so another thread can engrave meanwhile."""
+    renderer = get_renderer(settings)
     rendered = renderer.render(midi, program=program, max_seconds=settings.max_audio_s)
     # Mono (if it is) before the loudness: checked, gained and peak-measured on one channel,
     # not on two and then again for the encoder; its loudness is the stereo's, as before
