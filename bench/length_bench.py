@@ -1,15 +1,12 @@
 """Cost by length: generation and the render stage (audio, piano roll, score pages and PDF) for
 8, 64 and 256 bars of continuation of the bundled example seed, side by side.
 
-The render stage is timed as engine.worker.rendering runs it (engine.audio.media: the audio in
-a second thread while the pictures are drawn), then once more stage by stage, one after the
-other, for where the time goes. Engraving is verovio laying out every page once, resvg
-rasterising the chat pages and the PDF written from every page's SVG, so it grows linearly with
-the bars.
+The render stage is timed as engine.worker.rendering takes it, stage by stage. Engraving is
+verovio laying out every page once and resvg rasterising each page once (the chat pages and the
+PDF share the rasters), so it grows linearly with the bars.
 
 `python -m bench.length_bench [--repeats 3] [--bars 8 64 256] [--sample-rate 44100]` prints a
-table (`--sample-rate`: other than the setting's default, for a side-by-side); `run()` returns the
-figures.
+table (`--sample-rate`: other than the setting's, for a side by side); `run()` returns the figures.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from typing import Any
 
 from bench import workload
 from engine.audio.encode import render_audio
-from engine.audio.media import render_media
 from engine.audio.pianoroll import piano_roll_png
 from engine.audio.score import engrave_score, result_key
 from engine.model.generate.continuation import continue_seed
@@ -49,10 +45,11 @@ def run(
     settings = Settings(_env_file=None, **rate)
     lm = workload.motif_model(model_path).lm
     seed = piece_from_midi_file(SEED)
-    result: dict[str, Any] = {"repeats": repeats, "bars": list(bars), "seed": SEED.name}
+    result: dict[str, Any] = {"repeats": repeats, "bars": list(bars), "seed": SEED.name,
+                              "sample_rate": settings.sample_rate}  # fmt: skip
     for n in bars:
         times: dict[str, list[float]] = {
-            k: [] for k in ("generate", "audio", "pianoroll", "xml", "score", "stages", "render")
+            k: [] for k in ("generate", "audio", "pianoroll", "xml", "score", "render")
         }
         for i in range(repeats + 1):
             t0 = time.perf_counter()
@@ -68,19 +65,15 @@ def run(
             t4 = time.perf_counter()
             score = engrave_score(xml)
             t5 = time.perf_counter()
-            render_media(midi, settings, program=None, roll_title="bench", score_title="bench")
-            t6 = time.perf_counter()
             if i == 0:
                 continue
             for key, dt in (("generate", t1 - t0), ("audio", t2 - t1), ("pianoroll", t3 - t2),
-                            ("xml", t4 - t3), ("score", t5 - t4), ("stages", t5 - t1),
-                            ("render", t6 - t5)):  # fmt: skip
+                            ("xml", t4 - t3), ("score", t5 - t4), ("render", t5 - t1)):  # fmt: skip
                 times[key].append(dt)
         result[f"{n} bars"] = {
             **{f"{k}_s": statistics.median(v) for k, v in times.items()},
             "notes": len(cont.notes),
             "music_s": audio.seconds,
-            "sample_rate": settings.sample_rate,
             "pages": score.page_count,
             "bars_total": score.bars_total,
             "bars_shown": score.bars_shown,
@@ -100,18 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     r = run(args.repeats, tuple(args.bars), args.model, args.sample_rate)
-    rate = r[f"{r['bars'][0]} bars"]["sample_rate"]
-    print(f"Generation and render stage by length, {r['seed']} seed, audio at {rate} Hz, "
-          f"median of {r['repeats']}")  # fmt: skip
-    print("| bars | notes | audio s | generate | render (all) | one after the other | audio | "
-          "piano roll | score (pages + PDF) | pages | bars in chat | chat PNG KiB | PDF KiB |")  # fmt: skip
-    print("|" + "---|" * 13)
+    print(f"Generation and render stage by length, {r['seed']} seed, audio at "
+          f"{r['sample_rate']} Hz, median of {r['repeats']}")  # fmt: skip
+    print("| bars | notes | audio s | generate | render (all) | audio | piano roll | score "
+          "(pages + PDF) | pages | bars in chat | chat PNG KiB | PDF KiB |")  # fmt: skip
+    print("|" + "---|" * 12)
     for n in r["bars"]:
         f = r[f"{n} bars"]
         print(
             f"| {n} | {f['notes']} | {f['music_s']:.0f} | {f['generate_s']:.2f} s | "
-            f"{f['render_s']:.2f} s | {f['stages_s']:.2f} s | {f['audio_s']:.2f} s | "
-            f"{f['pianoroll_s']:.2f} s | "
+            f"{f['render_s']:.2f} s | {f['audio_s']:.2f} s | {f['pianoroll_s']:.2f} s | "
             f"{f['xml_s'] + f['score_s']:.2f} s | {f['pages']} | {f['bars_shown']} of "
             f"{f['bars_total']} | {f['chat_png_kib']} | {f['pdf_kib']} |"
         )

@@ -41,10 +41,9 @@ def _render_files(
     claim: Claim,
     beats: Beats,
 ) -> ResultMedia:
-    """The audio, the piano roll and the engraved score of a result, the audio in a second
-    thread (engine.audio.media). Between the steps it beats when a beat is due (the engraving's
-    long calls keep the GIL from the heartbeat thread) and stops with ClaimLost once the claim
-    is taken over."""
+    """The audio, the piano roll and the engraved score of a result (engine.audio.media).
+    Between the steps it beats when a beat is due (the engraving's long calls keep the GIL from
+    the heartbeat thread) and stops with ClaimLost once the claim is taken over."""
     return render_media(
         midi,
         settings,

@@ -178,14 +178,12 @@ def test_length_bench(tiny_model_path):
     r = length_bench.run(repeats=1, bars=(2, 12), model_path=str(tiny_model_path))
     for n in (2, 12):
         f = r[f"{n} bars"]
-        for key in ("generate_s", "audio_s", "pianoroll_s", "xml_s", "score_s", "stages_s",
-                    "render_s"):  # fmt: skip
+        for key in ("generate_s", "audio_s", "pianoroll_s", "xml_s", "score_s", "render_s"):
             assert positive(f[key]), (n, key)
         assert f["render_s"] >= f["score_s"] and f["pages"] >= 1 and f["pdf_kib"] > 0
-        assert f["stages_s"] >= f["audio_s"] + f["score_s"]
-        assert f["sample_rate"] == Settings(_env_file=None).sample_rate
         assert 0 < f["bars_shown"] <= f["bars_total"] and len(f["chat_png_kib"]) <= 2
     assert r["target_64_bars_s"] == 2.0
+    assert r["sample_rate"] == Settings(_env_file=None).sample_rate
 
 
 def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
