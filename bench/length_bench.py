@@ -5,8 +5,8 @@ The render stage is timed as engine.worker.rendering takes it, stage by stage. E
 verovio laying out every page once and resvg rasterising each page once (the chat pages and the
 PDF share the rasters), so it grows linearly with the bars.
 
-`python -m bench.length_bench [--repeats 3] [--bars 8 64 256]` prints a table; `run()` returns
-the figures.
+`python -m bench.length_bench [--repeats 3] [--bars 8 64 256] [--sample-rate 44100]` prints a
+table (`--sample-rate`: other than the setting's, for a side by side); `run()` returns the figures.
 """
 
 from __future__ import annotations
@@ -35,13 +35,18 @@ TARGET_64_BARS_S = 2.0  # issue #25: audio + pictures + score of a 64-bar result
 
 
 def run(
-    repeats: int = 3, bars: tuple[int, ...] = (8, 64, 256), model_path: str | None = None
+    repeats: int = 3,
+    bars: tuple[int, ...] = (8, 64, 256),
+    model_path: str | None = None,
+    sample_rate: int | None = None,
 ) -> dict[str, Any]:
     """Medians of `repeats` rounds per length (the first, untimed, warms imports and fonts)."""
-    settings = Settings(_env_file=None)
+    rate = {} if sample_rate is None else {"sample_rate": sample_rate}
+    settings = Settings(_env_file=None, **rate)
     lm = workload.motif_model(model_path).lm
     seed = piece_from_midi_file(SEED)
-    result: dict[str, Any] = {"repeats": repeats, "bars": list(bars), "seed": SEED.name}
+    result: dict[str, Any] = {"repeats": repeats, "bars": list(bars), "seed": SEED.name,
+                              "sample_rate": settings.sample_rate}  # fmt: skip
     for n in bars:
         times: dict[str, list[float]] = {
             k: [] for k in ("generate", "audio", "pianoroll", "xml", "score", "render")
@@ -84,10 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bars", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--model", default=None)
+    parser.add_argument("--sample-rate", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    r = run(args.repeats, tuple(args.bars), args.model)
-    print(f"Generation and render stage by length, {r['seed']} seed, median of {r['repeats']}")
+    r = run(args.repeats, tuple(args.bars), args.model, args.sample_rate)
+    print(f"Generation and render stage by length, {r['seed']} seed, audio at "
+          f"{r['sample_rate']} Hz, median of {r['repeats']}")  # fmt: skip
     print("| bars | notes | audio s | generate | render (all) | audio | piano roll | score "
           "(pages + PDF) | pages | bars in chat | chat PNG KiB | PDF KiB |")  # fmt: skip
     print("|" + "---|" * 12)

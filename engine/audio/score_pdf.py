@@ -15,6 +15,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from xml.etree import ElementTree
 
 from engine.audio.svg_path import n as _n
@@ -116,6 +117,11 @@ def _pdf_string(text: str) -> bytes:
     text = text.replace("♩.", "Dotted quarter").replace("♩", "Quarter")
     raw = text.encode("cp1252", errors="replace")
     return b"(" + raw.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
+
+
+# A score draws a few dozen glyphs (noteheads, clefs, accidentals) thousands of times: their
+# path data is read once, not at every use (that was half the PDF's time).
+_glyph_ops = lru_cache(maxsize=1024)(path_ops)
 
 
 class _Page:
@@ -222,7 +228,7 @@ class _Page:
         ops = [b"q"]
         if matrix is not None:
             ops.append(_cm(matrix))
-        ops += [b"%s %s %s rg" % tuple(_n(c) for c in colour), path_ops(shape.get("d", "")),
+        ops += [b"%s %s %s rg" % tuple(_n(c) for c in colour), _glyph_ops(shape.get("d", "")),
                 b"f Q"]  # fmt: skip
         self.ops.append(b" ".join(ops))
 

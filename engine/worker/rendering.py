@@ -9,12 +9,11 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 
-from engine.audio.encode import EncodedAudio, render_audio
-from engine.audio.pianoroll import piano_roll_png
-from engine.audio.score import EngravedResult, engrave_result
+from engine.audio.encode import EncodedAudio
+from engine.audio.media import ResultMedia, render_media
+from engine.audio.score import EngravedResult
 from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.catalog import PROGRAM_NAMES
-from engine.music.result_midi import split_result
 from engine.service.options import ComposeOptions
 from engine.settings import Settings
 from engine.store.artifacts import result_stem, store_for
@@ -41,21 +40,19 @@ def _render_files(
     title: str,
     claim: Claim,
     beats: Beats,
-) -> tuple[EncodedAudio, bytes, EngravedResult, float]:
-    """The audio, the piano roll and the engraved score of a result (and the engraving's
-    seconds). Between the steps it beats when a beat is due (the engraving's long calls keep
-    the GIL from the heartbeat thread) and stops with ClaimLost once the claim is taken over."""
-
-    audio = render_audio(midi, settings, program=options.instrument)
-    beats.tick(claim)
-    seed, cont = split_result(midi)
-    png = piano_roll_png(seed, cont, title=title)
-    beats.tick(claim)
-    engraving_started = time.perf_counter()
-    score_title = f"Motif #{claim.request_id}"
-    score = engrave_result(midi, seed, cont, title=score_title, step=beats.tick)
-    beats.tick(claim)
-    return audio, png, score, time.perf_counter() - engraving_started
+) -> ResultMedia:
+    """The audio, the piano roll and the engraved score of a result (engine.audio.media).
+    Between the steps it beats when a beat is due (the engraving's long calls keep the GIL from
+    the heartbeat thread) and stops with ClaimLost once the claim is taken over."""
+    return render_media(
+        midi,
+        settings,
+        program=options.instrument,
+        roll_title=title,
+        score_title=f"Motif #{claim.request_id}",
+        step=beats.tick,
+        between=lambda: beats.tick(claim),
+    )
 
 
 def render_request(request_id: int, settings: Settings) -> bool:
@@ -109,8 +106,9 @@ def _render_claimed(claim: Claim, settings: Settings) -> bool:
         store = store_for(settings.artifact_root)
         midi = store.get(midi_art.key)
         started = time.perf_counter()
-        audio, png, score, engrave_s = _render_files(midi, settings, options, title, claim, beats)
+        media = _render_files(midi, settings, options, title, claim, beats)
         elapsed = time.perf_counter() - started
+        audio, png, score = media.audio, media.piano_roll, media.score
         files = [
             (ArtifactKind.AUDIO, f"{stem}.{audio.fmt}", audio.data, audio.mime),
             (ArtifactKind.IMAGE, f"{stem}.png", png, "image/png"),
@@ -121,7 +119,11 @@ def _render_claimed(claim: Claim, settings: Settings) -> bool:
         keys = [claim.key(name) for _, name, _, _ in files]
         for key, (_, _, data, _) in zip(keys, files, strict=True):
             store.put(key, data)
-        timings = {"render_s": round(elapsed, 3), "engrave_s": round(engrave_s, 3)}
+        timings = {
+            "render_s": round(elapsed, 3),
+            "engrave_s": round(media.engrave_s, 3),
+            "audio_render_s": round(media.audio_s, 3),
+        }
         notes: dict[str, object] = {"shortened": True} if audio.shortened else {}
         if score.bars_shown < score.bars_total:
             notes["score_bars"] = [score.bars_shown, score.bars_total]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import batch_bench, e2e_bench, generation_bench, memory_bench, train_bench, workload
+from engine.settings import Settings
 from tests.bot.fake_discord import version_supported
 
 
@@ -182,6 +183,7 @@ def test_length_bench(tiny_model_path):
         assert f["render_s"] >= f["score_s"] and f["pages"] >= 1 and f["pdf_kib"] > 0
         assert 0 < f["bars_shown"] <= f["bars_total"] and len(f["chat_png_kib"]) <= 2
     assert r["target_64_bars_s"] == 2.0
+    assert r["sample_rate"] == Settings(_env_file=None).sample_rate
 
 
 def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
