@@ -30,10 +30,16 @@ MIME = {"ogg": "audio/ogg", "mp3": "audio/mpeg"}
 # Vorbis is VBR: the budget is libvorbis's nominal rate at 44.1 kHz stereo for quality
 # 1 - level, plus 20 %; synthesized music measures at ~60 % of nominal. MP3 is CBR (exact).
 _LADDER: dict[str, tuple[tuple[float, float], ...]] = {
-    "ogg": ((0.5, 160 * 1.2), (0.6, 128 * 1.2), (0.7, 112 * 1.2), (0.8, 96 * 1.2),
-            (0.9, 80 * 1.2), (1.0, 64 * 1.2)),
+    "ogg": (
+        (0.5, 160 * 1.2),
+        (0.6, 128 * 1.2),
+        (0.7, 112 * 1.2),
+        (0.8, 96 * 1.2),
+        (0.9, 80 * 1.2),
+        (1.0, 64 * 1.2),
+    ),
     "mp3": ((0.5, 160.0), (0.8, 96.0), (0.9, 56.0), (0.99, 32.0)),
-}  # fmt: skip
+}
 _CONTAINER_BYTES = 16_384  # headers (Vorbis codebooks ~4 KiB) and page overhead
 _MIN_SECONDS = 1.0
 _ENCODE_BLOCK = 65_536  # frames per write
@@ -110,10 +116,16 @@ def _biquad_sos(kind: str, fc: float, q: float, gain_db: float, rate: int) -> np
     cos = math.cos(w0)
     if kind == "high_shelf":
         root = 2.0 * math.sqrt(a) * alpha
-        b = (a * ((a + 1) + (a - 1) * cos + root), -2 * a * ((a - 1) + (a + 1) * cos),
-             a * ((a + 1) + (a - 1) * cos - root))  # fmt: skip
-        den = ((a + 1) - (a - 1) * cos + root, 2 * ((a - 1) - (a + 1) * cos),
-               (a + 1) - (a - 1) * cos - root)  # fmt: skip
+        b = (
+            a * ((a + 1) + (a - 1) * cos + root),
+            -2 * a * ((a - 1) + (a + 1) * cos),
+            a * ((a + 1) + (a - 1) * cos - root),
+        )
+        den = (
+            (a + 1) - (a - 1) * cos + root,
+            2 * ((a - 1) - (a + 1) * cos),
+            (a + 1) - (a - 1) * cos - root,
+        )
     else:  # high pass
         b = ((1 + cos) / 2, -(1 + cos), (1 + cos) / 2)
         den = (1 + alpha, -2 * cos, 1 - alpha)
@@ -122,8 +134,12 @@ def _biquad_sos(kind: str, fc: float, q: float, gain_db: float, rate: int) -> np
 
 def _k_weighting(rate: int) -> np.ndarray:
     """(2, 6) sections: the head's high shelf (+4 dB above ~1.5 kHz), then the 38 Hz high pass."""
-    return np.stack([_biquad_sos("high_shelf", 1500.0, 1 / math.sqrt(2), 4.0, rate),
-                     _biquad_sos("high_pass", 38.0, 0.5, 0.0, rate)])  # fmt: skip
+    return np.stack(
+        [
+            _biquad_sos("high_shelf", 1500.0, 1 / math.sqrt(2), 4.0, rate),
+            _biquad_sos("high_pass", 38.0, 0.5, 0.0, rate),
+        ]
+    )
 
 
 def integrated_loudness(samples: np.ndarray, rate: int, *, both_speakers: bool = False) -> float:
@@ -303,13 +319,19 @@ def encode(
         if len(data) <= cap_bytes:
             shortened = keep_s < seconds
             if shortened:
-                log.info("audio cut from %.1f s to %.1f s to fit %d bytes", seconds, keep_s,
-                         cap_bytes)  # fmt: skip
+                log.info(
+                    "audio cut from %.1f s to %.1f s to fit %d bytes", seconds, keep_s, cap_bytes
+                )
             return EncodedAudio(data, fmt, MIME[fmt], clip.shape[0] / rate, shortened)
         actual_kbps = (len(data) - _CONTAINER_BYTES) * 8 / 1000 / max(keep_s, 1e-3)
         keep_s = min(keep_s, seconds) * 0.9 * cap_bytes / len(data)
-        log.debug("encoded %d bytes > cap %d (%.0f kbit/s); retrying with %.1f s",
-                  len(data), cap_bytes, actual_kbps, keep_s)  # fmt: skip
+        log.debug(
+            "encoded %d bytes > cap %d (%.0f kbit/s); retrying with %.1f s",
+            len(data),
+            cap_bytes,
+            actual_kbps,
+            keep_s,
+        )
     raise ValueError(
         f"upload cap of {cap_bytes} bytes is too small for even {_MIN_SECONDS:.0f} s of {fmt}"
     )

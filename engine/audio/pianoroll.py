@@ -85,9 +85,14 @@ def piano_roll_png(
     Bar lines follow the seed's metres, changes included (the continuation's without a seed)."""
     from PIL import Image, ImageDraw
 
-    parts = [(p, c, label) for p, c, label in (
-        (seed, SEED_COLOUR, "seed"), (continuation, CONTINUATION_COLOUR, "continuation"))
-        if p is not None]  # fmt: skip
+    parts = [
+        (p, c, label)
+        for p, c, label in (
+            (seed, SEED_COLOUR, "seed"),
+            (continuation, CONTINUATION_COLOUR, "continuation"),
+        )
+        if p is not None
+    ]
     metre = seed if seed is not None else continuation
     frame = _Frame.around([n for p, _, _ in parts for n in p.notes], metre, width_px, height_px)
     image = Image.new("RGB", (width_px, height_px), WHITE)
@@ -183,8 +188,9 @@ def _draw_notes(draw: ImageDraw.ImageDraw, f: _Frame, parts: list[tuple[Piece, s
             face = tuple(round(255 + (c - 255) * alpha) for c in edge)
             left, right = round(f.x(n.start)), round(f.x(n.start + max(n.duration, 0.05)))
             top, bottom = round(f.y(n.pitch + 0.4)), round(f.y(n.pitch - 0.4))
-            draw.rectangle((left, top, max(left + 1, right), max(top + 1, bottom)), fill=face,
-                           outline=edge)  # fmt: skip
+            draw.rectangle(
+                (left, top, max(left + 1, right), max(top + 1, bottom)), fill=face, outline=edge
+            )
 
 
 def _draw_seed_end(draw: ImageDraw.ImageDraw, f: _Frame, seed: Piece) -> None:
@@ -232,6 +238,11 @@ def _draw_axes(
         draw.text((f.x(f.bars[i].start), f.y1 + 4), str(i + 1), fill=SPINE, font=font, anchor="mt")
     written = [f"{n}/{d}" for _, n, d in metres_of(metre)]
     metres = " → ".join(written if len(written) <= 3 else [written[0], "…", written[-1]])
-    draw.text(((f.x0 + f.x1) / 2, f.height_px - 6), f"bar ({metres}, {metre.tempo_bpm:g} BPM)",
-              fill=SPINE, font=font, anchor="md")  # fmt: skip
+    draw.text(
+        ((f.x0 + f.x1) / 2, f.height_px - 6),
+        f"bar ({metres}, {metre.tempo_bpm:g} BPM)",
+        fill=SPINE,
+        font=font,
+        anchor="md",
+    )
     draw.text((f.x0, TOP - 8), title, fill=SPINE, font=_font(_px(FONT + 2)), anchor="ld")

@@ -73,8 +73,14 @@ def _times(inner: Matrix, outer: Matrix) -> Matrix:
     """The matrix applying `inner` first, then `outer` (PDF's row-vector order)."""
     a, b, c, d, e, f = inner
     A, B, C, D, E, F = outer
-    return (a * A + b * C, a * B + b * D, c * A + d * C, c * B + d * D,
-            e * A + f * C + E, e * B + f * D + F)  # fmt: skip
+    return (
+        a * A + b * C,
+        a * B + b * D,
+        c * A + d * C,
+        c * B + d * D,
+        e * A + f * C + E,
+        e * B + f * D + F,
+    )
 
 
 def _cm(m: Matrix) -> bytes:
@@ -163,8 +169,12 @@ class _Page:
                 ops += [
                     b"%s %s l" % (_n(a), _n(b)) for a, b in zip(pts[2::2], pts[3::2], strict=False)
                 ]
-                self._shape(b" ".join(ops) + (b" h" if tag == "polygon" else b""), el, style,
-                            fill=tag == "polygon")  # fmt: skip
+                self._shape(
+                    b" ".join(ops) + (b" h" if tag == "polygon" else b""),
+                    el,
+                    style,
+                    fill=tag == "polygon",
+                )
         elif tag == "ellipse" or tag == "circle":
             r = float(el.get("r", 0))
             rx, ry = float(el.get("rx", r)), float(el.get("ry", r))
@@ -228,8 +238,11 @@ class _Page:
         ops = [b"q"]
         if matrix is not None:
             ops.append(_cm(matrix))
-        ops += [b"%s %s %s rg" % tuple(_n(c) for c in colour), _glyph_ops(shape.get("d", "")),
-                b"f Q"]  # fmt: skip
+        ops += [
+            b"%s %s %s rg" % tuple(_n(c) for c in colour),
+            _glyph_ops(shape.get("d", "")),
+            b"f Q",
+        ]
         self.ops.append(b" ".join(ops))
 
     def _text(self, el: ElementTree.Element, style: _Style) -> None:
@@ -250,7 +263,7 @@ class _Page:
                     _n(left),
                     _n(y),
                     _pdf_string(text),
-                )  # fmt: skip
+                )
             )
             x = left + width if anchor == "start" else x
 
@@ -288,13 +301,16 @@ def pages_pdf(svgs: list[str], *, page_width_px: int) -> bytes:
     catalog = add(b"")  # filled in once the page tree's number is known
     pages_ref = add(b"")
     fonts = b" ".join(
-        b"/%s %d 0 R" % (
+        b"/%s %d 0 R"
+        % (
             name.encode(),
-            add(b"<< /Type /Font /Subtype /Type1 /BaseFont /%s /Encoding /WinAnsiEncoding >>"
-                % base.encode()),
+            add(
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /%s /Encoding /WinAnsiEncoding >>"
+                % base.encode()
+            ),
         )
         for name, base in FONTS.items()
-    )  # fmt: skip
+    )
     kids = []
     for svg in svgs:
         _height, content = svg_page(svg, page_width_px)

@@ -36,8 +36,9 @@ class _PathReader:
         self.x, self.y, self.last_c = x, y, None
         self.out.append(b"%s %s l" % (n(x), n(y)))
 
-    def curve(self, c1: tuple[float, float], c2: tuple[float, float], end: tuple[float, float]
-              ) -> None:  # fmt: skip
+    def curve(
+        self, c1: tuple[float, float], c2: tuple[float, float], end: tuple[float, float]
+    ) -> None:
         self.out.append(b"%s %s %s %s %s %s c" % tuple(n(v) for v in (*c1, *c2, *end)))
         self.x, self.y = end
 
@@ -60,8 +61,11 @@ class _PathReader:
             if op == "C":
                 c1 = self.point(rel)
             else:
-                c1 = (2 * self.x - self.last_c[0], 2 * self.y - self.last_c[1]) if self.last_c \
-                    else (self.x, self.y)  # fmt: skip
+                c1 = (
+                    (2 * self.x - self.last_c[0], 2 * self.y - self.last_c[1])
+                    if self.last_c
+                    else (self.x, self.y)
+                )
             c2, end = self.point(rel), self.point(rel)
             self.curve(c1, c2, end)
             self.last_c = c2
@@ -69,12 +73,18 @@ class _PathReader:
             if op == "Q":
                 q = self.point(rel)
             else:
-                q = (2 * self.x - self.last_c[0], 2 * self.y - self.last_c[1]) if self.last_c \
-                    else (self.x, self.y)  # fmt: skip
+                q = (
+                    (2 * self.x - self.last_c[0], 2 * self.y - self.last_c[1])
+                    if self.last_c
+                    else (self.x, self.y)
+                )
             x0, y0 = self.x, self.y
             end = self.point(rel)
-            self.curve((x0 + 2 / 3 * (q[0] - x0), y0 + 2 / 3 * (q[1] - y0)),
-                       (end[0] + 2 / 3 * (q[0] - end[0]), end[1] + 2 / 3 * (q[1] - end[1])), end)  # fmt: skip
+            self.curve(
+                (x0 + 2 / 3 * (q[0] - x0), y0 + 2 / 3 * (q[1] - y0)),
+                (end[0] + 2 / 3 * (q[0] - end[0]), end[1] + 2 / 3 * (q[1] - end[1])),
+                end,
+            )
             self.last_c = q  # (T reflects the quadratic control point)
         else:  # an arc or an unknown command: verovio draws neither; skip its numbers
             self.i += 7 if op == "A" else 1
