@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.model.corpus import build, style_priors
+from engine.model.corpus import build, strain_returns, style_priors
 from engine.model.corpus.build import build_corpus
 from engine.model.corpus.load import load_corpus
 from engine.model.corpus.parse import COLLECTIONS
@@ -56,4 +56,16 @@ def style_priors_main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps(priors, indent=1) + "\n")
     pieces = {style: sum(c["keys"].values()) for style, c in priors.items()}
     print(f"wrote {args.out}: pieces per style {pieces}")
+    return 0
+
+
+def strain_returns_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.model.corpus.strain_returns", description=strain_returns.__doc__
+    )
+    parser.add_argument("--corpus", type=Path, default=None, help="default: the shipped corpus")
+    parser.add_argument("--out", type=Path, default=strain_returns.DEFAULT_STRAINS_PATH)
+    args = parser.parse_args(argv)
+    fitted = strain_returns.write_strain_returns(load_corpus(args.corpus).pieces("train"), args.out)
+    print(f"wrote {args.out}: bars counted per longest lag {fitted['bars']}")
     return 0

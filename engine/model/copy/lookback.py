@@ -31,6 +31,9 @@ LAG_BARS = (2, 4, 8)
 PHASE = 4  # the latest notes compared with the lagged ones
 LOOKBACK_LEVELS = len(LAG_BARS) * (PHASE + 1)  # level: lag index x (PHASE + 1) + phase
 NO_LOOKBACK: tuple[tuple[float, ...], ...] = ((0.0,) * LOOKBACK_LEVELS,) * 3
+# the weight of a planned strain's vote (engine.model.copy.strains): a replayed bar is the
+# seed's, bar the odd note
+PLAN_MU = 0.9
 _NEVER = -(10**12)  # the time of a column that is no note
 _RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
 
@@ -98,6 +101,9 @@ class Lookback:
         for col in range(max(0, n - PHASE), n):
             self._grow_phase(col, event[:, col])
         self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
+        # (B, bars): per bar from tick 0, the LAG_BARS index the strain plan replays there, or -1
+        # (engine.model.copy.strains); None: no plan
+        self.plan: torch.Tensor | None = None
 
     def _grow_phase(self, column: int, event: torch.Tensor) -> None:
         """`phase`, (B, L): how many of the latest notes (up to PHASE) equal the seed's notes a
@@ -130,6 +136,7 @@ class Lookback:
             self.seed_pitch[rows],
             self.phase[rows],
         )
+        self.plan = None if self.plan is None else self.plan[rows]
         self._then = None
 
     def _find(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
@@ -150,16 +157,18 @@ class Lookback:
         pitch: torch.Tensor | None = None,
     ) -> Vote:
         """One field's lookback vote (B, n_classes, one-hot or all 0), mu (B, 1) and level (B,;
-        -1: none); `field` 0
-        shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and `pitch` (B, 1))."""
+        -1: none); `field` 0 shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and
+        `pitch` (B, 1)). In a bar the strain plan replays, its lag votes with PLAN_MU."""
         W = self.seed_end
         now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
         if field == SHIFT:  # the shift of the note after the lagged one (a note of the seed's)
             at = self._find(now - self.lags, rank.expand_as(self.lags))
             after = (at + 1).clamp_max(W - 1)
             value = torch.where((at >= 0) & (at + 1 < W), event[:, :W, SHIFT].gather(1, after), -1)
+            onset = now + value  # (B, L) where each lag's vote would put the note
         else:
             assert shift is not None
+            onset = (now + shift).expand_as(self.lags)
             if self._then is not None and self._then[0] is shift:  # duration after pitch
                 at = self._then[1]
             else:
@@ -174,10 +183,40 @@ class Lookback:
             value = torch.where(at >= 0, value, -1)
         value = torch.where(value < n_classes, value, -1)
         chosen, level = self._pick(value, self.phase)
+        mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
+        if self.plan is not None:  # a planned strain: its lag votes, with PLAN_MU
+            if field == SHIFT:  # the next lagged onset, even across the seed's first bar line
+                value = self._ahead(now, n_classes)
+                onset = now + value
+            planned = self._planned(onset) & (value >= 0)  # (B, L)
+            on = planned.any(dim=1)
+            pick = planned.long().argmax(dim=1, keepdim=True)
+            chosen = torch.where(on, value.gather(1, pick)[:, 0], chosen)
+            mu = torch.where(on[:, None], PLAN_MU, mu)
         vote = torch.zeros(event.size(0), n_classes, device=event.device)
         vote.scatter_(1, chosen.clamp_min(0)[:, None], (chosen >= 0).float()[:, None])
-        mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
         return Vote(vote, mu, level)
+
+    def _ahead(self, now: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """(B, L) for each lag, the shift from `now` (B, 1) to the seed's first onset after
+        now - lag, moved on by the lag: what comes next when the tune replays the seed from that
+        lag (the exact lagged note need not exist: the seed's first note has none before it);
+        -1 where there is none."""
+        lagged = now - self.lags  # (B, L)
+        at = torch.searchsorted(self.keys, (lagged + 1) * _RANKS).clamp_max(self.seed_end - 1)
+        time = self.time.gather(1, at)
+        ok = (time > lagged) & (self.lags > 0) & (time > _NEVER // 2)
+        ahead = time - lagged
+        return torch.where(ok & (ahead < n_classes), ahead, -1)
+
+    def _planned(self, onset: torch.Tensor) -> torch.Tensor:
+        """(B, L): whether the strain plan replays each lag in the bar of `onset` (B, L)."""
+        assert self.plan is not None
+        bar = self.lags[:, :1] // LAG_BARS[0]  # (B, 1) ticks per bar; 0: unknown
+        index = torch.where(bar > 0, onset // bar.clamp_min(1), -1)
+        inside = (index >= 0) & (index < self.plan.size(1))
+        lag = self.plan.gather(1, index.clamp(0, self.plan.size(1) - 1))
+        return inside & (lag == torch.arange(self.lags.size(1), device=onset.device))
 
     @staticmethod
     def _pick(value: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

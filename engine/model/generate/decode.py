@@ -15,6 +15,8 @@ import torch
 
 from engine.model.checkpoint import LoadedModel
 from engine.model.copy.copying import CopyMemory, shipped_params
+from engine.model.copy.lookback import LAG_BARS
+from engine.model.copy.strains import plan_strains, plan_tensor, shipped_strains
 from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT, VELOCITY
 from engine.model.generate.batch_decoder import BatchDecoder, batch_decoder
 from engine.model.generate.ending import Closing
@@ -284,4 +286,12 @@ def _copy_memory(
     codec = lm.codec
     sizes = (codec.n_shift, codec.n_pitch, codec.n_duration)
     copying = torch.tensor(on, dtype=torch.float32, device=seed.device)[:, None]
-    return CopyMemory(seed, seed_len, sizes, params, rows_on=copying, n_position=codec.n_position)
+    memory = CopyMemory(seed, seed_len, sizes, params, rows_on=copying, n_position=codec.n_position)
+    table = shipped_strains()
+    bar = (memory.lookback.lags[:, 0] // LAG_BARS[0]).tolist()  # ticks per bar, read from the seed
+    plans = [
+        plan_strains(table, bar[i], r.seed_end, r.req.bars, r.rng_seed) if on[i] else []
+        for i, r in enumerate(rows)
+    ]
+    memory.lookback.plan = plan_tensor(plans, seed.device)
+    return memory
