@@ -244,8 +244,8 @@ def _fmt(key: str, value: float | None) -> str:
 def format_judge(result: dict[str, Any]) -> str:
     """The judge's Markdown table."""
     from bench.form import FORM_LABELS
-    from engine.model.fidelity import FIDELITY_LABELS
     from bench.safety_nets import SAFETY_NETS
+    from engine.model.fidelity import FIDELITY_LABELS
 
     s = result["settings"]
     figures = result["figures"]

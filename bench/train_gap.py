@@ -26,7 +26,7 @@ from engine.model.events import SHIFT
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
 from engine.model.train.data import encode_pieces, sample_batch
-from engine.model.train.step import field_nll, make_optimizer
+from engine.model.train.step import field_nll, make_optimizer, teacher_forced
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ def phased_step(
     clock.append(time.perf_counter())
     target = batch["target"]
     with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(
-            batch["seed"],
-            batch["seed_len"],
-            batch["style"],
-            target,
-            batch["key"],
-            batch.get("lags"),
-        )
+        logits = teacher_forced(model, batch)
     clock.append(time.perf_counter())
     notes = target[..., SHIFT] != IGNORE  # (B, T)
     loss = field_nll(logits, target).sum() / notes.sum()
@@ -86,8 +79,7 @@ def step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.LSTM)]
     try:
         with FlopCounterMode(display=False) as counter:
-            logits = model(batch["seed"], batch["seed_len"], batch["style"], batch["target"],
-                           batch["key"])  # fmt: skip
+            logits = teacher_forced(model, batch)
             field_nll(logits, batch["target"]).sum().backward()
     finally:
         for h in hooks:

@@ -56,6 +56,18 @@ def make_optimizer(
     )
 
 
+def teacher_forced(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The model's logits of every field of a `collate` batch's targets, teacher-forced."""
+    return model(
+        batch["seed"],
+        batch["seed_len"],
+        batch["style"],
+        batch["target"],
+        batch["key"],
+        batch.get("lags"),
+    )
+
+
 def train_step(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -73,14 +85,7 @@ def train_step(
     so the loop reads losses only when it logs."""
     target = batch["target"]
     with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(
-            batch["seed"],
-            batch["seed_len"],
-            batch["style"],
-            target,
-            batch["key"],
-            batch.get("lags"),
-        )
+        logits = teacher_forced(model, batch)
     loss = field_nll(logits, target).sum() / (target[..., SHIFT] != IGNORE).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
@@ -106,14 +111,7 @@ def evaluate_windows(model: MotifSeq2Seq, batches, device: torch.device) -> dict
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         target = batch["target"]
-        logits = model(
-            batch["seed"],
-            batch["seed_len"],
-            batch["style"],
-            target,
-            batch["key"],
-            batch.get("lags"),
-        )
+        logits = teacher_forced(model, batch)
         nll = field_nll([lg.float() for lg in logits], target)  # (half-precision models too)
         total += nll.sum(dim=(0, 1)).double().cpu()
         counted += (target[..., :4] != IGNORE).sum(dim=(0, 1)).double().cpu()
