@@ -48,7 +48,7 @@ class BareSeq2Seq(nn.Module):
             x = x + emb(events[..., col])
         return x  # (B, T, D)
 
-    def forward(self, seed, seed_len, style, target, key=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    def forward(self, seed, seed_len, style, target, key=None, lags=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
         _, state = self.encoder(self.embed(seed.clamp_min(0)))  # (L, B, H) each
         note = target.clamp_min(0)  # (B, T, 5)
         prev = self.embed(note[:, :-1])  # (B, T-1, D)
