@@ -12,6 +12,7 @@ import soundfile
 from engine.audio import media
 from engine.audio.encode import integrated_loudness, render_audio
 from engine.audio.pianoroll import piano_roll_png
+from engine.audio.renderer import TAIL_BLOCK_S
 from engine.audio.score import engrave_result
 from engine.errors import BadMidi
 from engine.music.notes import Note, Piece
@@ -44,7 +45,9 @@ def test_the_media_are_what_each_part_makes_alone():
     one = render_audio(midi, settings())
     played, rate = soundfile.read(io.BytesIO(got.audio.data), dtype="float32")
     assert rate == settings().sample_rate and got.audio.fmt == one.fmt == "ogg"
-    assert got.audio.seconds == pytest.approx(one.seconds, abs=1e-6)
+    # FluidSynth's reverb keeps a residue between renders of one synth: the release tail may
+    # end one block sooner or later (tinysoundfont's renders are identical)
+    assert got.audio.seconds == pytest.approx(one.seconds, abs=TAIL_BLOCK_S + 1e-6)
     assert got.engrave_s > 0 and got.audio_s > 0
 
 
