@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import re
 import subprocess
 import sys
 from urllib.parse import parse_qs, urlparse
@@ -11,6 +13,7 @@ import discord
 
 from bot.client import INTENTS
 from bot.invite import PERMISSIONS, SCOPES, USES, application_id, invite_url, privileged_intents
+from engine.cli import build_parser
 from engine.store import db
 from engine.worker.lifecycle import WorkerPresence
 from tests.conftest import ROOT, make_settings, settings_env
@@ -116,3 +119,20 @@ def test_a_token_names_its_application_and_anything_else_does_not():
     assert application_id(TOKEN) == APP_ID
     assert application_id("") is None and application_id("abc.def.ghi") is None
     assert application_id(TOKEN.replace(".", "-")) is None
+
+
+def test_the_readmes_server_path_names_real_commands_settings_and_doctors_last_line():
+    """A server owner follows the README alone (issue #25): its numbered path copies the
+    settings file, names only `motif` commands that exist and settings that `.env.example` has,
+    and waits for the line a ready setup's doctor prints (the test above)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run it in your server", 1)[1].split("\n## ", 1)[0]
+    assert len(re.findall(r"^\d\. ", section, re.M)) == 5
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = set(re.findall(r"`motif (\w+)", section))
+    assert {"db", "worker", "doctor", "invite", "bot"} <= commands <= set(sub.choices)
+    example = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"`((?:MOTIF|DISCORD)_[A-Z_]+)`", section))
+    assert {"DISCORD_TOKEN", "MOTIF_DEV_GUILD_ID", "MOTIF_HOME_GUILD_ID"} <= named
+    assert all(re.search(rf"^{name}=", example, re.M) for name in named), named
+    assert "`cp .env.example .env`" in section and '"/compose is ready."' in section
