@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
 import re
 import subprocess
 import sys
@@ -136,3 +137,33 @@ def test_the_readmes_server_path_names_real_commands_settings_and_doctors_last_l
     assert {"DISCORD_TOKEN", "MOTIF_DEV_GUILD_ID", "MOTIF_HOME_GUILD_ID"} <= named
     assert all(re.search(rf"^{name}=", example, re.M) for name in named), named
     assert "`cp .env.example .env`" in section and '"/compose is ready."' in section
+
+
+def test_a_bad_setting_an_unreachable_broker_and_a_file_that_is_no_soundfont_fail(
+    tmp_path, tiny_model_path, monkeypatch, capsys
+):
+    """The failing side of the lines the ready setup shows as ok: each names what is wrong."""
+    from engine.cli.doctor import cmd_doctor, diagnose
+    from engine.settings import get_settings
+
+    fake = tmp_path / "piano.sf2"
+    fake.write_bytes(b"RIFF....WAVEfmt a sound, not a SoundFont")
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, soundfont=str(fake),
+                             broker_url="redis://127.0.0.1:1/0")  # fmt: skip
+    db.upgrade(settings.sqlalchemy_url)
+    found = {f.item: f for f in diagnose(settings)}
+    assert found["broker"].status == "FAIL" and "broker unreachable" in found["broker"].detail
+    assert found["SoundFont"].status == "FAIL" and "not a SoundFont" in found["SoundFont"].detail
+    assert found["database"].status == found["model"].status == "ok"
+
+    monkeypatch.setenv("MOTIF_ENV_FILE", "")
+    monkeypatch.setenv("MOTIF_MAX_BARS", "lots")
+    get_settings.cache_clear()
+    try:
+        assert cmd_doctor(argparse.Namespace()) == 1
+    finally:
+        get_settings.cache_clear()
+        logging.disable(logging.NOTSET)  # cmd_doctor quiets the libraries for its process
+    line, last = capsys.readouterr().out.splitlines()  # nothing else is asked without settings
+    assert line.startswith("FAIL  settings: bad setting MOTIF_MAX_BARS='lots': Input should be")
+    assert last == "/compose cannot work: fix settings."
