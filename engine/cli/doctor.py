@@ -14,7 +14,7 @@ from typing import Literal
 
 from engine.errors import MotifError
 from engine.health import Unhealthy, check_broker, check_schema
-from engine.settings import Settings, get_settings
+from engine.settings import Settings, bad_setting_line, get_settings
 from engine.store.artifacts import store_for
 from engine.store.db import session_scope
 from engine.store.models import active_model
@@ -197,7 +197,9 @@ def cmd_doctor(_: argparse.Namespace) -> int:
     try:
         settings = get_settings()
     except Exception as exc:  # noqa: BLE001 - a bad setting is a finding, not a traceback
-        print(Finding("FAIL", "settings", str(exc).replace("\n", " ")).line())
+        # the setting by its variable's name, its value shown (a token never), in one line
+        print(Finding("FAIL", "settings", bad_setting_line(exc)).line())
+        print("/compose cannot work: fix settings.")  # the last line names it, as below
         return 1
     findings = diagnose(settings)
     for f in findings:

@@ -127,6 +127,28 @@ def test_an_abc_code_block_with_a_mention_takes_the_first_tune_and_says_so(
     asyncio.run(scenario())
 
 
+def test_chord_symbols_and_ornaments_the_seed_loses_are_named_in_the_reply(
+    bot_settings, jobs, dispatched, worker
+):
+    """A session reel with chord symbols, a grace note, a roll and a trill: the continuation
+    leaves them out, and the result's note says which (issue #25), not silence."""
+    from tests.engine.test_notation_terms import CHORDS
+
+    async def scenario() -> None:
+        async with discord_harness(bot_settings, jobs) as h:
+            seed = h.payloads.attachment("reel.abc", CHORDS.encode())
+            h.inject(h.payloads.slash("compose", {"seed": seed, "bars": 4}))
+            (rid,) = await queued(jobs, dispatched)
+            worker.complete(rid)
+            (result,) = await h.fake.wait_for("POST", FOLLOWUP)
+            (embed,) = result.json["embeds"]
+            note = {f["name"]: f["value"] for f in embed["fields"]}["Note"]
+            assert "Left out of the ABC seed: chord symbols (6: G, C, D7, Am)" in note
+            assert "grace notes (1)" in note and "ornaments (2: ~ (roll), trill)" in note
+
+    asyncio.run(scenario())
+
+
 def test_continue_this_midi_takes_a_compressed_musicxml(bot_settings, jobs, dispatched):
     from engine.music.musicxml import score_xml
     from engine.music.notes import Note, Piece

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import logging
+import re
 import subprocess
 import sys
 from urllib.parse import parse_qs, urlparse
@@ -11,6 +14,7 @@ import discord
 
 from bot.client import INTENTS
 from bot.invite import PERMISSIONS, SCOPES, USES, application_id, invite_url, privileged_intents
+from engine.cli import build_parser
 from engine.store import db
 from engine.worker.lifecycle import WorkerPresence
 from tests.conftest import ROOT, make_settings, settings_env
@@ -116,3 +120,50 @@ def test_a_token_names_its_application_and_anything_else_does_not():
     assert application_id(TOKEN) == APP_ID
     assert application_id("") is None and application_id("abc.def.ghi") is None
     assert application_id(TOKEN.replace(".", "-")) is None
+
+
+def test_the_readmes_server_path_names_real_commands_settings_and_doctors_last_line():
+    """A server owner follows the README alone (issue #25): its numbered path copies the
+    settings file, names only `motif` commands that exist and settings that `.env.example` has,
+    and waits for the line a ready setup's doctor prints (the test above)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run it in your server", 1)[1].split("\n## ", 1)[0]
+    assert len(re.findall(r"^\d\. ", section, re.M)) == 5
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = set(re.findall(r"`motif (\w+)", section))
+    assert {"db", "worker", "doctor", "invite", "bot"} <= commands <= set(sub.choices)
+    example = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"`((?:MOTIF|DISCORD)_[A-Z_]+)`", section))
+    assert {"DISCORD_TOKEN", "MOTIF_DEV_GUILD_ID", "MOTIF_HOME_GUILD_ID"} <= named
+    assert all(re.search(rf"^{name}=", example, re.M) for name in named), named
+    assert "`cp .env.example .env`" in section and '"/compose is ready."' in section
+
+
+def test_a_bad_setting_an_unreachable_broker_and_a_file_that_is_no_soundfont_fail(
+    tmp_path, tiny_model_path, monkeypatch, capsys
+):
+    """The failing side of the lines the ready setup shows as ok: each names what is wrong."""
+    from engine.cli.doctor import cmd_doctor, diagnose
+    from engine.settings import get_settings
+
+    fake = tmp_path / "piano.sf2"
+    fake.write_bytes(b"RIFF....WAVEfmt a sound, not a SoundFont")
+    settings = make_settings(tmp_path, default_model_path=tiny_model_path, soundfont=str(fake),
+                             broker_url="redis://127.0.0.1:1/0")  # fmt: skip
+    db.upgrade(settings.sqlalchemy_url)
+    found = {f.item: f for f in diagnose(settings)}
+    assert found["broker"].status == "FAIL" and "broker unreachable" in found["broker"].detail
+    assert found["SoundFont"].status == "FAIL" and "not a SoundFont" in found["SoundFont"].detail
+    assert found["database"].status == found["model"].status == "ok"
+
+    monkeypatch.setenv("MOTIF_ENV_FILE", "")
+    monkeypatch.setenv("MOTIF_MAX_BARS", "lots")
+    get_settings.cache_clear()
+    try:
+        assert cmd_doctor(argparse.Namespace()) == 1
+    finally:
+        get_settings.cache_clear()
+        logging.disable(logging.NOTSET)  # cmd_doctor quiets the libraries for its process
+    line, last = capsys.readouterr().out.splitlines()  # nothing else is asked without settings
+    assert line.startswith("FAIL  settings: bad setting MOTIF_MAX_BARS='lots': Input should be")
+    assert last == "/compose cannot work: fix settings."

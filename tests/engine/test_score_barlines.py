@@ -1,7 +1,7 @@
 """Bar lines where the music has them: a seed's pickup is written as a pickup, and the *Motif*
 mark sits on the continuation's first note, mid-bar when the seed ends mid-bar (issue #25).
 
-The seeds are real ABC, read by the notation path a user's file takes."""
+The seeds are real ABC and MusicXML, read by the notation path a user's file takes."""
 
 from __future__ import annotations
 
@@ -33,13 +33,38 @@ Q:1/4=150
 K:D
 A|d2 f|a2 f|e2 d|c2 A|B2 c|d2 e|f2 e|d2|]
 """
+# the same shape in MusicXML, as notation programs write a pickup: an implicit measure 0
+XML_WALTZ = """<?xml version="1.0" encoding="UTF-8"?>
+<score-partwise version="4.0">
+  <part-list><score-part id="P1"><part-name>Fiddle</part-name></score-part></part-list>
+  <part id="P1">
+    <measure number="0" implicit="yes">
+      <attributes><divisions>1</divisions><key><fifths>2</fifths></key>
+        <time><beats>3</beats><beat-type>4</beat-type></time></attributes>
+      <note><pitch><step>A</step><octave>4</octave></pitch><duration>1</duration></note>
+    </measure>
+    <measure number="1">
+      <note><pitch><step>D</step><octave>5</octave></pitch><duration>2</duration></note>
+      <note><pitch><step>F</step><alter>1</alter><octave>5</octave></pitch><duration>1</duration></note>
+    </measure>
+    <measure number="2">
+      <note><pitch><step>E</step><octave>5</octave></pitch><duration>2</duration></note>
+      <note><pitch><step>C</step><alter>1</alter><octave>5</octave></pitch><duration>1</duration></note>
+    </measure>
+    <measure number="3">
+      <note><pitch><step>D</step><octave>5</octave></pitch><duration>2</duration></note>
+      <barline location="right"><bar-style>light-heavy</bar-style></barline>
+    </measure>
+  </part>
+</score-partwise>
+"""
 
 
-def result(abc: str, name: str, beats: int) -> tuple[Piece, Piece, int]:
+def result(text: str, name: str, beats: int) -> tuple[Piece, Piece, int]:
     """The seed as a user's ABC file becomes it, a continuation of `beats` quarter notes from
     where the seed stops, both read back from the result's MIDI as the render stage reads them;
     and the continuation's first onset in ticks."""
-    seed = load_notation_seed(abc.encode(), name).piece
+    seed = load_notation_seed(text.encode(), name).piece
     cont = Piece(
         tuple(Note(seed.end_beat + i, 1.0, 67 + i % 4) for i in range(beats)),
         tempo_bpm=seed.tempo_bpm,
@@ -75,14 +100,15 @@ def mark_position(measure: ET.Element) -> tuple[int, bool, bool]:
 
 
 @pytest.mark.parametrize(
-    ("abc", "beat_ticks", "bar_ticks", "last_bar_ticks"),
-    [(PICKUP, 12, 48, 36), (WALTZ, 12, 36, 24)],
-    ids=["minimal pickup 4/4", "pickup waltz 3/4"],
-)
+    ("text", "name", "beat_ticks", "bar_ticks", "last_bar_ticks"),
+    [(PICKUP, "tune.abc", 12, 48, 36), (WALTZ, "tune.abc", 12, 36, 24),
+     (XML_WALTZ, "waltz.musicxml", 12, 36, 24)],
+    ids=["minimal pickup 4/4", "pickup waltz 3/4", "MusicXML pickup waltz"],
+)  # fmt: skip
 def test_the_pickup_stays_a_pickup_and_the_mark_sits_on_the_first_new_note(
-    abc, beat_ticks, bar_ticks, last_bar_ticks
+    text, name, beat_ticks, bar_ticks, last_bar_ticks
 ):
-    seed, cont, cont_start = result(abc, "tune.abc", 8)
+    seed, cont, cont_start = result(text, name, 8)
     xml = score_xml(seed, cont, key=(7, "major"), title="t")
     bars = measures(xml)
     # the pickup: a short measure of its one beat, numbered 0, without rests before the upbeat
