@@ -248,9 +248,10 @@ def test_a_hung_claimant_taken_over_writes_nothing_when_it_resumes(
     # Issue #26: a SIGSTOPped pool child, taken over by the other worker, overwrote the
     # winner's MIDI after SIGCONT and rendered it again. Here it resumes while the winner is
     # still generating (the same status: only the claim tells them apart). A short lease
-    # (4 s, not 30 s) and a batch wait (3 s) that holds each claimant in `generating`.
+    # (6 s, not 30 s; a live claimant beats every 2 s) and a batch wait (3 s) that holds each
+    # claimant in `generating`.
     settings = make_settings(
-        tmp_path, default_model_path=tiny_model_path, batch_wait_ms=3000, claim_lease_s=4.0
+        tmp_path, default_model_path=tiny_model_path, batch_wait_ms=3000, claim_lease_s=6.0
     )
     db.upgrade(settings.sqlalchemy_url)
     workers = [worker_factory(settings).start(wait=False) for _ in range(2)]
