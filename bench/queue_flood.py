@@ -119,6 +119,11 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
         workers = Counter(w for w in s.scalars(select(Request.worker).where(Request.id.in_(ids))))
     files = [p for p in (settings.data_dir / "artifacts" / "requests").rglob("*") if p.is_file()]
     received = tasks_received(settings.data_dir.glob("worker-*.log"))
+    # messages no worker consumed, left in the embedded broker's folder (issue #26 found 4
+    # do-nothing renders there after a flood): none when nothing is sent twice
+    leftover = None
+    if settings.celery_broker_url.startswith("filesystem://"):
+        leftover = len(list((settings.broker_folder / "out").glob("*.msg")))
     # MIDI, audio, piano roll, score, MusicXML, PDF: one each (a score's second page only
     # when it has one, which a flood's short requests do not)
     per = len(set(ArtifactKind) - {ArtifactKind.SCORE_2})
@@ -142,6 +147,7 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
         "render_messages": received["motif.render"],
         "generate_per_request": round(received["motif.generate"] / n_requests, 3),
         "render_per_request": round(received["motif.render"] / n_requests, 3),
+        "leftover_messages": leftover,
     }
 
 

@@ -287,7 +287,8 @@ def flood_messages(folder: Path) -> float:
     print(
         f"  flood: {result['requests']} requests, {result['generate_messages']} generate and "
         f"{result['render_messages']} render messages, {result['requests_per_s']} requests/s, "
-        f"median batch {result['median_batch']}",
+        f"median batch {result['median_batch']}, {result['leftover_messages']} messages left "
+        "in the broker",
         flush=True,
     )
     return max(float(result["generate_per_request"]), float(result["render_per_request"]))

@@ -4,7 +4,9 @@ first-time `motif compose` at once, read-only and full artifact stores."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from bench.queue_flood import tasks_received
 from engine.errors import ServiceUnavailable, StorageUnavailable
 from engine.service.requests import JobService, Requester, validate_options
 from engine.store import db
@@ -188,6 +191,101 @@ def test_postgres_unreachable_for_a_while_loses_nothing_and_says_what_is_true(
     with session_scope(url) as s:
         assert s.scalar(select(func.count(Request.id))) == 3
     print(f"\nall 3 done {time.monotonic() - back:.1f} s after Postgres came back")
+
+
+@pytest.mark.services
+def test_postgres_lost_while_a_batch_decodes_is_taken_up_again_as_a_batch(
+    tmp_path, tiny_model_path, worker_factory, own_pg_database
+):
+    # Issue #26: the outage threw the batch away and its rows were taken over one at a time,
+    # each after its own lease or back-off. Now the retried task queues its batch again first.
+    url, name = own_pg_database
+    settings = make_settings(
+        tmp_path,
+        default_model_path=tiny_model_path,
+        database_url=url,
+        batch_wait_ms=1500,
+        user_max_concurrent=10,
+    )
+    db.upgrade(url)
+    worker_factory(settings).start()
+    service = JobService(settings)
+    ids = [_compose(service, user=i) for i in range(3)]
+    _wait_status(service, ids[0], RequestStatus.GENERATING, 60)
+    # The first row locked: the batch is claimed and decoded, and its first write waits here
+    # (its heartbeat, or its result), so the outage below hits a batch of three in flight.
+    holder = create_engine(url)
+    lock = holder.connect()
+    try:
+        lock.execute(text("SELECT id FROM requests WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+        for rid in ids[1:]:  # drained into the batch after its wait
+            _wait_status(service, rid, RequestStatus.GENERATING, 30)
+        _set_reachable(name, False)  # ends every session, the lock's too
+        time.sleep(4.0)  # longer than a beat (2 s): the batch's claims are stale on return
+    finally:
+        _set_reachable(name, True)
+        with contextlib.suppress(Exception):
+            lock.close()
+        holder.dispose()
+    back = time.monotonic()
+    for rid in ids:
+        prog = wait_finished(service, rid, timeout=max(5.0, 30 - (time.monotonic() - back)))
+        assert prog.status is RequestStatus.DONE, prog.error_user
+        # decoded again together, as the second attempt of each
+        assert prog.timings["batch_size"] == 3 and prog.timings["attempts"] == 2, prog.timings
+    print(f"\nthe batch of 3 done {time.monotonic() - back:.1f} s after Postgres came back")
+
+
+def _claim_of(settings, rid: int) -> tuple[RequestStatus, int]:
+    with session_scope(settings.sqlalchemy_url) as s:
+        req = s.get(Request, rid)
+        return req.status, req.attempts
+
+
+def test_a_hung_claimant_taken_over_writes_nothing_when_it_resumes(
+    tmp_path, tiny_model_path, worker_factory
+):
+    # Issue #26: a SIGSTOPped pool child, taken over by the other worker, overwrote the
+    # winner's MIDI after SIGCONT and rendered it again. Here it resumes while the winner is
+    # still generating (the same status: only the claim tells them apart). A short lease
+    # (6 s, not 30 s; a live claimant beats every 2 s) and a batch wait (3 s) that holds each
+    # claimant in `generating`.
+    settings = make_settings(
+        tmp_path, default_model_path=tiny_model_path, batch_wait_ms=3000, claim_lease_s=6.0
+    )
+    db.upgrade(settings.sqlalchemy_url)
+    workers = [worker_factory(settings).start(wait=False) for _ in range(2)]
+    for w in workers:
+        w.wait_ready()
+    service = JobService(settings)
+    rid = _compose(service)
+    _wait_status(service, rid, RequestStatus.GENERATING, 60)
+    child = _claimant_pid(settings, rid)  # in its batch wait
+    with open(f"/proc/{child}/stat") as fh:
+        parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+    (hung,) = [w for w in workers if w.proc.pid == parent]
+    os.kill(child, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 60  # the other worker's reaper takes it over
+        while _claim_of(settings, rid) != (RequestStatus.GENERATING, 2):
+            assert time.monotonic() < deadline, _claim_of(settings, rid)
+            time.sleep(0.05)
+    finally:
+        os.kill(child, signal.SIGCONT)  # the winner is in its batch wait
+    prog = wait_finished(service, rid, timeout=60)
+    assert prog.status is RequestStatus.DONE, prog.error_user
+    assert prog.timings["attempts"] == 2
+    # The resumed claimant beats (refused), decodes, and keeps nothing.
+    deadline = time.monotonic() + 60
+    while not re.search(r"Task motif\.generate\[[^\]]+\] succeeded", hung.tail()):
+        assert time.monotonic() < deadline, hung.tail()
+        time.sleep(0.2)
+    time.sleep(1.0)  # a render it sent would be consumed by now (polling every 0.05 s)
+    _one_set_of_artifacts(settings, rid)
+    base = settings.data_dir / "artifacts" / "requests" / str(rid)
+    assert {p.parent.name for p in base.rglob("*") if p.is_file()} == {"attempt-2"}
+    assert all(a.key.startswith(f"requests/{rid}/attempt-2/") for a in prog.artifacts)
+    assert tasks_received(w.log for w in workers)["motif.render"] == 1  # no second render
 
 
 def test_sqlite_locked_for_a_while_loses_nothing(tmp_path, tiny_model_path, worker_factory):

@@ -70,6 +70,11 @@ def test_a_taken_over_generator_writes_nothing(tmp_path, tiny_model_path):
     _hang(settings, rid)
     winner = claim_for_generation(rid, settings)  # the redelivered message takes it over
     assert winner is not None and winner.attempt == 2
+    # The stale claimant finishes its decode while the winner is still generating (the same
+    # status: only the claim's attempt tells them apart): its result is not kept.
+    taken = _state(settings, rid)
+    assert generate_batch([stale], settings, Beats(1.0)) == []
+    assert _state(settings, rid) == taken and _files(settings, rid) == set()
     assert generate_batch([winner], settings, Beats(1.0)) == [rid]
     before = _state(settings, rid)
     assert before[0] is RequestStatus.RENDERING
@@ -94,6 +99,11 @@ def test_a_taken_over_renderer_writes_nothing(tmp_path, tiny_model_path):
     _hang(settings, rid)
     winner = claim_for_render(rid, settings)
     assert winner is not None and winner.attempt == stale.attempt + 1
+    # The stale renderer finishes while the winner still renders: refused, its files removed.
+    taken, generated = _state(settings, rid), _files(settings, rid)
+    with pytest.raises(ClaimLost):
+        _render_claimed(stale, settings)
+    assert _state(settings, rid) == taken and _files(settings, rid) == generated
     assert _render_claimed(winner, settings)
     done = _state(settings, rid)
     assert done[0] is RequestStatus.DONE

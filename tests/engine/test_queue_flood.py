@@ -25,3 +25,4 @@ def test_many_requests_queued_at_once_all_done_once_by_two_workers(tmp_path, tin
     # No fault, so no message sent twice: one generate and one render task per request (the
     # two workers' reapers re-sent 350 of 200 before: issue #26)
     assert result["generate_messages"] == 40 and result["render_messages"] == 40, result
+    assert result["leftover_messages"] == 0, result  # and none left unconsumed in the broker
