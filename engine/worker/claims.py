@@ -26,7 +26,7 @@ from engine.store.records import (
     utcnow,
 )
 from engine.worker.fencing import Claim, active_here, failed_values
-from engine.worker.lifecycle import process_alive
+from engine.worker.presence import process_alive
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
 from engine.settings import Settings
 from engine.store.db import dml, ensure_schema, session_scope
-from engine.store.records import Worker, alive_since, utcnow
+from engine.store.records import Worker, utcnow
+from engine.worker.reaper import reap
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +45,6 @@ class WorkerPresence:
                 row.queues = self.queues
 
     def _loop(self) -> None:
-        # deferred: engine.worker.reaper imports this module (cycle)
-        from engine.worker.reaper import reap
 
         last_reap = 0.0
         import time
@@ -119,37 +115,3 @@ def record_device(settings: Settings, hostname: str, queues: str, device: str) -
         except Exception:  # noqa: BLE001 - /status shows less, nothing breaks
             log.warning("could not record the worker's device", exc_info=True)
             return
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this machine still runs (a zombie awaiting its parent does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc: trust kill(0)
-
-
-def presence_alive(node: str, pid: int) -> bool:
-    """A presence row of this machine whose process is dead is not a live worker, however fresh
-    its last beat (a `kill -9` leaves the row behind)."""
-    return node.rpartition("@")[2] != socket.gethostname() or process_alive(pid)
-
-
-def live_queues_in(
-    session: Session, settings: Settings, started_before: datetime | None = None
-) -> set[str]:
-    """The queues that live workers take: fresh presence rows, less those whose process on this
-    machine is dead; with `started_before`, only workers up since then."""
-    since = alive_since(settings.worker_heartbeat_s)
-    query = select(Worker.hostname, Worker.pid, Worker.queues).where(Worker.last_seen >= since)
-    if started_before is not None:
-        query = query.where(Worker.started_at < started_before)
-    rows = session.execute(query)
-    return {q for node, pid, queues in rows if presence_alive(node, pid) for q in queues.split(",")}

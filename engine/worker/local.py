@@ -23,7 +23,7 @@ from engine.errors import ServiceUnavailable, make_folder
 from engine.settings import Settings
 from engine.store.db import session_scope
 from engine.store.records import Worker
-from engine.worker.lifecycle import live_queues_in, process_alive
+from engine.worker.presence import live_queues_in, process_alive
 from engine.worker.process import start_worker_process, wait_worker_ready
 
 log = logging.getLogger(__name__)

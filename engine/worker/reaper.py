@@ -24,7 +24,7 @@ from engine.settings import Settings
 from engine.store.db import dml, session_scope
 from engine.store.records import Request, RequestStatus, RunStatus, TrainingRun, utcnow
 from engine.worker.claims import claimant_gone
-from engine.worker.lifecycle import live_queues_in
+from engine.worker.presence import live_queues_in
 
 log = logging.getLogger(__name__)
 
