@@ -132,7 +132,7 @@ def test_chord_symbols_and_ornaments_the_seed_loses_are_named_in_the_reply(
 ):
     """A session reel with chord symbols, a grace note, a roll and a trill: the continuation
     leaves them out, and the result's note says which (issue #25), not silence."""
-    from tests.engine.test_notation_terms import CHORDS
+    from tests.engine.music.test_notation_terms import CHORDS
 
     async def scenario() -> None:
         async with discord_harness(bot_settings, jobs) as h:

@@ -15,7 +15,7 @@ from engine.store.db import session_scope
 from engine.store.records import Request, RequestStatus, Tune
 from engine.worker.pipeline import process_request
 from tests.conftest import make_settings
-from tests.engine.test_notation_seeds import BILLION_LAUGHS, JIG, TWO_TUNES
+from tests.engine.music.test_notation_seeds import BILLION_LAUGHS, JIG, TWO_TUNES
 
 music21 = pytest.importorskip("music21")
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ def test_a_seed_that_changes_metre_and_key_is_continued_in_the_last(tmp_path):
     seed's change (its closing note holds to a 3/4 bar line) and is mostly in D major (the key
     bias is soft: the notes from the seed's G major bars still come; the bias itself is
     tested in test_metre_changes)."""
-    from tests.engine.test_metre_changes import INLINE, key_fifths_at, measures, times
+    from tests.engine.music.test_metre_changes import INLINE, key_fifths_at, measures, times
 
     service, _ = _service(tmp_path)
     rid = service.compose(

@@ -11,7 +11,7 @@ import pytest
 from engine.music.notation import load_notation_seed
 from engine.music.timewise import partwise
 
-DUET = Path(__file__).resolve().parents[1] / "data" / "timewise-duet.musicxml"
+DUET = Path(__file__).resolve().parents[2] / "data" / "timewise-duet.musicxml"
 
 
 def test_the_tree_walk_puts_each_parts_measures_under_the_part():

@@ -272,7 +272,7 @@ def test_motif_compose_cli_takes_abc_and_musicxml_seeds(tmp_path, tiny_model_pat
     from engine.music.midi import load_seed
     from engine.music.musicxml import score_xml
     from engine.music.notes import Note, Piece
-    from tests.engine.test_notation_seeds import TWO_TUNES
+    from tests.engine.music.test_notation_seeds import TWO_TUNES
 
     settings = make_settings(tmp_path, default_model_path=tiny_model_path)
     if suffix == ".abc":
@@ -294,7 +294,7 @@ def test_motif_compose_cli_takes_abc_and_musicxml_seeds(tmp_path, tiny_model_pat
 
 
 def test_motif_compose_cli_refuses_hostile_xml_before_starting_anything(tmp_path):
-    from tests.engine.test_notation_seeds import BILLION_LAUGHS
+    from tests.engine.music.test_notation_seeds import BILLION_LAUGHS
 
     settings = make_settings(tmp_path)
     tune = tmp_path / "bomb.musicxml"

@@ -23,6 +23,9 @@ from bench.evaluate import (
 from engine.music.metrics import TrainingIndex
 from engine.music.notes import Note, Piece
 
+# torch at one thread, as tests/engine/conftest.py sets for the engine's tests (from there)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
 

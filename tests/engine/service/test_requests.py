@@ -156,7 +156,8 @@ def test_broker_down_is_a_clear_error_that_says_the_request_is_saved(tmp_path):
     with pytest.raises(QueueUnreachable, match="queue is unreachable") as caught:
         service.compose(Requester(discord_id=1), validate_options(), example_seed_bytes(), "a.mid")
     # The row was committed before the send (the outbox): it is kept, unsent, and the message
-    # says so; the reaper sends it when the broker is back (tests/engine/test_outbox.py).
+    # says so; the reaper sends it when the broker is back
+    # (tests/engine/worker/test_resends_and_takeovers.py).
     assert caught.value.saved and "#1 is saved" in caught.value.user_message
     prog = service.progress(1)
     assert prog.status is RequestStatus.QUEUED and count(s, Tune) == 1
