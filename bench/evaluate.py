@@ -187,7 +187,7 @@ def evaluate(
     from engine.model.checkpoint import load_checkpoint
     from engine.model.corpus.load import load_corpus
     from engine.model.generate.continuation import continue_seed
-    from engine.model.generate.request import KEY_GRAVITY
+    from engine.model.generate.request import KEY_GRAVITY, Knobs
 
     gravity = KEY_GRAVITY if key_gravity is None else key_gravity
 
@@ -229,7 +229,7 @@ def evaluate(
             top_p=TOP_P,
             top_k=0,
             seed_rng=seed * 1_000_003 + i,
-            key_gravity=gravity,
+            knobs=Knobs(key_gravity=gravity),
         )
 
     def baseline(case: SeedCase, i: int, n_notes: int) -> Piece:

@@ -69,7 +69,7 @@ def judge(
     from engine.model.corpus.load import load_corpus
     from engine.model.fidelity import seed_information_gain, summarize_fidelity
     from engine.model.generate.continuation import continue_seed
-    from engine.model.generate.request import KEY_GRAVITY, KEY_PENALTY
+    from engine.model.generate.request import KEY_GRAVITY, KEY_PENALTY, Knobs
     from engine.music.metrics import TrainingIndex
 
     t_start = time.perf_counter()
@@ -105,9 +105,7 @@ def judge(
                     temperature=1.0,
                     top_p=TOP_P,
                     seed_rng=seed * 1_000_003 + i,
-                    key_gravity=gravity,
-                    key_penalty=penalty,
-                    copy=copy,
+                    knobs=Knobs(key_penalty=penalty, key_gravity=gravity, copy=copy),
                     ending=ending,  # type: ignore[arg-type]
                     observer=counts,
                 )

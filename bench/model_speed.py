@@ -27,6 +27,7 @@ def run(
 ) -> dict[str, Any]:
     from engine.model.checkpoint import load_checkpoint
     from engine.model.generate.continuation import continue_seed
+    from engine.model.generate.request import Knobs
 
     pieces, music_label = workload.music(max(n_seeds, 16))
     seeds = [workload.first_bars(p, 4) for p in pieces[:n_seeds]]
@@ -35,7 +36,7 @@ def run(
     def subject(lm: Any, copy: bool = True):
         def go() -> int:
             return sum(
-                len(continue_seed(lm, s, bars, seed_rng=i, copy=copy).notes)
+                len(continue_seed(lm, s, bars, seed_rng=i, knobs=Knobs(copy=copy)).notes)
                 for i, s in enumerate(seeds)
             )
 

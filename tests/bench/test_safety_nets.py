@@ -9,7 +9,7 @@ from bench.safety_nets import SafetyNetCounts
 from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.events import PITCH, EventCodec
 from engine.model.generate.continuation import continue_batch
-from engine.model.generate.request import GenerationRequest
+from engine.model.generate.request import GenerationRequest, Knobs
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.music.notes import Note, Piece
 
@@ -46,7 +46,8 @@ def test_safety_net_counts_say_how_often_each_net_changes_a_note(lm):
     # no key bias at all: it changes nothing
     off = SafetyNetCounts()
     reqs = [
-        GenerationRequest(seed, 4, rng_seed=i, key_gravity=0.0, key_penalty=0.0) for i in range(3)
+        GenerationRequest(seed, 4, rng_seed=i, knobs=Knobs(key_gravity=0.0, key_penalty=0.0))
+        for i in range(3)
     ]
     continue_batch(lm, reqs, observer=off)
     assert off.rates()["key bias"] == pytest.approx(0.0, abs=1e-6)

@@ -23,11 +23,11 @@ from engine.model.generate.decode import Batch, Segment, StepObserver, decode
 from engine.model.generate.ending import ENDINGS
 from engine.model.generate.plan import plan_row
 from engine.model.generate.request import (
-    KEY_GRAVITY,
-    KEY_PENALTY,
+    DEFAULT_KNOBS,
     MAX_BARS,
     Ending,
     GenerationRequest,
+    Knobs,
     Row,
 )
 from engine.music import catalog
@@ -48,10 +48,10 @@ def _check(req: GenerationRequest) -> None:
         raise BadParams(f"top_p must be in (0, 1], not {req.top_p}")
     if req.top_k < 0:
         raise BadParams(f"top_k must be 0 (off) or positive, not {req.top_k}")
-    if not 0 <= req.key_penalty <= 100:
-        raise BadParams(f"key_penalty must be between 0 and 100, not {req.key_penalty}")
-    if not 0 <= req.key_gravity <= 10:
-        raise BadParams(f"key_gravity must be between 0 and 10, not {req.key_gravity}")
+    if not 0 <= req.knobs.key_penalty <= 100:
+        raise BadParams(f"key_penalty must be between 0 and 100, not {req.knobs.key_penalty}")
+    if not 0 <= req.knobs.key_gravity <= 10:
+        raise BadParams(f"key_gravity must be between 0 and 10, not {req.knobs.key_gravity}")
     if req.tempo_bpm is not None and not 1.0 <= req.tempo_bpm <= 1000.0:
         raise BadParams(f"tempo must be between 1 and 1000 bpm, not {req.tempo_bpm}")
     if req.ending not in ENDINGS:
@@ -163,9 +163,7 @@ def continue_seed(
     *,
     program: int | None = None,
     tempo_bpm: float | None = None,
-    key_penalty: float = KEY_PENALTY,
-    key_gravity: float = KEY_GRAVITY,
-    copy: bool = True,
+    knobs: Knobs = DEFAULT_KNOBS,
     ending: Ending = "close",
     observer: StepObserver | None = None,
 ) -> Piece:
@@ -182,9 +180,7 @@ def continue_seed(
         rng_seed=seed_rng,
         program=program,
         tempo_bpm=tempo_bpm,
-        key_penalty=key_penalty,
-        key_gravity=key_gravity,
-        copy=copy,
+        knobs=knobs,
         ending=ending,
     )
     return continue_batch(lm, [req], observer=observer)[0]

@@ -280,7 +280,7 @@ def _copy_memory(
 ) -> CopyMemory | None:
     """The copy path's memory of each row's seed; None when no row copies."""
     params = shipped_params()
-    on = [r.req.copy for r in rows]
+    on = [r.req.knobs.copy for r in rows]
     if params.off or not any(on):
         return None
     codec = lm.codec

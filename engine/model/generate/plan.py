@@ -184,10 +184,10 @@ def _seed_rules(
     in_scale = np.zeros(12, dtype=bool)
     in_scale[list(scale_pitch_classes(keys.key_section(seed), seed_tonal))] = True
     pitch_bias = np.zeros(codec.n_pitch, dtype=np.float32)
-    pitch_bias[~in_scale[pcs]] = -req.key_penalty
+    pitch_bias[~in_scale[pcs]] = -req.knobs.key_penalty
     # the key to gravitate to: the seed's estimate
-    if seed_tonal is not None and req.key_gravity > 0:
-        pitch_bias += key_profile_bias(*seed_tonal, req.key_gravity)[pcs]
+    if seed_tonal is not None and req.knobs.key_gravity > 0:
+        pitch_bias += key_profile_bias(*seed_tonal, req.knobs.key_gravity)[pcs]
     return _SeedRules(
         events=events,
         ref_tick=int(onsets.max()),

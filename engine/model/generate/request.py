@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -24,6 +24,19 @@ MAX_BARS = 1024
 
 
 @dataclass(frozen=True)
+class Knobs:
+    """How the decoder draws beyond what a user asks: fixed in the product, varied only by the
+    judge, the benchmarks and the tests."""
+
+    key_penalty: float = KEY_PENALTY
+    key_gravity: float = KEY_GRAVITY
+    copy: bool = True  # the copy path (engine.model.copy.copying), with the model's fitted lambdas
+
+
+DEFAULT_KNOBS = Knobs()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     seed: Piece | None
     bars: int
@@ -34,9 +47,7 @@ class GenerationRequest:
     rng_seed: int | None = None  # None: a fresh one (written to the result's meta["rng_seed"])
     program: int | None = None  # None: the seed's
     tempo_bpm: float | None = None  # None: the seed's
-    key_penalty: float = KEY_PENALTY
-    key_gravity: float = KEY_GRAVITY
-    copy: bool = True  # the copy path (engine.model.copy.copying), with the model's fitted lambdas
+    knobs: Knobs = field(default_factory=lambda: DEFAULT_KNOBS)  # never a user's option
     ending: Ending = "close"  # engine.model.generate.ending: a held tonic-chord note, or "open"
 
 

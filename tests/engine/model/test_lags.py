@@ -9,7 +9,7 @@ import torch
 from engine.model.checkpoint import load_checkpoint, save_checkpoint
 from engine.model.events import PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_batch
-from engine.model.generate.request import GenerationRequest
+from engine.model.generate.request import GenerationRequest, Knobs
 from engine.model.lags import LAG_BARS, LAG_FIELDS, LagTracker, lag_sizes, window_lags
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.model.train.data import collate
@@ -116,7 +116,7 @@ def test_a_model_with_lag_inputs_generates_row_by_row_alike(tmp_path):
     requests = [
         GenerationRequest(seed, 4, rng_seed=1),
         GenerationRequest(None, 2, style="folk", rng_seed=2),
-        GenerationRequest(seed, 2, rng_seed=3, copy=False),
+        GenerationRequest(seed, 2, rng_seed=3, knobs=Knobs(copy=False)),
     ]
     batch = continue_batch(lm, requests)
     alone = [continue_batch(lm, [r])[0] for r in requests]

@@ -15,7 +15,7 @@ from symusic import Note as SymusicNote
 
 from engine.model.generate.continuation import continue_batch
 from engine.model.generate.plan import plan_row
-from engine.model.generate.request import GenerationRequest
+from engine.model.generate.request import GenerationRequest, Knobs
 from engine.music.keys import key_for_generation, key_in_force
 from engine.music.metre import aligned_for_generation, bars, window
 from engine.music.midi import load_seed
@@ -262,7 +262,7 @@ def test_a_seed_that_changes_key_is_continued_in_its_last_key(tiny_lm):
     assert c_only.bars >= 16 and key_in_force(c_only) == key_for_generation(c_only.notes)
     short = Piece(tuple(n for n in notes if n.start >= 32.0))  # 12 bars: 4 of C, 8 of D
     assert key_in_force(short) == key_for_generation(short.notes)
-    request = GenerationRequest(seed=changed, bars=1, rng_seed=1, key_gravity=0.0)
+    request = GenerationRequest(seed=changed, bars=1, rng_seed=1, knobs=Knobs(key_gravity=0.0))
     row = plan_row(tiny_lm, request)
     assert row.tonal == (2, "major")
     low = tiny_lm.codec.config.pitch_low

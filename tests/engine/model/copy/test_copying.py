@@ -22,7 +22,7 @@ from engine.model.copy.copying import (
 )
 from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_batch, continue_seed
-from engine.model.generate.request import GenerationRequest
+from engine.model.generate.request import GenerationRequest, Knobs
 from engine.model.train.copy_fit import copy_nll, fit
 from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
@@ -179,7 +179,7 @@ def test_decoding_with_copy_returns_the_seeds_figures():
     shipped = load_checkpoint(DEFAULT_MODEL_PATH)  # a trained network: real rhythms to match
     seed = _tune(2)
     on = [continue_seed(shipped, seed, 4, seed_rng=i) for i in range(6)]
-    off = [continue_seed(shipped, seed, 4, seed_rng=i, copy=False) for i in range(6)]
+    off = [continue_seed(shipped, seed, 4, seed_rng=i, knobs=Knobs(copy=False)) for i in range(6)]
     reuse_on = sum(pattern_reuse(seed, made) for made in on) / 6
     reuse_off = sum(pattern_reuse(seed, made) for made in off) / 6
     assert all(made.notes for made in on + off)
@@ -190,7 +190,7 @@ def test_copy_and_no_copy_rows_in_one_batch_decode_as_alone(tiny_lm):
     seed = _tune(2)
     reqs = [
         GenerationRequest(seed, 2, rng_seed=1),
-        GenerationRequest(seed, 3, rng_seed=2, copy=False),
+        GenerationRequest(seed, 3, rng_seed=2, knobs=Knobs(copy=False)),
         GenerationRequest(None, 2, rng_seed=3, style="folk"),
     ]
     together = continue_batch(tiny_lm, reqs)

@@ -12,6 +12,7 @@ from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory
 from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_seed
+from engine.model.generate.request import Knobs
 from engine.model.train.copy_fit import copy_nll, fit
 from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
@@ -154,7 +155,7 @@ def test_decoding_with_the_lookback_brings_the_strain_back(tiny_lm, monkeypatch)
     strong = CopyParams(0.0, 0.0, NO_COPY.mix, lookback=((0.95,) * LOOKBACK_LEVELS,) * 3)
     monkeypatch.setattr(decode, "shipped_params", lambda: strong)
     seed = Piece(_reel(bars=4).notes)
-    made = continue_seed(tiny_lm, seed, 4, seed_rng=3, key_penalty=0.0)
+    made = continue_seed(tiny_lm, seed, 4, seed_rng=3, knobs=Knobs(key_penalty=0.0))
     expected = {round(n.start + 16.0, 3): n.pitch for n in seed.notes}  # 4 bars later
     expected.update({round(n.start + 24.0, 3): n.pitch for n in seed.notes})
     hits = [expected.get(round(n.start, 3)) == n.pitch for n in made.notes]

@@ -10,7 +10,7 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.generate.continuation import continue_batch, continue_seed
-from engine.model.generate.request import GenerationRequest
+from engine.model.generate.request import GenerationRequest, Knobs
 from engine.music.endings import closing_hold, reopened
 from engine.music.notes import Note, Piece
 
@@ -53,7 +53,7 @@ def test_closing_hold_follows_the_metre():
 def test_a_closed_ending_holds_a_tonic_chord_note_to_the_bar_line(tiny_lm, seed, triad, hold_beats):
     # an untrained network: the rules alone must close every draw
     for rng in range(6):
-        made = continue_seed(tiny_lm, seed, 2, seed_rng=rng, copy=False)
+        made = continue_seed(tiny_lm, seed, 2, seed_rng=rng, knobs=Knobs(copy=False))
         end = max(n.end for n in made.notes)
         bar = seed.beats_per_bar
         assert end == pytest.approx(seed.notes[-1].end + 2 * bar)  # whole bars, as ever
@@ -66,10 +66,13 @@ def test_a_closed_ending_holds_a_tonic_chord_note_to_the_bar_line(tiny_lm, seed,
 def test_an_open_ending_is_left_to_the_notes(tiny_lm):
     seed = _jig_in_g()
     closed = [
-        _last_onset(continue_seed(tiny_lm, seed, 2, seed_rng=r, copy=False)) for r in range(8)
+        _last_onset(continue_seed(tiny_lm, seed, 2, seed_rng=r, knobs=Knobs(copy=False)))
+        for r in range(8)
     ]
     opened = [
-        _last_onset(continue_seed(tiny_lm, seed, 2, seed_rng=r, copy=False, ending="open"))
+        _last_onset(
+            continue_seed(tiny_lm, seed, 2, seed_rng=r, ending="open", knobs=Knobs(copy=False))
+        )
         for r in range(8)
     ]
     assert closed != opened
@@ -80,7 +83,7 @@ def test_an_open_ending_is_left_to_the_notes(tiny_lm):
 def test_batched_rows_close_or_stay_open_as_each_asked(tiny_lm):
     seed = _jig_in_g()
     reqs = [
-        GenerationRequest(seed=seed, bars=2, rng_seed=5, copy=False, ending=e)
+        GenerationRequest(seed=seed, bars=2, rng_seed=5, ending=e, knobs=Knobs(copy=False))
         for e in ("close", "open", "close")
     ]
     batch = continue_batch(tiny_lm, reqs)
@@ -93,7 +96,7 @@ def test_no_seed_closes_on_the_key_its_notes_chose(tiny_lm):
     from engine.music.keys import key_for_generation
 
     for rng in range(4):
-        made = continue_seed(tiny_lm, None, 2, style="folk", seed_rng=rng, copy=False)
+        made = continue_seed(tiny_lm, None, 2, style="folk", seed_rng=rng, knobs=Knobs(copy=False))
         key = key_for_generation(made.notes)
         assert key is not None
         tonic, mode = key
@@ -134,7 +137,9 @@ def test_no_onset_holds_more_notes_than_the_seeds_fullest(tiny_lm, seed, voices)
     with torch.no_grad():
         bias[0] += 8.0
     try:
-        made = [continue_seed(tiny_lm, seed, 2, seed_rng=r, copy=False) for r in range(3)]
+        made = [
+            continue_seed(tiny_lm, seed, 2, seed_rng=r, knobs=Knobs(copy=False)) for r in range(3)
+        ]
     finally:
         with torch.no_grad():
             bias.copy_(saved)

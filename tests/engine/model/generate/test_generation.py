@@ -23,7 +23,7 @@ from engine.model.generate.plan import (
     scale_pitch_classes,
     seed_key,
 )
-from engine.model.generate.request import GenerationRequest
+from engine.model.generate.request import GenerationRequest, Knobs
 from engine.model.generate.sampling import sample
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.music.keys import key_for_generation
@@ -169,9 +169,9 @@ def test_key_estimate_and_key_bias(lm):
     assert seed_key(CODEC.encode(_seed(C_MAJOR)), CODEC) == 1
     assert seed_key(CODEC.encode(_seed(a_minor)), CODEC) == 13 + 9
     assert seed_key(CODEC.encode(_seed([60, 62])), CODEC) == 0
-    strict = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=30.0)
+    strict = continue_seed(lm, _seed(), 8, seed_rng=3, knobs=Knobs(key_penalty=30.0))
     assert {n.pitch % 12 for n in strict.notes} <= {0, 2, 4, 5, 7, 9, 11}
-    loose = continue_seed(lm, _seed(), 8, seed_rng=3, key_penalty=0.0, key_gravity=0.0)
+    loose = continue_seed(lm, _seed(), 8, seed_rng=3, knobs=Knobs(key_penalty=0.0, key_gravity=0.0))
     assert {n.pitch % 12 for n in loose.notes} - {0, 2, 4, 5, 7, 9, 11}  # random model strays
 
 
@@ -187,13 +187,15 @@ def test_key_gravity_pulls_towards_the_tonal_hierarchy(lm):
         notes = [
             n
             for rng in range(4)
-            for n in continue_seed(lm, _seed(), 8, seed_rng=rng, key_gravity=gravity).notes
+            for n in continue_seed(
+                lm, _seed(), 8, seed_rng=rng, knobs=Knobs(key_gravity=gravity)
+            ).notes
         ]
         return sum(n.pitch % 12 in (0, 4, 7) for n in notes) / len(notes)
 
     assert share_of_tonic_triad(4.0) > share_of_tonic_triad(0.0) + 0.2
     with pytest.raises(BadParams, match="key_gravity"):
-        continue_seed(lm, _seed(), 8, key_gravity=-1.0)
+        continue_seed(lm, _seed(), 8, knobs=Knobs(key_gravity=-1.0))
 
 
 def test_pitches_stay_near_the_seed(lm):
