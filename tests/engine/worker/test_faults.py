@@ -156,11 +156,11 @@ def _set_reachable(name: str, reachable: bool) -> None:
     admin.dispose()
 
 
-@pytest.mark.services
-def test_postgres_unreachable_for_a_while_loses_nothing_and_says_what_is_true(
-    tmp_path, tiny_model_path, worker_factory, own_pg_database
-):
-    url, name = own_pg_database
+def _three_generating(
+    tmp_path, tiny_model_path, worker_factory, url: str
+) -> tuple[JobService, list[int]]:
+    """A worker on the test's own Postgres database, three requests sent, the first generating
+    (one batch claimed)."""
     settings = make_settings(
         tmp_path,
         default_model_path=tiny_model_path,
@@ -173,6 +173,15 @@ def test_postgres_unreachable_for_a_while_loses_nothing_and_says_what_is_true(
     service = JobService(settings)
     ids = [_compose(service, user=i) for i in range(3)]
     _wait_status(service, ids[0], RequestStatus.GENERATING, 60)
+    return service, ids
+
+
+@pytest.mark.services
+def test_postgres_unreachable_for_a_while_loses_nothing_and_says_what_is_true(
+    tmp_path, tiny_model_path, worker_factory, own_pg_database
+):
+    url, name = own_pg_database
+    service, ids = _three_generating(tmp_path, tiny_model_path, worker_factory, url)
     _set_reachable(name, False)  # mid-run: one batch claimed, its messages acknowledged
     try:
         time.sleep(1.0)
@@ -200,18 +209,7 @@ def test_postgres_lost_while_a_batch_decodes_is_taken_up_again_as_a_batch(
     # Issue #26: the outage threw the batch away and its rows were taken over one at a time,
     # each after its own lease or back-off. Now the retried task queues its batch again first.
     url, name = own_pg_database
-    settings = make_settings(
-        tmp_path,
-        default_model_path=tiny_model_path,
-        database_url=url,
-        batch_wait_ms=1500,
-        user_max_concurrent=10,
-    )
-    db.upgrade(url)
-    worker_factory(settings).start()
-    service = JobService(settings)
-    ids = [_compose(service, user=i) for i in range(3)]
-    _wait_status(service, ids[0], RequestStatus.GENERATING, 60)
+    service, ids = _three_generating(tmp_path, tiny_model_path, worker_factory, url)
     # The first row locked: the batch is claimed and decoded, and its first write waits here
     # (its heartbeat, or its result), so the outage below hits a batch of three in flight.
     holder = create_engine(url)
