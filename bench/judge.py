@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def judge(
     key_penalty: float | None = None,
     gain_windows: int | None = 2000,
     without_copy: bool = False,
+    without_strains: bool = False,
     ending: str = "open",
     seed_set: str = "test",
     form: bool = False,
@@ -87,10 +89,15 @@ def judge(
     seconds: dict[str, float] = {}
     gravity = KEY_GRAVITY if key_gravity is None else key_gravity
     penalty = KEY_PENALTY if key_penalty is None else key_penalty
-    runs = [(label, path, True) for label, path in models]
+    knobs = Knobs(key_penalty=penalty, key_gravity=gravity)
+    runs = [(label, path, knobs) for label, path in models]
     if without_copy:  # each model again with its copy path off: the network alone
-        runs += [(f"{label} without copying", path, False) for label, path in models]
-    for label, path, copy in runs:
+        off = replace(knobs, copy=False)
+        runs += [(f"{label} without copying", path, off) for label, path in models]
+    if without_strains:  # each model again without the strain plan (engine.model.copy.strains)
+        plain = replace(knobs, strains=False)
+        runs += [(f"{label} without the strain plan", path, plain) for label, path in models]
+    for label, path, run_knobs in runs:
         lm = load_checkpoint(path)
         styles = lm.codec.config.styles
         counts = SafetyNetCounts()
@@ -105,7 +112,7 @@ def judge(
                     temperature=1.0,
                     top_p=TOP_P,
                     seed_rng=seed * 1_000_003 + i,
-                    knobs=Knobs(key_penalty=penalty, key_gravity=gravity, copy=copy),
+                    knobs=run_knobs,
                     ending=ending,  # type: ignore[arg-type]
                     observer=counts,
                 )
@@ -115,7 +122,9 @@ def judge(
         nets[label] = counts.rates()
         log.info("%s: %d continuations in %.1f s; gain next", label, len(cases), seconds[label])
         with torch.no_grad():
-            gains[label] = seed_information_gain(lm, test, max_windows=gain_windows, copy=copy)
+            gains[label] = seed_information_gain(
+                lm, test, max_windows=gain_windows, copy=run_knobs.copy
+            )
     if baseline_path is not None:
         from bench.baseline import baseline_continue, load_baseline
 
@@ -341,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--without-copy", action="store_true", help="also judge each model with copying off"
     )
     parser.add_argument(
+        "--without-strains",
+        action="store_true",
+        help="also judge each model without the strain plan (engine.model.copy.strains)",
+    )
+    parser.add_argument(
         "--ending",
         choices=("open", "close"),
         default="open",
@@ -388,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_penalty=args.key_penalty,
         gain_windows=args.gain_windows,
         without_copy=args.without_copy,
+        without_strains=args.without_strains,
         ending=args.ending,
         seed_set=args.seed_set,
         form=args.form,

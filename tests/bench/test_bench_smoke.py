@@ -197,8 +197,10 @@ def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
         seed_bars=2,
         bars=2,
         gain_windows=16,
+        without_strains=True,
     )
-    assert list(r["figures"]) == ["Motif (tiny)", judge.REAL, judge.CHANCE]
+    plain = "Motif (tiny) without the strain plan"
+    assert list(r["figures"]) == ["Motif (tiny)", plain, judge.REAL, judge.CHANCE]
     n = r["settings"]["n_seeds"]
     assert n >= 1 and all(f["pieces"] == n for f in r["figures"].values())
     assert 0.0 <= r["figures"][judge.REAL]["pattern_reuse"] <= 1.0

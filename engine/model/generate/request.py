@@ -31,6 +31,7 @@ class Knobs:
     key_penalty: float = KEY_PENALTY
     key_gravity: float = KEY_GRAVITY
     copy: bool = True  # the copy path (engine.model.copy.copying), with the model's fitted lambdas
+    strains: bool = True  # the strain plan (engine.model.copy.strains), with the copy path only
 
 
 DEFAULT_KNOBS = Knobs()

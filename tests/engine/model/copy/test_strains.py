@@ -89,3 +89,27 @@ def test_a_planned_bar_votes_for_the_seeds_bar_with_the_plan_weight():
     mem.lookback.plan = torch.tensor([[-1, -1, -1, -1, -1]])
     _, mu, _ = mem.lookback_votes(PITCH, torch.tensor([[12]]))
     assert float(mu) < PLAN_MU
+
+
+def test_with_the_shipped_model_planned_strains_come_back():
+    """The shipped model continues a 4-bar tune with and without the plan (the same rng seeds):
+    with it, many more continuation bars replay a seed bar note for note."""
+    from bench.form import replayed_bars
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.generate.continuation import continue_batch
+    from engine.model.generate.request import GenerationRequest, Knobs
+    from engine.settings import DEFAULT_MODEL_PATH
+
+    seed = _tune([[67, 64, 64, 62], [60, 62, 64, 60], [67, 64, 64, 62], [60, 62, 60, 55]])
+    lm = load_checkpoint(DEFAULT_MODEL_PATH)
+
+    def replayed(strains: bool) -> int:
+        knobs = Knobs(strains=strains)
+        requests = [
+            GenerationRequest(seed, 8, style="folk", rng_seed=i, knobs=knobs, ending="open")
+            for i in range(12)
+        ]
+        return sum(replayed_bars(seed, c.notes, 16.0)[0] for c in continue_batch(lm, requests))
+
+    with_plan, without = replayed(True), replayed(False)
+    assert with_plan >= without + 6, (with_plan, without)
