@@ -20,27 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from engine.model.copy.lookback import LAG_BARS, bar_ticks
+from engine.model.copy.lookback import LAG_BARS, RANKS, bar_ticks, chord_ranks
 from engine.model.events import COPY_COLUMNS, DURATION, PITCH, SHIFT
 
 LAG_FIELDS = 4  # per lag: next shift, next pitch, next duration, repeating now
-_RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
 _FAR = 10**15  # the key of a column that is no seed note (sorts after every real one)
 
 
 def lag_sizes(n_shift: int, n_pitch: int, n_duration: int) -> tuple[int, ...]:
     """The number of classes of each lag input column, lag by lag."""
     return (n_shift + 1, n_pitch + 1, n_duration + 1, 3) * len(LAG_BARS)
-
-
-def chord_ranks(shift: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """(B, N) each note's place in its chord: 0, 1, 2, ... (a note with shift 0 after a note)."""
-    N = shift.size(1)
-    after = torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], dim=1)
-    chord = real & (shift == 0) & after
-    column = torch.arange(N, device=shift.device).expand_as(shift)
-    first = torch.where(chord, 0, column).cummax(dim=1).values
-    return column - first
 
 
 class SeedLags:
@@ -60,7 +49,7 @@ class SeedLags:
         shift = seed[..., SHIFT].masked_fill(~real, 0)
         self.time = torch.cumsum(shift, dim=1)  # (B, S) onsets from the seed's first
         self.rank = chord_ranks(shift, real)
-        self.keys = torch.where(real, self.time * _RANKS + self.rank.clamp_max(_RANKS - 1), _FAR)
+        self.keys = torch.where(real, self.time * RANKS + self.rank.clamp_max(RANKS - 1), _FAR)
         self.fields = seed[..., [SHIFT, PITCH, DURATION]].clone()  # (B, S, 3)
         self.seed_len = seed_len
 
@@ -84,8 +73,8 @@ class SeedLags:
         out = time.new_zeros(B, N, L, LAG_FIELDS)
         if S == 0:
             return out.view(B, N, L * LAG_FIELDS)
-        want = (time[:, :, None] - self.lags[:, None, :]) * _RANKS  # (B, N, L)
-        want = want + rank.clamp_max(_RANKS - 1)[:, :, None]
+        want = (time[:, :, None] - self.lags[:, None, :]) * RANKS  # (B, N, L)
+        want = want + rank.clamp_max(RANKS - 1)[:, :, None]
         at = torch.searchsorted(self.keys, want.view(B, N * L)).view(B, N, L).clamp_max(S - 1)
         found = self.keys.gather(1, at.view(B, -1)).view(B, N, L) == want
         found = found & real[:, :, None] & (self.lags[:, None, :] > 0)

@@ -35,7 +35,7 @@ NO_LOOKBACK: tuple[tuple[float, ...], ...] = ((0.0,) * LOOKBACK_LEVELS,) * 3
 # seed's, bar the odd note
 PLAN_MU = 0.9
 _NEVER = -(10**12)  # the time of a column that is no note
-_RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
+RANKS = 64  # chord ranks kept apart in the search keys (a larger chord shares the last)
 
 
 def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
@@ -44,6 +44,16 @@ def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
         raise ValueError(f"lookback must be 3 rows of {LOOKBACK_LEVELS} mus")
     if any(not 0.0 <= mu < 1.0 for row in table for mu in row):
         raise ValueError("each lookback mu must lie in [0, 1)")
+
+
+def chord_ranks(shift: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, N) each note's place in its chord: 0, 1, 2, ... in event order (the distance to the
+    chord's first note; a note with shift 0 after a note is in the chord)."""
+    after = torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], dim=1)
+    chord = real & (shift == 0) & after
+    column = torch.arange(shift.size(1), device=shift.device).expand_as(shift)
+    first = torch.where(chord, 0, column).cummax(dim=1).values
+    return column - first
 
 
 def bar_ticks(
@@ -90,12 +100,8 @@ class Lookback:
         shift = event[:, :n, SHIFT]
         real = event[:, :n, PITCH] >= 0
         self.time[:, :n] = torch.where(real, torch.cumsum(shift.clamp_min(0), dim=1), _NEVER)
-        # a chord's notes: 0, 1, 2, ... in event order (the distance to the chord's first note)
-        chord = real & (shift == 0) & torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], 1)
-        column = torch.arange(n, device=device).expand(B, n)
-        first = torch.where(chord, 0, column).cummax(dim=1).values
-        self.rank[:, :n] = column - first
-        self.keys = self.time[:, :n] * _RANKS + self.rank[:, :n].clamp_max(_RANKS - 1)  # (B, W)
+        self.rank[:, :n] = chord_ranks(shift, real)
+        self.keys = self.time[:, :n] * RANKS + self.rank[:, :n].clamp_max(RANKS - 1)  # (B, W)
         self.seed_pitch = event[:, :n, PITCH]
         self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
         for col in range(max(0, n - PHASE), n):
@@ -142,7 +148,7 @@ class Lookback:
     def _find(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
         """(B, L) the seed's column of the note at `time` (B, L) with chord rank `rank` (B, L);
         -1 where there is none (or the row has no bar length)."""
-        key = time * _RANKS + rank.clamp_max(_RANKS - 1)
+        key = time * RANKS + rank.clamp_max(RANKS - 1)
         at = torch.searchsorted(self.keys, key).clamp_max(self.seed_end - 1)
         found = (self.keys.gather(1, at) == key) & (self.lags > 0) & (time > _NEVER // 2)
         return torch.where(found, at, -1)
@@ -203,7 +209,7 @@ class Lookback:
         lag (the exact lagged note need not exist: the seed's first note has none before it);
         -1 where there is none."""
         lagged = now - self.lags  # (B, L)
-        at = torch.searchsorted(self.keys, (lagged + 1) * _RANKS).clamp_max(self.seed_end - 1)
+        at = torch.searchsorted(self.keys, (lagged + 1) * RANKS).clamp_max(self.seed_end - 1)
         time = self.time.gather(1, at)
         ok = (time > lagged) & (self.lags > 0) & (time > _NEVER // 2)
         ahead = time - lagged
