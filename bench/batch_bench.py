@@ -11,6 +11,7 @@ from bench import workload
 from bench.generation_bench import count_steps
 from engine.model.generate.continuation import continue_batch
 from engine.model.generate.request import GenerationRequest
+from engine.music.request import ComposeOptions
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,13 @@ def requests(n: int, bars: int, seed_bars: int = 4, corpus_path: str | None = No
     seeds = [workload.first_bars(p, seed_bars) for p in pieces]
     reqs = [
         GenerationRequest(
-            seed=seeds[i % len(seeds)],
-            bars=bars,
-            temperature=TEMPERATURES[i % len(TEMPERATURES)],
-            top_p=TOP_PS[i % len(TOP_PS)],
-            rng_seed=1000 + i,
+            seeds[i % len(seeds)],
+            ComposeOptions(
+                bars=bars,
+                temperature=TEMPERATURES[i % len(TEMPERATURES)],
+                top_p=TOP_PS[i % len(TOP_PS)],
+                rng_seed=1000 + i,
+            ),
         )
         for i in range(n)
     ]

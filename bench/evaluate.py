@@ -227,7 +227,6 @@ def evaluate(
             style=style,
             temperature=TEMPERATURE,
             top_p=TOP_P,
-            top_k=0,
             seed_rng=seed * 1_000_003 + i,
             knobs=Knobs(key_gravity=gravity),
         )

@@ -30,10 +30,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BASELINE, REAL, CHANCE = "hobby LSTM baseline", "real continuation", "chance (another piece's)"
-SETS = ("test", "airds")
+SETS = ("test", "airds", "validation")
 SET_LABELS = {
     "test": "held-out test pieces",
     "airds": "tunes of Aird's Airs (1782-1803, music21's airdsAirs; not in the training corpus)",
+    "validation": "validation pieces (for developing a change: its figures are not the judge's)",
 }
 GAIN_LABELS = {
     "gain_total": "seed information gain, nats/note (total)",
@@ -182,8 +183,8 @@ def judge(
 
 def set_pieces(seed_set: str, corpus: Any) -> list[Any]:
     """The pieces whose openings seed the judge: the corpus's test split, or Aird's Airs."""
-    if seed_set == "test":
-        return corpus.pieces("test")
+    if seed_set in ("test", "validation"):
+        return corpus.pieces(seed_set)
     if seed_set == "airds":
         from bench.airds import airds_pieces
 
@@ -366,7 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=SETS,
         default="test",
         dest="seed_set",
-        help="the seeds: the corpus's test split, or Aird's Airs (not in the corpus)",
+        help="the seeds: the corpus's test split, or Aird's Airs (not in the corpus); "
+        "validation: the split a change is developed on, so the test split and Aird's Airs "
+        "stay unsteered",
     )
     parser.add_argument("--form", action="store_true", help="add the form figures (bench.form)")
     parser.add_argument(

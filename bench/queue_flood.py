@@ -117,7 +117,9 @@ def flood(settings: Settings, n_requests: int, n_workers: int, bars: int = 2) ->
             for t in s.scalars(select(Request.timings).where(Request.id.in_(ids)))
         ]
         workers = Counter(w for w in s.scalars(select(Request.worker).where(Request.id.in_(ids))))
-    files = [p for p in (settings.data_dir / "artifacts" / "requests").rglob("*") if p.is_file()]
+    # the attempts' files (each request's seed, kept at submission, sits beside its attempts)
+    requests_dir = settings.data_dir / "artifacts" / "requests"
+    files = [p for p in requests_dir.glob("*/attempt-*/*") if p.is_file()]
     received = tasks_received(settings.data_dir.glob("worker-*.log"))
     # messages no worker consumed, left in the embedded broker's folder (issue #26 found 4
     # do-nothing renders there after a flood): none when nothing is sent twice

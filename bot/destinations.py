@@ -7,14 +7,15 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import discord
 
 from bot.discord_limits import fitted_content, fitted_embed, upload_budget
+from engine.service.requests import JobService
+from engine.settings import Settings
 
-if TYPE_CHECKING:
-    from bot.client import MotifBot
+Channel = discord.abc.GuildChannel | discord.Thread | discord.abc.PrivateChannel
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,31 @@ class TokenExpired(Exception):
 
 
 # --- where a result goes ----------------------------------------------------------------------
+class Host(Protocol):
+    """What destinations and deliveries use of the bot (bot.client.MotifBot): a Protocol, so the
+    modules the client builds on never import the client."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def jobs(self) -> JobService: ...
+
+    def get_channel(self, id: int, /) -> Channel | None: ...
+
+    def get_partial_messageable(
+        self, id: int, *, guild_id: int | None = None, type: discord.ChannelType | None = None
+    ) -> discord.PartialMessageable: ...
+
+    async def create_dm(self, user: discord.abc.Snowflake) -> discord.DMChannel: ...
+
+
 class ChannelDestination:
     """A plain channel message that mentions the person who asked (no token needed)."""
 
     def __init__(
         self,
-        bot: MotifBot,
+        bot: Host,
         channel_id: int,
         user_id: int | None,
         *,
@@ -140,7 +160,7 @@ class ChannelDestination:
 class MessageDestination(ChannelDestination):
     """A mention-triggered request: progress in the bot's reply, the result as a reply too."""
 
-    def __init__(self, bot: MotifBot, progress_message: discord.Message, request: discord.Message):
+    def __init__(self, bot: Host, progress_message: discord.Message, request: discord.Message):
         super().__init__(bot, request.channel.id, request.author.id, reference=request)
         self.progress_message = progress_message
 
@@ -156,7 +176,7 @@ class InteractionDestination:
 
     def __init__(
         self,
-        bot: MotifBot,
+        bot: Host,
         interaction: discord.Interaction,
         *,
         token_ttl_s: float,

@@ -16,7 +16,6 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import discord
 
@@ -24,6 +23,7 @@ from bot import messages
 from bot.destinations import (
     PICTURE_KINDS,
     Destination,
+    Host,
     InteractionDestination,
     TokenExpired,
     Upload,
@@ -35,10 +35,8 @@ from bot.sweep import Sweeper, say_restarting
 from bot.views import progress_view, result_view
 from engine.service.notify import RequestWakeups
 from engine.service.progress import ArtifactInfo, Progress
+from engine.service.requests import JobService
 from engine.store.records import RequestStatus
-
-if TYPE_CHECKING:
-    from bot.client import MotifBot
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class Deliveries:
 
     def __init__(
         self,
-        bot: MotifBot,
+        bot: Host,
         *,
         poll_interval_s: float = 1.0,
         sweep_interval_s: float = 30.0,
@@ -78,7 +76,7 @@ class Deliveries:
         self.wakeups: RequestWakeups | None = None
 
     @property
-    def jobs(self):
+    def jobs(self) -> JobService:
         return self.bot.jobs
 
     def for_interaction(

@@ -7,24 +7,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import discord
 
 from bot import messages
-from bot.destinations import ChannelDestination, Destination
-
-if TYPE_CHECKING:
-    from bot.posting import Deliveries
+from bot.destinations import ChannelDestination, Destination, Host
+from engine.service.progress import Progress
+from engine.service.requests import JobService
 
 log = logging.getLogger(__name__)
+
+
+class Delivering(Protocol):
+    """What the sweep uses of the bot's deliveries (bot.posting.Deliveries, which starts the
+    sweep: a Protocol, so this module does not import it back)."""
+
+    bot: Host
+    claimed_here: set[int]
+    delivered_here: set[int]
+
+    @property
+    def jobs(self) -> JobService: ...
+
+    async def deliver(self, p: Progress, destination: Destination) -> bool: ...
+
+    async def release(self, request_id: int) -> None: ...
 
 
 class Sweeper:
     """Every `interval_s`, posts the finished requests nobody delivered, through `deliveries`
     (its claims, so no two bot processes post one twice)."""
 
-    def __init__(self, deliveries: Deliveries, interval_s: float) -> None:
+    def __init__(self, deliveries: Delivering, interval_s: float) -> None:
         self.deliveries = deliveries
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None

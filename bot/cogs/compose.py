@@ -30,7 +30,8 @@ from bot.seeds import (
 from engine.errors import BadMidi, BadParams, MotifError, RateLimited
 from engine.music import catalog
 from engine.music.notation import PASTED_NAME, abc_in_code_block
-from engine.service.requests import ComposeOptions, Requester, validate_options
+from engine.music.request import ComposeOptions
+from engine.service.requests import Requester, validate_options
 
 if TYPE_CHECKING:
     from bot.client import MotifBot

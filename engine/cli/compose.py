@@ -14,7 +14,8 @@ from engine.music import catalog
 from engine.music.midi import load_seed, seed_notices
 from engine.music.midi_check import SeedLimits
 from engine.music.notation import is_notation_name, load_notation_seed
-from engine.service.requests import ComposeOptions, JobService, Requester, validate_options
+from engine.music.request import ComposeOptions
+from engine.service.requests import JobService, Requester, validate_options
 from engine.settings import Settings, get_settings
 from engine.store.db import ensure_schema
 from engine.store.records import RequestOrigin, RequestStatus

@@ -1,38 +1,14 @@
-"""What a compose request may ask for: `ComposeOptions`, checked and normalised by
-`validate_options` before anything is written."""
+"""`validate_options`: what a compose request asks for (engine.music.request.ComposeOptions),
+checked and normalised before anything is written."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from engine.errors import BadParams
 from engine.music import catalog
+from engine.music.request import ComposeOptions
 from engine.settings import Settings, get_settings
-
-
-@dataclass(frozen=True)
-class ComposeOptions:
-    bars: int = 8
-    style: str | None = None
-    temperature: float = catalog.DEFAULT_TEMPERATURE
-    top_p: float = catalog.DEFAULT_TOP_P
-    instrument: int = 0  # General MIDI program
-    tempo: float | None = None  # BPM override; None keeps the seed's
-    rng_seed: int | None = None
-    image: str | None = None  # the picture shown inline: "score" | "pianoroll"; None: the setting
-    from_bar: int | None = None  # the seed is the file's bars before this one; None: all of it
-    ending: str = catalog.DEFAULT_ENDING  # "close" | "open" (engine.music.endings)
-    reopen_seed: bool = False  # an extension of a closed result: continue before its cadence
-
-    def to_params(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ComposeOptions:
-        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
-        return cls(**known)
 
 
 def _whole(value: object, low: int, high: int) -> bool:

@@ -27,13 +27,13 @@ from engine.errors import (
     ServiceUnavailable,
 )
 from engine.music import catalog
-from engine.music.midi import load_seed, seed_notices
-from engine.music.notation import is_notation_name, load_notation_seed
+from engine.music.request import ComposeOptions
 from engine.queue import dispatch as queue_dispatch
 from engine.service.consent import Consent
 from engine.service.delivery import DeliveryLeases
-from engine.service.options import ComposeOptions, validate_options
+from engine.service.options import validate_options
 from engine.service.progress import SEED_NAME, ArtifactInfo, Following, Progress, QueueStatus
+from engine.service.seeds import keep_seed, parse_seed, tune_seed
 from engine.service.tunes import store_tune
 from engine.service.users import (
     Requester,
@@ -189,20 +189,10 @@ class JobService(Consent, DeliveryLeases, Following):
             # the cap costs one query, not a parse
             with _unsaved_on_outage():
                 self.precheck(who)
-            remarks: tuple[str, ...] = ()
-            if is_notation_name(seed_name):
-                notation = load_notation_seed(  # a clear MotifError
-                    seed_midi, seed_name, user=parse_queue_key(who)
-                )
-                seed_midi, remarks = notation.midi, notation.remarks  # kept as MIDI from here
-            # raises BadMidi with a clear message
-            piece = load_seed(seed_midi, name=seed_name, from_bar=options.from_bar)
-            notices = dict(seed_notices(piece))
-            if remarks:  # e.g. "the ABC held 3 tunes": the result says so
-                notices["seed_remarks"] = list(remarks)
-            # the name this requester gave: tunes are kept once per content hash, and the same
-            # bytes from someone else must not show the first uploader's file name
-            notices[SEED_NAME] = seed_name[:200]
+            # a clear MotifError (BadMidi, a notation error) when the file is refused
+            seed_midi, piece, notices = parse_seed(
+                seed_midi, seed_name, options, parse_queue_key(who)
+            )
         elif options.from_bar is not None:
             raise BadParams("from_bar needs a seed file to cut.")
         with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
@@ -225,6 +215,8 @@ class JobService(Consent, DeliveryLeases, Following):
             rid = self._enqueue(
                 session, who, user, RequestKind.COMPOSE, options, tune, None, notices
             )
+            if piece is not None:  # parsed once: the worker continues this very piece
+                keep_seed(self.store, rid, piece, options)
         self._send(rid)
         return rid
 
@@ -274,6 +266,7 @@ class JobService(Consent, DeliveryLeases, Following):
             user = user_of(session, who)
             self._check_limits(session, user, who.guild_id)
             tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
+            seed = tune_seed(self.store, tune.midi_key, tune.name, options) if tune else None
             seed_notes = (
                 {SEED_NAME: f"the result of #{parent.id}"}
                 if kind is RequestKind.EXTEND
@@ -281,6 +274,8 @@ class JobService(Consent, DeliveryLeases, Following):
             )
             seed_notes.pop("shortened", None)  # about the parent's audio, not the seed
             rid = self._enqueue(session, who, user, kind, options, tune, parent.id, seed_notes)
+            if seed is not None:
+                keep_seed(self.store, rid, seed, options)
         self._send(rid)
         return rid
 

@@ -114,14 +114,20 @@ def store_for(root: str) -> ArtifactStore:
 
 
 # --- keys -------------------------------------------------------------------------------------
-# The one home of the store's layout: requests/<id>/attempt-<n>/<file>, tunes/<ab>/<hash>.mid,
-# models/<version>.pt, training/<run>/<file>.
+# The one home of the store's layout: requests/<id>/seed.json, requests/<id>/attempt-<n>/<file>,
+# tunes/<ab>/<hash>.mid, models/<version>.pt, training/<run>/<file>.
 
 
 def result_stem(request_id: int) -> str:
     """What a result's files are called before their ending (`motif-12.mid`,
     `motif-12-score-2.png`): the attachments' names users see, and the result tune's name."""
     return f"motif-{request_id}"
+
+
+def seed_piece_key(request_id: int) -> str:
+    """A request's seed as the worker continues it: parsed, cut and checked once, when the
+    request was submitted (engine.music.piece_json)."""
+    return f"requests/{request_id}/seed.json"
 
 
 def attempt_key(request_id: int, attempt: int, name: str) -> str:

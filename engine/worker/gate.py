@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.music.metrics import is_collapsed
 from engine.music.notes import Piece
+from engine.music.request import ComposeOptions
 
 GATE_SEEDS = 12  # continuations generated from held-out seeds for the collapse check
 GATE_BARS = 4
@@ -31,7 +32,7 @@ def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
     outs = continue_batch(
         lm,
         [
-            GenerationRequest(seed=s, bars=GATE_BARS, style=s.style, rng_seed=i)
+            GenerationRequest(s, ComposeOptions(bars=GATE_BARS, style=s.style, rng_seed=i))
             for i, s in enumerate(seeds)
         ],
     )
@@ -81,10 +82,10 @@ def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str,
         lm,
         [
             GenerationRequest(
-                seed=s,
-                bars=FIDELITY_BARS,
-                style=s.style if s.style in styles else None,
-                rng_seed=i,
+                s,
+                ComposeOptions(
+                    bars=FIDELITY_BARS, style=s.style if s.style in styles else None, rng_seed=i
+                ),
             )
             for i, s in enumerate(seeds)
         ],

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sqlalchemy import update
 
 from engine.errors import MotifError, ServiceUnavailable, public_message
-from engine.music.endings import reopened
 from engine.music.metre import aligned_for_generation
-from engine.music.midi import load_seed
 from engine.music.notes import Piece
+from engine.music.request import ComposeOptions
 from engine.music.result_midi import to_midi_bytes
-from engine.service.options import ComposeOptions
+from engine.service.seeds import kept_seed
 from engine.service.tunes import store_tune
 from engine.settings import Settings
 from engine.store.artifacts import ArtifactStore, result_stem, store_for
@@ -37,30 +36,18 @@ log = logging.getLogger(__name__)
 class Job:
     request_id: int
     options: ComposeOptions
-    seed: Piece | None
-    seed_midi: bytes | None
+    seed: Piece | None  # as submitted: parsed, cut and checked once (engine.service.seeds)
 
 
 def load_job(request_id: int, settings: Settings) -> Job:
-
     store = store_for(settings.artifact_root)
     with session_scope(settings.sqlalchemy_url) as session:
         req = session.get(Request, request_id)
         assert req is not None
         options = ComposeOptions.from_params(req.params)
         tune = req.seed_tune
-        midi_key, name = (tune.midi_key, tune.name) if tune else (None, "")
-    seed_midi = store.get(midi_key) if midi_key else None
-    seed = (
-        load_seed(seed_midi, name=name, from_bar=options.from_bar)
-        if seed_midi is not None
-        else None
-    )
-    if seed is not None and options.reopen_seed:
-        seed = reopened(seed)
-    if seed is not None and options.tempo:
-        seed = replace(seed, tempo_bpm=options.tempo)
-    return Job(request_id=request_id, options=options, seed=seed, seed_midi=seed_midi)
+        kept = (tune.midi_key, tune.name) if tune else None
+    return Job(request_id, options, kept_seed(store, request_id, kept, options))
 
 
 def _load_jobs(claims: list[Claim], settings: Settings) -> list[tuple[Claim, Job]]:
@@ -98,16 +85,6 @@ def _generation_timings(req: Request, elapsed: float, batch_size: int, notes: in
     return timings
 
 
-def _as_asked(job: Job, cont: Piece) -> tuple[Piece | None, Piece]:
-    """The seed and continuation with the instrument (and tempo) the request asked for."""
-    program = job.options.instrument
-    seed = replace(job.seed, program=program) if job.seed is not None else None
-    cont = replace(cont, program=program)
-    if job.options.tempo:
-        cont = replace(cont, tempo_bpm=job.options.tempo)
-    return seed, cont
-
-
 def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> list[int]:
     """Continue every claimed request's seed in one batched decode. Returns the ids finished.
 
@@ -129,17 +106,7 @@ def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> lis
     # grid; its continuation comes back to the seed's own timeline
     aligned = [aligned_for_generation(job.seed) if job.seed else (None, 0.0) for _, job in jobs]
     gen_requests = [
-        GenerationRequest(
-            seed=seed,
-            bars=job.options.bars,
-            style=job.options.style,
-            temperature=job.options.temperature,
-            top_p=job.options.top_p,
-            rng_seed=job.options.rng_seed,
-            program=job.options.instrument,
-            tempo_bpm=job.options.tempo,
-            ending="open" if job.options.ending == "open" else "close",
-        )
+        GenerationRequest(seed, job.options)
         for (_, job), (seed, _) in zip(jobs, aligned, strict=True)
     ]
     continuations = continue_batch(model, gen_requests)
@@ -151,7 +118,7 @@ def generate_batch(claims: list[Claim], settings: Settings, beats: Beats) -> lis
         if claim.request_id in beats.lost:
             log.warning("request %s was taken over: its result is dropped", claim.request_id)
             continue
-        seed, cont = _as_asked(job, cont)
+        seed = job.seed  # in the instrument and tempo asked, as the continuation is
         midi = to_midi_bytes(seed, cont)  # no seed: one track, named continuation
         key = claim.key(f"{result_stem(job.request_id)}.mid")
         store.put(key, midi)

@@ -14,7 +14,7 @@ from engine.audio.media import ResultMedia, render_media
 from engine.audio.score import EngravedResult
 from engine.errors import MotifError, ServiceUnavailable, public_message
 from engine.music.catalog import PROGRAM_NAMES
-from engine.service.options import ComposeOptions
+from engine.music.request import ComposeOptions
 from engine.settings import Settings
 from engine.store.artifacts import result_stem, store_for
 from engine.store.db import dml, session_scope

@@ -12,6 +12,7 @@ from engine.model.generate.continuation import continue_batch
 from engine.model.generate.request import GenerationRequest, Knobs
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 
 CODEC = EventCodec()
 
@@ -35,7 +36,7 @@ def lm(tmp_path_factory):
 
 def test_safety_net_counts_say_how_often_each_net_changes_a_note(lm):
     seed = _seed()
-    plain = [GenerationRequest(seed, 4, rng_seed=i) for i in range(3)]
+    plain = [GenerationRequest(seed, ComposeOptions(bars=4, rng_seed=i)) for i in range(3)]
     counts = SafetyNetCounts()
     counted = continue_batch(lm, plain, observer=counts)
     assert [_keys(p) for p in counted] == [_keys(p) for p in continue_batch(lm, plain)]
@@ -46,7 +47,9 @@ def test_safety_net_counts_say_how_often_each_net_changes_a_note(lm):
     # no key bias at all: it changes nothing
     off = SafetyNetCounts()
     reqs = [
-        GenerationRequest(seed, 4, rng_seed=i, knobs=Knobs(key_gravity=0.0, key_penalty=0.0))
+        GenerationRequest(
+            seed, ComposeOptions(bars=4, rng_seed=i), Knobs(key_gravity=0.0, key_penalty=0.0)
+        )
         for i in range(3)
     ]
     continue_batch(lm, reqs, observer=off)

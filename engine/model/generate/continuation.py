@@ -22,17 +22,12 @@ from engine.model.checkpoint import LoadedModel
 from engine.model.generate.decode import Batch, Segment, StepObserver, decode
 from engine.model.generate.ending import ENDINGS
 from engine.model.generate.plan import plan_row
-from engine.model.generate.request import (
-    DEFAULT_KNOBS,
-    MAX_BARS,
-    Ending,
-    GenerationRequest,
-    Knobs,
-    Row,
-)
+from engine.model.generate.request import DEFAULT_KNOBS, MAX_BARS, GenerationRequest, Knobs, Row
 from engine.music import catalog
 from engine.music.keys import key_for_generation, relative_key
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
+from engine.music.texture import cap_sounding, max_sounding
 
 log = logging.getLogger(__name__)
 
@@ -40,45 +35,47 @@ CHECK_EVERY = 8  # on a GPU, steps between reads of how many rows are done (a ho
 
 
 def _check(req: GenerationRequest) -> None:
-    if not 1 <= req.bars <= MAX_BARS:
-        raise BadParams(f"bars must be between 1 and {MAX_BARS}, not {req.bars}")
-    if not 0.0 < req.temperature <= 10.0:
-        raise BadParams(f"temperature must be above 0 (and at most 10), not {req.temperature}")
-    if not 0.0 < req.top_p <= 1.0:
-        raise BadParams(f"top_p must be in (0, 1], not {req.top_p}")
-    if req.top_k < 0:
-        raise BadParams(f"top_k must be 0 (off) or positive, not {req.top_k}")
-    if not 0 <= req.knobs.key_penalty <= 100:
-        raise BadParams(f"key_penalty must be between 0 and 100, not {req.knobs.key_penalty}")
-    if not 0 <= req.knobs.key_gravity <= 10:
-        raise BadParams(f"key_gravity must be between 0 and 10, not {req.knobs.key_gravity}")
-    if req.tempo_bpm is not None and not 1.0 <= req.tempo_bpm <= 1000.0:
-        raise BadParams(f"tempo must be between 1 and 1000 bpm, not {req.tempo_bpm}")
-    if req.ending not in ENDINGS:
-        raise BadParams(f"ending must be one of {', '.join(ENDINGS)}, not {req.ending!r}")
-    if req.program is not None and not 0 <= req.program <= 127:
-        raise BadParams(f"program must be a General MIDI program 0..127, not {req.program}")
+    """The decoder's own sanity bounds (wider than what a user may ask: engine.music.catalog,
+    checked by engine.service.options before a request is written)."""
+    asked, knobs = req.options, req.knobs
+    if not 1 <= asked.bars <= MAX_BARS:
+        raise BadParams(f"bars must be between 1 and {MAX_BARS}, not {asked.bars}")
+    if not 0.0 < asked.temperature <= 10.0:
+        raise BadParams(f"temperature must be above 0 (and at most 10), not {asked.temperature}")
+    if not 0.0 < asked.top_p <= 1.0:
+        raise BadParams(f"top_p must be in (0, 1], not {asked.top_p}")
+    if knobs.top_k < 0:
+        raise BadParams(f"top_k must be 0 (off) or positive, not {knobs.top_k}")
+    if not 0 <= knobs.key_penalty <= 100:
+        raise BadParams(f"key_penalty must be between 0 and 100, not {knobs.key_penalty}")
+    if not 0 <= knobs.key_gravity <= 10:
+        raise BadParams(f"key_gravity must be between 0 and 10, not {knobs.key_gravity}")
+    if asked.tempo is not None and not 1.0 <= asked.tempo <= 1000.0:
+        raise BadParams(f"tempo must be between 1 and 1000 bpm, not {asked.tempo}")
+    if asked.ending not in ENDINGS:
+        raise BadParams(f"ending must be one of {', '.join(ENDINGS)}, not {asked.ending!r}")
+    if not 0 <= asked.instrument <= 127:
+        raise BadParams(f"program must be a General MIDI program 0..127, not {asked.instrument}")
 
 
 def _finish(lm: LoadedModel, row: Row, events: np.ndarray, first_tick: int) -> Piece:
-    seed = row.req.seed
-    tempo = row.req.tempo_bpm or row.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
-    if row.req.program is not None:
-        program = row.req.program
-    else:
-        program = seed.program if seed is not None else 0
+    """The row's continuation as a piece, in the tempo and instrument the request asked."""
+    seed, asked = row.req.seed, row.req.options
+    tempo = asked.tempo or row.tempo_bpm or (seed.tempo_bpm if seed is not None else 120.0)
     piece = lm.codec.decode(
         events,
         start_tick=first_tick if len(events) else row.ref_tick,
         tempo_bpm=tempo,
         time_signature=row.time_signature,
-        program=program,
+        program=asked.instrument,
         style=row.style_name,
     )
     end_beat = row.end_tick / lm.codec.config.ticks_per_beat
     notes = tuple(
         replace(n, duration=end_beat - n.start) if n.end > end_beat else n for n in piece.notes
     )
+    if seed is not None and seed.notes:  # the seed's texture: no fuller than its fullest onset
+        notes = cap_sounding(notes, max(1, max_sounding(seed.notes)))
     if row.target_key is not None:
         notes = to_key(lm, notes, row.target_key)
     return replace(piece, notes=notes, meta={"rng_seed": str(row.rng_seed)})
@@ -158,29 +155,28 @@ def continue_seed(
     style: str | None = None,
     temperature: float = catalog.DEFAULT_TEMPERATURE,
     top_p: float = catalog.DEFAULT_TOP_P,
-    top_k: int = 0,
     seed_rng: int | None = None,
     *,
     program: int | None = None,
     tempo_bpm: float | None = None,
     knobs: Knobs = DEFAULT_KNOBS,
-    ending: Ending = "close",
+    ending: str = catalog.DEFAULT_ENDING,
     observer: StepObserver | None = None,
 ) -> Piece:
-    """The continuation only (absolute beats, starting where the seed's sound stops), in the
-    seed's tempo, time signature and program; the same `seed_rng` gives the same notes.
-    `observer`: see `continue_batch`."""
-    req = GenerationRequest(
-        seed=seed,
+    """One request, spelt as arguments (the benchmarks' and the tests' shorthand): the
+    continuation only (absolute beats, starting where the seed's sound stops), in the seed's
+    tempo, time signature and program unless `tempo_bpm` or `program` say otherwise; the same
+    `seed_rng` gives the same notes. `observer`: see `continue_batch`."""
+    if program is None:
+        program = seed.program if seed is not None else 0
+    asked = ComposeOptions(
         bars=bars,
         style=style,
         temperature=temperature,
         top_p=top_p,
-        top_k=top_k,
+        instrument=program,
+        tempo=tempo_bpm,
         rng_seed=seed_rng,
-        program=program,
-        tempo_bpm=tempo_bpm,
-        knobs=knobs,
         ending=ending,
     )
-    return continue_batch(lm, [req], observer=observer)[0]
+    return continue_batch(lm, [GenerationRequest(seed, asked, knobs)], observer=observer)[0]

@@ -290,7 +290,7 @@ def _copy_memory(
     table = shipped_strains()
     bar = (memory.lookback.lags[:, 0] // LAG_BARS[0]).tolist()  # ticks per bar, read from the seed
     plans = [
-        plan_strains(table, bar[i], r.seed_end, r.req.bars, r.rng_seed)
+        plan_strains(table, bar[i], r.seed_end, r.req.options.bars, r.rng_seed)
         if on[i] and r.req.knobs.strains
         else []
         for i, r in enumerate(rows)

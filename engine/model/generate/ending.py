@@ -46,7 +46,7 @@ class Closing:
         tpb = cfg.ticks_per_beat
         final = [
             r.end_tick - min(r.bar, closing_hold(r.time_signature, tpb))
-            if r.req.ending == "close"
+            if r.req.options.ending == "close"
             else NEVER
             for r in rows
         ]

@@ -77,7 +77,7 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
         style = codec.style_index(style_name)
     except ValueError as exc:
         raise BadParams(str(exc)) from None
-    rng_seed = req.rng_seed if req.rng_seed is not None else secrets.randbits(62)
+    rng_seed = req.options.rng_seed if req.options.rng_seed is not None else secrets.randbits(62)
     generator = torch.Generator().manual_seed(int(rng_seed))
     ts = req.seed.time_signature if req.seed is not None else (4, 4)
     drawn_tempo: float | None = None
@@ -106,7 +106,7 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
         bar=bar,
         ref_tick=rules.ref_tick,
         seed_end=rules.seed_end,
-        end_tick=(bars_done + req.bars) * bar,
+        end_tick=(bars_done + req.options.bars) * bar,
         pitch_ok=rules.pitch_ok,
         pitch_bias=rules.pitch_bias,
         history=rules.history,
@@ -121,8 +121,8 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
 
 def _style_name(lm: LoadedModel, req: GenerationRequest) -> str | None:
     """The request's style, else the seed's if the model knows it, else None ("none")."""
-    if req.style is not None:
-        return req.style
+    if req.options.style is not None:
+        return req.options.style
     if req.seed is not None and req.seed.style in lm.codec.config.styles:
         return req.seed.style
     return None

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from engine.music import catalog
 from engine.music.notes import Piece
+from engine.music.request import ComposeOptions
 
-Ending = Literal["close", "open"]  # engine.model.generate.ending: a held tonic-chord note or not
 KEY_PENALTY = 1.0  # logits subtracted from pitch classes outside the seed's scale
 # Tonal gravity: logits added to each pitch class, gravity x log of the key's Krumhansl-Kessler
 # profile (0 for the tonic, about -1 for the weakest degree at gravity 1). Off by default since
@@ -32,24 +30,22 @@ class Knobs:
     key_gravity: float = KEY_GRAVITY
     copy: bool = True  # the copy path (engine.model.copy.copying), with the model's fitted lambdas
     strains: bool = True  # the strain plan (engine.model.copy.strains), with the copy path only
+    top_k: int = 0  # sample among the k likeliest values of each field; 0: off (top-p only)
 
 
 DEFAULT_KNOBS = Knobs()
+ASKED = ComposeOptions()
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One continuation to draw: its seed (None: from nothing), parsed and checked when the
+    request was submitted, and what the request asked (the user's own `ComposeOptions`: bars,
+    style, temperature, top-p, instrument, tempo, rng seed, ending), with the decoder's knobs."""
+
     seed: Piece | None
-    bars: int
-    style: str | None = None  # None: the seed's style if it has one, else "none"
-    temperature: float = catalog.DEFAULT_TEMPERATURE
-    top_p: float = catalog.DEFAULT_TOP_P
-    top_k: int = 0  # 0: off
-    rng_seed: int | None = None  # None: a fresh one (written to the result's meta["rng_seed"])
-    program: int | None = None  # None: the seed's
-    tempo_bpm: float | None = None  # None: the seed's
-    knobs: Knobs = field(default_factory=lambda: DEFAULT_KNOBS)  # never a user's option
-    ending: Ending = "close"  # engine.model.generate.ending: a held tonic-chord note, or "open"
+    options: ComposeOptions = ASKED
+    knobs: Knobs = DEFAULT_KNOBS  # never a user's option
 
 
 @dataclass

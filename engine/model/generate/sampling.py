@@ -25,13 +25,16 @@ class Sampling:
         codec = lm.codec
         self.device = device
         self.generators = [r.generator for r in rows]
-        temperature = torch.tensor([[r.req.temperature] for r in rows], dtype=torch.float32)
+        temperature = torch.tensor([[r.req.options.temperature] for r in rows], dtype=torch.float32)
         self.inv_temp = (1.0 / temperature).to(device)  # (B, 1)
-        self.top_p = torch.tensor([[r.req.top_p] for r in rows], dtype=torch.float32).to(device)
+        self.top_p = torch.tensor([[r.req.options.top_p] for r in rows], dtype=torch.float32).to(
+            device
+        )
         sizes = (codec.n_shift, codec.n_pitch, codec.n_duration, codec.n_velocity)
         # per field: the last rank top-k keeps (n - 1 when top-k is off)
         self.last_rank = [
-            torch.tensor([[min(r.req.top_k or n, n) - 1] for r in rows]).to(device) for n in sizes
+            torch.tensor([[min(r.req.knobs.top_k or n, n) - 1] for r in rows]).to(device)
+            for n in sizes
         ]
         bias = torch.from_numpy(np.stack([r.pitch_bias for r in rows])).to(device)
         self.pitch_bias = bias * self.inv_temp  # (B, n_pitch): the key bias after temperature

@@ -14,6 +14,7 @@ from engine.model.lags import LAG_BARS, LAG_FIELDS, LagTracker, lag_sizes, windo
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.model.train.data import collate
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 
 CODEC = EventCodec()
 CFG = CODEC.config
@@ -114,9 +115,9 @@ def test_a_model_with_lag_inputs_generates_row_by_row_alike(tmp_path):
         time_signature=(4, 4),
     )
     requests = [
-        GenerationRequest(seed, 4, rng_seed=1),
-        GenerationRequest(None, 2, style="folk", rng_seed=2),
-        GenerationRequest(seed, 2, rng_seed=3, knobs=Knobs(copy=False)),
+        GenerationRequest(seed, ComposeOptions(bars=4, rng_seed=1)),
+        GenerationRequest(None, ComposeOptions(bars=2, style="folk", rng_seed=2)),
+        GenerationRequest(seed, ComposeOptions(bars=2, rng_seed=3), Knobs(copy=False)),
     ]
     batch = continue_batch(lm, requests)
     alone = [continue_batch(lm, [r])[0] for r in requests]

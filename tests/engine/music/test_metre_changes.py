@@ -23,6 +23,7 @@ from engine.music.musicxml import score_xml
 from engine.music.notation import load_notation_seed
 from engine.music.notation_parser import abc_fields_on_lines, abc_metres
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 from engine.music.result_midi import split_result, to_midi_bytes
 
 pytest.importorskip("music21")
@@ -230,7 +231,7 @@ def test_the_continuation_is_barred_in_the_last_metre(tiny_lm):
     seed = load_seed(midi_with_metre_change(), name="change.mid")  # 3/4 from beat 8
     aligned, shift = aligned_for_generation(seed)
     assert shift == 1.0 and (8.0 + shift) % 3 == 0
-    request = GenerationRequest(seed=aligned, bars=2, rng_seed=3)
+    request = GenerationRequest(aligned, ComposeOptions(bars=2, rng_seed=3))
     row = plan_row(tiny_lm, request)
     assert row.time_signature == (3, 4)
     assert row.bar == 36
@@ -262,7 +263,7 @@ def test_a_seed_that_changes_key_is_continued_in_its_last_key(tiny_lm):
     assert c_only.bars >= 16 and key_in_force(c_only) == key_for_generation(c_only.notes)
     short = Piece(tuple(n for n in notes if n.start >= 32.0))  # 12 bars: 4 of C, 8 of D
     assert key_in_force(short) == key_for_generation(short.notes)
-    request = GenerationRequest(seed=changed, bars=1, rng_seed=1, knobs=Knobs(key_gravity=0.0))
+    request = GenerationRequest(changed, ComposeOptions(bars=1, rng_seed=1), Knobs(key_gravity=0.0))
     row = plan_row(tiny_lm, request)
     assert row.tonal == (2, "major")
     low = tiny_lm.codec.config.pitch_low

@@ -11,7 +11,8 @@ from engine.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from engine.service.requests import ComposeOptions, JobService, Requester, validate_options
+from engine.music.request import ComposeOptions
+from engine.service.requests import JobService, Requester, validate_options
 from engine.store.db import session_scope
 from engine.store.records import Request, RequestKind, RequestStatus, Tune, TuneSource
 from tests.conftest import example_seed_bytes, make_settings

@@ -61,7 +61,9 @@ def _one_set_of_artifacts(settings, rid: int) -> None:
     # one set of files: an interrupted attempt keeps none (each attempt writes under its own
     # key, and a refused commit removes what it wrote)
     base = settings.data_dir / "artifacts" / "requests" / str(rid)
-    files = [p.relative_to(base) for p in base.rglob("*") if p.is_file()]
+    # beside the attempts' folders only the seed kept at submission (engine.service.seeds)
+    assert {p.name for p in base.iterdir() if p.is_file()} <= {"seed.json"}
+    files = [p.relative_to(base) for p in base.rglob("*") if p.is_file() and p.parent != base]
     assert sorted(p.name for p in files) == sorted(
         f"motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png", ".musicxml", ".pdf")
     )
@@ -281,7 +283,9 @@ def test_a_hung_claimant_taken_over_writes_nothing_when_it_resumes(
     time.sleep(1.0)  # a render it sent would be consumed by now (polling every 0.05 s)
     _one_set_of_artifacts(settings, rid)
     base = settings.data_dir / "artifacts" / "requests" / str(rid)
-    assert {p.parent.name for p in base.rglob("*") if p.is_file()} == {"attempt-2"}
+    assert {p.parent.name for p in base.rglob("*") if p.is_file() and p.parent != base} == {
+        "attempt-2"
+    }
     assert all(a.key.startswith(f"requests/{rid}/attempt-2/") for a in prog.artifacts)
     assert tasks_received(w.log for w in workers)["motif.render"] == 1  # no second render
 

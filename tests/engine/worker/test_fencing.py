@@ -58,8 +58,9 @@ def _state(settings: Settings, rid: int) -> tuple[RequestStatus, int, dict, dict
 
 
 def _files(settings: Settings, rid: int) -> set[str]:
+    """What the attempts wrote (not the seed kept at submission, requests/<id>/seed.json)."""
     base = Path(settings.artifact_root) / "requests" / str(rid)
-    return {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()}
+    return {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() and p.parent != base}
 
 
 def test_a_taken_over_generator_writes_nothing(tmp_path, tiny_model_path):

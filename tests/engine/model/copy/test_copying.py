@@ -26,6 +26,7 @@ from engine.model.generate.request import GenerationRequest, Knobs
 from engine.model.train.copy_fit import copy_nll, fit
 from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 from engine.settings import DEFAULT_MODEL_PATH
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
@@ -189,9 +190,9 @@ def test_decoding_with_copy_returns_the_seeds_figures():
 def test_copy_and_no_copy_rows_in_one_batch_decode_as_alone(tiny_lm):
     seed = _tune(2)
     reqs = [
-        GenerationRequest(seed, 2, rng_seed=1),
-        GenerationRequest(seed, 3, rng_seed=2, knobs=Knobs(copy=False)),
-        GenerationRequest(None, 2, rng_seed=3, style="folk"),
+        GenerationRequest(seed, ComposeOptions(bars=2, rng_seed=1)),
+        GenerationRequest(seed, ComposeOptions(bars=3, rng_seed=2), Knobs(copy=False)),
+        GenerationRequest(None, ComposeOptions(bars=2, rng_seed=3, style="folk")),
     ]
     together = continue_batch(tiny_lm, reqs)
     for req, made in zip(reqs, together, strict=True):

@@ -12,6 +12,7 @@ from engine.model.copy.strains import PHRASE, load_strain_returns, plan_strains,
 from engine.model.corpus.strain_returns import bar_contents, fit_strain_returns
 from engine.model.events import PITCH, SHIFT, EventCodec
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 
 CODEC = EventCodec()
 SIZES = (CODEC.n_shift, CODEC.n_pitch, CODEC.n_duration)
@@ -106,7 +107,9 @@ def test_with_the_shipped_model_planned_strains_come_back():
     def replayed(strains: bool) -> int:
         knobs = Knobs(strains=strains)
         requests = [
-            GenerationRequest(seed, 8, style="folk", rng_seed=i, knobs=knobs, ending="open")
+            GenerationRequest(
+                seed, ComposeOptions(bars=8, style="folk", rng_seed=i, ending="open"), knobs
+            )
             for i in range(12)
         ]
         return sum(replayed_bars(seed, c.notes, 16.0)[0] for c in continue_batch(lm, requests))

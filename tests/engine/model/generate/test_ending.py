@@ -13,6 +13,7 @@ from engine.model.generate.continuation import continue_batch, continue_seed
 from engine.model.generate.request import GenerationRequest, Knobs
 from engine.music.endings import closing_hold, reopened
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 
 TRIAD_G_MAJOR = {7, 11, 2}
 TRIAD_A_MINOR = {9, 0, 4}
@@ -83,7 +84,7 @@ def test_an_open_ending_is_left_to_the_notes(tiny_lm):
 def test_batched_rows_close_or_stay_open_as_each_asked(tiny_lm):
     seed = _jig_in_g()
     reqs = [
-        GenerationRequest(seed=seed, bars=2, rng_seed=5, ending=e, knobs=Knobs(copy=False))
+        GenerationRequest(seed, ComposeOptions(bars=2, rng_seed=5, ending=e), Knobs(copy=False))
         for e in ("close", "open", "close")
     ]
     batch = continue_batch(tiny_lm, reqs)

@@ -28,6 +28,7 @@ from engine.model.generate.sampling import sample
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.music.keys import key_for_generation
 from engine.music.notes import Note, Piece
+from engine.music.request import ComposeOptions
 from tests.tolerance import SAME_MATH, assert_close_to_scale
 
 CODEC = EventCodec()
@@ -69,11 +70,17 @@ def test_same_rng_seed_same_notes_and_seed_never_echoed(lm):
 
 def test_batch_equals_each_row_alone(lm):
     requests = [
-        GenerationRequest(_seed(), 3, rng_seed=1),
-        GenerationRequest(None, 2, style="folk", rng_seed=2, temperature=0.7),
-        GenerationRequest(_seed(C_MAJOR[:3], ts=(3, 4)), 5, rng_seed=3, top_k=5, top_p=0.8),
-        GenerationRequest(_seed([57, 60, 64] * 6, dur=0.25), 1, rng_seed=4, temperature=1.5),
-        GenerationRequest(_seed(), 3, rng_seed=1, style="chorale"),
+        GenerationRequest(_seed(), ComposeOptions(bars=3, rng_seed=1)),
+        GenerationRequest(None, ComposeOptions(bars=2, style="folk", rng_seed=2, temperature=0.7)),
+        GenerationRequest(
+            _seed(C_MAJOR[:3], ts=(3, 4)),
+            ComposeOptions(bars=5, rng_seed=3, top_p=0.8),
+            Knobs(top_k=5),
+        ),
+        GenerationRequest(
+            _seed([57, 60, 64] * 6, dur=0.25), ComposeOptions(bars=1, rng_seed=4, temperature=1.5)
+        ),
+        GenerationRequest(_seed(), ComposeOptions(bars=3, rng_seed=1, style="chorale")),
     ]
     batch = continue_batch(lm, requests)
     alone = [continue_batch(lm, [r])[0] for r in requests]
@@ -114,9 +121,15 @@ def test_no_seed_sounds_like_its_style(lm):
     assert metres <= set(priors["time_signatures"]) and len(metres) >= 3  # not always 4/4
     assert {f"{p.tempo_bpm:g}" for p in pieces} <= set(priors["tempi"])
     assert all(p.notes[0].start == 0.0 for p in pieces)  # no leading silence
-    assert plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=0)).key == 0
+    assert (
+        plan_row(lm, GenerationRequest(None, ComposeOptions(bars=2, style="folk", rng_seed=0))).key
+        == 0
+    )
     # the result is in the drawn key (or its relative), as the decoder's own estimate hears it
-    rows = [plan_row(lm, GenerationRequest(None, 2, style="folk", rng_seed=i)) for i in range(40)]
+    rows = [
+        plan_row(lm, GenerationRequest(None, ComposeOptions(bars=2, style="folk", rng_seed=i)))
+        for i in range(40)
+    ]
     in_key = 0
     for row, piece in zip(rows, pieces, strict=True):
         tonic, mode = row.target_key
@@ -140,7 +153,11 @@ def test_collapse_guard_on_a_model_that_wants_one_pitch(lm):
         shift_bias[6] += 50.0  # eighth notes: many notes per bar
     try:
         pieces = continue_batch(
-            lm, [GenerationRequest(_seed(), 8, rng_seed=i, ending="open") for i in range(2)]
+            lm,
+            [
+                GenerationRequest(_seed(), ComposeOptions(bars=8, rng_seed=i, ending="open"))
+                for i in range(2)
+            ],
         )
     finally:
         with torch.no_grad():
@@ -204,16 +221,18 @@ def test_pitches_stay_near_the_seed(lm):
 
 
 def test_bad_params_are_refused(lm):
-    for kw in (
-        {"temperature": 0.0},
-        {"top_p": 0.0},
-        {"top_k": -1},
-        {"bars": 0},
-        {"style": "dubstep"},
+    for asked, knobs in (
+        ({"temperature": 0.0}, Knobs()),
+        ({"top_p": 0.0}, Knobs()),
+        ({}, Knobs(top_k=-1)),
+        ({"bars": 0}, Knobs()),
+        ({"style": "dubstep"}, Knobs()),
+        ({"ending": "never"}, Knobs()),
+        ({"instrument": 128}, Knobs()),
     ):
-        args = {"seed": _seed(), "bars": 2} | kw
+        request = GenerationRequest(_seed(), ComposeOptions(**({"bars": 2} | asked)), knobs)
         with pytest.raises(BadParams):
-            continue_batch(lm, [GenerationRequest(**args)])
+            continue_batch(lm, [request])
 
 
 def test_shipped_default_model_continues_in_key():
@@ -226,9 +245,31 @@ def test_shipped_default_model_continues_in_key():
     assert lm.meta["metrics"]["test"]["nll_per_note"] < 3.5
     g_major = [67, 69, 71, 72, 74, 72, 71, 69, 67, 71, 74, 79, 78, 76, 74, 72, 71, 69, 67, 67]
     seed = Piece(tuple(Note(i * 0.5, 0.5, p, 80) for i, p in enumerate(g_major)), style="folk")
-    pieces = continue_batch(lm, [GenerationRequest(seed, 4, rng_seed=i) for i in range(4)])
+    pieces = continue_batch(
+        lm, [GenerationRequest(seed, ComposeOptions(bars=4, rng_seed=i)) for i in range(4)]
+    )
     assert all(p.notes and not is_collapsed(p.notes) for p in pieces)
     assert sum(key_kept(seed, p) for p in pieces) >= 3
+
+
+def test_the_bundled_melody_over_a_bass_is_continued_as_a_melody_over_a_bass():
+    # the example a new user hears first (issue 23: it came back as chords in both hands)
+    from engine.music.midi import load_seed
+    from engine.music.texture import sounding_counts
+    from engine.settings import DEFAULT_MODEL_PATH
+    from tests.conftest import example_seed_bytes
+
+    if not DEFAULT_MODEL_PATH.exists():
+        pytest.skip("no shipped checkpoint")
+    lm = load_checkpoint(DEFAULT_MODEL_PATH)
+    seed = load_seed(example_seed_bytes())
+    assert set(sounding_counts(seed.notes)) == {2}
+    two = 0
+    for rng in range(4):
+        counts = sounding_counts(continue_seed(lm, seed, 4, seed_rng=rng).notes)
+        assert max(counts) <= 2  # never fuller than the seed (engine.music.texture)
+        two += sum(c == 2 for c in counts) >= len(counts) / 2
+    assert two >= 3  # and mostly two voices, not one
 
 
 # --- the vectorised pieces against plain per-row rules ---------------------------------------
@@ -346,7 +387,10 @@ def test_grammar_tensors_follow_the_per_row_rules(lm, narrow):
         _seed(C_MAJOR[:5], dur=3.0),  # a long last note: the first onset moves by bars
         _seed([48, 84], ts=(6, 8)),
     ]
-    rows = [plan_row(lm, GenerationRequest(s, 8, rng_seed=i)) for i, s in enumerate(seeds)]
+    rows = [
+        plan_row(lm, GenerationRequest(s, ComposeOptions(bars=8, rng_seed=i)))
+        for i, s in enumerate(seeds)
+    ]
     if narrow:  # ranges so small that the pitch fallbacks are needed
         for i, r in enumerate(rows):
             r.pitch_ok[:] = False
@@ -408,7 +452,11 @@ def test_grammar_tensors_follow_the_per_row_rules(lm, narrow):
 
 def test_big_batch_with_rows_leaving_equals_each_row_alone(lm):
     requests = [
-        GenerationRequest(_seed(C_MAJOR[: 3 + i % 5], ts=ts), bars, rng_seed=10 + i, top_k=i % 3)
+        GenerationRequest(
+            _seed(C_MAJOR[: 3 + i % 5], ts=ts),
+            ComposeOptions(bars=bars, rng_seed=10 + i),
+            Knobs(top_k=i % 3),
+        )
         for i, (ts, bars) in enumerate(
             [((4, 4), 1), ((3, 4), 6), ((6, 8), 2), ((4, 4), 4), ((2, 4), 1), ((4, 4), 3)] * 2
         )
@@ -423,9 +471,11 @@ def test_reading_done_rows_less_often_changes_no_note(lm, check_every):
     """The GPU reads how many rows are done every CHECK_EVERY steps, not every step: rows that
     finish in between decode on, masked out, and rows leave the batch later. Same notes."""
     requests = [
-        GenerationRequest(_seed(C_MAJOR[: 2 + i % 6]), 1 + i % 4, rng_seed=40 + i, top_p=0.9)
+        GenerationRequest(
+            _seed(C_MAJOR[: 2 + i % 6]), ComposeOptions(bars=1 + i % 4, rng_seed=40 + i, top_p=0.9)
+        )
         for i in range(10)
-    ] + [GenerationRequest(None, 2, rng_seed=7)]
+    ] + [GenerationRequest(None, ComposeOptions(bars=2, rng_seed=7))]
     every_step = continue_batch(lm, requests, check_every=1)
     assert len({len(p.notes) for p in every_step}) > 3  # rows finish at many different steps
     sparse = continue_batch(lm, requests, check_every=check_every)
@@ -458,7 +508,9 @@ def test_the_gpu_cadence_reads_the_device_once_per_check_not_per_note(lm):
     from bench.generation_bench import count_steps
 
     requests = [
-        GenerationRequest(_seed(C_MAJOR[: 2 + i % 6]), 4 + 3 * i, rng_seed=60 + i, top_p=0.9)
+        GenerationRequest(
+            _seed(C_MAJOR[: 2 + i % 6]), ComposeOptions(bars=4 + 3 * i, rng_seed=60 + i, top_p=0.9)
+        )
         for i in range(12)
     ]
     reads = _HostReads()

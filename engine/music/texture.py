@@ -1,0 +1,56 @@
+"""Texture: how many notes sound at once. A continuation keeps its seed's: a melody over a bass
+stays two voices, a melody one, a four-part chorale four (engine.model.generate.continuation
+caps the notes it makes by `cap_sounding`)."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from engine.music.notes import Note
+
+EPS = 1e-6  # beats: a note that ends this close to an onset no longer sounds there
+
+
+def sounding_counts(notes: Sequence[Note]) -> list[int]:
+    """At each onset, how many notes sound (started there, or held from before): those begun
+    by then less those ended by then."""
+    starts = sorted(n.start for n in notes)
+    ends = sorted(n.end for n in notes)
+    onsets = sorted(set(starts))
+    return [bisect_right(starts, t + EPS) - bisect_right(ends, t + EPS) for t in onsets]
+
+
+def max_sounding(notes: Sequence[Note]) -> int:
+    """The most notes sounding at any onset (the seed's fullest moment); 0 without notes."""
+    return max(sounding_counts(notes), default=0)
+
+
+def cap_sounding(notes: Sequence[Note], cap: int) -> tuple[Note, ...]:
+    """The notes, sorted by onset then pitch, with no onset sounding more than `cap` of them
+    (1 or more): where a new onset would, notes held into it end there instead, those nearest
+    in pitch to the new notes first (a voice moving on: a bass held under a melody stays), then
+    the earliest begun. Notes starting together are never cut here (a chord is the decoder's
+    `chord_cap`); a note is only ever shortened, to one tick at the least."""
+    if cap < 1:
+        raise ValueError(f"cap must be at least 1, not {cap}")
+    out = sorted(notes, key=lambda n: (n.start, n.pitch))
+    held: list[int] = []  # indices into `out` of the notes sounding before this onset
+    i = 0
+    while i < len(out):
+        t = out[i].start
+        j = i
+        while j < len(out) and out[j].start <= t + EPS:
+            j += 1
+        held = [k for k in held if out[k].end > t + EPS]
+        over = len(held) + (j - i) - cap
+        if over > 0:
+            new = [n.pitch for n in out[i:j]]
+            held.sort(key=lambda k: (min(abs(out[k].pitch - p) for p in new), out[k].start))
+            for k in held[:over]:
+                n = out[k]
+                out[k] = Note(n.start, t - n.start, n.pitch, n.velocity)
+            held = held[over:]
+        held += range(i, j)
+        i = j
+    return tuple(out)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from engine.music.notes import Note
+from engine.music.texture import cap_sounding, max_sounding, sounding_counts
+
+
+def _naive_counts(notes):
+    onsets = sorted({n.start for n in notes})
+    return [sum(n.start <= t + 1e-6 and n.end > t + 1e-6 for n in notes) for t in onsets]
+
+
+def test_sounding_counts_held_notes_and_not_those_just_ended():
+    notes = [Note(0, 2, 48), Note(0, 1, 64), Note(1, 1, 65), Note(2, 1, 67), Note(2.5, 0.5, 60)]
+    assert sounding_counts(notes) == [2, 2, 1, 2] == _naive_counts(notes)
+    assert max_sounding(notes) == 2 and max_sounding([]) == 0
+
+
+def test_a_third_voice_is_cut_where_it_would_sound_over_the_cap():
+    # a bass held for a bar, a melody, and a middle note held across the melody's next onset
+    notes = [Note(0, 4, 43), Note(0, 1, 64), Note(0.5, 2, 55), Note(1, 1, 65), Note(2, 1, 67)]
+    capped = cap_sounding(notes, 2)
+    assert max(sounding_counts(capped)) <= 2
+    by_pitch = {n.pitch: n for n in capped}
+    assert by_pitch[43].duration == 4  # the bass, farthest from the new notes, is held
+    assert by_pitch[64].duration == 0.5  # at 0.5 the melody's E, nearer the new G, ends
+    assert by_pitch[55].end == 1.0  # at 1 the middle voice moves on to the melody's F
+    assert [n.start for n in capped] == sorted(n.start for n in capped)
+
+
+def test_a_chord_on_one_onset_is_kept_and_a_melody_is_made_one_voice():
+    chord = [Note(0, 1, 60), Note(0, 1, 64), Note(0, 1, 67)]
+    assert cap_sounding(chord, 1) == tuple(chord)  # notes begun together: the decoder's rule
+    legato = [Note(0, 1.5, 60), Note(1, 1, 62), Note(2, 1, 64)]
+    assert [n.duration for n in cap_sounding(legato, 1)] == [1.0, 1.0, 1.0]
+    assert cap_sounding(legato, 2) == tuple(legato)
+    with pytest.raises(ValueError):
+        cap_sounding(legato, 0)
