@@ -57,6 +57,8 @@ def judge(
     gain_windows: int | None = 2000,
     without_copy: bool = False,
     without_strains: bool = False,
+    without_texture: bool = False,
+    top_p: float | None = None,  # None: bench.evaluate.TOP_P
     ending: str = "open",
     seed_set: str = "test",
     form: bool = False,
@@ -67,6 +69,8 @@ def judge(
     import torch
 
     from bench.evaluate import TOP_P, pick_cases, without_near_duplicates
+
+    top_p = TOP_P if top_p is None else top_p
     from bench.safety_nets import SafetyNetCounts
     from engine.model.checkpoint import load_checkpoint
     from engine.model.corpus.load import load_corpus
@@ -98,6 +102,9 @@ def judge(
     if without_strains:  # each model again without the strain plan (engine.model.copy.strains)
         plain = replace(knobs, strains=False)
         runs += [(f"{label} without the strain plan", path, plain) for label, path in models]
+    if without_texture:  # each model again without the seed's texture cap (engine.music.texture)
+        loose = replace(knobs, texture=False)
+        runs += [(f"{label} without the texture cap", path, loose) for label, path in models]
     for label, path, run_knobs in runs:
         lm = load_checkpoint(path)
         styles = lm.codec.config.styles
@@ -111,10 +118,10 @@ def judge(
                     bars,
                     style=case.piece.style if case.piece.style in styles else None,
                     temperature=1.0,
-                    top_p=TOP_P,
+                    top_p=top_p,
                     seed_rng=seed * 1_000_003 + i,
                     knobs=run_knobs,
-                    ending=ending,  # type: ignore[arg-type]
+                    ending=ending,
                     observer=counts,
                 )
                 for i, case in enumerate(cases)
@@ -169,7 +176,7 @@ def judge(
             "seed_bars": seed_bars,
             "bars": bars,
             "seed": seed,
-            "top_p": TOP_P,
+            "top_p": top_p,
             "key_gravity": gravity,
             "key_penalty": penalty,
             "gain_windows": gain_windows,
@@ -356,6 +363,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also judge each model without the strain plan (engine.model.copy.strains)",
     )
     parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="Motif's top-p (default: the judge's, 0.95); for looking at the sampler on the "
+        "validation split",
+    )
+    parser.add_argument(
+        "--without-texture",
+        action="store_true",
+        help="also judge each model without the seed's texture cap (engine.music.texture)",
+    )
+    parser.add_argument(
         "--ending",
         choices=("open", "close"),
         default="open",
@@ -406,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gain_windows=args.gain_windows,
         without_copy=args.without_copy,
         without_strains=args.without_strains,
+        without_texture=args.without_texture,
+        top_p=args.top_p,
         ending=args.ending,
         seed_set=args.seed_set,
         form=args.form,

@@ -462,6 +462,15 @@ def test_the_tests_mirror_the_packages():
     assert folders and not stray, stray
 
 
+def test_no_module_of_bot_shares_a_name_with_one_of_the_service():
+    # bot/delivery.py beside service/delivery.py read as one concept with two homes (issue 27);
+    # a cog is named for its command, over the service of that name (cogs/admin.py: admin.py)
+    def names(folder: str) -> set[str]:
+        return {p.stem for p in (ROOT / folder).glob("*.py")} - {"__init__", "__main__"}
+
+    assert not names("bot") & names("engine/service")
+
+
 if __name__ == "__main__":  # `python tests/test_layout.py`: the offenders, longest first
     for p in sources("engine", "bot"):
         n = len(p.read_text().splitlines())

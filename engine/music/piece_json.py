@@ -1,10 +1,9 @@
-"""A piece as JSON: how a request's seed is kept once it has been parsed and checked at
-submission (engine.service.requests), so the worker continues exactly that piece and never
+"""A piece as a JSON document: how a request's seed is kept once it has been parsed and checked
+at submission (engine.service.request_seeds), so the worker continues exactly that piece and never
 parses the user's file again. Floats round-trip exactly (JSON writes their shortest repr)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from engine.music.notes import Note, Piece
@@ -12,8 +11,8 @@ from engine.music.notes import Note, Piece
 PIECE_FORMAT = 1  # bumped when the layout below changes
 
 
-def piece_to_json(piece: Piece) -> bytes:
-    doc: dict[str, Any] = {
+def piece_to_dict(piece: Piece) -> dict[str, Any]:
+    return {
         "format": PIECE_FORMAT,
         "notes": [[n.start, n.duration, n.pitch, n.velocity] for n in piece.notes],
         "tempo_bpm": piece.tempo_bpm,
@@ -25,13 +24,11 @@ def piece_to_json(piece: Piece) -> bytes:
         "metre_changes": [list(m) for m in piece.metre_changes],
         "key_changes": [list(k) for k in piece.key_changes],
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def piece_from_json(data: bytes) -> Piece:
-    """The piece `piece_to_json` wrote (Motif's own file: a layout it does not know is a
+def piece_from_dict(doc: dict[str, Any]) -> Piece:
+    """The piece `piece_to_dict` wrote (Motif's own document: a layout it does not know is a
     ValueError, not a guess)."""
-    doc = json.loads(data)
     if doc.get("format") != PIECE_FORMAT:
         raise ValueError(f"a kept piece in format {doc.get('format')!r}, not {PIECE_FORMAT}")
     num, den = doc["time_signature"]

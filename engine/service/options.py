@@ -4,6 +4,7 @@ checked and normalised before anything is written."""
 from __future__ import annotations
 
 import math
+import random
 
 from engine.errors import BadParams
 from engine.music import catalog
@@ -106,4 +107,32 @@ def validate_options(
         from_bar=from_bar,
         ending=_ending(ending),
         reopen_seed=bool(reopen_seed),
+    )
+
+
+def follow_up_options(
+    asked: ComposeOptions,
+    *,
+    extend: bool,
+    bars: int | None,
+    temperature: float | None,
+    rng_seed: int | None,
+    settings: Settings | None = None,
+) -> ComposeOptions:
+    """A reroll's, a variation's or an extension's options: its parent's, with what the button
+    changes, checked again. A reroll or a variation cuts the same seed; an extension continues
+    the whole result (no `from_bar`), from before its cadence when the result closed."""
+    return validate_options(
+        bars=asked.bars if bars is None else bars,
+        style=asked.style,
+        temperature=asked.temperature if temperature is None else temperature,
+        top_p=asked.top_p,
+        instrument=asked.instrument,
+        tempo=asked.tempo,
+        rng_seed=random.randint(0, catalog.MAX_RNG_SEED) if rng_seed is None else rng_seed,
+        image=asked.image,
+        settings=settings,
+        from_bar=None if extend else asked.from_bar,
+        ending=asked.ending,
+        reopen_seed=extend and asked.ending == "close",
     )

@@ -31,9 +31,9 @@ from engine.music.request import ComposeOptions
 from engine.queue import dispatch as queue_dispatch
 from engine.service.consent import Consent
 from engine.service.delivery import DeliveryLeases
-from engine.service.options import validate_options
+from engine.service.options import follow_up_options, validate_options
 from engine.service.progress import SEED_NAME, ArtifactInfo, Following, Progress, QueueStatus
-from engine.service.seeds import keep_seed, parse_seed, tune_seed
+from engine.service.request_seeds import keep_seed, kept_with_the_row, parse_seed, tune_seed
 from engine.service.tunes import store_tune
 from engine.service.users import (
     Requester,
@@ -158,6 +158,19 @@ class JobService(Consent, DeliveryLeases, Following):
                 retry_after_s=wait,
             )
 
+    @contextmanager
+    def _writing(self, who: Requester) -> Iterator[tuple[Session, User | None, list[str]]]:
+        """The transaction that writes a request: its user, the limits checked again under the
+        write lock, and the keys of the seeds kept meanwhile (removed if it fails)."""
+        with (
+            kept_with_the_row(self.store) as kept,
+            _unsaved_on_outage(),
+            session_scope(self.url, immediate=True) as session,
+        ):
+            user = user_of(session, who)
+            self._check_limits(session, user, who.guild_id)
+            yield session, user, kept
+
     def precheck(self, who: Requester) -> None:
         """The limits, read-only, before anything is downloaded or parsed: a refusal costs one
         query. (`compose` checks again, atomically, when it writes.)"""
@@ -195,9 +208,7 @@ class JobService(Consent, DeliveryLeases, Following):
             )
         elif options.from_bar is not None:
             raise BadParams("from_bar needs a seed file to cut.")
-        with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
-            user = user_of(session, who)
-            self._check_limits(session, user, who.guild_id)
+        with self._writing(who) as (session, user, kept):
             tune = None
             if piece is not None and seed_midi is not None:
                 owner = user if seed_owner is None else user_of(session, seed_owner)
@@ -215,8 +226,9 @@ class JobService(Consent, DeliveryLeases, Following):
             rid = self._enqueue(
                 session, who, user, RequestKind.COMPOSE, options, tune, None, notices
             )
-            if piece is not None:  # parsed once: the worker continues this very piece
-                keep_seed(self.store, rid, piece, options)
+            if piece is not None and tune is not None:  # parsed once: the worker continues it
+                ref = (tune.midi_key, tune.name, tune.content_hash)
+                kept.append(keep_seed(self.store, rid, ref, piece, options))
         self._send(rid)
         return rid
 
@@ -231,51 +243,39 @@ class JobService(Consent, DeliveryLeases, Following):
         rng_seed: int | None = None,
     ) -> int:
         """Reroll (same settings, new sample), extend (continue the result) or vary a request."""
-        with _unsaved_on_outage(), session_scope(self.url, immediate=True) as session:
+        extend = kind is RequestKind.EXTEND
+        with _unsaved_on_outage(), session_scope(self.url) as session:  # read only: no lock held
             parent = session.get(Request, parent_id)
             if parent is None:
                 raise NotFound(f"request #{parent_id} does not exist.")
             require_visible(session, parent, who)
-            options = ComposeOptions.from_params(parent.params)
-            seed_tune_id = parent.seed_tune_id
-            if kind is RequestKind.EXTEND:
-                if parent.status is not RequestStatus.DONE or parent.result_tune_id is None:
-                    raise BadParams(f"request #{parent_id} has no finished result to extend yet.")
-                seed_tune_id = parent.result_tune_id
+            if extend and (parent.status is not RequestStatus.DONE or not parent.result_tune_id):
+                raise BadParams(f"request #{parent_id} has no finished result to extend yet.")
             if kind is RequestKind.VARIATION and temperature is None:
                 raise BadParams("a variation needs a temperature.")
-            # a reroll or a variation cuts the same seed; an extension continues the whole result
-            from_bar = None if kind is RequestKind.EXTEND else options.from_bar
-            options = validate_options(
-                bars=bars if bars is not None else options.bars,
-                style=options.style,
-                temperature=temperature if temperature is not None else options.temperature,
-                top_p=options.top_p,
-                instrument=options.instrument,
-                tempo=options.tempo,
-                rng_seed=rng_seed
-                if rng_seed is not None
-                else random.randint(0, catalog.MAX_RNG_SEED),
-                image=options.image,
+            options = follow_up_options(
+                ComposeOptions.from_params(parent.params),
+                extend=extend,
+                bars=bars,
+                temperature=temperature,
+                rng_seed=rng_seed,
                 settings=self.settings,
-                from_bar=from_bar,
-                ending=options.ending,
-                # an extension continues a closed result from before its cadence
-                reopen_seed=kind is RequestKind.EXTEND and options.ending == "close",
             )
-            user = user_of(session, who)
-            self._check_limits(session, user, who.guild_id)
-            tune = session.get(Tune, seed_tune_id) if seed_tune_id else None
-            seed = tune_seed(self.store, tune.midi_key, tune.name, options) if tune else None
+            tune_id = parent.result_tune_id if extend else parent.seed_tune_id
+            tune = session.get(Tune, tune_id) if tune_id else None
+            ref = (tune.midi_key, tune.name, tune.content_hash) if tune else None
             seed_notes = (
-                {SEED_NAME: f"the result of #{parent.id}"}
-                if kind is RequestKind.EXTEND
-                else dict(parent.notes or {})
+                {SEED_NAME: f"the result of #{parent.id}"} if extend else dict(parent.notes or {})
             )
             seed_notes.pop("shortened", None)  # about the parent's audio, not the seed
-            rid = self._enqueue(session, who, user, kind, options, tune, parent.id, seed_notes)
-            if seed is not None:
-                keep_seed(self.store, rid, seed, options)
+        with _unsaved_on_outage():
+            self.precheck(who)  # the limits, read only, before the tune is read
+        seed = tune_seed(self.store, ref, options) if ref else None  # outside any transaction
+        with self._writing(who) as (session, user, kept):
+            tune = session.get(Tune, tune_id) if tune_id else None
+            rid = self._enqueue(session, who, user, kind, options, tune, parent_id, seed_notes)
+            if seed is not None and ref is not None:
+                kept.append(keep_seed(self.store, rid, ref, seed, options))
         self._send(rid)
         return rid
 

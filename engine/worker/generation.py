@@ -14,7 +14,7 @@ from engine.music.metre import aligned_for_generation
 from engine.music.notes import Piece
 from engine.music.request import ComposeOptions
 from engine.music.result_midi import to_midi_bytes
-from engine.service.seeds import kept_seed
+from engine.service.request_seeds import kept_seed
 from engine.service.tunes import store_tune
 from engine.settings import Settings
 from engine.store.artifacts import ArtifactStore, result_stem, store_for
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class Job:
     request_id: int
     options: ComposeOptions
-    seed: Piece | None  # as submitted: parsed, cut and checked once (engine.service.seeds)
+    seed: Piece | None  # as submitted: parsed, cut and checked once (engine.service.request_seeds)
 
 
 def load_job(request_id: int, settings: Settings) -> Job:
@@ -46,7 +46,7 @@ def load_job(request_id: int, settings: Settings) -> Job:
         assert req is not None
         options = ComposeOptions.from_params(req.params)
         tune = req.seed_tune
-        kept = (tune.midi_key, tune.name) if tune else None
+        kept = (tune.midi_key, tune.name, tune.content_hash) if tune else None
     return Job(request_id, options, kept_seed(store, request_id, kept, options))
 
 

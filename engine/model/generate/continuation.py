@@ -74,7 +74,9 @@ def _finish(lm: LoadedModel, row: Row, events: np.ndarray, first_tick: int) -> P
     notes = tuple(
         replace(n, duration=end_beat - n.start) if n.end > end_beat else n for n in piece.notes
     )
-    if seed is not None and seed.notes:  # the seed's texture: no fuller than its fullest onset
+    if (
+        row.req.knobs.texture and seed is not None and seed.notes
+    ):  # the seed's texture: no fuller than its fullest onset
         notes = cap_sounding(notes, max(1, max_sounding(seed.notes)))
     if row.target_key is not None:
         notes = to_key(lm, notes, row.target_key)

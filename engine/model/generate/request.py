@@ -31,6 +31,7 @@ class Knobs:
     copy: bool = True  # the copy path (engine.model.copy.copying), with the model's fitted lambdas
     strains: bool = True  # the strain plan (engine.model.copy.strains), with the copy path only
     top_k: int = 0  # sample among the k likeliest values of each field; 0: off (top-p only)
+    texture: bool = True  # no onset sounds more notes than the seed's fullest (music.texture)
 
 
 DEFAULT_KNOBS = Knobs()
@@ -41,7 +42,9 @@ ASKED = ComposeOptions()
 class GenerationRequest:
     """One continuation to draw: its seed (None: from nothing), parsed and checked when the
     request was submitted, and what the request asked (the user's own `ComposeOptions`: bars,
-    style, temperature, top-p, instrument, tempo, rng seed, ending), with the decoder's knobs."""
+    style, temperature, top-p, instrument, tempo, rng seed, ending), with the decoder's knobs.
+    The continuation plays `options.instrument` (the options' default, 0, is the piano;
+    `continue_seed` keeps the seed's program when it is given none)."""
 
     seed: Piece | None
     options: ComposeOptions = ASKED

@@ -61,7 +61,7 @@ def _one_set_of_artifacts(settings, rid: int) -> None:
     # one set of files: an interrupted attempt keeps none (each attempt writes under its own
     # key, and a refused commit removes what it wrote)
     base = settings.data_dir / "artifacts" / "requests" / str(rid)
-    # beside the attempts' folders only the seed kept at submission (engine.service.seeds)
+    # beside the attempts' folders only the seed kept at submission (engine.service.request_seeds)
     assert {p.name for p in base.iterdir() if p.is_file()} <= {"seed.json"}
     files = [p.relative_to(base) for p in base.rglob("*") if p.is_file() and p.parent != base]
     assert sorted(p.name for p in files) == sorted(

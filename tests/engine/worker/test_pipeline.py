@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from symusic import Score
 
@@ -73,6 +74,21 @@ def test_a_result_with_seed_keeps_both_tracks(tmp_path, tiny_model_path):
     assert _pixels_near(files[ArtifactKind.IMAGE], SEED_COLOUR) > 100
     # under the first attempt's own key (engine.worker.fencing), named for the user
     assert store_for(settings.artifact_root).exists(f"requests/{rid}/attempt-1/motif-{rid}.mid")
+
+
+def test_the_result_plays_seed_and_continuation_in_the_instrument_and_tempo_asked(
+    tmp_path, tiny_model_path
+):
+    # applied once each: to the seed kept at submission, and by the decoder to the continuation
+    settings = _settings(tmp_path, tiny_model_path)
+    service = JobService(settings, dispatch=lambda _rid: None)
+    asked = validate_options(bars=2, instrument="flute", tempo=90, rng_seed=5, settings=settings)
+    rid = service.compose(Requester(origin="cli", name="t"), asked, example_seed_bytes(), "s.mid")
+    assert run_generation(rid, settings) == [rid]
+    midi = store_for(settings.artifact_root).get(f"requests/{rid}/attempt-1/motif-{rid}.mid")
+    seed, cont = split_result(midi)
+    assert seed is not None and {seed.program, cont.program} == {73}
+    assert seed.tempo_bpm == pytest.approx(90.0) and cont.tempo_bpm == pytest.approx(90.0)
 
 
 def test_a_long_result_brings_two_score_pages_a_pdf_and_says_which_bars_it_shows(

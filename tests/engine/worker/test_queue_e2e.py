@@ -140,7 +140,9 @@ def test_kill_9_mid_job_completes_once_after_a_new_worker_comes(
     assert files == sorted(
         [f"attempt-2/motif-{rid}{end}" for end in (".mid", ".ogg", ".png", "-score.png")]
         + [f"attempt-2/motif-{rid}{end}" for end in (".musicxml", ".pdf")]
-        + ["seed.json"]  # the seed as submitted (engine.service.seeds), read by both attempts
+        + [
+            "seed.json"
+        ]  # the seed as submitted (engine.service.request_seeds), read by both attempts
     )
 
 

@@ -116,7 +116,7 @@ def test_a_closed_result_reopens_before_its_cadence():
 
 def test_an_unknown_ending_is_refused(tiny_lm):
     with pytest.raises(BadParams, match="ending"):
-        continue_seed(tiny_lm, _jig_in_g(), 2, ending="fade")  # type: ignore[arg-type]
+        continue_seed(tiny_lm, _jig_in_g(), 2, ending="fade")
 
 
 def _melody_over_bass() -> Piece:
