@@ -280,3 +280,31 @@ def test_key_window_bench():
     assert result["rows"][0]["moved"] == 0.0  # the rule before: the whole seed's key
     assert "(shipped)" in key_window.table(result)
     assert result["shipped_margin"] == key_window.keys.KEY_SWITCH_MARGIN  # put back
+
+
+def test_judge_on_the_validation_split_without_the_texture_cap_and_at_another_top_p(
+    tiny_corpus_model_path, tiny_corpus_path
+):
+    from bench import judge
+    from engine.model.corpus.load import load_corpus
+
+    corpus = load_corpus(tiny_corpus_path)
+    assert [p.name for p in judge.set_pieces("validation", corpus)] == [
+        p.name for p in corpus.pieces("validation")
+    ]
+    r = judge.judge(
+        [("Motif (tiny)", tiny_corpus_model_path)],
+        None,
+        tiny_corpus_path,
+        n_seeds=3,
+        seed_bars=2,
+        bars=2,
+        gain_windows=8,
+        seed_set="validation",
+        without_texture=True,
+        top_p=1.0,
+    )
+    loose = "Motif (tiny) without the texture cap"
+    assert list(r["figures"]) == ["Motif (tiny)", loose, judge.REAL, judge.CHANCE]
+    assert r["settings"]["set"] == "validation" and r["settings"]["top_p"] == 1.0
+    assert "validation pieces" in judge.format_judge(r)
