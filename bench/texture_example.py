@@ -4,7 +4,9 @@
 engine/data/examples/ode-to-joy.mid with each rng seed, with the seed's texture cap
 (engine.music.texture) and without it (`Knobs(texture=False)`); prints, for each, how many
 continuations keep two voices (bench.form.is_two_voice: at least half the onsets sound exactly
-two notes, at most one in ten more) and the most notes sounding at one onset.
+two notes, at most one in ten more), the most notes sounding at one onset, and how often a
+two-note onset keeps the seed's registers (its lower note below the split between the seed's
+bass and melody, its upper note above it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,27 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from bench.form import is_two_voice, sounding_counts
+from bench.form import EPS, is_two_voice, sounding_counts
+from engine.music.notes import Note
+
+
+def two_note_onsets(notes: Sequence[Note]) -> list[tuple[int, int]]:
+    """(lower, upper) pitch at each onset where exactly two notes sound."""
+    pairs = []
+    for t in sorted({n.start for n in notes}):
+        sounding = sorted(n.pitch for n in notes if n.start <= t + EPS and n.end > t + EPS)
+        if len(sounding) == 2:
+            pairs.append((sounding[0], sounding[1]))
+    return pairs
+
+
+def register_split(seed: Sequence[Note]) -> float | None:
+    """Halfway between the seed's highest lower note and lowest upper note at its two-note
+    onsets; None where the two voices' ranges overlap."""
+    pairs = two_note_onsets(seed)
+    if not pairs or max(lo for lo, _ in pairs) >= min(hi for _, hi in pairs):
+        return None
+    return (max(lo for lo, _ in pairs) + min(hi for _, hi in pairs)) / 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm = load_checkpoint(DEFAULT_MODEL_PATH)
     path = DEFAULT_MODEL_PATH.parent / "examples" / "ode-to-joy.mid"
     seed = load_seed(path.read_bytes(), name=path.name)
+    split = register_split(seed.notes)
     print(
         f"seed: two voices {is_two_voice(seed.notes)}, at most {max(sounding_counts(seed.notes))}"
+        f" sounding, its voices split at MIDI pitch {split}"
     )
     for label, knobs in (("with the texture cap", Knobs()), ("without", Knobs(texture=False))):
         outs = [
@@ -42,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         kept = sum(is_two_voice(o) for o in outs)
         fullest = max(max(sounding_counts(o), default=0) for o in outs)
-        print(f"{label}: {kept} of {len(outs)} keep two voices; at most {fullest} sounding")
+        pairs = [p for o in outs for p in two_note_onsets(o)]
+        kept_registers = sum(split is not None and lo < split < hi for lo, hi in pairs)
+        print(
+            f"{label}: {kept} of {len(outs)} keep two voices; at most {fullest} sounding; "
+            f"{kept_registers} of {len(pairs)} two-note onsets keep the seed's registers"
+        )
     return 0
 
 

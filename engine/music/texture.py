@@ -54,3 +54,37 @@ def cap_sounding(notes: Sequence[Note], cap: int) -> tuple[Note, ...]:
         held += range(i, j)
         i = j
     return tuple(out)
+
+
+def two_note_onsets(notes: Sequence[Note]) -> list[tuple[int, int]]:
+    """(lower, upper) pitch at each onset where exactly two notes sound."""
+    ordered = sorted(notes, key=lambda n: n.start)
+    pairs: list[tuple[int, int]] = []
+    active: list[Note] = []
+    i = 0
+    while i < len(ordered):
+        t = ordered[i].start
+        active = [n for n in active if n.end > t + EPS]
+        while i < len(ordered) and ordered[i].start <= t + EPS:
+            if ordered[i].end > t + EPS:
+                active.append(ordered[i])
+            i += 1
+        if len(active) == 2:
+            low, high = sorted(n.pitch for n in active)
+            pairs.append((low, high))
+    return pairs
+
+
+def voice_split(notes: Sequence[Note]) -> int | None:
+    """A melody over a bass: where at least half the onsets sound exactly two notes and every
+    such onset's lower note lies below every such onset's upper note, the pitch halfway between
+    the two voices (the bass keeps to it and below, the melody above it); None otherwise (one
+    voice, chords, or voices that cross)."""
+    pairs = two_note_onsets(notes)
+    onsets = len({n.start for n in notes})
+    if not pairs or len(pairs) < onsets / 2:
+        return None
+    top_of_bass, foot_of_melody = max(lo for lo, _ in pairs), min(hi for _, hi in pairs)
+    if top_of_bass >= foot_of_melody:
+        return None
+    return (top_of_bass + foot_of_melody) // 2

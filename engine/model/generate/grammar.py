@@ -18,6 +18,7 @@ MAX_REPEATS = 4  # the same pitch at most this many times in a row
 DISTINCT_WINDOW = 32  # any this many consecutive generated notes ...
 MIN_DISTINCT = 3  # ... hold at least this many distinct pitches
 MAX_CHORD = 6  # notes sharing one onset
+RECENT = 8  # the latest notes whose ends the voice rule reads (a bass held under 7 more)
 
 
 class Grammar:
@@ -81,6 +82,18 @@ class Grammar:
         self.chord_kept = self.chord  # this onset's chord when the note joins it
         self.chord_size = torch.zeros_like(self.tick)
         self.same_onset = self.done  # (B, 1) this step's shift is 0
+        self._start_voices(rows, n_pitch, device)
+
+    def _start_voices(self, rows: list[Row], n_pitch: int, device: torch.device) -> None:
+        """VOICES. A melody over a bass (engine.music.texture.voice_split): a note that sounds
+        beside one other keeps to the other voice's side of the split. The latest notes' ends
+        (ticks) and pitches tell what sounds at an onset."""
+        split = [r.voice_split for r in rows]
+        self.voice_split = torch.tensor(split, dtype=torch.int64)[:, None].to(device)  # (B, 1)
+        self.voiced = any(v >= 0 for v in split)
+        self.recent_end = torch.full((len(rows), RECENT), -1, dtype=torch.int64, device=device)
+        self.recent_pitch = torch.zeros(len(rows), RECENT, dtype=torch.int64, device=device)
+        self.pitch_index = torch.arange(n_pitch, device=device)[None]  # (1, n_pitch)
 
     def _repeat_forbidden(self, last: torch.Tensor) -> torch.Tensor:
         """(B, n_pitch): outside the range, or the last pitch (B, 1), where it has come
@@ -110,6 +123,9 @@ class Grammar:
             "last_seen",
             "chord",
             "chord_size",
+            "voice_split",
+            "recent_end",
+            "recent_pitch",
         ):
             setattr(self, name, getattr(self, name)[rows])
 
@@ -156,12 +172,28 @@ class Grammar:
         else:
             self.chord_kept = self.chord & self.same_onset
             forbid = self.soft | self.chord_kept
+        if self.voiced:
+            forbid = self._keep_voices(forbid)
         if self.fallback:  # only reachable with a tiny pitch range
             empty = forbid.all(dim=1, keepdim=True)
             wide = self.outside | self.chord_kept
             wide = wide & ~wide.all(dim=1, keepdim=True)
             forbid = torch.where(empty, wide, forbid)
         return forbid
+
+    def _keep_voices(self, forbid: torch.Tensor) -> torch.Tensor:
+        """`forbid` (B, n_pitch) and, where exactly one other note sounds at this onset in a row
+        with a voice split, the pitches on that note's side of it (a note beside the bass is the
+        melody, beside the melody the bass); unchanged where that would forbid every pitch."""
+        sounding = self.recent_end > self.onset  # (B, RECENT): held into this onset, or begun on it
+        alone = (sounding.sum(dim=1, keepdim=True) == 1) & (self.voice_split >= 0)
+        other = (self.recent_pitch * sounding).sum(dim=1, keepdim=True)  # (B, 1) when alone
+        beside_bass = other <= self.voice_split
+        side = torch.where(
+            beside_bass, self.pitch_index <= self.voice_split, self.pitch_index > self.voice_split
+        )
+        kept = forbid | (side & alone)
+        return torch.where(kept.all(dim=1, keepdim=True), forbid, kept)
 
     def add_pitch(self, t: int, pitch: torch.Tensor) -> None:
         """Step t's note has pitch (B, 1): update the chord and the repetition guards."""
@@ -182,6 +214,9 @@ class Grammar:
         """Step t's note has duration class (B, 1); the next shift counts from its onset."""
         end = torch.minimum(self.onset + self.duration_ticks.take(duration), self.end_tick)
         self.sound_end = torch.maximum(self.sound_end, end)
+        if self.voiced:  # this note joins the latest ones (the oldest leaves)
+            self.recent_end = torch.cat([self.recent_end[:, 1:], end], dim=1)
+            self.recent_pitch = torch.cat([self.recent_pitch[:, 1:], self.last], dim=1)
         self.tick = self.onset
         filled = self.sound_end >= self.end_tick
         self.code = torch.add(self.chord_size, filled, alpha=MAX_CHORD + 1)

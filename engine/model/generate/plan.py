@@ -22,6 +22,7 @@ from engine.music.keys import MINOR_PROFILE as _MINOR_PROFILE
 from engine.music.keys import MINOR_SCALE_WITH_LEADING_NOTE as _MINOR_SCALE
 from engine.music.keys import best_key as _best_key
 from engine.music.notes import Piece
+from engine.music.texture import voice_split
 
 PITCH_MARGIN = 12  # generated pitches stay within the seed's range widened by this much
 MAX_SEED_NOTES = 256  # the encoder reads the seed's last notes only
@@ -116,7 +117,17 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
         tonal=rules.tonal,
         tempo_bpm=drawn_tempo,
         target_key=target_key,
+        voice_split=_voice_split(lm, seed, req.knobs.texture),
     )
+
+
+def _voice_split(lm: LoadedModel, seed: Piece | None, texture: bool) -> int:
+    """The seed's split between a bass and the melody over it, as a pitch index; -1: none."""
+    split = voice_split(seed.notes) if seed is not None and texture else None
+    if split is None:
+        return -1
+    index = split - lm.codec.config.pitch_low
+    return index if 0 < index < lm.codec.n_pitch - 1 else -1
 
 
 def _style_name(lm: LoadedModel, req: GenerationRequest) -> str | None:

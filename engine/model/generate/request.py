@@ -76,3 +76,6 @@ class Row:
     tonal: tuple[int, str] | None  # the seed's estimated key (the closing ending's tonic)
     tempo_bpm: float | None = None  # no seed: drawn from the style's corpus
     target_key: tuple[int, str] | None = None  # no seed: the key drawn for the result
+    # a melody over a bass: the pitch index the bass keeps to and the melody keeps above
+    # (engine.music.texture.voice_split); -1: none
+    voice_split: int = -1

@@ -37,3 +37,21 @@ def test_a_chord_on_one_onset_is_kept_and_a_melody_is_made_one_voice():
     assert cap_sounding(legato, 2) == tuple(legato)
     with pytest.raises(ValueError):
         cap_sounding(legato, 0)
+
+
+def test_a_melody_over_a_bass_has_a_split_between_its_voices():
+    from engine.music.midi import load_seed
+    from engine.music.texture import two_note_onsets, voice_split
+    from tests.conftest import example_seed_bytes
+
+    ode = load_seed(example_seed_bytes())  # bass 43-48 under a melody 60-67
+    assert voice_split(ode.notes) == 54 and len(two_note_onsets(ode.notes)) == 15
+    melody = [Note(i, 1, 60 + i) for i in range(8)]
+    assert voice_split(melody) is None  # one voice
+    crossing = [Note(0, 1, 48), Note(0, 1, 64), Note(1, 1, 66), Note(1, 1, 52)]
+    crossing += [Note(2, 1, 50), Note(2, 1, 60)]
+    assert voice_split(crossing) == 56  # between the bass's top (52) and the melody's foot (60)
+    crossing += [Note(3, 1, 63), Note(3, 1, 62)]  # the bass climbs above the melody's lowest
+    assert voice_split(crossing) is None
+    chords = [Note(t, 1, p) for t in range(4) for p in (48, 55, 60, 64)]
+    assert voice_split(chords) is None  # four voices

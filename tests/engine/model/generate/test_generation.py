@@ -550,3 +550,28 @@ def test_seeds_of_very_different_lengths_are_encoded_in_groups_with_the_same_res
     for (h, c), (wh, wc) in zip(grouped.state, whole.state, strict=True):
         assert_close_to_scale(h, wh, SAME_MATH)
         assert_close_to_scale(c, wc, SAME_MATH)
+
+
+def test_a_note_beside_the_bass_is_the_melody_and_beside_the_melody_the_bass(tiny_lm):
+    from engine.model.generate.grammar import Grammar
+    from engine.music.midi import load_seed
+    from tests.conftest import example_seed_bytes
+
+    seed = load_seed(example_seed_bytes())
+    row = plan_row(tiny_lm, GenerationRequest(seed, ComposeOptions(bars=2, rng_seed=0)))
+    low = tiny_lm.codec.config.pitch_low
+    assert row.voice_split == 54 - low
+    loose = plan_row(tiny_lm, GenerationRequest(seed, ComposeOptions(bars=2), Knobs(texture=False)))
+    assert loose.voice_split == -1
+    grammar = Grammar(tiny_lm, [row], torch.device("cpu"))
+    nothing = torch.zeros(1, tiny_lm.codec.n_pitch, dtype=torch.bool)
+    grammar.onset = torch.tensor([[100]])
+    grammar.recent_end[:, -1] = 124  # a bass note (C3) held across this onset
+    grammar.recent_pitch[:, -1] = 48 - low
+    allowed = ~grammar._keep_voices(nothing)[0]
+    assert allowed.nonzero().min().item() == 55 - low  # only the melody's side
+    grammar.recent_pitch[:, -1] = 64 - low  # a melody note (E4) instead
+    allowed = ~grammar._keep_voices(nothing)[0]
+    assert allowed.nonzero().max().item() == 54 - low  # only the bass's side
+    grammar.recent_end[:, -1] = 100  # it ends as this onset begins: nothing sounds, no rule
+    assert not grammar._keep_voices(nothing).any()
