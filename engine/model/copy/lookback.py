@@ -109,6 +109,7 @@ class Lookback:
         self._lag_index = torch.arange(self.lags.size(1), device=device)
         bar = self.lags[:, :1] // LAG_BARS[0]  # (B, 1) ticks per bar; 0: unknown
         self._bar_known, self._bar = bar > 0, bar.clamp_min(1)
+        self._lag_known = self.lags > 0  # (B, L) a row without a bar length has no lagged notes
         # mu by field and level, a 0 after the last level: level -1 (no voter) indexes it
         self._mu = torch.cat([self.mu, self.mu.new_zeros(3, 1)], dim=1)
         # (field, n_classes) -> (B, 1 + W) the seed's values that can vote, by column + 1 (-1:
@@ -116,6 +117,7 @@ class Lookback:
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
         self._found: tuple[int, torch.Tensor] | None = None  # `_grow_phase`'s (column, `_find`)
         self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
+        self._ranked: tuple[torch.Tensor, torch.Tensor] | None = None  # `_pick`'s, per phase
         for col in range(max(0, n - PHASE), n):
             self._grow_phase(col, event[:, col])
         self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
@@ -132,6 +134,7 @@ class Lookback:
         pitch = self.seed_pitch.gather(1, at.clamp_min(0))
         same = (at >= 0) & (pitch == event[:, PITCH, None]) & (pitch >= 0)
         self.phase = torch.where(same, (self.phase + 1).clamp_max(PHASE), 0)
+        self._ranked = None
 
     def append(self, column: int, event: torch.Tensor) -> None:
         """The time and rank of the event (B, 4) just written at `column`."""
@@ -157,6 +160,7 @@ class Lookback:
         )
         self.plan = None if self.plan is None else self.plan[rows]
         self._bar_known, self._bar = self._bar_known[rows], self._bar[rows]
+        self._lag_known, self._ranked = self._lag_known[rows], None
         self._tables = {k: t[rows] for k, t in self._tables.items()}
         self._found = None if self._found is None else (self._found[0], self._found[1][rows])
         self._then = None
@@ -166,7 +170,7 @@ class Lookback:
         -1 where there is none (or the row has no bar length)."""
         key = time * RANKS + rank.clamp_max(RANKS - 1)
         at = torch.searchsorted(self.keys, key).clamp_max(self.seed_end - 1)
-        found = (self.keys.gather(1, at) == key) & (self.lags > 0) & (time > _NEVER // 2)
+        found = (self.keys.gather(1, at) == key) & self._lag_known & (time > _NEVER // 2)
         return torch.where(found, at, -1)
 
     def votes(
@@ -203,7 +207,7 @@ class Lookback:
                 assert pitch is not None
                 same = self._table(event, PITCH, -1).gather(1, at + 1) == pitch
                 value = torch.where(same, value, -1)
-        chosen, level = self._pick(value, self.phase)
+        chosen, level = self._pick(value)
         mu = self._mu[field][level][:, None]
         if self.plan is not None:  # a planned strain: its lag votes, with PLAN_MU
             if field == SHIFT:  # the next lagged onset, even across the seed's first bar line
@@ -244,7 +248,7 @@ class Lookback:
         lagged = now - self.lags  # (B, L)
         at = torch.searchsorted(self.keys, (lagged + 1) * RANKS).clamp_max(self.seed_end - 1)
         time = self.time.gather(1, at)
-        ok = (time > lagged) & (self.lags > 0) & (time > _NEVER // 2)
+        ok = (time > lagged) & self._lag_known & (time > _NEVER // 2)
         ahead = time - lagged
         return torch.where(ok & (ahead < n_classes), ahead, -1)
 
@@ -256,12 +260,15 @@ class Lookback:
         lag = self.plan.gather(1, index.clamp(0, self.plan.size(1) - 1))
         return inside & (lag == self._lag_index)
 
-    def _pick(self, value: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lag that votes: among lags with a value (B, L; -1: none), the longest phase, the
-        shorter lag on a tie. Returns each row's voted class (B,) and level (B,) (-1: none)."""
-        L = value.size(1)
-        score = torch.where(value >= 0, phase * (L + 1) + self._order, -1)  # shorter lags first
-        best = score.argmax(dim=1, keepdim=True)  # (B, 1)
-        ok = score.gather(1, best)[:, 0] >= 0
-        level = torch.where(ok, best[:, 0] * (PHASE + 1) + phase.gather(1, best)[:, 0], -1)
-        return torch.where(ok, value.gather(1, best)[:, 0], -1), level
+    def _pick(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lag that votes: among lags with a value (B, L; -1: none, else a class), the longest
+        phase, the shorter lag on a tie. Returns each row's voted class (B,) and level (B,)
+        (-1: none)."""
+        if self._ranked is None:  # once per note: each lag's score if it votes, and its level
+            L = value.size(1)
+            score = self.phase * (L + 1) + self._order  # >= 1; shorter lags first on a tie
+            self._ranked = (score, self._lag_index * (PHASE + 1) + self.phase)
+        score, level = self._ranked
+        best = torch.where(value >= 0, score, -1).argmax(dim=1, keepdim=True)  # (B, 1)
+        chosen = value.gather(1, best)[:, 0]  # -1 where no lag has a value
+        return chosen, torch.where(chosen >= 0, level.gather(1, best)[:, 0], -1)
