@@ -336,11 +336,10 @@ class CopyMemory:
         mine = self.figure[:, n - most : n].flip(1)  # (B, most) the latest figures, newest first
         same = (self._before == mine[:, None, :]) & (mine != _NONE)[:, None, :]  # (B, W, most)
         length = same.long().cumprod(dim=2).sum(dim=2)  # (B, W) the run of equal figures
-        # (B, 1, 2) the latest pitch and bar position
-        last = self.event[:, n - 1 : n, [PITCH, COPY_POSITION]]
-        exact = (self._prev[..., 0] == last[..., 0]) & (length > 0)
+        last = self.event[:, n - 1 : n]  # (B, 1, 4) the latest event
+        exact = (self._prev[..., 0] == last[..., PITCH]) & (length > 0)
         # aligned: the note before j sat at the bar position the latest note sits at
-        aligned = self._prev[..., 1] == last[..., 1]
+        aligned = self._prev[..., 1] == last[..., COPY_POSITION]
         score = self.params.weight * length.float() + self.params.exact * exact.float()
         score = score + self.params.aligned * aligned.float()
         self._score = score

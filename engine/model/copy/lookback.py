@@ -120,7 +120,8 @@ class Lookback:
         self._ranked: tuple[torch.Tensor, torch.Tensor] | None = None  # `_pick`'s, per phase
         for col in range(max(0, n - PHASE), n):
             self._grow_phase(col, event[:, col])
-        self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
+        # (shift, `_lagged_then`) of the pitch, for the duration
+        self._then: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         # (B, bars): per bar from tick 0, the LAG_BARS index the strain plan replays there, or -1
         # (engine.model.copy.strains); None: no plan
         self.plan: torch.Tensor | None = None
@@ -192,28 +193,24 @@ class Lookback:
             else:
                 at = self._find(now - self.lags, rank.expand_as(self.lags))
             value = self._table(event, SHIFT, n_classes).gather(1, at + 1)
-            onset = now + value  # (B, L) where each lag's vote would put the note
         else:
             assert shift is not None
-            onset = (now + shift).expand_as(self.lags)
-            if self._then is not None and self._then[0] is shift:  # duration after pitch
-                at = self._then[1]
-            else:
-                rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
-                at = self._find(now + shift - self.lags, rank_then)
-                self._then = (shift, at)
-            value = self._table(event, field, n_classes).gather(1, at + 1)
+            if self._then is None or self._then[0] is not shift:  # pitch; duration reuses it
+                self._then = (shift, *self._lagged_then(now, rank, shift))
+            _, column, planned = self._then
+            value = self._table(event, field, n_classes).gather(1, column)
             if field == DURATION:
                 assert pitch is not None
-                same = self._table(event, PITCH, -1).gather(1, at + 1) == pitch
+                same = self._table(event, PITCH, -1).gather(1, column) == pitch
                 value = torch.where(same, value, -1)
         chosen, level = self._pick(value)
         mu = self._mu[field][level][:, None]
         if self.plan is not None:  # a planned strain: its lag votes, with PLAN_MU
             if field == SHIFT:  # the next lagged onset, even across the seed's first bar line
                 value = self._ahead(now, n_classes)
-                onset = now + value
-            planned = self._planned(onset) & (value >= 0)  # (B, L)
+                planned = self._planned(now + value)
+            assert planned is not None
+            planned = planned & (value >= 0)  # (B, L)
             on = planned.any(dim=1)
             pick = planned.long().argmax(dim=1, keepdim=True)
             chosen = torch.where(on, value.gather(1, pick)[:, 0], chosen)
@@ -222,6 +219,17 @@ class Lookback:
         vote = torch.zeros(event.size(0), n_classes + 1, device=event.device)
         vote.scatter_(1, (chosen % (n_classes + 1))[:, None], 1.0)
         return Vote(vote[:, :n_classes], mu, level)
+
+    def _lagged_then(
+        self, now: torch.Tensor, rank: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For the note about to sound `shift` (B, 1) after `now` (B, 1; the latest note's chord
+        rank `rank`): each lag's seed column + 1 (B, L; 0: none, as `_table` reads), and
+        whether the strain plan replays each lag in its bar (B, L; None: no plan)."""
+        rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
+        at = self._find(now + shift - self.lags, rank_then)
+        planned = None if self.plan is None else self._planned(now + shift)
+        return at + 1, planned
 
     def _table(self, event: torch.Tensor, field: int, n_classes: int) -> torch.Tensor:
         """(B, 1 + W) the seed's `field` (SHIFT: the shift of the note after) at column j + 1 of
@@ -253,7 +261,8 @@ class Lookback:
         return torch.where(ok & (ahead < n_classes), ahead, -1)
 
     def _planned(self, onset: torch.Tensor) -> torch.Tensor:
-        """(B, L): whether the strain plan replays each lag in the bar of `onset` (B, L)."""
+        """(B, L): whether the strain plan replays each lag in the bar of `onset` (B, L, or B, 1
+        for one onset for all lags)."""
         assert self.plan is not None
         index = torch.where(self._bar_known, onset // self._bar, -1)
         inside = (index >= 0) & (index < self.plan.size(1))
