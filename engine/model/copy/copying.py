@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from engine.model.copy.lookback import NO_LOOKBACK, Lookback, check_mu
+from engine.model.copy.lookback import NO_LOOKBACK, Lookback, check_mu, mix_chosen
 from engine.model.copy.repeats import (
     NO_REPEAT_BIAS,
     add_repeat_bias,
@@ -301,8 +301,9 @@ class CopyMemory:
             lam = lam * self.rows_on
         mixed = mix_logits(logits, votes, lam)
         if self.lookback_on:
-            vote, mu, _ = self.lookback_votes(field, shift, pitch)
-            mixed = mix_logits(mixed, vote, mu if self.rows_on is None else mu * self.rows_on)
+            i = COPY_FIELDS.index(field)
+            chosen, mu, _ = self.lookback.choice(self.event, self.n, i, self.sizes[i], shift, pitch)
+            mixed = mix_chosen(mixed, chosen, mu if self.rows_on is None else mu * self.rows_on)
         if field != PITCH or shift is None or not self.repeats_on:
             return mixed
         cell, last = self.repeat_cell(shift)

@@ -46,6 +46,14 @@ def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
         raise ValueError("each lookback mu must lie in [0, 1)")
 
 
+def mix_chosen(logits: torch.Tensor, chosen: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """engine.model.copy.copying.mix_logits of a one-hot vote for `chosen` (B,; -1: none, where
+    mu (B, 1) is 0), the same numbers bit for bit (adding mu x 0 adds +0), without the one-hot."""
+    p = torch.softmax(logits.float(), dim=-1) * (1 - mu)
+    p.scatter_add_(1, chosen.clamp_min(0)[:, None], mu)
+    return torch.where(mu > 0, torch.log(p).to(logits.dtype), logits)
+
+
 def chord_ranks(shift: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """(B, N) each note's place in its chord: 0, 1, 2, ... in event order (the distance to the
     chord's first note; a note with shift 0 after a note is in the chord)."""
@@ -184,7 +192,24 @@ class Lookback:
         pitch: torch.Tensor | None = None,
     ) -> Vote:
         """One field's lookback vote (B, n_classes, one-hot or all 0), mu (B, 1) and level (B,;
-        -1: none); `field` 0 shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and
+        -1: none): `choice`'s, its class one-hot."""
+        chosen, mu, level = self.choice(event, n, field, n_classes, shift, pitch)
+        # one-hot at `chosen`; -1 (no vote) lands in an extra last column, cut off
+        vote = torch.zeros(event.size(0), n_classes + 1, device=event.device)
+        vote.scatter_(1, (chosen % (n_classes + 1))[:, None], 1.0)
+        return Vote(vote[:, :n_classes], mu, level)
+
+    def choice(
+        self,
+        event: torch.Tensor,
+        n: int,
+        field: int,
+        n_classes: int,
+        shift: torch.Tensor | None = None,
+        pitch: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One field's lookback vote: the class voted for (B,; -1: none, where mu is 0), mu
+        (B, 1) and level (B,; -1: none); `field` 0 shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and
         `pitch` (B, 1)). In a bar the strain plan replays, its lag votes with PLAN_MU."""
         now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
         if field == SHIFT:  # the shift of the note after the lagged one (a note of the seed's)
@@ -215,10 +240,7 @@ class Lookback:
             pick = planned.long().argmax(dim=1, keepdim=True)
             chosen = torch.where(on, value.gather(1, pick)[:, 0], chosen)
             mu = torch.where(on[:, None], PLAN_MU, mu)
-        # one-hot at `chosen`; -1 (no vote) lands in an extra last column, cut off
-        vote = torch.zeros(event.size(0), n_classes + 1, device=event.device)
-        vote.scatter_(1, (chosen % (n_classes + 1))[:, None], 1.0)
-        return Vote(vote[:, :n_classes], mu, level)
+        return chosen, mu, level
 
     def _lagged_then(
         self, now: torch.Tensor, rank: torch.Tensor, shift: torch.Tensor
