@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from engine.model.copy.lookback import NO_LOOKBACK, Lookback, check_mu
+from engine.model.copy.lookback import NO_LOOKBACK, Lookback, check_mu, mix_chosen
 from engine.model.copy.repeats import (
     NO_REPEAT_BIAS,
     add_repeat_bias,
@@ -211,9 +211,25 @@ class CopyMemory:
             [self.event[:, :1, pitch_position], self.event[:, : W - 1, pitch_position]], 1
         )
         self._prev[:, 0] = _NONE - 1
+        self._constants()
         # the largest shift class and bar position are clamped values (engine.model.copy.lookback)
         top = None if n_position is None else n_position - 1
         self.lookback = Lookback(self.event, self.n, params.lookback, sizes[0] - 2, top)
+
+    def _constants(self) -> None:
+        """What the votes need per note but never changes, made once per request: per note the
+        copy path runs on tiny tensors, where each op's overhead is the cost. The seed's columns
+        never change, nor who can vote there."""
+        W, most, sizes = self.seed_end, self.params.max_match, self.sizes
+        self._seed_shift = self.event[:, :W, SHIFT]
+        self._interval_ok = self.interval[:, :W] > _NONE * 1000
+        self._shift_ok, self._shift_at = _voting(self._seed_shift, sizes[SHIFT])
+        self._duration_ok, self._duration_at = _voting(self.event[:, :W, DURATION], sizes[DURATION])
+        # by the best voter's rank 2m + e, and one more entry for -1 (no voter): its level, and
+        # each field's lambda by that level (0 for none)
+        level = [r // 2 + (most + 1) * (r % 2) for r in range(2 * most + 2)]
+        self._level = torch.tensor(level + [-1], device=self.mix.device)
+        self._lam = torch.cat([self.mix[:, level], self.mix.new_zeros(3, 1)], dim=1)
 
     # --- memory ---------------------------------------------------------------------------------
     def _figures(self, start: int, stop: int) -> None:
@@ -258,6 +274,9 @@ class CopyMemory:
         self.rows_on = None if self.rows_on is None else self.rows_on[rows]
         self._before, self._prev = self._before[rows], self._prev[rows]
         self.repeat_bin = self.repeat_bin[rows]
+        self._seed_shift, self._interval_ok = self._seed_shift[rows], self._interval_ok[rows]
+        self._shift_ok, self._shift_at = self._shift_ok[rows], self._shift_at[rows]
+        self._duration_ok, self._duration_at = self._duration_ok[rows], self._duration_at[rows]
         self.lookback.select(rows)
         self._score = None
 
@@ -282,8 +301,9 @@ class CopyMemory:
             lam = lam * self.rows_on
         mixed = mix_logits(logits, votes, lam)
         if self.lookback_on:
-            vote, mu, _ = self.lookback_votes(field, shift, pitch)
-            mixed = mix_logits(mixed, vote, mu if self.rows_on is None else mu * self.rows_on)
+            i = COPY_FIELDS.index(field)
+            chosen, mu, _ = self.lookback.choice(self.event, self.n, i, self.sizes[i], shift, pitch)
+            mixed = mix_chosen(mixed, chosen, mu if self.rows_on is None else mu * self.rows_on)
         if field != PITCH or shift is None or not self.repeats_on:
             return mixed
         cell, last = self.repeat_cell(shift)
@@ -317,57 +337,59 @@ class CopyMemory:
         mine = self.figure[:, n - most : n].flip(1)  # (B, most) the latest figures, newest first
         same = (self._before == mine[:, None, :]) & (mine != _NONE)[:, None, :]  # (B, W, most)
         length = same.long().cumprod(dim=2).sum(dim=2)  # (B, W) the run of equal figures
-        # (B, 1, 2) the latest pitch and bar position
-        last = self.event[:, n - 1 : n, [PITCH, COPY_POSITION]]
-        exact = (self._prev[..., 0] == last[..., 0]) & (length > 0)
+        last = self.event[:, n - 1 : n]  # (B, 1, 4) the latest event
+        exact = (self._prev[..., 0] == last[..., PITCH]) & (length > 0)
         # aligned: the note before j sat at the bar position the latest note sits at
-        aligned = self._prev[..., 1] == last[..., 1]
+        aligned = self._prev[..., 1] == last[..., COPY_POSITION]
         score = self.params.weight * length.float() + self.params.exact * exact.float()
         score = score + self.params.aligned * aligned.float()
         self._score = score
         self._rank = 2 * length + exact
         return self._score, self._rank
 
-    def _votes(
-        self, field: int, values: torch.Tensor, voters: torch.Tensor, n_classes: int
-    ) -> Vote:
-        """Weighted votes (B, n_classes) of the seed's `voters` (B, W) for `values` (B, W),
-        normalised, and each row's lambda (B, 1) by its best voter's level (B, 1). Only the seed
-        votes (the module's docstring says why)."""
+    def _votes(self, field: int, at: torch.Tensor, ok: torch.Tensor, n_classes: int) -> Vote:
+        """Weighted votes (B, n_classes) of the seed's events that can vote, `ok` (B, W), each for
+        its class `at` (B, W; clamped into range), normalised, each row's lambda (B, 1) by its best
+        voter and that voter's level (B, 1). Only the seed votes (the module's docstring says
+        why)."""
         score, rank = self._match()
-        ok = voters & (values >= 0) & (values < n_classes)
         # weights relative to this field's best voter, so none underflows to 0 for lack of a
-        # better voter that cannot vote here
-        score = score.masked_fill(~ok, float("-inf"))
+        # better voter that cannot vote here; exp(-inf) = 0 for the rest
+        cannot = ~ok
+        score = score.masked_fill(cannot, float("-inf"))
         top = score.amax(dim=1, keepdim=True).clamp_min(-1e30)  # a row without voters: finite
-        weight = torch.where(ok, torch.exp(score - top), 0.0)
-        votes = torch.zeros(values.size(0), n_classes, device=values.device)
-        votes.scatter_add_(1, values.clamp(0, n_classes - 1), weight)
+        weight = torch.exp(score - top)
+        votes = torch.zeros(at.size(0), n_classes, device=at.device)
+        votes.scatter_add_(1, at, weight)
         total = votes.sum(dim=1, keepdim=True)
         # the best voter: longest match first, exact before transposed at the same length
-        best = torch.where(ok, rank, -1).amax(dim=1, keepdim=True)  # (B, 1)
-        best = torch.where(best >= 0, best // 2 + (self.params.max_match + 1) * (best % 2), -1)
-        lam = self.mix[COPY_FIELDS.index(field)][best.clamp_min(0)] * (best >= 0)
-        return Vote(votes / total.clamp_min(1e-30), lam, best)
+        best = rank.masked_fill(cannot, -1).amax(dim=1, keepdim=True)  # (B, 1)
+        lam = self._lam[COPY_FIELDS.index(field)][best]
+        return Vote(votes / total.clamp_min(1e-30), lam, self._level[best])
 
     def shift_votes(self) -> Vote:
-        ev = self.event[:, : self.seed_end]
-        return self._votes(SHIFT, ev[..., SHIFT], ev[..., SHIFT] >= 0, self.sizes[SHIFT])
+        return self._votes(SHIFT, self._shift_at, self._shift_ok, self.sizes[SHIFT])
 
     def pitch_votes(self, shift: torch.Tensor) -> Vote:
         """Given this note's shift (B, 1): the remembered intervals after that shift, applied to
         the last pitch."""
-        n, W = self.n, self.seed_end
+        n, W, n_pitch = self.n, self.seed_end, self.sizes[PITCH]
         last = self.event[:, n - 1 : n, PITCH]  # (B, 1)
-        interval = self.interval[:, :W]
-        voters = (self.event[:, :W, SHIFT] == shift) & (interval > _NONE * 1000) & (last >= 0)
-        return self._votes(PITCH, last + interval, voters, self.sizes[PITCH])
+        values = last + self.interval[:, :W]
+        voters = (self._seed_shift == shift) & self._interval_ok & (last >= 0)
+        ok = voters & (values >= 0) & (values < n_pitch)
+        return self._votes(PITCH, values.clamp(0, n_pitch - 1), ok, n_pitch)
 
     def duration_votes(self, shift: torch.Tensor, pitch: torch.Tensor) -> Vote:
         """Given this note's shift and pitch (B, 1): the durations remembered after the same
         shift and interval."""
         n, W = self.n, self.seed_end
         last = self.event[:, n - 1 : n, PITCH]
-        same = (self.event[:, :W, SHIFT] == shift) & (self.interval[:, :W] == pitch - last)
-        voters = same & (last >= 0)
-        return self._votes(DURATION, self.event[:, :W, DURATION], voters, self.sizes[DURATION])
+        same = (self._seed_shift == shift) & (self.interval[:, :W] == pitch - last)
+        ok = same & (last >= 0) & self._duration_ok
+        return self._votes(DURATION, self._duration_at, ok, self.sizes[DURATION])
+
+
+def _voting(values: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of `values` (B, W) can vote (a class below n_classes), and each clamped into range."""
+    return (values >= 0) & (values < n_classes), values.clamp(0, n_classes - 1)

@@ -46,6 +46,14 @@ def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
         raise ValueError("each lookback mu must lie in [0, 1)")
 
 
+def mix_chosen(logits: torch.Tensor, chosen: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """engine.model.copy.copying.mix_logits of a one-hot vote for `chosen` (B,; -1: none, where
+    mu (B, 1) is 0), the same numbers bit for bit (adding mu x 0 adds +0), without the one-hot."""
+    p = torch.softmax(logits.float(), dim=-1) * (1 - mu)
+    p.scatter_add_(1, chosen.clamp_min(0)[:, None], mu)
+    return torch.where(mu > 0, torch.log(p).to(logits.dtype), logits)
+
+
 def chord_ranks(shift: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """(B, N) each note's place in its chord: 0, 1, 2, ... in event order (the distance to the
     chord's first note; a note with shift 0 after a note is in the chord)."""
@@ -103,10 +111,25 @@ class Lookback:
         self.rank[:, :n] = chord_ranks(shift, real)
         self.keys = self.time[:, :n] * RANKS + self.rank[:, :n].clamp_max(RANKS - 1)  # (B, W)
         self.seed_pitch = event[:, :n, PITCH]
+        # constants per request, made once rather than per note (the copy path runs three times
+        # a note, on tiny tensors, where each op's overhead is what costs)
+        self._order = torch.arange(self.lags.size(1), 0, -1, device=device)  # `_pick`'s tie order
+        self._lag_index = torch.arange(self.lags.size(1), device=device)
+        bar = self.lags[:, :1] // LAG_BARS[0]  # (B, 1) ticks per bar; 0: unknown
+        self._bar_known, self._bar = bar > 0, bar.clamp_min(1)
+        self._lag_known = self.lags > 0  # (B, L) a row without a bar length has no lagged notes
+        # mu by field and level, a 0 after the last level: level -1 (no voter) indexes it
+        self._mu = torch.cat([self.mu, self.mu.new_zeros(3, 1)], dim=1)
+        # (field, n_classes) -> (B, 1 + W) the seed's values that can vote, by column + 1 (-1:
+        # none), so that "no column" (-1) reads -1 at column 0; see `_table`
+        self._tables: dict[tuple[int, int], torch.Tensor] = {}
+        self._found: tuple[int, torch.Tensor] | None = None  # `_grow_phase`'s (column, `_find`)
         self.phase = torch.zeros_like(self.lags)  # (B, L) grown note by note from the seed's end
+        self._ranked: tuple[torch.Tensor, torch.Tensor] | None = None  # `_pick`'s, per phase
         for col in range(max(0, n - PHASE), n):
             self._grow_phase(col, event[:, col])
-        self._then: tuple[torch.Tensor, torch.Tensor] | None = None  # (shift, column) for pitch
+        # (shift, `_lagged_then`) of the pitch, for the duration
+        self._then: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         # (B, bars): per bar from tick 0, the LAG_BARS index the strain plan replays there, or -1
         # (engine.model.copy.strains); None: no plan
         self.plan: torch.Tensor | None = None
@@ -116,9 +139,11 @@ class Lookback:
         lag earlier, pitch and onset; updated for the note (B, 4) at `column`."""
         rank = self.rank[:, column, None].expand_as(self.lags)
         at = self._find(self.time[:, column, None] - self.lags, rank)
+        self._found = (column, at)  # the shift's vote after this note looks up the same notes
         pitch = self.seed_pitch.gather(1, at.clamp_min(0))
         same = (at >= 0) & (pitch == event[:, PITCH, None]) & (pitch >= 0)
         self.phase = torch.where(same, (self.phase + 1).clamp_max(PHASE), 0)
+        self._ranked = None
 
     def append(self, column: int, event: torch.Tensor) -> None:
         """The time and rank of the event (B, 4) just written at `column`."""
@@ -143,6 +168,10 @@ class Lookback:
             self.phase[rows],
         )
         self.plan = None if self.plan is None else self.plan[rows]
+        self._bar_known, self._bar = self._bar_known[rows], self._bar[rows]
+        self._lag_known, self._ranked = self._lag_known[rows], None
+        self._tables = {k: t[rows] for k, t in self._tables.items()}
+        self._found = None if self._found is None else (self._found[0], self._found[1][rows])
         self._then = None
 
     def _find(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
@@ -150,7 +179,7 @@ class Lookback:
         -1 where there is none (or the row has no bar length)."""
         key = time * RANKS + rank.clamp_max(RANKS - 1)
         at = torch.searchsorted(self.keys, key).clamp_max(self.seed_end - 1)
-        found = (self.keys.gather(1, at) == key) & (self.lags > 0) & (time > _NEVER // 2)
+        found = (self.keys.gather(1, at) == key) & self._lag_known & (time > _NEVER // 2)
         return torch.where(found, at, -1)
 
     def votes(
@@ -163,45 +192,83 @@ class Lookback:
         pitch: torch.Tensor | None = None,
     ) -> Vote:
         """One field's lookback vote (B, n_classes, one-hot or all 0), mu (B, 1) and level (B,;
-        -1: none); `field` 0 shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and
+        -1: none): `choice`'s, its class one-hot."""
+        chosen, mu, level = self.choice(event, n, field, n_classes, shift, pitch)
+        # one-hot at `chosen`; -1 (no vote) lands in an extra last column, cut off
+        vote = torch.zeros(event.size(0), n_classes + 1, device=event.device)
+        vote.scatter_(1, (chosen % (n_classes + 1))[:, None], 1.0)
+        return Vote(vote[:, :n_classes], mu, level)
+
+    def choice(
+        self,
+        event: torch.Tensor,
+        n: int,
+        field: int,
+        n_classes: int,
+        shift: torch.Tensor | None = None,
+        pitch: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One field's lookback vote: the class voted for (B,; -1: none, where mu is 0), mu
+        (B, 1) and level (B,; -1: none); `field` 0 shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and
         `pitch` (B, 1)). In a bar the strain plan replays, its lag votes with PLAN_MU."""
-        W = self.seed_end
         now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
         if field == SHIFT:  # the shift of the note after the lagged one (a note of the seed's)
-            at = self._find(now - self.lags, rank.expand_as(self.lags))
-            after = (at + 1).clamp_max(W - 1)
-            value = torch.where((at >= 0) & (at + 1 < W), event[:, :W, SHIFT].gather(1, after), -1)
-            onset = now + value  # (B, L) where each lag's vote would put the note
+            if self._found is not None and self._found[0] == n - 1:
+                at = self._found[1]
+            else:
+                at = self._find(now - self.lags, rank.expand_as(self.lags))
+            value = self._table(event, SHIFT, n_classes).gather(1, at + 1)
         else:
             assert shift is not None
-            onset = (now + shift).expand_as(self.lags)
-            if self._then is not None and self._then[0] is shift:  # duration after pitch
-                at = self._then[1]
-            else:
-                rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
-                at = self._find(now + shift - self.lags, rank_then)
-                self._then = (shift, at)
-            value = event[:, :W, PITCH if field == PITCH else DURATION].gather(1, at.clamp_min(0))
+            if self._then is None or self._then[0] is not shift:  # pitch; duration reuses it
+                self._then = (shift, *self._lagged_then(now, rank, shift))
+            _, column, planned = self._then
+            value = self._table(event, field, n_classes).gather(1, column)
             if field == DURATION:
                 assert pitch is not None
-                same = event[:, :W, PITCH].gather(1, at.clamp_min(0)) == pitch
+                same = self._table(event, PITCH, -1).gather(1, column) == pitch
                 value = torch.where(same, value, -1)
-            value = torch.where(at >= 0, value, -1)
-        value = torch.where(value < n_classes, value, -1)
-        chosen, level = self._pick(value, self.phase)
-        mu = torch.where(level >= 0, self.mu[field][level.clamp_min(0)], 0.0)[:, None]
+        chosen, level = self._pick(value)
+        mu = self._mu[field][level][:, None]
         if self.plan is not None:  # a planned strain: its lag votes, with PLAN_MU
             if field == SHIFT:  # the next lagged onset, even across the seed's first bar line
                 value = self._ahead(now, n_classes)
-                onset = now + value
-            planned = self._planned(onset) & (value >= 0)  # (B, L)
+                planned = self._planned(now + value)
+            assert planned is not None
+            planned = planned & (value >= 0)  # (B, L)
             on = planned.any(dim=1)
             pick = planned.long().argmax(dim=1, keepdim=True)
             chosen = torch.where(on, value.gather(1, pick)[:, 0], chosen)
             mu = torch.where(on[:, None], PLAN_MU, mu)
-        vote = torch.zeros(event.size(0), n_classes, device=event.device)
-        vote.scatter_(1, chosen.clamp_min(0)[:, None], (chosen >= 0).float()[:, None])
-        return Vote(vote, mu, level)
+        return chosen, mu, level
+
+    def _lagged_then(
+        self, now: torch.Tensor, rank: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For the note about to sound `shift` (B, 1) after `now` (B, 1; the latest note's chord
+        rank `rank`): each lag's seed column + 1 (B, L; 0: none, as `_table` reads), and
+        whether the strain plan replays each lag in its bar (B, L; None: no plan)."""
+        rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
+        at = self._find(now + shift - self.lags, rank_then)
+        planned = None if self.plan is None else self._planned(now + shift)
+        return at + 1, planned
+
+    def _table(self, event: torch.Tensor, field: int, n_classes: int) -> torch.Tensor:
+        """(B, 1 + W) the seed's `field` (SHIFT: the shift of the note after) at column j + 1 of
+        the seed's columns j of `event` (which never change), -1 where it is none or not below
+        `n_classes` (-1: any), and at column 0; made once per request."""
+        table = self._tables.get((field, n_classes))
+        if table is None:
+            W = self.seed_end
+            values = event[:, :W, field]
+            if field == SHIFT:  # the next note's: none after the last
+                values = torch.cat([values[:, 1:], torch.full_like(values[:, :1], -1)], 1)
+            none = torch.full_like(values[:, :1], -1)
+            table = torch.cat([none, values], dim=1)
+            if n_classes >= 0:
+                table = torch.where(table < n_classes, table, -1)
+            self._tables[(field, n_classes)] = table
+        return table
 
     def _ahead(self, now: torch.Tensor, n_classes: int) -> torch.Tensor:
         """(B, L) for each lag, the shift from `now` (B, 1) to the seed's first onset after
@@ -211,27 +278,28 @@ class Lookback:
         lagged = now - self.lags  # (B, L)
         at = torch.searchsorted(self.keys, (lagged + 1) * RANKS).clamp_max(self.seed_end - 1)
         time = self.time.gather(1, at)
-        ok = (time > lagged) & (self.lags > 0) & (time > _NEVER // 2)
+        ok = (time > lagged) & self._lag_known & (time > _NEVER // 2)
         ahead = time - lagged
         return torch.where(ok & (ahead < n_classes), ahead, -1)
 
     def _planned(self, onset: torch.Tensor) -> torch.Tensor:
-        """(B, L): whether the strain plan replays each lag in the bar of `onset` (B, L)."""
+        """(B, L): whether the strain plan replays each lag in the bar of `onset` (B, L, or B, 1
+        for one onset for all lags)."""
         assert self.plan is not None
-        bar = self.lags[:, :1] // LAG_BARS[0]  # (B, 1) ticks per bar; 0: unknown
-        index = torch.where(bar > 0, onset // bar.clamp_min(1), -1)
+        index = torch.where(self._bar_known, onset // self._bar, -1)
         inside = (index >= 0) & (index < self.plan.size(1))
         lag = self.plan.gather(1, index.clamp(0, self.plan.size(1) - 1))
-        return inside & (lag == torch.arange(self.lags.size(1), device=onset.device))
+        return inside & (lag == self._lag_index)
 
-    @staticmethod
-    def _pick(value: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lag that votes: among lags with a value (B, L; -1: none), the longest phase, the
-        shorter lag on a tie. Returns each row's voted class (B,) and level (B,) (-1: none)."""
-        L = value.size(1)
-        order = torch.arange(L, 0, -1, device=value.device)  # shorter lags first on a tie
-        score = torch.where(value >= 0, phase * (L + 1) + order, -1)
-        best = score.argmax(dim=1, keepdim=True)  # (B, 1)
-        ok = score.gather(1, best)[:, 0] >= 0
-        level = torch.where(ok, best[:, 0] * (PHASE + 1) + phase.gather(1, best)[:, 0], -1)
-        return torch.where(ok, value.gather(1, best)[:, 0], -1), level
+    def _pick(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lag that votes: among lags with a value (B, L; -1: none, else a class), the longest
+        phase, the shorter lag on a tie. Returns each row's voted class (B,) and level (B,)
+        (-1: none)."""
+        if self._ranked is None:  # once per note: each lag's score if it votes, and its level
+            L = value.size(1)
+            score = self.phase * (L + 1) + self._order  # >= 1; shorter lags first on a tie
+            self._ranked = (score, self._lag_index * (PHASE + 1) + self.phase)
+        score, level = self._ranked
+        best = torch.where(value >= 0, score, -1).argmax(dim=1, keepdim=True)  # (B, 1)
+        chosen = value.gather(1, best)[:, 0]  # -1 where no lag has a value
+        return chosen, torch.where(chosen >= 0, level.gather(1, best)[:, 0], -1)

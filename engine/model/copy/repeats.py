@@ -62,11 +62,11 @@ def repeat_cell(
     (B,), -1 where no bias applies (a chord note, shift 0; an end; no note before; no seed), and the
     latest pitch (B,). `event` (B, W, >= 2): the (shift, pitch, ...) classes so far, newest at
     column n - 1 (columns before the first event hold -1)."""
-    cols = (n - 1 - torch.arange(REPEAT_RUNS, device=event.device)).clamp_min(0)
-    pitch, onset = event[:, cols, PITCH], event[:, cols, SHIFT] > 0  # (B, 3) newest first
-    last = pitch[:, 0]
-    twice = onset[:, 0] & (pitch[:, 1] == last)
-    thrice = twice & onset[:, 1] & (pitch[:, 2] == last)
+    cols = [max(0, n - 1 - k) for k in range(REPEAT_RUNS)]  # newest first
+    pitch = [event[:, c, PITCH] for c in cols]  # (B,) each: plain indexing, no index tensors
+    last = pitch[0]
+    twice = (event[:, cols[0], SHIFT] > 0) & (pitch[1] == last)
+    thrice = twice & (event[:, cols[1], SHIFT] > 0) & (pitch[2] == last)
     run = twice.long() + thrice.long()
     s = shift[:, 0]
     applies = (s > 0) & (s < n_shift - 1) & (last >= 0) & (repeat_bin > 0)

@@ -285,7 +285,10 @@ def _copy_memory(
         return None
     codec = lm.codec
     sizes = (codec.n_shift, codec.n_pitch, codec.n_duration)
-    copying = torch.tensor(on, dtype=torch.float32, device=seed.device)[:, None]
+    # None where every row copies: multiplying by 1 changes nothing, and costs ops per note
+    copying = (
+        None if all(on) else torch.tensor(on, dtype=torch.float32, device=seed.device)[:, None]
+    )
     memory = CopyMemory(seed, seed_len, sizes, params, rows_on=copying, n_position=codec.n_position)
     table = shipped_strains()
     bar = (memory.lookback.lags[:, 0] // LAG_BARS[0]).tolist()  # ticks per bar, read from the seed

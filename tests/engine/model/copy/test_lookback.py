@@ -8,8 +8,15 @@ import json
 import pytest
 import torch
 
-from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyMemory, CopyParams
-from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks
+from engine.model.copy.copying import (
+    COPY_FIELDS,
+    N_LEVELS,
+    NO_COPY,
+    CopyMemory,
+    CopyParams,
+    mix_logits,
+)
+from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks, mix_chosen
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_seed
 from engine.model.generate.request import Knobs
@@ -183,3 +190,17 @@ def test_clamped_bar_positions_and_gaps_give_no_false_bar_length():
         torch.tensor([rows]), torch.tensor([len(rows)]), SIZES, LOOK, n_position=CODEC.n_position
     )
     assert mem.lookback.lags.tolist() == [[144, 288, 576]]
+
+
+def test_mixing_a_chosen_class_is_mix_logits_of_its_one_hot_bit_for_bit():
+    """The decoder mixes the lookback's vote without building the one-hot: the same numbers."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 40, generator=gen) * 4
+    logits[:, ::7] = float("-inf")
+    chosen = torch.tensor([3, -1, 0, 39, 7, -1])
+    mu = torch.tensor([[0.3], [0.0], [0.9], [0.01], [0.0], [0.0]])
+    one_hot = torch.zeros(6, 40)
+    one_hot[chosen >= 0, chosen[chosen >= 0]] = 1.0
+    mixed, expected = mix_chosen(logits, chosen, mu), mix_logits(logits, one_hot, mu)
+    assert torch.equal(mixed.isinf(), expected.isinf())
+    assert torch.equal(mixed[~mixed.isinf()], expected[~expected.isinf()])
