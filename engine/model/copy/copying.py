@@ -148,7 +148,8 @@ def mix_logits(logits: torch.Tensor, votes: torch.Tensor, lam: torch.Tensor) -> 
     same alone or beside rows that copy); chosen per row by `where`, as asking which rows copy
     would cost the GPU a host read per note."""
     p = torch.softmax(logits.float(), dim=-1) * (1 - lam) + votes * lam
-    return torch.where(lam > 0, torch.log(p).to(logits.dtype), logits)
+    log = torch.log(p)
+    return torch.where(lam > 0, log if log.dtype == logits.dtype else log.to(logits.dtype), logits)
 
 
 class CopyMemory:
@@ -207,10 +208,11 @@ class CopyMemory:
         self._before = self.figure[:, before.clamp_min(0)]  # (B, W, most)
         self._before[:, :pad] = _NONE - 1  # never equal to a figure, nor to "no figure"
         pitch_position = [PITCH, COPY_POSITION]
-        self._prev = torch.cat(
+        prev = torch.cat(
             [self.event[:, :1, pitch_position], self.event[:, : W - 1, pitch_position]], 1
         )
-        self._prev[:, 0] = _NONE - 1
+        prev[:, 0] = _NONE - 1
+        self._prev_pitch, self._prev_position = prev[..., 0].contiguous(), prev[..., 1].contiguous()
         self._constants()
         # the largest shift class and bar position are clamped values (engine.model.copy.lookback)
         top = None if n_position is None else n_position - 1
@@ -222,7 +224,8 @@ class CopyMemory:
         never change, nor who can vote there."""
         W, most, sizes = self.seed_end, self.params.max_match, self.sizes
         self._seed_shift = self.event[:, :W, SHIFT]
-        self._interval_ok = self.interval[:, :W] > _NONE * 1000
+        self._seed_interval = self.interval[:, :W]  # the seed's columns: written once
+        self._interval_ok = self._seed_interval > _NONE * 1000
         self._shift_ok, self._shift_at = _voting(self._seed_shift, sizes[SHIFT])
         self._duration_ok, self._duration_at = _voting(self.event[:, :W, DURATION], sizes[DURATION])
         # by the best voter's rank 2m + e, and one more entry for -1 (no voter): its level, and
@@ -230,6 +233,7 @@ class CopyMemory:
         level = [r // 2 + (most + 1) * (r % 2) for r in range(2 * most + 2)]
         self._level = torch.tensor(level + [-1], device=self.mix.device)
         self._lam = torch.cat([self.mix[:, level], self.mix.new_zeros(3, 1)], dim=1)
+        self._lam_rows = tuple(self._lam)  # each field's row, for `take`
 
     # --- memory ---------------------------------------------------------------------------------
     def _figures(self, start: int, stop: int) -> None:
@@ -272,7 +276,8 @@ class CopyMemory:
         self.event, self.interval = self.event[rows], self.interval[rows]
         self.figure = self.figure[rows]
         self.rows_on = None if self.rows_on is None else self.rows_on[rows]
-        self._before, self._prev = self._before[rows], self._prev[rows]
+        self._before, self._seed_interval = self._before[rows], self._seed_interval[rows]
+        self._prev_pitch, self._prev_position = self._prev_pitch[rows], self._prev_position[rows]
         self.repeat_bin = self.repeat_bin[rows]
         self._seed_shift, self._interval_ok = self._seed_shift[rows], self._interval_ok[rows]
         self._shift_ok, self._shift_at = self._shift_ok[rows], self._shift_at[rows]
@@ -337,10 +342,10 @@ class CopyMemory:
         mine = self.figure[:, n - most : n].flip(1)  # (B, most) the latest figures, newest first
         same = (self._before == mine[:, None, :]) & (mine != _NONE)[:, None, :]  # (B, W, most)
         length = same.long().cumprod(dim=2).sum(dim=2)  # (B, W) the run of equal figures
-        last = self.event[:, n - 1 : n]  # (B, 1, 4) the latest event
-        exact = (self._prev[..., 0] == last[..., PITCH]) & (length > 0)
+        last = self.event[:, n - 1]  # (B, 4) the latest event
+        exact = (self._prev_pitch == last[:, PITCH : PITCH + 1]) & (length > 0)
         # aligned: the note before j sat at the bar position the latest note sits at
-        aligned = self._prev[..., 1] == last[..., COPY_POSITION]
+        aligned = self._prev_position == last[:, COPY_POSITION : COPY_POSITION + 1]
         score = self.params.weight * length.float() + self.params.exact * exact.float()
         score = score + self.params.aligned * aligned.float()
         self._score = score
@@ -364,8 +369,8 @@ class CopyMemory:
         total = votes.sum(dim=1, keepdim=True)
         # the best voter: longest match first, exact before transposed at the same length
         best = rank.masked_fill(cannot, -1).amax(dim=1, keepdim=True)  # (B, 1)
-        lam = self._lam[COPY_FIELDS.index(field)][best]
-        return Vote(votes / total.clamp_min(1e-30), lam, self._level[best])
+        lam = self._lam_rows[COPY_FIELDS.index(field)].take(best)
+        return Vote(votes / total.clamp_min(1e-30), lam, self._level.take(best))
 
     def shift_votes(self) -> Vote:
         return self._votes(SHIFT, self._shift_at, self._shift_ok, self.sizes[SHIFT])
@@ -373,9 +378,9 @@ class CopyMemory:
     def pitch_votes(self, shift: torch.Tensor) -> Vote:
         """Given this note's shift (B, 1): the remembered intervals after that shift, applied to
         the last pitch."""
-        n, W, n_pitch = self.n, self.seed_end, self.sizes[PITCH]
+        n, n_pitch = self.n, self.sizes[PITCH]
         last = self.event[:, n - 1 : n, PITCH]  # (B, 1)
-        values = last + self.interval[:, :W]
+        values = last + self._seed_interval
         voters = (self._seed_shift == shift) & self._interval_ok & (last >= 0)
         ok = voters & (values >= 0) & (values < n_pitch)
         return self._votes(PITCH, values.clamp(0, n_pitch - 1), ok, n_pitch)
@@ -383,9 +388,9 @@ class CopyMemory:
     def duration_votes(self, shift: torch.Tensor, pitch: torch.Tensor) -> Vote:
         """Given this note's shift and pitch (B, 1): the durations remembered after the same
         shift and interval."""
-        n, W = self.n, self.seed_end
+        n = self.n
         last = self.event[:, n - 1 : n, PITCH]
-        same = (self._seed_shift == shift) & (self.interval[:, :W] == pitch - last)
+        same = (self._seed_shift == shift) & (self._seed_interval == pitch - last)
         ok = same & (last >= 0) & self._duration_ok
         return self._votes(DURATION, self._duration_at, ok, self.sizes[DURATION])
 

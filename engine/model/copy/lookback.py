@@ -51,7 +51,8 @@ def mix_chosen(logits: torch.Tensor, chosen: torch.Tensor, mu: torch.Tensor) -> 
     mu (B, 1) is 0), the same numbers bit for bit (adding mu x 0 adds +0), without the one-hot."""
     p = torch.softmax(logits.float(), dim=-1) * (1 - mu)
     p.scatter_add_(1, chosen.clamp_min(0)[:, None], mu)
-    return torch.where(mu > 0, torch.log(p).to(logits.dtype), logits)
+    log = torch.log(p)
+    return torch.where(mu > 0, log if log.dtype == logits.dtype else log.to(logits.dtype), logits)
 
 
 def chord_ranks(shift: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,7 @@ class Lookback:
         self._lag_known = self.lags > 0  # (B, L) a row without a bar length has no lagged notes
         # mu by field and level, a 0 after the last level: level -1 (no voter) indexes it
         self._mu = torch.cat([self.mu, self.mu.new_zeros(3, 1)], dim=1)
+        self._mu_rows = tuple(self._mu)  # each field's row, for `take`
         # (field, n_classes) -> (B, 1 + W) the seed's values that can vote, by column + 1 (-1:
         # none), so that "no column" (-1) reads -1 at column 0; see `_table`
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
@@ -211,7 +213,7 @@ class Lookback:
         """One field's lookback vote: the class voted for (B,; -1: none, where mu is 0), mu
         (B, 1) and level (B,; -1: none); `field` 0 shift, 1 pitch (given `shift` (B, 1)), 2 duration (given shift and
         `pitch` (B, 1)). In a bar the strain plan replays, its lag votes with PLAN_MU."""
-        now, rank = self.time[:, n - 1, None], self.rank[:, n - 1, None]  # (B, 1)
+        now, rank = self.time[:, n - 1 : n], self.rank[:, n - 1 : n]  # (B, 1)
         if field == SHIFT:  # the shift of the note after the lagged one (a note of the seed's)
             if self._found is not None and self._found[0] == n - 1:
                 at = self._found[1]
@@ -229,7 +231,7 @@ class Lookback:
                 same = self._table(event, PITCH, -1).gather(1, column) == pitch
                 value = torch.where(same, value, -1)
         chosen, level = self._pick(value)
-        mu = self._mu[field][level][:, None]
+        mu = self._mu_rows[field].take(level[:, None])
         if self.plan is not None:  # a planned strain: its lag votes, with PLAN_MU
             if field == SHIFT:  # the next lagged onset, even across the seed's first bar line
                 value = self._ahead(now, n_classes)

@@ -78,6 +78,6 @@ def add_repeat_bias(
 ) -> torch.Tensor:
     """Pitch logits (B, n) with table's bias (REPEAT_BINS, REPEAT_RUNS) added at the latest
     pitch; rows whose cell is -1 are returned bit for bit."""
-    bias = torch.where(cell >= 0, table.reshape(-1)[cell.clamp_min(0)], 0.0).to(logits.dtype)
+    bias = torch.where(cell >= 0, table.reshape(-1).take(cell.clamp_min(0)), 0.0).to(logits.dtype)
     moved = logits.scatter_add(1, last.clamp_min(0)[:, None], bias[:, None])
     return torch.where((cell >= 0)[:, None], moved, logits)
