@@ -49,7 +49,7 @@ from engine.model.copy.repeats import (
     repeat_cell,
     seed_repeat_bin,
 )
-from engine.model.copy.vote import Vote
+from engine.model.copy.vote import Vote, mix_logits
 from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT
 
 MAX_MATCH = 4  # default: figures compared back from the latest one (longer count as this)
@@ -141,17 +141,6 @@ def shipped_params() -> CopyParams:
         return NO_COPY
 
 
-def mix_logits(logits: torch.Tensor, votes: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """log((1 - lam) softmax(logits) + lam votes): logits (B, n), votes (B, n) summing to 1 (or
-    0 where lam is 0), lam (B, 1). -inf stays -inf where neither gives the class any weight.
-    Rows where lam is 0 keep their logits bit for bit (so a row without copying samples the
-    same alone or beside rows that copy); chosen per row by `where`, as asking which rows copy
-    would cost the GPU a host read per note."""
-    p = torch.softmax(logits.float(), dim=-1) * (1 - lam) + votes * lam
-    log = torch.log(p)
-    return torch.where(lam > 0, log if log.dtype == logits.dtype else log.to(logits.dtype), logits)
-
-
 class CopyMemory:
     """The events so far of B rows, right-aligned so every row's newest event is at `n - 1`.
 
@@ -234,16 +223,24 @@ class CopyMemory:
         self._level = torch.tensor(level + [-1], device=self.mix.device)
         self._lam = torch.cat([self.mix[:, level], self.mix.new_zeros(3, 1)], dim=1)
         self._lam_rows = tuple(self._lam)  # each field's row, for `take`
+        # a voter's score by 2 x its rank + a (aligned): the float32 ops per voter, made once
+        key = torch.arange(4 * (most + 1), device=self.mix.device)
+        p = self.params
+        score = p.weight * (key // 4).float() + p.exact * (key // 2 % 2).float()
+        self._scores = score + p.aligned * (key % 2).float()
 
     # --- memory ---------------------------------------------------------------------------------
     def _figures(self, start: int, stop: int) -> None:
         """Intervals and figure codes of columns start..stop-1 (from the events before them)."""
         lo = max(1, start)
         pitch = self.event[:, lo - 1 : stop, PITCH]  # (B, stop - lo + 1)
-        ok = (pitch[:, 1:] >= 0) & (pitch[:, :-1] >= 0)
-        interval = torch.where(ok, pitch[:, 1:] - pitch[:, :-1], _NONE * 1000)
+        real = pitch >= 0
+        ok = real[:, 1:] & real[:, :-1]
+        interval = torch.where(ok, pitch.diff(dim=1), _NONE * 1000)
         shift = self.event[:, lo:stop, SHIFT]
-        figure = torch.where(ok & (shift >= 0), (interval + 128) * _SPAN + shift, _NONE)
+        # the figure code, (interval + 128) x _SPAN + shift
+        code = torch.add(shift, interval, alpha=_SPAN) + 128 * _SPAN
+        figure = torch.where(ok & (shift >= 0), code, _NONE)
         self.interval[:, lo:stop] = interval
         self.figure[:, lo:stop] = figure
 
@@ -260,10 +257,11 @@ class CopyMemory:
             self._grow()
         ev = torch.cat([shift, pitch, duration, position], dim=1)  # (B, 4)
         eos = shift >= self.sizes[0] - 1  # the shift's last class is EOS
-        self.event[:, self.n] = torch.where(eos | (ev < 0), _NONE, ev)
+        ev = torch.where(eos | (ev < 0), _NONE, ev)
+        self.event[:, self.n] = ev
         self.n += 1
         self._figures(self.n - 1, self.n)
-        self.lookback.append(self.n - 1, self.event[:, self.n - 1])
+        self.lookback.append(self.n - 1, ev)
         self._score = None
 
     def _grow(self) -> None:
@@ -346,10 +344,8 @@ class CopyMemory:
         exact = (self._prev_pitch == last[:, PITCH : PITCH + 1]) & (length > 0)
         # aligned: the note before j sat at the bar position the latest note sits at
         aligned = self._prev_position == last[:, COPY_POSITION : COPY_POSITION + 1]
-        score = self.params.weight * length.float() + self.params.exact * exact.float()
-        score = score + self.params.aligned * aligned.float()
-        self._score = score
         self._rank = 2 * length + exact
+        self._score = self._scores.take(2 * self._rank + aligned)
         return self._score, self._rank
 
     def _votes(self, field: int, at: torch.Tensor, ok: torch.Tensor, n_classes: int) -> Vote:
@@ -360,15 +356,14 @@ class CopyMemory:
         score, rank = self._match()
         # weights relative to this field's best voter, so none underflows to 0 for lack of a
         # better voter that cannot vote here; exp(-inf) = 0 for the rest
-        cannot = ~ok
-        score = score.masked_fill(cannot, float("-inf"))
+        score = torch.where(ok, score, float("-inf"))
         top = score.amax(dim=1, keepdim=True).clamp_min(-1e30)  # a row without voters: finite
         weight = torch.exp(score - top)
         votes = torch.zeros(at.size(0), n_classes, device=at.device)
         votes.scatter_add_(1, at, weight)
         total = votes.sum(dim=1, keepdim=True)
         # the best voter: longest match first, exact before transposed at the same length
-        best = rank.masked_fill(cannot, -1).amax(dim=1, keepdim=True)  # (B, 1)
+        best = torch.where(ok, rank, -1).amax(dim=1, keepdim=True)  # (B, 1)
         lam = self._lam_rows[COPY_FIELDS.index(field)].take(best)
         return Vote(votes / total.clamp_min(1e-30), lam, self._level.take(best))
 

@@ -47,7 +47,7 @@ def check_mu(table: tuple[tuple[float, ...], ...]) -> None:
 
 
 def mix_chosen(logits: torch.Tensor, chosen: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """engine.model.copy.copying.mix_logits of a one-hot vote for `chosen` (B,; -1: none, where
+    """engine.model.copy.vote.mix_logits of a one-hot vote for `chosen` (B,; -1: none, where
     mu (B, 1) is 0), the same numbers bit for bit (adding mu x 0 adds +0), without the one-hot."""
     p = torch.softmax(logits.float(), dim=-1) * (1 - mu)
     p.scatter_add_(1, chosen.clamp_min(0)[:, None], mu)
