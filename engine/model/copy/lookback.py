@@ -139,8 +139,8 @@ class Lookback:
     def _grow_phase(self, column: int, event: torch.Tensor) -> None:
         """`phase`, (B, L): how many of the latest notes (up to PHASE) equal the seed's notes a
         lag earlier, pitch and onset; updated for the note (B, 4) at `column`."""
-        rank = self.rank[:, column, None].expand_as(self.lags)
-        at = self._find(self.time[:, column, None] - self.lags, rank)
+        rank = self.rank[:, column : column + 1]  # (B, 1), for every lag
+        at = self._find(self.time[:, column : column + 1] - self.lags, rank)
         self._found = (column, at)  # the shift's vote after this note looks up the same notes
         pitch = self.seed_pitch.gather(1, at.clamp_min(0))
         same = (at >= 0) & (pitch == event[:, PITCH, None]) & (pitch >= 0)
@@ -177,7 +177,7 @@ class Lookback:
         self._then = None
 
     def _find(self, time: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-        """(B, L) the seed's column of the note at `time` (B, L) with chord rank `rank` (B, L);
+        """(B, L) the seed's column of the note at `time` (B, L) with chord rank `rank` (B, L or 1);
         -1 where there is none (or the row has no bar length)."""
         key = time * RANKS + rank.clamp_max(RANKS - 1)
         at = torch.searchsorted(self.keys, key).clamp_max(self.seed_end - 1)
@@ -218,7 +218,7 @@ class Lookback:
             if self._found is not None and self._found[0] == n - 1:
                 at = self._found[1]
             else:
-                at = self._find(now - self.lags, rank.expand_as(self.lags))
+                at = self._find(now - self.lags, rank)
             value = self._table(event, SHIFT, n_classes).gather(1, at + 1)
         else:
             assert shift is not None
@@ -250,7 +250,7 @@ class Lookback:
         """For the note about to sound `shift` (B, 1) after `now` (B, 1; the latest note's chord
         rank `rank`): each lag's seed column + 1 (B, L; 0: none, as `_table` reads), and
         whether the strain plan replays each lag in its bar (B, L; None: no plan)."""
-        rank_then = torch.where(shift == 0, rank + 1, 0).expand_as(self.lags)
+        rank_then = torch.where(shift == 0, rank + 1, 0)  # (B, 1), for every lag
         at = self._find(now + shift - self.lags, rank_then)
         planned = None if self.plan is None else self._planned(now + shift)
         return at + 1, planned

@@ -67,7 +67,7 @@ def repeat_cell(
     last = pitch[0]
     twice = (event[:, cols[0], SHIFT] > 0) & (pitch[1] == last)
     thrice = twice & (event[:, cols[1], SHIFT] > 0) & (pitch[2] == last)
-    run = twice.long() + thrice.long()
+    run = twice.long() + thrice  # a long plus a bool: a long
     s = shift[:, 0]
     applies = (s > 0) & (s < n_shift - 1) & (last >= 0) & (repeat_bin > 0)
     return torch.where(applies, repeat_bin * REPEAT_RUNS + run, -1), last
@@ -78,6 +78,7 @@ def add_repeat_bias(
 ) -> torch.Tensor:
     """Pitch logits (B, n) with table's bias (REPEAT_BINS, REPEAT_RUNS) added at the latest
     pitch; rows whose cell is -1 are returned bit for bit."""
-    bias = torch.where(cell >= 0, table.reshape(-1).take(cell.clamp_min(0)), 0.0).to(logits.dtype)
+    applies = cell >= 0
+    bias = torch.where(applies, table.reshape(-1).take(cell.clamp_min(0)), 0.0).to(logits.dtype)
     moved = logits.scatter_add(1, last.clamp_min(0)[:, None], bias[:, None])
-    return torch.where((cell >= 0)[:, None], moved, logits)
+    return torch.where(applies[:, None], moved, logits)
