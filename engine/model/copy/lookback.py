@@ -111,7 +111,10 @@ class Lookback:
         self.time[:, :n] = torch.where(real, torch.cumsum(shift.clamp_min(0), dim=1), _NEVER)
         self.rank[:, :n] = chord_ranks(shift, real)
         self.keys = self.time[:, :n] * RANKS + self.rank[:, :n].clamp_max(RANKS - 1)  # (B, W)
-        self.seed_pitch = event[:, :n, PITCH]
+        # the seed's pitches by column + 1, -1 at column 0: what "no column" (-1) reads
+        self.seed_pitch = torch.cat(
+            [torch.full_like(event[:, :1, PITCH], -1), event[:, :n, PITCH]], 1
+        )
         # constants per request, made once rather than per note (the copy path runs three times
         # a note, on tiny tensors, where each op's overhead is what costs)
         self._order = torch.arange(self.lags.size(1), 0, -1, device=device)  # `_pick`'s tie order
@@ -142,8 +145,8 @@ class Lookback:
         rank = self.rank[:, column : column + 1]  # (B, 1), for every lag
         at = self._find(self.time[:, column : column + 1] - self.lags, rank)
         self._found = (column, at)  # the shift's vote after this note looks up the same notes
-        pitch = self.seed_pitch.gather(1, at.clamp_min(0))
-        same = (at >= 0) & (pitch == event[:, PITCH, None]) & (pitch >= 0)
+        pitch = self.seed_pitch.gather(1, at + 1)  # -1 where no note was found
+        same = (pitch == event[:, PITCH, None]) & (pitch >= 0)
         self.phase = torch.where(same, (self.phase + 1).clamp_max(PHASE), 0)
         self._ranked = None
 
