@@ -17,9 +17,9 @@ from engine.model.copy.copying import (
     PARAMS_PATH,
     CopyMemory,
     CopyParams,
-    mix_logits,
     shipped_params,
 )
+from engine.model.copy.vote import mix_logits
 from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_batch, continue_seed
 from engine.model.generate.request import GenerationRequest, Knobs

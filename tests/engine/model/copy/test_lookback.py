@@ -14,9 +14,9 @@ from engine.model.copy.copying import (
     NO_COPY,
     CopyMemory,
     CopyParams,
-    mix_logits,
 )
 from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK, PHASE, bar_ticks, mix_chosen
+from engine.model.copy.vote import mix_logits
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_seed
 from engine.model.generate.request import Knobs
