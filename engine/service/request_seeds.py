@@ -65,14 +65,18 @@ def _shaping(tune: TuneRef, options: ComposeOptions) -> dict[str, Any]:
     return {"tune": tune[2], **{k: asked[k] for k in SHAPING}}
 
 
+def _as_continued(seed: Piece, options: ComposeOptions) -> Piece:
+    """The seed as the decoder continues it: in the instrument and tempo asked, and, for an
+    extension of a closed result, from before its cadence."""
+    return options.seed_as_asked(reopened(seed) if options.reopen_seed else seed)
+
+
 def keep_seed(
     store: ArtifactStore, request_id: int, tune: TuneRef, seed: Piece, options: ComposeOptions
 ) -> str:
     """Keep the request's seed as the decoder continues it: in the instrument and tempo asked,
     and, for an extension of a closed result, from before its cadence. Returns its key."""
-    if options.reopen_seed:
-        seed = reopened(seed)
-    doc = {"made_of": _shaping(tune, options), "piece": piece_to_dict(options.seed_as_asked(seed))}
+    doc = {"made_of": _shaping(tune, options), "piece": piece_to_dict(_as_continued(seed, options))}
     key = seed_piece_key(request_id)
     store.put(key, json.dumps(doc, separators=(",", ":")).encode())
     return key
@@ -106,4 +110,4 @@ def kept_seed(
         if doc.get("made_of") == _shaping(tune, options):
             return piece_from_dict(doc["piece"])
     seed = tune_seed(store, tune, options)
-    return options.seed_as_asked(reopened(seed) if options.reopen_seed else seed)
+    return _as_continued(seed, options)
