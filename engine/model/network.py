@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from engine.model.events import PHRASE, POSITION, SHIFT
 from engine.model.lags import lag_sizes
+from engine.model.pointer import POINTER_FIELDS, SeedPointer, next_fields
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class ModelConfig:
     n_key: int = 0  # 0: no key conditioning; 25: "unknown" + 12 major + 12 minor keys
     n_phrase: int = 0  # 0: no PHRASE input; else bar-in-phrase classes (events.PHRASE_BARS)
     lag_inputs: bool = False  # the decoder reads the lag inputs (engine.model.lags)
+    pointer: bool = False  # a learnt copy path over the seed (engine.model.pointer)
     # width
     d_embed: int = 256
     hidden: int = 384
@@ -75,6 +77,8 @@ class Memory:
     mask: torch.Tensor  # (B, S) True where a real seed step is
     state: State  # the decoder's initial (h, c) per layer
     key: torch.Tensor  # (B,) key class of the seed (0: unknown)
+    pointer_keys: torch.Tensor | None = None  # (B, S, H) the pointer's keys; None: no pointer
+    pointer_next: torch.Tensor | None = None  # (B, S, 3) what each seed step points at
 
     def select(self, rows: torch.Tensor) -> Memory:
         """The memory of some rows only (generation drops rows that have finished)."""
@@ -84,6 +88,8 @@ class Memory:
             mask=self.mask[rows],
             state=[(h[rows], c[rows]) for h, c in self.state],
             key=self.key[rows],
+            pointer_keys=None if self.pointer_keys is None else self.pointer_keys[rows],
+            pointer_next=None if self.pointer_next is None else self.pointer_next[rows],
         )
 
 
@@ -175,11 +181,17 @@ class NoteHeads(nn.Module):
                 ctx = ctx + self.chosen_phrase(note[..., PHRASE])
         return ctx
 
-    def forward(self, o: torch.Tensor, note: torch.Tensor) -> list[torch.Tensor]:
-        # o (B, T, H), note (B, T, 5 or 6) teacher-forced -> 4 x (B, T, n_field)
+    def forward(self, o: torch.Tensor, note: torch.Tensor, point: Any = None) -> list[torch.Tensor]:
+        # o (B, T, H), note (B, T, 5 or 6) teacher-forced -> 4 x (B, T, n_field); point:
+        # (field, hidden, logits) -> log-probabilities, the pointer's mix (None: no pointer)
         ctx, out = o, []
         for field in range(4):
-            out.append(self.logits(field, ctx))
+            if point is not None and field in POINTER_FIELDS:
+                first, act, last = cast(nn.Sequential, self.out[field])
+                hidden = act(first(ctx))
+                out.append(point(field, hidden, last(hidden)))
+            else:
+                out.append(self.logits(field, ctx))
             if field < 3:
                 ctx = self.condition(field, ctx, note)
         return out
@@ -203,6 +215,7 @@ class MotifSeq2Seq(nn.Module):
             self.attn_key = nn.Linear(H, H, bias=False)
             self.attn_out = nn.Linear(2 * H, H)
         self.heads = NoteHeads(cfg)
+        self.pointer = SeedPointer(cfg) if cfg.pointer else None
         # the key also feeds the heads directly: "in this key, these pitches" is one table
         self.head_key = nn.Embedding(cfg.n_key, H) if cfg.n_key else None
         if self.head_key is not None:
@@ -244,7 +257,11 @@ class MotifSeq2Seq(nn.Module):
             state.append((torch.tanh(self.bridge_h(h)), self.bridge_c(h)))
         mask = torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]  # (B, S)
         keys = self.attn_key(x) if self.config.attention else None
-        return Memory(values=x, keys=keys, mask=mask, state=state, key=key)
+        memory = Memory(values=x, keys=keys, mask=mask, state=state, key=key)
+        if self.pointer is not None:
+            memory.pointer_keys = self.pointer.key(x)
+            memory.pointer_next = next_fields(seed, seed_len)
+        return memory
 
     def attend(self, dec: torch.Tensor, memory: Memory) -> torch.Tensor:
         """Luong "general" attention over the seed. dec (B, T, H) -> (B, T, H)."""
@@ -280,7 +297,14 @@ class MotifSeq2Seq(nn.Module):
         c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
         out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)
         o = self._head_input(self.drop(self.attend(out, memory)), memory)  # (B, T, H)
-        return self.heads(o, note)
+        return self.heads(o, note, self._pointing(memory))
+
+    def _pointing(self, memory: Memory) -> Any:
+        """The heads' pointer mix over this memory's seed; None for a model without one."""
+        pointer, keys, nxt = self.pointer, memory.pointer_keys, memory.pointer_next
+        if pointer is None or keys is None or nxt is None:
+            return None
+        return lambda field, hidden, logits: pointer.mix(field, hidden, logits, keys, nxt)
 
     def _head_input(self, o: torch.Tensor, memory: Memory) -> torch.Tensor:
         if self.head_key is None:

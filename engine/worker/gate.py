@@ -100,6 +100,24 @@ def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str,
     }
 
 
+def compare(candidate: Any, active: Any, base_test: list[Piece]) -> dict[str, Any]:
+    """What the gate compares on the base corpus's held-out pieces: NLL per note, collapse and
+    seed fidelity, for the candidate and the active model (LoadedModels)."""
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
+    from engine.model.train.step import evaluate_nll
+
+    seeds = fidelity_seeds(base_test)
+    return {
+        "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get(
+            "nll_per_note"
+        ),
+        "active_base_nll": evaluate_nll(active, base_test, max_windows=256).get("nll_per_note"),
+        "collapse_rate": collapse_rate(candidate, gate_seeds(base_test)),
+        "candidate_fidelity": seed_fidelity(candidate, seeds, base_test),
+        "active_fidelity": seed_fidelity(active, seeds, base_test),
+    }
+
+
 def gate(metrics: dict[str, Any], tolerance: float) -> str | None:
     """None when the candidate may go live; otherwise the reason it may not."""
     cand, act = metrics.get("candidate_base_nll"), metrics.get("active_base_nll")

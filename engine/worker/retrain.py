@@ -41,13 +41,7 @@ from engine.worker.collect import (
     piece_weights,
     split_collected,
 )
-from engine.worker.gate import (
-    collapse_rate,
-    fidelity_seeds,
-    gate,
-    gate_seeds,
-    seed_fidelity,
-)
+from engine.worker.gate import compare, gate
 from engine.worker.training_run import RunRecorder, claim_run
 
 if TYPE_CHECKING:
@@ -240,17 +234,11 @@ def _measure(
     held = [t.piece for t in data.coll_held]
     base_test = data.base_test
     return {
-        "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get(
-            "nll_per_note"
-        ),
-        "active_base_nll": evaluate_nll(active, base_test, max_windows=256).get("nll_per_note"),
+        **compare(candidate, active, base_test),
         "candidate_collected_nll": (
             evaluate_nll(candidate, held).get("nll_per_note") if held else None
         ),
         "active_collected_nll": evaluate_nll(active, held).get("nll_per_note") if held else None,
-        "collapse_rate": collapse_rate(candidate, gate_seeds(base_test)),
-        "candidate_fidelity": seed_fidelity(candidate, fidelity_seeds(base_test), base_test),
-        "active_fidelity": seed_fidelity(active, fidelity_seeds(base_test), base_test),
         "steps": result.steps,
         "tokens_per_s": round(result.tokens_per_s, 1),
         "best_val_nll": result.best_val_nll,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT
 from engine.model.network import Memory, MotifSeq2Seq, State
+from engine.model.pointer import FLOOR, POINTER_FIELDS
 
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -53,6 +54,11 @@ class StepWeights:
     chosen: list[torch.Tensor]  # SHIFT (event rows, 3H), PITCH (n_pitch, 2H), DURATION (n_dur, H)
     head_out: list[torch.Tensor]  # per field (H, n_field), / sqrt(2)
     head_out_bias: list[torch.Tensor]  # per field (n_field,)
+    # the pointer (engine.model.pointer) per pointed field, on the heads' hidden layer x sqrt(2)
+    # as `logits` has it, so scaled by 1/sqrt(2); None: no pointer
+    pointer_query: list[torch.Tensor] | None = None  # (H, H)
+    pointer_gate: list[torch.Tensor] | None = None  # (H, 1)
+    pointer_gate_bias: list[torch.Tensor] | None = None  # (1,)
 
     @classmethod
     def of(cls, model: MotifSeq2Seq) -> StepWeights:
@@ -111,7 +117,20 @@ class StepWeights:
             ],
             head_out=[(lin[2].weight.T * _SQRT_HALF).contiguous() for lin in heads.out],
             head_out_bias=[lin[2].bias.clone() for lin in heads.out],
+            **_pointer_tables(model),
         )
+
+
+def _pointer_tables(model: MotifSeq2Seq) -> dict[str, list[torch.Tensor]]:
+    """StepWeights' pointer fields of the model (none for a model without a pointer)."""
+    pointer = model.pointer
+    if pointer is None:
+        return {}
+    return {
+        "pointer_query": [(q.weight.T * _SQRT_HALF).contiguous() for q in pointer.queries()],
+        "pointer_gate": [(g.weight.T * _SQRT_HALF).contiguous() for g in pointer.gates()],
+        "pointer_gate_bias": [g.bias.clone() for g in pointer.gates()],
+    }
 
 
 def _onset_table(model: MotifSeq2Seq, offsets: tuple[int, ...]) -> torch.Tensor:
@@ -168,6 +187,21 @@ class BatchDecoder:
             self.keys_t = scaled.transpose(1, 2).contiguous()  # (B, H, S)
             pad = torch.zeros_like(memory.mask, dtype=memory.values.dtype)
             self.pad = pad.masked_fill(~memory.mask, float("-inf"))[:, None, :]  # (B, 1, S)
+        self.pointing = w.pointer_query is not None and memory.pointer_keys is not None
+        if self.pointing:
+            self._pointer_memory(memory)
+
+    def _pointer_memory(self, memory: Memory) -> None:
+        """The pointer's per-row tables, as engine.model.pointer.SeedPointer.mix reads them."""
+        assert memory.pointer_keys is not None and memory.pointer_next is not None
+        keys, nxt = memory.pointer_keys, memory.pointer_next
+        self.ptr_keys_t = (keys / math.sqrt(self.weights.hidden)).transpose(1, 2).contiguous()
+        valid = (nxt >= 0).transpose(1, 2)  # (B, 3, S)
+        has = valid.any(dim=-1)  # (B, 3)
+        pad = torch.zeros(valid.shape, dtype=keys.dtype, device=keys.device)
+        self.ptr_pad = pad.masked_fill(~(valid | ~has[..., None]), float("-inf"))  # (B, 3, S)
+        self.ptr_index = nxt.clamp_min(0).transpose(1, 2).contiguous()  # (B, 3, S)
+        self.ptr_has = has.to(keys.dtype)  # (B, 3)
 
     @property
     def offsets(self) -> tuple[int, ...]:
@@ -199,6 +233,9 @@ class BatchDecoder:
         self.values = self.values[rows]
         if self.weights.attn_dec is not None:
             self.keys_t, self.pad = self.keys_t[rows], self.pad[rows]
+        if self.pointing:
+            self.ptr_keys_t, self.ptr_pad = self.ptr_keys_t[rows], self.ptr_pad[rows]
+            self.ptr_index, self.ptr_has = self.ptr_index[rows], self.ptr_has[rows]
 
     @property
     def reads_lags(self) -> bool:
@@ -241,7 +278,24 @@ class BatchDecoder:
         w, H = self.weights, self.weights.hidden
         z = x[:, :H]  # (B, H) the head's first layer output / sqrt(2)
         gelu = torch.addcmul(z, z, torch.erf(z))  # GELU x sqrt(2), faster than F.gelu on CPU
-        return torch.addmm(w.head_out_bias[field], gelu, w.head_out[field])
+        out = torch.addmm(w.head_out_bias[field], gelu, w.head_out[field])
+        if self.pointing and field in POINTER_FIELDS:
+            return self._point(field, gelu, out)
+        return out
+
+    def _point(self, field: int, gelu: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of `field`: the head's logits (B, n) mixed with the pointer over
+        the seed (engine.model.pointer.SeedPointer.mix, one note at a time)."""
+        w = self.weights
+        assert w.pointer_query is not None and w.pointer_gate is not None
+        assert w.pointer_gate_bias is not None
+        q = torch.mm(gelu, w.pointer_query[field])[:, None, :]  # (B, 1, H)
+        scores = torch.baddbmm(self.ptr_pad[:, field : field + 1], q, self.ptr_keys_t)
+        attn = scores.softmax(dim=-1)[:, 0]  # (B, S)
+        copy = logits.new_zeros(logits.shape).scatter_add_(1, self.ptr_index[:, field], attn)
+        gate = torch.addmm(w.pointer_gate_bias[field], gelu, w.pointer_gate[field]).sigmoid()
+        gate = gate * self.ptr_has[:, field : field + 1]  # (B, 1)
+        return torch.lerp(logits.softmax(dim=-1), copy, gate).clamp_min(FLOOR).log()
 
     def choose(self, field: int, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The later heads' input once `field` is chosen: index (B, 1), or for SHIFT (B, 3) the

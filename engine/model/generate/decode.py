@@ -264,15 +264,29 @@ def encode_in_groups(
     keys = None if first.keys is None else first.keys.new_zeros(B, S, H)
     mask = torch.zeros(B, S, dtype=torch.bool, device=seed.device)
     state = [(h.new_zeros(B, H), c.new_zeros(B, H)) for h, c in first.state]
+    pointing = first.pointer_keys is not None
+    ptr_keys = values.new_zeros(B, S, H) if pointing else None
+    ptr_next = torch.full((B, S, 3), -1, dtype=torch.long, device=seed.device)
     for rows, m in parts:
         width = m.values.size(1)
         values[rows, :width] = m.values
         if keys is not None and m.keys is not None:
             keys[rows, :width] = m.keys
+        if ptr_keys is not None and m.pointer_keys is not None and m.pointer_next is not None:
+            ptr_keys[rows, :width] = m.pointer_keys
+            ptr_next[rows, :width] = m.pointer_next
         mask[rows, :width] = m.mask
         for (h, c), (mh, mc) in zip(state, m.state, strict=True):
             h[rows], c[rows] = mh, mc
-    return Memory(values=values, keys=keys, mask=mask, state=state, key=model._key(key, style))
+    return Memory(
+        values=values,
+        keys=keys,
+        mask=mask,
+        state=state,
+        key=model._key(key, style),
+        pointer_keys=ptr_keys,
+        pointer_next=ptr_next if pointing else None,
+    )
 
 
 def _copy_memory(

@@ -37,6 +37,11 @@ class TrainConfig:
     phrase: bool = True
     # the decoder's lag inputs (engine.model.lags); fine-tuning a model without them adds them
     lags: bool = True
+    # a learnt copy path over the seed (engine.model.pointer); fine-tuning a model without it adds it
+    pointer: bool = False
+    # train only the parameters whose names start with one of these (comma-separated, e.g.
+    # "pointer.,heads.chosen_phrase."); empty: all. The rest stay as they were loaded.
+    train_only: str = ""
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -115,6 +120,8 @@ HELP = {
     "key_conditioning": "no conditioning on the seed's key",
     "phrase": "no bar-in-phrase input",
     "lags": "no lag inputs (the seed's notes whole bars back)",
+    "pointer": "a learnt copy path over the seed (a pointer-generator head)",
+    "train_only": "train only parameters whose names start with these (comma-separated)",
     "seed_max": "longest seed window (notes)",
     "target_len": "continuation window (notes)",
     "no_seed_prob": "share of batches trained without a seed (default: %(default)s)",

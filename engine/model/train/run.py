@@ -25,6 +25,7 @@ from engine.model.train.step import (
     EVAL_SEED_LEN,
     EVAL_TARGET_LEN,
     evaluate_windows,
+    freeze,
     learning_rate,
     make_optimizer,
     train_step,
@@ -93,6 +94,7 @@ class Run:
                 model_cfg,
                 n_phrase=model_cfg.n_phrase or (PHRASE_BARS if cfg.phrase else 0),
                 lag_inputs=model_cfg.lag_inputs or cfg.lags,
+                pointer=model_cfg.pointer or cfg.pointer,
             )
         else:
             tok_cfg = TokenizerConfig()
@@ -109,13 +111,21 @@ class Run:
                 n_key=N_KEY if cfg.key_conditioning else 0,
                 n_phrase=PHRASE_BARS if cfg.phrase else 0,
                 lag_inputs=cfg.lags,
+                pointer=cfg.pointer,
             )
         self.model_cfg, self.model = model_cfg, MotifSeq2Seq(model_cfg)
         if cfg.init_from is not None and resume is None:
             # strict but for the phrase and lag embeddings it lacks (zero: no change)
             missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
-            if unexpected or any("phrase" not in n and "embed.lag." not in n for n in missing):
+            added = ("phrase", "embed.lag.", "pointer.")
+            if unexpected or any(not any(a in n for a in added) for n in missing):
                 raise BadParams(f"{cfg.init_from} does not fit: {missing + unexpected}")
+        try:
+            trained = freeze(self.model, cfg.train_only)
+        except ValueError as exc:
+            raise BadParams(str(exc)) from exc
+        if cfg.train_only:
+            log.info("training %d of the model's parameter tensors: %s", len(trained), trained)
         self.model.to(device)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.amp_dtype = None

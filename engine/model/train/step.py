@@ -43,8 +43,9 @@ def make_optimizer(
     """AdamW, weight decay on weight matrices only (not embeddings, biases, start vectors).
     Fused on CPU and CUDA: one kernel over all tensors instead of ~10 small ops per tensor, which
     on CPU cost more than the update itself (the result differs only in the last bits)."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in named if p.dim() < 2 or "embed" in n]
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -54,6 +55,21 @@ def make_optimizer(
         betas=(0.9, 0.99),
         fused=device.type in ("cpu", "cuda"),
     )
+
+
+def freeze(model: torch.nn.Module, train_only: str) -> list[str]:
+    """Leave only the parameters whose names start with one of `train_only`'s comma-separated
+    prefixes trainable (empty: all); returns their names. A prefix that names nothing is an
+    error, so a typo never trains nothing."""
+    prefixes = [p.strip() for p in train_only.split(",") if p.strip()]
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            raise ValueError(f"--train-only {prefix!r} names no parameter of this model")
+    kept = [n for n in names if not prefixes or any(n.startswith(p) for p in prefixes)]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in kept)
+    return kept
 
 
 def teacher_forced(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -176,6 +176,8 @@ def _fast_logits(model, seed, seed_len, style, target, key=None, lags=None) -> l
         {"layers": 3},
         {"n_phrase": 16},
         {"lag_inputs": True},
+        {"pointer": True},
+        {"pointer": True, "attention": False, "n_key": 0},
     ],
 )
 def test_generation_fast_path_equals_the_training_forward(sizes):
@@ -196,6 +198,10 @@ def test_generation_fast_path_equals_the_training_forward(sizes):
             model.heads.chosen_phrase.weight.normal_(std=0.3)
         seed = torch.cat([seed, torch.randint(0, 16, seed.shape[:2])[..., None]], dim=-1)
         target = torch.cat([target, torch.randint(0, 16, target.shape[:2])[..., None]], dim=-1)
+    if model.pointer is not None:  # a trained pointer: queries, keys and gates that matter
+        with torch.no_grad():
+            for param in model.pointer.parameters():
+                param.normal_(std=0.3)
     with torch.no_grad():
         full = model(seed, seed_len, style, target, key, lags)
         fast = _fast_logits(model, seed, seed_len, style, target, key, lags)

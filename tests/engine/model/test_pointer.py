@@ -1,0 +1,96 @@
+"""The learnt copy path over the seed (engine.model.pointer) and training only some parameters."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
+from engine.model.network import ModelConfig, MotifSeq2Seq
+from engine.model.pointer import next_fields
+from engine.model.train.step import freeze, make_optimizer
+
+CODEC = EventCodec()
+
+
+def _model(pointer: bool = True) -> MotifSeq2Seq:
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(
+        CODEC, d_embed=16, hidden=24, layers=1, dropout=0.0, n_key=25, pointer=pointer
+    )
+    return MotifSeq2Seq(cfg).eval()
+
+
+def _events(rows: list[list[tuple[int, int, int]]], width: int) -> torch.Tensor:
+    """(B, width, 5) events from (shift, pitch, duration) triples, velocity 3, position 0."""
+    out = torch.zeros(len(rows), width, 5, dtype=torch.long)
+    for b, row in enumerate(rows):
+        for t, (shift, pitch, duration) in enumerate(row):
+            out[b, t, :3] = torch.tensor([shift, pitch, duration])
+            out[b, t, 3] = 3
+    return out
+
+
+def test_each_seed_step_points_at_the_note_after_it():
+    seed = _events([[(1, 40, 2), (2, 42, 3), (3, 44, 4)], [(4, 50, 5), (5, 52, 6), (0, 0, 0)]], 3)
+    nxt = next_fields(seed, torch.tensor([3, 2]))
+    assert nxt[0].tolist() == [[2, 42, 3], [3, 44, 4], [-1, -1, -1]]
+    assert nxt[1].tolist() == [[5, 52, 6], [-1, -1, -1], [-1, -1, -1]]  # padding points nowhere
+    assert (next_fields(seed[:, :0], torch.tensor([0, 0])) == -1).all()
+
+
+def test_without_a_seed_the_pointer_is_shut():
+    """No seed, or a one-note seed, leaves nothing to point at: the network alone predicts, so
+    what the pointer adds is only ever what the seed tells."""
+    with_ptr, without = _model(True), _model(False)
+    without.load_state_dict(with_ptr.state_dict(), strict=False)
+    target = _events([[(1, 40, 2), (2, 41, 3)], [(1, 60, 2), (1, 62, 2)]], 2)
+    seed = _events([[(1, 40, 2)], [(0, 0, 0)]], 1)
+    args = (seed, torch.tensor([1, 0]), torch.tensor([0, 1]), target)
+    with torch.no_grad():
+        for gate in with_ptr.pointer.gate:
+            gate.bias.fill_(5.0)  # wide open, were there anything to point at
+        a, b = with_ptr(*args), without(*args)
+    for field in (SHIFT, PITCH, DURATION):
+        torch.testing.assert_close(a[field], torch.log_softmax(b[field], -1), atol=1e-5, rtol=0)
+
+
+def test_an_open_pointer_proposes_the_note_that_followed():
+    """Gate open and attention even: the pitch distribution is the seed's next pitches, counted
+    (the seed's last note points at nothing)."""
+    model = _model()
+    with torch.no_grad():
+        for gate in model.pointer.gate:
+            gate.bias.fill_(40.0)  # sigmoid == 1 in float32
+    seed = _events([[(1, 40, 2), (1, 45, 2), (1, 47, 2), (1, 45, 2), (1, 50, 2)]], 5)
+    target = _events([[(1, 45, 2)]], 1)
+    with torch.no_grad():
+        logp = model(seed, torch.tensor([5]), torch.tensor([0]), target)
+    p = logp[PITCH][0, 0].exp()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+    expected = {45: 0.5, 47: 0.25, 50: 0.25}
+    for pitch, share in expected.items():
+        assert p[pitch].item() == pytest.approx(share, abs=1e-5)
+    others = [i for i in range(p.numel()) if i not in expected]
+    assert p[others].max().item() < 1e-20
+
+
+def test_train_only_freezes_the_rest_and_names_its_prefixes():
+    model = _model().train()
+    kept = freeze(model, "pointer.")
+    assert kept and all(n.startswith("pointer.") for n in kept)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(model, SimpleNamespace(weight_decay=0.01, lr=1e-2), torch.device("cpu"))
+    seed = _events([[(1, 40, 2), (1, 45, 2), (1, 47, 2)]], 3)
+    target = _events([[(1, 45, 2), (1, 47, 2)]], 2)
+    logits = model(seed, torch.tensor([3]), torch.tensor([0]), target)
+    (-sum(lg[..., 0].sum() for lg in logits[:3])).backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(kept)
+    with pytest.raises(ValueError, match="names no parameter"):
+        freeze(model, "pointr.")
+    assert len(freeze(model, "")) == len(before)  # empty: everything trains again
+    assert all(p.requires_grad for p in model.parameters())
