@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from engine.model.events import PHRASE, POSITION, SHIFT
 from engine.model.lags import lag_sizes
-from engine.model.pointer import POINTER_FIELDS, SeedPointer, next_fields
+from engine.model.pointer import POINTER_FIELDS, SeedPointer, next_fields, seed_fields
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Memory:
     state: State  # the decoder's initial (h, c) per layer
     key: torch.Tensor  # (B,) key class of the seed (0: unknown)
     pointer_keys: torch.Tensor | None = None  # (B, S, H) the pointer's keys; None: no pointer
-    pointer_next: torch.Tensor | None = None  # (B, S, 3) what each seed step points at
+    pointer_seed: torch.Tensor | None = None  # (B, S, 3) the seed's fields (pointer.seed_fields)
 
     def select(self, rows: torch.Tensor) -> Memory:
         """The memory of some rows only (generation drops rows that have finished)."""
@@ -89,7 +89,7 @@ class Memory:
             state=[(h[rows], c[rows]) for h, c in self.state],
             key=self.key[rows],
             pointer_keys=None if self.pointer_keys is None else self.pointer_keys[rows],
-            pointer_next=None if self.pointer_next is None else self.pointer_next[rows],
+            pointer_seed=None if self.pointer_seed is None else self.pointer_seed[rows],
         )
 
 
@@ -259,8 +259,8 @@ class MotifSeq2Seq(nn.Module):
         keys = self.attn_key(x) if self.config.attention else None
         memory = Memory(values=x, keys=keys, mask=mask, state=state, key=key)
         if self.pointer is not None:
-            memory.pointer_keys = self.pointer.key(x)
-            memory.pointer_next = next_fields(seed, seed_len)
+            memory.pointer_seed = seed_fields(seed, seed_len)
+            memory.pointer_keys = self.pointer.keys(memory.pointer_seed, x)
         return memory
 
     def attend(self, dec: torch.Tensor, memory: Memory) -> torch.Tensor:
@@ -297,14 +297,16 @@ class MotifSeq2Seq(nn.Module):
         c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
         out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)
         o = self._head_input(self.drop(self.attend(out, memory)), memory)  # (B, T, H)
-        return self.heads(o, note, self._pointing(memory))
+        return self.heads(o, note, self._pointing(memory, seed_len, target))
 
-    def _pointing(self, memory: Memory) -> Any:
+    def _pointing(self, memory: Memory, seed_len: torch.Tensor, target: torch.Tensor) -> Any:
         """The heads' pointer mix over this memory's seed; None for a model without one."""
-        pointer, keys, nxt = self.pointer, memory.pointer_keys, memory.pointer_next
-        if pointer is None or keys is None or nxt is None:
+        pointer, keys, fields = self.pointer, memory.pointer_keys, memory.pointer_seed
+        if pointer is None or keys is None or fields is None:
             return None
-        return lambda field, hidden, logits: pointer.mix(field, hidden, logits, keys, nxt)
+        query = pointer.figure_queries(fields, seed_len, target)  # (B, T, H)
+        nxt = next_fields(fields)
+        return lambda field, hidden, logits: pointer.mix(field, hidden, logits, keys, query, nxt)
 
     def _head_input(self, o: torch.Tensor, memory: Memory) -> torch.Tensor:
         if self.head_key is None:

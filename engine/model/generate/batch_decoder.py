@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from engine.model.events import DURATION, PHRASE, PITCH, POSITION, SHIFT
 from engine.model.network import Memory, MotifSeq2Seq, State
-from engine.model.pointer import FLOOR, POINTER_FIELDS
+from engine.model.pointer import FIGURE_NOTES, FLOOR, POINTER_FIELDS, FigureEncoder, next_fields
 
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -59,6 +60,8 @@ class StepWeights:
     pointer_query: list[torch.Tensor] | None = None  # (H, H)
     pointer_gate: list[torch.Tensor] | None = None  # (H, 1)
     pointer_gate_bias: list[torch.Tensor] | None = None  # (1,)
+    pointer_sure: torch.Tensor | None = None  # (3,) the gate's weight on the attention's largest
+    pointer_figures: FigureEncoder | None = None  # the model's own module (not a copy)
 
     @classmethod
     def of(cls, model: MotifSeq2Seq) -> StepWeights:
@@ -121,7 +124,7 @@ class StepWeights:
         )
 
 
-def _pointer_tables(model: MotifSeq2Seq) -> dict[str, list[torch.Tensor]]:
+def _pointer_tables(model: MotifSeq2Seq) -> dict[str, Any]:
     """StepWeights' pointer fields of the model (none for a model without a pointer)."""
     pointer = model.pointer
     if pointer is None:
@@ -130,6 +133,8 @@ def _pointer_tables(model: MotifSeq2Seq) -> dict[str, list[torch.Tensor]]:
         "pointer_query": [(q.weight.T * _SQRT_HALF).contiguous() for q in pointer.queries()],
         "pointer_gate": [(g.weight.T * _SQRT_HALF).contiguous() for g in pointer.gates()],
         "pointer_gate_bias": [g.bias.clone() for g in pointer.gates()],
+        "pointer_sure": pointer.gate_sure.detach().clone(),
+        "pointer_figures": pointer.figures,
     }
 
 
@@ -192,9 +197,11 @@ class BatchDecoder:
             self._pointer_memory(memory)
 
     def _pointer_memory(self, memory: Memory) -> None:
-        """The pointer's per-row tables, as engine.model.pointer.SeedPointer.mix reads them."""
-        assert memory.pointer_keys is not None and memory.pointer_next is not None
-        keys, nxt = memory.pointer_keys, memory.pointer_next
+        """The pointer's per-row tables, as engine.model.pointer.SeedPointer.mix reads them, and
+        the latest notes whose figure queries it (the seed's last ones to begin with)."""
+        assert memory.pointer_keys is not None and memory.pointer_seed is not None
+        keys, fields = memory.pointer_keys, memory.pointer_seed
+        nxt = next_fields(fields)
         self.ptr_keys_t = (keys / math.sqrt(self.weights.hidden)).transpose(1, 2).contiguous()
         valid = (nxt >= 0).transpose(1, 2)  # (B, 3, S)
         has = valid.any(dim=-1)  # (B, 3)
@@ -202,6 +209,16 @@ class BatchDecoder:
         self.ptr_pad = pad.masked_fill(~(valid | ~has[..., None]), float("-inf"))  # (B, 3, S)
         self.ptr_index = nxt.clamp_min(0).transpose(1, 2).contiguous()  # (B, 3, S)
         self.ptr_has = has.to(keys.dtype)  # (B, 3)
+        length = (fields[..., 0] >= 0).sum(dim=1)  # (B,)
+        at = length[:, None] + torch.arange(-FIGURE_NOTES - 1, 0, device=keys.device)[None, :]
+        tail = fields.gather(1, at.clamp_min(0)[..., None].expand(-1, -1, 3))
+        self.ptr_tail = tail.masked_fill((at < 0)[..., None], -1)  # (B, K + 1, 3)
+        self._figure_query()
+
+    def _figure_query(self) -> None:
+        figures = self.weights.pointer_figures
+        assert figures is not None
+        self.ptr_query = figures.latest(self.ptr_tail)  # (B, H)
 
     @property
     def offsets(self) -> tuple[int, ...]:
@@ -236,6 +253,7 @@ class BatchDecoder:
         if self.pointing:
             self.ptr_keys_t, self.ptr_pad = self.ptr_keys_t[rows], self.ptr_pad[rows]
             self.ptr_index, self.ptr_has = self.ptr_index[rows], self.ptr_has[rows]
+            self.ptr_tail, self.ptr_query = self.ptr_tail[rows], self.ptr_query[rows]
 
     @property
     def reads_lags(self) -> bool:
@@ -253,6 +271,10 @@ class BatchDecoder:
             x = self.start
         else:
             x = F.embedding_bag(events.view(-1), w.event_gates, self.bag8, mode="sum")
+            if self.pointing:  # the previous note joins the figure the pointer matches
+                note = events[:, None, :3] - events.new_tensor(w.offsets[:3])
+                self.ptr_tail = torch.cat([self.ptr_tail[:, 1:], note], dim=1)
+                self._figure_query()
         if w.lag_gates is not None and lags is not None:
             index = (lags + self.lag_offsets).view(-1)
             x = x + F.embedding_bag(index, w.lag_gates, self.bag_lag, mode="sum")
@@ -288,12 +310,13 @@ class BatchDecoder:
         the seed (engine.model.pointer.SeedPointer.mix, one note at a time)."""
         w = self.weights
         assert w.pointer_query is not None and w.pointer_gate is not None
-        assert w.pointer_gate_bias is not None
-        q = torch.mm(gelu, w.pointer_query[field])[:, None, :]  # (B, 1, H)
+        assert w.pointer_gate_bias is not None and w.pointer_sure is not None
+        q = torch.addmm(self.ptr_query, gelu, w.pointer_query[field])[:, None, :]  # (B, 1, H)
         scores = torch.baddbmm(self.ptr_pad[:, field : field + 1], q, self.ptr_keys_t)
         attn = scores.softmax(dim=-1)[:, 0]  # (B, S)
         copy = logits.new_zeros(logits.shape).scatter_add_(1, self.ptr_index[:, field], attn)
-        gate = torch.addmm(w.pointer_gate_bias[field], gelu, w.pointer_gate[field]).sigmoid()
+        gate = torch.addmm(w.pointer_gate_bias[field], gelu, w.pointer_gate[field])
+        gate = torch.sigmoid(gate + attn.amax(dim=1, keepdim=True) * w.pointer_sure[field])
         gate = gate * self.ptr_has[:, field : field + 1]  # (B, 1)
         return torch.lerp(logits.softmax(dim=-1), copy, gate).clamp_min(FLOOR).log()
 

@@ -266,15 +266,15 @@ def encode_in_groups(
     state = [(h.new_zeros(B, H), c.new_zeros(B, H)) for h, c in first.state]
     pointing = first.pointer_keys is not None
     ptr_keys = values.new_zeros(B, S, H) if pointing else None
-    ptr_next = torch.full((B, S, 3), -1, dtype=torch.long, device=seed.device)
+    ptr_seed = torch.full((B, S, 3), -1, dtype=torch.long, device=seed.device)
     for rows, m in parts:
         width = m.values.size(1)
         values[rows, :width] = m.values
         if keys is not None and m.keys is not None:
             keys[rows, :width] = m.keys
-        if ptr_keys is not None and m.pointer_keys is not None and m.pointer_next is not None:
+        if ptr_keys is not None and m.pointer_keys is not None and m.pointer_seed is not None:
             ptr_keys[rows, :width] = m.pointer_keys
-            ptr_next[rows, :width] = m.pointer_next
+            ptr_seed[rows, :width] = m.pointer_seed
         mask[rows, :width] = m.mask
         for (h, c), (mh, mc) in zip(state, m.state, strict=True):
             h[rows], c[rows] = mh, mc
@@ -285,7 +285,7 @@ def encode_in_groups(
         state=state,
         key=model._key(key, style),
         pointer_keys=ptr_keys,
-        pointer_next=ptr_next if pointing else None,
+        pointer_seed=ptr_seed if pointing else None,
     )
 
 

@@ -9,7 +9,7 @@ import torch
 
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.network import ModelConfig, MotifSeq2Seq
-from engine.model.pointer import next_fields
+from engine.model.pointer import next_fields, seed_fields
 from engine.model.train.step import freeze, make_optimizer
 
 CODEC = EventCodec()
@@ -35,10 +35,12 @@ def _events(rows: list[list[tuple[int, int, int]]], width: int) -> torch.Tensor:
 
 def test_each_seed_step_points_at_the_note_after_it():
     seed = _events([[(1, 40, 2), (2, 42, 3), (3, 44, 4)], [(4, 50, 5), (5, 52, 6), (0, 0, 0)]], 3)
-    nxt = next_fields(seed, torch.tensor([3, 2]))
+    fields = seed_fields(seed, torch.tensor([3, 2]))
+    assert fields[1].tolist() == [[4, 50, 5], [5, 52, 6], [-1, -1, -1]]
+    nxt = next_fields(fields)
     assert nxt[0].tolist() == [[2, 42, 3], [3, 44, 4], [-1, -1, -1]]
     assert nxt[1].tolist() == [[5, 52, 6], [-1, -1, -1], [-1, -1, -1]]  # padding points nowhere
-    assert (next_fields(seed[:, :0], torch.tensor([0, 0])) == -1).all()
+    assert (next_fields(seed_fields(seed, torch.tensor([0, 0]))) == -1).all()
 
 
 def test_without_a_seed_the_pointer_is_shut():
@@ -64,6 +66,8 @@ def test_an_open_pointer_proposes_the_note_that_followed():
     with torch.no_grad():
         for gate in model.pointer.gate:
             gate.bias.fill_(40.0)  # sigmoid == 1 in float32
+        model.pointer.key_figure.weight.zero_()  # no key: attention even over the seed
+        model.pointer.key.weight.zero_()
     seed = _events([[(1, 40, 2), (1, 45, 2), (1, 47, 2), (1, 45, 2), (1, 50, 2)]], 5)
     target = _events([[(1, 45, 2)]], 1)
     with torch.no_grad():
@@ -75,6 +79,28 @@ def test_an_open_pointer_proposes_the_note_that_followed():
         assert p[pitch].item() == pytest.approx(share, abs=1e-5)
     others = [i for i in range(p.numel()) if i not in expected]
     assert p[others].max().item() < 1e-20
+
+
+def test_the_pointer_finds_the_figure_it_is_in():
+    """Keys and queries that are the figure embedding itself: the seed step whose figure equals
+    the latest notes' is attended most, so the note that followed it is proposed."""
+    model = _model()
+    pointer = model.pointer
+    H = model.config.hidden
+    with torch.no_grad():
+        pointer.key.weight.zero_()
+        pointer.key_figure.weight.copy_(torch.eye(H) * 8.0)  # score: 8 x figure . figure / sqrt(H)
+        for gate in pointer.gate:
+            gate.bias.fill_(40.0)
+    tune = [(1, p, 2) for p in (40, 43, 47, 52, 41, 38, 36)]
+    seed = _events([tune + tune], 2 * len(tune))  # the tune twice: its figures recur in full
+    # the continuation begins the tune a third time: after 40 43 47 comes 52
+    target = _events([tune[:4]], 4)
+    with torch.no_grad():
+        logp = model(seed, torch.tensor([2 * len(tune)]), torch.tensor([0]), target)
+    p = logp[PITCH][0, 3].exp()
+    assert p.argmax().item() == 52
+    assert p[52].item() > 2 * max(p[q].item() for q in (43, 47, 41, 38, 36))
 
 
 def test_train_only_freezes_the_rest_and_names_its_prefixes():
