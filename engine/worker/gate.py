@@ -100,21 +100,28 @@ def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str,
     }
 
 
-def compare(candidate: Any, active: Any, base_test: list[Piece]) -> dict[str, Any]:
-    """What the gate compares on the base corpus's held-out pieces: NLL per note, collapse and
-    seed fidelity, for the candidate and the active model (LoadedModels)."""
+def model_figures(lm: Any, base_test: list[Piece]) -> dict[str, Any]:
+    """One model's side of the gate on the base corpus's held-out pieces: NLL per note, the
+    share of collapsed continuations, and seed fidelity."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.train.step import evaluate_nll
 
-    seeds = fidelity_seeds(base_test)
     return {
-        "candidate_base_nll": evaluate_nll(candidate, base_test, max_windows=256).get(
-            "nll_per_note"
-        ),
-        "active_base_nll": evaluate_nll(active, base_test, max_windows=256).get("nll_per_note"),
-        "collapse_rate": collapse_rate(candidate, gate_seeds(base_test)),
-        "candidate_fidelity": seed_fidelity(candidate, seeds, base_test),
-        "active_fidelity": seed_fidelity(active, seeds, base_test),
+        "base_nll": evaluate_nll(lm, base_test, max_windows=256).get("nll_per_note"),
+        "collapse_rate": collapse_rate(lm, gate_seeds(base_test)),
+        "fidelity": seed_fidelity(lm, fidelity_seeds(base_test), base_test),
+    }
+
+
+def compare(cand: dict[str, Any], act: dict[str, Any]) -> dict[str, Any]:
+    """What the gate compares: the candidate's and the active model's `model_figures` side by
+    side; the collapse share is the candidate's."""
+    return {
+        "candidate_base_nll": cand["base_nll"],
+        "active_base_nll": act["base_nll"],
+        "collapse_rate": cand["collapse_rate"],
+        "candidate_fidelity": cand["fidelity"],
+        "active_fidelity": act["fidelity"],
     }
 
 

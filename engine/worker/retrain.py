@@ -41,7 +41,7 @@ from engine.worker.collect import (
     piece_weights,
     split_collected,
 )
-from engine.worker.gate import compare, gate
+from engine.worker.gate import compare, gate, model_figures
 from engine.worker.training_run import RunRecorder, claim_run
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def _measure(
     held = [t.piece for t in data.coll_held]
     base_test = data.base_test
     return {
-        **compare(candidate, active, base_test),
+        **compare(model_figures(candidate, base_test), model_figures(active, base_test)),
         "candidate_collected_nll": (
             evaluate_nll(candidate, held).get("nll_per_note") if held else None
         ),
