@@ -215,7 +215,8 @@ class MotifSeq2Seq(nn.Module):
             self.attn_key = nn.Linear(H, H, bias=False)
             self.attn_out = nn.Linear(2 * H, H)
         self.heads = NoteHeads(cfg)
-        self.pointer = SeedPointer(cfg) if cfg.pointer else None
+        sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration)
+        self.pointer = SeedPointer(sizes, H) if cfg.pointer else None
         # the key also feeds the heads directly: "in this key, these pitches" is one table
         self.head_key = nn.Embedding(cfg.n_key, H) if cfg.n_key else None
         if self.head_key is not None:

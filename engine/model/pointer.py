@@ -12,15 +12,12 @@ seed tells. The heads then give log-probabilities, which every consumer of logit
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
 
 from engine.model.events import DURATION, PITCH, SHIFT
-
-if TYPE_CHECKING:
-    from engine.model.network import ModelConfig
 
 POINTER_FIELDS = (SHIFT, PITCH, DURATION)  # index in this tuple == the field's column
 FIGURE_NOTES = 6  # notes in a figure the attention matches
@@ -48,9 +45,9 @@ class FigureEncoder(nn.Module):
     """A vector per position of a note sequence for the window of `FIGURE_NOTES` notes ending
     there (notes before the start count as none); -1 fields are none."""
 
-    def __init__(self, cfg: ModelConfig, out: int) -> None:
+    def __init__(self, sizes: tuple[int, int, int], out: int) -> None:
         super().__init__()
-        self.sizes = (cfg.n_shift, cfg.n_pitch, cfg.n_duration, 2 * MAX_INTERVAL + 1)
+        self.sizes = (*sizes, 2 * MAX_INTERVAL + 1)  # shift, pitch, duration; interval
         self.tables = nn.ModuleList(nn.Embedding(n + 1, FIGURE_DIM) for n in self.sizes)
         self.mix = nn.Linear(FIGURE_NOTES * FIGURE_DIM, out)
 
@@ -86,12 +83,11 @@ class FigureEncoder(nn.Module):
 
 class SeedPointer(nn.Module):
     """The pointer's parameters: the figure encoder, keys of the seed's steps, and a query and a
-    gate per field."""
+    gate per field. `sizes`: the classes of shift, pitch and duration; H: the network's width."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, sizes: tuple[int, int, int], H: int) -> None:
         super().__init__()
-        H = cfg.hidden
-        self.figures = FigureEncoder(cfg, H)
+        self.figures = FigureEncoder(sizes, H)
         self.key_figure = nn.Linear(H, H, bias=False)
         self.key = nn.Linear(H, H, bias=False)  # on the encoder's states
         self.query = nn.ModuleList(nn.Linear(H, H, bias=False) for _ in POINTER_FIELDS)

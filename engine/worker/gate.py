@@ -100,14 +100,19 @@ def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str,
     }
 
 
-def model_figures(lm: Any, base_test: list[Piece]) -> dict[str, Any]:
-    """One model's side of the gate on the base corpus's held-out pieces: NLL per note, the
-    share of collapsed continuations, and seed fidelity."""
+def nll_per_note(lm: Any, pieces: list[Piece], max_windows: int | None = None) -> float | None:
+    """The model's NLL per note event on `pieces` (engine.model.train.step.evaluate_nll)."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.train.step import evaluate_nll
 
+    return evaluate_nll(lm, pieces, max_windows=max_windows).get("nll_per_note")
+
+
+def model_figures(lm: Any, base_test: list[Piece]) -> dict[str, Any]:
+    """One model's side of the gate on the base corpus's held-out pieces: NLL per note, the
+    share of collapsed continuations, and seed fidelity."""
     return {
-        "base_nll": evaluate_nll(lm, base_test, max_windows=256).get("nll_per_note"),
+        "base_nll": nll_per_note(lm, base_test, max_windows=256),
         "collapse_rate": collapse_rate(lm, gate_seeds(base_test)),
         "fidelity": seed_fidelity(lm, fidelity_seeds(base_test), base_test),
     }

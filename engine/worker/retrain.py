@@ -41,7 +41,7 @@ from engine.worker.collect import (
     piece_weights,
     split_collected,
 )
-from engine.worker.gate import compare, gate, model_figures
+from engine.worker.gate import compare, gate, model_figures, nll_per_note
 from engine.worker.training_run import RunRecorder, claim_run
 
 if TYPE_CHECKING:
@@ -226,7 +226,6 @@ def _measure(
     collapse and seed fidelity, for the candidate and the active model."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.checkpoint import load_checkpoint
-    from engine.model.train.step import evaluate_nll
     from engine.worker.loaded import load_version
 
     candidate = load_checkpoint(out, device=device)
@@ -235,10 +234,8 @@ def _measure(
     base_test = data.base_test
     return {
         **compare(model_figures(candidate, base_test), model_figures(active, base_test)),
-        "candidate_collected_nll": (
-            evaluate_nll(candidate, held).get("nll_per_note") if held else None
-        ),
-        "active_collected_nll": evaluate_nll(active, held).get("nll_per_note") if held else None,
+        "candidate_collected_nll": (nll_per_note(candidate, held) if held else None),
+        "active_collected_nll": nll_per_note(active, held) if held else None,
         "steps": result.steps,
         "tokens_per_s": round(result.tokens_per_s, 1),
         "best_val_nll": result.best_val_nll,

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import BadParams
 from engine.model.checkpoint import load_checkpoint, pick_device, save_checkpoint
 from engine.model.events import PHRASE_BARS, SHIFT, EventCodec, TokenizerConfig
 from engine.model.generate.plan import N_KEY
@@ -27,6 +26,7 @@ from engine.model.train.step import (
     evaluate_windows,
     freeze,
     learning_rate,
+    load_base,
     make_optimizer,
     train_step,
 )
@@ -103,11 +103,10 @@ class Run:
         if model_cfg is None:
             model_cfg = ModelConfig.for_codec(
                 self.codec,
-                d_embed=cfg.d_embed,
-                hidden=cfg.hidden,
-                layers=cfg.layers,
-                dropout=cfg.dropout,
-                attention=cfg.attention,
+                **{
+                    k: getattr(cfg, k)
+                    for k in ("d_embed", "hidden", "layers", "dropout", "attention")
+                },
                 n_key=N_KEY if cfg.key_conditioning else 0,
                 n_phrase=PHRASE_BARS if cfg.phrase else 0,
                 lag_inputs=cfg.lags,
@@ -115,17 +114,8 @@ class Run:
             )
         self.model_cfg, self.model = model_cfg, MotifSeq2Seq(model_cfg)
         if cfg.init_from is not None and resume is None:
-            # strict but for the phrase and lag embeddings it lacks (zero: no change)
-            missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
-            added = ("phrase", "embed.lag.", "pointer.")
-            if unexpected or any(not any(a in n for a in added) for n in missing):
-                raise BadParams(f"{cfg.init_from} does not fit: {missing + unexpected}")
-        try:
-            trained = freeze(self.model, cfg.train_only)
-        except ValueError as exc:
-            raise BadParams(str(exc)) from exc
-        if cfg.train_only:
-            log.info("training %d of the model's parameter tensors: %s", len(trained), trained)
+            load_base(self.model, base.model, cfg.init_from)
+        freeze(self.model, cfg.train_only)
         self.model.to(device)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.amp_dtype = None

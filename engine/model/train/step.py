@@ -5,17 +5,21 @@ the promotion gate compares models with."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
+from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.events import SHIFT
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
 from engine.model.train.data import encode_pieces, eval_batches
 from engine.music.notes import Piece
+
+log = logging.getLogger(__name__)
 
 FIELD_NAMES = ("shift", "pitch", "duration", "velocity")
 EVAL_SEED_LEN = 64  # evaluation windows: fixed, so NLLs of different models compare
@@ -57,6 +61,17 @@ def make_optimizer(
     )
 
 
+# parts a fine-tune may add to its base model: they start at zero or shut, so change nothing at first
+ADDED_PARTS = ("phrase", "embed.lag.", "pointer.")
+
+
+def load_base(model: torch.nn.Module, base: torch.nn.Module, name: object) -> None:
+    """The base model's weights into `model`, strictly but for the ADDED_PARTS it lacks."""
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not any(a in n for a in ADDED_PARTS) for n in missing):
+        raise BadParams(f"{name} does not fit: {missing + unexpected}")
+
+
 def freeze(model: torch.nn.Module, train_only: str) -> list[str]:
     """Leave only the parameters whose names start with one of `train_only`'s comma-separated
     prefixes trainable (empty: all); returns their names. A prefix that names nothing is an
@@ -65,10 +80,12 @@ def freeze(model: torch.nn.Module, train_only: str) -> list[str]:
     names = [n for n, _ in model.named_parameters()]
     for prefix in prefixes:
         if not any(n.startswith(prefix) for n in names):
-            raise ValueError(f"--train-only {prefix!r} names no parameter of this model")
+            raise BadParams(f"--train-only {prefix!r} names no parameter of this model")
     kept = [n for n in names if not prefixes or any(n.startswith(p) for p in prefixes)]
     for n, p in model.named_parameters():
         p.requires_grad_(n in kept)
+    if prefixes:
+        log.info("training %d of the model's parameter tensors: %s", len(kept), kept)
     return kept
 
 

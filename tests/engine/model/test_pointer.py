@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from engine.errors import BadParams
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.model.pointer import next_fields, seed_fields
@@ -116,7 +117,7 @@ def test_train_only_freezes_the_rest_and_names_its_prefixes():
     opt.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(kept)
-    with pytest.raises(ValueError, match="names no parameter"):
+    with pytest.raises(BadParams, match="names no parameter"):
         freeze(model, "pointr.")
     assert len(freeze(model, "")) == len(before)  # empty: everything trains again
     assert all(p.requires_grad for p in model.parameters())
