@@ -269,7 +269,7 @@ def seed_information_gain(
     generates; False: the network alone."""
     # deferred: fidelity stays numpy-only until the model is asked for (module docstring)
     from engine.model.copy.copying import NO_COPY, shipped_params
-    from engine.model.train.copy_fit import copy_nll
+    from engine.model.train.copy_mix import copy_nll
     from engine.model.train.step import evaluate_windows
 
     params = shipped_params() if copy else NO_COPY

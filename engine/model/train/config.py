@@ -42,6 +42,9 @@ class TrainConfig:
     # train only the parameters whose names start with one of these (comma-separated, e.g.
     # "pointer.,heads.chosen_phrase."); empty: all. The rest stay as they were loaded.
     train_only: str = ""
+    # train and pick the best checkpoint by the NLL with the shipped copy path mixed in (as it
+    # generates), so the network learns what the copy path misses
+    through_copy: bool = False
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -122,6 +125,7 @@ HELP = {
     "lags": "no lag inputs (the seed's notes whole bars back)",
     "pointer": "a learnt copy path over the seed (a pointer-generator head)",
     "train_only": "train only parameters whose names start with these (comma-separated)",
+    "through_copy": "train through the shipped copy path (engine/data/copy-params.json)",
     "seed_max": "longest seed window (notes)",
     "target_len": "continuation window (notes)",
     "no_seed_prob": "share of batches trained without a seed (default: %(default)s)",

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from engine.model.checkpoint import load_checkpoint
-from engine.model.copy.copying import COPY_FIELDS, MAX_MATCH, CopyMemory, CopyParams
+from engine.model.copy.copying import COPY_FIELDS, MAX_MATCH, CopyParams
 from engine.model.copy.lookback import LOOKBACK_LEVELS, NO_LOOKBACK
 from engine.model.copy.repeats import REPEAT_BINS, REPEAT_RUNS
-from engine.model.copy.vote import Vote
 from engine.model.corpus.load import load_corpus
-from engine.model.events import DURATION, PITCH, POSITION, SHIFT, VELOCITY
-from engine.model.network import IGNORE, MotifSeq2Seq
+from engine.model.events import PITCH
+from engine.model.network import MotifSeq2Seq
+from engine.model.train.copy_mix import collect, mixed_p, nll_of, no_mix
 from engine.model.train.data import encode_pieces, eval_batches
 from engine.model.train.step import EVAL_SEED_LEN, EVAL_TARGET_LEN
 from engine.settings import DEFAULT_MODEL_PATH
@@ -42,160 +42,6 @@ LAMBDAS = np.round(np.arange(0.0, 0.96, 0.01), 2)  # lambdas tried per field and
 BIASES = tuple(np.round(np.arange(-4.0, 4.001, 0.05), 2))  # repeat biases tried per cell
 
 
-def _zeros(max_match: int) -> tuple[tuple[float, ...], ...]:
-    return ((0.0,) * (2 * (max_match + 1)),) * len(COPY_FIELDS)
-
-
-def _sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
-    cfg = model.config
-    return cfg.n_shift, cfg.n_pitch, cfg.n_duration
-
-
-def _weights(w: float, e: float, a: float, max_match: int) -> CopyParams:
-    """Voter weights with every lambda 0: the votes alone, to score."""
-    return CopyParams(w, e, _zeros(max_match), a)
-
-
-def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> Vote:
-    if f == SHIFT:
-        return mem.shift_votes()
-    if f == PITCH:
-        return mem.pitch_votes(s)
-    return mem.duration_votes(s, p)
-
-
-def _at(probs: torch.Tensor, index: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """probs (B, n) at index (B, 1), the scored rows only."""
-    return probs.gather(1, index.clamp_min(0))[:, 0][scored]
-
-
-@torch.no_grad()
-def _observe(
-    model: MotifSeq2Seq,
-    batch: dict[str, torch.Tensor],
-    grid: Sequence[tuple[float, float, float]],
-    max_match: int,
-) -> dict[str, torch.Tensor]:
-    """Per predicted field of every target note: the model's log-probability of the truth
-    ("m"), the votes' probability of it ("c", one column per (weight, exact, aligned) of `grid`),
-    the best voter's level ("b"; -1: no voter; it does not depend on the weights), the lookback's
-    vote for it and its level ("g", "l"); for pitches, the same for the latest pitch and the
-    repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Returns flat tensors,
-    and the velocity NLL summed."""
-    seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
-    logits = model(seed, seed_len, batch["style"], target, batch["key"], batch.get("lags"))
-    logp = [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
-    sizes = _sizes(model)
-    T = target.size(1)
-    out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
-    out.update({k: [] for k in ("rm", "rc", "rg", "rcell", "ris")})
-    n_position = model.config.n_position
-    memories = [
-        CopyMemory(seed, seed_len, sizes, _weights(w, e, a, max_match), T, n_position=n_position)
-        for w, e, a in grid
-    ]
-    first = memories[0]
-    for t in range(T):
-        truth = target[:, t]  # (B, 5)
-        s, p, d = (
-            truth[:, SHIFT : SHIFT + 1],
-            truth[:, PITCH : PITCH + 1],
-            truth[:, DURATION:][:, :1],
-        )
-        cell, last = first.repeat_cell(s)
-        for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
-            scored = value[:, 0] != IGNORE  # (B,)
-            if not bool(scored.any()):
-                continue
-            each = [_field_votes(mem, f, s, p) for mem in memories]
-            votes = [v.votes for v in each]
-            out[f"b{f}"].append(each[0].level[:, 0][scored])
-            out[f"m{f}"].append(_at(logp[f][:, t], value, scored))
-            out[f"c{f}"].append(torch.stack([_at(v, value, scored) for v in votes], dim=1))
-            vote, _, level = first.lookback_votes(f, s, p)
-            out[f"g{f}"].append(_at(vote, value, scored))
-            out[f"l{f}"].append(level[scored])
-            if f == PITCH:  # the latest pitch again: what the repeat bias acts on
-                again = last[:, None]
-                out["rm"].append(_at(logp[f][:, t], again, scored))
-                out["rc"].append(torch.stack([_at(v, again, scored) for v in votes], dim=1))
-                out["rg"].append(_at(vote, again, scored))
-                out["rcell"].append(cell[scored])
-                out["ris"].append((p[:, 0] == last)[scored])
-        for mem in memories:
-            mem.append(s, p, d, truth[:, POSITION : POSITION + 1])
-    velocity = target[..., VELOCITY]
-    vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
-    result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
-    result["velocity_nll"] = (vel_nll * (velocity != IGNORE)).sum().double()
-    result["notes"] = (target[..., SHIFT] != IGNORE).sum()
-    return result
-
-
-def _collect(
-    model: MotifSeq2Seq,
-    batches: Iterable[dict[str, torch.Tensor]],
-    device: torch.device,
-    grid: Sequence[tuple[float, float, float]],
-    max_match: int,
-) -> dict[str, torch.Tensor]:
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        for k, v in _observe(model, batch, grid, max_match).items():
-            parts.setdefault(k, []).append(v.cpu().reshape(-1) if v.dim() <= 1 else v.cpu())
-    model.train(was_training)
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def _mixed_nll(logp_model: torch.Tensor, p_copy: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    p = torch.exp(logp_model.double()) * (1 - lam) + p_copy.double() * lam
-    return -torch.log(p.clamp_min(1e-300))
-
-
-def _by_level(table: Sequence[float], level: torch.Tensor) -> torch.Tensor:
-    """table[level] per note, 0 where the level is -1."""
-    values = torch.tensor(table, dtype=torch.float64)
-    return torch.where(level >= 0, values[level.clamp_min(0)], 0.0)
-
-
-def _p(
-    seen: dict[str, torch.Tensor], f: int, params: CopyParams, col: int, key: str = ""
-) -> torch.Tensor:
-    """The mixed probability (network, copy votes, lookback) of each scored note's true value of
-    field f, or (key "r") of the latest pitch."""
-    i = COPY_FIELDS.index(f)
-    lam = _by_level(params.mix[i], seen[f"b{f}"])
-    mu = _by_level(params.lookback[i], seen[f"l{f}"])
-    m, c, g = (
-        (seen["rm"], seen["rc"], seen["rg"])
-        if key
-        else (seen[f"m{f}"], seen[f"c{f}"], seen[f"g{f}"])
-    )
-    p_copy = torch.exp(-_mixed_nll(m, c[:, col], lam))
-    return p_copy * (1 - mu) + g.double() * mu
-
-
-def _nll_of(seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int) -> dict[str, Any]:
-    total = float(seen["velocity_nll"].sum())
-    per_field = {}
-    for f in COPY_FIELDS:
-        nll_each = -torch.log(_p(seen, f, params, weight_col).clamp_min(1e-300))
-        if f == PITCH and params.repeats:
-            p_rep = _p(seen, f, params, weight_col, "r")
-            bias = _by_level(tuple(b for row in params.repeat for b in row), seen["rcell"])
-            nll_each = (
-                nll_each - bias * seen["ris"].double() + torch.log1p(p_rep * torch.expm1(bias))
-            )
-        nll = float(nll_each.sum())
-        per_field[f] = nll
-        total += nll
-    notes = int(seen["notes"].sum())
-    return {"nll_per_note": total / max(1, notes), "notes": notes, "fields": per_field}
-
-
 def fit_lookback(
     seen: dict[str, torch.Tensor], params: CopyParams, weight_col: int
 ) -> tuple[tuple[tuple[float, ...], ...], list[list[int]]]:
@@ -204,7 +50,7 @@ def fit_lookback(
     table: list[tuple[float, ...]] = []
     counts: list[list[int]] = []
     for f in COPY_FIELDS:
-        p_copy = _p(seen, f, replace(params, lookback=NO_LOOKBACK), weight_col)
+        p_copy = mixed_p(seen, f, replace(params, lookback=NO_LOOKBACK), weight_col)
         level, g = seen[f"l{f}"], seen[f"g{f}"].double()
         table.append(_likeliest_by_level(p_copy, g, level, LOOKBACK_LEVELS))
         counts.append([int((level == lv).sum()) for lv in range(LOOKBACK_LEVELS)])
@@ -249,7 +95,7 @@ def fit_repeat(
     cell: the runs of 2 and 3 are rare in most bins, and in a two-fold split of the validation
     windows the additive form gained more on the held-out half (0.0079 against 0.0076 nats per
     note; docs/seed-fidelity.md). No seed (bin 0): no bias (engine.model.copy.repeats says why)."""
-    p_rep = _p(seen, PITCH, params, weight_col, "r")
+    p_rep = mixed_p(seen, PITCH, params, weight_col, "r")
     is_rep, cell = seen["ris"].double(), seen["rcell"]
     ok = cell >= 0
     p_rep, is_rep, cell = p_rep[ok], is_rep[ok], cell[ok]
@@ -277,27 +123,12 @@ def fit_repeat(
     return rows, report
 
 
-def copy_nll(
-    model: MotifSeq2Seq,
-    batches: Iterable[dict[str, torch.Tensor]],
-    device: torch.device,
-    params: CopyParams,
-) -> dict[str, Any]:
-    """NLL per note event (four fields summed) of the batches' real targets with the copy path
-    mixed in (`params`; NO_COPY gives the model's own NLL)."""
-    grid = ((params.weight, params.exact, params.aligned),)
-    seen = _collect(model, batches, device, grid, params.max_match)
-    if int(seen["notes"].sum()) == 0:
-        return {}
-    return _nll_of(seen, params, 0)
-
-
 def _fit_lambdas(
     seen: dict[str, torch.Tensor], grid: Sequence[tuple[float, float, float]], max_match: int
 ) -> tuple[CopyParams, float, int]:
     """The lambdas and voter weights of the likeliest grid column: params, NLL per note, column."""
     levels = 2 * (max_match + 1)
-    best_total, best_params, best_col = math.inf, CopyParams(0.0, 0.0, _zeros(max_match)), 0
+    best_total, best_params, best_col = math.inf, CopyParams(0.0, 0.0, no_mix(max_match)), 0
     for w_col, (w, e, a) in enumerate(grid):
         mix = tuple(
             _likeliest_by_level(
@@ -309,7 +140,7 @@ def _fit_lambdas(
             for f in COPY_FIELDS
         )
         params = CopyParams(float(w), float(e), mix, float(a))
-        total = _nll_of(seen, params, w_col)["nll_per_note"]
+        total = nll_of(seen, params, w_col)["nll_per_note"]
         if total < best_total:
             best_total, best_params, best_col = total, params, w_col
     return best_params, best_total, best_col
@@ -328,21 +159,21 @@ def fit(
     that minimise the batches' NLL per note, then with those the lookback mus (`lookback`,
     `fit_lookback`), then the repeat biases (`repeat`, `fit_repeat`); returns them and a
     report."""
-    seen = _collect(model, batches, device, grid, max_match)
+    seen = collect(model, batches, device, grid, max_match)
     best_params, best_total, w_best = _fit_lambdas(seen, grid, max_match)
     nll_before_lookback = best_total
     lookback_counts: list[list[int]] = []
     if lookback:
         mus, lookback_counts = fit_lookback(seen, best_params, w_best)
         best_params = replace(best_params, lookback=mus)
-        best_total = _nll_of(seen, best_params, w_best)["nll_per_note"]
+        best_total = nll_of(seen, best_params, w_best)["nll_per_note"]
     nll_before_repeat = best_total
     if repeat:
         table, repeat_report = fit_repeat(seen, best_params, w_best)
         best_params = replace(best_params, repeat=table)
-        best_total = _nll_of(seen, best_params, w_best)["nll_per_note"]
+        best_total = nll_of(seen, best_params, w_best)["nll_per_note"]
     report = {
-        "nll_without_copy": _nll_of(seen, CopyParams(0, 0, _zeros(max_match)), 0)["nll_per_note"],
+        "nll_without_copy": nll_of(seen, CopyParams(0, 0, no_mix(max_match)), 0)["nll_per_note"],
         "max_match": max_match,
         "nll_with_copy": best_total,
         "nll_with_copy_before_lookback": nll_before_lookback,

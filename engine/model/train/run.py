@@ -23,12 +23,11 @@ from engine.model.train.data import data_hash, eval_batches, load_data, sample_b
 from engine.model.train.step import (
     EVAL_SEED_LEN,
     EVAL_TARGET_LEN,
-    evaluate_windows,
     freeze,
     learning_rate,
     load_base,
     make_optimizer,
-    train_step,
+    objective,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +51,7 @@ class Run:
         self.resume_path = resume_path_for(self.out)
         self.loss_png = cfg.loss_png or self.out.with_name(self.out.stem + "-loss.png")
         resume = self._build_model()
+        self.train_step, self.evaluate = objective(cfg.through_copy)
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(
             1, self.train_data.notes // (cfg.batch_size * cfg.target_len)
@@ -204,7 +204,7 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         clock.unread.append(
-            train_step(
+            self.train_step(
                 self.model,
                 batch,
                 self.optimizer,
@@ -255,7 +255,7 @@ class Run:
         windows = eval_batches(
             self.val_data, self.codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, cfg.eval_windows
         )
-        val = evaluate_windows(self.model, windows, self.device)
+        val = self.evaluate(self.model, windows, self.device)
         point: dict[str, Any] = {"step": step, "epoch": step / self.steps_per_epoch}
         if val:
             point.update(val_nll=val["nll_per_note"], val=val)
@@ -314,7 +314,7 @@ class Run:
             windows = eval_batches(
                 self.test_data, self.codec, 64, EVAL_SEED_LEN, EVAL_TARGET_LEN, None
             )
-            test = evaluate_windows(best.model, windows, device)
+            test = self.evaluate(best.model, windows, device)
             meta = dict(best.meta)
             meta["metrics"] = dict(meta.get("metrics") or {}, test=test)
             save_checkpoint(

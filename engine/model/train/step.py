@@ -7,15 +7,20 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
+from engine.model.copy.copying import shipped_params
 from engine.model.events import SHIFT
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
+from engine.model.train.copy_mix import copy_mixed_loss, copy_nll
 from engine.model.train.data import encode_pieces, eval_batches
 from engine.music.notes import Piece
 
@@ -109,17 +114,22 @@ def train_step(
     *,
     amp_dtype: torch.dtype | None = None,
     grad_clip: float = 1.0,
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch already on the model's device (a `collate` dict):
     teacher-forced forward (under autocast when `amp_dtype` is set), NLL per note event,
-    backward, gradient clipping, optimizer step. `scaler`: an enabled GradScaler for fp16.
+    backward, gradient clipping, optimizer step. `scaler`: an enabled GradScaler for fp16;
+    `loss_fn`: another loss of (model, batch) instead of the network's own NLL.
 
     Returns the loss, detached and still on the device: reading it waits for the step to finish,
     so the loop reads losses only when it logs."""
     target = batch["target"]
-    with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = teacher_forced(model, batch)
-    loss = field_nll(logits, target).sum() / (target[..., SHIFT] != IGNORE).sum()
+    if loss_fn is not None:  # e.g. through the copy path (`objective`)
+        loss = loss_fn(model, batch)
+    else:
+        with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = teacher_forced(model, batch)
+        loss = field_nll(logits, target).sum() / (target[..., SHIFT] != IGNORE).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -156,6 +166,20 @@ def evaluate_windows(model: MotifSeq2Seq, batches, device: torch.device) -> dict
     for f, name in enumerate(FIELD_NAMES):
         result[f"nll_{name}"] = float(total[f] / max(1.0, float(counted[f])))
     return result
+
+
+def objective(through_copy: bool) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
+    """A run's training step and validation score: the network's own NLL, or (`through_copy`)
+    the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
+    so that what is trained learns what the copy path misses."""
+    if not through_copy:
+        return train_step, evaluate_windows
+    params = shipped_params()
+
+    def evaluate(model: MotifSeq2Seq, batches: Any, device: torch.device) -> dict:
+        return {k: v for k, v in copy_nll(model, batches, device, params).items() if k != "fields"}
+
+    return partial(train_step, loss_fn=partial(copy_mixed_loss, params=params)), evaluate
 
 
 def evaluate_nll(

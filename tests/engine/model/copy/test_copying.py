@@ -23,7 +23,8 @@ from engine.model.copy.vote import mix_logits
 from engine.model.events import COPY_COLUMNS, COPY_POSITION, DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_batch, continue_seed
 from engine.model.generate.request import GenerationRequest, Knobs
-from engine.model.train.copy_fit import copy_nll, fit
+from engine.model.train.copy_fit import fit
+from engine.model.train.copy_mix import copy_nll
 from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from engine.music.request import ComposeOptions

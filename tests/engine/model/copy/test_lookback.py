@@ -20,7 +20,8 @@ from engine.model.copy.vote import mix_logits
 from engine.model.events import DURATION, PITCH, SHIFT, EventCodec
 from engine.model.generate.continuation import continue_seed
 from engine.model.generate.request import Knobs
-from engine.model.train.copy_fit import copy_nll, fit
+from engine.model.train.copy_fit import fit
+from engine.model.train.copy_mix import copy_nll
 from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH

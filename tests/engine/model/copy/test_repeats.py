@@ -19,7 +19,8 @@ from engine.model.copy.repeats import (
 )
 from engine.model.events import PITCH, EventCodec
 from engine.model.generate.continuation import continue_seed
-from engine.model.train.copy_fit import copy_nll, fit
+from engine.model.train.copy_fit import fit
+from engine.model.train.copy_mix import copy_nll
 from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.music.notes import Note, Piece
 from tests.tolerance import SAME_MATH

@@ -1,0 +1,71 @@
+"""Training through the copy path (engine.model.train.copy_mix.copy_mixed_loss, `objective`):
+the loss is the number `copy_nll` scores, with a gradient into what is trained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyParams, shipped_params
+from engine.model.events import EventCodec
+from engine.model.network import ModelConfig, MotifSeq2Seq
+from engine.model.train.copy_mix import copy_mixed_loss, copy_nll
+from engine.model.train.data import collate, cut_window, encode_pieces
+from engine.model.train.step import evaluate_windows, freeze, make_optimizer, objective
+from engine.music.notes import Note, Piece
+
+CODEC = EventCodec()
+HALF = CopyParams(weight=2.0, exact=4.0, mix=((0.5,) * N_LEVELS,) * len(COPY_FIELDS))
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    phrase = [62, 64, 66, 67, 69, 67, 66, 64]
+    tune = Piece(tuple(Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * 4)))
+    data = encode_pieces(CODEC, [tune])
+    windows = [(*cut_window(data.events[0], cut, 16, 16, CODEC.eos), 0) for cut in (8, 16)]
+    return collate(windows, 16, CODEC)
+
+
+def _pointer_model() -> MotifSeq2Seq:
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25, pointer=True)
+    return MotifSeq2Seq(cfg).eval()
+
+
+@pytest.mark.parametrize("params", [NO_COPY, HALF])
+def test_the_loss_is_the_copy_paths_nll_and_trains_the_pointer(params):
+    model, batch = _pointer_model(), _batch()
+    with torch.no_grad():
+        scored = copy_nll(model, [batch], torch.device("cpu"), params)["nll_per_note"]
+    loss = copy_mixed_loss(model, batch, params)
+    assert loss.item() == pytest.approx(scored, rel=1e-5)  # float32 of a float64 sum
+    if params.off:  # no copy path: the network's own NLL
+        own = evaluate_windows(model, [batch], torch.device("cpu"))["nll_per_note"]
+        assert loss.item() == pytest.approx(own, rel=1e-5)
+    freeze(model, "pointer.")
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("pointer.") for n in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads.values())
+
+
+def test_a_step_through_the_copy_path_lowers_its_nll():
+    """`objective(True)`: steps and the validation score both through the shipped copy path."""
+    model, batch = _pointer_model(), _batch()
+    freeze(model, "pointer.,heads.")
+    optimizer = make_optimizer(model, _Opt(), torch.device("cpu"))
+    step, evaluate = objective(True)
+    before = copy_nll(model, [batch], torch.device("cpu"), shipped_params())["nll_per_note"]
+    model.train()
+    for _ in range(5):
+        step(model, batch, optimizer)
+    model.eval()
+    after = evaluate(model, [batch], torch.device("cpu"))["nll_per_note"]
+    assert after < before
+    assert objective(False)[1] is evaluate_windows
+    assert evaluate(model, [batch], torch.device("cpu"))["notes"] > 0
+
+
+class _Opt:
+    weight_decay = 0.0
+    lr = 1e-2
