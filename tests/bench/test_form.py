@@ -145,3 +145,26 @@ def test_bars_count_from_the_given_start():
     other = line(24.0, EIGHTHS * 3 + [(67, 4.0)])
     assert form_of(SEED, other, 24.0).held[4]
     assert not form_of(SEED, other, 16.0).held[4]
+
+
+def test_phrase_rhyme_counts_bar_8_by_whether_the_seed_held_bar_4(
+    tiny_corpus_model_path, tiny_corpus_path, capsys
+):
+    from bench import phrase_rhyme
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.corpus.load import load_corpus
+
+    pieces = load_corpus(tiny_corpus_path).pieces(None)
+    figures = phrase_rhyme.rhyme(load_checkpoint(tiny_corpus_model_path), pieces)
+    long = [p for p in pieces if p.notes[-1].start >= 12 * p.beats_per_bar]
+    assert sum(row["pieces"] for row in figures.values()) == len(long) > 0
+    for row in figures.values():
+        if row["pieces"]:
+            assert 0.0 <= row["real"] <= 1.0 and 0.0 <= row["motif"] <= 1.0
+    # the real shares, recounted by hand: bar 8 holds, of the pieces whose bar 4 holds
+    held = [p for p in long if phrase_rhyme.held_in_bar(p.notes, 4, 0.0, p.beats_per_bar,
+                                                        phrase_rhyme.beat_length(p.time_signature))]  # fmt: skip
+    assert figures["seed held"]["pieces"] == len(held)
+    assert phrase_rhyme.main(["--model", str(tiny_corpus_model_path), "--corpus",
+                              str(tiny_corpus_path), "--split", "train"]) == 0  # fmt: skip
+    assert "seed held in bar 4" in capsys.readouterr().out
