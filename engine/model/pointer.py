@@ -51,20 +51,45 @@ class FigureEncoder(nn.Module):
         self.tables = nn.ModuleList(nn.Embedding(n + 1, FIGURE_DIM) for n in self.sizes)
         self.mix = nn.Linear(FIGURE_NOTES * FIGURE_DIM, out)
 
-    def embed(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq (B, N, 3) -> (B, N, FIGURE_DIM); a note's interval is from the one before it."""
+    def indices(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, N, 3) -> (B, N, 4): each note's row in each of the four tables (shift, pitch,
+        duration, the interval from the note before); none where a field is -1."""
         pitch = seq[..., 1]
         prev = torch.cat([torch.full_like(pitch[:, :1], -1), pitch[:, :-1]], dim=1)
+        interval = self.interval(pitch, prev)
+        none = seq.new_tensor(self.sizes[:3])
+        return torch.cat([torch.where(seq < 0, none, seq), interval[..., None]], dim=-1)
+
+    def interval(self, pitch: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """The interval table's row of each pitch after `prev` (none where either is -1)."""
         interval = (pitch - prev).clamp(-MAX_INTERVAL, MAX_INTERVAL) + MAX_INTERVAL
-        interval = interval.masked_fill((pitch < 0) | (prev < 0), 2 * MAX_INTERVAL + 1)
-        columns = [*seq.unbind(-1), interval]
+        return interval.masked_fill((pitch < 0) | (prev < 0), 2 * MAX_INTERVAL + 1)
+
+    def embed(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, N, 3) -> (B, N, FIGURE_DIM): the sum of each note's four table rows."""
+        index = self.indices(seq)
         out = None
-        for col, (table, n) in enumerate(zip(self.tables, self.sizes, strict=True)):
-            values = columns[col]
-            e = cast(nn.Embedding, table)(torch.where(values < 0, n, values))
+        for col, table in enumerate(self.tables):
+            e = cast(nn.Embedding, table)(index[..., col])
             out = e if out is None else out + e
         assert out is not None
         return out
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For generation: every table row through its window position's share of `mix`, one
+        table (K x rows, out), and the row of value 0 of each (position, column) (K, 4); the
+        figure of a window is then `mix.bias` plus the sum of its notes' rows (`indices`)."""
+        K, D = FIGURE_NOTES, FIGURE_DIM
+        parts, offsets, row = [], [], 0
+        for i in range(K):
+            w = self.mix.weight[:, i * D : (i + 1) * D]  # (out, D) position i, oldest first
+            at = []
+            for table in self.tables:
+                parts.append(cast(nn.Embedding, table).weight @ w.T)
+                at.append(row)
+                row += parts[-1].size(0)
+            offsets.append(at)
+        return torch.cat(parts), torch.tensor(offsets, device=self.mix.weight.device)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq (B, N, 3) -> (B, N, out): the figure ending at each position."""
@@ -73,12 +98,6 @@ class FigureEncoder(nn.Module):
         e = self.embed(padded)
         windows = [e[:, K - i : K - i + N] for i in reversed(range(K))]  # oldest first
         return self.mix(torch.cat(windows, dim=-1))
-
-    def latest(self, tail: torch.Tensor) -> torch.Tensor:
-        """tail (B, K + 1, 3), the latest notes, oldest first -> (B, out): the figure ending at
-        the last, as `forward` gives it at that position."""
-        e = self.embed(tail)[:, 1:]  # (B, K, D): the first note only gives the second's interval
-        return self.mix(e.reshape(e.size(0), -1))
 
 
 class SeedPointer(nn.Module):

@@ -61,7 +61,10 @@ class StepWeights:
     pointer_gate: list[torch.Tensor] | None = None  # (H, 1)
     pointer_gate_bias: list[torch.Tensor] | None = None  # (1,)
     pointer_sure: torch.Tensor | None = None  # (3,) the gate's weight on the attention's largest
-    pointer_figures: FigureEncoder | None = None  # the model's own module (not a copy)
+    pointer_figures: FigureEncoder | None = None  # the model's own module, for `indices`
+    pointer_figure_rows: torch.Tensor | None = None  # (rows, H) FigureEncoder.folded's table
+    pointer_figure_offsets: torch.Tensor | None = None  # (K, 4) and its offsets
+    pointer_figure_bias: torch.Tensor | None = None  # (H,)
 
     @classmethod
     def of(cls, model: MotifSeq2Seq) -> StepWeights:
@@ -129,12 +132,16 @@ def _pointer_tables(model: MotifSeq2Seq) -> dict[str, Any]:
     pointer = model.pointer
     if pointer is None:
         return {}
+    rows, offsets = pointer.figures.folded()
     return {
         "pointer_query": [(q.weight.T * _SQRT_HALF).contiguous() for q in pointer.queries()],
         "pointer_gate": [(g.weight.T * _SQRT_HALF).contiguous() for g in pointer.gates()],
         "pointer_gate_bias": [g.bias.clone() for g in pointer.gates()],
         "pointer_sure": pointer.gate_sure.detach().clone(),
         "pointer_figures": pointer.figures,
+        "pointer_figure_rows": rows,
+        "pointer_figure_offsets": offsets,
+        "pointer_figure_bias": pointer.figures.mix.bias.detach().clone(),
     }
 
 
@@ -212,13 +219,33 @@ class BatchDecoder:
         length = (fields[..., 0] >= 0).sum(dim=1)  # (B,)
         at = length[:, None] + torch.arange(-FIGURE_NOTES - 1, 0, device=keys.device)[None, :]
         tail = fields.gather(1, at.clamp_min(0)[..., None].expand(-1, -1, 3))
-        self.ptr_tail = tail.masked_fill((at < 0)[..., None], -1)  # (B, K + 1, 3)
+        tail = tail.masked_fill((at < 0)[..., None], -1)  # (B, K + 1, 3) the latest notes
+        figures = self.weights.pointer_figures
+        assert figures is not None
+        self.ptr_rows = figures.indices(tail)[:, 1:]  # (B, K, 4) the window's table rows
+        self.ptr_last = tail[:, -1, 1:2]  # (B, 1) the latest pitch (-1: none)
+        step = 4 * FIGURE_NOTES
+        self._bag_ptr = torch.arange(0, step * len(tail), step, device=keys.device)
         self._figure_query()
 
     def _figure_query(self) -> None:
+        """The figure of the window (`FigureEncoder.forward` at its last note), from the folded
+        table: one sum of 4K rows."""
+        w = self.weights
+        assert w.pointer_figure_rows is not None and w.pointer_figure_offsets is not None
+        index = (self.ptr_rows + w.pointer_figure_offsets).view(-1)
+        self.ptr_query = F.embedding_bag(index, w.pointer_figure_rows, self._bag_ptr, mode="sum")
+        self.ptr_query = self.ptr_query + w.pointer_figure_bias  # (B, H)
+
+    def _figure_append(self, note: torch.Tensor) -> None:
+        """The previous note (B, 3) joins the window; the oldest leaves it."""
         figures = self.weights.pointer_figures
         assert figures is not None
-        self.ptr_query = figures.latest(self.ptr_tail)  # (B, H)
+        interval = figures.interval(note[:, 1:2], self.ptr_last)  # (B, 1)
+        rows = torch.cat([note, interval], dim=1)[:, None, :]  # (B, 1, 4)
+        self.ptr_rows = torch.cat([self.ptr_rows[:, 1:], rows], dim=1)
+        self.ptr_last = note[:, 1:2]
+        self._figure_query()
 
     @property
     def offsets(self) -> tuple[int, ...]:
@@ -253,7 +280,9 @@ class BatchDecoder:
         if self.pointing:
             self.ptr_keys_t, self.ptr_pad = self.ptr_keys_t[rows], self.ptr_pad[rows]
             self.ptr_index, self.ptr_has = self.ptr_index[rows], self.ptr_has[rows]
-            self.ptr_tail, self.ptr_query = self.ptr_tail[rows], self.ptr_query[rows]
+            self.ptr_rows, self.ptr_last = self.ptr_rows[rows], self.ptr_last[rows]
+            self.ptr_query = self.ptr_query[rows]
+            self._bag_ptr = self._bag_ptr[: rows.size(0)]
 
     @property
     def reads_lags(self) -> bool:
@@ -272,9 +301,7 @@ class BatchDecoder:
         else:
             x = F.embedding_bag(events.view(-1), w.event_gates, self.bag8, mode="sum")
             if self.pointing:  # the previous note joins the figure the pointer matches
-                note = events[:, None, :3] - events.new_tensor(w.offsets[:3])
-                self.ptr_tail = torch.cat([self.ptr_tail[:, 1:], note], dim=1)
-                self._figure_query()
+                self._figure_append(events[:, :3] - events.new_tensor(w.offsets[:3]))
         if w.lag_gates is not None and lags is not None:
             index = (lags + self.lag_offsets).view(-1)
             x = x + F.embedding_bag(index, w.lag_gates, self.bag_lag, mode="sum")
