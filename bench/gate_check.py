@@ -29,6 +29,8 @@ def copy_params(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
+    if not path.is_file():  # the copy path would silently be off (shipped_params: no file)
+        raise FileNotFoundError(f"no copy-path fit at {path}")
     shipped = copying.PARAMS_PATH
     copying.PARAMS_PATH = path
     copying.shipped_params.cache_clear()
@@ -63,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("active", args.active, args.active_copy_params),
     ):
         with copy_params(params):
-            figures[side] = model_figures(load_checkpoint(path), base_test)
+            lm = load_checkpoint(path)
+            figures[side] = model_figures(lm, base_test, collapse=side == "candidate")
     metrics = compare(figures["candidate"], figures["active"])
     reason = gate(metrics, Settings().gate_nll_tolerance)
     print(json.dumps(metrics, indent=1, default=float))

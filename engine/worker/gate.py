@@ -108,12 +108,12 @@ def nll_per_note(lm: Any, pieces: list[Piece], max_windows: int | None = None) -
     return evaluate_nll(lm, pieces, max_windows=max_windows).get("nll_per_note")
 
 
-def model_figures(lm: Any, base_test: list[Piece]) -> dict[str, Any]:
+def model_figures(lm: Any, base_test: list[Piece], collapse: bool = True) -> dict[str, Any]:
     """One model's side of the gate on the base corpus's held-out pieces: NLL per note, the
-    share of collapsed continuations, and seed fidelity."""
+    share of collapsed continuations (the candidate's only: `collapse`), and seed fidelity."""
     return {
         "base_nll": nll_per_note(lm, base_test, max_windows=256),
-        "collapse_rate": collapse_rate(lm, gate_seeds(base_test)),
+        "collapse_rate": collapse_rate(lm, gate_seeds(base_test)) if collapse else None,
         "fidelity": seed_fidelity(lm, fidelity_seeds(base_test), base_test),
     }
 

@@ -161,10 +161,20 @@ def test_phrase_rhyme_counts_bar_8_by_whether_the_seed_held_bar_4(
     for row in figures.values():
         if row["pieces"]:
             assert 0.0 <= row["real"] <= 1.0 and 0.0 <= row["motif"] <= 1.0
-    # the real shares, recounted by hand: bar 8 holds, of the pieces whose bar 4 holds
-    held = [p for p in long if phrase_rhyme.held_in_bar(p.notes, 4, 0.0, p.beats_per_bar,
-                                                        phrase_rhyme.beat_length(p.time_signature))]  # fmt: skip
-    assert figures["seed held"]["pieces"] == len(held)
+
+    # the real shares, recounted from the notes: a note of a beat or more starting in the bar
+    def holds(piece, bar: int) -> bool:
+        beat = phrase_rhyme.beat_length(piece.time_signature)  # tested on its own above
+        lo, hi = (bar - 1) * piece.beats_per_bar, bar * piece.beats_per_bar
+        return any(lo - 1e-6 <= n.start < hi - 1e-6 and n.duration >= beat - 1e-6
+                   for n in piece.notes)  # fmt: skip
+
+    for name, held in (("seed held", True), ("seed not held", False)):
+        group = [p for p in long if holds(p, 4) == held]
+        assert figures[name]["pieces"] == len(group)
+        if group:
+            real = sum(holds(p, 8) for p in group) / len(group)
+            assert figures[name]["real"] == pytest.approx(real)
     assert phrase_rhyme.main(["--model", str(tiny_corpus_model_path), "--corpus",
                               str(tiny_corpus_path), "--split", "train"]) == 0  # fmt: skip
     assert "seed held in bar 4" in capsys.readouterr().out

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from engine.model.checkpoint import load_checkpoint
 from engine.model.copy import copying
+from engine.model.corpus.load import load_corpus
+from engine.model.fidelity import seed_information_gain
+from engine.model.train.step import evaluate_nll
+from engine.settings import Settings
+from engine.worker.gate import gate
 from tests.conftest import TINY_TRAINING
 
 
@@ -56,12 +62,21 @@ def test_a_pointer_fine_tune_is_gated_against_its_base(
     )  # fmt: skip
     printed = capsys.readouterr().out
     metrics = json.loads(printed[: printed.rindex("}") + 1])
-    for side in ("candidate", "active"):
-        assert metrics[f"{side}_base_nll"] > 0
-        assert set(metrics[f"{side}_fidelity"]) >= {"gain_content", "pattern_reuse"}
+    pieces = load_corpus(tiny_corpus_path).pieces("test")
+    # each side by its own fit: the candidate's content gain is its network's alone, the
+    # active model's is with the shipped copy path
+    for side, lm, copy in (("candidate", tuned, False), ("active", base, True)):
+        gain = seed_information_gain(lm, pieces, max_windows=256, copy=copy)
+        assert metrics[f"{side}_fidelity"]["gain_content"] == pytest.approx(
+            gain["gain_content"], rel=1e-6, abs=1e-9
+        )
+        own = evaluate_nll(lm, pieces, max_windows=256)["nll_per_note"]
+        assert metrics[f"{side}_base_nll"] == pytest.approx(own, rel=1e-6)
     assert 0.0 <= metrics["collapse_rate"] <= 1.0
+    reason = gate(metrics, Settings(_env_file=None).gate_nll_tolerance)
     verdict = printed.strip().splitlines()[-1]
-    assert verdict.startswith("verdict: ") and (code == 0) == ("may go live" in verdict)
+    assert verdict == ("verdict: may go live" if reason is None else f"verdict: refused: {reason}")
+    assert code == (0 if reason is None else 1)
     assert shipped_path == copying.PARAMS_PATH  # the shipped fit is back
 
 
@@ -76,3 +91,7 @@ def test_copy_params_swaps_the_fit_and_puts_it_back(tmp_path):
     assert copying.shipped_params() == shipped
     with copy_params(None):
         assert copying.shipped_params() == shipped
+    # a path that names no file would leave the copy path silently off: refused
+    with pytest.raises(FileNotFoundError, match="no copy-path fit"), copy_params(tmp_path / "x"):
+        pass
+    assert copying.shipped_params() == shipped

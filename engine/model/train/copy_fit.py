@@ -1,8 +1,8 @@
-"""Scoring with the copy path, and fitting its lambdas by the likelihood of real music.
+"""Fitting the copy path's lambdas by the likelihood of real music.
 
-`copy_nll`: the NLL per note event of real continuations (teacher forcing, the fixed evaluation
-windows of engine.model.train.step) with the copy path mixed in. `fit`: for each field and longest match,
-the lambda that makes the validation split's real continuations most likely; the voter weight
+`fit`: for each field and longest match, the lambda that makes the validation split's real
+continuations (teacher forcing, the fixed evaluation windows of engine.model.train.step) most
+likely with the copy path mixed in (engine.model.train.copy_mix scores them); the voter weight
 from a short list, by the same likelihood. Nothing here looks at generated music.
 
     python -m engine.model.train.copy_fit --model engine/data/motif-default.pt --out engine/data/copy-params.json

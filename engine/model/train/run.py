@@ -31,6 +31,9 @@ from engine.model.train.step import (
 )
 
 log = logging.getLogger(__name__)
+PROGRESS_BAR: dict[str, Any] = {"desc": "train", "unit": "step", "dynamic_ncols": True}
+# what a resumed run keeps from the run it continues, whatever its command line says
+OBJECTIVE = ("train_only", "through_copy")
 
 
 class Run:
@@ -51,6 +54,7 @@ class Run:
         self.resume_path = resume_path_for(self.out)
         self.loss_png = cfg.loss_png or self.out.with_name(self.out.stem + "-loss.png")
         resume = self._build_model()
+        cfg = self.cfg  # a resumed run keeps its OBJECTIVE
         self.train_step, self.evaluate = objective(cfg.through_copy)
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(
@@ -85,6 +89,7 @@ class Run:
         resume = None
         if cfg.resume_from is not None:
             resume = torch.load(cfg.resume_from, map_location="cpu", weights_only=True)
+            self.cfg = cfg = replace(cfg, **resume.get("objective", {}))
             tok_cfg = TokenizerConfig.from_dict(resume["tokenizer_config"])
             model_cfg = ModelConfig(**resume["model_config"])
         elif cfg.init_from is not None:
@@ -164,13 +169,7 @@ class Run:
         if cfg.progress:
             from tqdm import tqdm
 
-            bar = tqdm(
-                total=self.total_steps,
-                initial=self.step,
-                desc="train",
-                unit="step",
-                dynamic_ncols=True,
-            )
+            bar = tqdm(total=self.total_steps, initial=self.step, **PROGRESS_BAR)
         self.model.train()
         clock = _Clock(step_at_start=self.step)
         while self.step < self.total_steps:
@@ -301,6 +300,7 @@ class Run:
                 "history": self.history,
                 "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                "objective": {k: getattr(self.cfg, k) for k in OBJECTIVE},
             },
             self.resume_path,
         )

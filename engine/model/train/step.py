@@ -53,8 +53,9 @@ def make_optimizer(
     Fused on CPU and CUDA: one kernel over all tensors instead of ~10 small ops per tensor, which
     on CPU cost more than the update itself (the result differs only in the last bits)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in named if p.dim() < 2 or "embed" in n]
+    table = ("embed", ".tables.")  # embeddings (the pointer's figure tables too)
+    decay = [p for n, p in named if p.dim() >= 2 and not any(t in n for t in table)]
+    no_decay = [p for n, p in named if p.dim() < 2 or any(t in n for t in table)]
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -124,11 +125,12 @@ def train_step(
     Returns the loss, detached and still on the device: reading it waits for the step to finish,
     so the loop reads losses only when it logs."""
     target = batch["target"]
-    if loss_fn is not None:  # e.g. through the copy path (`objective`)
-        loss = loss_fn(model, batch)
-    else:
-        with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        if loss_fn is not None:  # e.g. through the copy path (`objective`)
+            loss = loss_fn(model, batch)
+        else:
             logits = teacher_forced(model, batch)
+    if loss_fn is None:
         loss = field_nll(logits, target).sum() / (target[..., SHIFT] != IGNORE).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():

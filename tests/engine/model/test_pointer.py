@@ -121,3 +121,25 @@ def test_train_only_freezes_the_rest_and_names_its_prefixes():
         freeze(model, "pointr.")
     assert len(freeze(model, "")) == len(before)  # empty: everything trains again
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_generation_points_as_training_does_for_short_and_padded_seeds():
+    """BatchDecoder against the training forward, with seeds shorter than a figure, padded, and
+    rows of every length at once (the fast-path test's seeds are 6, 1 and 0 notes)."""
+    from tests.engine.model.test_network import _fast_logits
+    from tests.tolerance import REARRANGED, assert_close_to_scale
+
+    model = _model()
+    with torch.no_grad():
+        for param in model.pointer.parameters():
+            param.normal_(std=0.3)
+    torch.manual_seed(1)
+    cols = [CODEC.n_shift - 1, CODEC.n_pitch, CODEC.n_duration, CODEC.n_velocity, CODEC.n_position]
+    seed = torch.stack([torch.randint(0, n, (5, 9)) for n in cols], dim=-1)
+    target = torch.stack([torch.randint(0, n, (5, 7)) for n in cols], dim=-1)
+    seed_len, style = torch.tensor([9, 3, 2, 7, 0]), torch.tensor([0, 1, 2, 3, 4])
+    with torch.no_grad():
+        full = model(seed, seed_len, style, target)
+        fast = _fast_logits(model, seed, seed_len, style, target)
+    for a, b in zip(full, fast, strict=True):
+        assert_close_to_scale(a, b, REARRANGED)

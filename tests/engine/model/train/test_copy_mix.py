@@ -35,6 +35,7 @@ def _pointer_model() -> MotifSeq2Seq:
 @pytest.mark.parametrize("params", [NO_COPY, HALF])
 def test_the_loss_is_the_copy_paths_nll_and_trains_the_pointer(params):
     model, batch = _pointer_model(), _batch()
+    freeze(model, "pointer.")  # as a run does, before any step
     with torch.no_grad():
         scored = copy_nll(model, [batch], torch.device("cpu"), params)["nll_per_note"]
     loss = copy_mixed_loss(model, batch, params)
@@ -42,7 +43,6 @@ def test_the_loss_is_the_copy_paths_nll_and_trains_the_pointer(params):
     if params.off:  # no copy path: the network's own NLL
         own = evaluate_windows(model, [batch], torch.device("cpu"))["nll_per_note"]
         assert loss.item() == pytest.approx(own, rel=1e-5)
-    freeze(model, "pointer.")
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads and all(n.startswith("pointer.") for n in grads)

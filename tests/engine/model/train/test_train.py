@@ -381,3 +381,42 @@ def test_cli_takes_cpu_bf16(tmp_path, monkeypatch):
     assert [c.cpu_bf16 for c in seen] == [True, False]  # off unless asked for
     # a run given no --version is named by the one scheme (engine.store.models)
     assert seen[0].version.startswith("motif-train-") and seen[1].version == "mine"
+
+
+def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
+    """A --train-only --through-copy run resumed with neither flag continues as it began: the
+    same parameters trained, by the same loss, and ends where an uninterrupted run ends."""
+    first = train(TrainConfig(**TINY, pieces=[_tune()], out=tmp_path / "base.pt", max_steps=3))
+    base = dict(
+        TINY,
+        pieces=[_tune(), _tune(offset=3)],
+        val_pieces=[_tune(2)],
+        test_pieces=[],
+        init_from=first.checkpoint,
+        pointer=True,
+        max_steps=6,
+        steps_per_epoch=3,
+        log_every=1,
+        schedule="constant",
+    )
+    how = dict(train_only="pointer.", through_copy=True)
+    straight = train(TrainConfig(**base, **how, out=tmp_path / "a.pt"))
+
+    def crash(info):
+        if info["step"] == 4 and "loss" in info:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, **how, out=tmp_path / "b.pt", on_progress=crash))
+    resumed = train(
+        TrainConfig(**base, out=tmp_path / "b.pt", resume_from=tmp_path / "b.resume.pt")
+    )
+    assert resumed.steps == straight.steps == 6
+    blob = torch.load(resumed.resume_path, weights_only=True)
+    assert blob["objective"] == how
+    a = torch.load(straight.resume_path, weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(blob["model"][k], a[k], atol=0, rtol=0)
+    untouched = load_checkpoint(first.checkpoint).model.state_dict()
+    for k, v in untouched.items():  # frozen: the base's weights, as saved (fp16)
+        torch.testing.assert_close(blob["model"][k], v, atol=0, rtol=0)
