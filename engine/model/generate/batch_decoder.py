@@ -226,6 +226,8 @@ class BatchDecoder:
         self.ptr_last = tail[:, -1, 1:2]  # (B, 1) the latest pitch (-1: none)
         step = 4 * FIGURE_NOTES
         self._bag_ptr = torch.arange(0, step * len(tail), step, device=keys.device)
+        # a step's events hold the note's columns + their offsets (`events`): these undo them
+        self._ptr_offsets = fields.new_tensor(self.weights.offsets[:3])
         self._figure_query()
 
     def _figure_query(self) -> None:
@@ -301,7 +303,7 @@ class BatchDecoder:
         else:
             x = F.embedding_bag(events.view(-1), w.event_gates, self.bag8, mode="sum")
             if self.pointing:  # the previous note joins the figure the pointer matches
-                self._figure_append(events[:, :3] - events.new_tensor(w.offsets[:3]))
+                self._figure_append(events[:, :3] - self._ptr_offsets)
         if w.lag_gates is not None and lags is not None:
             index = (lags + self.lag_offsets).view(-1)
             x = x + F.embedding_bag(index, w.lag_gates, self.bag_lag, mode="sum")

@@ -266,13 +266,14 @@ def encode_in_groups(
     state = [(h.new_zeros(B, H), c.new_zeros(B, H)) for h, c in first.state]
     pointing = first.pointer_keys is not None
     ptr_keys = values.new_zeros(B, S, H) if pointing else None
-    ptr_seed = torch.full((B, S, 3), -1, dtype=torch.long, device=seed.device)
+    ptr_seed = torch.full((B, S, 3), -1, dtype=torch.long, device=seed.device) if pointing else None
     for rows, m in parts:
         width = m.values.size(1)
         values[rows, :width] = m.values
         if keys is not None and m.keys is not None:
             keys[rows, :width] = m.keys
-        if ptr_keys is not None and m.pointer_keys is not None and m.pointer_seed is not None:
+        if ptr_keys is not None and ptr_seed is not None and m.pointer_keys is not None:
+            assert m.pointer_seed is not None
             ptr_keys[rows, :width] = m.pointer_keys
             ptr_seed[rows, :width] = m.pointer_seed
         mask[rows, :width] = m.mask
@@ -285,7 +286,7 @@ def encode_in_groups(
         state=state,
         key=model._key(key, style),
         pointer_keys=ptr_keys,
-        pointer_seed=ptr_seed if pointing else None,
+        pointer_seed=ptr_seed,
     )
 
 

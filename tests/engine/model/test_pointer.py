@@ -143,3 +143,29 @@ def test_generation_points_as_training_does_for_short_and_padded_seeds():
         fast = _fast_logits(model, seed, seed_len, style, target)
     for a, b in zip(full, fast, strict=True):
         assert_close_to_scale(a, b, REARRANGED)
+
+
+def test_seeds_encoded_in_groups_keep_their_pointer_memory():
+    """encode_in_groups (seeds of very different lengths, encoded apart) puts each row's
+    pointer keys and fields back where one encode of the row alone puts them."""
+    from engine.model.generate.decode import encode_in_groups
+
+    model = _model()
+    torch.manual_seed(2)
+    cols = [CODEC.n_shift - 1, CODEC.n_pitch, CODEC.n_duration, CODEC.n_velocity, CODEC.n_position]
+    seed = torch.stack([torch.randint(0, n, (3, 40)) for n in cols], dim=-1)
+    seed_len, style, key = (
+        torch.tensor([40, 2, 9]),
+        torch.tensor([0, 1, 2]),
+        torch.tensor([1, 0, 5]),
+    )
+    with torch.no_grad():
+        grouped = encode_in_groups(model, seed, seed_len, style, key)
+        assert grouped.pointer_keys is not None and grouped.pointer_seed is not None
+        for row in range(3):
+            n = int(seed_len[row])
+            alone = model.encode(seed[row : row + 1, :n], seed_len[row : row + 1],
+                                 style[row : row + 1], key[row : row + 1])  # fmt: skip
+            assert torch.equal(grouped.pointer_seed[row, :n], alone.pointer_seed[0])
+            assert (grouped.pointer_seed[row, n:] == -1).all()
+            torch.testing.assert_close(grouped.pointer_keys[row, :n], alone.pointer_keys[0])
