@@ -283,22 +283,26 @@ class MotifSeq2Seq(nn.Module):
         target: torch.Tensor,
         key: torch.Tensor | None = None,
         lags: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Logits of every field of every target note, given the seed and the true previous
         notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS); lags
-        (B, T, columns): each step's lag inputs (engine.model.lags; None: none);
-        returns [shift, pitch, duration, velocity] logits, each (B, T, n_field)."""
+        (B, T, columns): each step's lag inputs (engine.model.lags; None: none); inputs (B, T,
+        5): the previous notes to feed instead of the target's (None: the target's; see
+        engine.model.train.step.sampled_inputs); returns [shift, pitch, duration, velocity]
+        logits, each (B, T, n_field)."""
         memory = self.encode(seed, seed_len, style, key)
         cond = self.embed.conditioning(style, memory.key)  # (B, D)
         note = target.clamp_min(0)  # (B, T, 5)
-        prev = self.embed(note[:, :-1], cond)  # (B, T-1, D)
+        history = target if inputs is None else inputs
+        prev = self.embed(history.clamp_min(0)[:, :-1], cond)  # (B, T-1, D)
         x = torch.cat([(self.embed.start + cond)[:, None, :], prev], dim=1)  # (B, T, D)
         x = self.embed.lagged(x, lags)
         h0 = torch.stack([h for h, _ in memory.state])  # (L, B, H)
         c0 = torch.stack([c for _, c in memory.state])  # (L, B, H)
         out, _ = self.decoder(self.drop(x), (h0.contiguous(), c0.contiguous()))  # (B, T, H)
         o = self._head_input(self.drop(self.attend(out, memory)), memory)  # (B, T, H)
-        return self.heads(o, note, self._pointing(memory, seed_len, target))
+        return self.heads(o, note, self._pointing(memory, seed_len, history))
 
     def _pointing(self, memory: Memory, seed_len: torch.Tensor, target: torch.Tensor) -> Any:
         """The heads' pointer mix over this memory's seed; None for a model without one."""

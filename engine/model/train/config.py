@@ -45,6 +45,9 @@ class TrainConfig:
     # train and pick the best checkpoint by the NLL with the shipped copy path mixed in (as it
     # generates), so the network learns what the copy path misses
     through_copy: bool = False
+    # share of target notes fed with a pitch drawn from the network instead of the true one
+    # (two-pass scheduled sampling, engine.model.train.step.sampled_inputs); 0: teacher forcing
+    sampled_inputs: float = 0.0
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -126,6 +129,7 @@ HELP = {
     "pointer": "a learnt copy path over the seed (a pointer-generator head)",
     "train_only": "train only parameters whose names start with these (comma-separated)",
     "through_copy": "train through the shipped copy path (engine/data/copy-params.json)",
+    "sampled_inputs": "share of notes fed with a pitch the network drew (scheduled sampling)",
     "seed_max": "longest seed window (notes)",
     "target_len": "continuation window (notes)",
     "no_seed_prob": "share of batches trained without a seed (default: %(default)s)",

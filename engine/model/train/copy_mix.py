@@ -29,7 +29,13 @@ def log_probs(model: MotifSeq2Seq, batch: dict[str, torch.Tensor]) -> list[torch
     """The model's log-probabilities of every field of the batch's targets, teacher-forced."""
     target = batch["target"]
     logits = model(
-        batch["seed"], batch["seed_len"], batch["style"], target, batch["key"], batch.get("lags")
+        batch["seed"],
+        batch["seed_len"],
+        batch["style"],
+        target,
+        batch["key"],
+        batch.get("lags"),
+        batch.get("inputs"),
     )
     return [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
 
@@ -70,6 +76,9 @@ def observe(
     lookback's vote and level ("g", "l"); for pitches, the same for the latest pitch and the
     repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Flat tensors."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
+    history = batch.get(
+        "inputs", target
+    )  # what the memory holds (engine.model.train.step.sampled_inputs)
     sizes = field_sizes(model)
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
@@ -109,8 +118,14 @@ def observe(
                 out["rg"].append(_at(vote, again, scored))
                 out["rcell"].append(cell[scored])
                 out["ris"].append((p[:, 0] == last)[scored])
+        fed = history[:, t]
         for mem in memories:
-            mem.append(s, p, d, truth[:, POSITION : POSITION + 1])
+            mem.append(
+                fed[:, SHIFT : SHIFT + 1],
+                fed[:, PITCH : PITCH + 1],
+                fed[:, DURATION : DURATION + 1],
+                fed[:, POSITION : POSITION + 1],
+            )
     velocity = target[..., VELOCITY]
     vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
     result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}

@@ -33,7 +33,7 @@ from engine.model.train.step import (
 log = logging.getLogger(__name__)
 PROGRESS_BAR: dict[str, Any] = {"desc": "train", "unit": "step", "dynamic_ncols": True}
 # what a resumed run keeps from the run it continues, whatever its command line says
-OBJECTIVE = ("train_only", "through_copy")
+OBJECTIVE = ("train_only", "through_copy", "sampled_inputs")
 
 
 class Run:
@@ -55,7 +55,7 @@ class Run:
         self.loss_png = cfg.loss_png or self.out.with_name(self.out.stem + "-loss.png")
         resume = self._build_model()
         cfg = self.cfg  # a resumed run keeps its OBJECTIVE
-        self.train_step, self.evaluate = objective(cfg.through_copy)
+        self.train_step, self.evaluate = objective(cfg.through_copy, cfg.sampled_inputs)
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(
             1, self.train_data.notes // (cfg.batch_size * cfg.target_len)

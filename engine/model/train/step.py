@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.copy.copying import shipped_params
-from engine.model.events import SHIFT
+from engine.model.events import PITCH, SHIFT
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
 from engine.model.train.copy_mix import copy_mixed_loss, copy_nll
@@ -104,7 +104,31 @@ def teacher_forced(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> li
         batch["target"],
         batch["key"],
         batch.get("lags"),
+        batch.get("inputs"),
     )
+
+
+def sampled_inputs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], share: float
+) -> dict[str, torch.Tensor]:
+    """Two-pass scheduled sampling (Mihaylova and Martins, 2019), against exposure bias: a
+    teacher-forced pass without gradient draws a pitch for every target note from the
+    network's own distribution, and `share` of the notes are fed to the next pass (and to the
+    copy path's memory) with the drawn pitch instead of the true one, as in generation, where
+    the history is the model's own. The targets stay the real notes. Draws from torch's global
+    generator, which a resumed run restores."""
+    if share <= 0.0:
+        return batch
+    target = batch["target"]
+    with torch.no_grad():
+        logits = teacher_forced(model, batch)[PITCH].float()  # (B, T, n_pitch)
+        probs = torch.softmax(logits.reshape(-1, logits.size(-1)), dim=-1)
+        drawn = torch.multinomial(probs, 1).view(target.shape[:2])  # (B, T)
+    real = target[..., PITCH] >= 0
+    swap = real & (torch.rand(real.shape, device=target.device) < share)
+    inputs = target.clone()
+    inputs[..., PITCH] = torch.where(swap, drawn, target[..., PITCH])
+    return {**batch, "inputs": inputs}
 
 
 def train_step(
@@ -170,18 +194,35 @@ def evaluate_windows(model: MotifSeq2Seq, batches, device: torch.device) -> dict
     return result
 
 
-def objective(through_copy: bool) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
+def objective(
+    through_copy: bool, sampled_share: float = 0.0
+) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
     """A run's training step and validation score: the network's own NLL, or (`through_copy`)
     the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
-    so that what is trained learns what the copy path misses."""
-    if not through_copy:
-        return train_step, evaluate_windows
-    params = shipped_params()
+    so that what is trained learns what the copy path misses. `sampled_share`: each step feeds
+    that share of its notes with a drawn pitch (`sampled_inputs`); validation stays
+    teacher-forced on the real notes, so scores compare across runs."""
+    if not 0.0 <= sampled_share <= 1.0:
+        raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
+    evaluate: Callable[..., dict] = evaluate_windows
+    step: Callable[..., torch.Tensor] = train_step
+    if through_copy:
+        params = shipped_params()
 
-    def evaluate(model: MotifSeq2Seq, batches: Any, device: torch.device) -> dict:
-        return {k: v for k, v in copy_nll(model, batches, device, params).items() if k != "fields"}
+        def evaluate(model: MotifSeq2Seq, batches: Any, device: torch.device) -> dict:
+            nll = copy_nll(model, batches, device, params)
+            return {k: v for k, v in nll.items() if k != "fields"}
 
-    return partial(train_step, loss_fn=partial(copy_mixed_loss, params=params)), evaluate
+        step = partial(train_step, loss_fn=partial(copy_mixed_loss, params=params))
+    if sampled_share <= 0.0:
+        return step, evaluate
+
+    def sampled_step(
+        model: torch.nn.Module, batch: dict[str, torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        return step(model, sampled_inputs(model, batch, sampled_share), *args, **kwargs)
+
+    return sampled_step, evaluate
 
 
 def evaluate_nll(

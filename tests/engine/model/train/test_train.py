@@ -384,8 +384,9 @@ def test_cli_takes_cpu_bf16(tmp_path, monkeypatch):
 
 
 def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
-    """A --train-only --through-copy run resumed with neither flag continues as it began: the
-    same parameters trained, by the same loss, and ends where an uninterrupted run ends."""
+    """A --train-only --through-copy --sampled-inputs run resumed with none of those flags
+    continues as it began: the same parameters trained, by the same loss, with the same drawn
+    pitches, and ends where an uninterrupted run ends."""
     first = train(TrainConfig(**TINY, pieces=[_tune()], out=tmp_path / "base.pt", max_steps=3))
     base = dict(
         TINY,
@@ -399,7 +400,7 @@ def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
         log_every=1,
         schedule="constant",
     )
-    how = dict(train_only="pointer.", through_copy=True)
+    how = dict(train_only="pointer.", through_copy=True, sampled_inputs=0.5)
     straight = train(TrainConfig(**base, **how, out=tmp_path / "a.pt"))
 
     def crash(info):

@@ -1,0 +1,140 @@
+"""Two-pass scheduled sampling (engine.model.train.step.sampled_inputs, `motif train
+--sampled-inputs`): drawn pitches feed the decoder and the copy path's memory, the targets stay
+the real notes, and nothing changes when nothing is drawn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import BadParams
+from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, CopyParams
+from engine.model.events import PITCH, EventCodec
+from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
+from engine.model.train.copy_mix import copy_mixed_loss, log_probs, observe
+from engine.model.train.data import collate, cut_window, encode_pieces
+from engine.model.train.step import (
+    evaluate_windows,
+    make_optimizer,
+    objective,
+    sampled_inputs,
+    teacher_forced,
+)
+from engine.music.notes import Note, Piece
+
+CODEC = EventCodec()
+HALF = CopyParams(weight=2.0, exact=4.0, mix=((0.5,) * N_LEVELS,) * len(COPY_FIELDS))
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    phrase = [62, 64, 66, 67, 69, 67, 66, 64]
+    tune = Piece(tuple(Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * 3)))
+    data = encode_pieces(CODEC, [tune])
+    # the second window runs past the tune's end: EOS, then IGNORE padding
+    windows = [(*cut_window(data.events[0], cut, 8, 16, CODEC.eos), 0) for cut in (8, 16)]
+    return collate(windows, 16, CODEC)
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "pointer"])
+def model(request) -> MotifSeq2Seq:
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(
+        CODEC, d_embed=16, hidden=24, layers=1, n_key=25, pointer=request.param
+    )
+    return MotifSeq2Seq(cfg).eval()
+
+
+def test_every_real_pitch_can_be_drawn_and_nothing_else_changes(model):
+    batch = _batch()
+    torch.manual_seed(1)
+    out = sampled_inputs(model, batch, 1.0)
+    target, inputs = batch["target"], out["inputs"]
+    assert out["target"] is target  # the targets stay the real notes
+    real = target[..., PITCH] >= 0
+    assert bool((~real).any()) and bool(real.any())
+    assert torch.equal(inputs[~real], target[~real])  # EOS and padding as they were
+    drawn = inputs[..., PITCH][real]
+    assert bool(((drawn >= 0) & (drawn < CODEC.n_pitch)).all())
+    assert bool((drawn != target[..., PITCH][real]).any())  # a random net draws other pitches
+    others = [c for c in range(target.size(-1)) if c != PITCH]
+    assert torch.equal(inputs[..., others], target[..., others])
+    assert sampled_inputs(model, batch, 0.0) is batch
+
+
+def test_a_share_draws_about_that_share():
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25)
+    net = MotifSeq2Seq(cfg).eval()
+    batch = _batch()
+    real = batch["target"][..., PITCH] >= 0
+    swapped = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = sampled_inputs(net, batch, 0.25)
+        # a draw may equal the true pitch; count the positions fed something else or drawn at all
+        swapped += int((out["inputs"][..., PITCH] != batch["target"][..., PITCH])[real].sum())
+    share = swapped / (20 * int(real.sum()))
+    assert 0.10 < share <= 0.30  # 0.25 less the draws that hit the true pitch (binomial spread)
+
+
+def test_fed_pitches_change_only_later_notes_and_the_true_feed_changes_nothing(model):
+    batch = _batch()
+    with torch.no_grad():
+        plain = teacher_forced(model, batch)
+        same = teacher_forced(model, {**batch, "inputs": batch["target"].clone()})
+        inputs = batch["target"].clone()
+        inputs[:, 5, PITCH] = (inputs[:, 5, PITCH] + 7) % CODEC.n_pitch
+        moved = teacher_forced(model, {**batch, "inputs": inputs})
+    for a, b, c in zip(plain, same, moved, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same ops on the same numbers
+        torch.testing.assert_close(c[:, :6], a[:, :6], rtol=1e-5, atol=1e-6)  # causal
+        assert float((c[:, 6:] - a[:, 6:]).abs().max()) > 1e-4  # note 6 on sees the fed pitch
+
+
+def test_the_copy_paths_memory_holds_the_fed_notes():
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25)
+    net = MotifSeq2Seq(cfg).eval()
+    batch = _batch()
+    grid = ((HALF.weight, HALF.exact, HALF.aligned),)
+
+    def seen(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return observe(net, b, log_probs(net, b), grid, HALF.max_match)
+
+    inputs = batch["target"].clone()
+    real = inputs[..., PITCH] >= 0
+    inputs[..., PITCH] = torch.where(real, (inputs[..., PITCH] + 1) % CODEC.n_pitch, IGNORE)
+    plain, same = seen(batch), seen({**batch, "inputs": batch["target"].clone()})
+    moved = seen({**batch, "inputs": inputs})
+    votes = f"c{PITCH}"  # the copy votes' probability of each true pitch: the memory's alone
+    assert torch.equal(plain[votes], same[votes])
+    assert not torch.allclose(plain[votes], moved[votes])
+    with torch.no_grad():
+        assert copy_mixed_loss(net, batch, HALF).item() == pytest.approx(
+            copy_mixed_loss(net, {**batch, "inputs": batch["target"].clone()}, HALF).item(),
+            rel=1e-6,
+        )
+
+
+def test_steps_with_drawn_pitches_train_and_validation_stays_teacher_forced():
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25)
+    net = MotifSeq2Seq(cfg)
+    batch = _batch()
+    step, evaluate = objective(False, 0.5)
+    assert evaluate is evaluate_windows
+    optimizer = make_optimizer(net, _Opt(), torch.device("cpu"))
+    before = evaluate(net, [batch], torch.device("cpu"))["nll_per_note"]
+    for _ in range(10):
+        step(net, batch, optimizer)
+    after = evaluate(net, [batch], torch.device("cpu"))["nll_per_note"]
+    assert after < before - 0.1
+    for bad in (-0.1, 1.5):
+        with pytest.raises(BadParams, match="sampled-inputs"):
+            objective(True, bad)
+
+
+class _Opt:
+    weight_decay = 0.0
+    lr = 1e-2
