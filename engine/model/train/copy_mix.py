@@ -58,6 +58,11 @@ def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> V
     return mem.duration_votes(s, p)
 
 
+def _fields(note: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shift, pitch and duration columns of notes (B, 5+), (B, 1) each."""
+    return note[:, SHIFT : SHIFT + 1], note[:, PITCH : PITCH + 1], note[:, DURATION : DURATION + 1]
+
+
 def _at(probs: torch.Tensor, index: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """probs (B, n) at index (B, 1), the scored rows only."""
     return probs.gather(1, index.clamp_min(0))[:, 0][scored]
@@ -93,11 +98,7 @@ def observe(
     first = memories[0]
     for t in range(T):
         truth = target[:, t]  # (B, 5)
-        s, p, d = (
-            truth[:, SHIFT : SHIFT + 1],
-            truth[:, PITCH : PITCH + 1],
-            truth[:, DURATION:][:, :1],
-        )
+        s, p, d = _fields(truth)
         cell, last = first.repeat_cell(s)
         for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
             scored = value[:, 0] != IGNORE  # (B,)
@@ -118,14 +119,9 @@ def observe(
                 out["rg"].append(_at(vote, again, scored))
                 out["rcell"].append(cell[scored])
                 out["ris"].append((p[:, 0] == last)[scored])
-        fed = history[:, t]
+        fed = history[:, t]  # the true note, or the one fed in its place
         for mem in memories:
-            mem.append(
-                fed[:, SHIFT : SHIFT + 1],
-                fed[:, PITCH : PITCH + 1],
-                fed[:, DURATION : DURATION + 1],
-                fed[:, POSITION : POSITION + 1],
-            )
+            mem.append(*_fields(fed), fed[:, POSITION : POSITION + 1])
     velocity = target[..., VELOCITY]
     vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
     result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
