@@ -48,6 +48,7 @@ class TrainConfig:
     # share of target notes fed with a pitch drawn from the network instead of the true one
     # (two-pass scheduled sampling, engine.model.train.step.sampled_inputs); 0: teacher forcing
     sampled_inputs: float = 0.0
+    sampled_ramp: bool = False  # the share rises from 0 to sampled_inputs over the run
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -130,6 +131,7 @@ HELP = {
     "train_only": "train only parameters whose names start with these (comma-separated)",
     "through_copy": "train through the shipped copy path (engine/data/copy-params.json)",
     "sampled_inputs": "share of notes fed with a pitch the network drew (scheduled sampling)",
+    "sampled_ramp": "raise that share from 0 at the start to --sampled-inputs at the end",
     "seed_max": "longest seed window (notes)",
     "target_len": "continuation window (notes)",
     "no_seed_prob": "share of batches trained without a seed (default: %(default)s)",

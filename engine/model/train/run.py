@@ -20,6 +20,7 @@ from engine.model.generate.plan import N_KEY
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
 from engine.model.train.config import TrainConfig, TrainResult, plain_config
 from engine.model.train.data import data_hash, eval_batches, load_data, sample_batch
+from engine.model.train.plot import plot_losses
 from engine.model.train.step import (
     EVAL_SEED_LEN,
     EVAL_TARGET_LEN,
@@ -33,7 +34,7 @@ from engine.model.train.step import (
 log = logging.getLogger(__name__)
 PROGRESS_BAR: dict[str, Any] = {"desc": "train", "unit": "step", "dynamic_ncols": True}
 # what a resumed run keeps from the run it continues, whatever its command line says
-OBJECTIVE = ("train_only", "through_copy", "sampled_inputs")
+OBJECTIVE = ("train_only", "through_copy", "sampled_inputs", "sampled_ramp")
 
 
 class Run:
@@ -55,7 +56,9 @@ class Run:
         self.loss_png = cfg.loss_png or self.out.with_name(self.out.stem + "-loss.png")
         resume = self._build_model()
         cfg = self.cfg  # a resumed run keeps its OBJECTIVE
-        self.train_step, self.evaluate = objective(cfg.through_copy, cfg.sampled_inputs)
+        self.train_step, self.evaluate = objective(
+            cfg.through_copy, cfg.sampled_inputs, cfg.sampled_ramp
+        )
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(
             1, self.train_data.notes // (cfg.batch_size * cfg.target_len)
@@ -210,6 +213,7 @@ class Run:
                 self.scaler,
                 amp_dtype=self.amp_dtype,
                 grad_clip=cfg.grad_clip,
+                progress=progress,
             )
         )
         self.step += 1
@@ -356,31 +360,6 @@ class _Clock:
         self.train_s = 0.0
         self.ema: float | None = None
         self.unread: list[torch.Tensor] = []
-
-
-def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    val = [(h["step"], h["val_nll"]) for h in history if "val_nll" in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss (NLL / note)", lw=1)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="validation NLL / note")
-    if train:  # the first steps' huge losses would flatten the interesting part
-        ax.set_ylim(top=1.2 * max(v for _, v in train[len(train) // 10 :] + val))
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per note")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def resume_path_for(out: Path) -> Path:

@@ -195,13 +195,15 @@ def evaluate_windows(model: MotifSeq2Seq, batches, device: torch.device) -> dict
 
 
 def objective(
-    through_copy: bool, sampled_share: float = 0.0
+    through_copy: bool, sampled_share: float = 0.0, sampled_ramp: bool = False
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
     """A run's training step and validation score: the network's own NLL, or (`through_copy`)
     the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
     so that what is trained learns what the copy path misses. `sampled_share`: each step feeds
-    that share of its notes with a drawn pitch (`sampled_inputs`); validation stays
-    teacher-forced on the real notes, so scores compare across runs."""
+    that share of its notes with a drawn pitch (`sampled_inputs`); `sampled_ramp`: the share
+    rises from 0 to `sampled_share` with the run's `progress` (0..1), which the step is given,
+    as in Bengio et al. (2015). Validation stays teacher-forced on the real notes, so scores
+    compare across runs."""
     if not 0.0 <= sampled_share <= 1.0:
         raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
     evaluate: Callable[..., dict] = evaluate_windows
@@ -214,15 +216,18 @@ def objective(
             return {k: v for k, v in nll.items() if k != "fields"}
 
         step = partial(train_step, loss_fn=partial(copy_mixed_loss, params=params))
-    if sampled_share <= 0.0:
-        return step, evaluate
 
-    def sampled_step(
-        model: torch.nn.Module, batch: dict[str, torch.Tensor], *args: Any, **kwargs: Any
+    def run_step(
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        *args: Any,
+        progress: float = 1.0,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        return step(model, sampled_inputs(model, batch, sampled_share), *args, **kwargs)
+        share = sampled_share * (min(1.0, max(0.0, progress)) if sampled_ramp else 1.0)
+        return step(model, sampled_inputs(model, batch, share), *args, **kwargs)
 
-    return sampled_step, evaluate
+    return run_step, evaluate
 
 
 def evaluate_nll(

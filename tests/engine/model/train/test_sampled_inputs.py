@@ -19,6 +19,7 @@ from engine.model.train.step import (
     objective,
     sampled_inputs,
     teacher_forced,
+    train_step,
 )
 from engine.music.notes import Note, Piece
 
@@ -138,3 +139,27 @@ def test_steps_with_drawn_pitches_train_and_validation_stays_teacher_forced():
 class _Opt:
     weight_decay = 0.0
     lr = 1e-2
+
+
+def test_a_ramp_draws_nothing_at_the_start_and_the_whole_share_at_the_end():
+    """`--sampled-ramp`: at progress 0 a step is the teacher-forced step, bit for bit; at 1 it
+    feeds the full share."""
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25)
+    batch = _batch()
+    step, _ = objective(False, 0.6, sampled_ramp=True)
+
+    def after(progress: float | None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        net = MotifSeq2Seq(cfg)
+        optimizer = make_optimizer(net, _Opt(), torch.device("cpu"))
+        torch.manual_seed(1)
+        if progress is None:
+            train_step(net, batch, optimizer)
+        else:
+            step(net, batch, optimizer, progress=progress)
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    plain, start, end = after(None), after(0.0), after(1.0)
+    for k in plain:
+        torch.testing.assert_close(start[k], plain[k], rtol=0, atol=0)
+    assert any(not torch.equal(end[k], plain[k]) for k in plain)
