@@ -25,6 +25,12 @@ def no_mix(max_match: int) -> tuple[tuple[float, ...], ...]:
     return ((0.0,) * (2 * (max_match + 1)),) * len(COPY_FIELDS)
 
 
+def fed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's `inputs` argument when the batch feeds other notes than its targets
+    (engine.model.train.step.sampled_inputs); nothing otherwise, so any seq2seq forward fits."""
+    return {"inputs": batch["inputs"]} if "inputs" in batch else {}
+
+
 def log_probs(model: MotifSeq2Seq, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The model's log-probabilities of every field of the batch's targets, teacher-forced."""
     target = batch["target"]
@@ -35,7 +41,7 @@ def log_probs(model: MotifSeq2Seq, batch: dict[str, torch.Tensor]) -> list[torch
         target,
         batch["key"],
         batch.get("lags"),
-        batch.get("inputs"),
+        **fed(batch),
     )
     return [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
 

@@ -57,7 +57,7 @@ class Run:
         resume = self._build_model()
         cfg = self.cfg  # a resumed run keeps its OBJECTIVE
         self.train_step, self.evaluate = objective(
-            cfg.through_copy, cfg.sampled_inputs, cfg.sampled_ramp
+            cfg.through_copy, cfg.sampled_inputs, cfg.sampled_ramp, self.codec
         )
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(
@@ -92,7 +92,9 @@ class Run:
         resume = None
         if cfg.resume_from is not None:
             resume = torch.load(cfg.resume_from, map_location="cpu", weights_only=True)
-            self.cfg = cfg = replace(cfg, **resume.get("objective", {}))
+            # a file from before a field of OBJECTIVE existed: that run had it at its default
+            kept = {k: getattr(TrainConfig(), k) for k in OBJECTIVE} | resume.get("objective", {})
+            self.cfg = cfg = replace(cfg, **kept)
             tok_cfg = TokenizerConfig.from_dict(resume["tokenizer_config"])
             model_cfg = ModelConfig(**resume["model_config"])
         elif cfg.init_from is not None:
@@ -146,6 +148,8 @@ class Run:
         self.best_val, self.history = float(resume["best_val"]), list(resume["history"])
         self.rng.bit_generator.state = resume["numpy_rng"]
         torch.set_rng_state(resume["torch_rng"])
+        if "cuda_rng" in resume and torch.cuda.is_available():  # the draws of a GPU run
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
 
     def _log_start(self) -> None:
         log.info(
@@ -304,6 +308,11 @@ class Run:
                 "history": self.history,
                 "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                **(
+                    {"cuda_rng": torch.cuda.get_rng_state_all()}
+                    if self.device.type == "cuda"
+                    else {}
+                ),
                 "objective": {k: getattr(self.cfg, k) for k in OBJECTIVE},
             },
             self.resume_path,

@@ -17,6 +17,7 @@ from engine.model.train.step import (
     evaluate_windows,
     make_optimizer,
     objective,
+    ramp_share,
     sampled_inputs,
     teacher_forced,
     train_step,
@@ -141,25 +142,55 @@ class _Opt:
     lr = 1e-2
 
 
-def test_a_ramp_draws_nothing_at_the_start_and_the_whole_share_at_the_end():
-    """`--sampled-ramp`: at progress 0 a step is the teacher-forced step, bit for bit; at 1 it
-    feeds the full share."""
+def test_a_ramp_draws_nothing_at_the_start_and_feeds_the_draws_at_the_end():
+    """`--sampled-ramp`: at progress 0 a step is the teacher-forced step, bit for bit; at 1 the
+    drawn pitches are fed (not only drawn: a step that draws alike and feeds nothing differs)."""
     cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25)
     batch = _batch()
     step, _ = objective(False, 0.6, sampled_ramp=True)
 
-    def after(progress: float | None) -> dict[str, torch.Tensor]:
+    def after(how: str, progress: float = 0.0) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         net = MotifSeq2Seq(cfg)
         optimizer = make_optimizer(net, _Opt(), torch.device("cpu"))
         torch.manual_seed(1)
-        if progress is None:
+        if how == "plain":
             train_step(net, batch, optimizer)
+        elif how == "drawn, not fed":
+            fed = sampled_inputs(net, batch, 0.6)
+            train_step(net, {k: v for k, v in fed.items() if k != "inputs"}, optimizer)
         else:
             step(net, batch, optimizer, progress=progress)
         return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
-    plain, start, end = after(None), after(0.0), after(1.0)
+    plain, start = after("plain"), after("ramp", 0.0)
     for k in plain:
         torch.testing.assert_close(start[k], plain[k], rtol=0, atol=0)
-    assert any(not torch.equal(end[k], plain[k]) for k in plain)
+    end, unfed = after("ramp", 1.0), after("drawn, not fed")
+    assert any(not torch.equal(end[k], unfed[k]) for k in plain)
+    assert [ramp_share(0.6, True, p) for p in (-1.0, 0.0, 0.5, 1.0, 2.0)] == pytest.approx(
+        [0.0, 0.0, 0.3, 0.6, 0.6]
+    )
+    assert ramp_share(0.6, False, 0.0) == 0.6
+    with pytest.raises(BadParams, match="sampled-ramp"):
+        objective(False, 0.0, sampled_ramp=True)
+
+
+def test_the_lag_inputs_are_rebuilt_from_the_fed_notes():
+    """A model with lag inputs: what is fed also sets the lags (whether the previous note
+    repeats the lagged one), exactly as `collate` builds them from a window's notes."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25, lag_inputs=True)
+    net = MotifSeq2Seq(cfg)
+    phrase = [62, 64, 66, 67, 69, 67, 66, 64]
+    tune = Piece(tuple(Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * 6)))
+    events = encode_pieces(CODEC, [tune]).events[0]
+    windows = [(*cut_window(events, cut, 16, 16, CODEC.eos), 0) for cut in (16, 24)]
+    batch = collate(windows, 16, CODEC)
+    torch.manual_seed(2)
+    out = sampled_inputs(net, batch, 1.0, CODEC)
+    fed = [(s, out["inputs"][i, : len(t)].numpy(), 0) for i, (s, t, _) in enumerate(windows)]
+    assert torch.equal(out["lags"], collate(fed, 16, CODEC)["lags"])
+    assert not torch.equal(out["lags"], batch["lags"])  # the drawn pitches moved some
+    with pytest.raises(BadParams, match="codec"):
+        sampled_inputs(net, batch, 1.0)
