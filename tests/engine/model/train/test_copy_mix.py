@@ -10,20 +10,15 @@ from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyParams
 from engine.model.events import EventCodec
 from engine.model.network import ModelConfig, MotifSeq2Seq
 from engine.model.train.copy_mix import copy_mixed_loss, copy_nll
-from engine.model.train.data import collate, cut_window, encode_pieces
 from engine.model.train.step import evaluate_windows, freeze, make_optimizer, objective
-from engine.music.notes import Note, Piece
+from tests.engine.model.train.windows import phrase_batch
 
 CODEC = EventCodec()
 HALF = CopyParams(weight=2.0, exact=4.0, mix=((0.5,) * N_LEVELS,) * len(COPY_FIELDS))
 
 
 def _batch() -> dict[str, torch.Tensor]:
-    phrase = [62, 64, 66, 67, 69, 67, 66, 64]
-    tune = Piece(tuple(Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * 4)))
-    data = encode_pieces(CODEC, [tune])
-    windows = [(*cut_window(data.events[0], cut, 16, 16, CODEC.eos), 0) for cut in (8, 16)]
-    return collate(windows, 16, CODEC)
+    return phrase_batch(4, 16)
 
 
 def _pointer_model() -> MotifSeq2Seq:

@@ -12,7 +12,7 @@ from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, CopyParams
 from engine.model.events import PITCH, EventCodec
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
 from engine.model.train.copy_mix import copy_mixed_loss, log_probs, observe
-from engine.model.train.data import collate, cut_window, encode_pieces
+from engine.model.train.data import collate
 from engine.model.train.step import (
     evaluate_windows,
     make_optimizer,
@@ -22,19 +22,14 @@ from engine.model.train.step import (
     teacher_forced,
     train_step,
 )
-from engine.music.notes import Note, Piece
+from tests.engine.model.train.windows import phrase_batch, phrase_windows
 
 CODEC = EventCodec()
 HALF = CopyParams(weight=2.0, exact=4.0, mix=((0.5,) * N_LEVELS,) * len(COPY_FIELDS))
 
 
 def _batch() -> dict[str, torch.Tensor]:
-    phrase = [62, 64, 66, 67, 69, 67, 66, 64]
-    tune = Piece(tuple(Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * 3)))
-    data = encode_pieces(CODEC, [tune])
-    # the second window runs past the tune's end: EOS, then IGNORE padding
-    windows = [(*cut_window(data.events[0], cut, 8, 16, CODEC.eos), 0) for cut in (8, 16)]
-    return collate(windows, 16, CODEC)
+    return phrase_batch(3, 8)  # the second window runs past the tune's end: EOS, then padding
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "pointer"])
@@ -182,10 +177,7 @@ def test_the_lag_inputs_are_rebuilt_from_the_fed_notes():
     torch.manual_seed(0)
     cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25, lag_inputs=True)
     net = MotifSeq2Seq(cfg)
-    phrase = [62, 64, 66, 67, 69, 67, 66, 64]
-    tune = Piece(tuple(Note(i * 0.5, 0.5, p, 90) for i, p in enumerate(phrase * 6)))
-    events = encode_pieces(CODEC, [tune]).events[0]
-    windows = [(*cut_window(events, cut, 16, 16, CODEC.eos), 0) for cut in (16, 24)]
+    windows = phrase_windows(6, 16, cuts=(16, 24))
     batch = collate(windows, 16, CODEC)
     torch.manual_seed(2)
     out = sampled_inputs(net, batch, 1.0, CODEC)
