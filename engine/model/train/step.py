@@ -9,7 +9,7 @@ import logging
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.copy.copying import shipped_params
-from engine.model.events import PITCH, SHIFT, EventCodec
-from engine.model.lags import window_lags
+from engine.model.events import SHIFT, EventCodec
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
 from engine.model.train.copy_mix import copy_mixed_loss, copy_nll, fed
 from engine.model.train.data import encode_pieces, eval_batches
+from engine.model.train.scheduled import ramp_share, sampled_inputs
 from engine.music.notes import Piece
 
 log = logging.getLogger(__name__)
@@ -109,63 +109,6 @@ def teacher_forced(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> li
     )
 
 
-def sampled_inputs(
-    model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    share: float,
-    codec: EventCodec | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, torch.Tensor]:
-    """Two-pass scheduled sampling (Mihaylova and Martins, 2019), against exposure bias: a
-    teacher-forced pass without gradient and without dropout (as generation runs) draws a
-    pitch for every target note from the network's own distribution, and `share` of the notes
-    are fed to the next pass (the decoder, the pointer's figures, the copy path's memory and,
-    rebuilt from them with `codec`, the lag inputs) with the drawn pitch instead of the true
-    one, as in generation, where the history is the model's own. The targets stay the real
-    notes. The draw is the network's alone: generation draws from it with the copy path mixed
-    in. Draws from torch's global generators, which a resumed run restores."""
-    if share <= 0.0:
-        return batch
-    target = batch["target"]
-    was_training = model.training
-    model.eval()
-    autocast = torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    with torch.no_grad(), autocast:
-        logits = teacher_forced(model, batch)[PITCH].float()  # (B, T, n_pitch)
-    model.train(was_training)
-    probs = torch.softmax(logits.reshape(-1, logits.size(-1)), dim=-1)
-    drawn = torch.multinomial(probs, 1).view(target.shape[:2])  # (B, T)
-    real = target[..., PITCH] >= 0
-    swap = real & (torch.rand(real.shape, device=target.device) < share)
-    inputs = target.clone()
-    inputs[..., PITCH] = torch.where(swap, drawn, target[..., PITCH])
-    out = {**batch, "inputs": inputs}
-    if "lags" in batch and getattr(getattr(model, "config", None), "lag_inputs", False):
-        if codec is None:
-            raise BadParams("scheduled sampling with lag inputs needs the codec to rebuild them")
-        out["lags"] = fed_lags(batch, inputs, codec)
-    return out
-
-
-def fed_lags(
-    batch: dict[str, torch.Tensor], inputs: torch.Tensor, codec: EventCodec
-) -> torch.Tensor:
-    """The lag inputs (B, T, columns) of each step when the previous notes are `inputs`, as
-    `collate` builds them from the true ones (a fed pitch changes whether it repeats the
-    lagged note)."""
-    cfg, seed, seed_len = codec.config, batch["seed"].cpu(), batch["seed_len"].cpu()
-    rows = [
-        window_lags(seed[i, : int(seed_len[i])], fed, cfg.max_shift, cfg.max_position)
-        for i, fed in enumerate(inputs.cpu())
-    ]
-    return torch.stack(rows).to(batch["lags"].device)
-
-
-def ramp_share(share: float, ramp: bool, progress: float) -> float:
-    """The share a step feeds: `share`, or with `ramp` `share` x the run's progress (0..1)."""
-    return share * min(1.0, max(0.0, progress)) if ramp else share
-
-
 def train_step(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -240,7 +183,8 @@ def objective(
     so that what is trained learns what the copy path misses. `sampled_share`: each step feeds
     that share of its notes with a drawn pitch (`sampled_inputs`); `sampled_ramp`: the share
     rises from 0 to `sampled_share` with the run's `progress` (0..1), which the step is given,
-    as in Bengio et al. (2015); `codec` rebuilds the lag inputs of what is fed. Validation stays teacher-forced on the real notes, so scores
+    as in Bengio et al. (2015); `codec` rebuilds the lag inputs of what is fed; through the
+    copy path the pitches are drawn with it mixed in, as generation draws them. Validation stays teacher-forced on the real notes, so scores
     compare across runs."""
     if not 0.0 <= sampled_share <= 1.0:
         raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
@@ -248,8 +192,8 @@ def objective(
         raise BadParams("--sampled-ramp raises the share to --sampled-inputs: give that too")
     evaluate: Callable[..., dict] = evaluate_windows
     step: Callable[..., torch.Tensor] = train_step
+    params = shipped_params()
     if through_copy:
-        params = shipped_params()
 
         def evaluate(model: MotifSeq2Seq, batches: Any, device: torch.device) -> dict:
             nll = copy_nll(model, batches, device, params)
@@ -265,7 +209,14 @@ def objective(
         **kwargs: Any,
     ) -> torch.Tensor:
         share = ramp_share(sampled_share, sampled_ramp, progress)
-        feeding = sampled_inputs(model, batch, share, codec, kwargs.get("amp_dtype"))
+        feeding = sampled_inputs(
+            cast(MotifSeq2Seq, model),
+            batch,
+            share,
+            codec,
+            kwargs.get("amp_dtype"),
+            params if through_copy else None,
+        )
         return step(model, feeding, *args, **kwargs)
 
     return run_step, evaluate
