@@ -289,7 +289,7 @@ class MotifSeq2Seq(nn.Module):
         notes. target (B, T, 5) with IGNORE where a field is not predicted (after EOS); lags
         (B, T, columns): each step's lag inputs (engine.model.lags; None: none); inputs (B, T,
         5): the previous notes to feed instead of the target's (None: the target's; see
-        engine.model.train.step.sampled_inputs); returns [shift, pitch, duration, velocity]
+        engine.model.train.scheduled.sampled_inputs); returns [shift, pitch, duration, velocity]
         logits, each (B, T, n_field)."""
         memory = self.encode(seed, seed_len, style, key)
         cond = self.embed.conditioning(style, memory.key)  # (B, D)

@@ -46,7 +46,7 @@ class TrainConfig:
     # generates), so the network learns what the copy path misses
     through_copy: bool = False
     # share of target notes fed with a pitch drawn from the network instead of the true one
-    # (two-pass scheduled sampling, engine.model.train.step.sampled_inputs); 0: teacher forcing
+    # (two-pass scheduled sampling, engine.model.train.scheduled.sampled_inputs); 0: teacher forcing
     sampled_inputs: float = 0.0
     sampled_ramp: bool = False  # the share rises from 0 to sampled_inputs over the run
     # windows and augmentation

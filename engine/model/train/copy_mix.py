@@ -27,7 +27,7 @@ def no_mix(max_match: int) -> tuple[tuple[float, ...], ...]:
 
 def fed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The network's `inputs` argument when the batch feeds other notes than its targets
-    (engine.model.train.step.sampled_inputs); nothing otherwise, so any seq2seq forward fits."""
+    (engine.model.train.scheduled.sampled_inputs); nothing otherwise, so any seq2seq forward fits."""
     return {"inputs": batch["inputs"]} if "inputs" in batch else {}
 
 
@@ -89,7 +89,7 @@ def observe(
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
     history = batch.get(
         "inputs", target
-    )  # what the memory holds (engine.model.train.step.sampled_inputs)
+    )  # what the memory holds (engine.model.train.scheduled.sampled_inputs)
     sizes = field_sizes(model)
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
