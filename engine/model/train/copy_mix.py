@@ -25,25 +25,25 @@ def no_mix(max_match: int) -> tuple[tuple[float, ...], ...]:
     return ((0.0,) * (2 * (max_match + 1)),) * len(COPY_FIELDS)
 
 
-def fed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The network's `inputs` argument when the batch feeds other notes than its targets
-    (engine.model.train.scheduled.sampled_inputs); nothing otherwise, so any seq2seq forward fits."""
-    return {"inputs": batch["inputs"]} if "inputs" in batch else {}
+def teacher_forced(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The model's logits of every field of a `collate` batch's targets, teacher-forced; fed
+    the batch's `inputs` in place of its targets when it has them
+    (engine.model.train.scheduled.sampled_inputs; otherwise none, so any seq2seq forward fits)."""
+    fed = {"inputs": batch["inputs"]} if "inputs" in batch else {}
+    return model(
+        batch["seed"],
+        batch["seed_len"],
+        batch["style"],
+        batch["target"],
+        batch["key"],
+        batch.get("lags"),
+        **fed,
+    )
 
 
 def log_probs(model: MotifSeq2Seq, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The model's log-probabilities of every field of the batch's targets, teacher-forced."""
-    target = batch["target"]
-    logits = model(
-        batch["seed"],
-        batch["seed_len"],
-        batch["style"],
-        target,
-        batch["key"],
-        batch.get("lags"),
-        **fed(batch),
-    )
-    return [torch.log_softmax(lg.float(), dim=-1) for lg in logits]
+    return [torch.log_softmax(lg.float(), dim=-1) for lg in teacher_forced(model, batch)]
 
 
 def field_sizes(model: MotifSeq2Seq) -> tuple[int, int, int]:
@@ -64,7 +64,7 @@ def _field_votes(mem: CopyMemory, f: int, s: torch.Tensor, p: torch.Tensor) -> V
     return mem.duration_votes(s, p)
 
 
-def _fields(note: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def note_fields(note: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shift, pitch and duration columns of notes (B, 5+), (B, 1) each."""
     return note[:, SHIFT : SHIFT + 1], note[:, PITCH : PITCH + 1], note[:, DURATION : DURATION + 1]
 
@@ -87,9 +87,8 @@ def observe(
     lookback's vote and level ("g", "l"); for pitches, the same for the latest pitch and the
     repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Flat tensors."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
-    history = batch.get(
-        "inputs", target
-    )  # what the memory holds (engine.model.train.scheduled.sampled_inputs)
+    # what the memory holds: the targets, or the notes fed in their place (scheduled sampling)
+    history = batch.get("inputs", target)
     sizes = field_sizes(model)
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
@@ -104,7 +103,7 @@ def observe(
     first = memories[0]
     for t in range(T):
         truth = target[:, t]  # (B, 5)
-        s, p, d = _fields(truth)
+        s, p, d = note_fields(truth)
         cell, last = first.repeat_cell(s)
         for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
             scored = value[:, 0] != IGNORE  # (B,)
@@ -125,9 +124,9 @@ def observe(
                 out["rg"].append(_at(vote, again, scored))
                 out["rcell"].append(cell[scored])
                 out["ris"].append((p[:, 0] == last)[scored])
-        fed = history[:, t]  # the true note, or the one fed in its place
+        note = history[:, t]
         for mem in memories:
-            mem.append(*_fields(fed), fed[:, POSITION : POSITION + 1])
+            mem.append(*note_fields(note), note[:, POSITION : POSITION + 1])
     velocity = target[..., VELOCITY]
     vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
     result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}

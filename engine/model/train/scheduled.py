@@ -10,10 +10,10 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.copy.copying import CopyMemory, CopyParams
-from engine.model.events import DURATION, PITCH, POSITION, SHIFT, EventCodec
+from engine.model.events import PITCH, POSITION, SHIFT, EventCodec
 from engine.model.lags import window_lags
 from engine.model.network import MotifSeq2Seq
-from engine.model.train.copy_mix import field_sizes, log_probs
+from engine.model.train.copy_mix import field_sizes, log_probs, note_fields
 
 
 def sampled_inputs(
@@ -75,12 +75,7 @@ def _draw_through_copy(
         mixed = memory.mixed(PITCH, logp[:, t], shift)
         drawn = torch.multinomial(torch.softmax(mixed.float(), dim=-1), 1)[:, 0]
         note[:, PITCH] = torch.where(swap[:, t], drawn, note[:, PITCH])
-        memory.append(
-            note[:, SHIFT : SHIFT + 1],
-            note[:, PITCH : PITCH + 1],
-            note[:, DURATION : DURATION + 1],
-            note[:, POSITION : POSITION + 1],
-        )
+        memory.append(*note_fields(note), note[:, POSITION : POSITION + 1])
 
 
 def fed_lags(

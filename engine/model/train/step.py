@@ -20,7 +20,7 @@ from engine.model.copy.copying import shipped_params
 from engine.model.events import SHIFT, EventCodec
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
-from engine.model.train.copy_mix import copy_mixed_loss, copy_nll, fed
+from engine.model.train.copy_mix import copy_mixed_loss, copy_nll, teacher_forced
 from engine.model.train.data import encode_pieces, eval_batches
 from engine.model.train.scheduled import ramp_share, sampled_inputs
 from engine.music.notes import Piece
@@ -94,19 +94,6 @@ def freeze(model: torch.nn.Module, train_only: str) -> list[str]:
     if prefixes:
         log.info("training %d of the model's parameter tensors: %s", len(kept), kept)
     return kept
-
-
-def teacher_forced(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The model's logits of every field of a `collate` batch's targets, teacher-forced."""
-    return model(
-        batch["seed"],
-        batch["seed_len"],
-        batch["style"],
-        batch["target"],
-        batch["key"],
-        batch.get("lags"),
-        **fed(batch),
-    )
 
 
 def train_step(
