@@ -1,6 +1,7 @@
 """The retrain gate: a candidate becomes active only if its NLL on the base corpus's held-out
-set is not worse than the active model's beyond a tolerance, its continuations do not collapse
-and it keeps its seeds about as well (engine.model.fidelity)."""
+set (with the copy path mixed in, as it generates) is not worse than the active model's beyond a
+tolerance, its continuations do not collapse and it keeps its seeds about as well
+(engine.model.fidelity)."""
 
 from __future__ import annotations
 
@@ -101,11 +102,14 @@ def seed_fidelity(lm: Any, seeds: list[Piece], pieces: list[Piece]) -> dict[str,
 
 
 def nll_per_note(lm: Any, pieces: list[Piece], max_windows: int | None = None) -> float | None:
-    """The model's NLL per note event on `pieces` (engine.model.train.step.evaluate_nll)."""
+    """The NLL per note event on `pieces` of what the model generates from: the network with
+    the shipped copy path mixed in, as it decodes and as the content gain scores it
+    (engine.model.train.step.evaluate_nll). What goes live is that mixture, so a network trained
+    to complement the copy path (`motif train --through-copy`) is compared by it too."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.train.step import evaluate_nll
 
-    return evaluate_nll(lm, pieces, max_windows=max_windows).get("nll_per_note")
+    return evaluate_nll(lm, pieces, max_windows=max_windows, with_copy=True).get("nll_per_note")
 
 
 def model_figures(lm: Any, base_test: list[Piece], collapse: bool = True) -> dict[str, Any]:

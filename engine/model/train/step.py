@@ -218,16 +218,23 @@ def evaluate_nll(
     target_len: int = EVAL_TARGET_LEN,
     max_windows: int | None = None,
     dtype: torch.dtype | None = None,
+    with_copy: bool = False,
 ) -> dict[str, float]:
     """Mean NLL per note event (notes and the end of each piece; nats, all four fields summed)
     and per field, on fixed windows of `pieces` with the pieces' own styles. Empty dict if
     there is nothing to score. `dtype` (e.g. torch.bfloat16): score a copy of the model whose
-    weights and arithmetic are in that precision (the loss itself in float32)."""
+    weights and arithmetic are in that precision (the loss itself in float32). `with_copy`:
+    the NLL per note of the distribution generation draws from, the shipped copy path mixed in
+    (engine.model.train.copy_mix; no per-field figures); the network's own where it is off."""
     data = encode_pieces(lm.codec, pieces)
     batches = eval_batches(data, lm.codec, batch_size, seed_len, target_len, max_windows)
     model = lm.model
     if dtype is not None and dtype != next(model.parameters()).dtype:
         model = copy.deepcopy(model).to(dtype)
+    params = shipped_params()
+    if with_copy and not params.off:
+        nll = copy_nll(model, batches, lm.device, params)
+        return {k: v for k, v in nll.items() if k != "fields"}
     return evaluate_windows(model, batches, lm.device)
 
 
