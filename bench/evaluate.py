@@ -44,14 +44,19 @@ class SeedCase:
     real: Piece  # the next `bars` bars of the piece
 
 
-def cut_seed(piece: Piece, seed_bars: int, bars: int) -> SeedCase | None:
+def cut_seed(piece: Piece, seed_bars: int, bars: int, *, middle: bool = False) -> SeedCase | None:
     """The first `seed_bars` bars as the seed and the `bars` after them as the real continuation;
-    None when either part has fewer than 4 notes (too short to judge a key or a collapse)."""
+    None when either part has fewer than 4 notes (too short to judge a key or a collapse), and
+    with `middle` also when the piece does not go on after them: the real continuation is then
+    the tune's end (shorter, and closing), not the middle of a tune that an open ending is
+    compared with."""
     seed_end = seed_bars * piece.beats_per_bar
     cont_end = seed_end + bars * piece.beats_per_bar
     seed = tuple(n for n in piece.notes if n.start < seed_end - 1e-9)
     real = tuple(n for n in piece.notes if seed_end - 1e-9 <= n.start < cont_end - 1e-9)
     if len(seed) < 4 or len(real) < 4:
+        return None
+    if middle and not any(n.start >= cont_end - 1e-9 for n in piece.notes):
         return None
     return SeedCase(
         piece=piece,
@@ -70,14 +75,20 @@ def without_near_duplicates(
 
 
 def pick_cases(
-    pieces: Sequence[Piece], n: int, *, seed_bars: int, bars: int, seed: int = 0
+    pieces: Sequence[Piece],
+    n: int,
+    *,
+    seed_bars: int,
+    bars: int,
+    seed: int = 0,
+    middle: bool = False,
 ) -> list[SeedCase]:
     """`n` held-out pieces, in a random order fixed by `seed`, that can be cut into a seed and a
-    continuation (fewer, with a warning, when the split has fewer)."""
+    continuation (`cut_seed`; fewer, with a warning, when the split has fewer)."""
     order = np.random.default_rng(seed).permutation(len(pieces))
     cases: list[SeedCase] = []
     for i in order:
-        case = cut_seed(pieces[int(i)], seed_bars, bars)
+        case = cut_seed(pieces[int(i)], seed_bars, bars, middle=middle)
         if case is not None:
             cases.append(case)
             if len(cases) == n:

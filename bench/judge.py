@@ -84,7 +84,9 @@ def judge(
     train = corpus.pieces("train")
     index = TrainingIndex.from_pieces(train)
     test, dups = without_near_duplicates(set_pieces(seed_set, corpus), index)
-    cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed)
+    # the middle of a tune: a real continuation that is the tune's end (about 1 in 5 of the
+    # corpus's) would be shorter and closing, and told apart by that alone
+    cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed, middle=True)
     seeds = [c.seed for c in cases]
     bpb = [c.piece.beats_per_bar for c in cases]
     bar_starts = [seed_bars * b for b in bpb]  # where cut_seed cut: continuation bar 1
@@ -270,7 +272,7 @@ def format_judge(result: dict[str, Any]) -> str:
     lines = [
         f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} {seed_set} "
         f"({s['near_duplicates_left_out']} near-duplicates of training pieces left out); "
-        f"{s['bars']} bars continued; Motif with the {s.get('ending', 'open')} ending, at temperature 1.0, top-p {s['top_p']}, tonal gravity "
+        f"{s['bars']} bars continued, in tunes that go on after them; Motif with the {s.get('ending', 'open')} ending, at temperature 1.0, top-p {s['top_p']}, tonal gravity "
         f"{s['key_gravity']}, key penalty {s.get('key_penalty', '?')}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
         "",
         "| | " + " | ".join(systems) + " |",

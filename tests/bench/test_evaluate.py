@@ -47,6 +47,20 @@ def test_cut_seed_splits_at_the_bar_line():
     assert cut_seed(tune(4), seed_bars=4, bars=8) is None  # nothing after the seed
 
 
+def test_the_middle_of_a_tune_is_cut_only_from_a_tune_that_goes_on():
+    """`middle`: the real continuation is the middle of a tune, never its end (shorter and
+    closing): a tune of 10 bars has 6 bars after a 4-bar seed, and one of exactly 12 ends with
+    them; 13 bars go on."""
+    assert cut_seed(tune(10), seed_bars=4, bars=8) is not None
+    assert cut_seed(tune(10), seed_bars=4, bars=8, middle=True) is None
+    assert cut_seed(tune(12), seed_bars=4, bars=8, middle=True) is None
+    case = cut_seed(tune(13), seed_bars=4, bars=8, middle=True)
+    assert case is not None and case.real.notes[-1].start == 47  # the last beat of bar 12
+    pieces = [tune(9 + i, i, f"p{i}") for i in range(6)]  # 9..14 bars
+    names = {c.piece.name for c in pick_cases(pieces, 6, seed_bars=4, bars=8, middle=True)}
+    assert names == {"p4", "p5"}
+
+
 def test_pick_cases_is_repeatable_and_skips_short_pieces():
     pieces = [tune(12, i, f"p{i}") for i in range(10)] + [tune(3, name="short")]
     a = pick_cases(pieces, 5, seed_bars=4, bars=4, seed=1)
