@@ -12,7 +12,9 @@ from engine.music.metrics import is_collapsed
 from engine.music.notes import Piece
 from engine.music.request import ComposeOptions
 
-GATE_SEEDS = 12  # continuations generated from held-out seeds for the collapse check
+GATE_SEEDS = 12  # held-out seeds continued for the collapse check
+GATE_DRAWS = 5  # rng seeds each: a model that collapses 1 time in 30 passes 12 draws 2 times in
+# 3, and 60 draws 1 time in 8
 GATE_BARS = 4
 # Seed fidelity (engine.model.fidelity): a candidate may not pass by forgetting its seeds. Measured on
 # the same held-out seeds (4 bars, 8 continued) for the candidate and the active model.
@@ -23,20 +25,27 @@ REUSE_TOLERANCE = 0.05  # share of the seed's figures that recur: may fall this 
 LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: may rise this much
 
 
-def collapse_rate(lm: Any, seeds: list[Piece]) -> float:
+def collapse_requests(seeds: list[Piece], draws: int = GATE_DRAWS) -> list[Any]:
+    """Each seed continued GATE_BARS bars with `draws` rng seeds: draw k of seed i has rng seed
+    i + k x len(seeds), so the first draw is seed i's own and no two draws share one."""
+    from engine.model.generate.request import GenerationRequest
+
+    n = len(seeds)
+    return [
+        GenerationRequest(s, ComposeOptions(bars=GATE_BARS, style=s.style, rng_seed=i + k * n))
+        for k in range(draws)
+        for i, s in enumerate(seeds)
+    ]
+
+
+def collapse_rate(lm: Any, seeds: list[Piece], draws: int = GATE_DRAWS) -> float:
+    """The share of `collapse_requests`' continuations that collapse to repeated notes."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.generate.continuation import continue_batch
-    from engine.model.generate.request import GenerationRequest
 
     if not seeds:
         return 0.0
-    outs = continue_batch(
-        lm,
-        [
-            GenerationRequest(s, ComposeOptions(bars=GATE_BARS, style=s.style, rng_seed=i))
-            for i, s in enumerate(seeds)
-        ],
-    )
+    outs = continue_batch(lm, collapse_requests(seeds, draws))
     return sum(is_collapsed(o.notes) for o in outs) / len(outs)
 
 
