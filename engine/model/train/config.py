@@ -49,6 +49,9 @@ class TrainConfig:
     # (two-pass scheduled sampling, engine.model.train.scheduled.sampled_inputs); 0: teacher forcing
     sampled_inputs: float = 0.0
     sampled_ramp: bool = False  # the share rises from 0 to sampled_inputs over the run
+    # leave unscored the pitch of the note right after each drawn one, so the network is not
+    # taught to step back to the real melody after a note of its own
+    sampled_skip_next: bool = False
     # windows and augmentation
     seed_max: int = 64
     target_len: int = 64
@@ -132,6 +135,7 @@ HELP = {
     "through_copy": "train through the shipped copy path (engine/data/copy-params.json)",
     "sampled_inputs": "share of notes fed with a pitch the network drew (scheduled sampling)",
     "sampled_ramp": "raise that share from 0 at the start to --sampled-inputs at the end",
+    "sampled_skip_next": "do not score the pitch of the note right after a drawn one",
     "seed_max": "longest seed window (notes)",
     "target_len": "continuation window (notes)",
     "no_seed_prob": "share of batches trained without a seed (default: %(default)s)",

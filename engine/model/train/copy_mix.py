@@ -89,6 +89,7 @@ def observe(
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
     # what the memory holds: the targets, or the notes fed in their place (scheduled sampling)
     history = batch.get("inputs", target)
+    unscored = batch.get("unscored_pitch")  # (B, T) pitches the loss leaves out, if any
     sizes = field_sizes(model)
     T = target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
@@ -107,6 +108,8 @@ def observe(
         cell, last = first.repeat_cell(s)
         for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
             scored = value[:, 0] != IGNORE  # (B,)
+            if f == PITCH and unscored is not None:
+                scored = scored & ~unscored[:, t]
             if not bool(scored.any()):
                 continue
             each = [_field_votes(mem, f, s, p) for mem in memories]

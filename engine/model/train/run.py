@@ -34,7 +34,7 @@ from engine.model.train.step import (
 log = logging.getLogger(__name__)
 PROGRESS_BAR: dict[str, Any] = {"desc": "train", "unit": "step", "dynamic_ncols": True}
 # what a resumed run keeps from the run it continues, whatever its command line says
-OBJECTIVE = ("train_only", "through_copy", "sampled_inputs", "sampled_ramp")
+OBJECTIVE = ("train_only", "through_copy", "sampled_inputs", "sampled_ramp", "sampled_skip_next")
 
 
 class Run:
@@ -57,7 +57,11 @@ class Run:
         resume = self._build_model()
         cfg = self.cfg  # a resumed run keeps its OBJECTIVE
         self.train_step, self.evaluate = objective(
-            cfg.through_copy, cfg.sampled_inputs, cfg.sampled_ramp, self.codec
+            cfg.through_copy,
+            cfg.sampled_inputs,
+            cfg.sampled_ramp,
+            self.codec,
+            skip_next=cfg.sampled_skip_next,
         )
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(

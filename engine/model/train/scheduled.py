@@ -23,12 +23,16 @@ def sampled_inputs(
     codec: EventCodec | None = None,
     amp_dtype: torch.dtype | None = None,
     params: CopyParams | None = None,
+    skip_next: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The batch with `inputs`: its targets with `share` of the notes' pitches drawn (the
     decoder, the pointer's figures and the copy path's memory read them; with `codec` the lag
     inputs are rebuilt from them). Drawn from the network, or with `params` from the network with
     that copy path mixed in, note after note over the fed history, as generation draws. Uses
-    torch's global generators, which a resumed run restores."""
+    torch's global generators, which a resumed run restores. `skip_next`: `unscored_pitch`
+    (B, T) marks the note right after each drawn one, whose pitch the loss leaves out: the real
+    melody's next step answers the real pitch, not the drawn one, and scoring it would teach the
+    network to step back after a note of its own (docs/form-judge.md, step seven)."""
     if share <= 0.0:
         return batch
     target = batch["target"]
@@ -47,6 +51,11 @@ def sampled_inputs(
     else:
         _draw_through_copy(model, batch, logp, swap, inputs, params)
     out = {**batch, "inputs": inputs}
+    if skip_next:  # after a fed pitch that is not the real one
+        changed = inputs[..., PITCH] != target[..., PITCH]
+        unscored = torch.zeros_like(changed)
+        unscored[:, 1:] = changed[:, :-1]
+        out["unscored_pitch"] = unscored
     if "lags" in batch and model.config.lag_inputs:
         if codec is None:
             raise BadParams("scheduled sampling with lag inputs needs the codec to rebuild them")

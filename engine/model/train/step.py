@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.copy.copying import shipped_params
-from engine.model.events import SHIFT, EventCodec
+from engine.model.events import PITCH, SHIFT, EventCodec
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
 from engine.model.train.copy_mix import copy_mixed_loss, copy_nll, teacher_forced
@@ -120,7 +120,10 @@ def train_step(
         else:
             logits = teacher_forced(model, batch)
     if loss_fn is None:
-        loss = field_nll(logits, target).sum() / (target[..., SHIFT] != IGNORE).sum()
+        nll = field_nll(logits, target)
+        if "unscored_pitch" in batch:  # engine.model.train.scheduled (`skip_next`)
+            nll[..., PITCH] = nll[..., PITCH].masked_fill(batch["unscored_pitch"], 0.0)
+        loss = nll.sum() / (target[..., SHIFT] != IGNORE).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -164,6 +167,8 @@ def objective(
     sampled_share: float = 0.0,
     sampled_ramp: bool = False,
     codec: EventCodec | None = None,
+    *,
+    skip_next: bool = False,
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
     """A run's training step and validation score: the network's own NLL, or (`through_copy`)
     the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
@@ -171,12 +176,17 @@ def objective(
     that share of its notes with a drawn pitch (`sampled_inputs`); `sampled_ramp`: the share
     rises from 0 to `sampled_share` with the run's `progress` (0..1), which the step is given,
     as in Bengio et al. (2015); `codec` rebuilds the lag inputs of what is fed; through the
-    copy path the pitches are drawn with it mixed in, as generation draws them. Validation stays teacher-forced on the real notes, so scores
-    compare across runs."""
+    copy path the pitches are drawn with it mixed in, as generation draws them; `skip_next`:
+    the pitch right after a drawn one is not scored (`sampled_inputs`). Validation stays
+    teacher-forced on the real notes, so scores compare across runs."""
     if not 0.0 <= sampled_share <= 1.0:
         raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
     if sampled_ramp and sampled_share <= 0.0:
         raise BadParams("--sampled-ramp raises the share to --sampled-inputs: give that too")
+    if skip_next and sampled_share <= 0.0:
+        raise BadParams(
+            "--sampled-skip-next skips what follows a drawn pitch: give --sampled-inputs"
+        )
     evaluate: Callable[..., dict] = evaluate_windows
     step: Callable[..., torch.Tensor] = train_step
     params = shipped_params()
@@ -203,6 +213,7 @@ def objective(
             codec,
             kwargs.get("amp_dtype"),
             params if through_copy else None,
+            skip_next,
         )
         return step(model, feeding, *args, **kwargs)
 

@@ -204,3 +204,48 @@ def test_through_the_copy_path_the_draws_follow_its_votes():
             hits[how] += int((drawn == truth).sum())
     assert hits["copy"] >= 24 and hits["network"] <= 10, hits  # of 80 draws: expected ~40, ~1
     assert net.training  # the draw ran without dropout, and the mode is given back
+
+
+@pytest.mark.parametrize("through_copy", [False, True], ids=["network", "copy path"])
+def test_skip_next_leaves_out_only_the_pitch_right_after_a_drawn_one(through_copy):
+    """`--sampled-skip-next`: the pitch of the note after each fed pitch that is not the real one
+    goes unscored (and nothing else), in the network's own loss and through the copy path."""
+    from engine.model.train.copy_mix import nll_by_field
+    from engine.model.train.step import field_nll
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_codec(CODEC, d_embed=16, hidden=24, layers=1, n_key=25)
+    net = MotifSeq2Seq(cfg).eval()
+    batch = _batch()
+    torch.manual_seed(3)
+    out = sampled_inputs(net, batch, 0.5, skip_next=True)
+    target, unscored = batch["target"], out["unscored_pitch"]
+    changed = out["inputs"][..., PITCH] != target[..., PITCH]
+    assert bool(changed.any()) and not bool(unscored[:, 0].any())
+    assert torch.equal(unscored[:, 1:], changed[:, :-1])  # the next note's, exactly
+    assert "unscored_pitch" not in sampled_inputs(net, batch, 0.5)
+    with pytest.raises(BadParams, match="sampled-inputs"):
+        objective(False, 0.0, skip_next=True)
+
+    scored = (target[..., PITCH] != IGNORE) & unscored
+    assert bool(scored.any())  # some real pitch is left out
+    fed = {k: v for k, v in out.items() if k != "unscored_pitch"}
+    with torch.no_grad():
+        if through_copy:
+            grid = ((HALF.weight, HALF.exact, HALF.aligned),)
+
+            def pitch_nll(b):
+                seen = observe(net, b, log_probs(net, b), grid, HALF.max_match)
+                return float(nll_by_field(seen, HALF, 0)[PITCH])
+
+            every, kept = pitch_nll(fed), pitch_nll(out)
+            others = [copy_mixed_loss(net, b, HALF) for b in (fed, out)]
+        else:
+            each = field_nll(teacher_forced(net, fed), target)[..., PITCH]
+            every, kept = float(each.sum()), float(each.sum() - each[scored].sum())
+    if not through_copy:  # the training step's own loss (no step taken: the rate is 0)
+        still = torch.optim.SGD(net.parameters(), lr=0.0)
+        others = [train_step(net, b, still) for b in (fed, out)]
+    assert kept < every - 1e-3  # the left-out pitches cost something, and are left out
+    notes = int((target[..., 0] != IGNORE).sum())  # the loss is per note: only the pitch changed
+    assert float(others[0] - others[1]) * notes == pytest.approx(every - kept, rel=1e-4)

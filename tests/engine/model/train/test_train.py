@@ -400,7 +400,13 @@ def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
         log_every=1,
         schedule="constant",
     )
-    how = dict(train_only="pointer.", through_copy=True, sampled_inputs=0.5, sampled_ramp=True)
+    how = dict(
+        train_only="pointer.",
+        through_copy=True,
+        sampled_inputs=0.5,
+        sampled_ramp=True,
+        sampled_skip_next=True,
+    )
     straight = train(TrainConfig(**base, **how, out=tmp_path / "a.pt"))
 
     def crash(info):
