@@ -85,7 +85,8 @@ def observe(
     (`log_probs`; "m", with its gradient, if any), the votes' probability of it ("c", a column
     per (weight, exact, aligned) of `grid`), the best voter's level ("b"; -1: none), the
     lookback's vote and level ("g", "l"); for pitches, the same for the latest pitch and the
-    repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Flat tensors."""
+    repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Flat tensors. A
+    batch's `unscored_pitch` (B, T) leaves those pitches out (engine.model.train.scheduled)."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
     # what the memory holds: the targets, or the notes fed in their place (scheduled sampling)
     history = batch.get("inputs", target)
