@@ -4,6 +4,8 @@
 
 Columns: Motif (one per `--model`), the hobby baseline (bench/baseline.py), the real
 continuation and a chance reference (another held-out piece's real continuation, same length).
+Seeds come only from tunes that go on after the bars continued, so the real continuation is the
+middle of a tune, as Motif's open ending is (bench.evaluate.cut_seed, `middle`).
 Rows: engine.model.fidelity's figures (the key by music21's Aarden-Essen, which the generator never
 steers by), how often each of Motif's safety nets changed a note, and the seed information gain
 (NLL without the seed minus with it, in total and with the seed's key label held fixed).
