@@ -28,6 +28,7 @@ LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: ma
 def collapse_requests(seeds: list[Piece], draws: int = GATE_DRAWS) -> list[Any]:
     """Each seed continued GATE_BARS bars with `draws` rng seeds: draw k of seed i has rng seed
     i + k x len(seeds), so the first draw is seed i's own and no two draws share one."""
+    # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.generate.request import GenerationRequest
 
     n = len(seeds)

@@ -19,6 +19,8 @@ from engine.model.copy.vote import Vote
 from engine.model.events import DURATION, PITCH, POSITION, SHIFT, VELOCITY
 from engine.model.network import IGNORE, MotifSeq2Seq
 
+UNSCORED = "unscored_pitch"  # a batch's (B, T) pitches the loss leaves out (scheduled sampling)
+
 
 def no_mix(max_match: int) -> tuple[tuple[float, ...], ...]:
     """Every lambda 0, for matches up to `max_match` figures."""
@@ -85,14 +87,13 @@ def observe(
     (`log_probs`; "m", with its gradient, if any), the votes' probability of it ("c", a column
     per (weight, exact, aligned) of `grid`), the best voter's level ("b"; -1: none), the
     lookback's vote and level ("g", "l"); for pitches, the same for the latest pitch and the
-    repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Flat tensors. A
-    batch's `unscored_pitch` (B, T) leaves those pitches out (engine.model.train.scheduled)."""
+    repeat cell ("rm", "rc", "rg", "rcell", "ris": the truth repeats it). Flat tensors."""
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
     # what the memory holds: the targets, or the notes fed in their place (scheduled sampling)
     history = batch.get("inputs", target)
-    unscored = batch.get("unscored_pitch")  # (B, T) pitches the loss leaves out, if any
-    sizes = field_sizes(model)
-    T = target.size(1)
+    # the pitches scored: not IGNORE, nor left out (UNSCORED, engine.model.train.scheduled)
+    pitch_scored = (target[..., PITCH] != IGNORE) & ~torch.as_tensor(batch.get(UNSCORED, False))
+    sizes, T = field_sizes(model), target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
     out.update({k: [] for k in ("rm", "rc", "rg", "rcell", "ris")})
     n_position = model.config.n_position
@@ -108,9 +109,7 @@ def observe(
         s, p, d = note_fields(truth)
         cell, last = first.repeat_cell(s)
         for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
-            scored = value[:, 0] != IGNORE  # (B,)
-            if f == PITCH and unscored is not None:
-                scored = scored & ~unscored[:, t]
+            scored = pitch_scored[:, t] if f == PITCH else value[:, 0] != IGNORE  # (B,)
             if not bool(scored.any()):
                 continue
             each = [_field_votes(mem, f, s, p) for mem in memories]

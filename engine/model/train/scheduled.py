@@ -13,7 +13,7 @@ from engine.model.copy.copying import CopyMemory, CopyParams
 from engine.model.events import PITCH, POSITION, SHIFT, EventCodec
 from engine.model.lags import window_lags
 from engine.model.network import MotifSeq2Seq
-from engine.model.train.copy_mix import field_sizes, log_probs, note_fields
+from engine.model.train.copy_mix import UNSCORED, field_sizes, log_probs, note_fields
 
 
 def sampled_inputs(
@@ -55,7 +55,7 @@ def sampled_inputs(
         changed = inputs[..., PITCH] != target[..., PITCH]
         unscored = torch.zeros_like(changed)
         unscored[:, 1:] = changed[:, :-1]
-        out["unscored_pitch"] = unscored
+        out[UNSCORED] = unscored
     if "lags" in batch and model.config.lag_inputs:
         if codec is None:
             raise BadParams("scheduled sampling with lag inputs needs the codec to rebuild them")

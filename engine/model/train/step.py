@@ -20,7 +20,7 @@ from engine.model.copy.copying import shipped_params
 from engine.model.events import PITCH, SHIFT, EventCodec
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
-from engine.model.train.copy_mix import copy_mixed_loss, copy_nll, teacher_forced
+from engine.model.train.copy_mix import UNSCORED, copy_mixed_loss, copy_nll, teacher_forced
 from engine.model.train.data import encode_pieces, eval_batches
 from engine.model.train.scheduled import ramp_share, sampled_inputs
 from engine.music.notes import Piece
@@ -121,8 +121,8 @@ def train_step(
             logits = teacher_forced(model, batch)
     if loss_fn is None:
         nll = field_nll(logits, target)
-        if "unscored_pitch" in batch:  # engine.model.train.scheduled (`skip_next`)
-            nll[..., PITCH] = nll[..., PITCH].masked_fill(batch["unscored_pitch"], 0.0)
+        if UNSCORED in batch:  # engine.model.train.scheduled (`skip_next`)
+            nll[..., PITCH] = nll[..., PITCH].masked_fill(batch[UNSCORED], 0.0)
         loss = nll.sum() / (target[..., SHIFT] != IGNORE).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
