@@ -65,6 +65,23 @@ def cut_seed(piece: Piece, seed_bars: int, bars: int, *, middle: bool = False) -
     )
 
 
+def cut_end(piece: Piece, seed_bars: int, bars: int) -> SeedCase | None:
+    """A tune's last `bars` bars as the real continuation and the `seed_bars` before them as the
+    seed, both moved to start at 0: what a closing continuation is compared with (bars count from
+    the tune's first bar line, its last bar perhaps short). None when the tune is shorter than
+    both or either part has fewer than 4 notes."""
+    bpb = piece.beats_per_bar
+    if not piece.notes:
+        return None
+    last_bar = math.ceil(max(n.start + n.duration for n in piece.notes) / bpb - 1e-9)
+    start = (last_bar - bars - seed_bars) * bpb  # the seed's first bar line
+    if start < 0:
+        return None
+    moved = tuple(replace(n, start=n.start - start) for n in piece.notes if n.start >= start - 1e-9)
+    excerpt = replace(piece, notes=moved, metre_changes=(), key_changes=())
+    return cut_seed(excerpt, seed_bars, bars)
+
+
 def without_near_duplicates(
     pieces: Sequence[Piece], index: TrainingIndex, run: int = NEAR_DUPLICATE_RUN
 ) -> tuple[list[Piece], int]:
@@ -82,13 +99,20 @@ def pick_cases(
     bars: int,
     seed: int = 0,
     middle: bool = False,
+    at_end: bool = False,
 ) -> list[SeedCase]:
     """`n` held-out pieces, in a random order fixed by `seed`, that can be cut into a seed and a
-    continuation (`cut_seed`; fewer, with a warning, when the split has fewer)."""
+    continuation (`cut_seed`; `at_end`: `cut_end`; fewer, with a warning, when the split has
+    fewer)."""
     order = np.random.default_rng(seed).permutation(len(pieces))
     cases: list[SeedCase] = []
     for i in order:
-        case = cut_seed(pieces[int(i)], seed_bars, bars, middle=middle)
+        piece = pieces[int(i)]
+        case = (
+            cut_end(piece, seed_bars, bars)
+            if at_end
+            else cut_seed(piece, seed_bars, bars, middle=middle)
+        )
         if case is not None:
             cases.append(case)
             if len(cases) == n:

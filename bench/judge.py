@@ -4,8 +4,10 @@
 
 Columns: Motif (one per `--model`), the hobby baseline (bench/baseline.py), the real
 continuation and a chance reference (another held-out piece's real continuation, same length).
-Seeds come only from tunes that go on after the bars continued, so the real continuation is the
-middle of a tune, as Motif's open ending is (bench.evaluate.cut_seed, `middle`).
+With the open ending (the default) the seeds come only from tunes that go on after the bars
+continued, so the real continuation is the middle of a tune (bench.evaluate.cut_seed, `middle`);
+with `--ending close` the real continuation is a tune's last bars and the seed the bars before
+them (bench.evaluate.cut_end), so a closing continuation is compared with a real close.
 Rows: engine.model.fidelity's figures (the key by music21's Aarden-Essen, which the generator never
 steers by), how often each of Motif's safety nets changed a note, and the seed information gain
 (NLL without the seed minus with it, in total and with the seed's key label held fixed).
@@ -86,9 +88,13 @@ def judge(
     train = corpus.pieces("train")
     index = TrainingIndex.from_pieces(train)
     test, dups = without_near_duplicates(set_pieces(seed_set, corpus), index)
-    # the middle of a tune: a real continuation that is the tune's end (about 1 in 5 of the
-    # corpus's) would be shorter and closing, and told apart by that alone
-    cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed, middle=True)
+    # like for like: an open ending against the middle of a tune (a real continuation that is
+    # the tune's end, about 1 in 5 of the corpus's, would be shorter and closing, and told apart
+    # by that alone); a closing one against a tune's last bars, seeded by the bars before them
+    close = ending == "close"
+    cases = pick_cases(
+        test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed, middle=True, at_end=close
+    )
     seeds = [c.seed for c in cases]
     bpb = [c.piece.beats_per_bar for c in cases]
     bar_starts = [seed_bars * b for b in bpb]  # where cut_seed cut: continuation bar 1
@@ -271,10 +277,17 @@ def format_judge(result: dict[str, Any]) -> str:
     systems = list(figures)
     models = list(s["models"])
     seed_set = SET_LABELS[s.get("set", "test")]
+    ending = s.get("ending", "open")
+    where = (
+        f"the {s['seed_bars']} bars before the last {s['bars']}"
+        if ending == "close"
+        else f"the first {s['seed_bars']} bars"
+    )
+    cut = "the tune's last bars" if ending == "close" else "in tunes that go on after them"
     lines = [
-        f"Seeds: the first {s['seed_bars']} bars of {s['n_seeds']} {seed_set} "
+        f"Seeds: {where} of {s['n_seeds']} {seed_set} "
         f"({s['near_duplicates_left_out']} near-duplicates of training pieces left out); "
-        f"{s['bars']} bars continued, in tunes that go on after them; Motif with the {s.get('ending', 'open')} ending, at temperature 1.0, top-p {s['top_p']}, tonal gravity "
+        f"{s['bars']} bars continued, {cut}; Motif with the {s.get('ending', 'open')} ending, at temperature 1.0, top-p {s['top_p']}, tonal gravity "
         f"{s['key_gravity']}, key penalty {s.get('key_penalty', '?')}, rng seed {s['seed']}. Chance: the next seed's real continuation.",
         "",
         "| | " + " | ".join(systems) + " |",
@@ -382,8 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ending",
         choices=("open", "close"),
         default="open",
-        help="Motif's ending (default open: the real continuation is the middle of a tune, not "
-        "its end; close is what /compose gives by default)",
+        help="Motif's ending (default open, against the middle of a tune; close, what /compose "
+        "gives by default, against a tune's last bars)",
     )
     parser.add_argument(
         "--set",

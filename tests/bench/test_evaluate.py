@@ -15,6 +15,7 @@ from bench.evaluate import (
     REAL,
     EvalReport,
     compare,
+    cut_end,
     cut_seed,
     format_report,
     pick_cases,
@@ -59,6 +60,23 @@ def test_the_middle_of_a_tune_is_cut_only_from_a_tune_that_goes_on():
     pieces = [tune(9 + i, i, f"p{i}") for i in range(6)]  # 9..14 bars
     names = {c.piece.name for c in pick_cases(pieces, 6, seed_bars=4, bars=8, middle=True)}
     assert names == {"p4", "p5"}
+
+
+def test_the_end_of_a_tune_is_its_last_bars_seeded_by_the_bars_before():
+    """`cut_end`: what a closing continuation is compared with. A 14-bar tune's bars 7-14 are the
+    real continuation and bars 3-6 the seed, moved to start at 0; an 11-bar tune is too short."""
+    piece = tune(14)
+    case = cut_end(piece, seed_bars=4, bars=8)
+    assert case is not None
+    assert [n.pitch for n in case.seed.notes] == [n.pitch for n in piece.notes[8:24]]
+    assert case.seed.notes[0].start == 0 and case.seed.end_beat == 16
+    assert len(case.real.notes) == 32 and case.real.notes[-1].start == 47
+    assert [n.pitch for n in case.real.notes] == [n.pitch for n in piece.notes[24:]]
+    assert cut_end(tune(11), seed_bars=4, bars=8) is None
+    names = {c.piece.name for c in pick_cases(
+        [tune(10 + i, i, f"p{i}") for i in range(4)], 4, seed_bars=4, bars=8, at_end=True
+    )}  # fmt: skip
+    assert names == {"p2", "p3"}  # 12 bars and more
 
 
 def test_pick_cases_is_repeatable_and_skips_short_pieces():
