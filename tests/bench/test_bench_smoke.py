@@ -213,6 +213,20 @@ def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
                        str(tiny_corpus_path), "--seeds", "2", "--seed-bars", "2", "--bars", "2",
                        "--gain-windows", "8", "--markdown", str(out)]) == 0  # fmt: skip
     assert "Motif (tiny)" in out.read_text()
+    # a close against tunes' real ends: the seeds are the bars before each tune's last ones
+    closing = judge.judge(
+        [("Motif (tiny)", tiny_corpus_model_path)],
+        None,
+        tiny_corpus_path,
+        n_seeds=3,
+        seed_bars=2,
+        bars=2,
+        gain_windows=8,
+        ending="close",
+    )
+    assert closing["settings"]["n_seeds"] >= 1
+    assert "Seeds: the 2 bars before the last 2 of" in judge.format_judge(closing)
+    assert closing["figures"]["Motif (tiny)"]["pieces"] == closing["settings"]["n_seeds"]
 
 
 def test_judge_form_and_classifier_on_airds(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
