@@ -186,19 +186,18 @@ def test_length_bench(tiny_model_path):
     assert r["sample_rate"] == Settings(_env_file=None).sample_rate
 
 
+def _tiny_judge(model_path, corpus_path, **options):
+    """bench.judge of the tiny model: 3 seeds of 2 bars, 2 bars continued, 8 gain windows."""
+    from bench import judge
+
+    settings = {"n_seeds": 3, "seed_bars": 2, "bars": 2, "gain_windows": 8, **options}
+    return judge.judge([("Motif (tiny)", model_path)], None, corpus_path, **settings)
+
+
 def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
     from bench import judge
 
-    r = judge.judge(
-        [("Motif (tiny)", tiny_corpus_model_path)],
-        None,
-        tiny_corpus_path,
-        n_seeds=3,
-        seed_bars=2,
-        bars=2,
-        gain_windows=16,
-        without_strains=True,
-    )
+    r = _tiny_judge(tiny_corpus_model_path, tiny_corpus_path, gain_windows=16, without_strains=True)
     plain = "Motif (tiny) without the strain plan"
     assert list(r["figures"]) == ["Motif (tiny)", plain, judge.REAL, judge.CHANCE]
     n = r["settings"]["n_seeds"]
@@ -214,16 +213,7 @@ def test_judge_side_by_side(tiny_corpus_model_path, tiny_corpus_path, tmp_path):
                        "--gain-windows", "8", "--markdown", str(out)]) == 0  # fmt: skip
     assert "Motif (tiny)" in out.read_text()
     # a close against tunes' real ends: the seeds are the bars before each tune's last ones
-    closing = judge.judge(
-        [("Motif (tiny)", tiny_corpus_model_path)],
-        None,
-        tiny_corpus_path,
-        n_seeds=3,
-        seed_bars=2,
-        bars=2,
-        gain_windows=8,
-        ending="close",
-    )
+    closing = _tiny_judge(tiny_corpus_model_path, tiny_corpus_path, ending="close")
     assert closing["settings"]["n_seeds"] >= 1
     assert "Seeds: the 2 bars before the last 2 of" in judge.format_judge(closing)
     assert closing["figures"]["Motif (tiny)"]["pieces"] == closing["settings"]["n_seeds"]
@@ -306,14 +296,9 @@ def test_judge_on_the_validation_split_without_the_texture_cap_and_at_another_to
     assert [p.name for p in judge.set_pieces("validation", corpus)] == [
         p.name for p in corpus.pieces("validation")
     ]
-    r = judge.judge(
-        [("Motif (tiny)", tiny_corpus_model_path)],
-        None,
+    r = _tiny_judge(
+        tiny_corpus_model_path,
         tiny_corpus_path,
-        n_seeds=3,
-        seed_bars=2,
-        bars=2,
-        gain_windows=8,
         seed_set="validation",
         without_texture=True,
         top_p=1.0,
