@@ -73,7 +73,7 @@ def cut_end(piece: Piece, seed_bars: int, bars: int) -> SeedCase | None:
     bpb = piece.beats_per_bar
     if not piece.notes:
         return None
-    last_bar = math.ceil(max(n.start + n.duration for n in piece.notes) / bpb - 1e-9)
+    last_bar = math.ceil(piece.end_beat / bpb - 1e-9)
     start = (last_bar - bars - seed_bars) * bpb  # the seed's first bar line
     if start < 0:
         return None
@@ -98,21 +98,15 @@ def pick_cases(
     seed_bars: int,
     bars: int,
     seed: int = 0,
-    middle: bool = False,
-    at_end: bool = False,
+    cut: Callable[[Piece, int, int], SeedCase | None] = cut_seed,
 ) -> list[SeedCase]:
-    """`n` held-out pieces, in a random order fixed by `seed`, that can be cut into a seed and a
-    continuation (`cut_seed`; `at_end`: `cut_end`; fewer, with a warning, when the split has
-    fewer)."""
+    """`n` held-out pieces, in a random order fixed by `seed`, that `cut` (`cut_seed`, or
+    `cut_end`, ...) cuts into a seed and a continuation (fewer, with a warning, when the split
+    has fewer)."""
     order = np.random.default_rng(seed).permutation(len(pieces))
     cases: list[SeedCase] = []
     for i in order:
-        piece = pieces[int(i)]
-        case = (
-            cut_end(piece, seed_bars, bars)
-            if at_end
-            else cut_seed(piece, seed_bars, bars, middle=middle)
-        )
+        case = cut(pieces[int(i)], seed_bars, bars)
         if case is not None:
             cases.append(case)
             if len(cases) == n:

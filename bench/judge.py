@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def judge(
     """Every figure for every system; see the module docstring."""
     import torch
 
-    from bench.evaluate import TOP_P, pick_cases, without_near_duplicates
+    from bench.evaluate import TOP_P, cut_end, cut_seed, pick_cases, without_near_duplicates
 
     top_p = TOP_P if top_p is None else top_p
     from bench.safety_nets import SafetyNetCounts
@@ -91,10 +92,8 @@ def judge(
     # like for like: an open ending against the middle of a tune (a real continuation that is
     # the tune's end, about 1 in 5 of the corpus's, would be shorter and closing, and told apart
     # by that alone); a closing one against a tune's last bars, seeded by the bars before them
-    close = ending == "close"
-    cases = pick_cases(
-        test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed, middle=True, at_end=close
-    )
+    cut = cut_end if ending == "close" else partial(cut_seed, middle=True)
+    cases = pick_cases(test, n_seeds, seed_bars=seed_bars, bars=bars, seed=seed, cut=cut)
     seeds = [c.seed for c in cases]
     bpb = [c.piece.beats_per_bar for c in cases]
     bar_starts = [seed_bars * b for b in bpb]  # where cut_seed cut: continuation bar 1

@@ -6,11 +6,14 @@ tolerance, its continuations do not collapse and it keeps its seeds about as wel
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.music.metrics import is_collapsed
 from engine.music.notes import Piece
 from engine.music.request import ComposeOptions
+
+if TYPE_CHECKING:  # the model's side stays unimported on a render-only worker
+    from engine.model.generate.request import GenerationRequest
 
 GATE_SEEDS = 12  # held-out seeds continued for the collapse check
 GATE_DRAWS = 5  # rng seeds each: a model that collapses 1 time in 30 passes 12 draws 2 times in
@@ -25,7 +28,7 @@ REUSE_TOLERANCE = 0.05  # share of the seed's figures that recur: may fall this 
 LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: may rise this much
 
 
-def collapse_requests(seeds: list[Piece], draws: int = GATE_DRAWS) -> list[Any]:
+def collapse_requests(seeds: list[Piece], draws: int = GATE_DRAWS) -> list[GenerationRequest]:
     """Each seed continued GATE_BARS bars with `draws` rng seeds: draw k of seed i has rng seed
     i + k x len(seeds), so the first draw is seed i's own and no two draws share one."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)

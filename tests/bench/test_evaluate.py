@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ def test_the_middle_of_a_tune_is_cut_only_from_a_tune_that_goes_on():
     case = cut_seed(tune(13), seed_bars=4, bars=8, middle=True)
     assert case is not None and case.real.notes[-1].start == 47  # the last beat of bar 12
     pieces = [tune(9 + i, i, f"p{i}") for i in range(6)]  # 9..14 bars
-    names = {c.piece.name for c in pick_cases(pieces, 6, seed_bars=4, bars=8, middle=True)}
+    middle = partial(cut_seed, middle=True)
+    names = {c.piece.name for c in pick_cases(pieces, 6, seed_bars=4, bars=8, cut=middle)}
     assert names == {"p4", "p5"}
 
 
@@ -74,7 +76,7 @@ def test_the_end_of_a_tune_is_its_last_bars_seeded_by_the_bars_before():
     assert [n.pitch for n in case.real.notes] == [n.pitch for n in piece.notes[24:]]
     assert cut_end(tune(11), seed_bars=4, bars=8) is None
     names = {c.piece.name for c in pick_cases(
-        [tune(10 + i, i, f"p{i}") for i in range(4)], 4, seed_bars=4, bars=8, at_end=True
+        [tune(10 + i, i, f"p{i}") for i in range(4)], 4, seed_bars=4, bars=8, cut=cut_end
     )}  # fmt: skip
     assert names == {"p2", "p3"}  # 12 bars and more
 
