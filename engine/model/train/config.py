@@ -45,6 +45,10 @@ class TrainConfig:
     # train and pick the best checkpoint by the NLL with the shipped copy path mixed in (as it
     # generates), so the network learns what the copy path misses
     through_copy: bool = False
+    # with through_copy: the share of the loss that is the network's own NLL (the rest with the
+    # copy path mixed in), so the network keeps bringing the seed back where the copy path's
+    # matches have ended, as in free generation they do
+    own_share: float = 0.0
     # share of target notes fed with a pitch drawn from the network instead of the true one
     # (two-pass scheduled sampling, engine.model.train.scheduled.sampled_inputs); 0: teacher forcing
     sampled_inputs: float = 0.0
@@ -133,6 +137,7 @@ HELP = {
     "pointer": "a learnt copy path over the seed (a pointer-generator head)",
     "train_only": "train only parameters whose names start with these (comma-separated)",
     "through_copy": "train through the shipped copy path (engine/data/copy-params.json)",
+    "own_share": "with --through-copy: the share of the loss that is the network's own NLL",
     "sampled_inputs": "share of notes fed with a pitch the network drew (scheduled sampling)",
     "sampled_ramp": "raise that share from 0 at the start to --sampled-inputs at the end",
     "sampled_skip_next": "do not score the pitch of the note right after a drawn one",

@@ -233,12 +233,28 @@ def copy_nll(
     return nll_of(seen, params, 0)
 
 
+def own_nll_sum(seen: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The network's own NLL of the notes `observe` scored, four fields summed (with the
+    gradient of its "m" figures): the same notes and fields as `nll_sum`, no copy path."""
+    copied = torch.stack([-seen[f"m{f}"].double().sum() for f in COPY_FIELDS]).sum()
+    return seen["velocity_nll"] + copied
+
+
 def copy_mixed_loss(
-    model: MotifSeq2Seq, batch: dict[str, torch.Tensor], params: CopyParams
+    model: MotifSeq2Seq,
+    batch: dict[str, torch.Tensor],
+    params: CopyParams,
+    own_share: float = 0.0,
 ) -> torch.Tensor:
     """The training loss through the copy path: NLL per note event of the batch's targets with
-    `params`' copy path mixed into the network, so what the network learns complements it."""
+    `params`' copy path mixed into the network, so what the network learns complements it.
+    `own_share` of it is the network's own NLL instead (`motif train --own-share`): under teacher
+    forcing the copy path's matches run on, so a loss wholly through it lets the network leave
+    the seed's return to them; in free generation the matches end."""
     grid = ((params.weight, params.exact, params.aligned),)
     seen = observe(model, batch, log_probs(model, batch), grid, params.max_match)
     notes = (batch["target"][..., SHIFT] != IGNORE).sum().clamp_min(1)
-    return (nll_sum(seen, params, 0) / notes).float()
+    total = nll_sum(seen, params, 0)
+    if own_share > 0.0:
+        total = (1.0 - own_share) * total + own_share * own_nll_sum(seen)
+    return (total / notes).float()

@@ -34,7 +34,14 @@ from engine.model.train.step import (
 log = logging.getLogger(__name__)
 PROGRESS_BAR: dict[str, Any] = {"desc": "train", "unit": "step", "dynamic_ncols": True}
 # what a resumed run keeps from the run it continues, whatever its command line says
-OBJECTIVE = ("train_only", "through_copy", "sampled_inputs", "sampled_ramp", "sampled_skip_next")
+OBJECTIVE = (
+    "train_only",
+    "through_copy",
+    "own_share",
+    "sampled_inputs",
+    "sampled_ramp",
+    "sampled_skip_next",
+)
 
 
 class Run:
@@ -62,6 +69,7 @@ class Run:
             cfg.sampled_ramp,
             self.codec,
             skip_next=cfg.sampled_skip_next,
+            own_share=cfg.own_share,
         )
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(

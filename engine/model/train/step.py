@@ -169,6 +169,7 @@ def objective(
     codec: EventCodec | None = None,
     *,
     skip_next: bool = False,
+    own_share: float = 0.0,
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
     """A run's training step and validation score: the network's own NLL, or (`through_copy`)
     the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
@@ -177,8 +178,9 @@ def objective(
     rises from 0 to `sampled_share` with the run's `progress` (0..1), which the step is given,
     as in Bengio et al. (2015); `codec` rebuilds the lag inputs of what is fed; through the
     copy path the pitches are drawn with it mixed in, as generation draws them; `skip_next`:
-    the pitch right after a drawn one is not scored (`sampled_inputs`). Validation stays
-    teacher-forced on the real notes, so scores compare across runs."""
+    the pitch right after a drawn one is not scored (`sampled_inputs`); `own_share`: through the
+    copy path, that share of the loss is the network's own NLL (`copy_mixed_loss`). Validation
+    stays teacher-forced on the real notes, so scores compare across runs."""
     if not 0.0 <= sampled_share <= 1.0:
         raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
     if sampled_ramp and sampled_share <= 0.0:
@@ -187,6 +189,10 @@ def objective(
         raise BadParams(
             "--sampled-skip-next skips what follows a drawn pitch: give --sampled-inputs"
         )
+    if not 0.0 <= own_share < 1.0:
+        raise BadParams(f"--own-share must be a share from 0 up to (not) 1, not {own_share:g}")
+    if own_share > 0.0 and not through_copy:
+        raise BadParams("--own-share mixes the network's own NLL into --through-copy: give that")
     evaluate: Callable[..., dict] = evaluate_windows
     step: Callable[..., torch.Tensor] = train_step
     params = shipped_params()
@@ -196,7 +202,8 @@ def objective(
             nll = copy_nll(model, batches, device, params)
             return {k: v for k, v in nll.items() if k != "fields"}
 
-        step = partial(train_step, loss_fn=partial(copy_mixed_loss, params=params))
+        loss_fn = partial(copy_mixed_loss, params=params, own_share=own_share)
+        step = partial(train_step, loss_fn=loss_fn)
 
     def run_step(
         model: torch.nn.Module,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.errors import BadParams
 from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyParams, shipped_params
 from engine.model.events import EventCodec
 from engine.model.network import ModelConfig, MotifSeq2Seq
@@ -64,3 +65,24 @@ def test_a_step_through_the_copy_path_lowers_its_nll():
 class _Opt:
     weight_decay = 0.0
     lr = 1e-2
+
+
+@pytest.mark.parametrize("share", [0.25, 0.75])
+def test_own_share_mixes_the_networks_own_nll_into_the_loss(share):
+    """`--own-share`: that share of the loss is the network's own NLL of the same notes, the
+    rest the NLL with the copy path mixed in; its gradient reaches the network either way."""
+    model, batch = _pointer_model(), _batch()
+    with torch.no_grad():
+        mixed = copy_mixed_loss(model, batch, HALF).item()
+        own = evaluate_windows(model, [batch], torch.device("cpu"))["nll_per_note"]
+        both = copy_mixed_loss(model, batch, HALF, own_share=share).item()
+    assert abs(mixed - own) > 0.05  # the two differ, so the mixture is seen
+    assert both == pytest.approx((1 - share) * mixed + share * own, rel=1e-5)
+
+
+def test_own_share_needs_the_copy_path_and_a_share_below_one():
+    with pytest.raises(BadParams, match="--through-copy"):
+        objective(False, own_share=0.5)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(BadParams, match="--own-share"):
+            objective(True, own_share=bad)
