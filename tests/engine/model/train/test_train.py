@@ -403,6 +403,7 @@ def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
     how = dict(
         train_only="pointer.",
         through_copy=True,
+        own_share=0.25,
         sampled_inputs=0.5,
         sampled_ramp=True,
         sampled_skip_next=True,
