@@ -366,7 +366,9 @@ def step_weights(model: MotifSeq2Seq) -> StepWeights:
     changed (another tensor, device or dtype, or an in-place update such as an optimiser step)."""
     stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
     if model._step_weights is None or model._step_weights[0] != stamp:
-        with torch.no_grad():
+        # normal tensors even when asked inside inference mode (continue_batch), since the
+        # tables are cached on the model, which may train afterwards
+        with torch.inference_mode(False), torch.no_grad():
             model._step_weights = (stamp, StepWeights.of(model))
     return model._step_weights[1]
 

@@ -98,7 +98,7 @@ def to_key(lm: LoadedModel, notes: tuple[Note, ...], target: tuple[int, str]) ->
     return tuple(sorted(moved, key=lambda n: (n.start, n.pitch)))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # cheaper per op than no_grad: per note the decoder runs ~600 tiny ops
 def continue_batch(
     lm: LoadedModel,
     requests: list[GenerationRequest],
