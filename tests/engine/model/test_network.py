@@ -228,3 +228,23 @@ def test_fast_path_tables_follow_the_weights():
     assert not torch.allclose(before[1], fast[1])
     for a, b in zip(full, fast, strict=True):
         assert_close_to_scale(a, b, REARRANGED)
+
+
+def test_tables_made_in_inference_mode_still_train():
+    """Generation decodes under inference_mode (engine.model.generate.continuation); the step
+    tables it caches on the model stay normal tensors, so the model can train afterwards and
+    the tables follow its new weights."""
+    model = _model().eval()
+    with torch.inference_mode():
+        tables = step_weights(model)
+    made = [t for t in vars(tables).values() if isinstance(t, torch.Tensor)]
+    assert made and not any(t.is_inference() for t in made)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    seed, target = _events(2, 4), _events(2, 5)
+    model.train()
+    sum(
+        lg.sum() for lg in model(seed, torch.tensor([4, 2]), torch.tensor([0, 1]), target)
+    ).backward()
+    opt.step()
+    with torch.inference_mode():
+        assert step_weights(model) is not tables
