@@ -162,6 +162,24 @@ def evaluate_windows(model: MotifSeq2Seq, batches, device: torch.device) -> dict
     return result
 
 
+def _check_objective(
+    through_copy: bool, sampled_share: float, sampled_ramp: bool, skip_next: bool, own_share: float
+) -> None:
+    """BadParams for an objective's options that do not fit together (`objective`)."""
+    if not 0.0 <= sampled_share <= 1.0:
+        raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
+    if sampled_ramp and sampled_share <= 0.0:
+        raise BadParams("--sampled-ramp raises the share to --sampled-inputs: give that too")
+    if skip_next and sampled_share <= 0.0:
+        raise BadParams(
+            "--sampled-skip-next skips what follows a drawn pitch: give --sampled-inputs"
+        )
+    if not 0.0 <= own_share < 1.0:
+        raise BadParams(f"--own-share must be a share from 0 up to (not) 1, not {own_share:g}")
+    if own_share > 0.0 and not through_copy:
+        raise BadParams("--own-share mixes the network's own NLL into --through-copy: give that")
+
+
 def objective(
     through_copy: bool,
     sampled_share: float = 0.0,
@@ -181,18 +199,7 @@ def objective(
     the pitch right after a drawn one is not scored (`sampled_inputs`); `own_share`: through the
     copy path, that share of the loss is the network's own NLL (`copy_mixed_loss`). Validation
     stays teacher-forced on the real notes, so scores compare across runs."""
-    if not 0.0 <= sampled_share <= 1.0:
-        raise BadParams(f"--sampled-inputs must be a share from 0 to 1, not {sampled_share:g}")
-    if sampled_ramp and sampled_share <= 0.0:
-        raise BadParams("--sampled-ramp raises the share to --sampled-inputs: give that too")
-    if skip_next and sampled_share <= 0.0:
-        raise BadParams(
-            "--sampled-skip-next skips what follows a drawn pitch: give --sampled-inputs"
-        )
-    if not 0.0 <= own_share < 1.0:
-        raise BadParams(f"--own-share must be a share from 0 up to (not) 1, not {own_share:g}")
-    if own_share > 0.0 and not through_copy:
-        raise BadParams("--own-share mixes the network's own NLL into --through-copy: give that")
+    _check_objective(through_copy, sampled_share, sampled_ramp, skip_next, own_share)
     evaluate: Callable[..., dict] = evaluate_windows
     step: Callable[..., torch.Tensor] = train_step
     params = shipped_params()
