@@ -49,6 +49,10 @@ class TrainConfig:
     # copy path mixed in), so the network keeps bringing the seed back where the copy path's
     # matches have ended, as in free generation they do
     own_share: float = 0.0
+    # with through_copy: this many times the network's own entropy per note is taken off the loss
+    # (a confidence penalty), so a fine-tune does not grow sharper than its base where the copy
+    # path agrees with it (sharper models collapse on seeds of two pitches)
+    confidence_penalty: float = 0.0
     # share of target notes fed with a pitch drawn from the network instead of the true one
     # (two-pass scheduled sampling, engine.model.train.scheduled.sampled_inputs); 0: teacher forcing
     sampled_inputs: float = 0.0
@@ -138,6 +142,7 @@ HELP = {
     "train_only": "train only parameters whose names start with these (comma-separated)",
     "through_copy": "train through the shipped copy path (engine/data/copy-params.json)",
     "own_share": "with --through-copy: the share of the loss that is the network's own NLL",
+    "confidence_penalty": "with --through-copy: take this many times the network's entropy off",
     "sampled_inputs": "share of notes fed with a pitch the network drew (scheduled sampling)",
     "sampled_ramp": "raise that share from 0 at the start to --sampled-inputs at the end",
     "sampled_skip_next": "do not score the pitch of the note right after a drawn one",

@@ -245,16 +245,36 @@ def copy_mixed_loss(
     batch: dict[str, torch.Tensor],
     params: CopyParams,
     own_share: float = 0.0,
+    confidence_penalty: float = 0.0,
 ) -> torch.Tensor:
     """The training loss through the copy path: NLL per note event of the batch's targets with
     `params`' copy path mixed into the network, so what the network learns complements it.
     `own_share` of it is the network's own NLL instead (`motif train --own-share`): under teacher
     forcing the copy path's matches run on, so a loss wholly through it lets the network leave
-    the seed's return to them; in free generation the matches end."""
+    the seed's return to them; in free generation the matches end. `confidence_penalty`: that
+    many times the network's own entropy per note is taken off (Pereyra et al., 2017), so it
+    stays as unsure as it was rather than growing sharp where the copy path agrees with it."""
     grid = ((params.weight, params.exact, params.aligned),)
-    seen = observe(model, batch, log_probs(model, batch), grid, params.max_match)
+    logp = log_probs(model, batch)
+    seen = observe(model, batch, logp, grid, params.max_match)
     notes = (batch["target"][..., SHIFT] != IGNORE).sum().clamp_min(1)
     total = nll_sum(seen, params, 0)
     if own_share > 0.0:
         total = (1.0 - own_share) * total + own_share * own_nll_sum(seen)
+    if confidence_penalty > 0.0:
+        total = total - confidence_penalty * entropy_sum(logp, batch)
     return (total / notes).float()
+
+
+def entropy_sum(logp: list[torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The entropy (nats) of the network's own distribution of each field at every target the
+    loss scores (`observe`'s notes: not IGNORE, pitches not UNSCORED), summed."""
+    target = batch["target"]
+    total = torch.zeros((), dtype=torch.float64, device=target.device)
+    for f, lp in enumerate(logp):
+        scored = target[..., f] != IGNORE
+        if f == PITCH and UNSCORED in batch:
+            scored = scored & ~batch[UNSCORED]
+        each = -(lp.exp() * lp).sum(dim=-1)  # (B, T)
+        total = total + (each * scored).sum().double()
+    return total

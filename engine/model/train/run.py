@@ -38,6 +38,7 @@ OBJECTIVE = (
     "train_only",
     "through_copy",
     "own_share",
+    "confidence_penalty",
     "sampled_inputs",
     "sampled_ramp",
     "sampled_skip_next",
@@ -70,6 +71,7 @@ class Run:
             self.codec,
             skip_next=cfg.sampled_skip_next,
             own_share=cfg.own_share,
+            confidence_penalty=cfg.confidence_penalty,
         )
         self.train_data, self.val_data, self.test_data, corpus_hash = load_data(cfg, self.codec)
         self.steps_per_epoch = cfg.steps_per_epoch or max(

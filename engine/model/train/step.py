@@ -163,7 +163,12 @@ def evaluate_windows(model: MotifSeq2Seq, batches, device: torch.device) -> dict
 
 
 def _check_objective(
-    through_copy: bool, sampled_share: float, sampled_ramp: bool, skip_next: bool, own_share: float
+    through_copy: bool,
+    sampled_share: float,
+    sampled_ramp: bool,
+    skip_next: bool,
+    own_share: float,
+    confidence_penalty: float,
 ) -> None:
     """BadParams for an objective's options that do not fit together (`objective`)."""
     if not 0.0 <= sampled_share <= 1.0:
@@ -178,6 +183,12 @@ def _check_objective(
         raise BadParams(f"--own-share must be a share from 0 up to (not) 1, not {own_share:g}")
     if own_share > 0.0 and not through_copy:
         raise BadParams("--own-share mixes the network's own NLL into --through-copy: give that")
+    if not 0.0 <= confidence_penalty < 1.0:
+        raise BadParams(
+            f"--confidence-penalty must be from 0 up to (not) 1, not {confidence_penalty:g}"
+        )
+    if confidence_penalty > 0.0 and not through_copy:
+        raise BadParams("--confidence-penalty acts on the loss through --through-copy: give that")
 
 
 def objective(
@@ -188,6 +199,7 @@ def objective(
     *,
     skip_next: bool = False,
     own_share: float = 0.0,
+    confidence_penalty: float = 0.0,
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
     """A run's training step and validation score: the network's own NLL, or (`through_copy`)
     the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
@@ -197,9 +209,12 @@ def objective(
     as in Bengio et al. (2015); `codec` rebuilds the lag inputs of what is fed; through the
     copy path the pitches are drawn with it mixed in, as generation draws them; `skip_next`:
     the pitch right after a drawn one is not scored (`sampled_inputs`); `own_share`: through the
-    copy path, that share of the loss is the network's own NLL (`copy_mixed_loss`). Validation
+    copy path, that share of the loss is the network's own NLL, and `confidence_penalty` times
+    its entropy is taken off (`copy_mixed_loss`). Validation
     stays teacher-forced on the real notes, so scores compare across runs."""
-    _check_objective(through_copy, sampled_share, sampled_ramp, skip_next, own_share)
+    _check_objective(
+        through_copy, sampled_share, sampled_ramp, skip_next, own_share, confidence_penalty
+    )
     evaluate: Callable[..., dict] = evaluate_windows
     step: Callable[..., torch.Tensor] = train_step
     params = shipped_params()
@@ -209,7 +224,12 @@ def objective(
             nll = copy_nll(model, batches, device, params)
             return {k: v for k, v in nll.items() if k != "fields"}
 
-        loss_fn = partial(copy_mixed_loss, params=params, own_share=own_share)
+        loss_fn = partial(
+            copy_mixed_loss,
+            params=params,
+            own_share=own_share,
+            confidence_penalty=confidence_penalty,
+        )
         step = partial(train_step, loss_fn=loss_fn)
 
     def run_step(

@@ -8,9 +8,9 @@ import torch
 
 from engine.errors import BadParams
 from engine.model.copy.copying import COPY_FIELDS, N_LEVELS, NO_COPY, CopyParams, shipped_params
-from engine.model.events import EventCodec
-from engine.model.network import ModelConfig, MotifSeq2Seq
-from engine.model.train.copy_mix import copy_mixed_loss, copy_nll
+from engine.model.events import PITCH, SHIFT, EventCodec
+from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
+from engine.model.train.copy_mix import UNSCORED, copy_mixed_loss, copy_nll, log_probs
 from engine.model.train.step import evaluate_windows, freeze, make_optimizer, objective
 from tests.engine.model.train.windows import phrase_batch
 
@@ -86,3 +86,36 @@ def test_own_share_needs_the_copy_path_and_a_share_below_one():
     for bad in (-0.1, 1.0):
         with pytest.raises(BadParams, match="--own-share"):
             objective(True, own_share=bad)
+
+
+def test_a_confidence_penalty_takes_the_networks_entropy_off_the_loss():
+    """`--confidence-penalty B`: the loss is the copy path's NLL less B x the network's own
+    entropy per note, summed over the scored fields; the pitches left unscored leave it too."""
+    model, batch = _pointer_model(), _batch()
+    with torch.no_grad():
+        plain = copy_mixed_loss(model, batch, HALF).item()
+        logp = log_probs(model, batch)
+        target = batch["target"]
+        entropy = sum(
+            float((-(lp.exp() * lp).sum(-1) * (target[..., f] != IGNORE)).sum())
+            for f, lp in enumerate(logp)
+        )
+        notes = int((target[..., SHIFT] != IGNORE).sum())
+        assert entropy / notes > 1.0  # an untrained network is unsure: the term is seen
+        penalised = copy_mixed_loss(model, batch, HALF, confidence_penalty=0.25).item()
+        assert penalised == pytest.approx(plain - 0.25 * entropy / notes, rel=1e-5)
+        skipped = {**batch, UNSCORED: torch.zeros_like(target[..., PITCH], dtype=torch.bool)}
+        skipped[UNSCORED][:, 1] = True
+        pitch_gone = float(-(logp[PITCH].exp() * logp[PITCH]).sum(-1)[:, 1].sum())
+        with_skip = copy_mixed_loss(model, skipped, HALF, confidence_penalty=0.25).item()
+        without_skip = copy_mixed_loss(model, skipped, HALF).item()
+        assert with_skip - without_skip == pytest.approx(
+            -0.25 * (entropy - pitch_gone) / notes, rel=1e-4
+        )
+
+
+def test_a_confidence_penalty_needs_the_copy_path():
+    with pytest.raises(BadParams, match="--through-copy"):
+        objective(False, confidence_penalty=0.1)
+    with pytest.raises(BadParams, match="--confidence-penalty"):
+        objective(True, confidence_penalty=-0.1)

@@ -404,6 +404,7 @@ def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
         train_only="pointer.",
         through_copy=True,
         own_share=0.25,
+        confidence_penalty=0.05,
         sampled_inputs=0.5,
         sampled_ramp=True,
         sampled_skip_next=True,
