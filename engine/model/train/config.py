@@ -102,6 +102,18 @@ class TrainConfig:
     should_stop: Callable[[], bool] | None = None  # checked every step (cancel a retrain)
 
 
+# what a resumed run keeps from the run it continues, whatever its command line says
+OBJECTIVE = (
+    "train_only",
+    "through_copy",
+    "own_share",
+    "confidence_penalty",
+    "sampled_inputs",
+    "sampled_ramp",
+    "sampled_skip_next",
+)
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path

@@ -18,7 +18,7 @@ from engine.model.checkpoint import load_checkpoint, pick_device, save_checkpoin
 from engine.model.events import PHRASE_BARS, SHIFT, EventCodec, TokenizerConfig
 from engine.model.generate.plan import N_KEY
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
-from engine.model.train.config import TrainConfig, TrainResult, plain_config
+from engine.model.train.config import OBJECTIVE, TrainConfig, TrainResult, plain_config
 from engine.model.train.data import data_hash, eval_batches, load_data, sample_batch
 from engine.model.train.plot import plot_losses
 from engine.model.train.step import (
@@ -33,16 +33,6 @@ from engine.model.train.step import (
 
 log = logging.getLogger(__name__)
 PROGRESS_BAR: dict[str, Any] = {"desc": "train", "unit": "step", "dynamic_ncols": True}
-# what a resumed run keeps from the run it continues, whatever its command line says
-OBJECTIVE = (
-    "train_only",
-    "through_copy",
-    "own_share",
-    "confidence_penalty",
-    "sampled_inputs",
-    "sampled_ramp",
-    "sampled_skip_next",
-)
 
 
 class Run:

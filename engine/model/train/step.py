@@ -202,16 +202,13 @@ def objective(
     confidence_penalty: float = 0.0,
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., dict]]:
     """A run's training step and validation score: the network's own NLL, or (`through_copy`)
-    the NLL with the shipped copy path mixed in, as generation decodes (engine.model.train.copy_mix),
-    so that what is trained learns what the copy path misses. `sampled_share`: each step feeds
-    that share of its notes with a drawn pitch (`sampled_inputs`); `sampled_ramp`: the share
-    rises from 0 to `sampled_share` with the run's `progress` (0..1), which the step is given,
-    as in Bengio et al. (2015); `codec` rebuilds the lag inputs of what is fed; through the
-    copy path the pitches are drawn with it mixed in, as generation draws them; `skip_next`:
-    the pitch right after a drawn one is not scored (`sampled_inputs`); `own_share`: through the
-    copy path, that share of the loss is the network's own NLL, and `confidence_penalty` times
-    its entropy is taken off (`copy_mixed_loss`). Validation
-    stays teacher-forced on the real notes, so scores compare across runs."""
+    the NLL with the shipped copy path mixed in (engine.model.train.copy_mix), as generation
+    decodes. `sampled_share`: each step feeds that share of its notes with a drawn pitch
+    (`sampled_inputs`; with `sampled_ramp` the share rises from 0 with the run's `progress`, as
+    in Bengio et al., 2015; `codec` rebuilds the lag inputs; through the copy path the pitches
+    are drawn with it mixed in; `skip_next`: the pitch after a drawn one is not scored).
+    `own_share`, `confidence_penalty`: `copy_mixed_loss`'s. Validation stays teacher-forced on
+    the real notes, so scores compare across runs."""
     _check_objective(
         through_copy, sampled_share, sampled_ramp, skip_next, own_share, confidence_penalty
     )
