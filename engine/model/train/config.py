@@ -51,7 +51,7 @@ class TrainConfig:
     own_share: float = 0.0
     # with through_copy: this many times the network's own entropy per note is taken off the loss
     # (a confidence penalty), so a fine-tune does not grow sharper than its base where the copy
-    # path agrees with it (sharper models collapse on seeds of two pitches)
+    # path agrees with it (docs/form-judge.md, step eight: f9)
     confidence_penalty: float = 0.0
     # share of target notes fed with a pitch drawn from the network instead of the true one
     # (two-pass scheduled sampling, engine.model.train.scheduled.sampled_inputs); 0: teacher forcing
