@@ -22,6 +22,15 @@ from engine.model.network import IGNORE, MotifSeq2Seq
 UNSCORED = "unscored_pitch"  # a batch's (B, T) pitches the loss leaves out (scheduled sampling)
 
 
+def scored(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T, 4) the targets' fields the loss scores: not IGNORE, and no pitch left out
+    (UNSCORED, engine.model.train.scheduled)."""
+    mask = batch["target"][..., :4] != IGNORE
+    if UNSCORED in batch:
+        mask[..., PITCH] &= ~batch[UNSCORED]
+    return mask
+
+
 def no_mix(max_match: int) -> tuple[tuple[float, ...], ...]:
     """Every lambda 0, for matches up to `max_match` figures."""
     return ((0.0,) * (2 * (max_match + 1)),) * len(COPY_FIELDS)
@@ -91,8 +100,7 @@ def observe(
     seed, seed_len, target = batch["seed"], batch["seed_len"], batch["target"]
     # what the memory holds: the targets, or the notes fed in their place (scheduled sampling)
     history = batch.get("inputs", target)
-    # the pitches scored: not IGNORE, nor left out (UNSCORED, engine.model.train.scheduled)
-    pitch_scored = (target[..., PITCH] != IGNORE) & ~torch.as_tensor(batch.get(UNSCORED, False))
+    mask = scored(batch)  # (B, T, 4)
     sizes, T = field_sizes(model), target.size(1)
     out: dict[str, list[torch.Tensor]] = {f"{k}{f}": [] for f in COPY_FIELDS for k in "mcbgl"}
     out.update({k: [] for k in ("rm", "rc", "rg", "rcell", "ris")})
@@ -109,31 +117,31 @@ def observe(
         s, p, d = note_fields(truth)
         cell, last = first.repeat_cell(s)
         for f, value in ((SHIFT, s), (PITCH, p), (DURATION, d)):
-            scored = pitch_scored[:, t] if f == PITCH else value[:, 0] != IGNORE  # (B,)
-            if not bool(scored.any()):
+            rows = mask[:, t, f]  # (B,) the rows that score this field here
+            if not bool(rows.any()):
                 continue
             each = [_field_votes(mem, f, s, p) for mem in memories]
             votes = [v.votes for v in each]
-            out[f"b{f}"].append(each[0].level[:, 0][scored])
-            out[f"m{f}"].append(_at(logp[f][:, t], value, scored))
-            out[f"c{f}"].append(torch.stack([_at(v, value, scored) for v in votes], dim=1))
+            out[f"b{f}"].append(each[0].level[:, 0][rows])
+            out[f"m{f}"].append(_at(logp[f][:, t], value, rows))
+            out[f"c{f}"].append(torch.stack([_at(v, value, rows) for v in votes], dim=1))
             vote, _, level = first.lookback_votes(f, s, p)
-            out[f"g{f}"].append(_at(vote, value, scored))
-            out[f"l{f}"].append(level[scored])
+            out[f"g{f}"].append(_at(vote, value, rows))
+            out[f"l{f}"].append(level[rows])
             if f == PITCH:  # the latest pitch again: what the repeat bias acts on
                 again = last[:, None]
-                out["rm"].append(_at(logp[f][:, t], again, scored))
-                out["rc"].append(torch.stack([_at(v, again, scored) for v in votes], dim=1))
-                out["rg"].append(_at(vote, again, scored))
-                out["rcell"].append(cell[scored])
-                out["ris"].append((p[:, 0] == last)[scored])
+                out["rm"].append(_at(logp[f][:, t], again, rows))
+                out["rc"].append(torch.stack([_at(v, again, rows) for v in votes], dim=1))
+                out["rg"].append(_at(vote, again, rows))
+                out["rcell"].append(cell[rows])
+                out["ris"].append((p[:, 0] == last)[rows])
         note = history[:, t]
         for mem in memories:
             mem.append(*note_fields(note), note[:, POSITION : POSITION + 1])
     velocity = target[..., VELOCITY]
     vel_nll = -logp[VELOCITY].gather(2, velocity.clamp_min(0)[..., None])[..., 0]
     result = {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
-    result["velocity_nll"] = (vel_nll * (velocity != IGNORE)).sum().double()
+    result["velocity_nll"] = (vel_nll * mask[..., VELOCITY]).sum().double()
     result["notes"] = (target[..., SHIFT] != IGNORE).sum()
     return result
 
@@ -269,12 +277,6 @@ def copy_mixed_loss(
 def entropy_sum(logp: list[torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The entropy (nats) of the network's own distribution of each field at every target the
     loss scores (`observe`'s notes: not IGNORE, pitches not UNSCORED), summed."""
-    target = batch["target"]
-    total = torch.zeros((), dtype=torch.float64, device=target.device)
-    for f, lp in enumerate(logp):
-        scored = target[..., f] != IGNORE
-        if f == PITCH and UNSCORED in batch:
-            scored = scored & ~batch[UNSCORED]
-        each = -(lp.exp() * lp).sum(dim=-1)  # (B, T)
-        total = total + (each * scored).sum().double()
-    return total
+    mask = scored(batch)
+    each = [-(lp.exp() * lp).sum(dim=-1) * mask[..., f] for f, lp in enumerate(logp)]  # (B, T)
+    return torch.stack([e.sum().double() for e in each]).sum()

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.copy.copying import shipped_params
-from engine.model.events import PITCH, SHIFT, EventCodec
+from engine.model.events import SHIFT, EventCodec
 from engine.model.network import IGNORE, MotifSeq2Seq
 from engine.model.train.config import TrainConfig
-from engine.model.train.copy_mix import UNSCORED, copy_mixed_loss, copy_nll, teacher_forced
+from engine.model.train.copy_mix import copy_mixed_loss, copy_nll, scored, teacher_forced
 from engine.model.train.data import encode_pieces, eval_batches
 from engine.model.train.scheduled import ramp_share, sampled_inputs
 from engine.music.notes import Piece
@@ -120,9 +120,7 @@ def train_step(
         else:
             logits = teacher_forced(model, batch)
     if loss_fn is None:
-        nll = field_nll(logits, target)
-        if UNSCORED in batch:  # engine.model.train.scheduled (`skip_next`)
-            nll[..., PITCH] = nll[..., PITCH].masked_fill(batch[UNSCORED], 0.0)
+        nll = field_nll(logits, target).masked_fill(~scored(batch), 0.0)
         loss = nll.sum() / (target[..., SHIFT] != IGNORE).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
