@@ -169,7 +169,7 @@ def ioi_histogram(notes: NotesLike, bins: Sequence[float] = DEFAULT_LENGTH_BINS)
     return _bin_counts(inter_onset_intervals(notes), bins)
 
 
-def overlap_area(p: Sequence[float], q: Sequence[float]) -> float:
+def overlap_area(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> float:
     """Overlapping area of two histograms after normalising each to sum 1: sum of the bin-wise
     minimum. 1 = identical distributions, 0 = disjoint (or either histogram empty)."""
     p_arr, q_arr = np.asarray(p, dtype=float), np.asarray(q, dtype=float)

@@ -81,7 +81,7 @@ def build_corpus(
     )
     parsed = _parse_all(items, workers, stats, started, progress)
     arrays = _arrays(items, parsed, tuple(collections), stats, started)
-    _write(out_path, arrays, stats)
+    write_corpus_file(out_path, arrays, stats)
     return stats
 
 
@@ -157,7 +157,7 @@ def _arrays(
     }
 
 
-def _write(out_path: Path, arrays: dict[str, np.ndarray], stats: CorpusStats) -> None:
+def write_corpus_file(out_path: Path, arrays: dict[str, np.ndarray], stats: CorpusStats) -> None:
     """The .npz (written whole, then moved into place) and its .json summary beside it."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
