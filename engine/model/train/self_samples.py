@@ -9,8 +9,10 @@ trains on the model's own best continuations beside the real music.
 
 Closeness compares a draw with the real continuation that follows the same seed: the overlap of
 their pitch-class, onset-interval and note-length histograms (Yang and Lerch, 2020), less how far
-apart their note counts (log ratio) and mean pitches (in octaves) lie. Only the training split is
-drawn from or compared with; the validation and test splits are copied unchanged.
+apart their note counts (log ratio) and mean pitches (in octaves) lie, less how far apart they
+lie in the share of the seed's figures that recur and in notes per onset, and a point each for
+agreeing on whether the key is kept and on a pitch held 4+ times in a row. Only the training
+split is drawn from or compared with; the validation and test splits are copied unchanged.
 
 `python -m engine.model.train.self_samples --model M.pt --corpus C.npz --out OUT.npz [--k 4]
 [--seed-bars 2 4] [--batch 64] [--threads 1]`
@@ -32,11 +34,13 @@ import torch
 from engine.model.checkpoint import LoadedModel, load_checkpoint
 from engine.model.corpus.build import write_corpus_file
 from engine.model.corpus.load import SPLITS, Corpus, CorpusStats, load_corpus
+from engine.model.fidelity import has_long_run, notes_per_onset, pattern_reuse
 from engine.model.generate.continuation import continue_batch
 from engine.model.generate.request import GenerationRequest
 from engine.music.metrics import (
     ioi_histogram,
     is_collapsed,
+    key_kept,
     note_length_histogram,
     overlap_area,
     pitch_class_histogram,
@@ -49,10 +53,13 @@ log = logging.getLogger(__name__)
 COLLECTION = "self-samples"  # the written pieces' collection in the corpus file
 
 
-def closeness(draw: Sequence[Note], real: Sequence[Note]) -> float:
-    """How close a drawn continuation lies to the real one (higher is closer; at most 3):
-    histogram overlaps, less the log ratio of note counts and the mean pitches' distance in
-    octaves. -inf when either is empty."""
+def closeness(draw: Sequence[Note], real: Sequence[Note], seed: Sequence[Note] = ()) -> float:
+    """How close a drawn continuation lies to the real one (higher is closer; at most 3, or 5
+    with a `seed`): histogram overlaps, less the log ratio of note counts and the mean pitches'
+    distance in octaves; with the seed, also less the gap in how many of its figures recur and
+    the log ratio of notes per onset, and 1 for agreeing with the real one on whether the key is
+    kept (Krumhansl-Schmuckler, `key_kept`) and on a pitch 4+ times in a row. -inf when either
+    is empty."""
     if not draw or not real:
         return -math.inf
     score = overlap_area(pitch_class_histogram(draw), pitch_class_histogram(real))
@@ -61,7 +68,14 @@ def closeness(draw: Sequence[Note], real: Sequence[Note]) -> float:
     score -= abs(math.log(len(draw) / len(real)))
     mean_draw = sum(n.pitch for n in draw) / len(draw)
     mean_real = sum(n.pitch for n in real) / len(real)
-    return score - abs(mean_draw - mean_real) / 12
+    score -= abs(mean_draw - mean_real) / 12
+    if not seed:
+        return score
+    reuse = pattern_reuse(seed, draw) - pattern_reuse(seed, real)
+    score -= 0.0 if math.isnan(reuse) else abs(reuse)
+    score -= abs(math.log(notes_per_onset(draw) / notes_per_onset(real)))
+    score += key_kept(seed, draw) == key_kept(seed, real)
+    return score + (has_long_run(draw) == has_long_run(real))
 
 
 def seed_and_real(piece: Piece, seed_bars: int, bars: int) -> tuple[Piece, list[Note]] | None:
@@ -124,7 +138,7 @@ def best_draws(
     for j, (i, _, seed, real) in enumerate(jobs):
         ranked = []
         for out in outs[j * k : (j + 1) * k]:
-            s = closeness(out.notes, real)
+            s = closeness(out.notes, real, seed.notes)
             scores.append(s)
             if is_collapsed(out.notes):
                 collapsed += 1

@@ -15,6 +15,7 @@ from engine.model.checkpoint import LoadedModel, load_checkpoint, save_checkpoin
 from engine.model.corpus.build import write_corpus_file
 from engine.model.corpus.load import SPLITS, Corpus, CorpusStats, load_corpus
 from engine.model.events import PITCH, EventCodec
+from engine.model.fidelity import pattern_reuse
 from engine.model.generate.continuation import continue_batch
 from engine.model.generate.request import GenerationRequest
 from engine.model.network import ModelConfig, MotifSeq2Seq
@@ -26,7 +27,7 @@ from engine.model.train.self_samples import (
     seed_and_real,
     write_self_samples,
 )
-from engine.music.metrics import is_collapsed
+from engine.music.metrics import is_collapsed, key_kept
 from engine.music.notes import Note, Piece
 from engine.music.request import ComposeOptions
 from engine.settings import DEFAULT_CORPUS_PATH
@@ -44,6 +45,24 @@ def test_closeness_is_three_for_the_real_notes_and_falls_with_each_difference():
     mean_gap = abs(np.mean([n.pitch for n in slow]) - np.mean([n.pitch for n in TUNE])) / 12
     assert closeness(slow, TUNE) == pytest.approx(1.0 - math.log(2) - mean_gap)
     assert closeness([], TUNE) == -math.inf and closeness(TUNE, []) == -math.inf
+
+
+def test_with_the_seed_closeness_also_weighs_figures_texture_key_and_runs():
+    seed, real = TUNE[:16], TUNE[16:]
+    assert closeness(real, real, seed) == pytest.approx(5.0)
+    # the same notes doubled an octave down: notes per onset twice the real's (and the mean
+    # pitch 6 semitones lower); figures, key and runs agree
+    doubled = sorted(
+        real + [Note(n.start, n.duration, n.pitch - 12, n.velocity) for n in real],
+        key=lambda n: (n.start, n.pitch),
+    )
+    assert closeness(doubled, real, seed) == pytest.approx(5.0 - 0.5 - math.log(2) - math.log(2))
+    # one pitch 16 times: none of the seed's figures recur (the real continuation has them
+    # all), and it disagrees on the key and on runs
+    drone = [Note(8 + i * 0.5, 0.5, 62, 80) for i in range(16)]
+    assert pattern_reuse(seed, real) == 1.0 and pattern_reuse(seed, drone) == 0.0
+    assert key_kept(seed, real) and not key_kept(seed, drone)
+    assert closeness(drone, real, seed) == pytest.approx(closeness(drone, real) - 1.0)
 
 
 def test_seed_and_real_cut_at_the_bar_lines():
@@ -103,7 +122,7 @@ def test_best_draws_keeps_the_closest_draw_that_does_not_collapse(which, pieces,
         if not fine:
             assert kept[i] is None
             continue
-        best = max(fine, key=lambda d: closeness(d.notes, real))
+        best = max(fine, key=lambda d: closeness(d.notes, real, seed.notes))
         assert kept[i] is not None
         assert kept[i].notes == seed.notes + best.notes
         assert min(n.start for n in best.notes) >= bars * piece.beats_per_bar - 1e-6
