@@ -79,6 +79,11 @@ class Corpus:
     def __len__(self) -> int:
         return len(self._a["offsets"]) - 1
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The file's arrays by name, all but its summary ("stats"), for writing a changed copy
+        (`engine.model.corpus.build.write_corpus_file`)."""
+        return {key: value for key, value in self._a.items() if key != "stats"}
+
     @property
     def notes(self) -> np.ndarray:
         """All notes, (M, 4) int32: onset_tick, duration_tick, pitch, velocity."""

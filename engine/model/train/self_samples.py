@@ -173,7 +173,7 @@ def _rows(piece: Piece, tpb: int) -> np.ndarray:
 def with_self_samples(corpus: Corpus, extra: dict[int, Piece]) -> dict[str, np.ndarray]:
     """The corpus's arrays with `extra` (by the index of the training piece each came from)
     appended to the training split, in collection COLLECTION and their source's style."""
-    a = {key: corpus._a[key] for key in corpus._a if key != "stats"}
+    a = corpus.arrays()
     order = sorted(extra)
     rows = [_rows(extra[i], corpus.ticks_per_beat) for i in order]
     collections = [*(str(c) for c in a["collections"]), COLLECTION]

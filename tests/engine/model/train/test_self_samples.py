@@ -134,9 +134,9 @@ def test_best_draws_keeps_the_closest_draw_that_does_not_collapse(which, pieces,
 def _small_corpus(out: Path) -> Corpus:
     """The shipped corpus's first 40 pieces, and one piece of each split past them."""
     src = load_corpus(DEFAULT_CORPUS_PATH)
-    split = src._a["split"]
+    a = src.arrays()
+    split = a["split"]
     picks = [*range(40), *(int(np.flatnonzero(split == s)[-1]) for s in range(len(SPLITS)))]
-    a = {k: v for k, v in src._a.items() if k != "stats"}
     rows = [a["notes"][a["offsets"][i] : a["offsets"][i + 1]] for i in picks]
     arrays = {**a, "notes": np.concatenate(rows)}
     arrays["offsets"] = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
