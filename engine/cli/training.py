@@ -1,5 +1,6 @@
-"""`motif train` (`python -m engine.model.train`) and `python -m engine.model.train.copy_fit`: the
-command lines of engine.model.train, which holds the work (`train`, `copy_fit.fit_file`)."""
+"""`motif train` (`python -m engine.model.train`), `python -m engine.model.train.copy_fit` and
+`python -m engine.model.train.self_samples`: the command lines of engine.model.train, which holds
+the work (`train`, `copy_fit.fit_file`, `self_samples.write_self_samples`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.errors import MotifError
+from engine.model.checkpoint import load_checkpoint
 from engine.model.copy.copying import PARAMS_PATH
-from engine.model.train import copy_fit
+from engine.model.corpus.load import load_corpus
+from engine.model.train import copy_fit, self_samples
 from engine.model.train.config import build_parser, config_from_args
 from engine.model.train.train import train
 from engine.store.models import train_version
@@ -60,4 +63,38 @@ def copy_fit_main(argv: Sequence[str] | None = None) -> int:
         command="python -m engine.model.train.copy_fit " + " ".join(argv or []),
     )
     print(json.dumps(doc, indent=1))
+    return 0
+
+
+def self_samples_main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m engine.model.train.self_samples", description=self_samples.__doc__
+    )
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--k", type=int, default=4, help="draws per seed (default 4)")
+    ap.add_argument("--seed-bars", type=int, nargs="+", default=[4])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rng-seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    if args.k < 1 or args.batch < 1 or args.threads < 1 or min(args.seed_bars) < 1:
+        ap.error("--k, --batch, --threads and --seed-bars must be at least 1")
+    logging.basicConfig(level=logging.INFO)
+    try:
+        counts = self_samples.write_self_samples(
+            load_checkpoint(args.model),
+            load_corpus(args.corpus),
+            args.out,
+            k=args.k,
+            seed_bars=tuple(args.seed_bars),
+            batch=args.batch,
+            rng_seed=args.rng_seed,
+            threads=args.threads,
+        )
+    except MotifError as exc:
+        print(f"self-samples: {exc.user_message}")
+        return 2
+    print(json.dumps(counts))
     return 0

@@ -82,7 +82,7 @@ class Corpus:
     def arrays(self) -> dict[str, np.ndarray]:
         """The file's arrays by name, all but its summary ("stats"), for writing a changed copy
         (`engine.model.corpus.build.write_corpus_file`)."""
-        return {key: value for key, value in self._a.items() if key != "stats"}
+        return {key: value.copy() for key, value in self._a.items() if key != "stats"}
 
     @property
     def notes(self) -> np.ndarray:

@@ -20,7 +20,6 @@ split is drawn from or compared with; the validation and test splits are copied 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -31,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.model.checkpoint import LoadedModel, load_checkpoint
+from engine.errors import BadParams
+from engine.model.checkpoint import LoadedModel
 from engine.model.corpus.build import write_corpus_file
-from engine.model.corpus.load import SPLITS, Corpus, CorpusStats, load_corpus
+from engine.model.corpus.load import SPLITS, Corpus, CorpusStats
 from engine.model.fidelity import has_long_run, notes_per_onset, pattern_reuse
 from engine.model.generate.continuation import continue_batch
 from engine.model.generate.request import GenerationRequest
@@ -79,11 +79,16 @@ def closeness(draw: Sequence[Note], real: Sequence[Note], seed: Sequence[Note] =
 
 
 def seed_and_real(piece: Piece, seed_bars: int, bars: int) -> tuple[Piece, list[Note]] | None:
-    """The piece's first `seed_bars` bars as a seed and the real notes of the `bars` after them;
+    """The piece's first `seed_bars` bars as a seed, each note ending by the cut (so the draw
+    starts there, as the real continuation does), and the real notes of the `bars` after them;
     None when either has fewer than 3 notes."""
     cut = seed_bars * piece.beats_per_bar
     end = cut + bars * piece.beats_per_bar
-    seed = tuple(n for n in piece.notes if n.start < cut - 1e-6)
+    seed = tuple(
+        replace(n, duration=min(n.duration, cut - n.start))
+        for n in piece.notes
+        if n.start < cut - 1e-6
+    )
     real = [n for n in piece.notes if cut - 1e-6 <= n.start < end - 1e-6]
     if len(seed) < 3 or len(real) < 3:
         return None
@@ -153,10 +158,16 @@ def best_draws(
         "draws": len(requests),
         "collapsed": collapsed,
         "kept": len(kept_scores),
-        "closeness_all": float(np.mean(scores)) if scores else math.nan,
-        "closeness_kept": float(np.mean(kept_scores)) if kept_scores else math.nan,
+        "closeness_all": _finite_mean(scores),
+        "closeness_kept": _finite_mean(kept_scores),
     }
     return kept, counts
+
+
+def _finite_mean(values: list[float]) -> float:
+    """The mean of the finite values (an empty draw scores -inf); NaN for none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _rows(piece: Piece, tpb: int) -> np.ndarray:
@@ -193,12 +204,29 @@ def with_self_samples(corpus: Corpus, extra: dict[int, Piece]) -> dict[str, np.n
 
 
 def write_self_samples(
-    lm: LoadedModel, corpus: Corpus, out: Path, **draw: object
+    lm: LoadedModel,
+    corpus: Corpus,
+    out: Path,
+    *,
+    k: int = 4,
+    seed_bars: Sequence[int] = (4,),
+    batch: int = 64,
+    rng_seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, float]:
-    """Draw (`best_draws`, on the training split) and write the corpus with its self-samples to
-    `out` (an .npz and its .json summary); the counts, also in the summary."""
+    """Draw (`best_draws`, on the training split; `threads`: torch's, None leaves them) and
+    write the corpus with its self-samples to `out` (an .npz and its .json summary); the
+    counts, also in the summary."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if COLLECTION in corpus.stats.pieces:
+        raise BadParams(
+            f"{corpus.path} already holds self-samples: draw from the corpus it came from"
+        )
     train = corpus.indices("train")
-    kept, counts = best_draws(lm, [corpus.piece(int(i)) for i in train], **draw)  # type: ignore[arg-type]
+    pieces = [corpus.piece(int(i)) for i in train]
+    kept, counts = best_draws(lm, pieces, k=k, seed_bars=seed_bars, batch=batch, rng_seed=rng_seed)
+    log.info("self-samples: %s", counts)
     extra = {int(train[j]): p for j, p in enumerate(kept) if p is not None}
     arrays = with_self_samples(corpus, extra)
     stats = CorpusStats.from_dict(corpus.stats.to_dict())
@@ -211,35 +239,7 @@ def write_self_samples(
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.model.train.self_samples", description=__doc__
-    )
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--k", type=int, default=4, help="draws per seed (default 4)")
-    parser.add_argument("--seed-bars", type=int, nargs="+", default=[4])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rng-seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    if args.k < 1 or args.batch < 1 or any(b < 1 for b in args.seed_bars):
-        parser.error("--k, --batch and --seed-bars must be at least 1")
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO)
-    counts = write_self_samples(
-        load_checkpoint(args.model),
-        load_corpus(args.corpus),
-        args.out,
-        k=args.k,
-        seed_bars=tuple(args.seed_bars),
-        batch=args.batch,
-        rng_seed=args.rng_seed,
-    )
-    print(json.dumps(counts))
-    return 0
+if __name__ == "__main__":  # the command line is engine.cli.training's
+    from engine.cli.training import self_samples_main
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(self_samples_main())
