@@ -83,9 +83,11 @@ def self_samples_main(argv: Sequence[str] | None = None) -> int:
         ap.error("--k, --batch, --threads and --seed-bars must be at least 1")
     logging.basicConfig(level=logging.INFO)
     try:
+        corpus = load_corpus(args.corpus)
+        self_samples.check_source(corpus)  # before the model loads
         counts = self_samples.write_self_samples(
             load_checkpoint(args.model),
-            load_corpus(args.corpus),
+            corpus,
             args.out,
             k=args.k,
             seed_bars=tuple(args.seed_bars),

@@ -34,6 +34,7 @@ from engine.errors import BadParams
 from engine.model.checkpoint import LoadedModel
 from engine.model.corpus.build import write_corpus_file
 from engine.model.corpus.load import SPLITS, Corpus, CorpusStats
+from engine.model.events import EventCodec
 from engine.model.fidelity import has_long_run, notes_per_onset, pattern_reuse
 from engine.model.generate.continuation import continue_batch
 from engine.model.generate.request import GenerationRequest
@@ -170,23 +171,15 @@ def _finite_mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def _rows(piece: Piece, tpb: int) -> np.ndarray:
-    """(N, 4) int32: onset and duration ticks, pitch, velocity."""
-    return np.array(
-        [
-            (round(n.start * tpb), max(1, round(n.duration * tpb)), n.pitch, n.velocity)
-            for n in sorted(piece.notes, key=lambda n: (n.start, n.pitch))
-        ],
-        dtype=np.int32,
-    ).reshape(-1, 4)
-
-
-def with_self_samples(corpus: Corpus, extra: dict[int, Piece]) -> dict[str, np.ndarray]:
+def with_self_samples(
+    corpus: Corpus, extra: dict[int, Piece], codec: EventCodec
+) -> dict[str, np.ndarray]:
     """The corpus's arrays with `extra` (by the index of the training piece each came from)
-    appended to the training split, in collection COLLECTION and their source's style."""
+    appended to the training split, in collection COLLECTION and their source's style; their
+    notes on the codec's tick grid (`EventCodec.note_ticks`), which must be the corpus's."""
     a = corpus.arrays()
     order = sorted(extra)
-    rows = [_rows(extra[i], corpus.ticks_per_beat) for i in order]
+    rows = [np.stack(codec.note_ticks(extra[i]), axis=1).astype(np.int32) for i in order]
     collections = [*(str(c) for c in a["collections"]), COLLECTION]
     a["collections"] = np.array(collections)
     a["notes"] = np.concatenate([a["notes"], *rows]) if rows else a["notes"]
@@ -201,6 +194,19 @@ def with_self_samples(corpus: Corpus, extra: dict[int, Piece]) -> dict[str, np.n
     a["name"] = np.array([*a["name"].tolist(), *(f"{a['name'][i]} (self-sample)" for i in order)])
     a["path"] = np.array([*a["path"].tolist(), *(f"{a['path'][i]}#self" for i in order)])
     return a
+
+
+def check_source(corpus: Corpus, codec: EventCodec | None = None) -> None:
+    """Refuse a corpus that already holds self-samples, or whose tick grid is not the codec's."""
+    if COLLECTION in corpus.stats.pieces:
+        raise BadParams(
+            f"{corpus.path} already holds self-samples: draw from the corpus it came from"
+        )
+    if codec is not None and codec.config.ticks_per_beat != corpus.ticks_per_beat:
+        raise BadParams(
+            f"{corpus.path} has {corpus.ticks_per_beat} ticks per beat, the model "
+            f"{codec.config.ticks_per_beat}"
+        )
 
 
 def write_self_samples(
@@ -219,23 +225,20 @@ def write_self_samples(
     counts, also in the summary."""
     if threads is not None:
         torch.set_num_threads(threads)
-    if COLLECTION in corpus.stats.pieces:
-        raise BadParams(
-            f"{corpus.path} already holds self-samples: draw from the corpus it came from"
-        )
+    check_source(corpus, lm.codec)
     train = corpus.indices("train")
     pieces = [corpus.piece(int(i)) for i in train]
     kept, counts = best_draws(lm, pieces, k=k, seed_bars=seed_bars, batch=batch, rng_seed=rng_seed)
     log.info("self-samples: %s", counts)
     extra = {int(train[j]): p for j, p in enumerate(kept) if p is not None}
-    arrays = with_self_samples(corpus, extra)
+    arrays = with_self_samples(corpus, extra, lm.codec)
     stats = CorpusStats.from_dict(corpus.stats.to_dict())
     stats.pieces[COLLECTION] = len(extra)
     stats.splits["train"] = stats.splits.get("train", 0) + len(extra)
     stats.total_notes = int(len(arrays["notes"]))
-    write_corpus_file(Path(out), arrays, stats)
+    write_corpus_file(out, arrays, stats)
     summary = {"source": str(corpus.path), "source_hash": corpus.content_hash, **counts}
-    Path(out).with_suffix(".self-samples.json").write_text(json.dumps(summary, indent=2) + "\n")
+    out.with_suffix(".self-samples.json").write_text(json.dumps(summary, indent=2) + "\n")
     return counts
 
 

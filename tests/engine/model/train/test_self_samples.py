@@ -206,3 +206,16 @@ def test_the_command_refuses_counts_below_one(tmp_path, capsys):
         )
     assert exc.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_command_refuses_a_self_sampled_corpus_before_loading_the_model(
+    tiny_lm, tmp_path, capsys
+):
+    out = tmp_path / "self.npz"
+    write_self_samples(tiny_lm, _small_corpus(tmp_path / "small.npz"), out, k=1, seed_bars=(2,))
+    rc = self_samples_main(
+        ["--model", str(tmp_path / "absent.pt"), "--corpus", str(out), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2
+    assert "already holds self-samples" in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
