@@ -96,6 +96,7 @@ class TrainConfig:
     half: bool = True  # fp16 weights in the checkpoint
     version: str = ""  # meta["version"]; empty: motif-<UTC timestamp>
     loss_png: Path | None = None  # None: `<stem>-loss.png` beside `out`
+    keep_epochs: bool = False  # also save each evaluation's checkpoint as `<stem>.step<N>.pt`
     progress: bool = True  # tqdm bar
     log_every: int = 20
     on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -181,6 +182,7 @@ HELP = {
     "seed": "random seed",
     "version": "version label stored in the checkpoint",
     "loss_png": "loss curve picture (default: <out stem>-loss.png beside --out)",
+    "keep_epochs": "also keep every evaluation's checkpoint, as <out stem>.step<N>.pt beside --out",
     "progress": "no progress bar",
     "log_every": "steps between log lines (default: %(default)s)",
 }

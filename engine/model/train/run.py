@@ -272,18 +272,21 @@ class Run:
             point.update(val_nll=val["nll_per_note"], val=val)
         self.history.append(point)
         val_nll = val.get("nll_per_note", math.inf)
+        meta = dict(
+            self.meta_base,
+            trained_steps=step,
+            epochs=round(step / self.steps_per_epoch, 3),
+            metrics={"val": val},
+            tokens_per_s=round(self.tokens_per_s, 1),
+            wall_s=round(self.elapsed(), 1),
+            device=str(self.device),
+        )
         if val_nll < self.best_val or not val or not self.out.exists():
             self.best_val = min(self.best_val, val_nll)
-            meta = dict(
-                self.meta_base,
-                trained_steps=step,
-                epochs=round(step / self.steps_per_epoch, 3),
-                metrics={"val": val},
-                tokens_per_s=round(self.tokens_per_s, 1),
-                wall_s=round(self.elapsed(), 1),
-                device=str(self.device),
-            )
             save_checkpoint(self.out, self.model, self.model_cfg, self.tok_cfg, meta, half=cfg.half)
+        if cfg.keep_epochs:
+            kept = self.out.with_name(f"{self.out.stem}.step{step}.pt")
+            save_checkpoint(kept, self.model, self.model_cfg, self.tok_cfg, meta, half=cfg.half)
         self.save_resume()
         plot_losses(self.history, self.loss_png)
         log.info("step %d epoch %.2f: validation %s", step, step / self.steps_per_epoch, val)

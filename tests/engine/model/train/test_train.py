@@ -19,7 +19,7 @@ from engine.model.events import PHRASE as PHRASE_COL
 from engine.model.events import PHRASE_BARS, PITCH, SHIFT, EventCodec, TokenizerConfig
 from engine.model.generate.plan import N_KEY
 from engine.model.network import IGNORE, ModelConfig, MotifSeq2Seq
-from engine.model.train.config import TrainConfig
+from engine.model.train.config import TrainConfig, build_parser
 from engine.model.train.data import cut_window, encode_pieces, reuse_gaps, sample_batch
 from engine.model.train.step import evaluate_nll, make_optimizer, train_step
 from engine.model.train.train import train
@@ -429,3 +429,34 @@ def test_a_resumed_run_keeps_what_it_trained_and_by_what(tmp_path):
     untouched = load_checkpoint(first.checkpoint).model.state_dict()
     for k, v in untouched.items():  # frozen: the base's weights, as saved (fp16)
         torch.testing.assert_close(blob["model"][k], v, atol=0, rtol=0)
+
+
+def test_keep_epochs_saves_every_evaluation_beside_the_best(tmp_path):
+    out = tmp_path / "m.pt"
+    cfg = TrainConfig(
+        **dict(TINY, schedule="constant"),
+        pieces=[_tune(), _tune(offset=3)],
+        val_pieces=[_tune(2)],
+        test_pieces=[],
+        max_steps=8,
+        steps_per_epoch=4,
+        keep_epochs=True,
+        out=out,
+    )
+    result = train(cfg)
+    kept = sorted(p.name for p in tmp_path.glob("m.step*.pt"))
+    assert kept == ["m.step4.pt", "m.step8.pt"]
+    metas = {n: read_checkpoint_meta(tmp_path / n) for n in kept}
+    assert [m["trained_steps"] for m in metas.values()] == [4, 8]
+    first, last = (load_checkpoint(tmp_path / n).model.state_dict() for n in kept)
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # each is its own step's model
+    best = read_checkpoint_meta(result.checkpoint)["trained_steps"]
+    best_state = load_checkpoint(result.checkpoint).model.state_dict()
+    same = load_checkpoint(tmp_path / f"m.step{best}.pt").model.state_dict()
+    for k in best_state:
+        torch.testing.assert_close(best_state[k], same[k], atol=0, rtol=0)
+    # without the flag only the best is written
+    train(TrainConfig(**{**cfg.__dict__, "keep_epochs": False, "out": tmp_path / "n.pt"}))
+    assert not list(tmp_path.glob("n.step*.pt"))
+    assert build_parser().parse_args(["--keep-epochs"]).keep_epochs is True
+    assert build_parser().parse_args([]).keep_epochs is False
