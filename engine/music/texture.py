@@ -1,6 +1,7 @@
 """Texture: how many notes sound at once. A continuation keeps its seed's: a melody over a bass
 stays two voices, a melody one, a four-part chorale four (engine.model.generate.continuation
-caps the notes it makes by `cap_sounding`)."""
+caps the notes it makes by `cap_sounding`, and its grammar keeps at least `fewest_sounding`
+of them sounding at each onset)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ def sounding_counts(notes: Sequence[Note]) -> list[int]:
 def max_sounding(notes: Sequence[Note]) -> int:
     """The most notes sounding at any onset (the seed's fullest moment); 0 without notes."""
     return max(sounding_counts(notes), default=0)
+
+
+def fewest_sounding(notes: Sequence[Note]) -> int:
+    """The fewest notes sounding at any onset after the first (a pickup or a staggered entry
+    may start alone): a four-part chorale's 3 or 4, a melody over a held bass 2, a melody
+    or a texture whose voices rest 1; 0 without a second onset."""
+    return min(sounding_counts(notes)[1:], default=0)
 
 
 def cap_sounding(notes: Sequence[Note], cap: int) -> tuple[Note, ...]:

@@ -59,6 +59,11 @@ class Grammar:
         # stays two voices, a chordal seed stays chordal); no seed: MAX_CHORD
         self.chord_cap = column([seed_chord_cap(r.seed_events) for r in rows])
         self.capped = any(seed_chord_cap(r.seed_events) < MAX_CHORD for r in rows)
+        # and no fewer sounding than its thinnest onset (a chordal seed stays chordal): while an
+        # onset sounds fewer, the next note joins it. `pitch_end`: when each pitch stops sounding
+        self.voice_floor = column([r.voice_floor for r in rows])
+        self.floored = any(r.voice_floor > 1 for r in rows)
+        self.pitch_end = torch.zeros(B, codec.n_pitch, dtype=torch.int64, device=device)
         self.code = torch.zeros_like(self.tick)
 
         # PITCH state. `soft`: what the range and the repetition guard forbid for the next note.
@@ -116,6 +121,8 @@ class Grammar:
             "code",
             "phrase_origin",
             "chord_cap",
+            "voice_floor",
+            "pitch_end",
             "outside",
             "last",
             "run",
@@ -137,6 +144,11 @@ class Grammar:
         if self.capped:  # a zero shift would add a note to a chord already as full as the seed's
             full = (self.chord_size >= self.chord_cap)[:, 0]
             mask[:, 0] = mask[:, 0].masked_fill(full, float("-inf"))
+        if self.floored:  # too few notes sound at this onset: the next one joins it
+            sounding = (self.pitch_end > self.onset).sum(dim=1, keepdim=True)
+            thin = (sounding < self.voice_floor) & (self.chord_size < self.chord_cap)
+            thin = thin & (self.code <= MAX_CHORD)  # (the bars filled: the row may end)
+            mask[:, 1:] = mask[:, 1:].masked_fill(thin, float("-inf"))
         return mask
 
     def place(self, t: int, shift: torch.Tensor) -> torch.Tensor:
@@ -214,6 +226,8 @@ class Grammar:
         """Step t's note has duration class (B, 1); the next shift counts from its onset."""
         end = torch.minimum(self.onset + self.duration_ticks.take(duration), self.end_tick)
         self.sound_end = torch.maximum(self.sound_end, end)
+        if self.floored:
+            self.pitch_end.scatter_(1, self.last, end)
         if self.voiced:  # this note joins the latest ones (the oldest leaves)
             self.recent_end = torch.cat([self.recent_end[:, 1:], end], dim=1)
             self.recent_pitch = torch.cat([self.recent_pitch[:, 1:], self.last], dim=1)

@@ -22,7 +22,7 @@ from engine.music.keys import MINOR_PROFILE as _MINOR_PROFILE
 from engine.music.keys import MINOR_SCALE_WITH_LEADING_NOTE as _MINOR_SCALE
 from engine.music.keys import best_key as _best_key
 from engine.music.notes import Piece
-from engine.music.texture import voice_split
+from engine.music.texture import fewest_sounding, voice_split
 
 PITCH_MARGIN = 12  # generated pitches stay within the seed's range widened by this much
 MAX_SEED_NOTES = 256  # the encoder reads the seed's last notes only
@@ -118,6 +118,7 @@ def plan_row(lm: LoadedModel, req: GenerationRequest) -> Row:
         tempo_bpm=drawn_tempo,
         target_key=target_key,
         voice_split=_voice_split(lm, seed, req.knobs.texture),
+        voice_floor=fewest_sounding(seed.notes) if seed is not None and req.knobs.texture else 0,
     )
 
 

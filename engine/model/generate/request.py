@@ -31,7 +31,8 @@ class Knobs:
     copy: bool = True  # the copy path (engine.model.copy.copying), with the model's fitted lambdas
     strains: bool = True  # the strain plan (engine.model.copy.strains), with the copy path only
     top_k: int = 0  # sample among the k likeliest values of each field; 0: off (top-p only)
-    texture: bool = True  # no onset sounds more notes than the seed's fullest (music.texture)
+    texture: bool = True  # onsets sound no more notes than the seed's fullest, no fewer than its
+    # thinnest after the first (engine.music.texture)
 
 
 DEFAULT_KNOBS = Knobs()
@@ -79,3 +80,6 @@ class Row:
     # a melody over a bass: the pitch index the bass keeps to and the melody keeps above
     # (engine.music.texture.voice_split); -1: none
     voice_split: int = -1
+    # a chordal seed stays chordal: the fewest notes sounding at its onsets (after the first),
+    # which the continuation's onsets keep (engine.music.texture.fewest_sounding); 0 or 1: none
+    voice_floor: int = 0

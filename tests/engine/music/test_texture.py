@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from engine.music.notes import Note
-from engine.music.texture import cap_sounding, max_sounding, sounding_counts
+from engine.music.texture import cap_sounding, fewest_sounding, max_sounding, sounding_counts
 
 
 def _naive_counts(notes):
@@ -55,3 +55,15 @@ def test_a_melody_over_a_bass_has_a_split_between_its_voices():
     assert voice_split(crossing) is None
     chords = [Note(t, 1, p) for t in range(4) for p in (48, 55, 60, 64)]
     assert voice_split(chords) is None  # four voices
+
+
+def test_fewest_sounding_skips_the_first_onset_and_counts_held_notes():
+    chords = [Note(b, 1.0, p, 80) for b in range(4) for p in (48, 55, 64)]
+    assert fewest_sounding(chords) == 3
+    pickup = [Note(-1.0, 1.0, 67, 80), *chords]  # a pickup alone does not make it one voice
+    assert fewest_sounding(pickup) == 3
+    over_a_held_bass = [Note(0.0, 4.0, 36, 80)] + [Note(b, 1.0, 60 + b, 80) for b in range(4)]
+    assert fewest_sounding(over_a_held_bass) == 2
+    gap = chords + [Note(4.5, 0.5, 72, 80)]  # one lone note later: the floor is 1 (no rule)
+    assert fewest_sounding(gap) == 1
+    assert fewest_sounding([Note(0.0, 1.0, 60, 80)]) == 0 and fewest_sounding([]) == 0

@@ -42,6 +42,11 @@ def _seed(pitches=C_MAJOR, ts=(4, 4), dur=0.5, **kw) -> Piece:
     return Piece(notes, time_signature=ts, **kw)
 
 
+def _chords(chords: list[list[int]], dur: float = 1.0) -> Piece:
+    notes = tuple(Note(i * dur, dur, p, 90) for i, chord in enumerate(chords) for p in chord)
+    return Piece(notes)
+
+
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     torch.manual_seed(0)
@@ -252,6 +257,23 @@ def test_shipped_default_model_continues_in_key():
     assert sum(key_kept(seed, p) for p in pieces) >= 3
 
 
+def test_a_four_part_chorale_keeps_four_voices():
+    # issue 23: a chordal seed stays chordal (the shipped model alone thins a chorale to one or
+    # two voices for bars at a time; the grammar's floor keeps the seed's fewest, 4 here)
+    from engine.music.texture import fewest_sounding, sounding_counts
+    from engine.settings import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.exists():
+        pytest.skip("no shipped checkpoint")
+    lm = load_checkpoint(DEFAULT_MODEL_PATH)
+    chords = [(67, 62, 59, 43), (69, 62, 57, 42), (71, 62, 55, 43), (72, 64, 55, 48)] * 2
+    seed = _chords([list(c) for c in chords])
+    assert fewest_sounding(seed.notes) == 4
+    for rng in range(4):
+        counts = sounding_counts(continue_seed(lm, seed, 4, seed_rng=rng).notes)
+        assert len(counts) >= 8 and all(c == 4 for c in counts[:-1]), (rng, counts)
+
+
 def test_the_bundled_melody_over_a_bass_is_continued_as_a_melody_over_a_bass():
     # the example a new user hears first (issue 23: it came back as chords in both hands)
     from engine.music.midi import load_seed
@@ -322,6 +344,7 @@ class _RulesOfOneRow:
         self.row, self.tick, self.sound_end = row, row.ref_tick, 0
         self.history, self.pitches, self.chord = list(row.history), [], []
         self.done, self.fired = False, set()  # which rules changed a mask
+        self.ends: dict[int, int] = {}  # pitch -> the tick its latest note stops sounding
 
     def shift_ok(self) -> np.ndarray:
         r, ok = self.row, np.ones(CODEC.n_shift, dtype=bool)
@@ -335,6 +358,13 @@ class _RulesOfOneRow:
         elif len(self.chord) >= seed_chord_cap(r.seed_events):  # the seed's texture, at most
             ok[0] = False
             self.fired.add("chord")
+        elif (  # the seed's texture, at least
+            r.voice_floor > 1
+            and self.sound_end < r.end_tick
+            and sum(end > self.tick for end in self.ends.values()) < r.voice_floor
+        ):
+            ok[1:] = False
+            self.fired.add("floor")
         if not ok.any():
             ok[CODEC.config.max_shift] = True
         return ok
@@ -377,8 +407,9 @@ class _RulesOfOneRow:
         self.chord.append(pitch)
         self.history.append(pitch)
         self.pitches.append(pitch)
-        end = self.onset + CODEC.config.duration_bins[duration]
-        self.sound_end = max(self.sound_end, min(end, self.row.end_tick))
+        end = min(self.onset + CODEC.config.duration_bins[duration], self.row.end_tick)
+        self.sound_end = max(self.sound_end, end)
+        self.ends[pitch] = end
 
 
 @pytest.mark.parametrize("narrow", [False, True])
@@ -391,6 +422,7 @@ def test_grammar_tensors_follow_the_per_row_rules(lm, narrow):
         _seed([64] * 6, ts=(3, 4)),  # ends on repeats
         _seed(C_MAJOR[:5], dur=3.0),  # a long last note: the first onset moves by bars
         _seed([48, 84], ts=(6, 8)),
+        _chords([[60, 64, 67], [62, 65, 69], [64, 67, 72], [59, 62, 67]]),  # never under 3 voices
     ]
     rows = [
         plan_row(lm, GenerationRequest(s, ComposeOptions(bars=8, rng_seed=i)))
@@ -451,7 +483,7 @@ def test_grammar_tensors_follow_the_per_row_rules(lm, narrow):
         grammar.add_duration(torch.tensor(durations)[:, None])
     assert all(ref.done for ref in refs)
     fired = set().union(*(ref.fired for ref in refs))
-    assert {"chord", "repeat", "window"} <= fired
+    assert {"chord", "repeat", "window", "floor"} <= fired
     assert ("fallback" in fired) == narrow
 
 
