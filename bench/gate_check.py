@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         with copy_params(params):
             lm = load_checkpoint(path)
-            figures[side] = model_figures(lm, base_test, collapse=side == "candidate")
+            figures[side] = model_figures(lm, base_test)
     metrics = compare(figures["candidate"], figures["active"])
     reason = gate(metrics, Settings().gate_nll_tolerance)
     print(json.dumps(metrics, indent=1, default=float))

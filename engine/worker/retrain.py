@@ -233,9 +233,7 @@ def _measure(
     held = [t.piece for t in data.coll_held]
     base_test = data.base_test
     return {
-        **compare(
-            model_figures(candidate, base_test), model_figures(active, base_test, collapse=False)
-        ),
+        **compare(model_figures(candidate, base_test), model_figures(active, base_test)),
         "candidate_collected_nll": (nll_per_note(candidate, held) if held else None),
         "active_collected_nll": nll_per_note(active, held) if held else None,
         "steps": result.steps,

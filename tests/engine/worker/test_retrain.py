@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pretty_midi
 import pytest
@@ -16,7 +17,7 @@ from engine.store.db import session_scope
 from engine.store.models import ensure_default_model
 from engine.store.records import ModelStatus, ModelVersion, RunStatus, TrainingRun, Tune
 from engine.worker.collect import collected_tunes
-from engine.worker.gate import gate
+from engine.worker.gate import gate, standard_error
 from engine.worker.retrain import run_training
 from tests.conftest import make_settings, synthetic_pieces, wait_finished
 
@@ -252,6 +253,52 @@ def test_the_gate_rejects_a_candidate_that_forgets_its_seeds():
     unknown = dict(active, gain_content=float("nan"))
     assert gate({**base, "candidate_fidelity": unknown, "active_fidelity": active}, 0.1) is None
     assert gate(base, 0.1) is None
+
+
+def test_the_gate_refuses_on_sampled_shares_only_beyond_their_noise():
+    base = {"candidate_base_nll": 3.10, "active_base_nll": 3.11, "collapse_rate": 0.0}
+    active = {"gain_content": 0.8, "pattern_reuse": 0.60, "long_run_share": 0.20}
+    sure = {"pattern_reuse_se": 0.01, "long_run_share_se": 0.01}  # 2 x hypot: 0.028
+
+    def verdict(cand: dict, act: dict) -> str | None:
+        return gate({**base, "candidate_fidelity": cand, "active_fidelity": act}, 0.1)
+
+    act = {**active, **sure}
+    assert verdict({**act, "pattern_reuse": 0.53}, act) is None  # 0.07 less: within 0.078
+    reason = verdict({**act, "pattern_reuse": 0.52}, act)
+    assert reason and "develops its seeds less" in reason
+    assert verdict({**act, "long_run_share": 0.32}, act) is None  # 0.12 more: within 0.128
+    reason = verdict({**act, "long_run_share": 0.33}, act)
+    assert reason and "repeat a pitch 4+ times" in reason
+    # a few pieces drawn a few times (a tiny test split) say little: a wide margin
+    loose = {**active, "pattern_reuse_se": 0.1, "long_run_share_se": 0.1}
+    assert verdict({**loose, "pattern_reuse": 0.35, "long_run_share": 0.5}, loose) is None
+    # figures without errors (kept before they were measured): the tolerance alone, as then
+    reason = verdict({**active, "pattern_reuse": 0.54}, active)
+    assert reason and "develops its seeds less" in reason
+
+
+def test_standard_error_of_a_mean():
+    assert standard_error([0.0, 1.0]) == pytest.approx(0.5)
+    assert standard_error([0.2, 0.2, 0.2]) == pytest.approx(0.0, abs=1e-12)
+    assert standard_error([1.0, float("nan"), 0.0]) == pytest.approx(0.5)
+    assert math.isnan(standard_error([1.0])) and math.isnan(standard_error([]))
+
+
+def test_the_gate_weighs_collapses_against_the_active_models():
+    base = {"candidate_base_nll": 3.10, "active_base_nll": 3.11}
+    # the active model collapses 1 time in 480: a candidate may too, and a little more
+    assert gate({**base, "collapse_rate": 2 / 480, "active_collapse_rate": 1 / 480}, 0.1) is None
+    reason = gate({**base, "collapse_rate": 4 / 480, "active_collapse_rate": 1 / 480}, 0.1)
+    assert (
+        reason
+        and "0.8% of its continuations collapsed" in reason
+        and "0.2% for the active" in reason
+    )
+    # figures kept before the active model was measured too: any collapse refuses, as then
+    reason = gate({**base, "collapse_rate": 1 / 60}, 0.1)
+    assert reason and "1.7% of its continuations collapsed" in reason and "active" not in reason
+    assert gate({**base, "collapse_rate": 0.0}, 0.1) is None
 
 
 def test_the_retrain_message_is_sent_after_its_row_commits(retrain_settings, monkeypatch):
