@@ -119,6 +119,8 @@ def seed_fidelity(
         seed_information_gain,
         summarize_fidelity,
     )
+
+    # deferred: as above
     from engine.model.generate.continuation import continue_batch
 
     requests = draw_requests(seeds, draws, FIDELITY_BARS, lm.codec.config.styles)
