@@ -22,9 +22,9 @@ GATE_BARS = 4
 COLLAPSE_TOLERANCE = 0.005  # share of draws the candidate may collapse in beyond the active's
 # Seed fidelity (engine.model.fidelity): a candidate may not pass by forgetting its seeds. Measured on
 # the same held-out seeds (4 bars, 8 continued) and rng seeds for the candidate and the active
-# model. One draw of 24 seeds put the shipped model's share of recurring figures anywhere from 44%
-# to 67% by its rng seeds alone (sd 0.08, against a tolerance of 0.05); 96 seeds drawn 4 times
-# each: sd 0.010 (runs 0.024), 13 s a model on one core (docs/form-judge.md, step ten).
+# model. One draw of 24 seeds put the shipped model's share of recurring figures anywhere from 42%
+# to 67% by its rng seeds alone (sd 0.07, against a tolerance of 0.05); 96 seeds drawn 4 times
+# each: sd 0.012 (runs 0.018), 13 s a model on one core (`python -m bench.gate_noise`).
 FIDELITY_SEEDS = 96
 FIDELITY_DRAWS = 4
 FIDELITY_SEED_BARS, FIDELITY_BARS = 4, 8
