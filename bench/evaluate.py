@@ -52,8 +52,8 @@ def cut_seed(piece: Piece, seed_bars: int, bars: int, *, middle: bool = False) -
     compared with."""
     seed_end = seed_bars * piece.beats_per_bar
     cont_end = seed_end + bars * piece.beats_per_bar
-    seed = tuple(n for n in piece.notes if n.start < seed_end - 1e-9)
-    real = tuple(n for n in piece.notes if seed_end - 1e-9 <= n.start < cont_end - 1e-9)
+    seed = piece.notes_between(end=seed_end)
+    real = piece.notes_between(seed_end, cont_end)
     if len(seed) < 4 or len(real) < 4:
         return None
     if middle and not any(n.start >= cont_end - 1e-9 for n in piece.notes):

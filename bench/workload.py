@@ -194,13 +194,12 @@ def first_onsets(piece: Piece, onsets: int) -> Piece:
     if len(starts) <= onsets:
         return piece
     cut = starts[onsets]
-    return Piece(tuple(n for n in piece.notes if n.start < cut - 1e-6), piece.tempo_bpm,
+    return Piece(piece.notes_between(end=cut), piece.tempo_bpm,
                  piece.time_signature, piece.program, piece.name, piece.style)  # fmt: skip
 
 
 def first_bars(piece: Piece, bars: int) -> Piece:
-    cut = bars * piece.beats_per_bar
-    return Piece(tuple(n for n in piece.notes if n.start < cut - 1e-6), piece.tempo_bpm,
+    return Piece(piece.notes_between(end=bars * piece.beats_per_bar), piece.tempo_bpm,
                  piece.time_signature, piece.program, piece.name, piece.style)  # fmt: skip
 
 

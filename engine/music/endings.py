@@ -33,9 +33,5 @@ def reopened(piece: Piece, ticks_per_beat: int = 12) -> Piece:
     bar_beats = piece.beats_per_bar
     hold = min(bar_beats, closing_hold(piece.time_signature, ticks_per_beat) / ticks_per_beat)
     cut = end - hold
-    kept = tuple(
-        replace(n, duration=min(n.duration, cut - n.start))
-        for n in piece.notes
-        if n.start < cut - 1e-9
-    )
+    kept = piece.notes_between(end=cut, clip=True)
     return replace(piece, notes=kept) if kept else piece

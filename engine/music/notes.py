@@ -6,6 +6,7 @@ No torch here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 # The grid Motif quantises to (the model's events, the MusicXML score): 12 ticks a quarter note,
@@ -16,6 +17,7 @@ DURATION_BINS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 30, 36, 42, 48, 60, 72, 96
 # Metres as a score writes them: a sixteenth-note beat at the shortest (a 1/64 bar is less than
 # one tick of the grid above), 1 to 32 beats a bar. Anything else is written in 4/4.
 NOTATED_DENOMINATORS = (1, 2, 4, 8, 16)
+CUT_EPS = 1e-6  # beats: an onset this close to a cut (`Piece.notes_between`) counts as at it
 
 
 def notated_metre(metre: tuple[int, int]) -> tuple[int, int]:
@@ -79,6 +81,19 @@ class Piece:
     @property
     def bars(self) -> float:
         return self.end_beat / self.beats_per_bar
+
+    def notes_between(
+        self, start: float | None = None, end: float | None = None, *, clip: bool = False
+    ) -> tuple[Note, ...]:
+        """The notes that start at or after beat `start` and before beat `end` (None: no
+        bound), an onset within CUT_EPS of either counting as at it: the first bars as a seed,
+        the bars after them as its real continuation. `clip`: each note ends by `end`."""
+        low = -math.inf if start is None else start - CUT_EPS
+        high = math.inf if end is None else end - CUT_EPS
+        kept = tuple(n for n in self.notes if low <= n.start < high)
+        if clip and end is not None:
+            return tuple(replace(n, duration=min(n.duration, end - n.start)) for n in kept)
+        return kept
 
     def sorted(self) -> Piece:
         return replace(self, notes=tuple(sorted(self.notes, key=lambda n: (n.start, n.pitch))))

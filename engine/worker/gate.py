@@ -82,8 +82,7 @@ def gate_seeds(pieces: list[Piece], n: int = GATE_SEEDS) -> list[Piece]:
 
     seeds = []
     for p in pieces:
-        cut = 2 * p.beats_per_bar
-        notes = tuple(x for x in p.notes if x.start < cut)
+        notes = p.notes_between(end=2 * p.beats_per_bar)
         if len(notes) >= 3:
             seeds.append(replace(p, notes=notes))
         if len(seeds) >= n:
@@ -97,8 +96,7 @@ def fidelity_seeds(pieces: list[Piece], n: int = FIDELITY_SEEDS) -> list[Piece]:
 
     seeds = []
     for p in pieces:
-        cut = FIDELITY_SEED_BARS * p.beats_per_bar
-        notes = tuple(x for x in p.notes if x.start < cut - 1e-9)
+        notes = p.notes_between(end=FIDELITY_SEED_BARS * p.beats_per_bar)
         if len(notes) >= 8:
             seeds.append(replace(p, notes=notes))
         if len(seeds) >= n:

@@ -85,12 +85,8 @@ def seed_and_real(piece: Piece, seed_bars: int, bars: int) -> tuple[Piece, list[
     None when either has fewer than 3 notes."""
     cut = seed_bars * piece.beats_per_bar
     end = cut + bars * piece.beats_per_bar
-    seed = tuple(
-        replace(n, duration=min(n.duration, cut - n.start))
-        for n in piece.notes
-        if n.start < cut - 1e-6
-    )
-    real = [n for n in piece.notes if cut - 1e-6 <= n.start < end - 1e-6]
+    seed = piece.notes_between(end=cut, clip=True)
+    real = list(piece.notes_between(cut, end))
     if len(seed) < 3 or len(real) < 3:
         return None
     return replace(piece, notes=seed), real
