@@ -22,6 +22,16 @@ FIGURES = ("pattern_reuse", "long_run_share", "key_kept_independent")
 BLOCK = 1_000_003  # rng seeds of block b start at b x BLOCK: no two blocks share one
 
 
+def in_block(requests: list[Any], block: int) -> list[Any]:
+    """The requests with their rng seeds moved to block `block` (block 0: the gate's own)."""
+    from dataclasses import replace
+
+    return [
+        replace(r, options=replace(r.options, rng_seed=block * BLOCK + r.options.rng_seed))
+        for r in requests
+    ]
+
+
 def run(
     model: Path,
     n_seeds: int = 96,
@@ -30,8 +40,6 @@ def run(
     collapse_draws: int = 40,
     corpus: Path | None = None,
 ) -> dict[str, Any]:
-    from dataclasses import replace
-
     from engine.model.checkpoint import load_checkpoint
     from engine.model.corpus.load import load_corpus
     from engine.model.fidelity import summarize_fidelity
@@ -51,10 +59,7 @@ def run(
     rows: list[dict[str, float]] = []
     for b in range(blocks):
         t0 = time.perf_counter()
-        requests = [
-            replace(r, options=replace(r.options, rng_seed=b * BLOCK + r.options.rng_seed))
-            for r in draw_requests(seeds, draws, FIDELITY_BARS, lm.codec.config.styles)
-        ]
+        requests = in_block(draw_requests(seeds, draws, FIDELITY_BARS, lm.codec.config.styles), b)
         outs = continue_batch(lm, requests)
         figures = summarize_fidelity(outs, [seeds[i % len(seeds)] for i in range(len(outs))])
         rows.append({k: figures[k] for k in FIGURES} | {"seconds": time.perf_counter() - t0})

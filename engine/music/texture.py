@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from engine.music.notes import Note
 
 EPS = 1e-6  # beats: a note that ends this close to an onset no longer sounds there
+LEGATO = 0.125  # beats: a note held less than this past an onset is a melody played legato
 
 
 def sounding_counts(notes: Sequence[Note]) -> list[int]:
@@ -30,8 +31,15 @@ def max_sounding(notes: Sequence[Note]) -> int:
 def fewest_sounding(notes: Sequence[Note]) -> int:
     """The fewest notes sounding at any onset after the first (a pickup or a staggered entry
     may start alone): a four-part chorale's 3 or 4, a melody over a held bass 2, a melody
-    or a texture whose voices rest 1; 0 without a second onset."""
-    return min(sounding_counts(notes)[1:], default=0)
+    or a texture whose voices rest 1; 0 without a second onset. A note held less than LEGATO
+    past an onset does not sound there (a melody played legato stays one voice)."""
+    starts = sorted(n.start for n in notes)
+    ends = sorted(n.end for n in notes)
+    onsets = sorted(set(starts))[1:]
+    return min(
+        (bisect_right(starts, t + EPS) - bisect_right(ends, t + LEGATO) for t in onsets),
+        default=0,
+    )
 
 
 def cap_sounding(notes: Sequence[Note], cap: int) -> tuple[Note, ...]:

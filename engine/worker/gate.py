@@ -32,8 +32,9 @@ GAIN_TOLERANCE = 0.05  # nats per note the content gain (key held fixed) may fal
 REUSE_TOLERANCE = 0.05  # share of the seed's figures that recur: may fall this much
 LONG_RUN_TOLERANCE = 0.10  # share of continuations with 4+ repeated pitches: may rise this much
 # Both shares are sampled: a candidate is refused on them only when it is worse by the tolerance
-# and two standard errors of the difference beyond it (`fidelity_reason`), so that a test split of
-# a few pieces cannot refuse a model by chance alone.
+# and two standard errors of the difference beyond it, draw by draw (`compare`,
+# `fidelity_reason`), so that a test split of a few pieces cannot refuse a model by chance alone.
+PER_DRAW = "per_draw"  # seed_fidelity's key for its draws' own values
 
 
 def draw_requests(
@@ -106,10 +107,11 @@ def fidelity_seeds(pieces: list[Piece], n: int = FIDELITY_SEEDS) -> list[Piece]:
 
 def seed_fidelity(
     lm: Any, seeds: list[Piece], pieces: list[Piece], draws: int = FIDELITY_DRAWS
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The gate's seed-fidelity figures of one model: engine.model.fidelity's summary of its
     continuations of `seeds`, each drawn `draws` times (fixed rng seeds, `draw_requests`), and
-    its seed information gain on `pieces`."""
+    its seed information gain on `pieces`. PER_DRAW keeps each draw's share of figures that
+    recur and whether it runs, for `compare` to pair with the other model's same draw."""
     # deferred: a render-only (cpu) worker loads no model nor torch (signals._warm_up)
     from engine.model.fidelity import (
         has_long_run,
@@ -131,11 +133,17 @@ def seed_fidelity(
     runs = [float(has_long_run(o.notes)) for o in outs]
     return {
         **{k: figures[k] for k in keep if k in figures},
-        "pattern_reuse_se": standard_error(reuse),
-        "long_run_share_se": standard_error(runs),
+        PER_DRAW: {"pattern_reuse": reuse, "long_run_share": runs},
         "gain_content": gain.get("gain_content", float("nan")),
         "gain_total": gain.get("gain_total", float("nan")),
     }
+
+
+def paired_error(cand: list[float], act: list[float]) -> float | None:
+    """The standard error of the mean difference of two models' values on the same draws
+    (the same seed and rng seed), pairs with a NaN left out; None with fewer than 2 pairs."""
+    se = standard_error([c - a for c, a in zip(cand, act, strict=True)])
+    return None if math.isnan(se) else se
 
 
 def standard_error(values: list[float]) -> float:
@@ -170,14 +178,20 @@ def model_figures(lm: Any, base_test: list[Piece]) -> dict[str, Any]:
 
 def compare(cand: dict[str, Any], act: dict[str, Any]) -> dict[str, Any]:
     """What the gate compares: the candidate's and the active model's `model_figures` side by
-    side."""
+    side; beside the candidate's shares, the standard error of their difference from the active
+    model's, draw by draw (`<share>_diff_se`; the draws themselves are not kept)."""
+    fid_c, fid_a = dict(cand["fidelity"]), dict(act["fidelity"])
+    draws_c, draws_a = fid_c.pop(PER_DRAW, None), fid_a.pop(PER_DRAW, None)
+    if draws_c and draws_a:
+        for key in draws_c:
+            fid_c[f"{key}_diff_se"] = paired_error(draws_c[key], draws_a[key])
     return {
         "candidate_base_nll": cand["base_nll"],
         "active_base_nll": act["base_nll"],
         "collapse_rate": cand["collapse_rate"],
         "active_collapse_rate": act["collapse_rate"],
-        "candidate_fidelity": cand["fidelity"],
-        "active_fidelity": act["fidelity"],
+        "candidate_fidelity": fid_c,
+        "active_fidelity": fid_a,
     }
 
 
@@ -216,8 +230,8 @@ def fidelity_reason(cand: dict[str, float] | None, act: dict[str, float] | None)
 
     def noise(key: str) -> float:
         """Two standard errors of the difference of the two models' shares (0: unknown)."""
-        ses = [x.get(f"{key}_se", math.nan) for x in (cand, act)]
-        return 0.0 if any(math.isnan(se) for se in ses) else 2 * math.hypot(*ses)
+        se = cand.get(f"{key}_diff_se")
+        return 0.0 if se is None or math.isnan(se) else 2 * se
 
     reuse_floor = REUSE_TOLERANCE + noise("pattern_reuse")
     if (pair := both("pattern_reuse")) and pair[0] < pair[1] - reuse_floor:

@@ -147,8 +147,7 @@ class Grammar:
         if self.floored:  # too few notes sound at this onset: the next one joins it
             sounding = (self.pitch_end > self.onset).sum(dim=1, keepdim=True)
             thin = (sounding < self.voice_floor) & (self.chord_size < self.chord_cap)
-            thin = thin & (self.code <= MAX_CHORD)  # (the bars filled: the row may end)
-            mask[:, 1:] = mask[:, 1:].masked_fill(thin, float("-inf"))
+            mask[:, 1:] = mask[:, 1:].masked_fill(thin, float("-inf"))  # (shift 0 stays open)
         return mask
 
     def place(self, t: int, shift: torch.Tensor) -> torch.Tensor:
@@ -264,8 +263,9 @@ def _shift_masks(
         elif gap <= cfg.max_shift:
             first[i, : max(0, gap)] = -np.inf
     # Later notes, by code = chord size + (MAX_CHORD + 1) x (bars filled): no zero shift once
-    # the chord is full, no end before the bars are filled. One class, max_shift, is never
-    # forbidden, so a shift mask is never empty.
+    # the chord is full, no end before the bars are filled. These never forbid max_shift, and
+    # the voice floor (`Grammar.shift_mask`) only where a zero shift is open, so a shift mask is
+    # never empty.
     later = np.zeros((2, MAX_CHORD + 1, n_shift), dtype=np.float32)
     later[:, MAX_CHORD:, 0] = -np.inf
     later[0, :, eos] = -np.inf

@@ -67,3 +67,12 @@ def test_fewest_sounding_skips_the_first_onset_and_counts_held_notes():
     gap = chords + [Note(4.5, 0.5, 72, 80)]  # one lone note later: the floor is 1 (no rule)
     assert fewest_sounding(gap) == 1
     assert fewest_sounding([Note(0.0, 1.0, 60, 80)]) == 0 and fewest_sounding([]) == 0
+
+
+def test_a_melody_played_legato_is_one_voice():
+    # a performed MIDI melody: each note held 0.05 beat into the next, a bass under the first
+    legato = [Note(0.0, 2.0, 36, 80)] + [Note(b / 2, 0.55, 60 + b % 5, 80) for b in range(16)]
+    assert fewest_sounding(legato) == 1
+    assert min(sounding_counts(legato)[1:]) == 2  # what a plain count hears
+    held = [Note(0.0, 4.0, 36, 80)] + [Note(b / 2, 0.5, 60 + b % 5, 80) for b in range(8)]
+    assert fewest_sounding(held) == 2  # a bass held under all of it is a voice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -14,8 +15,10 @@ from engine.worker.gate import (
     FIDELITY_DRAWS,
     GATE_BARS,
     GATE_DRAWS,
+    PER_DRAW,
     collapse_rate,
     collapse_requests,
+    compare,
     draw_requests,
     seed_fidelity,
     standard_error,
@@ -60,8 +63,29 @@ def test_seed_fidelity_pools_every_draw_of_every_seed(tiny_lm):
         assert got[key] == pytest.approx(pooled[key], nan_ok=True)
     reuse = [pattern_reuse(r.seed.notes, o.notes) for r, o in zip(requests, outs, strict=True)]
     runs = [float(has_long_run(o.notes)) for o in outs]
-    assert got["pattern_reuse_se"] == pytest.approx(standard_error(reuse), nan_ok=True)
-    assert got["long_run_share_se"] == pytest.approx(standard_error(runs), nan_ok=True)
+    assert got[PER_DRAW]["pattern_reuse"] == pytest.approx(reuse, nan_ok=True)
+    assert got[PER_DRAW]["long_run_share"] == runs
     # a style the model does not know is dropped, as before
     odd = [replace(p, style="no-such-style") for p in seeds]
     assert {r.options.style for r in draw_requests(odd, 1, 4, ("none", "folk"))} == {None}
+
+
+def test_compare_pairs_the_two_models_draw_by_draw_and_keeps_no_draws():
+    def side(reuse, runs):
+        fidelity = {
+            "pattern_reuse": 0.5,
+            PER_DRAW: {"pattern_reuse": reuse, "long_run_share": runs},
+        }
+        return {"base_nll": 3.0, "collapse_rate": 0.0, "fidelity": fidelity}
+
+    cand = side([0.5, 0.7, float("nan"), 0.2], [1.0, 0.0, 0.0, 0.0])
+    act = side([0.4, 0.4, 0.3, 0.2], [0.0, 0.0, 0.0, 0.0])
+    metrics = compare(cand, act)
+    fid = metrics["candidate_fidelity"]
+    assert fid["pattern_reuse_diff_se"] == pytest.approx(standard_error([0.1, 0.3, 0.0]))
+    assert fid["long_run_share_diff_se"] == pytest.approx(0.25)  # sd 0.5 of 1, 0, 0, 0 over 2
+    assert PER_DRAW not in fid and PER_DRAW not in metrics["active_fidelity"]
+    assert PER_DRAW in cand["fidelity"]  # its inputs are left as they were
+    json.dumps(metrics, allow_nan=False)  # what the database keeps: no NaN, no lists of draws
+    one = compare(side([0.5], [0.0]), side([0.4], [0.0]))["candidate_fidelity"]
+    assert one["pattern_reuse_diff_se"] is None  # one pair: no error (JSON null, not NaN)

@@ -258,24 +258,25 @@ def test_the_gate_rejects_a_candidate_that_forgets_its_seeds():
 def test_the_gate_refuses_on_sampled_shares_only_beyond_their_noise():
     base = {"candidate_base_nll": 3.10, "active_base_nll": 3.11, "collapse_rate": 0.0}
     active = {"gain_content": 0.8, "pattern_reuse": 0.60, "long_run_share": 0.20}
-    sure = {"pattern_reuse_se": 0.01, "long_run_share_se": 0.01}  # 2 x hypot: 0.028
+    sure = {"pattern_reuse_diff_se": 0.014, "long_run_share_diff_se": 0.014}  # margin 0.028
 
-    def verdict(cand: dict, act: dict) -> str | None:
-        return gate({**base, "candidate_fidelity": cand, "active_fidelity": act}, 0.1)
+    def verdict(cand: dict) -> str | None:
+        return gate({**base, "candidate_fidelity": cand, "active_fidelity": active}, 0.1)
 
-    act = {**active, **sure}
-    assert verdict({**act, "pattern_reuse": 0.53}, act) is None  # 0.07 less: within 0.078
-    reason = verdict({**act, "pattern_reuse": 0.52}, act)
+    cand = {**active, **sure}
+    assert verdict({**cand, "pattern_reuse": 0.53}) is None  # 0.07 less: within 0.078
+    reason = verdict({**cand, "pattern_reuse": 0.52})
     assert reason and "develops its seeds less" in reason
-    assert verdict({**act, "long_run_share": 0.32}, act) is None  # 0.12 more: within 0.128
-    reason = verdict({**act, "long_run_share": 0.33}, act)
+    assert verdict({**cand, "long_run_share": 0.32}) is None  # 0.12 more: within 0.128
+    reason = verdict({**cand, "long_run_share": 0.33})
     assert reason and "repeat a pitch 4+ times" in reason
     # a few pieces drawn a few times (a tiny test split) say little: a wide margin
-    loose = {**active, "pattern_reuse_se": 0.1, "long_run_share_se": 0.1}
-    assert verdict({**loose, "pattern_reuse": 0.35, "long_run_share": 0.5}, loose) is None
-    # figures without errors (kept before they were measured): the tolerance alone, as then
-    reason = verdict({**active, "pattern_reuse": 0.54}, active)
-    assert reason and "develops its seeds less" in reason
+    loose = {**active, "pattern_reuse_diff_se": 0.1, "long_run_share_diff_se": 0.1}
+    assert verdict({**loose, "pattern_reuse": 0.35, "long_run_share": 0.5}) is None
+    # no error (one pair, or figures kept before it was measured): the tolerance alone
+    for unknown in ({}, {"pattern_reuse_diff_se": None}):
+        reason = verdict({**active, **unknown, "pattern_reuse": 0.54})
+        assert reason and "develops its seeds less" in reason
 
 
 def test_standard_error_of_a_mean():
