@@ -56,7 +56,7 @@ def cut_seed(piece: Piece, seed_bars: int, bars: int, *, middle: bool = False) -
     real = piece.notes_between(seed_end, cont_end)
     if len(seed) < 4 or len(real) < 4:
         return None
-    if middle and not any(n.start >= cont_end - 1e-9 for n in piece.notes):
+    if middle and not piece.notes_between(cont_end):
         return None
     return SeedCase(
         piece=piece,

@@ -14,13 +14,13 @@ EPS = 1e-6  # beats: a note that ends this close to an onset no longer sounds th
 LEGATO = 0.125  # beats: a note held less than this past an onset is a melody played legato
 
 
-def sounding_counts(notes: Sequence[Note]) -> list[int]:
+def sounding_counts(notes: Sequence[Note], held: float = EPS) -> list[int]:
     """At each onset, how many notes sound (started there, or held from before): those begun
-    by then less those ended by then."""
+    by then less those ended by then, or by `held` beats after it."""
     starts = sorted(n.start for n in notes)
     ends = sorted(n.end for n in notes)
     onsets = sorted(set(starts))
-    return [bisect_right(starts, t + EPS) - bisect_right(ends, t + EPS) for t in onsets]
+    return [bisect_right(starts, t + EPS) - bisect_right(ends, t + held) for t in onsets]
 
 
 def max_sounding(notes: Sequence[Note]) -> int:
@@ -33,13 +33,7 @@ def fewest_sounding(notes: Sequence[Note]) -> int:
     may start alone): a four-part chorale's 3 or 4, a melody over a held bass 2, a melody
     or a texture whose voices rest 1; 0 without a second onset. A note held less than LEGATO
     past an onset does not sound there (a melody played legato stays one voice)."""
-    starts = sorted(n.start for n in notes)
-    ends = sorted(n.end for n in notes)
-    onsets = sorted(set(starts))[1:]
-    return min(
-        (bisect_right(starts, t + EPS) - bisect_right(ends, t + LEGATO) for t in onsets),
-        default=0,
-    )
+    return min(sounding_counts(notes, held=LEGATO)[1:], default=0)
 
 
 def cap_sounding(notes: Sequence[Note], cap: int) -> tuple[Note, ...]:
